@@ -1,0 +1,147 @@
+//! Exec and exit events.
+//!
+//! An [`ExecEvent`] is variable-length on the wire: the fixed part
+//! ([`ExecFixed`]) followed by `argv_len` bytes of NUL-separated argv and
+//! `env_len` bytes of NUL-separated `NAME=value` pairs (allow-listed only).
+
+use crate::EventHeader;
+
+/// Bytes kept of the path the caller passed to `execve`.
+pub const FILENAME_LEN: usize = 256;
+/// Bytes kept of the path the kernel actually executed (`bprm->filename`).
+pub const EXE_LEN: usize = 256;
+/// Maximum argv bytes kept (all args, NUL separated).
+pub const ARGV_MAX: usize = 2048;
+/// Maximum environment bytes kept (allow-listed pairs, NUL separated).
+pub const ENV_MAX: usize = 2048;
+/// Bytes of one argv string / env pair read at most.
+pub const ARG_LEN: usize = 512;
+/// argv entries read at most.
+pub const MAX_ARGS: u32 = 64;
+/// Environment entries inspected at most (allow-listed or not).
+pub const MAX_ENV_SCAN: u32 = 256;
+/// Bytes of each environment entry compared with the allow-list: a name of up
+/// to `ENV_KEY_LEN - 1` bytes plus its `=`. Longer names can't be allow-listed.
+pub const ENV_KEY_LEN: usize = 32;
+/// Size of the variable data area: argv then env.
+pub const DATA_LEN: usize = ARGV_MAX + ENV_MAX;
+
+/// Flag: argv was cut (more than [`MAX_ARGS`] entries or [`ARGV_MAX`] bytes, or one arg > [`ARG_LEN`]).
+pub const EXEC_F_ARGV_TRUNCATED: u32 = 1 << 0;
+/// Flag: env was cut (more than [`MAX_ENV_SCAN`] entries scanned or [`ENV_MAX`] bytes, or a value > [`ARG_LEN`]).
+pub const EXEC_F_ENV_TRUNCATED: u32 = 1 << 1;
+/// Flag: the requested filename was longer than [`FILENAME_LEN`].
+pub const EXEC_F_FILENAME_TRUNCATED: u32 = 1 << 2;
+/// Flag: the exec was seen completing but its `sys_enter` was not: argv/env/filename are empty.
+pub const EXEC_F_NO_ENTER: u32 = 1 << 3;
+/// Flag: the call was `execveat` rather than `execve`.
+pub const EXEC_F_EXECVEAT: u32 = 1 << 4;
+/// Flag: reading argv from user memory failed part-way.
+pub const EXEC_F_ARGV_FAULT: u32 = 1 << 5;
+
+/// Fixed part of an exec event.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecFixed {
+    /// `hdr.tgid` is the process after exec; `hdr.pid` the thread that called exec.
+    pub hdr: EventHeader,
+    /// `bpf_ktime_get_boot_ns()` at `sys_enter_execve`.
+    pub enter_ns: u64,
+    /// cgroup v2 id of the task.
+    pub cgroup_id: u64,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// 0 on success, `-errno` on failure.
+    pub ret: i32,
+    /// `EXEC_F_*` bits.
+    pub flags: u32,
+    /// Number of argv strings kept.
+    pub argc: u32,
+    /// Bytes of argv in the data area.
+    pub argv_len: u32,
+    /// Number of allow-listed env pairs kept.
+    pub envc: u32,
+    /// Bytes of env in the data area (after argv).
+    pub env_len: u32,
+    /// NUL-terminated path given to `execve` (as the caller wrote it).
+    pub filename: [u8; FILENAME_LEN],
+    /// NUL-terminated path the kernel executed (empty for failures).
+    pub exe: [u8; EXE_LEN],
+    /// Process name (`comm`) at the time of the call (the caller's name).
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<ExecFixed>() == 24 + 8 + 8 + 4 * 8 + 256 + 256 + 16);
+
+/// Fixed part plus the variable data area, as built in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    /// Fixed fields.
+    pub fixed: ExecFixed,
+    /// argv bytes then env bytes; only the used prefix goes on the wire.
+    /// Twice [`DATA_LEN`] plus one read so variable-offset writes stay provably in bounds.
+    pub data: [u8; DATA_LEN + ARG_LEN],
+}
+
+/// Process exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitEvent {
+    /// Header; `pid == tgid` (only group leaders are reported).
+    pub hdr: EventHeader,
+    /// Raw `task->exit_code`: `(status << 8) | signal`.
+    pub exit_code: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ExitEvent>() == 32);
+
+/// Data of an allow-list LPM-trie key: `NAME=` then zero padding; the stored
+/// prefix length covers `NAME=` exactly, so one longest-prefix lookup of an
+/// entry's first bytes tells whether its name is allow-listed (no per-byte
+/// branching in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnvKey {
+    /// `NAME=` bytes, zero padded.
+    pub name: [u8; ENV_KEY_LEN],
+}
+
+impl EnvKey {
+    /// Key data and prefix length in bits for `name`; `None` if it is empty,
+    /// longer than `ENV_KEY_LEN - 1`, or contains `=` or NUL.
+    pub fn new(name: &[u8]) -> Option<(Self, u32)> {
+        if name.is_empty() || name.len() >= ENV_KEY_LEN {
+            return None;
+        }
+        let mut key = Self::default();
+        let mut i = 0;
+        while i < name.len() {
+            if name[i] == b'=' || name[i] == 0 {
+                return None;
+            }
+            key.name[i] = name[i];
+            i += 1;
+        }
+        key.name[i] = b'=';
+        Some((key, ((name.len() + 1) * 8) as u32))
+    }
+}
+
+/// A new task: `hdr` is the parent (the caller of fork/clone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForkEvent {
+    /// Parent's header (`pid`/`tgid` of the forking task).
+    pub hdr: EventHeader,
+    /// Thread id of the child (equals its tgid when it is a new process).
+    pub child_pid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 32);

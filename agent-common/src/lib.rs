@@ -1,0 +1,96 @@
+//! The one definition of every type that crosses the kernel/user boundary.
+//!
+//! Owns: event layouts, map names, load-time global names, flag bits, limits.
+//! Must not: contain logic beyond trivial accessors; depend on `std`.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding and a compile-time size
+//! guard, so a layout change on one side without the other fails the build.
+#![no_std]
+
+pub mod exec;
+pub mod lost;
+
+pub use exec::*;
+pub use lost::*;
+
+/// Ring buffer that carries every event to userspace.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Per-CPU array of loss counters, indexed by [`LostCause`].
+pub const LOST_MAP: &str = "LOST";
+/// Hash map of environment-variable names (zero padded) that may leave the kernel.
+pub const ENV_ALLOW_MAP: &str = "ENV_ALLOW";
+/// Size of the events ring buffer (bytes, power of two).
+pub const EVENTS_RING_BYTES: u32 = 8 << 20;
+
+/// Load-time globals (`aya_ebpf::Global`) the loader overrides.
+pub mod globals {
+    /// tgid of the agent itself: its own execs are never reported.
+    pub const AGENT_TGID: &str = "AGENT_TGID";
+    /// `offsetof(struct task_struct, real_parent)`, from the running kernel's BTF.
+    pub const TASK_REAL_PARENT_OFF: &str = "TASK_REAL_PARENT_OFF";
+    /// `offsetof(struct task_struct, tgid)`.
+    pub const TASK_TGID_OFF: &str = "TASK_TGID_OFF";
+    /// `offsetof(struct task_struct, exit_code)`.
+    pub const TASK_EXIT_CODE_OFF: &str = "TASK_EXIT_CODE_OFF";
+    /// Offset of `child_pid` in the `sched:sched_process_fork` record (varies by kernel).
+    pub const FORK_CHILD_PID_OFF: &str = "FORK_CHILD_PID_OFF";
+    /// Offset of `group_dead` in `sched:sched_process_exit`, 0 when the kernel lacks it.
+    pub const EXIT_GROUP_DEAD_OFF: &str = "EXIT_GROUP_DEAD_OFF";
+}
+
+/// Discriminant of every event; decoded in userspace with `TryFrom<u32>`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// An `execve`/`execveat` attempt, successful or failed ([`ExecEvent`]).
+    Exec = 1,
+    /// A process (thread-group leader) exited ([`ExitEvent`]).
+    Exit = 2,
+    /// A task was created by fork/clone ([`ForkEvent`]).
+    Fork = 3,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            1 => Ok(Self::Exec),
+            2 => Ok(Self::Exit),
+            3 => Ok(Self::Fork),
+            other => Err(other),
+        }
+    }
+}
+
+/// Common header that starts every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// Thread id of the task the event is about.
+    pub pid: u32,
+    /// Thread-group id (the "process id" users know).
+    pub tgid: u32,
+    /// Parent's tgid (`real_parent->tgid`), 0 when unknown.
+    pub ppid: u32,
+    /// `bpf_ktime_get_boot_ns()`: boot-time clock, nanoseconds.
+    pub ktime_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these types are `#[repr(C)]`, contain only integers and byte
+    // arrays, and have explicit padding, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExitEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForkEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecFixed {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EnvKey {}
+}

@@ -1,0 +1,39 @@
+//! Loss accounting: every place the kernel side can drop data has a cause.
+
+/// Why an event (or part of one) was lost in the kernel.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostCause {
+    /// `bpf_ringbuf_output` failed: userspace did not drain fast enough.
+    RingFull = 0,
+    /// The in-flight exec table was full at `sys_enter_execve`.
+    ExecTableFull = 1,
+    /// No per-CPU scratch buffer (should never happen).
+    Scratch = 2,
+    /// An exec completed whose `sys_enter` was never seen (agent started mid-exec,
+    /// or the in-flight entry was lost); reported without argv/env.
+    ExecNoEnter = 3,
+}
+
+/// Number of [`LostCause`] slots in the `LOST` per-CPU array.
+pub const LOST_CAUSES: u32 = 4;
+
+impl LostCause {
+    /// Every cause, in index order.
+    pub const ALL: [LostCause; LOST_CAUSES as usize] = [
+        LostCause::RingFull,
+        LostCause::ExecTableFull,
+        LostCause::Scratch,
+        LostCause::ExecNoEnter,
+    ];
+
+    /// Stable name used in logs, JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LostCause::RingFull => "ring_full",
+            LostCause::ExecTableFull => "exec_table_full",
+            LostCause::Scratch => "scratch",
+            LostCause::ExecNoEnter => "exec_no_enter",
+        }
+    }
+}

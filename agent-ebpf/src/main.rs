@@ -1,0 +1,87 @@
+//! Kernel programs of the agent.
+//!
+//! Owns: every BPF program and map. Programs are named `<signal>_<hook>` and
+//! are thin wrappers over a `try_*` function. The `probe_*` programs do
+//! nothing: `agent check` loads and attaches them to learn what this kernel
+//! allows.
+//! Must not: interpret events (userspace does), or hard-code kernel struct
+//! offsets (they arrive as load-time globals computed from the running BTF).
+#![no_std]
+#![no_main]
+
+mod exec;
+mod probes;
+
+use agent_common::{EVENTS_RING_BYTES, LOST_CAUSES, LostCause};
+use aya_ebpf::{
+    Global,
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+#[map]
+pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_CAUSES, 0);
+
+#[unsafe(no_mangle)]
+pub(crate) static AGENT_TGID: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static TASK_REAL_PARENT_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static TASK_TGID_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static TASK_EXIT_CODE_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static FORK_CHILD_PID_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static EXIT_GROUP_DEAD_OFF: Global<u32> = Global::new(0);
+
+/// Count one loss of `cause` on this CPU.
+#[inline(always)]
+pub(crate) fn count_lost(cause: LostCause) {
+    if let Some(slot) = LOST.get_ptr_mut(cause as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// `real_parent->tgid` of `task`, 0 if unknown (offsets not provided or read failed).
+#[inline(always)]
+pub(crate) fn parent_tgid(task: *const u8) -> u32 {
+    let parent_off = TASK_REAL_PARENT_OFF.load() as usize;
+    let tgid_off = TASK_TGID_OFF.load() as usize;
+    if parent_off == 0 || tgid_off == 0 || task.is_null() {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address; a fault returns Err.
+    let parent: *const u8 =
+        match unsafe { bpf_probe_read_kernel(task.add(parent_off) as *const *const u8) } {
+            Ok(p) => p,
+            Err(_) => return 0,
+        };
+    if parent.is_null() {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel(parent.add(tgid_off) as *const u32) }.unwrap_or(0)
+}
+
+/// The current task as a byte pointer.
+#[inline(always)]
+pub(crate) fn current_task() -> *const u8 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,225 @@
+//! The kernel → user stage: loads and attaches the programs, drains the ring
+//! buffer into decoded events on a bounded channel, and keeps the counters
+//! that make losses visible (kernel-side drops by cause, decode errors).
+//!
+//! Owns: the `Ebpf` instance for the agent's lifetime and the reader task.
+//! Must not: interpret events.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use agent_common::LostCause;
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::{
+    event::{self, Event},
+    hooks::Choice,
+    loader::{self, Attached, Globals, KernelInfo, LoadError},
+};
+
+/// Environment variables that may leave the kernel by default.
+pub const DEFAULT_ENV_ALLOW: &[&str] = &[
+    "PATH",
+    "GOROOT",
+    "GOPATH",
+    "GOBIN",
+    "GOTOOLCHAIN",
+    "GOFLAGS",
+    "GOPROXY",
+    "GONOSUMDB",
+    "GOPRIVATE",
+    "GOWORK",
+    "GO111MODULE",
+    "GOMODCACHE",
+    "GOCACHE",
+    "CGO_ENABLED",
+    "CONDA_PREFIX",
+    "CONDA_DEFAULT_ENV",
+    "CONDA_SHLVL",
+    "CONDA_EXE",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "LD_LIBRARY_PATH",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "Http_Proxy",
+    "Https_Proxy",
+    "No_Proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HOME",
+];
+
+/// Counters shared between the reader and whoever reports them.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub decode_errors: AtomicU64,
+}
+
+/// A running collector.
+pub struct Collector {
+    _ebpf: Ebpf,
+    lost: PerCpuArray<MapData, u64>,
+    pub attached: Vec<Attached>,
+    pub warnings: Vec<String>,
+    pub stats: Arc<Stats>,
+    /// boot-time ns → Unix ns.
+    pub clock_offset_ns: i128,
+}
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec for the duration of the call.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// `CLOCK_REALTIME - CLOCK_BOOTTIME`, to turn `bpf_ktime_get_boot_ns` into wall time.
+pub fn boot_to_unix_offset() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+impl Collector {
+    /// Load, start reading, attach. Events arrive on the returned channel.
+    pub fn start(
+        env_allow: &[String],
+        channel: usize,
+    ) -> Result<(Collector, mpsc::Receiver<Event>), LoadError> {
+        let kernel = KernelInfo::gather();
+        let globals = Globals::compute(&kernel);
+        let mut warnings = globals.warnings.clone();
+        if let Some(e) = &kernel.tracefs_error {
+            warnings.push(e.clone());
+        }
+        let mut ebpf = loader::open(&globals)?;
+        let skipped = loader::set_env_allow(&mut ebpf, env_allow)?;
+        for s in skipped {
+            warnings.push(format!(
+                "environment variable name {s:?} is longer than {} bytes: not captured",
+                agent_common::ENV_KEY_LEN
+            ));
+        }
+        let ring = loader::take_events(&mut ebpf)?;
+        let lost = loader::take_lost(&mut ebpf)?;
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::channel(channel);
+        // The reader runs before anything is attached, so nothing waits unread.
+        spawn_reader(ring, tx, stats.clone())?;
+
+        let probes = loader::probe_all(&mut ebpf, &kernel);
+        if probes.iter().all(|(_, r)| r.is_err()) {
+            let first = probes
+                .iter()
+                .find_map(|(_, r)| r.as_ref().err().cloned())
+                .unwrap_or_default();
+            if first.contains("Operation not permitted") || first.contains("os error 1") {
+                return Err(LoadError::NotPermitted(first));
+            }
+        }
+        let av = loader::available(&kernel, &probes);
+        let attached = loader::attach_signals(&mut ebpf, &av);
+        let active = attached
+            .iter()
+            .filter(|a| matches!(a.choice, Choice::Active { .. }))
+            .count();
+        if active == 0 {
+            let reasons: Vec<String> = attached
+                .iter()
+                .filter_map(|a| match &a.choice {
+                    Choice::Unavailable { reason } => Some(format!("{}: {reason}", a.signal)),
+                    _ => None,
+                })
+                .collect();
+            return Err(LoadError::NothingAttached(reasons.join("; ")));
+        }
+        Ok((
+            Collector {
+                _ebpf: ebpf,
+                lost,
+                attached,
+                warnings,
+                stats,
+                clock_offset_ns: boot_to_unix_offset(),
+            },
+            rx,
+        ))
+    }
+
+    /// Kernel-side losses by cause (cumulative).
+    pub fn lost(&self) -> Vec<(LostCause, u64)> {
+        LostCause::ALL
+            .iter()
+            .copied()
+            .zip(loader::read_lost(&self.lost))
+            .collect()
+    }
+}
+
+fn spawn_reader(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Event>,
+    stats: Arc<Stats>,
+) -> Result<(), LoadError> {
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as
+    // the AsyncFd owns the RingBuf.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| LoadError::Map {
+            name: "EVENTS",
+            msg: format!("registering with the runtime: {e}"),
+        })?;
+    tokio::spawn(async move {
+        loop {
+            let mut guard = match fd.readable_mut().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(error = %e, "ring buffer poll failed; stopping the reader");
+                    return;
+                }
+            };
+            let ring = guard.get_inner_mut();
+            let mut batch = Vec::new();
+            while let Some(item) = ring.next() {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                match event::decode(&item) {
+                    Ok(ev) => batch.push(ev),
+                    Err(e) => {
+                        stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "undecodable record");
+                    }
+                }
+                if batch.len() >= 256 {
+                    break;
+                }
+            }
+            let drained = batch.len() < 256;
+            for ev in batch {
+                // Backpressure: a slow consumer fills the ring, which the kernel counts.
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            if drained {
+                guard.clear_ready();
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! Decoding of raw ring-buffer records into owned, typed events.
+//!
+//! Owns: turning untrusted bytes into [`Event`]s: every length is checked,
+//! the kind is decoded with `TryFrom`, and nothing here panics.
+//! Must not: interpret events (that is the process table and the rules).
+
+use agent_common::{
+    EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT,
+    EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER, EventHeader, EventKind, ExecFixed, ExitEvent,
+    ForkEvent,
+};
+
+/// A record that could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than the event header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("{kind} record of {got} bytes, need at least {need}")]
+    Truncated {
+        kind: &'static str,
+        got: usize,
+        need: usize,
+    },
+    #[error("exec record data lengths ({argv}+{env}) exceed the {avail} bytes received")]
+    BadLengths { argv: u32, env: u32, avail: usize },
+}
+
+/// A decoded exec attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    /// Thread that called exec.
+    pub pid: u32,
+    /// Process (after a successful exec, the tgid; the thread group it ran in).
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    /// Boot-time ns at the call and at completion.
+    pub enter_ns: u64,
+    pub ktime_ns: u64,
+    /// 0 on success, or the errno (positive).
+    pub errno: i32,
+    /// The path the caller passed.
+    pub filename: String,
+    /// The file the kernel ran (empty on failure).
+    pub exe: String,
+    /// Caller's `comm` at the time of the call.
+    pub comm: String,
+    pub argv: Vec<String>,
+    /// Allow-listed `(name, value)` pairs, in environment order.
+    pub env: Vec<(String, String)>,
+    pub argv_truncated: bool,
+    pub env_truncated: bool,
+    pub filename_truncated: bool,
+    /// The call's entry was not seen (argv/env/filename unknown).
+    pub no_enter: bool,
+    pub execveat: bool,
+}
+
+impl Exec {
+    pub fn ok(&self) -> bool {
+        self.errno == 0
+    }
+
+    /// Value of an allow-listed variable (the first occurrence, as glibc `getenv` does).
+    pub fn env_var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Process exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub ktime_ns: u64,
+    /// `(status << 8) | signal` as the kernel keeps it.
+    pub raw_code: u32,
+}
+
+impl Exit {
+    /// Exit status when the process exited normally.
+    pub fn status(&self) -> Option<i32> {
+        (self.raw_code & 0x7f == 0).then_some(((self.raw_code >> 8) & 0xff) as i32)
+    }
+    /// Terminating signal, if killed by one.
+    pub fn signal(&self) -> Option<i32> {
+        let s = (self.raw_code & 0x7f) as i32;
+        (s != 0).then_some(s)
+    }
+}
+
+/// fork/clone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fork {
+    pub parent_tgid: u32,
+    pub child_pid: u32,
+    pub ktime_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Exec(Box<Exec>),
+    Exit(Exit),
+    Fork(Fork),
+}
+
+fn read<T: Copy>(b: &[u8]) -> Option<T> {
+    if b.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked above; read_unaligned has no alignment requirement,
+    // and T is a plain-old-data #[repr(C)] type for which every bit pattern is valid.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) })
+}
+
+/// Bytes up to the first NUL, lossily as UTF-8.
+pub fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Split a NUL-separated area into strings (a final unterminated piece is kept).
+fn split_nul(b: &[u8]) -> Vec<String> {
+    let mut v: Vec<String> = b
+        .split(|&c| c == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    if b.last() == Some(&0) || b.is_empty() {
+        v.pop();
+    }
+    v
+}
+
+pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
+    let hdr: EventHeader = read(b).ok_or(DecodeError::Short(b.len()))?;
+    let kind = EventKind::try_from(hdr.kind).map_err(DecodeError::UnknownKind)?;
+    match kind {
+        EventKind::Exec => {
+            let f: ExecFixed = read(b).ok_or(DecodeError::Truncated {
+                kind: "exec",
+                got: b.len(),
+                need: size_of::<ExecFixed>(),
+            })?;
+            let data = &b[size_of::<ExecFixed>()..];
+            let argv_len = f.argv_len as usize;
+            let env_len = f.env_len as usize;
+            if argv_len.checked_add(env_len).is_none_or(|n| n > data.len()) {
+                return Err(DecodeError::BadLengths {
+                    argv: f.argv_len,
+                    env: f.env_len,
+                    avail: data.len(),
+                });
+            }
+            let argv = split_nul(&data[..argv_len]);
+            let env = split_nul(&data[argv_len..argv_len + env_len])
+                .into_iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (kv, String::new()),
+                })
+                .collect();
+            Ok(Event::Exec(Box::new(Exec {
+                pid: f.hdr.pid,
+                tgid: f.hdr.tgid,
+                ppid: f.hdr.ppid,
+                uid: f.uid,
+                gid: f.gid,
+                cgroup_id: f.cgroup_id,
+                enter_ns: f.enter_ns,
+                ktime_ns: f.hdr.ktime_ns,
+                errno: -f.ret,
+                filename: cstr(&f.filename),
+                exe: cstr(&f.exe),
+                comm: cstr(&f.comm),
+                argv,
+                env,
+                argv_truncated: f.flags & (EXEC_F_ARGV_TRUNCATED | EXEC_F_ARGV_FAULT) != 0,
+                env_truncated: f.flags & EXEC_F_ENV_TRUNCATED != 0,
+                filename_truncated: f.flags & EXEC_F_FILENAME_TRUNCATED != 0,
+                no_enter: f.flags & EXEC_F_NO_ENTER != 0,
+                execveat: f.flags & EXEC_F_EXECVEAT != 0,
+            })))
+        }
+        EventKind::Exit => {
+            let e: ExitEvent = read(b).ok_or(DecodeError::Truncated {
+                kind: "exit",
+                got: b.len(),
+                need: size_of::<ExitEvent>(),
+            })?;
+            Ok(Event::Exit(Exit {
+                tgid: e.hdr.tgid,
+                ppid: e.hdr.ppid,
+                ktime_ns: e.hdr.ktime_ns,
+                raw_code: e.exit_code,
+            }))
+        }
+        EventKind::Fork => {
+            let e: ForkEvent = read(b).ok_or(DecodeError::Truncated {
+                kind: "fork",
+                got: b.len(),
+                need: size_of::<ForkEvent>(),
+            })?;
+            Ok(Event::Fork(Fork {
+                parent_tgid: e.hdr.tgid,
+                child_pid: e.child_pid,
+                ktime_ns: e.hdr.ktime_ns,
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Encode an exec record the way the kernel side lays it out.
+    pub(crate) fn exec_record(
+        filename: &str,
+        exe: &str,
+        argv: &[&str],
+        env: &[&str],
+        ret: i32,
+    ) -> Vec<u8> {
+        let mut data = Vec::new();
+        for a in argv {
+            data.extend_from_slice(a.as_bytes());
+            data.push(0);
+        }
+        let argv_len = data.len();
+        for e in env {
+            data.extend_from_slice(e.as_bytes());
+            data.push(0);
+        }
+        let env_len = data.len() - argv_len;
+        let mut f = ExecFixed {
+            hdr: EventHeader {
+                kind: EventKind::Exec as u32,
+                pid: 10,
+                tgid: 10,
+                ppid: 1,
+                ktime_ns: 5,
+            },
+            enter_ns: 4,
+            cgroup_id: 1,
+            uid: 1000,
+            gid: 1000,
+            ret,
+            flags: 0,
+            argc: argv.len() as u32,
+            argv_len: argv_len as u32,
+            envc: env.len() as u32,
+            env_len: env_len as u32,
+            filename: [0; 256],
+            exe: [0; 256],
+            comm: [0; 16],
+        };
+        f.filename[..filename.len()].copy_from_slice(filename.as_bytes());
+        f.exe[..exe.len()].copy_from_slice(exe.as_bytes());
+        // SAFETY: ExecFixed is repr(C) POD; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(&f as *const ExecFixed as *const u8, size_of::<ExecFixed>())
+        };
+        let mut out = bytes.to_vec();
+        out.extend_from_slice(&data);
+        out
+    }
+
+    #[test]
+    fn decodes_exec_with_argv_and_env() {
+        let b = exec_record(
+            "go",
+            "/usr/bin/go",
+            &["go", "version"],
+            &["GOROOT=/usr/lib/go", "PATH=/a:/b"],
+            0,
+        );
+        let Event::Exec(e) = decode(&b).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.filename, "go");
+        assert_eq!(e.exe, "/usr/bin/go");
+        assert_eq!(e.argv, vec!["go", "version"]);
+        assert_eq!(e.env_var("PATH"), Some("/a:/b"));
+        assert_eq!(e.env_var("GOROOT"), Some("/usr/lib/go"));
+        assert!(e.ok());
+    }
+
+    #[test]
+    fn failed_exec_has_errno() {
+        let b = exec_record("/nope", "", &["nope"], &[], -2);
+        let Event::Exec(e) = decode(&b).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.errno, 2);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let b = exec_record("go", "/usr/bin/go", &["go", "version"], &["PATH=/a"], 0);
+        for n in 0..b.len() {
+            assert!(decode(&b[..n]).is_err(), "prefix {n} decoded");
+        }
+        assert_eq!(decode(&[0u8; 3]), Err(DecodeError::Short(3)));
+        let mut bad = b.clone();
+        bad[0] = 99;
+        assert_eq!(decode(&bad), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn exit_status_and_signal() {
+        let e = Exit {
+            tgid: 1,
+            ppid: 0,
+            ktime_ns: 0,
+            raw_code: 3 << 8,
+        };
+        assert_eq!((e.status(), e.signal()), (Some(3), None));
+        let k = Exit { raw_code: 9, ..e };
+        assert_eq!((k.status(), k.signal()), (None, Some(9)));
+    }
+}

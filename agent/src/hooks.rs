@@ -1,0 +1,421 @@
+//! The one table of which kernel hooks serve which signal, in order of
+//! preference, and the pure function that picks one per signal from what the
+//! kernel offers. `agent check` prints the choice; the loader attaches it.
+//!
+//! Owns: the table and the choice. Must not: touch the kernel (probing lives
+//! in `check`, attaching in `loader`).
+
+use serde::Serialize;
+
+/// A kind of kernel hook; each is probed at start-up by loading a tiny program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    Tracepoint,
+    RawTracepoint,
+    TpBtf,
+    Kprobe,
+    Fentry,
+    Uprobe,
+    CgroupSockAddr,
+    SockOps,
+    CgroupSkb,
+}
+
+impl HookKind {
+    pub const ALL: [HookKind; 9] = [
+        HookKind::Tracepoint,
+        HookKind::RawTracepoint,
+        HookKind::TpBtf,
+        HookKind::Kprobe,
+        HookKind::Fentry,
+        HookKind::Uprobe,
+        HookKind::CgroupSockAddr,
+        HookKind::SockOps,
+        HookKind::CgroupSkb,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::Tracepoint => "tracepoint",
+            HookKind::RawTracepoint => "raw_tracepoint",
+            HookKind::TpBtf => "tp_btf",
+            HookKind::Kprobe => "kprobe",
+            HookKind::Fentry => "fentry",
+            HookKind::Uprobe => "uprobe",
+            HookKind::CgroupSockAddr => "cgroup_sock_addr",
+            HookKind::SockOps => "sock_ops",
+            HookKind::CgroupSkb => "cgroup_skb",
+        }
+    }
+
+    /// The do-nothing program in the BPF object that probes this kind.
+    pub fn probe_program(self) -> &'static str {
+        match self {
+            HookKind::Tracepoint => "probe_tracepoint",
+            HookKind::RawTracepoint => "probe_raw_tracepoint",
+            HookKind::TpBtf => "probe_tp_btf",
+            HookKind::Kprobe => "probe_kprobe",
+            HookKind::Fentry => "probe_fentry",
+            HookKind::Uprobe => "probe_uprobe",
+            HookKind::CgroupSockAddr => "probe_sock_addr",
+            HookKind::SockOps => "probe_sock_ops",
+            HookKind::CgroupSkb => "probe_cgroup_skb",
+        }
+    }
+}
+
+/// Where one program of an option attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// `tracepoint/<category>/<name>`.
+    Tracepoint(&'static str, &'static str),
+    /// BTF-typed raw tracepoint `<name>`.
+    TpBtf(&'static str),
+}
+
+/// One program of an option.
+#[derive(Clone, Copy, Debug)]
+pub struct Prog {
+    pub name: &'static str,
+    pub attach: Attach,
+    /// When false the option still works if this program fails (e.g. `execveat`
+    /// missing on some architecture); its loss is logged.
+    pub required: bool,
+}
+
+/// One way of collecting a signal.
+#[derive(Clone, Copy, Debug)]
+pub struct HookOption {
+    pub hook: HookKind,
+    /// Besides the hook kind itself.
+    pub needs_btf: bool,
+    pub needs_tracefs: bool,
+    pub programs: &'static [Prog],
+    /// What the user loses when this option is used instead of the first one.
+    pub note: &'static str,
+}
+
+/// A signal the agent offers.
+#[derive(Clone, Copy, Debug)]
+pub struct Signal {
+    pub name: &'static str,
+    pub what: &'static str,
+    /// In order of preference.
+    pub options: &'static [HookOption],
+    /// False for signals announced but not built yet: reported, never attached.
+    pub implemented: bool,
+}
+
+const EXEC_TP: &[Prog] = &[
+    Prog {
+        name: "exec_enter_tp",
+        attach: Attach::Tracepoint("syscalls", "sys_enter_execve"),
+        required: true,
+    },
+    Prog {
+        name: "exec_exit_tp",
+        attach: Attach::Tracepoint("syscalls", "sys_exit_execve"),
+        required: true,
+    },
+    Prog {
+        name: "exec_sched_tp",
+        attach: Attach::Tracepoint("sched", "sched_process_exec"),
+        required: true,
+    },
+    Prog {
+        name: "execat_enter_tp",
+        attach: Attach::Tracepoint("syscalls", "sys_enter_execveat"),
+        required: false,
+    },
+    Prog {
+        name: "execat_exit_tp",
+        attach: Attach::Tracepoint("syscalls", "sys_exit_execveat"),
+        required: false,
+    },
+];
+
+const LINEAGE_TP: &[Prog] = &[Prog {
+    name: "fork_tp",
+    attach: Attach::Tracepoint("sched", "sched_process_fork"),
+    required: true,
+}];
+
+const EXIT_BTF: &[Prog] = &[Prog {
+    name: "exit_btf",
+    attach: Attach::TpBtf("sched_process_exit"),
+    required: true,
+}];
+
+const EXIT_TP: &[Prog] = &[Prog {
+    name: "exit_tp",
+    attach: Attach::Tracepoint("sched", "sched_process_exit"),
+    required: true,
+}];
+
+/// The table. Order of signals is the order `agent check` prints them.
+pub const SIGNALS: &[Signal] = &[
+    Signal {
+        name: "exec",
+        what: "every execve/execveat, successful or failed, with argv and allow-listed env",
+        options: &[HookOption {
+            hook: HookKind::Tracepoint,
+            needs_btf: false,
+            needs_tracefs: true,
+            programs: EXEC_TP,
+            note: "",
+        }],
+        implemented: true,
+    },
+    Signal {
+        name: "lineage",
+        what: "fork/clone, to rebuild process trees across shells that fork without exec",
+        options: &[HookOption {
+            hook: HookKind::Tracepoint,
+            needs_btf: false,
+            needs_tracefs: true,
+            programs: LINEAGE_TP,
+            note: "",
+        }],
+        implemented: true,
+    },
+    Signal {
+        name: "exit",
+        what: "process exit with exit code, for durations and failure status",
+        options: &[
+            HookOption {
+                hook: HookKind::TpBtf,
+                needs_btf: true,
+                needs_tracefs: false,
+                programs: EXIT_BTF,
+                note: "",
+            },
+            HookOption {
+                hook: HookKind::Tracepoint,
+                needs_btf: false,
+                needs_tracefs: true,
+                programs: EXIT_TP,
+                note: "slightly costlier per exit; exit codes need BTF",
+            },
+        ],
+        implemented: true,
+    },
+    Signal {
+        name: "tcp_connect",
+        what: "TCP connection set-up: latency, refused/timeout/unreachable, SYN retransmits",
+        options: &[
+            HookOption {
+                hook: HookKind::Fentry,
+                needs_btf: true,
+                needs_tracefs: false,
+                programs: &[],
+                note: "",
+            },
+            HookOption {
+                hook: HookKind::Tracepoint,
+                needs_btf: false,
+                needs_tracefs: true,
+                programs: &[],
+                note: "",
+            },
+        ],
+        implemented: false,
+    },
+    Signal {
+        name: "tls_wire",
+        what: "TLS ClientHello/ServerHello/alerts seen on the wire",
+        options: &[HookOption {
+            hook: HookKind::CgroupSkb,
+            needs_btf: false,
+            needs_tracefs: false,
+            programs: &[],
+            note: "",
+        }],
+        implemented: false,
+    },
+    Signal {
+        name: "tls_uprobes",
+        what: "OpenSSL and Go crypto/tls handshake results and errors",
+        options: &[HookOption {
+            hook: HookKind::Uprobe,
+            needs_btf: false,
+            needs_tracefs: false,
+            programs: &[],
+            note: "",
+        }],
+        implemented: false,
+    },
+];
+
+/// What the kernel offers, as probed.
+#[derive(Clone, Debug, Default)]
+pub struct Available {
+    pub btf: bool,
+    pub tracefs: bool,
+    pub hooks: Vec<HookKind>,
+}
+
+/// The outcome for one signal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Choice {
+    /// Collected with `hook`; `degraded` when it is not the first preference.
+    Active {
+        hook: HookKind,
+        degraded: bool,
+        note: String,
+    },
+    /// Cannot be collected on this kernel.
+    Unavailable { reason: String },
+    /// Announced, not built yet.
+    NotImplemented { would_use: Option<HookKind> },
+}
+
+fn missing(opt: &HookOption, av: &Available) -> Option<String> {
+    if opt.needs_btf && !av.btf {
+        return Some(format!(
+            "{} needs kernel BTF (/sys/kernel/btf/vmlinux)",
+            opt.hook.name()
+        ));
+    }
+    if opt.needs_tracefs && !av.tracefs {
+        return Some(format!("{} needs tracefs mounted", opt.hook.name()));
+    }
+    if !av.hooks.contains(&opt.hook) {
+        return Some(format!(
+            "{} programs cannot be loaded/attached",
+            opt.hook.name()
+        ));
+    }
+    None
+}
+
+/// Pick the first option the kernel supports.
+pub fn choose(sig: &Signal, av: &Available) -> Choice {
+    let mut reasons = Vec::new();
+    for (i, opt) in sig.options.iter().enumerate() {
+        match missing(opt, av) {
+            None if !sig.implemented => {
+                return Choice::NotImplemented {
+                    would_use: Some(opt.hook),
+                };
+            }
+            None => {
+                let mut note = reasons.join("; ");
+                if !opt.note.is_empty() {
+                    if !note.is_empty() {
+                        note.push_str("; ");
+                    }
+                    note.push_str(opt.note);
+                }
+                return Choice::Active {
+                    hook: opt.hook,
+                    degraded: i > 0,
+                    note,
+                };
+            }
+            Some(r) => reasons.push(r),
+        }
+    }
+    if !sig.implemented {
+        return Choice::NotImplemented { would_use: None };
+    }
+    Choice::Unavailable {
+        reason: reasons.join("; "),
+    }
+}
+
+/// The option object behind a choice.
+pub fn option_for(sig: &Signal, hook: HookKind) -> Option<&'static HookOption> {
+    SIGNALS
+        .iter()
+        .find(|s| s.name == sig.name)?
+        .options
+        .iter()
+        .find(|o| o.hook == hook)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(name: &str) -> &'static Signal {
+        SIGNALS.iter().find(|s| s.name == name).unwrap()
+    }
+
+    #[test]
+    fn first_supported_option_wins() {
+        let av = Available {
+            btf: true,
+            tracefs: true,
+            hooks: vec![HookKind::TpBtf, HookKind::Tracepoint],
+        };
+        assert_eq!(
+            choose(sig("exit"), &av),
+            Choice::Active {
+                hook: HookKind::TpBtf,
+                degraded: false,
+                note: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn falls_back_with_the_reason() {
+        let av = Available {
+            btf: false,
+            tracefs: true,
+            hooks: vec![HookKind::Tracepoint],
+        };
+        match choose(sig("exit"), &av) {
+            Choice::Active {
+                hook,
+                degraded,
+                note,
+            } => {
+                assert_eq!(hook, HookKind::Tracepoint);
+                assert!(degraded);
+                assert!(note.contains("BTF"), "{note}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_supported_is_unavailable() {
+        let av = Available::default();
+        match choose(sig("exec"), &av) {
+            Choice::Unavailable { reason } => assert!(reason.contains("tracefs"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unbuilt_signals_say_so() {
+        let av = Available {
+            btf: true,
+            tracefs: true,
+            hooks: vec![HookKind::Tracepoint],
+        };
+        // fentry is preferred but missing: the tracepoint is what it would use.
+        assert_eq!(
+            choose(sig("tcp_connect"), &av),
+            Choice::NotImplemented {
+                would_use: Some(HookKind::Tracepoint)
+            }
+        );
+    }
+
+    #[test]
+    fn every_program_named_in_the_table_is_unique() {
+        let mut names: Vec<_> = SIGNALS
+            .iter()
+            .flat_map(|s| s.options.iter())
+            .flat_map(|o| o.programs.iter().map(|p| p.name))
+            .collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(n, names.len());
+    }
+}

@@ -1,0 +1,14 @@
+//! The agent's library: everything but argument parsing lives here so the
+//! integration tests drive the same code the binary runs.
+//!
+//! Pipeline (see docs/architecture.md): `loader` + `collector` (kernel → decoded
+//! events) → `proctable` (process tree, exec identity) → `analysis` (toolchain
+//! resolution, findings) → `output` (live lines, JSON, trace report).
+
+pub mod btf;
+pub mod check;
+pub mod collector;
+pub mod event;
+pub mod hooks;
+pub mod loader;
+pub mod tracefs;

@@ -1,0 +1,484 @@
+//! Loads the embedded BPF object, probes which hook kinds this kernel allows,
+//! and attaches the programs the hook table chooses.
+//!
+//! Owns: everything that touches `aya::Ebpf`. Must not: decode events or
+//! decide what they mean.
+
+use std::{fs::File, path::PathBuf};
+
+use agent_common::{ENV_ALLOW_MAP, EVENTS_MAP, EnvKey, LOST_CAUSES, LOST_MAP, globals};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry,
+        KProbe, RawTracePoint, SockOps, TracePoint, UProbe, uprobe::UProbeScope,
+    },
+};
+
+use crate::{
+    btf::Btf,
+    hooks::{self, Attach, Available, Choice, HookKind, SIGNALS},
+    tracefs,
+};
+
+/// The BPF object built by `build.rs`, embedded in the binary.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// Errors loading or attaching.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "the kernel refused to load BPF programs ({0}): run as root (sudo agent), or grant \
+         CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; `agent check` shows what is missing"
+    )]
+    NotPermitted(String),
+    #[error("loading the BPF object: {0}")]
+    Object(String),
+    #[error("map {0} missing from the BPF object")]
+    NoMap(&'static str),
+    #[error("map {name}: {msg}")]
+    Map { name: &'static str, msg: String },
+    #[error("no signal can be collected on this kernel: {0}")]
+    NothingAttached(String),
+}
+
+/// Facts about the running kernel gathered before loading.
+#[derive(Debug, Default)]
+pub struct KernelInfo {
+    pub btf: Option<Btf>,
+    pub btf_error: Option<String>,
+    pub tracefs: Option<PathBuf>,
+    pub tracefs_error: Option<String>,
+    pub cgroup2: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Btf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Btf")
+    }
+}
+
+/// cgroup v2 mount point from /proc/self/mounts text (hybrid hierarchies put it
+/// at /sys/fs/cgroup/unified; never assume /sys/fs/cgroup).
+pub fn cgroup2_in_mounts(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut it = line.split_whitespace();
+        let (_, dir, fstype) = (it.next()?, it.next()?, it.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+impl KernelInfo {
+    pub fn gather() -> Self {
+        let mut k = KernelInfo::default();
+        match Btf::from_sys_fs() {
+            Ok(b) => k.btf = Some(b),
+            Err(e) => k.btf_error = Some(e.to_string()),
+        }
+        match tracefs::ensure_mounted() {
+            Ok(p) => k.tracefs = Some(p),
+            Err(e) => k.tracefs_error = Some(e.to_string()),
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        k.cgroup2 = cgroup2_in_mounts(&mounts);
+        k
+    }
+}
+
+/// Values of the load-time globals, with warnings for each that could not be found.
+#[derive(Debug, Default, Clone)]
+pub struct Globals {
+    pub agent_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_exit_code: u32,
+    pub fork_child_pid: u32,
+    pub exit_group_dead: u32,
+    pub warnings: Vec<String>,
+}
+
+impl Globals {
+    pub fn compute(k: &KernelInfo) -> Self {
+        let mut g = Globals {
+            agent_tgid: std::process::id(),
+            ..Default::default()
+        };
+        match &k.btf {
+            Some(btf) => {
+                for (field, slot) in [
+                    ("real_parent", &mut g.task_real_parent),
+                    ("tgid", &mut g.task_tgid),
+                    ("exit_code", &mut g.task_exit_code),
+                ] {
+                    match btf.member_offset("task_struct", field) {
+                        Ok(o) => *slot = o,
+                        Err(e) => g
+                            .warnings
+                            .push(format!("{e}: parent pids/exit codes degrade")),
+                    }
+                }
+            }
+            None => g
+                .warnings
+                .push("no kernel BTF: parent pids and exit codes are not reported".into()),
+        }
+        if let Some(root) = &k.tracefs {
+            match tracefs::field_offset(root, "sched", "sched_process_fork", "child_pid") {
+                Ok(Some(o)) => g.fork_child_pid = o,
+                Ok(None) => g
+                    .warnings
+                    .push("sched_process_fork has no child_pid".into()),
+                Err(e) => g.warnings.push(e.to_string()),
+            }
+            if let Ok(Some(o)) =
+                tracefs::field_offset(root, "sched", "sched_process_exit", "group_dead")
+            {
+                g.exit_group_dead = o;
+            }
+        }
+        g
+    }
+}
+
+fn is_eperm(msg: &str) -> bool {
+    msg.contains("Operation not permitted") || msg.contains("EPERM") || msg.contains("os error 1)")
+}
+
+/// Load the object (maps created, no program loaded yet).
+pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
+    bump_memlock();
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global(globals::AGENT_TGID, &g.agent_tgid, true)
+        .override_global(globals::TASK_REAL_PARENT_OFF, &g.task_real_parent, true)
+        .override_global(globals::TASK_TGID_OFF, &g.task_tgid, true)
+        .override_global(globals::TASK_EXIT_CODE_OFF, &g.task_exit_code, true)
+        .override_global(globals::FORK_CHILD_PID_OFF, &g.fork_child_pid, true)
+        .override_global(globals::EXIT_GROUP_DEAD_OFF, &g.exit_group_dead, true);
+    loader.load(OBJECT).map_err(|e| {
+        let msg = format!("{e}: {}", error_chain(&e));
+        if is_eperm(&msg) {
+            LoadError::NotPermitted(msg)
+        } else {
+            LoadError::Object(msg)
+        }
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
+}
+
+fn bump_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an initialised rlimit for the duration of the call.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!("raising RLIMIT_MEMLOCK failed (fine on kernels with memcg accounting)");
+    }
+}
+
+/// A function in this binary the uprobe probe attaches to.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn agent_uprobe_probe_target(x: u64) -> u64 {
+    std::hint::black_box(x.wrapping_add(1))
+}
+
+macro_rules! prog {
+    ($ebpf:expr, $name:expr, $ty:ty) => {{
+        let p = $ebpf
+            .program_mut($name)
+            .ok_or_else(|| format!("program {} missing from object", $name))?;
+        let p: &mut $ty = p.try_into().map_err(|e| format!("{e}"))?;
+        p
+    }};
+}
+
+/// An error and its causes on one line; a verifier log is cut to its last
+/// lines (the reason is at the end), the full log is at debug level.
+fn msg(e: impl std::error::Error) -> String {
+    let chain = error_chain(&e);
+    let full = if chain.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}: {chain}")
+    };
+    match full.split_once("Verifier output:") {
+        Some((head, log)) => {
+            tracing::debug!(verifier_log = log, "program rejected");
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| !l.trim().is_empty())
+                .take(4)
+                .collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{}verifier: {}", head, tail.join(" | "))
+        }
+        None => full,
+    }
+}
+
+/// Load and attach the do-nothing program for `kind`, then unload it.
+pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(), String> {
+    let name = kind.probe_program();
+    let cgroup = || -> Result<File, String> {
+        let p = k
+            .cgroup2
+            .as_ref()
+            .ok_or_else(|| "no cgroup v2 mount".to_string())?;
+        File::open(p).map_err(|e| format!("open {}: {e}", p.display()))
+    };
+    match kind {
+        HookKind::Tracepoint => {
+            if k.tracefs.is_none() {
+                return Err("tracefs not mounted".into());
+            }
+            let p = prog!(ebpf, name, TracePoint);
+            p.load().map_err(msg)?;
+            let r = p
+                .attach("sched", "sched_process_fork")
+                .map(|_| ())
+                .map_err(msg);
+            let _ = p.unload();
+            r
+        }
+        HookKind::RawTracepoint => {
+            let p = prog!(ebpf, name, RawTracePoint);
+            p.load().map_err(msg)?;
+            let r = p.attach("sched_process_fork").map(|_| ()).map_err(msg);
+            let _ = p.unload();
+            r
+        }
+        HookKind::TpBtf => {
+            let btf = aya::Btf::from_sys_fs().map_err(msg)?;
+            let p = prog!(ebpf, name, BtfTracePoint);
+            p.load("sched_process_fork", &btf).map_err(msg)?;
+            let r = p.attach().map(|_| ()).map_err(msg);
+            let _ = p.unload();
+            r
+        }
+        HookKind::Kprobe => {
+            let p = prog!(ebpf, name, KProbe);
+            p.load().map_err(msg)?;
+            let r = p.attach("do_exit", 0).map(|_| ()).map_err(msg);
+            let _ = p.unload();
+            r
+        }
+        HookKind::Fentry => {
+            let btf = aya::Btf::from_sys_fs().map_err(msg)?;
+            let p = prog!(ebpf, name, FEntry);
+            p.load("do_exit", &btf).map_err(msg)?;
+            let r = p.attach().map(|_| ()).map_err(msg);
+            let _ = p.unload();
+            r
+        }
+        HookKind::Uprobe => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            std::hint::black_box(agent_uprobe_probe_target(1));
+            let p = prog!(ebpf, name, UProbe);
+            p.load().map_err(msg)?;
+            let r = p
+                .attach(
+                    ["agent_uprobe_probe_target"],
+                    &exe,
+                    UProbeScope::CallingProcess,
+                )
+                .map(|_| ())
+                .map_err(msg);
+            let _ = p.unload();
+            r
+        }
+        HookKind::CgroupSockAddr => {
+            let cg = cgroup()?;
+            let p = prog!(ebpf, name, CgroupSockAddr);
+            p.load().map_err(msg)?;
+            let r = p
+                .attach(&cg, CgroupAttachMode::Single)
+                .map(|_| ())
+                .map_err(msg);
+            let _ = p.unload();
+            r
+        }
+        HookKind::SockOps => {
+            let cg = cgroup()?;
+            let p = prog!(ebpf, name, SockOps);
+            p.load().map_err(msg)?;
+            let r = p
+                .attach(&cg, CgroupAttachMode::Single)
+                .map(|_| ())
+                .map_err(msg);
+            let _ = p.unload();
+            r
+        }
+        HookKind::CgroupSkb => {
+            let cg = cgroup()?;
+            let p = prog!(ebpf, name, CgroupSkb);
+            p.load().map_err(msg)?;
+            let r = p
+                .attach(&cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                .map(|_| ())
+                .map_err(msg);
+            let _ = p.unload();
+            r
+        }
+    }
+}
+
+/// Probe every hook kind.
+pub fn probe_all(ebpf: &mut Ebpf, k: &KernelInfo) -> Vec<(HookKind, Result<(), String>)> {
+    HookKind::ALL
+        .iter()
+        .map(|&h| (h, probe_hook(ebpf, h, k)))
+        .collect()
+}
+
+pub fn available(k: &KernelInfo, probes: &[(HookKind, Result<(), String>)]) -> Available {
+    Available {
+        btf: k.btf.is_some(),
+        tracefs: k.tracefs.is_some(),
+        hooks: probes
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(h, _)| *h)
+            .collect(),
+    }
+}
+
+fn attach_prog(ebpf: &mut Ebpf, p: &hooks::Prog) -> Result<(), String> {
+    match p.attach {
+        Attach::Tracepoint(cat, name) => {
+            let prog = prog!(ebpf, p.name, TracePoint);
+            prog.load().map_err(msg)?;
+            prog.attach(cat, name).map(|_| ()).map_err(msg)
+        }
+        Attach::TpBtf(tp) => {
+            let btf = aya::Btf::from_sys_fs().map_err(msg)?;
+            let prog = prog!(ebpf, p.name, BtfTracePoint);
+            prog.load(tp, &btf).map_err(msg)?;
+            prog.attach().map(|_| ()).map_err(msg)
+        }
+    }
+}
+
+/// What was attached, per signal.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub signal: &'static str,
+    pub choice: Choice,
+}
+
+/// Attach every implemented signal with its best available option. A signal
+/// whose preferred option fails to attach falls through to the next option.
+pub fn attach_signals(ebpf: &mut Ebpf, av: &Available) -> Vec<Attached> {
+    let mut out = Vec::new();
+    for sig in SIGNALS.iter().filter(|s| s.implemented) {
+        let mut choice = hooks::choose(sig, av);
+        let mut tried = Available {
+            hooks: av.hooks.clone(),
+            ..av.clone()
+        };
+        loop {
+            let Choice::Active { hook, .. } = &choice else {
+                break;
+            };
+            let hook = *hook;
+            let Some(opt) = hooks::option_for(sig, hook) else {
+                break;
+            };
+            let mut failure = None;
+            for p in opt.programs {
+                if let Err(e) = attach_prog(ebpf, p) {
+                    if p.required {
+                        failure = Some(format!("{}: {e}", p.name));
+                        break;
+                    }
+                    tracing::warn!(program = p.name, error = %e, "optional program not attached");
+                }
+            }
+            match failure {
+                None => break,
+                Some(f) => {
+                    tracing::warn!(signal = sig.name, hook = hook.name(), error = %f, "attach failed; trying the next option");
+                    tried.hooks.retain(|h| *h != hook);
+                    choice = hooks::choose(sig, &tried);
+                    if let Choice::Unavailable { reason } = &mut choice {
+                        reason.push_str(&format!("; {f}"));
+                    }
+                }
+            }
+        }
+        out.push(Attached {
+            signal: sig.name,
+            choice,
+        });
+    }
+    out
+}
+
+/// Fill the environment allow-list map.
+pub fn set_env_allow(ebpf: &mut Ebpf, names: &[String]) -> Result<Vec<String>, LoadError> {
+    let map = ebpf
+        .map_mut(ENV_ALLOW_MAP)
+        .ok_or(LoadError::NoMap("ENV_ALLOW"))?;
+    let mut map: LpmTrie<&mut MapData, EnvKey, u8> =
+        LpmTrie::try_from(map).map_err(|e| LoadError::Map {
+            name: "ENV_ALLOW",
+            msg: e.to_string(),
+        })?;
+    let mut skipped = Vec::new();
+    for n in names {
+        match EnvKey::new(n.as_bytes()) {
+            Some((k, bits)) => {
+                map.insert(&Key::new(bits, k), &1, 0)
+                    .map_err(|e| LoadError::Map {
+                        name: "ENV_ALLOW",
+                        msg: e.to_string(),
+                    })?
+            }
+            None => skipped.push(n.clone()),
+        }
+    }
+    Ok(skipped)
+}
+
+/// Take the events ring buffer (start reading it before attaching).
+pub fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, LoadError> {
+    let map = ebpf
+        .take_map(EVENTS_MAP)
+        .ok_or(LoadError::NoMap("EVENTS"))?;
+    RingBuf::try_from(map).map_err(|e| LoadError::Map {
+        name: "EVENTS",
+        msg: e.to_string(),
+    })
+}
+
+/// Take the per-CPU loss counters.
+pub fn take_lost(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError> {
+    let map = ebpf.take_map(LOST_MAP).ok_or(LoadError::NoMap("LOST"))?;
+    PerCpuArray::try_from(map).map_err(|e| LoadError::Map {
+        name: "LOST",
+        msg: e.to_string(),
+    })
+}
+
+/// Sum of each loss counter over CPUs, in `LostCause` order.
+pub fn read_lost(map: &PerCpuArray<MapData, u64>) -> Vec<u64> {
+    (0..LOST_CAUSES)
+        .map(|i| map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
+        .collect()
+}

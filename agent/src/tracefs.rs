@@ -1,0 +1,133 @@
+//! tracefs: where it is mounted (mounting it when absent and allowed), and
+//! field offsets of tracepoint records from their `format` files, since some
+//! layouts (`sched_process_fork`, `sched_process_exit`) differ across kernels.
+//!
+//! Owns: reading tracefs. Must not: attach anything.
+
+use std::path::{Path, PathBuf};
+
+/// Errors finding tracefs or a tracepoint field.
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsError {
+    #[error(
+        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed ({0}); \
+         run `mount -t tracefs nodev /sys/kernel/tracing` as root"
+    )]
+    NotMounted(std::io::Error),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tracepoint {tracepoint} has no field {field}")]
+    NoField { tracepoint: String, field: String },
+}
+
+/// Mount point of tracefs according to `mounts` (the text of /proc/self/mounts).
+pub fn find_in_mounts(mounts: &str) -> Option<PathBuf> {
+    let mut debugfs = None;
+    for line in mounts.lines() {
+        let mut it = line.split_whitespace();
+        let (_, Some(dir), Some(fstype)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        match fstype {
+            "tracefs" => return Some(PathBuf::from(dir)),
+            "debugfs" => debugfs = Some(PathBuf::from(dir).join("tracing")),
+            _ => {}
+        }
+    }
+    debugfs.filter(|p| p.join("events").is_dir())
+}
+
+/// Find tracefs; mount it at /sys/kernel/tracing if absent (needs CAP_SYS_ADMIN).
+pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if let Some(p) = find_in_mounts(&mounts) {
+        return Ok(p);
+    }
+    let target = Path::new("/sys/kernel/tracing");
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| std::io::Error::other("nul"));
+    let (src, dst, fs) = (
+        c("nodev").map_err(TracefsError::NotMounted)?,
+        c("/sys/kernel/tracing").map_err(TracefsError::NotMounted)?,
+        c("tracefs").map_err(TracefsError::NotMounted)?,
+    );
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let r = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    if r != 0 {
+        return Err(TracefsError::NotMounted(std::io::Error::last_os_error()));
+    }
+    tracing::info!("mounted tracefs at {}", target.display());
+    Ok(target.to_path_buf())
+}
+
+/// Offset of `field` in a tracepoint `format` file's text, if present.
+pub fn field_offset_in(format: &str, field: &str) -> Option<u32> {
+    for line in format.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
+        let Some((decl, tail)) = rest.split_once(';') else {
+            continue;
+        };
+        // "char comm[16]" / "__data_loc char[] parent_comm" / "pid_t pid"
+        let name = decl.split_whitespace().last().unwrap_or("");
+        let name = name.split('[').next().unwrap_or(name);
+        if name != field {
+            continue;
+        }
+        let off = tail
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))?;
+        return off.trim().parse().ok();
+    }
+    None
+}
+
+/// Offset of a field of `category/name` in the running kernel.
+pub fn field_offset(
+    root: &Path,
+    category: &str,
+    name: &str,
+    field: &str,
+) -> Result<Option<u32>, TracefsError> {
+    let path = root.join("events").join(category).join(name).join("format");
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| TracefsError::Io { path, source })?;
+    Ok(field_offset_in(&text, field))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORK_618: &str = "name: sched_process_fork\nformat:\n\
+        \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\
+        \tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+        \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+        \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+    const FORK_515: &str = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+        \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+        \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
+        \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+
+    #[test]
+    fn offsets_differ_by_kernel() {
+        assert_eq!(field_offset_in(FORK_618, "child_pid"), Some(20));
+        assert_eq!(field_offset_in(FORK_515, "child_pid"), Some(44));
+        assert_eq!(field_offset_in(FORK_515, "parent_comm"), Some(8));
+        assert_eq!(field_offset_in(FORK_515, "group_dead"), None);
+    }
+
+    #[test]
+    fn mounts_parsing_prefers_tracefs() {
+        let m = "sysfs /sys sysfs rw 0 0\ntracefs /sys/kernel/tracing tracefs rw 0 0\n";
+        assert_eq!(
+            find_in_mounts(m),
+            Some(PathBuf::from("/sys/kernel/tracing"))
+        );
+        assert_eq!(find_in_mounts("sysfs /sys sysfs rw 0 0\n"), None);
+    }
+}

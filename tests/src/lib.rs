@@ -1,0 +1,1 @@
+//! Shared helpers for the root integration tests.

@@ -1,0 +1,219 @@
+//! Developer tasks: `cargo xtask setup | build | install | test | run`.
+//!
+//! Owns: toolchain installation, the test pipeline and its stage timings.
+//! Must not: contain product logic.
+
+mod toolchain;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, install and test the agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the pinned toolchains and build bpf-linker (cached).
+    Setup,
+    /// Build the agent (release) with its BPF programs embedded.
+    Build,
+    /// Build and install the agent to a directory (default /usr/local/bin, on sudo's PATH).
+    Install {
+        #[arg(long, default_value = "/usr/local/bin")]
+        dir: String,
+    },
+    /// fmt, clippy (both sides), unit tests, then the root integration tests.
+    Test {
+        /// Skip the integration tests (no root needed).
+        #[arg(long)]
+        unit_only: bool,
+        /// Extra arguments for the integration-test binary (e.g. a test name filter).
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
+}
+
+struct Stages {
+    done: Vec<(String, Duration)>,
+}
+
+impl Stages {
+    fn run(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        eprintln!("\n=== xtask: {name}");
+        let t = Instant::now();
+        let r = f();
+        let d = t.elapsed();
+        eprintln!(
+            "=== xtask: {name}: {} in {:.1}s",
+            if r.is_ok() { "ok" } else { "FAILED" },
+            d.as_secs_f64()
+        );
+        self.done.push((name.to_string(), d));
+        r
+    }
+
+    fn summary(&self) {
+        eprintln!("\n=== xtask: stage times");
+        let mut total = Duration::ZERO;
+        for (name, d) in &self.done {
+            eprintln!("  {:<28} {:>7.1}s", name, d.as_secs_f64());
+            total += *d;
+        }
+        eprintln!("  {:<28} {:>7.1}s", "total", total.as_secs_f64());
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(toolchain::workspace_root());
+    c
+}
+
+/// A cargo command that can build the agent (bpf-linker on PATH for build.rs).
+fn cargo_with_linker() -> Result<Command> {
+    let nightly = toolchain::nightly()?;
+    let mut c = cargo();
+    c.env(
+        "AGENT_BPF_LINKER_DIR",
+        toolchain::bpf_linker_bin_dir(&nightly),
+    );
+    Ok(c)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
+    let mut st = Stages { done: Vec::new() };
+    let nightly = toolchain::nightly()?;
+    let r = (|| -> Result<()> {
+        st.run("setup (toolchains, bpf-linker)", || {
+            toolchain::setup().map(|_| ())
+        })?;
+        st.run("fmt --check", || {
+            run(cargo().args(["fmt", "--all", "--", "--check"]))
+        })?;
+        st.run("clippy (userspace)", || {
+            run(cargo_with_linker()?.args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "agent-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        })?;
+        st.run("clippy (bpf)", || {
+            let mut c = cargo_with_linker()?;
+            c.current_dir(toolchain::workspace_root().join("agent-ebpf"));
+            c.arg(format!("+{nightly}")).args([
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            run(&mut c)
+        })?;
+        st.run("unit tests (no root)", || {
+            run(cargo_with_linker()?.args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "agent-ebpf",
+                "--exclude",
+                "agent-tests",
+            ]))
+        })?;
+        if unit_only {
+            return Ok(());
+        }
+        st.run("integration tests (root)", || {
+            let mut c = if is_root() {
+                cargo_with_linker()?
+            } else {
+                eprintln!("xtask: integration tests load BPF programs: running them with sudo -E");
+                let mut c = Command::new("sudo");
+                c.args([
+                    "-E",
+                    "env",
+                    &format!("PATH={}", std::env::var("PATH").unwrap_or_default()),
+                    "cargo",
+                ]);
+                c.current_dir(toolchain::workspace_root());
+                c.env(
+                    "AGENT_BPF_LINKER_DIR",
+                    toolchain::bpf_linker_bin_dir(&nightly),
+                );
+                c
+            };
+            c.args(["test", "-p", "agent-tests", "--", "--test-threads=1"]);
+            c.args(&filter);
+            run(&mut c)
+        })?;
+        Ok(())
+    })();
+    st.summary();
+    r
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => {
+            let linker = toolchain::setup()?;
+            eprintln!("xtask: ready; bpf-linker at {}", linker.display());
+            Ok(())
+        }
+        Cmd::Build => {
+            toolchain::setup()?;
+            run(cargo_with_linker()?.args(["build", "--release", "-p", "agent"]))
+        }
+        Cmd::Install { dir } => {
+            toolchain::setup()?;
+            run(cargo_with_linker()?.args(["build", "--release", "-p", "agent"]))?;
+            let src = toolchain::workspace_root().join("target/release/agent");
+            let dst = std::path::Path::new(&dir).join("agent");
+            // Copy to a temporary name then rename, so a running agent is not disturbed.
+            let tmp = std::path::Path::new(&dir).join(".agent.new");
+            std::fs::copy(&src, &tmp).with_context(|| {
+                format!(
+                    "copying {} to {} (try with sudo, or --dir)",
+                    src.display(),
+                    tmp.display()
+                )
+            })?;
+            std::fs::rename(&tmp, &dst)?;
+            eprintln!("xtask: installed {}; run `sudo agent`", dst.display());
+            Ok(())
+        }
+        Cmd::Test { unit_only, filter } => test(unit_only, filter),
+    }
+}
