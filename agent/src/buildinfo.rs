@@ -1,0 +1,294 @@
+//! Go build information (`.go.buildinfo`) read from an executable: the Go
+//! version it was built with, its main package and module, and build
+//! settings. Works on stripped and PIE binaries (falls back to scanning for
+//! the magic when section headers are gone) and on the pre-1.18 pointer format.
+//!
+//! Owns: parsing untrusted ELF bytes (bounds-checked, never panics).
+
+const MAGIC: &[u8] = b"\xff Go buildinf:";
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct BuildInfo {
+    /// e.g. `go1.22.3`.
+    pub go_version: String,
+    /// Main package path, e.g. `cmd/go`.
+    pub path: String,
+    /// Main module path and version.
+    pub main_module: Option<(String, String)>,
+    /// `build` settings (`GOOS`, `CGO_ENABLED`, `-ldflags`, `vcs.revision`, ...).
+    pub settings: Vec<(String, String)>,
+}
+
+impl BuildInfo {
+    /// Is this the `go` command itself?
+    pub fn is_go_command(&self) -> bool {
+        self.path == "cmd/go"
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildInfoError {
+    #[error("not an ELF file")]
+    NotElf,
+    #[error("no Go build information (not a Go binary)")]
+    NotGo,
+    #[error("Go build information is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+fn u16le(b: &[u8], o: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
+}
+fn u32le(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+}
+fn u64le(b: &[u8], o: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+}
+
+struct Elf<'a> {
+    b: &'a [u8],
+}
+
+struct Section {
+    name_off: u32,
+    offset: u64,
+    size: u64,
+}
+
+impl<'a> Elf<'a> {
+    fn parse(b: &'a [u8]) -> Result<Self, BuildInfoError> {
+        if b.len() < 64 || &b[..4] != b"\x7fELF" {
+            return Err(BuildInfoError::NotElf);
+        }
+        // ELFCLASS64, little-endian only (the machines we run on).
+        if b[4] != 2 || b[5] != 1 {
+            return Err(BuildInfoError::Malformed("only 64-bit little-endian ELF is read"));
+        }
+        Ok(Self { b })
+    }
+
+    fn sections(&self) -> Vec<Section> {
+        let b = self.b;
+        let (Some(shoff), Some(shentsize), Some(shnum)) =
+            (u64le(b, 0x28), u16le(b, 0x3a), u16le(b, 0x3c))
+        else {
+            return Vec::new();
+        };
+        (0..shnum as usize)
+            .filter_map(|i| {
+                let o = (shoff as usize).checked_add(i.checked_mul(shentsize as usize)?)?;
+                Some(Section {
+                    name_off: u32le(b, o)?,
+                    offset: u64le(b, o + 0x18)?,
+                    size: u64le(b, o + 0x20)?,
+                })
+            })
+            .collect()
+    }
+
+    fn section_data(&self, name: &str) -> Option<&'a [u8]> {
+        let secs = self.sections();
+        let strndx = u16le(self.b, 0x3e)? as usize;
+        let strtab = secs.get(strndx)?;
+        let strs = self
+            .b
+            .get(strtab.offset as usize..(strtab.offset as usize).checked_add(strtab.size as usize)?)?;
+        for s in &secs {
+            let n = strs.get(s.name_off as usize..)?;
+            let end = n.iter().position(|&c| c == 0)?;
+            if &n[..end] == name.as_bytes() {
+                let start = s.offset as usize;
+                return self.b.get(start..start.checked_add(s.size as usize)?);
+            }
+        }
+        None
+    }
+
+    /// File bytes at virtual address `va` (via PT_LOAD segments).
+    fn at_vaddr(&self, va: u64, len: usize) -> Option<&'a [u8]> {
+        let b = self.b;
+        let phoff = u64le(b, 0x20)? as usize;
+        let phentsize = u16le(b, 0x36)? as usize;
+        let phnum = u16le(b, 0x38)? as usize;
+        for i in 0..phnum {
+            let o = phoff.checked_add(i.checked_mul(phentsize)?)?;
+            if u32le(b, o)? != 1 {
+                continue; // PT_LOAD
+            }
+            let off = u64le(b, o + 8)?;
+            let vaddr = u64le(b, o + 0x10)?;
+            let filesz = u64le(b, o + 0x20)?;
+            if va >= vaddr && va.checked_add(len as u64)? <= vaddr.checked_add(filesz)? {
+                let start = (off + (va - vaddr)) as usize;
+                return b.get(start..start.checked_add(len)?);
+            }
+        }
+        None
+    }
+}
+
+fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut x: u64 = 0;
+    for (i, &c) in b.iter().enumerate().take(10) {
+        x |= u64::from(c & 0x7f) << (7 * i);
+        if c < 0x80 {
+            return Some((x, i + 1));
+        }
+    }
+    None
+}
+
+fn varint_string(b: &[u8]) -> Option<(&[u8], usize)> {
+    let (n, used) = uvarint(b)?;
+    let n = usize::try_from(n).ok()?;
+    let s = b.get(used..used.checked_add(n)?)?;
+    Some((s, used + n))
+}
+
+/// Parse Go build information from the bytes of an executable.
+pub fn parse(bytes: &[u8]) -> Result<BuildInfo, BuildInfoError> {
+    let elf = Elf::parse(bytes)?;
+    let data = match elf.section_data(".go.buildinfo") {
+        Some(d) if d.starts_with(MAGIC) => d,
+        _ => {
+            // Stripped of section headers: the blob is 16-byte aligned in a data segment.
+            let mut found = None;
+            let mut i = 0;
+            while i + MAGIC.len() <= bytes.len() {
+                if &bytes[i..i + MAGIC.len()] == MAGIC {
+                    found = Some(&bytes[i..]);
+                    break;
+                }
+                i += 16;
+            }
+            found.ok_or(BuildInfoError::NotGo)?
+        }
+    };
+    if data.len() < 32 {
+        return Err(BuildInfoError::Malformed("short header"));
+    }
+    let ptr_size = data[14] as usize;
+    let flags = data[15];
+    let (version, modinfo) = if flags & 2 != 0 {
+        // Go 1.18+: inline varint-prefixed strings after the 32-byte header.
+        let rest = &data[32..];
+        let (v, used) = varint_string(rest).ok_or(BuildInfoError::Malformed("version"))?;
+        let (m, _) = varint_string(&rest[used..]).ok_or(BuildInfoError::Malformed("modinfo"))?;
+        (v.to_vec(), m.to_vec())
+    } else {
+        // Before 1.18: two pointers to Go string headers {ptr, len}.
+        if ptr_size != 8 || flags & 1 != 0 {
+            return Err(BuildInfoError::Malformed("unsupported pointer format"));
+        }
+        let read_str = |at: usize| -> Option<Vec<u8>> {
+            let hdr_va = u64le(data, at)?;
+            let hdr = elf.at_vaddr(hdr_va, 16)?;
+            let ptr = u64le(hdr, 0)?;
+            let len = usize::try_from(u64le(hdr, 8)?).ok()?;
+            if len > 1 << 20 {
+                return None;
+            }
+            Some(elf.at_vaddr(ptr, len)?.to_vec())
+        };
+        (
+            read_str(16).ok_or(BuildInfoError::Malformed("version pointer"))?,
+            read_str(24).unwrap_or_default(),
+        )
+    };
+    let mut bi = BuildInfo {
+        go_version: String::from_utf8_lossy(&version).into_owned(),
+        ..Default::default()
+    };
+    // modinfo is wrapped in 16-byte sentinels.
+    let m = if modinfo.len() >= 33 && modinfo[modinfo.len() - 17] == b'\n' {
+        &modinfo[16..modinfo.len() - 16]
+    } else {
+        &modinfo[..]
+    };
+    for line in String::from_utf8_lossy(m).lines() {
+        let mut it = line.splitn(2, '\t');
+        match (it.next(), it.next()) {
+            (Some("path"), Some(p)) => bi.path = p.to_string(),
+            (Some("mod"), Some(rest)) => {
+                let mut f = rest.split('\t');
+                bi.main_module = Some((
+                    f.next().unwrap_or("").to_string(),
+                    f.next().unwrap_or("").to_string(),
+                ));
+            }
+            (Some("build"), Some(kv)) => {
+                if let Some((k, v)) = kv.split_once('=') {
+                    bi.settings.push((k.to_string(), v.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    if bi.go_version.is_empty() {
+        return Err(BuildInfoError::Malformed("empty version"));
+    }
+    Ok(bi)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A minimal ELF (no sections, no segments) holding a 1.18+ buildinfo blob.
+    pub(crate) fn fake_go_elf(version: &str, path: &str) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        b.resize(128, 0);
+        let mut blob = MAGIC.to_vec();
+        blob.push(8);
+        blob.push(2);
+        blob.resize(32, 0);
+        blob.push(version.len() as u8);
+        blob.extend_from_slice(version.as_bytes());
+        let mut modinfo = vec![b'x'; 16];
+        modinfo.extend_from_slice(format!("path\t{path}\nbuild\tGOOS=linux\n").as_bytes());
+        modinfo.extend_from_slice(&[b'y'; 16]);
+        blob.push(modinfo.len() as u8);
+        blob.extend_from_slice(&modinfo);
+        b.extend_from_slice(&blob);
+        b
+    }
+
+    #[test]
+    fn parses_inline_format_without_sections() {
+        let bi = parse(&fake_go_elf("go1.22.3", "cmd/go")).unwrap();
+        assert_eq!(bi.go_version, "go1.22.3");
+        assert!(bi.is_go_command());
+        assert_eq!(bi.settings, vec![("GOOS".into(), "linux".into())]);
+    }
+
+    #[test]
+    fn non_go_and_garbage() {
+        assert_eq!(parse(b"#!/bin/sh\n"), Err(BuildInfoError::NotElf));
+        let mut elf = fake_go_elf("go1.22", "x");
+        elf.truncate(100);
+        assert_eq!(parse(&elf), Err(BuildInfoError::NotGo));
+        let full = fake_go_elf("go1.22.3", "cmd/go");
+        for n in 0..full.len() {
+            let _ = parse(&full[..n]);
+        }
+    }
+
+    #[test]
+    fn real_go_binary_if_installed() {
+        for p in ["/usr/lib/go-1.19/bin/go", "/usr/local/go/bin/go"] {
+            if let Ok(b) = std::fs::read(p) {
+                let bi = parse(&b).unwrap();
+                assert!(bi.go_version.starts_with("go1."), "{bi:?}");
+                assert_eq!(bi.path, "cmd/go");
+            }
+        }
+        // A non-Go ELF is NotGo, never a panic.
+        if let Ok(b) = std::fs::read("/bin/true") {
+            assert_eq!(parse(&b), Err(BuildInfoError::NotGo));
+        }
+    }
+}

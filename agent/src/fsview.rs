@@ -1,0 +1,214 @@
+//! A view of a process's filesystem: paths resolve under a root
+//! (`/proc/<pid>/root` for a live process, so files inside containers
+//! resolve; any directory in tests). Symlinks are followed inside the root,
+//! never out of it.
+//!
+//! Owns: read-only file access for analysis. Must not: write anything.
+
+use std::{
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Component, Path, PathBuf},
+};
+
+/// File identity and attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub is_file: bool,
+    pub is_dir: bool,
+}
+
+impl Meta {
+    pub fn executable(&self) -> bool {
+        self.is_file && self.mode & 0o111 != 0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FsView {
+    root: PathBuf,
+}
+
+impl FsView {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The host's view.
+    pub fn host() -> Self {
+        Self::new("/")
+    }
+
+    /// The view of process `pid` if it is still alive, else the host's
+    /// (`proc_root` is `/proc` outside tests).
+    pub fn of_process(proc_root: &Path, pid: u32) -> Self {
+        let r = proc_root.join(pid.to_string()).join("root");
+        if r.join(".").exists() {
+            Self::new(r)
+        } else {
+            Self::host()
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Host path of `p` (absolute inside the view) without following symlinks.
+    pub fn host_path(&self, p: &str) -> PathBuf {
+        self.root.join(p.trim_start_matches('/'))
+    }
+
+    /// Resolve symlinks of absolute `p` inside the root. `None` when a
+    /// component is missing or there are too many links.
+    pub fn canonical(&self, p: &str) -> Option<String> {
+        let mut stack: Vec<String> = Vec::new();
+        let mut pending: Vec<String> = split(p);
+        pending.reverse();
+        let mut links = 0;
+        while let Some(c) = pending.pop() {
+            match c.as_str() {
+                "." | "" => continue,
+                ".." => {
+                    stack.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            stack.push(c);
+            let cur = format!("/{}", stack.join("/"));
+            let hp = self.host_path(&cur);
+            let md = std::fs::symlink_metadata(&hp).ok()?;
+            if md.file_type().is_symlink() {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&hp).ok()?;
+                let t = target.to_string_lossy().to_string();
+                stack.pop();
+                if t.starts_with('/') {
+                    stack.clear();
+                }
+                let mut more = split(&t);
+                more.reverse();
+                pending.extend(more);
+            }
+        }
+        Some(format!("/{}", stack.join("/")))
+    }
+
+    /// `stat` (following symlinks inside the root).
+    pub fn stat(&self, p: &str) -> Option<Meta> {
+        let c = self.canonical(p)?;
+        let md = std::fs::metadata(self.host_path(&c)).ok()?;
+        Some(Meta {
+            dev: md.dev(),
+            ino: md.ino(),
+            mode: md.permissions().mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+            mtime: md.mtime(),
+            is_file: md.is_file(),
+            is_dir: md.is_dir(),
+        })
+    }
+
+    pub fn is_dir(&self, p: &str) -> bool {
+        self.stat(p).is_some_and(|m| m.is_dir)
+    }
+
+    /// Up to `max` bytes of the file at `p`.
+    pub fn read_head(&self, p: &str, max: usize) -> Option<Vec<u8>> {
+        use std::io::Read as _;
+        let c = self.canonical(p)?;
+        let f = std::fs::File::open(self.host_path(&c)).ok()?;
+        let mut buf = Vec::new();
+        f.take(max as u64).read_to_end(&mut buf).ok()?;
+        Some(buf)
+    }
+
+    pub fn read_to_string(&self, p: &str, max: usize) -> Option<String> {
+        self.read_head(p, max)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+}
+
+fn split(p: &str) -> Vec<String> {
+    Path::new(p)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Lexical parent of an absolute path string.
+pub fn parent(p: &str) -> Option<&str> {
+    let t = p.trim_end_matches('/');
+    let i = t.rfind('/')?;
+    Some(if i == 0 { "/" } else { &t[..i] })
+}
+
+pub fn basename(p: &str) -> &str {
+    p.trim_end_matches('/').rsplit('/').next().unwrap_or(p)
+}
+
+/// Join `dir` and `name` as strings.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "agent-test-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn absolute_symlinks_stay_inside_the_root() {
+        let root = tempdir("fsview");
+        std::fs::create_dir_all(root.join("usr/lib/go/bin")).unwrap();
+        std::fs::write(root.join("usr/lib/go/bin/go"), b"x").unwrap();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib/go/bin/go", root.join("usr/bin/go")).unwrap();
+        let v = FsView::new(&root);
+        assert_eq!(v.canonical("/usr/bin/go").as_deref(), Some("/usr/lib/go/bin/go"));
+        assert!(v.stat("/usr/bin/go").unwrap().is_file);
+        assert_eq!(v.canonical("/usr/bin/../bin/go").as_deref(), Some("/usr/lib/go/bin/go"));
+        assert!(v.stat("/nope").is_none());
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn path_helpers() {
+        assert_eq!(parent("/a/b/c"), Some("/a/b"));
+        assert_eq!(parent("/a"), Some("/"));
+        assert_eq!(basename("/a/b/go"), "go");
+        assert_eq!(join("/a/", "b"), "/a/b");
+    }
+}
