@@ -67,6 +67,9 @@ fn main() -> anyhow::Result<()> {
     let joined = env::join_paths(paths)?;
     // SAFETY: build scripts are single-threaded here; nothing reads the environment concurrently.
     unsafe { env::set_var("PATH", joined) };
+    // The nested cargo's progress lines would each become a `cargo:warning`.
+    // SAFETY: as above.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     // The nested cargo must not inherit the userspace toolchain pin.
     // SAFETY: as above.
     unsafe { env::remove_var("RUSTUP_TOOLCHAIN") };

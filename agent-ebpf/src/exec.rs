@@ -301,10 +301,9 @@ fn read_argv(ev: &mut ExecEvent, argv: *const *const u8) {
     }
     if i == MAX_ARGS {
         // SAFETY: as above.
-        if let Ok(p) = unsafe { bpf_probe_read_user::<*const u8>(argv.add(MAX_ARGS as usize)) } {
-            if !p.is_null() {
-                flags |= EXEC_F_ARGV_TRUNCATED;
-            }
+        let next = unsafe { bpf_probe_read_user::<*const u8>(argv.add(MAX_ARGS as usize)) };
+        if next.is_ok_and(|p| !p.is_null()) {
+            flags |= EXEC_F_ARGV_TRUNCATED;
         }
     }
     if off > ARGV_MAX + ARG_LEN {
@@ -373,11 +372,9 @@ fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
     }
     if i == MAX_ENV_SCAN {
         // SAFETY: as above.
-        if let Ok(p) = unsafe { bpf_probe_read_user::<*const u8>(envp.add(MAX_ENV_SCAN as usize)) }
-        {
-            if !p.is_null() {
-                flags |= EXEC_F_ENV_TRUNCATED;
-            }
+        let next = unsafe { bpf_probe_read_user::<*const u8>(envp.add(MAX_ENV_SCAN as usize)) };
+        if next.is_ok_and(|p| !p.is_null()) {
+            flags |= EXEC_F_ENV_TRUNCATED;
         }
     }
     if off > DATA_LEN + ARG_LEN {

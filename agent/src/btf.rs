@@ -151,13 +151,14 @@ impl Btf {
             structs_by_name: HashMap::new(),
         };
         for (id, t) in btf.types.iter().enumerate() {
-            if t.kind == KIND_STRUCT && t.name != 0 {
-                if let Some(n) = btf.str_at(t.name) {
-                    // First definition wins (modules may repeat names; vmlinux does not).
-                    btf.structs_by_name
-                        .entry(n.to_string())
-                        .or_insert(id as u32);
-                }
+            if t.kind == KIND_STRUCT
+                && t.name != 0
+                && let Some(n) = btf.str_at(t.name)
+            {
+                // First definition wins (modules may repeat names; vmlinux does not).
+                btf.structs_by_name
+                    .entry(n.to_string())
+                    .or_insert(id as u32);
             }
         }
         Ok(btf)
@@ -192,10 +193,10 @@ impl Btf {
                 }
             } else if let Some(inner) = self.resolve(m.type_id) {
                 // Anonymous struct/union: its members are reached through it.
-                if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
-                    if let Some(off) = self.find_in(inner, member, depth + 1) {
-                        return Some(m.bit_offset + off);
-                    }
+                if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                    && let Some(off) = self.find_in(inner, member, depth + 1)
+                {
+                    return Some(m.bit_offset + off);
                 }
             }
         }

@@ -63,7 +63,9 @@ impl<'a> Elf<'a> {
         }
         // ELFCLASS64, little-endian only (the machines we run on).
         if b[4] != 2 || b[5] != 1 {
-            return Err(BuildInfoError::Malformed("only 64-bit little-endian ELF is read"));
+            return Err(BuildInfoError::Malformed(
+                "only 64-bit little-endian ELF is read",
+            ));
         }
         Ok(Self { b })
     }
@@ -91,9 +93,9 @@ impl<'a> Elf<'a> {
         let secs = self.sections();
         let strndx = u16le(self.b, 0x3e)? as usize;
         let strtab = secs.get(strndx)?;
-        let strs = self
-            .b
-            .get(strtab.offset as usize..(strtab.offset as usize).checked_add(strtab.size as usize)?)?;
+        let strs = self.b.get(
+            strtab.offset as usize..(strtab.offset as usize).checked_add(strtab.size as usize)?,
+        )?;
         for s in &secs {
             let n = strs.get(s.name_off as usize..)?;
             let end = n.iter().position(|&c| c == 0)?;

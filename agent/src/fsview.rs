@@ -197,9 +197,15 @@ pub(crate) mod tests {
         std::fs::create_dir_all(root.join("usr/bin")).unwrap();
         std::os::unix::fs::symlink("/usr/lib/go/bin/go", root.join("usr/bin/go")).unwrap();
         let v = FsView::new(&root);
-        assert_eq!(v.canonical("/usr/bin/go").as_deref(), Some("/usr/lib/go/bin/go"));
+        assert_eq!(
+            v.canonical("/usr/bin/go").as_deref(),
+            Some("/usr/lib/go/bin/go")
+        );
         assert!(v.stat("/usr/bin/go").unwrap().is_file);
-        assert_eq!(v.canonical("/usr/bin/../bin/go").as_deref(), Some("/usr/lib/go/bin/go"));
+        assert_eq!(
+            v.canonical("/usr/bin/../bin/go").as_deref(),
+            Some("/usr/lib/go/bin/go")
+        );
         assert!(v.stat("/nope").is_none());
         std::fs::remove_dir_all(root).ok();
     }

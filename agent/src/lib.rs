@@ -5,16 +5,19 @@
 //! events) → `proctable` (process tree, exec identity) → `analysis` (toolchain
 //! resolution, findings) → `output` (live lines, JSON, trace report).
 
+pub mod analysis;
 pub mod btf;
+pub mod buildinfo;
 pub mod check;
 pub mod collector;
 pub mod event;
+pub mod fsview;
 pub mod hooks;
 pub mod loader;
-pub mod tracefs;
-pub mod buildinfo;
-pub mod fsview;
+pub mod output;
 pub mod pathres;
 pub mod proctable;
 pub mod pyenv;
 pub mod redact;
+pub mod run;
+pub mod tracefs;

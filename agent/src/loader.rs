@@ -32,8 +32,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "the kernel refused to load BPF programs ({0}): run as root (sudo agent), or grant \
-         CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; `agent check` shows what is missing"
+        "cannot load BPF programs ({0}): run as root (sudo agent) or grant CAP_BPF and \
+         CAP_PERFMON; `agent check` shows what is missing"
     )]
     NotPermitted(String),
     #[error("loading the BPF object: {0}")]
@@ -148,8 +148,28 @@ fn is_eperm(msg: &str) -> bool {
     msg.contains("Operation not permitted") || msg.contains("EPERM") || msg.contains("os error 1)")
 }
 
+/// Effective capability bits of this process.
+pub fn effective_caps() -> u64 {
+    crate::check::cap_eff(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
+/// Fail early, in one line, when this process cannot possibly load programs.
+pub fn require_privileges() -> Result<(), LoadError> {
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_BPF: u64 = 1 << 39;
+    if effective_caps() & (CAP_SYS_ADMIN | CAP_BPF) == 0 {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        return Err(LoadError::NotPermitted(format!(
+            "uid {euid} has neither CAP_BPF nor CAP_SYS_ADMIN"
+        )));
+    }
+    Ok(())
+}
+
 /// Load the object (maps created, no program loaded yet).
 pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
+    require_privileges()?;
     bump_memlock();
     let mut loader = EbpfLoader::new();
     loader
@@ -160,7 +180,7 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
         .override_global(globals::FORK_CHILD_PID_OFF, &g.fork_child_pid, true)
         .override_global(globals::EXIT_GROUP_DEAD_OFF, &g.exit_group_dead, true);
     loader.load(OBJECT).map_err(|e| {
-        let msg = format!("{e}: {}", error_chain(&e));
+        let msg = msg(e);
         if is_eperm(&msg) {
             LoadError::NotPermitted(msg)
         } else {
@@ -392,10 +412,7 @@ pub fn attach_signals(ebpf: &mut Ebpf, av: &Available) -> Vec<Attached> {
             hooks: av.hooks.clone(),
             ..av.clone()
         };
-        loop {
-            let Choice::Active { hook, .. } = &choice else {
-                break;
-            };
+        while let Choice::Active { hook, .. } = &choice {
             let hook = *hook;
             let Some(opt) = hooks::option_for(sig, hook) else {
                 break;

@@ -108,9 +108,22 @@ mod tests {
         std::fs::create_dir_all(root.join("home/u/bin/go")).unwrap();
         std::fs::write(root.join("home/u/noexec-go"), b"").unwrap();
         let fs = FsView::new(&root);
-        let c = candidates(&fs, "go", "/nope:/home/u/bin:/opt/conda/envs/x/bin:/usr/local/go/bin:/opt/conda/envs/x/bin", None);
+        let c = candidates(
+            &fs,
+            "go",
+            "/nope:/home/u/bin:/opt/conda/envs/x/bin:/usr/local/go/bin:/opt/conda/envs/x/bin",
+            None,
+        );
         let states: Vec<_> = c.iter().map(|c| c.state.clone()).collect();
-        assert_eq!(states, vec![CandState::Missing, CandState::Directory, CandState::Executable, CandState::Executable]);
+        assert_eq!(
+            states,
+            vec![
+                CandState::Missing,
+                CandState::Directory,
+                CandState::Executable,
+                CandState::Executable
+            ]
+        );
         assert_eq!(winner(&fs, &c, "/opt/conda/envs/x/bin/go"), Some(2));
         std::fs::remove_dir_all(root).ok();
     }

@@ -62,11 +62,9 @@ impl ProcTable {
 
     pub fn on_fork(&mut self, f: &Fork) {
         // A child thread of an existing process is not a new process.
-        if self
-            .procs
-            .get(&f.child_pid)
-            .is_some_and(|p| p.exit.is_none() && p.id.start_ns < f.ktime_ns && p.id.tgid == f.parent_tgid)
-        {
+        if self.procs.get(&f.child_pid).is_some_and(|p| {
+            p.exit.is_none() && p.id.start_ns < f.ktime_ns && p.id.tgid == f.parent_tgid
+        }) {
             return;
         }
         if f.child_pid == f.parent_tgid {
@@ -108,7 +106,10 @@ impl ProcTable {
             });
         }
         let Some(p) = self.procs.get_mut(&tgid) else {
-            return ProcId { tgid, start_ns: e.ktime_ns };
+            return ProcId {
+                tgid,
+                start_ns: e.ktime_ns,
+            };
         };
         if e.ppid != 0 {
             p.ppid = e.ppid;
@@ -237,8 +238,16 @@ mod tests {
         let mut t = ProcTable::default();
         t.on_exec(exec(10, 1, 1, "/bin/sh"));
         // sh forks a subshell 11 that forks 12 which execs go.
-        t.on_fork(&Fork { parent_tgid: 10, child_pid: 11, ktime_ns: 2 });
-        t.on_fork(&Fork { parent_tgid: 11, child_pid: 12, ktime_ns: 3 });
+        t.on_fork(&Fork {
+            parent_tgid: 10,
+            child_pid: 11,
+            ktime_ns: 2,
+        });
+        t.on_fork(&Fork {
+            parent_tgid: 11,
+            child_pid: 12,
+            ktime_ns: 3,
+        });
         t.on_exec(exec(12, 11, 4, "/usr/bin/go"));
         assert!(t.in_tree(12, 10));
         assert_eq!(t.ancestors(12), vec![11, 10, 1]);
@@ -250,7 +259,12 @@ mod tests {
     fn pid_reuse_starts_a_new_process() {
         let mut t = ProcTable::default();
         let a = t.on_exec(exec(20, 1, 1, "/bin/a"));
-        t.on_exit(&Exit { tgid: 20, ppid: 1, ktime_ns: 2, raw_code: 0 });
+        t.on_exit(&Exit {
+            tgid: 20,
+            ppid: 1,
+            ktime_ns: 2,
+            raw_code: 0,
+        });
         let b = t.on_exec(exec(20, 5, 3, "/bin/b"));
         assert_ne!(a, b);
         assert_eq!(t.get(20).unwrap().execs.len(), 1);
@@ -261,7 +275,12 @@ mod tests {
     fn exited_entries_expire() {
         let mut t = ProcTable::default();
         t.on_exec(exec(30, 1, 1, "/bin/a"));
-        t.on_exit(&Exit { tgid: 30, ppid: 1, ktime_ns: 10, raw_code: 0 });
+        t.on_exit(&Exit {
+            tgid: 30,
+            ppid: 1,
+            ktime_ns: 10,
+            raw_code: 0,
+        });
         t.expire(10 + EXITED_TTL_NS - 1);
         assert!(t.get(30).is_some());
         t.expire(10 + EXITED_TTL_NS);
@@ -272,7 +291,12 @@ mod tests {
     fn reexec_in_the_same_process_is_kept_in_order() {
         let mut t = ProcTable::default();
         t.on_exec(exec(40, 1, 1, "/usr/bin/go"));
-        t.on_exec(exec(40, 1, 2, "/root/go/pkg/mod/golang.org/toolchain@v0.0.1-go1.22.0.linux-amd64/bin/go"));
+        t.on_exec(exec(
+            40,
+            1,
+            2,
+            "/root/go/pkg/mod/golang.org/toolchain@v0.0.1-go1.22.0.linux-amd64/bin/go",
+        ));
         let p = t.get(40).unwrap();
         assert_eq!(p.execs.len(), 2);
         assert!(p.current().unwrap().exe.contains("toolchain@"));

@@ -46,7 +46,10 @@ pub fn env_of(fs: &FsView, path: &str) -> Option<PyEnv> {
                 name,
             });
         }
-        if fs.stat(&crate::fsview::join(dir, "pyvenv.cfg")).is_some_and(|m| m.is_file) {
+        if fs
+            .stat(&crate::fsview::join(dir, "pyvenv.cfg"))
+            .is_some_and(|m| m.is_file)
+        {
             return Some(PyEnv::Venv {
                 prefix: dir.to_string(),
             });
@@ -84,20 +87,37 @@ mod tests {
     #[test]
     fn conda_env_names_and_venvs() {
         let root = tempdir("pyenv");
-        for d in ["opt/conda/conda-meta", "opt/conda/bin", "opt/conda/envs/go-dev/conda-meta", "opt/conda/envs/go-dev/bin", "home/u/v/bin"] {
+        for d in [
+            "opt/conda/conda-meta",
+            "opt/conda/bin",
+            "opt/conda/envs/go-dev/conda-meta",
+            "opt/conda/envs/go-dev/bin",
+            "home/u/v/bin",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::write(root.join("home/u/v/pyvenv.cfg"), "home = /usr/bin\n").unwrap();
         let fs = FsView::new(&root);
         assert_eq!(
             env_of(&fs, "/opt/conda/envs/go-dev/bin/go"),
-            Some(PyEnv::Conda { prefix: "/opt/conda/envs/go-dev".into(), name: "go-dev".into() })
+            Some(PyEnv::Conda {
+                prefix: "/opt/conda/envs/go-dev".into(),
+                name: "go-dev".into()
+            })
         );
         assert_eq!(
             env_of(&fs, "/opt/conda/bin/python"),
-            Some(PyEnv::Conda { prefix: "/opt/conda".into(), name: "base".into() })
+            Some(PyEnv::Conda {
+                prefix: "/opt/conda".into(),
+                name: "base".into()
+            })
         );
-        assert_eq!(env_of(&fs, "/home/u/v/bin/pip"), Some(PyEnv::Venv { prefix: "/home/u/v".into() }));
+        assert_eq!(
+            env_of(&fs, "/home/u/v/bin/pip"),
+            Some(PyEnv::Venv {
+                prefix: "/home/u/v".into()
+            })
+        );
         assert_eq!(env_of(&fs, "/usr/bin/python3"), None);
         std::fs::remove_dir_all(root).ok();
     }

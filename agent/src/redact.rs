@@ -12,7 +12,7 @@ pub fn redact_urls(value: &str) -> String {
         out.push_str(head);
         // The authority ends at the first '/', '?', '#', or a list separator.
         let end = tail
-            .find(|c: char| matches!(c, '/' | '?' | '#' | ',' | '|' | ' ' | ';'))
+            .find(['/', '?', '#', ',', '|', ' ', ';'])
             .unwrap_or(tail.len());
         let authority = &tail[..end];
         match authority.rfind('@') {
@@ -34,7 +34,10 @@ mod tests {
 
     #[test]
     fn strips_userinfo() {
-        assert_eq!(redact_urls("https://user:tok@proxy:3128"), "https://***@proxy:3128");
+        assert_eq!(
+            redact_urls("https://user:tok@proxy:3128"),
+            "https://***@proxy:3128"
+        );
         assert_eq!(redact_urls("http://u@h/path?q=1"), "http://***@h/path?q=1");
     }
 

@@ -1,1 +1,131 @@
-//! Shared helpers for the root integration tests.
+//! Helpers for the root integration tests: they load the real BPF programs,
+//! run real processes and assert on what the agent reported.
+//!
+//! Tests share kernel state: run them with `--test-threads=1` (xtask does).
+//! They panic with context rather than return errors, so failures show where.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use agent::{collector::Collector, event::Event};
+use tokio::sync::mpsc::Receiver;
+
+/// The `agent` binary built next to the test binaries (`cargo xtask test`
+/// builds it first).
+pub fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/agent
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test binary has no target dir");
+    let bin = dir.join("agent");
+    assert!(
+        bin.is_file(),
+        "{} missing: build it first (`cargo build -p agent`; `cargo xtask test` does this)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "integration tests load BPF programs: run them as root (cargo xtask test does)"
+    );
+}
+
+/// Default allow-list as owned strings.
+pub fn env_allow() -> Vec<String> {
+    agent::collector::DEFAULT_ENV_ALLOW
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A started collector and its event stream.
+pub struct Live {
+    pub collector: Collector,
+    pub rx: Receiver<Event>,
+}
+
+impl Live {
+    pub fn start() -> Self {
+        require_root();
+        let (collector, rx) = Collector::start(&env_allow(), 65_536)
+            .unwrap_or_else(|e| panic!("starting the collector: {e}"));
+        Live { collector, rx }
+    }
+
+    /// Receive events until `pred` picks one or `timeout` passes; returns
+    /// every event seen (the match last).
+    pub async fn until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> (Option<Event>, Vec<Event>) {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (None, seen);
+            }
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(ev)) => {
+                    if pred(&ev) {
+                        return (Some(ev.clone()), seen);
+                    }
+                    seen.push(ev);
+                }
+                _ => return (None, seen),
+            }
+        }
+    }
+}
+
+/// Run the agent binary with `args`, returning (status, stdout, stderr).
+pub fn run_agent(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running agent {args:?}: {e}"));
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parse JSON lines, panicking with the offending line.
+pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// A unique scratch directory under /tmp, world-readable.
+pub fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "agent-it-{tag}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() + rand_u32() as u128
+    ));
+    std::fs::create_dir_all(&d).expect("mkdir scratch");
+    d
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read as _;
+        let _ = f.read_exact(&mut b);
+    }
+    u32::from_le_bytes(b)
+}

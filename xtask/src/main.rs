@@ -44,13 +44,49 @@ enum Cmd {
 
 struct Stages {
     done: Vec<(String, Duration)>,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Run a `cargo test` command, echoing its output and adding up its
+/// `test result:` lines.
+fn run_tests(cmd: &mut Command, st: &mut Stages) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split([';', '.']) {
+                    let mut it = part.split_whitespace();
+                    if let (Some(n), Some(what)) = (it.next(), it.next()) {
+                        let n: u64 = n.parse().unwrap_or(0);
+                        match what {
+                            "passed" => st.passed += n,
+                            "failed" => st.failed += n,
+                            "ignored" => st.ignored += n,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
 }
 
 impl Stages {
-    fn run(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    fn run(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
         eprintln!("\n=== xtask: {name}");
         let t = Instant::now();
-        let r = f();
+        let r = f(self);
         let d = t.elapsed();
         eprintln!(
             "=== xtask: {name}: {} in {:.1}s",
@@ -69,6 +105,11 @@ impl Stages {
             total += *d;
         }
         eprintln!("  {:<28} {:>7.1}s", "total", total.as_secs_f64());
+        // A plain closing line for CI: the suite's own total.
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        );
     }
 }
 
@@ -106,16 +147,21 @@ fn is_root() -> bool {
 }
 
 fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
-    let mut st = Stages { done: Vec::new() };
+    let mut st = Stages {
+        done: Vec::new(),
+        passed: 0,
+        failed: 0,
+        ignored: 0,
+    };
     let nightly = toolchain::nightly()?;
     let r = (|| -> Result<()> {
-        st.run("setup (toolchains, bpf-linker)", || {
+        st.run("setup (toolchains, bpf-linker)", |_| {
             toolchain::setup().map(|_| ())
         })?;
-        st.run("fmt --check", || {
+        st.run("fmt --check", |_| {
             run(cargo().args(["fmt", "--all", "--", "--check"]))
         })?;
-        st.run("clippy (userspace)", || {
+        st.run("clippy (userspace)", |_| {
             run(cargo_with_linker()?.args([
                 "clippy",
                 "--workspace",
@@ -127,7 +173,7 @@ fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
                 "warnings",
             ]))
         })?;
-        st.run("clippy (bpf)", || {
+        st.run("clippy (bpf)", |_| {
             let mut c = cargo_with_linker()?;
             c.current_dir(toolchain::workspace_root().join("agent-ebpf"));
             c.arg(format!("+{nightly}")).args([
@@ -143,20 +189,26 @@ fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
             ]);
             run(&mut c)
         })?;
-        st.run("unit tests (no root)", || {
-            run(cargo_with_linker()?.args([
-                "test",
-                "--workspace",
-                "--exclude",
-                "agent-ebpf",
-                "--exclude",
-                "agent-tests",
-            ]))
+        st.run("unit tests (no root)", |st| {
+            run_tests(
+                cargo_with_linker()?.args([
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "agent-ebpf",
+                    "--exclude",
+                    "agent-tests",
+                ]),
+                st,
+            )
         })?;
         if unit_only {
             return Ok(());
         }
-        st.run("integration tests (root)", || {
+        st.run("build agent binary", |_| {
+            run(cargo_with_linker()?.args(["build", "-p", "agent"]))
+        })?;
+        st.run("integration tests (root)", |st| {
             let mut c = if is_root() {
                 cargo_with_linker()?
             } else {
@@ -177,7 +229,7 @@ fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
             };
             c.args(["test", "-p", "agent-tests", "--", "--test-threads=1"]);
             c.args(&filter);
-            run(&mut c)
+            run_tests(&mut c, st)
         })?;
         Ok(())
     })();

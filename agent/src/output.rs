@@ -1,0 +1,280 @@
+//! What a person or a machine reads: one line per exec/exit/finding (text,
+//! colour on a terminal, fits 120 columns) or one JSON object per line with
+//! `"type"` first. Every environment value is redacted here, the one place
+//! values leave the agent.
+//!
+//! Owns: rendering. Must not: decide what is shown (the runner does).
+
+use serde_json::{Map, Value, json};
+
+use crate::{
+    analysis::{ExecAnalysis, Finding, Severity, errno_name},
+    event::{Exec, Exit},
+    redact::redact_urls,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Style {
+    pub format: Format,
+    pub color: bool,
+    /// boot-time ns → Unix ns.
+    pub clock_offset_ns: i128,
+}
+
+const WIDTH: usize = 120;
+
+fn unix_ns(style: &Style, ktime_ns: u64) -> i128 {
+    ktime_ns as i128 + style.clock_offset_ns
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+    let ms = (unix_ns.rem_euclid(1_000_000_000) / 1_000_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn clock(style: &Style, ktime_ns: u64) -> String {
+    // HH:MM:SS.mmm of the RFC 3339 string.
+    rfc3339(unix_ns(style, ktime_ns))[11..23].to_string()
+}
+
+fn paint(style: &Style, code: &str, s: &str) -> String {
+    if style.color {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_string()
+    }
+}
+
+fn fit(mut s: String, width: usize) -> String {
+    if s.chars().count() > width {
+        s = s.chars().take(width.saturating_sub(1)).collect();
+        s.push('…');
+    }
+    s
+}
+
+/// Allow-listed environment of an exec, redacted, as a JSON object.
+pub fn env_json(e: &Exec) -> Value {
+    let mut m = Map::new();
+    for (k, v) in &e.env {
+        m.entry(k.clone()).or_insert_with(|| json!(redact_urls(v)));
+    }
+    Value::Object(m)
+}
+
+pub fn exec_json(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> Value {
+    let mut v = json!({
+        "type": if e.ok() { "exec" } else { "exec_failed" },
+        "time": rfc3339(unix_ns(style, e.ktime_ns)),
+        "pid": e.tgid,
+        "tid": e.pid,
+        "ppid": e.ppid,
+        "uid": e.uid,
+        "gid": e.gid,
+        "cgroup_id": e.cgroup_id,
+        "filename": e.filename,
+        "exe": e.exe,
+        "argv": e.argv.iter().map(|a| redact_urls(a)).collect::<Vec<_>>(),
+        "env": env_json(e),
+        "caller_comm": e.comm,
+        "argv_truncated": e.argv_truncated,
+        "env_truncated": e.env_truncated,
+        "filename_truncated": e.filename_truncated,
+        "entry_missed": e.no_enter,
+    });
+    if !e.ok() {
+        v["errno"] = json!(errno_name(e.errno));
+    }
+    if let Some(a) = a
+        && a.analysed
+    {
+        v["identity"] = serde_json::to_value(&a.identity).unwrap_or(Value::Null);
+        v["toolchain"] = json!(a.toolchain);
+        if let Some(c) = &a.cwd {
+            v["cwd"] = json!(c);
+        }
+    }
+    v
+}
+
+pub fn exec_text(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> String {
+    let args: Vec<String> = e.argv.iter().map(|a| redact_urls(a)).collect();
+    let mut cmd = args.join(" ");
+    if e.argv_truncated {
+        cmd.push_str(" …[argv truncated]");
+    }
+    if e.no_enter {
+        cmd = "(arguments missed)".into();
+    }
+    let (tag, tail) = if e.ok() {
+        let id = a.map(|a| a.identity.label()).unwrap_or_default();
+        let id = if id.is_empty() {
+            String::new()
+        } else {
+            format!(" [{id}]")
+        };
+        (paint(style, "36", "exec "), format!("→ {}{id}", e.exe))
+    } else {
+        (
+            paint(style, "33", "fail "),
+            format!("{} {}", errno_name(e.errno), e.filename),
+        )
+    };
+    let head = format!("{} {tag} {:>7} ", clock(style, e.ktime_ns), e.tgid);
+    // Keep the resolved binary visible: cut the command first.
+    let room = WIDTH
+        .saturating_sub(visible_len(&head) + tail.chars().count() + 2)
+        .max(12);
+    fit(
+        format!("{head}{}  {tail}", fit(cmd, room)),
+        WIDTH + (head.len() - visible_len(&head)),
+    )
+}
+
+fn visible_len(s: &str) -> usize {
+    // Length without ANSI colour sequences.
+    let mut n = 0;
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, _) => n += 1,
+        }
+    }
+    n
+}
+
+pub fn exit_json(style: &Style, x: &Exit, duration_ns: Option<u64>) -> Value {
+    json!({
+        "type": "exit",
+        "time": rfc3339(unix_ns(style, x.ktime_ns)),
+        "pid": x.tgid,
+        "exit_code": x.status(),
+        "signal": x.signal(),
+        "duration_ms": duration_ns.map(|d| d as f64 / 1e6),
+    })
+}
+
+pub fn exit_text(style: &Style, x: &Exit, name: &str, duration_ns: Option<u64>) -> String {
+    let how = match (x.status(), x.signal()) {
+        (Some(0), _) => "exit 0".to_string(),
+        (Some(c), _) => paint(style, "31", &format!("exit {c}")),
+        (None, Some(s)) => paint(style, "31", &format!("killed by signal {s}")),
+        _ => "exit ?".into(),
+    };
+    let dur = duration_ns
+        .map(|d| format!(" after {:.3}s", d as f64 / 1e9))
+        .unwrap_or_default();
+    fit(
+        format!(
+            "{} exit  {:>7} {name} {how}{dur}",
+            clock(style, x.ktime_ns),
+            x.tgid
+        ),
+        WIDTH + 16,
+    )
+}
+
+pub fn finding_json(style: &Style, f: &Finding, ktime_ns: u64) -> Value {
+    json!({
+        "type": "finding",
+        "time": rfc3339(unix_ns(style, ktime_ns)),
+        "code": f.code,
+        "severity": f.severity,
+        "pid": f.pid,
+        "summary": f.summary,
+        "evidence": f.evidence,
+    })
+}
+
+pub fn finding_text(style: &Style, f: &Finding, ktime_ns: u64) -> String {
+    let sev = match f.severity {
+        Severity::Error => paint(style, "1;31", "error"),
+        Severity::Warning => paint(style, "1;33", "warn "),
+        Severity::Info => paint(style, "1;34", "info "),
+    };
+    format!(
+        "{} {sev} {:>7} {} {}",
+        clock(style, ktime_ns),
+        f.pid,
+        paint(style, "1", f.code),
+        f.summary
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        // 2026-11-22T11:00:00.250Z
+        assert_eq!(
+            rfc3339(1_795_345_200_250_000_000),
+            "2026-11-22T11:00:00.250Z"
+        );
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn lines_fit_and_secrets_do_not_leak() {
+        let style = Style {
+            format: Format::Text,
+            color: false,
+            clock_offset_ns: 0,
+        };
+        let mut e = crate::event::decode(&crate::event::tests::exec_record(
+            "/usr/bin/curl",
+            "/usr/bin/curl",
+            &["curl", "-x", "http://u:secret@proxy:3128", &"a".repeat(300)],
+            &["HTTPS_PROXY=http://u:secret@proxy:3128"],
+            0,
+        ))
+        .map(|ev| match ev {
+            crate::event::Event::Exec(e) => *e,
+            _ => unreachable!(),
+        })
+        .unwrap();
+        let line = exec_text(&style, &e, None);
+        assert!(line.chars().count() <= WIDTH, "{}", line.chars().count());
+        assert!(!line.contains("secret"));
+        let j = exec_json(&style, &e, None).to_string();
+        assert!(!j.contains("secret"), "{j}");
+        assert!(j.starts_with("{\"type\":\"exec\""), "{j}");
+        e.errno = 2;
+        assert!(exec_text(&style, &e, None).contains("ENOENT"));
+    }
+}

@@ -1,0 +1,556 @@
+//! The two ways the agent runs: live (`agent`) and around one command
+//! (`agent trace -- cmd`). Both feed decoded events through the process
+//! table and the analyzer and print what they produce.
+//!
+//! Owns: the consumer loop, selection of what is shown, the trace report.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::{
+    analysis::{AnalysisConfig, Analyzer, ExecAnalysis, Finding},
+    collector::Collector,
+    event::{Event, Exec, Exit},
+    fsview::basename,
+    hooks::Choice,
+    output::{self, Format, Style},
+    proctable::ProcTable,
+};
+
+/// Options shared by both modes.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub format: Format,
+    pub color: bool,
+    /// Show every exec, not only toolchain ones.
+    pub all_execs: bool,
+    pub env_allow: Vec<String>,
+    pub analysis: AnalysisConfig,
+}
+
+/// Everything the pipeline produced for one event, for the printer or a test.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Exec {
+        exec: Arc<Exec>,
+        analysis: ExecAnalysis,
+    },
+    Exit {
+        exit: Exit,
+        name: String,
+        duration_ns: Option<u64>,
+        /// The process was analysed (toolchain or descendant).
+        analysed: bool,
+    },
+    Finding {
+        finding: Finding,
+        ktime_ns: u64,
+    },
+}
+
+/// Process table + analyzer: the stages after the collector.
+pub struct Pipeline {
+    pub table: ProcTable,
+    pub analyzer: Analyzer,
+    analysed: std::collections::HashSet<u32>,
+}
+
+impl Pipeline {
+    pub fn new(cfg: AnalysisConfig) -> Self {
+        Self {
+            table: ProcTable::default(),
+            analyzer: Analyzer::new(cfg),
+            analysed: Default::default(),
+        }
+    }
+
+    pub fn handle(&mut self, ev: Event) -> Vec<Output> {
+        let mut out = Vec::new();
+        match ev {
+            Event::Fork(f) => self.table.on_fork(&f),
+            Event::Exec(e) => {
+                let e: Arc<Exec> = Arc::from(e);
+                self.table.on_exec(e.clone());
+                let analysis = self.analyzer.on_exec(&self.table, &e);
+                if analysis.analysed {
+                    self.analysed.insert(e.tgid);
+                }
+                let findings = analysis.findings.clone();
+                out.push(Output::Exec {
+                    exec: e.clone(),
+                    analysis,
+                });
+                for f in findings {
+                    out.push(Output::Finding {
+                        finding: f,
+                        ktime_ns: e.ktime_ns,
+                    });
+                }
+            }
+            Event::Exit(x) => {
+                let p = self.table.get(x.tgid).cloned();
+                self.table.on_exit(&x);
+                for f in self.analyzer.on_exit(&self.table, &x) {
+                    out.push(Output::Finding {
+                        finding: f,
+                        ktime_ns: x.ktime_ns,
+                    });
+                }
+                let name = p
+                    .as_ref()
+                    .and_then(|p| p.current())
+                    .map(|e| basename(&e.exe).to_string())
+                    .unwrap_or_default();
+                let duration_ns = p.as_ref().map(|p| x.ktime_ns.saturating_sub(p.id.start_ns));
+                let analysed = self.analysed.remove(&x.tgid);
+                out.push(Output::Exit {
+                    exit: x.clone(),
+                    name,
+                    duration_ns,
+                    analysed,
+                });
+                self.table.expire(x.ktime_ns);
+            }
+        }
+        out
+    }
+}
+
+fn print_line(s: &str) {
+    let mut o = std::io::stdout().lock();
+    // A closed stdout (agent | head) ends output quietly.
+    let _ = writeln!(o, "{s}");
+}
+
+fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
+    let json = style.format == Format::Json;
+    match o {
+        Output::Exec { exec, analysis } => {
+            if !(all_execs || analysis.analysed || !exec.ok()) {
+                return None;
+            }
+            // Failed attempts outside toolchains are only noise in live text.
+            if !exec.ok() && !all_execs && !json {
+                return None;
+            }
+            Some(if json {
+                output::exec_json(style, exec, Some(analysis)).to_string()
+            } else {
+                output::exec_text(style, exec, Some(analysis))
+            })
+        }
+        Output::Exit {
+            exit,
+            name,
+            duration_ns,
+            analysed,
+        } => {
+            if !(all_execs || *analysed) {
+                return None;
+            }
+            Some(if json {
+                output::exit_json(style, exit, *duration_ns).to_string()
+            } else {
+                output::exit_text(style, exit, name, *duration_ns)
+            })
+        }
+        Output::Finding { finding, ktime_ns } => Some(if json {
+            output::finding_json(style, finding, *ktime_ns).to_string()
+        } else {
+            output::finding_text(style, finding, *ktime_ns)
+        }),
+    }
+}
+
+fn report_attach(c: &Collector, json: bool) {
+    for a in &c.attached {
+        match &a.choice {
+            Choice::Active {
+                degraded: true,
+                hook,
+                note,
+            } => {
+                tracing::warn!(signal = a.signal, hook = hook.name(), "degraded: {note}")
+            }
+            Choice::Unavailable { reason } => {
+                tracing::warn!(signal = a.signal, "not collected: {reason}")
+            }
+            _ => {}
+        }
+    }
+    for w in &c.warnings {
+        tracing::warn!("{w}");
+    }
+    if !json {
+        let active: Vec<String> = c
+            .attached
+            .iter()
+            .filter_map(|a| match &a.choice {
+                Choice::Active { hook, .. } => Some(format!("{} ({})", a.signal, hook.name())),
+                _ => None,
+            })
+            .collect();
+        eprintln!("agent: watching {}; Ctrl-C to stop", active.join(", "));
+    }
+}
+
+/// Loss counters as one JSON object (kernel causes + decode errors).
+pub fn loss_json(c: &Collector) -> Value {
+    let mut m = serde_json::Map::new();
+    for (cause, n) in c.lost() {
+        m.insert(cause.name().to_string(), json!(n));
+    }
+    m.insert(
+        "decode_errors".into(),
+        json!(c.stats.decode_errors.load(Ordering::Relaxed)),
+    );
+    json!({
+        "type": "stats",
+        "events_received": c.stats.received.load(Ordering::Relaxed),
+        "lost": m,
+    })
+}
+
+fn total_lost(c: &Collector) -> u64 {
+    c.lost()
+        .iter()
+        .filter(|(cause, _)| *cause != agent_common::LostCause::ExecNoEnter)
+        .map(|(_, n)| n)
+        .sum::<u64>()
+        + c.stats.decode_errors.load(Ordering::Relaxed)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `agent` (live). Returns the process exit code.
+pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
+    let (collector, mut rx) = Collector::start(&opts.env_allow, 65_536)?;
+    let json = opts.format == Format::Json;
+    report_attach(&collector, json);
+    let style = Style {
+        format: opts.format,
+        color: opts.color,
+        clock_offset_ns: collector.clock_offset_ns,
+    };
+    let mut pipeline = Pipeline::new(opts.analysis.clone());
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut last_lost = 0;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                for o in pipeline.handle(ev) {
+                    if let Some(line) = render(&style, &o, opts.all_execs) {
+                        print_line(&line);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let lost = total_lost(&collector);
+                if lost != last_lost {
+                    last_lost = lost;
+                    if json {
+                        print_line(&loss_json(&collector).to_string());
+                    } else {
+                        tracing::warn!("events lost so far: {}", loss_json(&collector)["lost"]);
+                    }
+                }
+            }
+            _ = &mut stop => break,
+        }
+    }
+    if json {
+        print_line(&loss_json(&collector).to_string());
+    }
+    Ok(0)
+}
+
+/// uid/gid to run a traced command as: the sudo caller's, when run through sudo.
+fn invoking_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    (uid != 0).then_some((uid, gid))
+}
+
+/// What `agent trace` collected about one command tree.
+#[derive(Debug, Default)]
+pub struct TraceResult {
+    pub root_pid: u32,
+    pub exit_code: i32,
+    pub outputs: Vec<Output>,
+    pub lost: Value,
+}
+
+/// Run `argv` (as the invoking user), observe its process tree, return what was seen.
+pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result<TraceResult> {
+    use std::os::unix::process::CommandExt as _;
+    let (collector, mut rx) = Collector::start(&opts.env_allow, 65_536)?;
+    report_attach(&collector, true);
+    let Some((prog, args)) = argv.split_first() else {
+        anyhow::bail!("agent trace: no command given (usage: agent trace -- <command> [args])");
+    };
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args);
+    if let Some((uid, gid)) = invoking_user() {
+        cmd.uid(uid).gid(gid);
+    }
+    let mut child = tokio::process::Command::from(cmd)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("agent trace: cannot run {prog}: {e}"))?;
+    let root = child.id().unwrap_or(0);
+    let mut pipeline = Pipeline::new(opts.analysis.clone());
+    let mut outputs = Vec::new();
+    let mut in_tree = std::collections::HashSet::from([root]);
+    let mut status = None;
+    let mut root_exit_seen = false;
+    loop {
+        let timeout = if status.is_some() {
+            // The command is done: drain what is still in flight, briefly.
+            Duration::from_millis(if root_exit_seen { 150 } else { 1500 })
+        } else {
+            Duration::from_secs(3600)
+        };
+        tokio::select! {
+            ev = tokio::time::timeout(timeout, rx.recv()) => {
+                let ev = match ev {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) | Err(_) => if status.is_some() { break } else { continue },
+                };
+                for o in pipeline.handle(ev) {
+                    let pid = match &o {
+                        Output::Exec { exec, .. } => exec.tgid,
+                        Output::Exit { exit, .. } => exit.tgid,
+                        Output::Finding { finding, .. } => finding.pid,
+                    };
+                    let member = in_tree.contains(&pid) || pipeline.table.in_tree(pid, root);
+                    if !member {
+                        continue;
+                    }
+                    in_tree.insert(pid);
+                    if let Output::Exit { exit, .. } = &o
+                        && exit.tgid == root {
+                            root_exit_seen = true;
+                        }
+                    outputs.push(o);
+                }
+            }
+            st = child.wait(), if status.is_none() => {
+                status = Some(st?);
+            }
+        }
+    }
+    let code = status
+        .map(|s| {
+            use std::os::unix::process::ExitStatusExt as _;
+            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+        })
+        .unwrap_or(1);
+    Ok(TraceResult {
+        root_pid: root,
+        exit_code: code,
+        outputs,
+        lost: loss_json(&collector),
+    })
+}
+
+/// `agent trace -- cmd`: print the report, return the command's exit code.
+pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
+    let r = trace_collect(&opts, &argv).await?;
+    let style = Style {
+        format: opts.format,
+        color: opts.color,
+        clock_offset_ns: crate::collector::boot_to_unix_offset(),
+    };
+    match opts.format {
+        Format::Json => {
+            for o in &r.outputs {
+                if let Some(line) = render(&style, o, true) {
+                    print_line(&line);
+                }
+            }
+            let findings: Vec<Value> = r
+                .outputs
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Finding { finding, ktime_ns } => {
+                        Some(output::finding_json(&style, finding, *ktime_ns))
+                    }
+                    _ => None,
+                })
+                .collect();
+            print_line(
+                &json!({
+                    "type": "trace_report",
+                    "command": argv,
+                    "pid": r.root_pid,
+                    "exit_code": r.exit_code,
+                    "findings": findings,
+                    "stats": r.lost,
+                })
+                .to_string(),
+            );
+        }
+        Format::Text => eprint!("{}", trace_report_text(&style, &r, &argv)),
+    }
+    Ok(r.exit_code)
+}
+
+/// The human report: process tree with resolved binaries, then findings.
+pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let mut execs: BTreeMap<u32, Vec<(&Arc<Exec>, &ExecAnalysis)>> = BTreeMap::new();
+    let mut exits: BTreeMap<u32, (&Exit, Option<u64>)> = BTreeMap::new();
+    let mut parent: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut findings = Vec::new();
+    for o in &r.outputs {
+        match o {
+            Output::Exec { exec, analysis } if exec.ok() => {
+                parent.entry(exec.tgid).or_insert(exec.ppid);
+                execs.entry(exec.tgid).or_default().push((exec, analysis));
+            }
+            Output::Exit {
+                exit, duration_ns, ..
+            } => {
+                exits.insert(exit.tgid, (exit, *duration_ns));
+            }
+            Output::Finding { finding, .. } => findings.push(finding),
+            _ => {}
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nagent trace: `{}` exited {} ({} process{})",
+        argv.join(" "),
+        r.exit_code,
+        execs.len(),
+        if execs.len() == 1 { "" } else { "es" }
+    );
+    let _ = writeln!(s, "process tree:");
+    fn walk(
+        s: &mut String,
+        pid: u32,
+        depth: usize,
+        execs: &BTreeMap<u32, Vec<(&Arc<Exec>, &ExecAnalysis)>>,
+        exits: &BTreeMap<u32, (&Exit, Option<u64>)>,
+        parent: &BTreeMap<u32, u32>,
+        seen: &mut std::collections::HashSet<u32>,
+    ) {
+        use std::fmt::Write as _;
+        if depth > 32 || !seen.insert(pid) {
+            return;
+        }
+        if let Some(list) = execs.get(&pid) {
+            for (e, a) in list {
+                let id = a.identity.label();
+                let id = if id.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{id}]")
+                };
+                let cmd: Vec<String> = e
+                    .argv
+                    .iter()
+                    .map(|x| crate::redact::redact_urls(x))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "{:indent$}{pid} {} → {}{id}",
+                    "",
+                    cmd.join(" "),
+                    e.exe,
+                    indent = 2 + depth * 2
+                );
+            }
+            if let Some((x, d)) = exits.get(&pid) {
+                let how = match (x.status(), x.signal()) {
+                    (Some(c), _) => format!("exit {c}"),
+                    (None, Some(sig)) => format!("signal {sig}"),
+                    _ => "exit ?".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "{:indent$}  {how}{}",
+                    "",
+                    d.map(|d| format!(" after {:.3}s", d as f64 / 1e9))
+                        .unwrap_or_default(),
+                    indent = 2 + depth * 2
+                );
+            }
+        }
+        let kids: Vec<u32> = parent
+            .iter()
+            .filter(|(_, p)| **p == pid)
+            .map(|(c, _)| *c)
+            .collect();
+        for k in kids {
+            walk(s, k, depth + 1, execs, exits, parent, seen);
+        }
+    }
+    let roots: Vec<u32> = execs
+        .keys()
+        .copied()
+        .filter(|p| !parent.get(p).is_some_and(|pp| execs.contains_key(pp)))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for root in roots {
+        walk(&mut s, root, 0, &execs, &exits, &parent, &mut seen);
+    }
+    if findings.is_empty() {
+        let _ = writeln!(s, "findings: none");
+    } else {
+        let _ = writeln!(s, "findings:");
+        for f in findings {
+            let _ = writeln!(
+                s,
+                "  {}",
+                output::finding_text(&Style { ..*style }, f, 0)
+                    .split_once(' ')
+                    .map(|x| x.1)
+                    .unwrap_or("")
+            );
+            for (k, v) in &f.evidence {
+                let v = match v {
+                    Value::String(x) => x.clone(),
+                    other => other.to_string(),
+                };
+                let _ = writeln!(s, "      {k}: {}", crate::redact::redact_urls(&v));
+            }
+        }
+    }
+    let lost = &r.lost["lost"];
+    let _ = writeln!(
+        s,
+        "events: {} received, lost: {lost}",
+        r.lost["events_received"]
+    );
+    s
+}
+
+/// Channel receiver type used by tests that drive the pipeline themselves.
+pub type EventRx = mpsc::Receiver<Event>;

@@ -1,0 +1,151 @@
+//! The `agent` binary as users run it.
+
+use std::{os::unix::process::CommandExt as _, process::Command};
+
+use agent_tests::{agent_bin, json_lines, require_root, run_agent};
+
+#[test]
+fn check_reports_this_kernel_in_json() {
+    require_root();
+    let (status, out, err) = run_agent(&["check", "--format", "json"]);
+    assert!(status.success(), "agent check failed: {err}\n{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    let hook = |name: &str| {
+        r["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == name)
+            .unwrap_or_else(|| panic!("hook {name} missing"))["ok"]
+            .as_bool()
+            .unwrap()
+    };
+    for h in [
+        "tracepoint",
+        "raw_tracepoint",
+        "tp_btf",
+        "uprobe",
+        "cgroup_sock_addr",
+        "sock_ops",
+        "cgroup_skb",
+    ] {
+        assert!(hook(h), "{h} should be available on this kernel");
+    }
+    // Kernels without CONFIG_KPROBES have no kprobe PMU; where they do, kprobes work.
+    let has_kprobe_pmu = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    assert_eq!(hook("kprobe"), has_kprobe_pmu);
+    let sig = |name: &str| {
+        r["signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["signal"] == name)
+            .unwrap_or_else(|| panic!("signal {name} missing"))
+            .clone()
+    };
+    assert_eq!(sig("exec")["state"], "active");
+    assert_eq!(sig("exec")["hook"], "tracepoint");
+    assert_eq!(sig("exit")["state"], "active");
+    assert_eq!(sig("exit")["hook"], "tp_btf");
+    assert_eq!(r["usable"], true);
+    let env = |name: &str| {
+        r["environment"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == name)
+            .unwrap()["ok"]
+            .clone()
+    };
+    assert_eq!(env("btf"), true);
+    assert_eq!(env("tracefs"), true);
+    assert_eq!(env("ring_buffer"), true);
+}
+
+#[test]
+fn without_root_the_error_is_one_clear_line() {
+    require_root();
+    let out = Command::new(agent_bin())
+        .arg("--format=json")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run agent as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("run as root"), "stderr: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "stderr: {err}"
+    );
+    assert!(
+        err.trim().lines().count() <= 2,
+        "more than a clear line: {err}"
+    );
+
+    let out = Command::new(agent_bin())
+        .arg("check")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run agent check as nobody");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("no signal can be collected"), "{text}");
+}
+
+#[test]
+fn trace_exits_with_the_commands_code_and_reports_its_tree() {
+    require_root();
+    let (status, out, err) = run_agent(&[
+        "--format",
+        "json",
+        "trace",
+        "--",
+        "/bin/sh",
+        "-c",
+        "/bin/true one; exit 5",
+    ]);
+    assert_eq!(status.code(), Some(5), "stderr: {err}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.last().unwrap()["type"], "trace_report");
+    assert_eq!(lines.last().unwrap()["exit_code"], 5);
+    let execs: Vec<_> = lines.iter().filter(|l| l["type"] == "exec").collect();
+    let sh = execs
+        .iter()
+        .find(|l| l["exe"] == "/bin/sh")
+        .expect("sh exec");
+    let tru = execs
+        .iter()
+        .find(|l| l["exe"] == "/bin/true")
+        .expect("true exec");
+    assert_eq!(tru["argv"], serde_json::json!(["/bin/true", "one"]));
+    assert_eq!(tru["ppid"], sh["pid"]);
+    // Only the command's tree: nothing else on the machine.
+    assert!(execs.len() == 2, "unexpected execs: {execs:?}");
+    for l in &lines {
+        let t = l.to_string();
+        assert!(t.starts_with("{\"type\":"), "type first: {t}");
+    }
+}
+
+#[test]
+fn trace_runs_the_command_as_the_sudo_user() {
+    require_root();
+    let out = Command::new(agent_bin())
+        .args(["--format", "json", "trace", "--", "/usr/bin/id", "-u"])
+        .env("SUDO_UID", "65534")
+        .env("SUDO_GID", "65534")
+        .output()
+        .expect("agent trace id");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.lines().next().unwrap_or("").trim() == "65534",
+        "id -u printed: {stdout}"
+    );
+}

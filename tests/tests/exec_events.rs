@@ -1,0 +1,206 @@
+//! The exec/exit/fork programs, loaded for real, observed on real processes.
+
+use std::{process::Command, time::Duration};
+
+use agent::event::Event;
+use agent_tests::Live;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn exec_reports_exact_path_argv_and_only_allow_listed_env() {
+    rt().block_on(async {
+        let mut live = Live::start();
+        let mut child = Command::new("/bin/echo")
+            .args(["hello", "kernel world"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("GOROOT", "/opt/go")
+            .env("SECRET_TOKEN", "hunter2")
+            .env("PATHX", "not-path")
+            .env("HTTPS_PROXY", "http://user:pw@proxy:3128")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn echo");
+        let pid = child.id();
+        child.wait().expect("wait echo");
+        let (ev, _) = live
+            .until(
+                Duration::from_secs(10),
+                |e| matches!(e, Event::Exec(x) if x.tgid == pid),
+            )
+            .await;
+        let Some(Event::Exec(e)) = ev else {
+            panic!("no exec event for pid {pid}")
+        };
+        assert!(e.ok());
+        assert_eq!(e.filename, "/bin/echo");
+        assert_eq!(e.exe, "/bin/echo");
+        assert_eq!(e.argv, vec!["/bin/echo", "hello", "kernel world"]);
+        assert_eq!(e.ppid, std::process::id(), "parent is this test");
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(e.uid, unsafe { libc::getuid() });
+        let mut names: Vec<&str> = e.env.iter().map(|(k, _)| k.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["GOROOT", "HTTPS_PROXY", "PATH"],
+            "env {:?}",
+            e.env
+        );
+        assert_eq!(e.env_var("GOROOT"), Some("/opt/go"));
+        assert!(!e.argv_truncated && !e.env_truncated && !e.no_enter);
+        // Redaction happens at output.
+        let style = agent::output::Style {
+            format: agent::output::Format::Json,
+            color: false,
+            clock_offset_ns: 0,
+        };
+        let j = agent::output::exec_json(&style, &e, None).to_string();
+        assert!(!j.contains("pw@") && j.contains("***@proxy:3128"), "{j}");
+    });
+}
+
+#[test]
+fn failed_exec_has_errno_and_the_name_asked_for() {
+    rt().block_on(async {
+        let mut live = Live::start();
+        let missing = format!("/nonexistent-{}/tool", std::process::id());
+        let err = Command::new(&missing).spawn().expect_err("must fail");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        let (ev, _) = live
+            .until(
+                Duration::from_secs(10),
+                |e| matches!(e, Event::Exec(x) if x.filename == missing),
+            )
+            .await;
+        let Some(Event::Exec(e)) = ev else {
+            panic!("no failed exec event for {missing}")
+        };
+        assert_eq!(e.errno, libc::ENOENT);
+        assert_eq!(e.exe, "");
+        assert_eq!(e.argv, vec![missing.clone()]);
+        assert_eq!(e.ppid, std::process::id());
+    });
+}
+
+#[test]
+fn long_argv_is_truncated_and_flagged() {
+    rt().block_on(async {
+        let mut live = Live::start();
+        let many: Vec<String> = (0..100).map(|i| format!("a{i}")).collect();
+        let mut child = Command::new("/bin/true")
+            .args(&many)
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        child.wait().expect("wait");
+        let (ev, _) = live
+            .until(
+                Duration::from_secs(10),
+                |e| matches!(e, Event::Exec(x) if x.tgid == pid),
+            )
+            .await;
+        let Some(Event::Exec(e)) = ev else {
+            panic!("no exec for {pid}")
+        };
+        assert!(e.argv_truncated, "100 args must be flagged");
+        assert_eq!(e.argv.len(), agent_common::MAX_ARGS as usize);
+        assert_eq!(e.argv[1], "a0");
+
+        let long = "x".repeat(3000);
+        let mut child = Command::new("/bin/true").arg(&long).spawn().expect("spawn");
+        let pid = child.id();
+        child.wait().expect("wait");
+        let (ev, _) = live
+            .until(
+                Duration::from_secs(10),
+                |e| matches!(e, Event::Exec(x) if x.tgid == pid),
+            )
+            .await;
+        let Some(Event::Exec(e)) = ev else {
+            panic!("no exec for {pid}")
+        };
+        assert!(e.argv_truncated);
+        assert_eq!(e.argv[1].len(), agent_common::ARG_LEN - 1);
+    });
+}
+
+#[test]
+fn exit_codes_and_lineage_through_a_forking_shell() {
+    rt().block_on(async {
+        let mut live = Live::start();
+        // The subshell forks without exec; /bin/true's parent is the subshell.
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "( /bin/true; exit 3 ); exit 7"])
+            .spawn()
+            .expect("spawn sh");
+        let sh = child.id();
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(7));
+        let mut table = agent::proctable::ProcTable::default();
+        let mut exits = std::collections::HashMap::new();
+        let mut true_pid = None;
+        let _ = live
+            .until(Duration::from_secs(10), |e| {
+                match e {
+                    Event::Fork(f) => table.on_fork(f),
+                    Event::Exec(x) => {
+                        table.on_exec(std::sync::Arc::new((**x).clone()));
+                        if x.exe == "/bin/true" && table.in_tree(x.tgid, sh) {
+                            true_pid = Some(x.tgid);
+                        }
+                    }
+                    Event::Exit(x) => {
+                        exits.insert(x.tgid, x.status());
+                        table.on_exit(x);
+                    }
+                }
+                exits.contains_key(&sh)
+            })
+            .await;
+        assert_eq!(exits.get(&sh), Some(&Some(7)), "sh exit code");
+        let t = true_pid.expect("/bin/true seen inside the sh tree");
+        let anc = table.ancestors(t);
+        assert!(
+            anc.contains(&sh),
+            "ancestors of /bin/true {anc:?} include sh {sh}"
+        );
+        assert_ne!(anc[0], sh, "direct parent is the subshell, not sh");
+        assert_eq!(exits.get(&anc[0]), Some(&Some(3)), "subshell exit code");
+    });
+}
+
+#[test]
+fn the_agent_does_not_see_itself_and_nothing_is_lost() {
+    rt().block_on(async {
+        let mut live = Live::start();
+        let mut pids = Vec::new();
+        for _ in 0..200 {
+            let mut c = Command::new("/bin/true").spawn().expect("spawn");
+            pids.push(c.id());
+            c.wait().expect("wait");
+        }
+        let mut left: std::collections::HashSet<u32> = pids.iter().copied().collect();
+        let _ = live
+            .until(Duration::from_secs(20), |e| {
+                if let Event::Exec(x) = e {
+                    left.remove(&x.tgid);
+                }
+                left.is_empty()
+            })
+            .await;
+        assert!(left.is_empty(), "{} of 200 execs not reported", left.len());
+        for (cause, n) in live.collector.lost() {
+            if cause != agent_common::LostCause::ExecNoEnter {
+                assert_eq!(n, 0, "lost events ({})", cause.name());
+            }
+        }
+    });
+}
