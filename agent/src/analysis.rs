@@ -350,6 +350,19 @@ impl Analyzer {
             return;
         };
         let win = &cands[w];
+        // Activation is meant to shadow: the active env's own bin/ winning is not a finding.
+        let active: Vec<&str> = ["CONDA_PREFIX", "VIRTUAL_ENV"]
+            .iter()
+            .filter_map(|v| e.env_var(v))
+            .map(|p| p.trim_end_matches('/'))
+            .collect();
+        if a.identity
+            .pyenv
+            .as_ref()
+            .is_some_and(|env| active.contains(&env.prefix()))
+        {
+            return;
+        }
         let mut shadowed = Vec::new();
         for c in &cands[w + 1..] {
             if c.state != CandState::Executable

@@ -33,11 +33,17 @@ impl Meta {
 #[derive(Clone, Debug)]
 pub struct FsView {
     root: PathBuf,
+    /// An open handle on another mount namespace's root: stays valid after
+    /// the process exits, unlike `/proc/<pid>/root`.
+    _hold: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl FsView {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            _hold: None,
+        }
     }
 
     /// The host's view.
@@ -45,14 +51,26 @@ impl FsView {
         Self::new("/")
     }
 
-    /// The view of process `pid` if it is still alive, else the host's
-    /// (`proc_root` is `/proc` outside tests).
+    /// The view of process `pid` (`proc_root` is `/proc` outside tests): the
+    /// host's when it shares our mount namespace (or is gone), else its own
+    /// root, held open so short-lived processes can still be analysed.
     pub fn of_process(proc_root: &Path, pid: u32) -> Self {
-        let r = proc_root.join(pid.to_string()).join("root");
-        if r.join(".").exists() {
-            Self::new(r)
-        } else {
-            Self::host()
+        let dir = proc_root.join(pid.to_string());
+        let theirs = std::fs::read_link(dir.join("ns/mnt")).ok();
+        let ours = std::fs::read_link(proc_root.join("self/ns/mnt")).ok();
+        if theirs.is_none() || theirs == ours {
+            return Self::host();
+        }
+        match std::fs::File::open(dir.join("root")) {
+            Ok(f) => {
+                use std::os::fd::AsRawFd as _;
+                let root = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                Self {
+                    root,
+                    _hold: Some(std::sync::Arc::new(f)),
+                }
+            }
+            Err(_) => Self::host(),
         }
     }
 

@@ -51,6 +51,10 @@ struct Cli {
     /// Extra environment variables to capture (the built-in allow-list is always used).
     #[arg(long, value_delimiter = ',', global = true)]
     env_allow: Vec<String>,
+    /// Write records to this file instead of stdout (with `trace`, keeps the
+    /// command's own output apart).
+    #[arg(long, short = 'o', global = true)]
+    output: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -91,6 +95,12 @@ fn main() -> ExitCode {
         ColorArg::Never => false,
         ColorArg::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
+    if let Some(p) = &cli.output {
+        if let Err(e) = agent::output::set_output_file(p) {
+            eprintln!("agent: cannot open --output {}: {e}", p.display());
+            return ExitCode::from(1);
+        }
+    }
     let mut env_allow: Vec<String> = DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect();
     env_allow.extend(cli.env_allow.iter().cloned());
     let mut analysis = AnalysisConfig {

@@ -29,6 +29,36 @@ pub struct Style {
 
 const WIDTH: usize = 120;
 
+static SINK: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Send every record to `path` instead of stdout (`--output`), so a traced
+/// command's own output never mixes with the agent's.
+pub fn set_output_file(path: &std::path::Path) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let _ = SINK.set(std::sync::Mutex::new(f));
+    Ok(())
+}
+
+pub fn has_output_file() -> bool {
+    SINK.get().is_some()
+}
+
+/// Write one record line (to `--output` or stdout). A closed stdout ends output quietly.
+pub fn emit(line: &str) {
+    use std::io::Write as _;
+    if let Some(m) = SINK.get() {
+        if let Ok(mut f) = m.lock() {
+            let _ = writeln!(f, "{line}");
+        }
+        return;
+    }
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+}
+
 fn unix_ns(style: &Style, ktime_ns: u64) -> i128 {
     ktime_ns as i128 + style.clock_offset_ns
 }

@@ -6,7 +6,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -124,9 +123,7 @@ impl Pipeline {
 }
 
 fn print_line(s: &str) {
-    let mut o = std::io::stdout().lock();
-    // A closed stdout (agent | head) ends output quietly.
-    let _ = writeln!(o, "{s}");
+    output::emit(s);
 }
 
 fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
@@ -415,7 +412,14 @@ pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
                 .to_string(),
             );
         }
-        Format::Text => eprint!("{}", trace_report_text(&style, &r, &argv)),
+        Format::Text => {
+            let text = trace_report_text(&style, &r, &argv);
+            if output::has_output_file() {
+                print_line(&text);
+            } else {
+                eprint!("{text}");
+            }
+        }
     }
     Ok(r.exit_code)
 }
