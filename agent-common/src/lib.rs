@@ -9,9 +9,11 @@
 
 pub mod exec;
 pub mod lost;
+pub mod tcp;
 
 pub use exec::*;
 pub use lost::*;
+pub use tcp::*;
 
 /// Ring buffer that carries every event to userspace.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -36,6 +38,15 @@ pub mod globals {
     pub const FORK_CHILD_PID_OFF: &str = "FORK_CHILD_PID_OFF";
     /// Offset of `group_dead` in `sched:sched_process_exit`, 0 when the kernel lacks it.
     pub const EXIT_GROUP_DEAD_OFF: &str = "EXIT_GROUP_DEAD_OFF";
+    /// `offsetof(struct sock, sk_err)`.
+    pub const SOCK_ERR_OFF: &str = "SOCK_ERR_OFF";
+    /// `offsetof(struct sock_common, skc_net)`.
+    pub const SKC_NET_OFF: &str = "SKC_NET_OFF";
+    /// `offsetof(struct net, ns) + offsetof(struct ns_common, inum)`.
+    pub const NET_INUM_OFF: &str = "NET_INUM_OFF";
+    /// Offsets of `skaddr` and `state` in `tcp:tcp_retransmit_skb` (vary by kernel).
+    pub const RETRANS_SKADDR_OFF: &str = "RETRANS_SKADDR_OFF";
+    pub const RETRANS_STATE_OFF: &str = "RETRANS_STATE_OFF";
 }
 
 /// Discriminant of every event; decoded in userspace with `TryFrom<u32>`.
@@ -48,6 +59,8 @@ pub enum EventKind {
     Exit = 2,
     /// A task was created by fork/clone ([`ForkEvent`]).
     Fork = 3,
+    /// TCP connection set-up step ([`TcpEvent`]).
+    Tcp = 4,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -57,6 +70,7 @@ impl TryFrom<u32> for EventKind {
             1 => Ok(Self::Exec),
             2 => Ok(Self::Exit),
             3 => Ok(Self::Fork),
+            4 => Ok(Self::Tcp),
             other => Err(other),
         }
     }
@@ -89,6 +103,10 @@ mod pod {
     unsafe impl aya::Pod for super::ExitEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ForkEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TcpEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TcpConnStart {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExecFixed {}
     // SAFETY: as above.

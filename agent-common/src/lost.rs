@@ -13,10 +13,14 @@ pub enum LostCause {
     /// An exec completed whose `sys_enter` was never seen (agent started mid-exec,
     /// or the in-flight entry was lost); reported without argv/env.
     ExecNoEnter = 3,
+    /// The in-flight TCP connection table was full at SYN time.
+    TcpTableFull = 4,
+    /// A TCP outcome whose SYN was not seen (agent started mid-connect).
+    TcpNoStart = 5,
 }
 
 /// Number of [`LostCause`] slots in the `LOST` per-CPU array.
-pub const LOST_CAUSES: u32 = 4;
+pub const LOST_CAUSES: u32 = 6;
 
 impl LostCause {
     /// Every cause, in index order.
@@ -25,6 +29,8 @@ impl LostCause {
         LostCause::ExecTableFull,
         LostCause::Scratch,
         LostCause::ExecNoEnter,
+        LostCause::TcpTableFull,
+        LostCause::TcpNoStart,
     ];
 
     /// Stable name used in logs, JSON and metrics.
@@ -34,6 +40,8 @@ impl LostCause {
             LostCause::ExecTableFull => "exec_table_full",
             LostCause::Scratch => "scratch",
             LostCause::ExecNoEnter => "exec_no_enter",
+            LostCause::TcpTableFull => "tcp_table_full",
+            LostCause::TcpNoStart => "tcp_no_start",
         }
     }
 }

@@ -11,6 +11,7 @@
 
 mod exec;
 mod probes;
+mod tcp;
 
 use agent_common::{EVENTS_RING_BYTES, LOST_CAUSES, LostCause};
 use aya_ebpf::{
@@ -38,6 +39,16 @@ pub(crate) static TASK_EXIT_CODE_OFF: Global<u32> = Global::new(0);
 pub(crate) static FORK_CHILD_PID_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub(crate) static EXIT_GROUP_DEAD_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static SOCK_ERR_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static SKC_NET_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static NET_INUM_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static RETRANS_SKADDR_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static RETRANS_STATE_OFF: Global<u32> = Global::new(0);
 
 /// Count one loss of `cause` on this CPU.
 #[inline(always)]

@@ -788,6 +788,12 @@ pub fn errno_name(e: i32) -> String {
         libc::ENAMETOOLONG => "ENAMETOOLONG".into(),
         libc::EISDIR => "EISDIR".into(),
         libc::ENOMEM => "ENOMEM".into(),
+        libc::ECONNREFUSED => "ECONNREFUSED".into(),
+        libc::ETIMEDOUT => "ETIMEDOUT".into(),
+        libc::EHOSTUNREACH => "EHOSTUNREACH".into(),
+        libc::ENETUNREACH => "ENETUNREACH".into(),
+        libc::ECONNRESET => "ECONNRESET".into(),
+        libc::ECONNABORTED => "ECONNABORTED".into(),
         other => format!("errno {other}"),
     }
 }

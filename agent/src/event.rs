@@ -7,8 +7,9 @@
 use agent_common::{
     EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT,
     EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER, EventHeader, EventKind, ExecFixed, ExitEvent,
-    ForkEvent,
+    ForkEvent, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED, TCP_PHASE_START, TcpEvent,
 };
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A record that could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -104,11 +105,63 @@ pub struct Fork {
     pub ktime_ns: u64,
 }
 
+/// Stage of a TCP connection set-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpPhase {
+    /// SYN sent.
+    Start,
+    Established,
+    /// Failed; `Tcp::err` says why (0: closed by the application first).
+    Failed,
+}
+
+/// A TCP connection set-up step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tcp {
+    pub phase: TcpPhase,
+    /// Connecting thread and process (0 when the SYN was not seen).
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub netns: u32,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// Boot-time ns of the SYN and of this event.
+    pub start_ns: u64,
+    pub ktime_ns: u64,
+    pub syn_retrans: u32,
+    /// Positive errno of a failure.
+    pub err: i32,
+    /// The SYN was not seen (agent started mid-connect).
+    pub no_start: bool,
+    pub comm: String,
+    /// Kernel socket address, pairs start and outcome.
+    pub sock: u64,
+}
+
+impl Tcp {
+    pub fn duration_ns(&self) -> Option<u64> {
+        (!self.no_start).then(|| self.ktime_ns.saturating_sub(self.start_ns))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Exec(Box<Exec>),
     Exit(Exit),
     Fork(Fork),
+    Tcp(Box<Tcp>),
+}
+
+fn ip(family: u16, b: &[u8; 16]) -> IpAddr {
+    if family == agent_common::AF_INET {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    }
 }
 
 fn read<T: Copy>(b: &[u8]) -> Option<T> {
@@ -200,6 +253,38 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 ktime_ns: e.hdr.ktime_ns,
                 raw_code: e.exit_code,
             }))
+        }
+        EventKind::Tcp => {
+            let e: TcpEvent = read(b).ok_or(DecodeError::Truncated {
+                kind: "tcp",
+                got: b.len(),
+                need: size_of::<TcpEvent>(),
+            })?;
+            let phase = match e.phase {
+                TCP_PHASE_START => TcpPhase::Start,
+                TCP_PHASE_ESTABLISHED => TcpPhase::Established,
+                TCP_PHASE_FAILED => TcpPhase::Failed,
+                other => return Err(DecodeError::UnknownKind(other)),
+            };
+            Ok(Event::Tcp(Box::new(Tcp {
+                phase,
+                pid: e.hdr.pid,
+                tgid: e.hdr.tgid,
+                uid: e.uid,
+                cgroup_id: e.cgroup_id,
+                netns: e.netns,
+                src: ip(e.family, &e.saddr),
+                sport: e.sport,
+                dst: ip(e.family, &e.daddr),
+                dport: e.dport,
+                start_ns: e.start_ns,
+                ktime_ns: e.hdr.ktime_ns,
+                syn_retrans: e.syn_retrans,
+                err: e.err,
+                no_start: e.flags & TCP_F_NO_START != 0,
+                comm: cstr(&e.comm),
+                sock: e.skaddr,
+            })))
         }
         EventKind::Fork => {
             let e: ForkEvent = read(b).ok_or(DecodeError::Truncated {

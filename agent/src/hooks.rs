@@ -153,6 +153,19 @@ const EXIT_TP: &[Prog] = &[Prog {
     required: true,
 }];
 
+const TCP_TP: &[Prog] = &[
+    Prog {
+        name: "tcp_state_tp",
+        attach: Attach::Tracepoint("sock", "inet_sock_set_state"),
+        required: true,
+    },
+    Prog {
+        name: "tcp_retrans_tp",
+        attach: Attach::Tracepoint("tcp", "tcp_retransmit_skb"),
+        required: false,
+    },
+];
+
 /// The table. Order of signals is the order `agent check` prints them.
 pub const SIGNALS: &[Signal] = &[
     Signal {
@@ -203,23 +216,16 @@ pub const SIGNALS: &[Signal] = &[
     Signal {
         name: "tcp_connect",
         what: "TCP connection set-up: latency, refused/timeout/unreachable, SYN retransmits",
-        options: &[
-            HookOption {
-                hook: HookKind::Fentry,
-                needs_btf: true,
-                needs_tracefs: false,
-                programs: &[],
-                note: "",
-            },
-            HookOption {
-                hook: HookKind::Tracepoint,
-                needs_btf: false,
-                needs_tracefs: true,
-                programs: &[],
-                note: "",
-            },
-        ],
-        implemented: false,
+        // Tracepoints carry everything (state changes, retransmits, sk_err); a
+        // kprobe/fentry variant would add nothing on kernels that have these.
+        options: &[HookOption {
+            hook: HookKind::Tracepoint,
+            needs_btf: false,
+            needs_tracefs: true,
+            programs: TCP_TP,
+            note: "",
+        }],
+        implemented: true,
     },
     Signal {
         name: "tls_wire",
@@ -395,13 +401,12 @@ mod tests {
         let av = Available {
             btf: true,
             tracefs: true,
-            hooks: vec![HookKind::Tracepoint],
+            hooks: vec![HookKind::Tracepoint, HookKind::CgroupSkb],
         };
-        // fentry is preferred but missing: the tracepoint is what it would use.
         assert_eq!(
-            choose(sig("tcp_connect"), &av),
+            choose(sig("tls_wire"), &av),
             Choice::NotImplemented {
-                would_use: Some(HookKind::Tracepoint)
+                would_use: Some(HookKind::CgroupSkb)
             }
         );
     }

@@ -14,6 +14,7 @@ pub mod event;
 pub mod fsview;
 pub mod hooks;
 pub mod loader;
+pub mod netdiag;
 pub mod output;
 pub mod pathres;
 pub mod proctable;

@@ -98,6 +98,11 @@ pub struct Globals {
     pub task_exit_code: u32,
     pub fork_child_pid: u32,
     pub exit_group_dead: u32,
+    pub sock_err: u32,
+    pub skc_net: u32,
+    pub net_inum: u32,
+    pub retrans_skaddr: u32,
+    pub retrans_state: u32,
     pub warnings: Vec<String>,
 }
 
@@ -126,6 +131,25 @@ impl Globals {
                 .warnings
                 .push("no kernel BTF: parent pids and exit codes are not reported".into()),
         }
+        if let Some(btf) = &k.btf {
+            match btf.member_offset("sock", "sk_err") {
+                Ok(o) => g.sock_err = o,
+                Err(e) => g.warnings.push(format!("{e}: TCP failure reasons degrade")),
+            }
+            match (
+                btf.member_offset("sock_common", "skc_net"),
+                btf.member_offset("net", "ns"),
+                btf.member_offset("ns_common", "inum"),
+            ) {
+                (Ok(a), Ok(b), Ok(c)) => {
+                    g.skc_net = a;
+                    g.net_inum = b + c;
+                }
+                _ => g
+                    .warnings
+                    .push("network namespace of sockets unknown (BTF)".into()),
+            }
+        }
         if let Some(root) = &k.tracefs {
             match tracefs::field_offset(root, "sched", "sched_process_fork", "child_pid") {
                 Ok(Some(o)) => g.fork_child_pid = o,
@@ -138,6 +162,18 @@ impl Globals {
                 tracefs::field_offset(root, "sched", "sched_process_exit", "group_dead")
             {
                 g.exit_group_dead = o;
+            }
+            match (
+                tracefs::field_offset(root, "tcp", "tcp_retransmit_skb", "skaddr"),
+                tracefs::field_offset(root, "tcp", "tcp_retransmit_skb", "state"),
+            ) {
+                (Ok(Some(a)), Ok(Some(b))) => {
+                    g.retrans_skaddr = a;
+                    g.retrans_state = b;
+                }
+                _ => g.warnings.push(
+                    "tcp_retransmit_skb has no skaddr/state: SYN retransmits not counted".into(),
+                ),
             }
         }
         g
@@ -178,7 +214,12 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
         .override_global(globals::TASK_TGID_OFF, &g.task_tgid, true)
         .override_global(globals::TASK_EXIT_CODE_OFF, &g.task_exit_code, true)
         .override_global(globals::FORK_CHILD_PID_OFF, &g.fork_child_pid, true)
-        .override_global(globals::EXIT_GROUP_DEAD_OFF, &g.exit_group_dead, true);
+        .override_global(globals::EXIT_GROUP_DEAD_OFF, &g.exit_group_dead, true)
+        .override_global(globals::SOCK_ERR_OFF, &g.sock_err, true)
+        .override_global(globals::SKC_NET_OFF, &g.skc_net, true)
+        .override_global(globals::NET_INUM_OFF, &g.net_inum, true)
+        .override_global(globals::RETRANS_SKADDR_OFF, &g.retrans_skaddr, true)
+        .override_global(globals::RETRANS_STATE_OFF, &g.retrans_state, true);
     loader.load(OBJECT).map_err(|e| {
         let msg = msg(e);
         if is_eperm(&msg) {

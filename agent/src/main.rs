@@ -95,11 +95,11 @@ fn main() -> ExitCode {
         ColorArg::Never => false,
         ColorArg::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    if let Some(p) = &cli.output {
-        if let Err(e) = agent::output::set_output_file(p) {
-            eprintln!("agent: cannot open --output {}: {e}", p.display());
-            return ExitCode::from(1);
-        }
+    if let Some(p) = &cli.output
+        && let Err(e) = agent::output::set_output_file(p)
+    {
+        eprintln!("agent: cannot open --output {}: {e}", p.display());
+        return ExitCode::from(1);
     }
     let mut env_allow: Vec<String> = DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect();
     env_allow.extend(cli.env_allow.iter().cloned());

@@ -9,7 +9,8 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     analysis::{ExecAnalysis, Finding, Severity, errno_name},
-    event::{Exec, Exit},
+    event::{Exec, Exit, Tcp},
+    netdiag::{ConnReport, Outcome},
     redact::redact_urls,
 };
 
@@ -234,6 +235,61 @@ pub fn exit_text(style: &Style, x: &Exit, name: &str, duration_ns: Option<u64>) 
             x.tgid
         ),
         WIDTH + 16,
+    )
+}
+
+pub fn tcp_json(style: &Style, t: &Tcp, r: &ConnReport) -> Value {
+    json!({
+        "type": "tcp_connect",
+        "time": rfc3339(unix_ns(style, t.ktime_ns)),
+        "pid": t.tgid,
+        "tid": t.pid,
+        "uid": t.uid,
+        "comm": t.comm,
+        "exe": r.exe,
+        "outcome": r.outcome,
+        "error": (t.err != 0).then(|| errno_name(t.err)),
+        "source": std::net::SocketAddr::new(t.src, t.sport).to_string(),
+        "destination": std::net::SocketAddr::new(t.dst, t.dport).to_string(),
+        "network_type": if t.dst.is_ipv4() { "ipv4" } else { "ipv6" },
+        "netns": t.netns,
+        "cgroup_id": t.cgroup_id,
+        "duration_ms": t.duration_ns().map(|d| d as f64 / 1e6),
+        "syn_retransmits": t.syn_retrans,
+        "start_missed": t.no_start,
+        "proxy": r.proxy,
+    })
+}
+
+pub fn tcp_text(style: &Style, t: &Tcp, r: &ConnReport) -> String {
+    let name = r
+        .exe
+        .as_deref()
+        .map(crate::fsview::basename)
+        .unwrap_or(t.comm.as_str());
+    let how = match r.outcome {
+        Outcome::Established => paint(style, "32", "connected"),
+        Outcome::Cancelled => "cancelled".into(),
+        other => paint(style, "31", other.name()),
+    };
+    let dur = t
+        .duration_ns()
+        .map(|d| format!(" in {:.1} ms", d as f64 / 1e6))
+        .unwrap_or_default();
+    let retrans = if t.syn_retrans > 0 {
+        format!(
+            ", {} SYN retransmit{}",
+            t.syn_retrans,
+            if t.syn_retrans == 1 { "" } else { "s" }
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{} tcp   {:>7} {name} → {} {how}{dur}{retrans}",
+        clock(style, t.ktime_ns),
+        t.tgid,
+        std::net::SocketAddr::new(t.dst, t.dport)
     )
 }
 

@@ -205,12 +205,12 @@ impl ProcTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
+pub(crate) mod tests_support {
+    use crate::event::Exec;
 
-    fn exec(tgid: u32, ppid: u32, ns: u64, exe: &str) -> Arc<Exec> {
-        Arc::new(Exec {
+    /// A successful exec of `exe` by `tgid`, for unit tests.
+    pub(crate) fn exec(tgid: u32, ppid: u32, ns: u64, exe: &str) -> Exec {
+        Exec {
             pid: tgid,
             tgid,
             ppid,
@@ -230,7 +230,17 @@ mod tests {
             filename_truncated: false,
             no_enter: false,
             execveat: false,
-        })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn exec(tgid: u32, ppid: u32, ns: u64, exe: &str) -> Arc<Exec> {
+        Arc::new(tests_support::exec(tgid, ppid, ns, exe))
     }
 
     #[test]

@@ -16,9 +16,10 @@ use tokio::sync::mpsc;
 use crate::{
     analysis::{AnalysisConfig, Analyzer, ExecAnalysis, Finding},
     collector::Collector,
-    event::{Event, Exec, Exit},
+    event::{Event, Exec, Exit, Tcp},
     fsview::basename,
     hooks::Choice,
+    netdiag::{ConnReport, NetAnalyzer, NetConfig},
     output::{self, Format, Style},
     proctable::ProcTable,
 };
@@ -52,12 +53,19 @@ pub enum Output {
         finding: Finding,
         ktime_ns: u64,
     },
+    Tcp {
+        tcp: Box<Tcp>,
+        report: Box<ConnReport>,
+        /// The connecting process is analysed (toolchain or descendant).
+        analysed: bool,
+    },
 }
 
 /// Process table + analyzer: the stages after the collector.
 pub struct Pipeline {
     pub table: ProcTable,
     pub analyzer: Analyzer,
+    pub net: NetAnalyzer,
     analysed: std::collections::HashSet<u32>,
 }
 
@@ -66,6 +74,7 @@ impl Pipeline {
         Self {
             table: ProcTable::default(),
             analyzer: Analyzer::new(cfg),
+            net: NetAnalyzer::new(NetConfig::default()),
             analysed: Default::default(),
         }
     }
@@ -74,6 +83,28 @@ impl Pipeline {
         let mut out = Vec::new();
         match ev {
             Event::Fork(f) => self.table.on_fork(&f),
+            Event::Tcp(t) => {
+                if let Some(report) = self.net.on_tcp(&self.table, &t) {
+                    let analysed = self.analysed.contains(&t.tgid)
+                        || self
+                            .table
+                            .ancestors(t.tgid)
+                            .iter()
+                            .any(|a| self.analysed.contains(a));
+                    let findings = report.findings.clone();
+                    out.push(Output::Tcp {
+                        tcp: t.clone(),
+                        report: Box::new(report),
+                        analysed,
+                    });
+                    for f in findings {
+                        out.push(Output::Finding {
+                            finding: f,
+                            ktime_ns: t.ktime_ns,
+                        });
+                    }
+                }
+            }
             Event::Exec(e) => {
                 let e: Arc<Exec> = Arc::from(e);
                 self.table.on_exec(e.clone());
@@ -163,6 +194,20 @@ fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
         } else {
             output::finding_text(style, finding, *ktime_ns)
         }),
+        Output::Tcp {
+            tcp,
+            report,
+            analysed,
+        } => {
+            if !(all_execs || *analysed || !report.findings.is_empty()) {
+                return None;
+            }
+            Some(if json {
+                output::tcp_json(style, tcp, report).to_string()
+            } else {
+                output::tcp_text(style, tcp, report)
+            })
+        }
     }
 }
 
@@ -343,6 +388,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
                         Output::Exec { exec, .. } => exec.tgid,
                         Output::Exit { exit, .. } => exit.tgid,
                         Output::Finding { finding, .. } => finding.pid,
+                        Output::Tcp { tcp, .. } => tcp.tgid,
                     };
                     let member = in_tree.contains(&pid) || pipeline.table.in_tree(pid, root);
                     if !member {
@@ -432,6 +478,7 @@ pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> Str
     let mut exits: BTreeMap<u32, (&Exit, Option<u64>)> = BTreeMap::new();
     let mut parent: BTreeMap<u32, u32> = BTreeMap::new();
     let mut findings = Vec::new();
+    let mut conns = Vec::new();
     for o in &r.outputs {
         match o {
             Output::Exec { exec, analysis } if exec.ok() => {
@@ -444,6 +491,7 @@ pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> Str
                 exits.insert(exit.tgid, (exit, *duration_ns));
             }
             Output::Finding { finding, .. } => findings.push(finding),
+            Output::Tcp { tcp, report, .. } => conns.push((tcp, report)),
             _ => {}
         }
     }
@@ -524,6 +572,26 @@ pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> Str
     let mut seen = std::collections::HashSet::new();
     for root in roots {
         walk(&mut s, root, 0, &execs, &exits, &parent, &mut seen);
+    }
+    if !conns.is_empty() {
+        let _ = writeln!(s, "connections:");
+        for (t, rep) in &conns {
+            let _ = writeln!(
+                s,
+                "  {}",
+                output::tcp_text(
+                    &Style {
+                        color: false,
+                        ..*style
+                    },
+                    t,
+                    rep
+                )
+                .split_once(' ')
+                .map(|x| x.1)
+                .unwrap_or("")
+            );
+        }
     }
     if findings.is_empty() {
         let _ = writeln!(s, "findings: none");

@@ -4,6 +4,8 @@
 //! Tests share kernel state: run them with `--test-threads=1` (xtask does).
 //! They panic with context rather than return errors, so failures show where.
 
+pub mod netlab;
+
 use std::{
     path::PathBuf,
     process::Command,
@@ -128,4 +130,36 @@ fn rand_u32() -> u32 {
         let _ = f.read_exact(&mut b);
     }
     u32::from_le_bytes(b)
+}
+
+/// Run `agent --format json --output F trace -- argv...` with `env` added;
+/// returns the records (the command's own output stays out of them).
+pub fn trace_json(argv: &[String], env: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    require_root();
+    let out_file = scratch("trace").join("records.jsonl");
+    let mut c = Command::new(agent_bin());
+    c.args(["--format", "json", "--output"])
+        .arg(&out_file)
+        .arg("trace")
+        .arg("--")
+        .args(argv);
+    // A PATH with one python3 and one curl: no shadowing unless a test asks for it.
+    c.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("agent trace");
+    let records = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let lines = json_lines(&records);
+    assert!(
+        lines.last().is_some_and(|l| l["type"] == "trace_report"),
+        "no trace report; stderr: {}\nrecords: {records}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lines
+}
+
+/// Records of one `type`.
+pub fn of_type<'a>(lines: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|l| l["type"] == t).collect()
 }

@@ -1,0 +1,192 @@
+//! TCP connection set-up: `sock:inet_sock_set_state` gives the SYN (in the
+//! connecting process's context) and the outcome (often in softirq context,
+//! attributed through the in-flight table); `tcp:tcp_retransmit_skb` counts
+//! SYN retransmits. The failure reason is `sk->sk_err` at SYN_SENT → CLOSE:
+//! ECONNREFUSED (reset), ETIMEDOUT, EHOSTUNREACH/ENETUNREACH (ICMP), or 0
+//! when the application closed the socket first.
+
+use agent_common::{
+    AF_INET, EventKind, LostCause, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED,
+    TCP_PHASE_START, TcpConnStart, TcpEvent,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+    },
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+
+use crate::{
+    AGENT_TGID, EVENTS, NET_INUM_OFF, RETRANS_SKADDR_OFF, RETRANS_STATE_OFF, SKC_NET_OFF,
+    SOCK_ERR_OFF, count_lost,
+};
+
+/// Connections between SYN and outcome, by socket address.
+#[map]
+static TCP_CONNS: HashMap<u64, TcpConnStart> = HashMap::with_max_entries(16384, 0);
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const IPPROTO_TCP: u16 = 6;
+
+// sock:inet_sock_set_state (stable layout since 4.16)
+const SS_SKADDR: usize = 8;
+const SS_OLD: usize = 16;
+const SS_NEW: usize = 20;
+const SS_SPORT: usize = 24;
+const SS_DPORT: usize = 26;
+const SS_FAMILY: usize = 28;
+const SS_PROTO: usize = 30;
+const SS_SADDR: usize = 32;
+const SS_DADDR: usize = 36;
+const SS_SADDR6: usize = 40;
+const SS_DADDR6: usize = 56;
+
+#[inline(always)]
+fn read_u32_at(base: u64, off: u32) -> u32 {
+    if off == 0 || base == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const u32) }.unwrap_or(0)
+}
+
+/// Network namespace inode of a socket.
+#[inline(always)]
+fn netns_of(sk: u64) -> u32 {
+    let net_off = SKC_NET_OFF.load();
+    let inum_off = NET_INUM_OFF.load();
+    if inum_off == 0 || sk == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    let net: u64 =
+        unsafe { bpf_probe_read_kernel((sk + net_off as u64) as *const u64) }.unwrap_or(0);
+    read_u32_at(net, inum_off)
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn tcp_state_tp(ctx: TracePointContext) -> u32 {
+    let _ = try_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY (all reads below): offsets from the tracepoint's stable format.
+    let proto: u16 = unsafe { ctx.read_at(SS_PROTO) }.map_err(|e| e as i64)?;
+    if proto != IPPROTO_TCP {
+        return Ok(());
+    }
+    let old: i32 = unsafe { ctx.read_at(SS_OLD) }.map_err(|e| e as i64)?;
+    let new: i32 = unsafe { ctx.read_at(SS_NEW) }.map_err(|e| e as i64)?;
+    if new != TCP_SYN_SENT && old != TCP_SYN_SENT {
+        return Ok(());
+    }
+    let sk: u64 = unsafe { ctx.read_at(SS_SKADDR) }.map_err(|e| e as i64)?;
+    let mut ev = TcpEvent::default();
+    ev.hdr.kind = EventKind::Tcp as u32;
+    // SAFETY: helper without preconditions.
+    ev.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ev.family = unsafe { ctx.read_at(SS_FAMILY) }.map_err(|e| e as i64)?;
+    ev.sport = unsafe { ctx.read_at(SS_SPORT) }.map_err(|e| e as i64)?;
+    ev.dport = unsafe { ctx.read_at(SS_DPORT) }.map_err(|e| e as i64)?;
+    if ev.family == AF_INET {
+        let s: [u8; 4] = unsafe { ctx.read_at(SS_SADDR) }.map_err(|e| e as i64)?;
+        let d: [u8; 4] = unsafe { ctx.read_at(SS_DADDR) }.map_err(|e| e as i64)?;
+        ev.saddr[..4].copy_from_slice(&s);
+        ev.daddr[..4].copy_from_slice(&d);
+    } else {
+        ev.saddr = unsafe { ctx.read_at(SS_SADDR6) }.map_err(|e| e as i64)?;
+        ev.daddr = unsafe { ctx.read_at(SS_DADDR6) }.map_err(|e| e as i64)?;
+    }
+    ev.skaddr = sk;
+
+    if new == TCP_SYN_SENT {
+        // connect() in the calling process's context.
+        let id = bpf_get_current_pid_tgid();
+        let tgid = (id >> 32) as u32;
+        if tgid == AGENT_TGID.load() {
+            return Ok(());
+        }
+        let ugid = bpf_get_current_uid_gid();
+        let start = TcpConnStart {
+            start_ns: ev.hdr.ktime_ns,
+            // SAFETY: helper without preconditions.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            pid: id as u32,
+            tgid,
+            uid: ugid as u32,
+            syn_retrans: 0,
+            netns: netns_of(sk),
+            _pad: 0,
+            comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+        };
+        if TCP_CONNS.insert(&sk, &start, 0).is_err() {
+            count_lost(LostCause::TcpTableFull);
+        }
+        fill(&mut ev, &start);
+        ev.phase = TCP_PHASE_START;
+    } else {
+        // SYN_SENT → something: the outcome.
+        // SAFETY: the value is copied out before the entry is removed.
+        match unsafe { TCP_CONNS.get(&sk) } {
+            Some(start) => {
+                let start = *start;
+                fill(&mut ev, &start);
+                let _ = TCP_CONNS.remove(&sk);
+            }
+            None => {
+                count_lost(LostCause::TcpNoStart);
+                ev.flags |= TCP_F_NO_START;
+                ev.netns = netns_of(sk);
+            }
+        }
+        if new == TCP_ESTABLISHED {
+            ev.phase = TCP_PHASE_ESTABLISHED;
+        } else {
+            ev.phase = TCP_PHASE_FAILED;
+            ev.err = read_u32_at(sk, SOCK_ERR_OFF.load()) as i32;
+        }
+    }
+    if EVENTS.output(&ev, 0).is_err() {
+        count_lost(LostCause::RingFull);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn fill(ev: &mut TcpEvent, s: &TcpConnStart) {
+    ev.hdr.pid = s.pid;
+    ev.hdr.tgid = s.tgid;
+    ev.start_ns = s.start_ns;
+    ev.cgroup_id = s.cgroup_id;
+    ev.uid = s.uid;
+    ev.syn_retrans = s.syn_retrans;
+    ev.netns = s.netns;
+    ev.comm = s.comm;
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn tcp_retrans_tp(ctx: TracePointContext) -> u32 {
+    let state_off = RETRANS_STATE_OFF.load() as usize;
+    let sk_off = RETRANS_SKADDR_OFF.load() as usize;
+    if state_off == 0 || sk_off == 0 {
+        return 0;
+    }
+    // SAFETY: offsets read from this kernel's tracepoint format at load time.
+    let state: i32 = unsafe { ctx.read_at(state_off) }.unwrap_or(0);
+    if state != TCP_SYN_SENT {
+        return 0;
+    }
+    // SAFETY: as above.
+    let sk: u64 = unsafe { ctx.read_at(sk_off) }.unwrap_or(0);
+    if let Some(s) = TCP_CONNS.get_ptr_mut(&sk) {
+        // SAFETY: map value pointer valid for this program's run.
+        unsafe { (*s).syn_retrans += 1 };
+    }
+    0
+}

@@ -1,0 +1,209 @@
+//! TCP connection set-up on real sockets between network namespaces made
+//! here: a listener, a reset, a silent drop (timeout), a drop of only the
+//! first SYN, an ICMP reject; real clients (Python, curl, a Go program).
+
+use std::time::Duration;
+
+use agent_tests::{
+    netlab::{NetLab, PORT_DROP, PORT_DROP_FIRST_SYN, PORT_ICMP_UNREACH, PORT_OPEN, PORT_RESET},
+    of_type, trace_json,
+};
+use serde_json::Value;
+
+fn py_connect(host: &str, port: u16, v6: bool) -> String {
+    format!(
+        "import socket\ns=socket.socket(socket.AF_INET6 if {} else socket.AF_INET)\ntry:\n s.connect(('{host}',{port}))\nexcept OSError as e:\n print(e)\n",
+        if v6 { "True" } else { "False" }
+    )
+}
+
+fn only_conn(lines: &[Value]) -> &Value {
+    let conns = of_type(lines, "tcp_connect");
+    assert_eq!(conns.len(), 1, "connections: {conns:#?}");
+    conns[0]
+}
+
+fn codes(lines: &[Value]) -> Vec<String> {
+    of_type(lines, "finding")
+        .iter()
+        .map(|f| f["code"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn reset_is_refused_and_names_the_process() {
+    let mut lab = NetLab::new("rst");
+    lab.serve();
+    let lines = trace_json(
+        &lab.in_client(&["python3", "-c", &py_connect(&lab.srv_ip, PORT_RESET, false)]),
+        &[],
+    );
+    let c = only_conn(&lines);
+    assert_eq!(c["outcome"], "refused");
+    assert_eq!(c["error"], "ECONNREFUSED");
+    assert_eq!(c["destination"], format!("{}:{PORT_RESET}", lab.srv_ip));
+    assert_eq!(
+        c["source"].as_str().unwrap().split(':').next(),
+        Some(lab.cli_ip.as_str())
+    );
+    assert_eq!(c["comm"], "python3");
+    assert_eq!(c["syn_retransmits"], 0);
+    assert_eq!(c["netns"].as_u64(), Some(lab.cli_netns_inode()));
+    assert_eq!(codes(&lines), vec!["net.connect_refused"]);
+    let f = of_type(&lines, "finding")[0];
+    assert_eq!(f["pid"], c["pid"]);
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{}:{PORT_RESET} refused", lab.srv_ip))
+    );
+}
+
+#[test]
+fn silent_drop_times_out_after_counted_syns() {
+    let lab = NetLab::new("drop");
+    let url = format!("http://{}:{PORT_DROP}/", lab.srv_ip);
+    let lines = trace_json(
+        &lab.in_client(&["curl", "-sS", "--max-time", "20", &url]),
+        &[],
+    );
+    let c = only_conn(&lines);
+    assert_eq!(c["outcome"], "timeout");
+    assert_eq!(c["error"], "ETIMEDOUT");
+    // tcp_syn_retries=1: the first SYN and one retransmit, given up at ~3 s.
+    assert_eq!(c["syn_retransmits"], 1);
+    let ms = c["duration_ms"].as_f64().unwrap();
+    assert!((2500.0..4500.0).contains(&ms), "duration {ms} ms");
+    assert!(c["exe"].as_str().unwrap().ends_with("/curl"));
+    let f = of_type(&lines, "finding");
+    assert_eq!(codes(&lines), vec!["net.connect_timeout"]);
+    assert_eq!(f[0]["evidence"]["syns_sent"], 2);
+    assert!(
+        f[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 2 SYNs")
+    );
+}
+
+#[test]
+fn first_syn_dropped_connects_after_one_retransmit() {
+    let mut lab = NetLab::new("once");
+    lab.serve();
+    let lines = trace_json(
+        &lab.in_client(&[
+            "python3",
+            "-c",
+            &py_connect(&lab.srv_ip, PORT_DROP_FIRST_SYN, false),
+        ]),
+        &[],
+    );
+    let c = only_conn(&lines);
+    assert_eq!(c["outcome"], "established");
+    assert_eq!(c["syn_retransmits"], 1);
+    let ms = c["duration_ms"].as_f64().unwrap();
+    assert!(
+        (800.0..2500.0).contains(&ms),
+        "duration {ms} ms (one SYN RTO)"
+    );
+    assert_eq!(codes(&lines), vec!["net.syn_retransmit"]);
+}
+
+#[test]
+fn icmp_reject_is_unreachable() {
+    let lab = NetLab::new("icmp");
+    let lines = trace_json(
+        &lab.in_client(&[
+            "python3",
+            "-c",
+            &py_connect(&lab.srv_ip, PORT_ICMP_UNREACH, false),
+        ]),
+        &[],
+    );
+    let c = only_conn(&lines);
+    assert_eq!(c["outcome"], "unreachable");
+    assert_eq!(c["error"], "EHOSTUNREACH");
+    assert_eq!(codes(&lines), vec!["net.unreachable"]);
+}
+
+#[test]
+fn ipv6_reset_is_refused() {
+    let mut lab = NetLab::new("v6");
+    lab.serve();
+    let lines = trace_json(
+        &lab.in_client(&["python3", "-c", &py_connect(&lab.srv_ip6, PORT_RESET, true)]),
+        &[],
+    );
+    let c = only_conn(&lines);
+    assert_eq!(c["outcome"], "refused");
+    assert_eq!(c["network_type"], "ipv6");
+    assert_eq!(c["destination"], format!("[{}]:{PORT_RESET}", lab.srv_ip6));
+}
+
+#[test]
+fn the_proxy_in_force_is_named_and_its_credentials_are_not() {
+    let lab = NetLab::new("proxy");
+    let proxy = format!("http://alice:s3cret@{}:{PORT_RESET}", lab.srv_ip);
+    let lines = trace_json(
+        &lab.in_client(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "https://proxy.golang.org/",
+        ]),
+        &[("HTTPS_PROXY", &proxy)],
+    );
+    let f = of_type(&lines, "finding");
+    assert_eq!(codes(&lines), vec!["net.connect_refused"]);
+    let summary = f[0]["summary"].as_str().unwrap();
+    assert!(summary.contains("(your HTTPS_PROXY) refused"), "{summary}");
+    assert_eq!(f[0]["evidence"]["proxy"]["is_destination"], true);
+    let all: String = lines.iter().map(|l| l.to_string()).collect();
+    assert!(!all.contains("s3cret"), "credentials leaked");
+}
+
+#[test]
+fn clean_connections_from_curl_python_and_go_give_no_finding() {
+    let mut lab = NetLab::new("clean");
+    lab.serve();
+    // A real Go client, built with the installed toolchain.
+    let dir = agent_tests::scratch("godial");
+    std::fs::write(
+        dir.join("main.go"),
+        "package main\nimport (\"net\"; \"os\")\nfunc main() { c, err := net.Dial(\"tcp\", os.Args[1]); if err != nil { panic(err) }; c.Close() }\n",
+    )
+    .unwrap();
+    let st = std::process::Command::new("/usr/lib/go-1.19/bin/go")
+        .args(["build", "-o", "dial", "main.go"])
+        .current_dir(&dir)
+        .env("HOME", &dir)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .status()
+        .expect("go build");
+    assert!(st.success(), "go build failed");
+    let dial = dir.join("dial").display().to_string();
+    let target = format!("{}:{PORT_OPEN}", lab.srv_ip);
+    let url = format!("http://{target}/");
+    let script = format!(
+        "curl -s --max-time 5 {url} >/dev/null; {dial} {target}; python3 -c \"import socket; socket.create_connection(('{}',{PORT_OPEN})).close()\"",
+        lab.srv_ip
+    );
+    let lines = trace_json(&lab.in_client(&["sh", "-c", &script]), &[]);
+    let conns = of_type(&lines, "tcp_connect");
+    assert!(conns.len() >= 3, "{conns:#?}");
+    for c in &conns {
+        assert_eq!(c["outcome"], "established", "{c}");
+        assert_eq!(c["destination"], target.as_str());
+        assert!(c["duration_ms"].as_f64().unwrap() < 1000.0);
+    }
+    let comms: Vec<&str> = conns.iter().map(|c| c["comm"].as_str().unwrap()).collect();
+    for want in ["curl", "dial", "python3"] {
+        assert!(comms.contains(&want), "{want} not among {comms:?}");
+    }
+    assert_eq!(codes(&lines), Vec::<String>::new());
+    std::thread::sleep(Duration::from_millis(10));
+}
