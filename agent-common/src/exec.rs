@@ -23,6 +23,14 @@ pub const MAX_ENV_SCAN: u32 = 256;
 /// Bytes of each environment entry compared with the allow-list: a name of up
 /// to `ENV_KEY_LEN - 1` bytes plus its `=`. Longer names can't be allow-listed.
 pub const ENV_KEY_LEN: usize = 32;
+/// Words of the env-name prefix bitmap (65536 bits: first two bytes of `NAME=`).
+pub const ENV_PREFIX_WORDS: u32 = 1024;
+
+/// Bit index in the prefix bitmap of an environment entry starting with `b0 b1`.
+pub const fn env_prefix_index(b0: u8, b1: u8) -> u32 {
+    ((b0 as u32) << 8) | b1 as u32
+}
+
 /// Size of the variable data area: argv then env.
 pub const DATA_LEN: usize = ARGV_MAX + ENV_MAX;
 

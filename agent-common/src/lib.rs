@@ -21,6 +21,8 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const LOST_MAP: &str = "LOST";
 /// Hash map of environment-variable names (zero padded) that may leave the kernel.
 pub const ENV_ALLOW_MAP: &str = "ENV_ALLOW";
+/// Array of `u64` words: bitmap of the first two bytes of allow-listed env entries.
+pub const ENV_PREFIX_MAP: &str = "ENV_PREFIX";
 /// Size of the events ring buffer (bytes, power of two).
 pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 

@@ -9,10 +9,10 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    ARG_LEN, ARGV_MAX, DATA_LEN, ENV_KEY_LEN, EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED,
-    EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT, EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER, EnvKey,
-    EventKind, ExecEvent, ExecFixed, ExitEvent, FILENAME_LEN, ForkEvent, LostCause, MAX_ARGS,
-    MAX_ENV_SCAN,
+    ARG_LEN, ARGV_MAX, DATA_LEN, ENV_KEY_LEN, ENV_PREFIX_WORDS, EXEC_F_ARGV_FAULT,
+    EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT, EXEC_F_FILENAME_TRUNCATED,
+    EXEC_F_NO_ENTER, EnvKey, EventKind, ExecEvent, ExecFixed, ExitEvent, FILENAME_LEN, ForkEvent,
+    LostCause, MAX_ARGS, MAX_ENV_SCAN,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -22,18 +22,30 @@ use aya_ebpf::{
         generated,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
 use crate::{
-    AGENT_TGID, EVENTS, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, count_lost,
-    current_task, parent_tgid,
+    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, count_lost,
+    current_task, emit, parent_tgid,
 };
 
 /// Allow-listed `NAME=` prefixes, filled by userspace before attach.
 #[map]
 static ENV_ALLOW: LpmTrie<EnvKey, u8> = LpmTrie::with_max_entries(256, 0);
+
+/// Bitmap of the first two bytes of allow-listed entries (65536 bits): most
+/// variables are rejected with one inlined array read, before any LPM lookup.
+#[map]
+static ENV_PREFIX: Array<u64> = Array::with_max_entries(ENV_PREFIX_WORDS, 0);
+
+/// Environment pointers read per bulk read.
+const ENV_CHUNK: usize = 16;
+
+/// Window of environment pointers, refilled every ENV_CHUNK entries.
+#[map]
+static ENV_PTRS: PerCpuArray<[u64; ENV_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Exec attempts between `sys_enter` and completion, by thread id.
 #[map]
@@ -148,9 +160,7 @@ pub fn fork_tp(ctx: TracePointContext) -> u32 {
     // SAFETY: helper without preconditions.
     ev.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.child_pid = child;
-    if EVENTS.output(&ev, 0).is_err() {
-        count_lost(LostCause::RingFull);
-    }
+    emit(&ev);
     0
 }
 
@@ -179,9 +189,7 @@ fn emit_exit(task: *const u8, group_dead: bool) {
     // SAFETY: helper without preconditions.
     ev.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.exit_code = exit_code;
-    if EVENTS.output(&ev, 0).is_err() {
-        count_lost(LostCause::RingFull);
-    }
+    emit(&ev);
 }
 
 #[inline(always)]
@@ -320,17 +328,51 @@ fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
     let start = off;
     let mut envc: u32 = 0;
     let mut flags: u32 = 0;
+    let Some(win) = ENV_PTRS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
+    let win = unsafe { &mut *win };
     let mut i: u32 = 0;
     while i < MAX_ENV_SCAN {
-        // SAFETY: user pointer; the helper faults safely.
-        let p: *const u8 = match unsafe { bpf_probe_read_user(envp.add(i as usize)) } {
-            Ok(p) => p,
-            Err(_) => break,
-        };
+        let k = (i as usize) & (ENV_CHUNK - 1);
+        if k == 0 {
+            // One read for the next ENV_CHUNK pointers; near the end of a
+            // mapping it can fail, then the window holds what could be read.
+            // SAFETY: user memory; the helper faults safely.
+            let r = unsafe {
+                generated::bpf_probe_read_user(
+                    win.as_mut_ptr() as *mut c_void,
+                    (ENV_CHUNK * 8) as u32,
+                    envp.add(i as usize) as *const c_void,
+                )
+            };
+            if r != 0 {
+                *win = [0u64; ENV_CHUNK];
+                // SAFETY: as above.
+                win[0] =
+                    unsafe { bpf_probe_read_user(envp.add(i as usize) as *const u64) }.unwrap_or(0);
+            }
+        }
+        let p = win[k] as *const u8;
         if p.is_null() {
             break;
         }
         i += 1;
+        // First two bytes against the prefix bitmap.
+        // SAFETY: as above.
+        let head: u16 = match unsafe { bpf_probe_read_user(p as *const u16) } {
+            Ok(h) => h,
+            Err(_) => continue,
+        };
+        let idx = u16::from_be(head) as u32; // first byte high, independent of endianness
+        let bit = match ENV_PREFIX.get(idx >> 6) {
+            Some(w) => (*w >> (idx & 63)) & 1,
+            None => 0,
+        };
+        if bit == 0 {
+            continue;
+        }
         let mut key = Key::new((ENV_KEY_LEN * 8) as u32, EnvKey::default());
         // SAFETY: user pointer; the helper faults safely and NUL-terminates.
         let n = unsafe {
@@ -395,9 +437,7 @@ fn output_exec(ev: &ExecEvent) {
     let len = core::mem::size_of::<ExecFixed>() + used;
     // SAFETY: `len` <= size_of::<ExecEvent>(), and `ev` points to that many readable bytes.
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const ExecEvent as *const u8, len) };
-    if EVENTS.output(bytes, 0).is_err() {
-        count_lost(LostCause::RingFull);
-    }
+    emit(bytes);
 }
 
 #[inline(always)]

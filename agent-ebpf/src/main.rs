@@ -59,6 +59,27 @@ pub(crate) fn count_lost(cause: LostCause) {
     }
 }
 
+/// Pending bytes in the ring buffer above which a writer wakes the reader.
+/// Below it no wakeup is sent: userspace drains on a short timer instead,
+/// which saves a wakeup (an IPI on many machines) per event.
+const WAKEUP_BYTES: u64 = 64 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Write `data` to the events ring buffer, counting a loss when it is full.
+#[inline(always)]
+pub(crate) fn emit<T: ?Sized>(data: &T) {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output(data, flags).is_err() {
+        count_lost(LostCause::RingFull);
+    }
+}
+
 /// `real_parent->tgid` of `task`, 0 if unknown (offsets not provided or read failed).
 #[inline(always)]
 pub(crate) fn parent_tgid(task: *const u8) -> u32 {

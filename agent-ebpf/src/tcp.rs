@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    AGENT_TGID, EVENTS, NET_INUM_OFF, RETRANS_SKADDR_OFF, RETRANS_STATE_OFF, SKC_NET_OFF,
-    SOCK_ERR_OFF, count_lost,
+    AGENT_TGID, NET_INUM_OFF, RETRANS_SKADDR_OFF, RETRANS_STATE_OFF, SKC_NET_OFF, SOCK_ERR_OFF,
+    count_lost, emit,
 };
 
 /// Connections between SYN and outcome, by socket address.
@@ -152,9 +152,7 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
             ev.err = read_u32_at(sk, SOCK_ERR_OFF.load()) as i32;
         }
     }
-    if EVENTS.output(&ev, 0).is_err() {
-        count_lost(LostCause::RingFull);
-    }
+    emit(&ev);
     Ok(())
 }
 

@@ -173,6 +173,28 @@ impl Collector {
     }
 }
 
+/// Longest an event waits in the ring buffer before userspace reads it.
+pub const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+const MAX_BATCH: usize = 4096;
+
+/// Read up to MAX_BATCH records; true when more may remain.
+fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<Event>, stats: &Stats) -> bool {
+    while let Some(item) = ring.next() {
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        match event::decode(&item) {
+            Ok(ev) => batch.push(ev),
+            Err(e) => {
+                stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "undecodable record");
+            }
+        }
+        if batch.len() >= MAX_BATCH {
+            return true;
+        }
+    }
+    false
+}
+
 fn spawn_reader(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Event>,
@@ -187,37 +209,30 @@ fn spawn_reader(
         })?;
     tokio::spawn(async move {
         loop {
-            let mut guard = match fd.readable_mut().await {
-                Ok(g) => g,
-                Err(e) => {
+            // The kernel side wakes us only when 64 KiB are pending; a short
+            // timer drains the rest, so an event waits at most DRAIN_TICK.
+            let mut batch = Vec::new();
+            let timed_out = match tokio::time::timeout(DRAIN_TICK, fd.readable_mut()).await {
+                Ok(Ok(mut guard)) => {
+                    if !drain(guard.get_inner_mut(), &mut batch, &stats) {
+                        guard.clear_ready();
+                    }
+                    false
+                }
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, "ring buffer poll failed; stopping the reader");
                     return;
                 }
+                Err(_) => true,
             };
-            let ring = guard.get_inner_mut();
-            let mut batch = Vec::new();
-            while let Some(item) = ring.next() {
-                stats.received.fetch_add(1, Ordering::Relaxed);
-                match event::decode(&item) {
-                    Ok(ev) => batch.push(ev),
-                    Err(e) => {
-                        stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(error = %e, "undecodable record");
-                    }
-                }
-                if batch.len() >= 256 {
-                    break;
-                }
+            if timed_out {
+                drain(fd.get_mut(), &mut batch, &stats);
             }
-            let drained = batch.len() < 256;
             for ev in batch {
                 // Backpressure: a slow consumer fills the ring, which the kernel counts.
                 if tx.send(ev).await.is_err() {
                     return;
                 }
-            }
-            if drained {
-                guard.clear_ready();
             }
         }
     });

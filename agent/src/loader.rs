@@ -6,11 +6,14 @@
 
 use std::{fs::File, path::PathBuf};
 
-use agent_common::{ENV_ALLOW_MAP, EVENTS_MAP, EnvKey, LOST_CAUSES, LOST_MAP, globals};
+use agent_common::{
+    ENV_ALLOW_MAP, ENV_PREFIX_MAP, ENV_PREFIX_WORDS, EVENTS_MAP, EnvKey, LOST_CAUSES, LOST_MAP,
+    env_prefix_index, globals,
+};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        MapData, PerCpuArray, RingBuf,
+        Array, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -490,6 +493,32 @@ pub fn attach_signals(ebpf: &mut Ebpf, av: &Available) -> Vec<Attached> {
 
 /// Fill the environment allow-list map.
 pub fn set_env_allow(ebpf: &mut Ebpf, names: &[String]) -> Result<Vec<String>, LoadError> {
+    let mut skipped = Vec::new();
+    let mut bits = vec![0u64; ENV_PREFIX_WORDS as usize];
+    for n in names {
+        let b = n.as_bytes();
+        if let Some(&b0) = b.first() {
+            let i = env_prefix_index(b0, b.get(1).copied().unwrap_or(b'='));
+            bits[(i >> 6) as usize] |= 1 << (i & 63);
+        }
+    }
+    {
+        let pm = ebpf
+            .map_mut(ENV_PREFIX_MAP)
+            .ok_or(LoadError::NoMap("ENV_PREFIX"))?;
+        let mut pm: Array<&mut MapData, u64> = Array::try_from(pm).map_err(|e| LoadError::Map {
+            name: "ENV_PREFIX",
+            msg: e.to_string(),
+        })?;
+        for (i, w) in bits.iter().enumerate() {
+            if *w != 0 {
+                pm.set(i as u32, w, 0).map_err(|e| LoadError::Map {
+                    name: "ENV_PREFIX",
+                    msg: e.to_string(),
+                })?;
+            }
+        }
+    }
     let map = ebpf
         .map_mut(ENV_ALLOW_MAP)
         .ok_or(LoadError::NoMap("ENV_ALLOW"))?;
@@ -498,7 +527,6 @@ pub fn set_env_allow(ebpf: &mut Ebpf, names: &[String]) -> Result<Vec<String>, L
             name: "ENV_ALLOW",
             msg: e.to_string(),
         })?;
-    let mut skipped = Vec::new();
     for n in names {
         match EnvKey::new(n.as_bytes()) {
             Some((k, bits)) => {

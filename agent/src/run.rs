@@ -211,7 +211,9 @@ fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
     }
 }
 
-fn report_attach(c: &Collector, json: bool) {
+/// Log degraded/missing signals, and announce readiness on stderr (scripts wait for
+/// the `agent: watching` line).
+fn report_attach(c: &Collector) {
     for a in &c.attached {
         match &a.choice {
             Choice::Active {
@@ -230,7 +232,7 @@ fn report_attach(c: &Collector, json: bool) {
     for w in &c.warnings {
         tracing::warn!("{w}");
     }
-    if !json {
+    {
         let active: Vec<String> = c
             .attached
             .iter()
@@ -287,7 +289,7 @@ async fn shutdown_signal() {
 pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     let (collector, mut rx) = Collector::start(&opts.env_allow, 65_536)?;
     let json = opts.format == Format::Json;
-    report_attach(&collector, json);
+    report_attach(&collector);
     let style = Style {
         format: opts.format,
         color: opts.color,
@@ -352,7 +354,7 @@ pub struct TraceResult {
 pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result<TraceResult> {
     use std::os::unix::process::CommandExt as _;
     let (collector, mut rx) = Collector::start(&opts.env_allow, 65_536)?;
-    report_attach(&collector, true);
+    report_attach(&collector);
     let Some((prog, args)) = argv.split_first() else {
         anyhow::bail!("agent trace: no command given (usage: agent trace -- <command> [args])");
     };

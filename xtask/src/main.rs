@@ -3,6 +3,7 @@
 //! Owns: toolchain installation, the test pipeline and its stage timings.
 //! Must not: contain product logic.
 
+mod bench;
 mod toolchain;
 
 use std::{
@@ -30,6 +31,12 @@ enum Cmd {
     Install {
         #[arg(long, default_value = "/usr/local/bin")]
         dir: String,
+    },
+    /// Overhead and capacity: bare vs agent vs bpftrace, interleaved (root).
+    Bench {
+        /// Repetitions per workload and mode.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
     },
     /// fmt, clippy (both sides), unit tests, then the root integration tests.
     Test {
@@ -267,5 +274,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
+        Cmd::Bench { reps } => {
+            toolchain::setup()?;
+            run(cargo_with_linker()?.args(["build", "--release", "-p", "agent"]))?;
+            bench::bench(reps)
+        }
     }
 }

@@ -1,0 +1,529 @@
+//! `cargo xtask bench`: each workload without the agent, with it, and with a
+//! bpftrace reference doing comparable tracing, interleaved and repeated in
+//! one invocation; medians, spread and ratios to the bare run; kernel-side
+//! cost per program from `kernel.bpf_stats_enabled`; the agent's CPU per
+//! event and peak RSS; a capacity run on both cores with loss accounting.
+//! Writes docs/benchmarks.md and docs/benchmarks.json.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::toolchain::workspace_root;
+
+const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:syscalls:sys_enter_execve { printf("exec %d %s ", pid, str(args->filename)); join(args->argv); }
+tracepoint:sched:sched_process_exec { printf("ran %d\n", pid); }
+tracepoint:sched:sched_process_exit { printf("exit %d\n", pid); }
+tracepoint:sock:inet_sock_set_state { printf("tcp %d %d %d\n", pid, args->oldstate, args->newstate); }
+"#;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Mode {
+    Bare,
+    Agent,
+    Bpftrace,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Bare => "bare",
+            Mode::Agent => "agent",
+            Mode::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Workload {
+    ExecTrue,
+    GoVersion,
+    TcpConnect,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::ExecTrue => "fork+exec /bin/true",
+            Workload::GoVersion => "go version",
+            Workload::TcpConnect => "loopback TCP connect/accept/close",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Workload::ExecTrue => "exec_true",
+            Workload::GoVersion => "go_version",
+            Workload::TcpConnect => "tcp_connect",
+        }
+    }
+    fn iterations(self) -> u64 {
+        match self {
+            Workload::ExecTrue => 2000,
+            Workload::GoVersion => 60,
+            Workload::TcpConnect => 4000,
+        }
+    }
+}
+
+/// Run the workload once on `threads` threads; ops/s.
+fn run_workload(w: Workload, threads: u64) -> Result<f64> {
+    let n = w.iterations();
+    let listener = match w {
+        Workload::TcpConnect => Some(TcpListener::bind("127.0.0.1:0")?),
+        _ => None,
+    };
+    let addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let acceptor = listener.map(|l| {
+        std::thread::spawn(move || {
+            for s in l.incoming().take((n * threads) as usize) {
+                drop(s);
+            }
+        })
+    });
+    let t = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || -> Result<()> {
+                for _ in 0..n {
+                    match w {
+                        Workload::ExecTrue => {
+                            let st = Command::new("/bin/true").status()?;
+                            if !st.success() {
+                                bail!("/bin/true failed");
+                            }
+                        }
+                        Workload::GoVersion => {
+                            let st = Command::new("/usr/lib/go-1.19/bin/go")
+                                .arg("version")
+                                .stdout(Stdio::null())
+                                .status()?;
+                            if !st.success() {
+                                bail!("go version failed");
+                            }
+                        }
+                        Workload::TcpConnect => {
+                            let a = addr.context("no listener")?;
+                            drop(TcpStream::connect(a)?);
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if let Some(a) = acceptor {
+        let _ = a.join();
+    }
+    Ok((n * threads) as f64 / secs)
+}
+
+struct Tracer {
+    child: Child,
+    stats_file: Option<PathBuf>,
+}
+
+fn agent_bin() -> PathBuf {
+    workspace_root().join("target/release/agent")
+}
+
+fn wait_for_line(child: &mut Child, needle: &str, from_stderr: bool) -> Result<()> {
+    let stream: Box<dyn std::io::Read + Send> = if from_stderr {
+        Box::new(child.stderr.take().context("stderr")?)
+    } else {
+        Box::new(child.stdout.take().context("stdout")?)
+    };
+    let mut r = BufReader::new(stream);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            bail!("tracer exited before `{needle}`");
+        }
+        if line.contains(needle) {
+            // Keep draining so the tracer never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while r.read_line(&mut sink).unwrap_or(0) > 0 {
+                    sink.clear();
+                }
+            });
+            return Ok(());
+        }
+    }
+    bail!("timed out waiting for `{needle}`")
+}
+
+fn start(mode: Mode, out_dir: &Path) -> Result<Option<Tracer>> {
+    match mode {
+        Mode::Bare => Ok(None),
+        Mode::Agent => {
+            let stats = out_dir.join("agent.jsonl");
+            let _ = std::fs::remove_file(&stats);
+            let mut child = Command::new(agent_bin())
+                .args(["--format", "json", "--output"])
+                .arg(&stats)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting the agent (cargo xtask build first)")?;
+            wait_for_line(&mut child, "agent: watching", true)?;
+            Ok(Some(Tracer {
+                child,
+                stats_file: Some(stats),
+            }))
+        }
+        Mode::Bpftrace => {
+            let mut child = Command::new("bpftrace")
+                .args(["-e", BPFTRACE_SCRIPT])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting bpftrace (apt-get install bpftrace)")?;
+            wait_for_line(&mut child, "Attaching", false)?;
+            // bpftrace prints "Attaching" just before attaching.
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(Some(Tracer {
+                child,
+                stats_file: None,
+            }))
+        }
+    }
+}
+
+fn stop(t: Tracer) -> Result<Option<serde_like::Stats>> {
+    let Tracer {
+        mut child,
+        stats_file,
+    } = t;
+    terminate(child.id());
+    let _ = child.wait();
+    Ok(stats_file.and_then(|f| serde_like::last_stats(&f)))
+}
+
+fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+/// Minimal parsing of the agent's final `stats` line (no serde in xtask).
+mod serde_like {
+    use std::path::Path;
+
+    #[derive(Debug, Default, Clone)]
+    pub struct Stats {
+        pub received: u64,
+        pub lost: u64,
+    }
+
+    fn num_after(s: &str, key: &str) -> Option<u64> {
+        let i = s.find(key)? + key.len();
+        let digits: String = s[i..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse().ok()
+    }
+
+    pub fn last_stats(f: &Path) -> Option<Stats> {
+        let text = std::fs::read_to_string(f).ok()?;
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("{\"type\":\"stats\""))?;
+        let lost = [
+            "ring_full",
+            "exec_table_full",
+            "scratch",
+            "tcp_table_full",
+            "decode_errors",
+        ]
+        .iter()
+        .filter_map(|k| num_after(line, &format!("\"{k}\":")))
+        .sum();
+        Some(Stats {
+            received: num_after(line, "\"events_received\":")?,
+            lost,
+        })
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// run_time_ns and run_cnt of every loaded program named like ours.
+fn bpf_prog_stats() -> BTreeMap<String, (u64, u64)> {
+    let out = Command::new("bpftool").args(["prog", "show"]).output();
+    let mut m = BTreeMap::new();
+    let Ok(out) = out else { return m };
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "12: tracepoint  name exec_enter_tp  tag ...  run_time_ns 123 run_cnt 4"
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let get = |k: &str| {
+            words
+                .iter()
+                .position(|w| *w == k)
+                .and_then(|i| words.get(i + 1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let Some(name) = words
+            .iter()
+            .position(|w| *w == "name")
+            .and_then(|i| words.get(i + 1))
+        else {
+            continue;
+        };
+        if let (Some(t), Some(c)) = (get("run_time_ns"), get("run_cnt")) {
+            let e = m.entry(name.to_string()).or_insert((0, 0));
+            e.0 += t;
+            e.1 += c;
+        }
+    }
+    m
+}
+
+fn proc_cpu_ns(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000_000) // USER_HZ = 100
+}
+
+fn proc_hwm_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+struct Row {
+    workload: Workload,
+    ops: BTreeMap<Mode, Vec<f64>>,
+    bpf_ns_per_event: BTreeMap<String, f64>,
+    agent_cpu_us_per_event: Option<f64>,
+}
+
+pub fn bench(reps: usize) -> Result<()> {
+    let out_dir = std::env::temp_dir().join("agent-bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let _ = Command::new("sysctl")
+        .args(["-qw", "kernel.bpf_stats_enabled=1"])
+        .status();
+    let workloads = [
+        Workload::ExecTrue,
+        Workload::GoVersion,
+        Workload::TcpConnect,
+    ];
+    let modes = [Mode::Bare, Mode::Agent, Mode::Bpftrace];
+    let mut rows = Vec::new();
+    let mut peak_rss_kib = 0u64;
+    for w in workloads {
+        eprintln!("bench: {}", w.name());
+        let mut row = Row {
+            workload: w,
+            ops: BTreeMap::new(),
+            bpf_ns_per_event: BTreeMap::new(),
+            agent_cpu_us_per_event: None,
+        };
+        let mut cpu = Vec::new();
+        let mut bpf_t: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        run_workload(w, 1)?; // warm caches
+        for rep in 0..reps {
+            // Rotate the order each repetition so drift hits every mode alike.
+            for i in 0..modes.len() {
+                let mode = modes[(i + rep) % modes.len()];
+                let tracer = start(mode, &out_dir)?;
+                let pid = tracer.as_ref().map(|t| t.child.id());
+                let before = (mode == Mode::Agent).then(bpf_prog_stats);
+                let cpu0 = pid.and_then(proc_cpu_ns);
+                let ops = run_workload(w, 1)?;
+                if let (Some(b), Mode::Agent) = (&before, mode) {
+                    // Let the agent drain what the workload produced before measuring its CPU.
+                    std::thread::sleep(Duration::from_millis(300));
+                    let after = bpf_prog_stats();
+                    for (name, (t, c)) in &after {
+                        let (t0, c0) = b.get(name).copied().unwrap_or((0, 0));
+                        let e = bpf_t.entry(name.clone()).or_insert((0, 0));
+                        e.0 += t.saturating_sub(t0);
+                        e.1 += c.saturating_sub(c0);
+                    }
+                    if let (Some(p), Some(c0)) = (pid, cpu0) {
+                        if let Some(c1) = proc_cpu_ns(p) {
+                            cpu.push((c1.saturating_sub(c0)) as f64);
+                        }
+                        peak_rss_kib = peak_rss_kib.max(proc_hwm_kib(p).unwrap_or(0));
+                    }
+                }
+                if let Some(t) = tracer {
+                    stop(t)?;
+                }
+                row.ops.entry(mode).or_default().push(ops);
+                eprintln!("  rep {rep} {:<8} {:>10.0} ops/s", mode.name(), ops);
+            }
+        }
+        let iters = (w.iterations() * reps as u64) as f64;
+        for (name, (t, c)) in bpf_t {
+            if c > 0 && is_ours(&name) {
+                row.bpf_ns_per_event.insert(name, t as f64 / c as f64);
+            }
+        }
+        if !cpu.is_empty() {
+            // Events per op: exec = exec + fork + exit; tcp = start + outcome.
+            let events_per_op = match w {
+                Workload::TcpConnect => 2.0,
+                _ => 3.0,
+            };
+            row.agent_cpu_us_per_event =
+                Some(cpu.iter().sum::<f64>() / (iters * events_per_op) / 1e3);
+        }
+        rows.push(row);
+    }
+
+    // Capacity: both cores forking as fast as they can, agent attached.
+    eprintln!("bench: capacity (exec on 2 threads, agent attached)");
+    let tracer = start(Mode::Agent, &out_dir)?.context("agent")?;
+    let pid = tracer.child.id();
+    let cap_exec = run_workload(Workload::ExecTrue, 2)?;
+    let cap_tcp = run_workload(Workload::TcpConnect, 2)?;
+    std::thread::sleep(Duration::from_millis(500));
+    peak_rss_kib = peak_rss_kib.max(proc_hwm_kib(pid).unwrap_or(0));
+    let stats = stop(tracer)?.unwrap_or_default();
+    let _ = Command::new("sysctl")
+        .args(["-qw", "kernel.bpf_stats_enabled=0"])
+        .status();
+
+    write_report(&rows, cap_exec, cap_tcp, &stats, peak_rss_kib, reps)
+}
+
+fn is_ours(name: &str) -> bool {
+    [
+        "exec_",
+        "execat_",
+        "exit_",
+        "fork_",
+        "tcp_state",
+        "tcp_retrans",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+fn write_report(
+    rows: &[Row],
+    cap_exec: f64,
+    cap_tcp: f64,
+    stats: &serde_like::Stats,
+    peak_rss_kib: u64,
+    reps: usize,
+) -> Result<()> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d").output()?;
+    let date = String::from_utf8_lossy(&date.stdout).trim().to_string();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mut md = String::new();
+    let mut js = String::from("{\n");
+    md.push_str(&format!(
+        "# Benchmarks\n\nMeasured by `cargo xtask bench` on {date}: kernel {}, {cpus} CPUs. Each workload ran \
+         {reps} times per mode, modes interleaved (order rotated each repetition) in one invocation. \
+         *agent* is the release build in its default live mode (output to a file); *bpftrace* is a \
+         reference tracer printing exec (filename + argv), exit and TCP state changes. Ratios are \
+         median ops/s over the bare median (1.00 = no slowdown).\n\n",
+        kernel.trim()
+    ));
+    md.push_str("| workload | bare ops/s (min–max) | agent ops/s | agent ratio | bpftrace ops/s | bpftrace ratio |\n|---|---|---|---|---|---|\n");
+    js.push_str(&format!(
+        "  \"date\": \"{date}\", \"kernel\": \"{}\", \"cpus\": {cpus}, \"reps\": {reps},\n  \"workloads\": {{\n",
+        kernel.trim()
+    ));
+    for (i, r) in rows.iter().enumerate() {
+        let get = |m: Mode| {
+            let mut v = r.ops.get(&m).cloned().unwrap_or_default();
+            let (lo, hi) = (
+                v.iter().cloned().fold(f64::INFINITY, f64::min),
+                v.iter().cloned().fold(0.0, f64::max),
+            );
+            (median(&mut v), lo, hi, v)
+        };
+        let (b, blo, bhi, bv) = get(Mode::Bare);
+        let (a, alo, ahi, av) = get(Mode::Agent);
+        let (t, tlo, thi, tv) = get(Mode::Bpftrace);
+        md.push_str(&format!(
+            "| {} | {b:.0} ({blo:.0}–{bhi:.0}) | {a:.0} ({alo:.0}–{ahi:.0}) | {:.3} | {t:.0} ({tlo:.0}–{thi:.0}) | {:.3} |\n",
+            r.workload.name(),
+            a / b,
+            t / b
+        ));
+        let bpf: Vec<String> = r
+            .bpf_ns_per_event
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": {v:.0}"))
+            .collect();
+        js.push_str(&format!(
+            "    \"{}\": {{\"bare\": {bv:?}, \"agent\": {av:?}, \"bpftrace\": {tv:?}, \"agent_ratio\": {:.4}, \"bpftrace_ratio\": {:.4}, \"bpf_ns_per_run\": {{{}}}, \"agent_cpu_us_per_event\": {}}}{}\n",
+            r.workload.key(),
+            a / b,
+            t / b,
+            bpf.join(", "),
+            r.agent_cpu_us_per_event.map(|v| format!("{v:.2}")).unwrap_or("null".into()),
+            if i + 1 < rows.len() { "," } else { "" }
+        ));
+    }
+    md.push_str("\n## Kernel-side cost (from `kernel.bpf_stats_enabled`)\n\nAverage run time of each program per run, during the agent runs of each workload.\n\n| workload | program | ns per run |\n|---|---|---|\n");
+    for r in rows {
+        for (k, v) in &r.bpf_ns_per_event {
+            md.push_str(&format!("| {} | `{k}` | {v:.0} |\n", r.workload.name()));
+        }
+    }
+    md.push_str("\n## Agent CPU\n\n| workload | agent user+system CPU per event |\n|---|---|\n");
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} |\n",
+            r.workload.name(),
+            r.agent_cpu_us_per_event
+                .map(|v| format!("{v:.2} µs"))
+                .unwrap_or_else(|| "n/a".into())
+        ));
+    }
+    md.push_str(&format!(
+        "\n(CPU time comes from /proc in 10 ms ticks: small per-run values are coarse.)\n\n## Capacity\n\n\
+         Both cores driving the workload, agent attached: {cap_exec:.0} execs/s and {cap_tcp:.0} \
+         TCP connects/s; the agent received {} events and lost {} (ring buffer, tables, decode). \
+         Peak agent RSS: {:.1} MiB.\n",
+        stats.received,
+        stats.lost,
+        peak_rss_kib as f64 / 1024.0
+    ));
+    js.push_str(&format!(
+        "  }},\n  \"capacity\": {{\"exec_per_s\": {cap_exec:.0}, \"tcp_per_s\": {cap_tcp:.0}, \"events_received\": {}, \"events_lost\": {}}},\n  \"peak_rss_kib\": {peak_rss_kib}\n}}\n",
+        stats.received, stats.lost
+    ));
+    let docs = workspace_root().join("docs");
+    std::fs::write(docs.join("benchmarks.md"), &md)?;
+    std::fs::write(docs.join("benchmarks.json"), &js)?;
+    std::io::stdout().write_all(md.as_bytes())?;
+    Ok(())
+}
