@@ -15,6 +15,7 @@ pub mod fsview;
 pub mod hooks;
 pub mod loader;
 pub mod netdiag;
+pub mod otlp;
 pub mod output;
 pub mod pathres;
 pub mod proctable;

@@ -55,6 +55,12 @@ struct Cli {
     /// command's own output apart).
     #[arg(long, short = 'o', global = true)]
     output: Option<std::path::PathBuf>,
+    /// OTLP endpoint (overrides OTEL_EXPORTER_OTLP_ENDPOINT); export is off without one.
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL; default http/protobuf).
+    #[arg(long, global = true)]
+    otlp_protocol: Option<String>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -110,7 +116,19 @@ fn main() -> ExitCode {
     if let Some(t) = &cli.tools {
         analysis.tools = t.clone();
     }
+    let otlp = match agent::otlp::OtlpConfig::from_env_and_flags(
+        |k| std::env::var(k).ok(),
+        cli.otlp_endpoint.as_deref(),
+        cli.otlp_protocol.as_deref(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let opts = RunOptions {
+        otlp,
         format,
         color,
         all_execs: cli.all_execs,

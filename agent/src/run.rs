@@ -33,6 +33,23 @@ pub struct RunOptions {
     pub all_execs: bool,
     pub env_allow: Vec<String>,
     pub analysis: AnalysisConfig,
+    /// OTLP export; `None` prints locally only.
+    pub otlp: Option<crate::otlp::OtlpConfig>,
+}
+
+/// Shutdown must finish within 2 s even with the endpoint down.
+const OTLP_SHUTDOWN: Duration = Duration::from_millis(1500);
+
+fn start_otlp(opts: &RunOptions, offset: i128) -> anyhow::Result<Option<crate::otlp::Otlp>> {
+    match &opts.otlp {
+        None => Ok(None),
+        Some(cfg) => {
+            let o = crate::otlp::Otlp::start(cfg.clone(), offset)
+                .map_err(|e| anyhow::anyhow!("OTLP exporter: {e}"))?;
+            tracing::info!(endpoint = %cfg.traces_endpoint, "exporting OTLP");
+            Ok(Some(o))
+        }
+    }
 }
 
 /// Everything the pipeline produced for one event, for the printer or a test.
@@ -296,6 +313,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         clock_offset_ns: collector.clock_offset_ns,
     };
     let mut pipeline = Pipeline::new(opts.analysis.clone());
+    let mut otlp = start_otlp(&opts, collector.clock_offset_ns)?;
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     let mut last_lost = 0;
     let stop = shutdown_signal();
@@ -305,12 +323,18 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 for o in pipeline.handle(ev) {
+                    if let Some(x) = otlp.as_mut() {
+                        x.observe(&o, &pipeline.table);
+                    }
                     if let Some(line) = render(&style, &o, opts.all_execs) {
                         print_line(&line);
                     }
                 }
             }
             _ = tick.tick() => {
+                if let Some(x) = &otlp {
+                    x.update_self(&collector);
+                }
                 let lost = total_lost(&collector);
                 if lost != last_lost {
                     last_lost = lost;
@@ -324,8 +348,13 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             _ = &mut stop => break,
         }
     }
+    let mut stats = loss_json(&collector);
+    if let Some(x) = otlp {
+        x.update_self(&collector);
+        stats["export"] = x.shutdown(OTLP_SHUTDOWN).await;
+    }
     if json {
-        print_line(&loss_json(&collector).to_string());
+        print_line(&stats.to_string());
     }
     Ok(0)
 }
@@ -367,7 +396,13 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         .spawn()
         .map_err(|e| anyhow::anyhow!("agent trace: cannot run {prog}: {e}"))?;
     let root = child.id().unwrap_or(0);
-    let mut pipeline = Pipeline::new(opts.analysis.clone());
+    // Every process of the traced command gets an identity and a span (rules
+    // still apply to toolchain execs only).
+    let mut pipeline = Pipeline::new(AnalysisConfig {
+        all: true,
+        ..opts.analysis.clone()
+    });
+    let mut otlp = start_otlp(opts, collector.clock_offset_ns)?;
     let mut outputs = Vec::new();
     let mut in_tree = std::collections::HashSet::from([root]);
     let mut status = None;
@@ -397,6 +432,9 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
                         continue;
                     }
                     in_tree.insert(pid);
+                    if let Some(x) = otlp.as_mut() {
+                        x.observe(&o, &pipeline.table);
+                    }
                     if let Output::Exit { exit, .. } = &o
                         && exit.tgid == root {
                             root_exit_seen = true;
@@ -415,11 +453,16 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
         })
         .unwrap_or(1);
+    let mut lost = loss_json(&collector);
+    if let Some(x) = otlp {
+        x.update_self(&collector);
+        lost["export"] = x.shutdown(OTLP_SHUTDOWN).await;
+    }
     Ok(TraceResult {
         root_pid: root,
         exit_code: code,
         outputs,
-        lost: loss_json(&collector),
+        lost,
     })
 }
 

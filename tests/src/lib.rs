@@ -5,6 +5,7 @@
 //! They panic with context rather than return errors, so failures show where.
 
 pub mod netlab;
+pub mod otlp_receiver;
 
 use std::{
     path::PathBuf,

@@ -1,0 +1,322 @@
+//! OTLP export with the real probes, to a real receiver (gRPC and HTTP):
+//! trace structure, timestamps, attributes, findings as span events,
+//! metrics; and an exporter that is down for a while, then back.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use agent_tests::{
+    agent_bin,
+    otlp_receiver::{Received, serve_grpc, serve_http},
+    require_root, scratch,
+};
+use opentelemetry_proto::tonic::{
+    common::v1::any_value::Value,
+    trace::v1::{Span, status::StatusCode},
+};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn attr(s: &Span, k: &str) -> Option<String> {
+    s.attributes
+        .iter()
+        .find(|a| a.key == k)
+        .and_then(|a| match &a.value.as_ref()?.value {
+            Some(Value::StringValue(v)) => Some(v.clone()),
+            Some(Value::IntValue(i)) => Some(i.to_string()),
+            Some(Value::BoolValue(b)) => Some(b.to_string()),
+            _ => None,
+        })
+}
+
+/// `agent trace` a tree that runs Go and gets a refused TCP connect.
+fn trace_with_export(protocol: &str, endpoint: &str) -> std::process::Output {
+    Command::new(agent_bin())
+        .args(["--format", "json", "--output"])
+        .arg(scratch("otlp").join("records.jsonl"))
+        .args(["trace", "--", "/bin/sh", "-c"])
+        .arg("go version >/dev/null; python3 -c \"import socket\ntry: socket.create_connection(('127.0.0.1', 1))\nexcept OSError: pass\"")
+        .env("PATH", "/usr/lib/go-1.19/bin:/usr/bin:/bin")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        .env("OTEL_SERVICE_NAME", "agent-test")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+        .env("NODE_NAME", "node-a")
+        .output()
+        .expect("agent trace")
+}
+
+fn check_trace(r: &Received) {
+    let spans = r.spans();
+    let by_name = |n: &str| -> &Span {
+        spans.iter().find(|s| s.name == n).unwrap_or_else(|| {
+            panic!(
+                "no span {n}: {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        })
+    };
+    let sh = by_name("sh");
+    let go = by_name("go");
+    let py = spans
+        .iter()
+        .find(|s| s.name.starts_with("python3"))
+        .expect("python span");
+    let tcp = by_name("connect 127.0.0.1:1");
+    // One trace: sh is the root, go and python under it, the connection under python.
+    assert!(sh.parent_span_id.is_empty());
+    for s in [go, py, tcp] {
+        assert_eq!(s.trace_id, sh.trace_id, "{} in the same trace", s.name);
+    }
+    assert_eq!(go.parent_span_id, sh.span_id);
+    assert_eq!(py.parent_span_id, sh.span_id);
+    assert_eq!(tcp.parent_span_id, py.span_id);
+    // Real kernel timestamps, ordered.
+    for s in [sh, go, py, tcp] {
+        assert!(
+            s.start_time_unix_nano > 1_700_000_000_000_000_000,
+            "{} start is wall time",
+            s.name
+        );
+        assert!(s.end_time_unix_nano >= s.start_time_unix_nano, "{}", s.name);
+    }
+    assert!(
+        go.start_time_unix_nano >= sh.start_time_unix_nano
+            && go.end_time_unix_nano <= sh.end_time_unix_nano
+    );
+    assert!(
+        go.end_time_unix_nano <= py.start_time_unix_nano,
+        "go ran before python"
+    );
+    assert!(
+        tcp.start_time_unix_nano >= py.start_time_unix_nano
+            && tcp.end_time_unix_nano <= py.end_time_unix_nano
+    );
+    // Semantic-convention attributes.
+    assert_eq!(
+        attr(go, "process.executable.path").as_deref(),
+        Some("/usr/lib/go-1.19/bin/go")
+    );
+    assert_eq!(attr(go, "process.executable.name").as_deref(), Some("go"));
+    assert!(attr(go, "process.runtime.version").is_some_and(|v| v.starts_with("go1.19")));
+    assert_eq!(attr(go, "process.exit.code").as_deref(), Some("0"));
+    assert_eq!(attr(tcp, "server.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(attr(tcp, "server.port").as_deref(), Some("1"));
+    assert_eq!(attr(tcp, "network.transport").as_deref(), Some("tcp"));
+    assert_eq!(attr(tcp, "network.type").as_deref(), Some("ipv4"));
+    assert_eq!(attr(tcp, "error.type").as_deref(), Some("ECONNREFUSED"));
+    assert_eq!(
+        tcp.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    // The finding is an event on the connection span.
+    let ev = tcp
+        .events
+        .iter()
+        .find(|e| e.name == "net.connect_refused")
+        .expect("finding event");
+    assert!(
+        ev.attributes
+            .iter()
+            .any(|a| a.key == "agent.finding.summary")
+    );
+    // Resource.
+    assert_eq!(
+        r.resource_attr("service.name").as_deref(),
+        Some("agent-test")
+    );
+    assert_eq!(r.resource_attr("k8s.node.name").as_deref(), Some("node-a"));
+    assert_eq!(r.resource_attr("os.type").as_deref(), Some("linux"));
+    assert!(r.resource_attr("host.name").is_some());
+}
+
+#[test]
+fn grpc_export_of_a_command_tree() {
+    require_root();
+    rt().block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let r = Received::default();
+        serve_grpc(l, r.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            trace_with_export("grpc", &format!("http://127.0.0.1:{port}"))
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_trace(&r);
+        let names = r.metric_names();
+        for m in [
+            "agent.exec.count",
+            "agent.tcp.connect.failures",
+            "agent.tcp.connect.duration",
+            "agent.findings",
+            "agent.events.received",
+        ] {
+            assert!(
+                names.iter().any(|n| n == m),
+                "metric {m} missing from {names:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn http_protobuf_export_of_a_command_tree() {
+    require_root();
+    rt().block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let r = Received::default();
+        serve_http(l, r.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            trace_with_export("http/protobuf", &format!("http://127.0.0.1:{port}"))
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_trace(&r);
+        assert!(!r.metric_names().is_empty(), "metrics over HTTP");
+    });
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn exporter_down_then_back_and_shutdown_stays_fast() {
+    require_root();
+    rt().block_on(async {
+        // Reserve a port, then leave it closed: the endpoint is down.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out_file = scratch("otlp-down").join("records.jsonl");
+        let mut agent = Command::new(agent_bin())
+            .args(["--format", "json", "--output"])
+            .arg(&out_file)
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{port}"),
+            )
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("agent");
+        let pid = agent.id();
+        // Wait until it is attached.
+        let stderr = agent.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let t = Instant::now();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("agent started");
+            if line.contains("agent: watching") {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30));
+        }
+        let run_go = || {
+            for _ in 0..5 {
+                let st = Command::new("/usr/lib/go-1.19/bin/go")
+                    .arg("version")
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+            }
+        };
+        run_go();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            rss_kib(pid) < 64 * 1024,
+            "RSS {} KiB while the endpoint is down",
+            rss_kib(pid)
+        );
+        // The endpoint comes back.
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let r = Received::default();
+        let server = serve_http(l, r.clone());
+        let t = Instant::now();
+        while r.spans().iter().filter(|s| s.name == "go").count() < 5 {
+            assert!(
+                t.elapsed() < Duration::from_secs(25),
+                "export did not resume: {} spans",
+                r.spans().len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Now a black hole: connections are accepted by the kernel, never answered.
+        server.abort();
+        let _ = server.await;
+        let hole = std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind the port");
+        let exported_before = r.spans().len();
+        run_go();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let t = Instant::now();
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let status = agent.wait().unwrap();
+        let took = t.elapsed();
+        assert!(status.success(), "agent exit {status:?}");
+        assert!(took < Duration::from_millis(2500), "shutdown took {took:?}");
+        let records = std::fs::read_to_string(&out_file).unwrap();
+        let stats: serde_json::Value = records
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("{\"type\":\"stats\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .expect("final stats line");
+        let export = &stats["export"];
+        assert!(export["spans_exported"].as_u64().unwrap() >= 5, "{export}");
+        assert!(export["export_failures"].as_u64().unwrap() >= 1, "{export}");
+        // The spans of the last runs could not be delivered: counted as dropped.
+        assert_eq!(
+            r.spans().len(),
+            exported_before,
+            "nothing reached the black hole's owner"
+        );
+        assert!(export["spans_dropped"].as_u64().unwrap() >= 5, "{export}");
+        drop(hole);
+    });
+}
