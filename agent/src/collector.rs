@@ -69,6 +69,8 @@ pub const DEFAULT_ENV_ALLOW: &[&str] = &[
 pub struct Stats {
     pub received: AtomicU64,
     pub decode_errors: AtomicU64,
+    /// Unix seconds of the reader's last pass over the ring buffer.
+    pub reader_beat: AtomicU64,
 }
 
 /// A running collector.
@@ -212,6 +214,9 @@ fn spawn_reader(
             // The kernel side wakes us only when 64 KiB are pending; a short
             // timer drains the rest, so an event waits at most DRAIN_TICK.
             let mut batch = Vec::new();
+            stats
+                .reader_beat
+                .store(crate::health::unix_secs(), Ordering::Relaxed);
             let timed_out = match tokio::time::timeout(DRAIN_TICK, fd.readable_mut()).await {
                 Ok(Ok(mut guard)) => {
                     if !drain(guard.get_inner_mut(), &mut batch, &stats) {

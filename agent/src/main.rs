@@ -33,12 +33,18 @@ enum ColorArg {
                   Needs root (or CAP_BPF + CAP_PERFMON); `agent check` says what this kernel allows."
 )]
 struct Cli {
-    /// Output: readable lines, or one JSON object per line ("type" first).
-    #[arg(long, value_enum, default_value = "text", global = true)]
-    format: FormatArg,
-    /// Colour in text output.
-    #[arg(long, value_enum, default_value = "auto", global = true)]
-    color: ColorArg,
+    /// Output: readable lines, or one JSON object per line ("type" first) [default: text].
+    #[arg(long, value_enum, global = true)]
+    format: Option<FormatArg>,
+    /// Colour in text output [default: auto].
+    #[arg(long, value_enum, global = true)]
+    color: Option<ColorArg>,
+    /// Configuration file (TOML; default $AGENT_CONFIG, else /etc/agent/config.toml if present).
+    #[arg(long, global = true)]
+    config: Option<std::path::PathBuf>,
+    /// Serve /healthz and /readyz on this address (e.g. 0.0.0.0:9464).
+    #[arg(long, global = true)]
+    health_addr: Option<String>,
     /// Print every exec and exit, not only toolchain ones.
     #[arg(long, global = true)]
     all_execs: bool,
@@ -92,16 +98,29 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let cli = Cli::parse();
-    let format = match cli.format {
-        FormatArg::Text => Format::Text,
-        FormatArg::Json => Format::Json,
+    // Precedence: flags > environment > file > defaults.
+    let file = match agent::config::load(cli.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(1);
+        }
     };
-    let color = match cli.color {
-        ColorArg::Always => true,
-        ColorArg::Never => false,
-        ColorArg::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    let format = match (cli.format, file.format.as_deref()) {
+        (Some(FormatArg::Json), _) | (None, Some("json")) => Format::Json,
+        (Some(FormatArg::Text), _) | (None, Some("text") | None) => Format::Text,
+        (None, Some(other)) => {
+            eprintln!("agent: config: format = {other:?}: use \"text\" or \"json\"");
+            return ExitCode::from(1);
+        }
     };
-    if let Some(p) = &cli.output
+    let color = match (cli.color, file.color.as_deref()) {
+        (Some(ColorArg::Always), _) | (None, Some("always")) => true,
+        (Some(ColorArg::Never), _) | (None, Some("never")) => false,
+        _ => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let output = cli.output.clone().or(file.output.clone());
+    if let Some(p) = &output
         && let Err(e) = agent::output::set_output_file(p)
     {
         eprintln!("agent: cannot open --output {}: {e}", p.display());
@@ -109,17 +128,29 @@ fn main() -> ExitCode {
     }
     let mut env_allow: Vec<String> = DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect();
     env_allow.extend(cli.env_allow.iter().cloned());
+    env_allow.extend(file.env_allow.iter().flatten().cloned());
     let mut analysis = AnalysisConfig {
-        all: cli.analyse_all,
+        all: cli.analyse_all || file.analyse_all.unwrap_or(false),
         ..Default::default()
     };
-    if let Some(t) = &cli.tools {
+    if let Some(t) = cli.tools.as_ref().or(file.tools.as_ref()) {
         analysis.tools = t.clone();
     }
+    let env_set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+    let otlp_endpoint = cli.otlp_endpoint.clone().or_else(|| {
+        (!env_set("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .then(|| file.otlp_endpoint.clone())
+            .flatten()
+    });
+    let otlp_protocol = cli.otlp_protocol.clone().or_else(|| {
+        (!env_set("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .then(|| file.otlp_protocol.clone())
+            .flatten()
+    });
     let otlp = match agent::otlp::OtlpConfig::from_env_and_flags(
         |k| std::env::var(k).ok(),
-        cli.otlp_endpoint.as_deref(),
-        cli.otlp_protocol.as_deref(),
+        otlp_endpoint.as_deref(),
+        otlp_protocol.as_deref(),
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -131,7 +162,8 @@ fn main() -> ExitCode {
         otlp,
         format,
         color,
-        all_execs: cli.all_execs,
+        all_execs: cli.all_execs || file.all_execs.unwrap_or(false),
+        health_addr: cli.health_addr.clone().or(file.health_addr.clone()),
         env_allow,
         analysis,
     };

@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub analysis: AnalysisConfig,
     /// OTLP export; `None` prints locally only.
     pub otlp: Option<crate::otlp::OtlpConfig>,
+    /// Serve /healthz and /readyz here (live mode).
+    pub health_addr: Option<String>,
 }
 
 /// Shutdown must finish within 2 s even with the endpoint down.
@@ -314,7 +316,17 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     };
     let mut pipeline = Pipeline::new(opts.analysis.clone());
     let mut otlp = start_otlp(&opts, collector.clock_offset_ns)?;
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let health = crate::health::Health::new(
+        collector
+            .attached
+            .iter()
+            .any(|a| matches!(a.choice, Choice::Active { .. })),
+        collector.stats.clone(),
+    );
+    if let Some(addr) = &opts.health_addr {
+        crate::health::serve(addr, health.clone()).await?;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_lost = 0;
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -332,6 +344,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 }
             }
             _ = tick.tick() => {
+                health.beat();
                 if let Some(x) = &otlp {
                     x.update_self(&collector);
                 }

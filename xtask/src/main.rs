@@ -196,6 +196,21 @@ fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
             ]);
             run(&mut c)
         })?;
+        st.run("deploy manifests (kubernetes-validate, hadolint)", |_| {
+            let root = toolchain::workspace_root();
+            let deploy = root.join("deploy");
+            let mut kv = Command::new("kubernetes-validate");
+            kv.arg("--strict").arg("--quiet").current_dir(&deploy);
+            kv.args([
+                "kubernetes/base/namespace.yaml",
+                "kubernetes/base/serviceaccount.yaml",
+                "kubernetes/base/daemonset.yaml",
+                "otel-collector.yaml",
+            ]);
+            run(&mut kv).context("kubernetes-validate (pip install -r tests/requirements.txt)")?;
+            run(Command::new("hadolint").arg(deploy.join("Dockerfile")))
+                .context("hadolint (pip install -r tests/requirements.txt)")
+        })?;
         st.run("unit tests (no root)", |st| {
             run_tests(
                 cargo_with_linker()?.args([
