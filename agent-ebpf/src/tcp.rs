@@ -7,7 +7,7 @@
 
 use agent_common::{
     AF_INET, EventKind, LostCause, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED,
-    TCP_PHASE_START, TcpConnStart, TcpEvent,
+    TcpConnStart, TcpEvent,
 };
 use aya_ebpf::{
     helpers::{
@@ -128,8 +128,9 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
         if TCP_CONNS.insert(&sk, &start, 0).is_err() {
             count_lost(LostCause::TcpTableFull);
         }
-        fill(&mut ev, &start);
-        ev.phase = TCP_PHASE_START;
+        // The start stays in the kernel: userspace needs only the outcome,
+        // which carries the start's pid, time and retransmits.
+        return Ok(());
     } else {
         // SYN_SENT → something: the outcome.
         // SAFETY: the value is copied out before the entry is removed.

@@ -182,6 +182,8 @@ pub struct ExecAnalysis {
     pub findings: Vec<Finding>,
     /// Working directory when read (racy for short processes).
     pub cwd: Option<String>,
+    /// Container and pod, from the cgroup path.
+    pub pod: crate::k8s::PodInfo,
 }
 
 #[derive(Default)]
@@ -320,6 +322,7 @@ impl Analyzer {
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
         out.identity = self.identify(&fs, &e.exe);
+        out.pod = crate::k8s::of_process(&self.cfg.proc_root, e.tgid);
         if !toolchain {
             return out;
         }

@@ -228,7 +228,7 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 cgroup_id: f.cgroup_id,
                 enter_ns: f.enter_ns,
                 ktime_ns: f.hdr.ktime_ns,
-                errno: -f.ret,
+                errno: f.ret.saturating_neg(),
                 filename: cstr(&f.filename),
                 exe: cstr(&f.exe),
                 comm: cstr(&f.comm),

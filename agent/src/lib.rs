@@ -13,8 +13,11 @@ pub mod collector;
 pub mod config;
 pub mod event;
 pub mod fsview;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod health;
 pub mod hooks;
+pub mod k8s;
 pub mod loader;
 pub mod netdiag;
 pub mod otlp;

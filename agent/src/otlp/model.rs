@@ -75,21 +75,6 @@ pub fn scope() -> InstrumentationScope {
     }
 }
 
-/// Container id (64 hex) in a cgroup path, for docker, containerd and CRI-O naming.
-pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
-    for line in cgroup.lines() {
-        let path = line.rsplit(':').next().unwrap_or(line);
-        for seg in path.rsplit('/') {
-            let seg = seg.trim_end_matches(".scope");
-            let id = seg.rsplit(['-', ':']).next().unwrap_or(seg);
-            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Some(id.to_string());
-            }
-        }
-    }
-    None
-}
-
 /// Resource: host, OS, node, service, agent version, plus OTEL_RESOURCE_ATTRIBUTES.
 pub fn resource(service_name: &str, extra: &[(String, String)]) -> Resource {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -114,7 +99,7 @@ pub fn resource(service_name: &str, extra: &[(String, String)]) -> Resource {
     }
     if let Some(id) = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
-        .and_then(|c| container_id_from_cgroup(&c))
+        .and_then(|c| crate::k8s::container_id(&c))
     {
         attrs.push(kv_str("container.id", id));
     }
@@ -128,33 +113,5 @@ pub fn resource(service_name: &str, extra: &[(String, String)]) -> Resource {
         attributes: attrs,
         dropped_attributes_count: 0,
         entity_refs: Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn container_ids_from_real_cgroup_paths() {
-        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        for path in [
-            format!(
-                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope"
-            ),
-            format!("0::/kubepods/besteffort/pod5678/{id}"),
-            format!("12:memory:/docker/{id}"),
-            format!("0::/system.slice/crio-{id}.scope"),
-        ] {
-            assert_eq!(
-                container_id_from_cgroup(&path).as_deref(),
-                Some(id),
-                "{path}"
-            );
-        }
-        assert_eq!(
-            container_id_from_cgroup("0::/user.slice/user-1000.slice/session-2.scope"),
-            None
-        );
     }
 }

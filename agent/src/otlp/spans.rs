@@ -163,6 +163,17 @@ impl SpanBuilder {
                 if let Some(c) = &analysis.cwd {
                     attributes.push(kv_str("process.working_directory", c.clone()));
                 }
+                let pod = &analysis.pod;
+                for (k, v) in [
+                    ("container.id", &pod.container_id),
+                    ("k8s.pod.uid", &pod.pod_uid),
+                    ("k8s.pod.name", &pod.pod_name),
+                    ("k8s.namespace.name", &pod.namespace),
+                ] {
+                    if let Some(v) = v {
+                        attributes.push(kv_str(k, v.clone()));
+                    }
+                }
                 let span = Span {
                     trace_id,
                     span_id: self.ids.span_id(),
