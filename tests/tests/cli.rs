@@ -149,3 +149,49 @@ fn trace_runs_the_command_as_the_sudo_user() {
         "id -u printed: {stdout}"
     );
 }
+
+#[test]
+fn missing_tracefs_is_mounted_by_the_agent() {
+    require_root();
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+    };
+    // Unmount every tracefs (lazily: nothing else of ours holds it now).
+    while mounted() {
+        let target = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .unwrap();
+        let st = Command::new("umount")
+            .arg("-l")
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(st.success(), "umount {target}");
+    }
+    assert!(!mounted());
+    let (status, out, err) = run_agent(&["check", "--format", "json"]);
+    // Whatever happens, leave tracefs mounted for the rest of the suite.
+    if !mounted() {
+        let _ = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
+    }
+    assert!(status.success(), "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let tracefs = r["environment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "tracefs")
+        .unwrap()
+        .clone();
+    assert_eq!(tracefs["ok"], true, "{tracefs}");
+    assert_eq!(tracefs["detail"], "/sys/kernel/tracing");
+    assert!(mounted(), "the agent mounted tracefs");
+}
