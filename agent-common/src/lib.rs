@@ -23,6 +23,25 @@ pub const LOST_MAP: &str = "LOST";
 pub const ENV_ALLOW_MAP: &str = "ENV_ALLOW";
 /// Array of `u64` words: bitmap of the first two bytes of allow-listed env entries.
 pub const ENV_PREFIX_MAP: &str = "ENV_PREFIX";
+/// Hash map `[u8; 16]` comm → 1: command names whose processes (and descendants) are tracked.
+pub const TOOLS_MAP: &str = "TOOLS";
+/// LRU hash map tgid → 1: processes in toolchain trees, maintained in the kernel.
+pub const TRACKED_MAP: &str = "TRACKED";
+/// Per-CPU array of counters of events kept in the kernel, indexed by [`KernelCounter`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+
+/// Counters of what the kernel side handled without sending an event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelCounter {
+    /// Established TCP connections from untracked processes, fast and without
+    /// retransmits: counted, not sent.
+    TcpQuietEstablished = 0,
+}
+
+/// Slots in the `COUNTERS` array.
+pub const KERNEL_COUNTERS: u32 = 1;
+
 /// Size of the events ring buffer (bytes, power of two).
 pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 
@@ -49,6 +68,9 @@ pub mod globals {
     /// Offsets of `skaddr` and `state` in `tcp:tcp_retransmit_skb` (vary by kernel).
     pub const RETRANS_SKADDR_OFF: &str = "RETRANS_SKADDR_OFF";
     pub const RETRANS_STATE_OFF: &str = "RETRANS_STATE_OFF";
+    /// Established connections from untracked processes faster than this (ns),
+    /// without SYN retransmits, are counted in the kernel instead of sent. 0 sends all.
+    pub const TCP_QUIET_NS: &str = "TCP_QUIET_NS";
 }
 
 /// Discriminant of every event; decoded in userspace with `TryFrom<u32>`.

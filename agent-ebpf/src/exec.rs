@@ -27,8 +27,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, count_lost,
-    current_task, emit, parent_tgid,
+    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TOOLS, TRACKED,
+    count_lost, current_task, emit, is_tracked, parent_tgid,
 };
 
 /// Allow-listed `NAME=` prefixes, filled by userspace before attach.
@@ -153,6 +153,9 @@ pub fn fork_tp(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: offset read from this kernel's tracepoint format at load time.
     let child: u32 = unsafe { ctx.read_at(off) }.unwrap_or(0);
+    if is_tracked(tgid) {
+        let _ = TRACKED.insert(&child, &1, 0);
+    }
     let mut ev = ForkEvent::default();
     ev.hdr.kind = EventKind::Fork as u32;
     ev.hdr.pid = id as u32;
@@ -181,6 +184,7 @@ fn emit_exit(task: *const u8, group_dead: bool) {
         // SAFETY: bpf_probe_read_kernel checks the address.
         unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.unwrap_or(0)
     };
+    let _ = TRACKED.remove(&tgid);
     let mut ev = ExitEvent::default();
     ev.hdr.kind = EventKind::Exit as u32;
     ev.hdr.pid = id as u32;
@@ -530,6 +534,12 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     output_exec(ev);
     if found {
         let _ = EXEC_INFLIGHT.remove(&old_pid);
+    }
+    // After exec, comm is the new program's name: a tool starts a tracked tree.
+    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    // SAFETY: read-only lookup.
+    if unsafe { TOOLS.get(&comm) }.is_some() {
+        let _ = TRACKED.insert(&tgid, &1, 0);
     }
     Ok(())
 }

@@ -13,12 +13,12 @@ mod exec;
 mod probes;
 mod tcp;
 
-use agent_common::{EVENTS_RING_BYTES, LOST_CAUSES, LostCause};
+use agent_common::{EVENTS_RING_BYTES, KERNEL_COUNTERS, KernelCounter, LOST_CAUSES, LostCause};
 use aya_ebpf::{
     Global,
     helpers::{bpf_get_current_task, bpf_probe_read_kernel},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 #[map]
@@ -26,6 +26,36 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0
 
 #[map]
 pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_CAUSES, 0);
+
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_COUNTERS, 0);
+
+/// Command names (`comm`, NUL padded) whose processes start a tracked tree.
+#[map]
+pub(crate) static TOOLS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
+
+/// Processes in toolchain trees: set at exec of a tool, inherited at fork,
+/// removed at exit; LRU so it can never fill up.
+#[map]
+pub(crate) static TRACKED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+
+#[unsafe(no_mangle)]
+pub(crate) static TCP_QUIET_NS: Global<u64> = Global::new(0);
+
+/// Count one event handled in the kernel.
+#[inline(always)]
+pub(crate) fn count(c: KernelCounter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub(crate) fn is_tracked(tgid: u32) -> bool {
+    // SAFETY: read-only lookup.
+    unsafe { TRACKED.get(&tgid) }.is_some()
+}
 
 #[unsafe(no_mangle)]
 pub(crate) static AGENT_TGID: Global<u32> = Global::new(0);

@@ -21,8 +21,9 @@ use aya_ebpf::{
 
 use crate::{
     AGENT_TGID, NET_INUM_OFF, RETRANS_SKADDR_OFF, RETRANS_STATE_OFF, SKC_NET_OFF, SOCK_ERR_OFF,
-    count_lost, emit,
+    TCP_QUIET_NS, count, count_lost, emit, is_tracked,
 };
+use agent_common::KernelCounter;
 
 /// Connections between SYN and outcome, by socket address.
 #[map]
@@ -148,6 +149,17 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
         }
         if new == TCP_ESTABLISHED {
             ev.phase = TCP_PHASE_ESTABLISHED;
+            // Routine: fast, no retransmit, outside toolchain trees. Counted here.
+            let quiet = TCP_QUIET_NS.load();
+            if quiet != 0
+                && ev.flags & TCP_F_NO_START == 0
+                && ev.syn_retrans == 0
+                && ev.hdr.ktime_ns.saturating_sub(ev.start_ns) < quiet
+                && !is_tracked(ev.hdr.tgid)
+            {
+                count(KernelCounter::TcpQuietEstablished);
+                return Ok(());
+            }
         } else {
             ev.phase = TCP_PHASE_FAILED;
             ev.err = read_u32_at(sk, SOCK_ERR_OFF.load()) as i32;

@@ -38,6 +38,29 @@ impl Severity {
     }
 }
 
+/// Reports each key at most once per minute (bounded memory).
+#[derive(Default)]
+pub struct Dedup(HashMap<String, u64>);
+
+impl Dedup {
+    const WINDOW_NS: u64 = 60_000_000_000;
+
+    /// True when `key` was not reported in the last minute before `now` (ns).
+    pub fn first(&mut self, key: String, now: u64) -> bool {
+        if self.0.len() > 10_000 {
+            self.0
+                .retain(|_, t| now.saturating_sub(*t) < Self::WINDOW_NS);
+        }
+        match self.0.get(&key) {
+            Some(t) if now.saturating_sub(*t) < Self::WINDOW_NS => false,
+            _ => {
+                self.0.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
 /// A diagnosis.
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
@@ -191,7 +214,7 @@ pub struct Analyzer {
     cfg: AnalysisConfig,
     buildinfo: HashMap<FileKey, Option<Arc<BuildInfo>>>,
     env_seen: HashMap<(u32, String), EnvSeen>,
-    reported: HashMap<String, u64>,
+    reported: crate::analysis::Dedup,
 }
 
 /// The bare command name asked for, when the caller relied on PATH.
@@ -285,17 +308,7 @@ impl Analyzer {
     }
 
     fn once(&mut self, key: String, now: u64) -> bool {
-        const WINDOW: u64 = 60_000_000_000;
-        if self.reported.len() > 10_000 {
-            self.reported.retain(|_, t| now.saturating_sub(*t) < WINDOW);
-        }
-        match self.reported.get(&key) {
-            Some(t) if now.saturating_sub(*t) < WINDOW => false,
-            _ => {
-                self.reported.insert(key, now);
-                true
-            }
-        }
+        self.reported.first(key, now)
     }
 
     /// Analyse a successful exec (already recorded in `table`).

@@ -64,6 +64,32 @@ pub const DEFAULT_ENV_ALLOW: &[&str] = &[
     "HOME",
 ];
 
+/// What the collector loads and how.
+#[derive(Clone, Debug)]
+pub struct CollectorOptions {
+    /// Environment variable names that may leave the kernel.
+    pub env_allow: Vec<String>,
+    /// Command names whose process trees the kernel tracks.
+    pub tools: Vec<String>,
+    /// Established connections from untracked processes faster than this
+    /// (without retransmits) are only counted in the kernel; 0 sends all.
+    pub tcp_quiet_ns: u64,
+}
+
+impl CollectorOptions {
+    /// Defaults: built-in allow-list, default tools, 100 ms quiet threshold.
+    pub fn defaults() -> Self {
+        Self {
+            env_allow: DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect(),
+            tools: crate::analysis::AnalysisConfig::default().tools,
+            tcp_quiet_ns: DEFAULT_TCP_QUIET_NS,
+        }
+    }
+}
+
+/// Below this set-up time a routine connection is not worth an event.
+pub const DEFAULT_TCP_QUIET_NS: u64 = 100_000_000;
+
 /// Counters shared between the reader and whoever reports them.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -77,6 +103,7 @@ pub struct Stats {
 pub struct Collector {
     _ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
     pub attached: Vec<Attached>,
     pub warnings: Vec<String>,
     pub stats: Arc<Stats>,
@@ -102,17 +129,20 @@ pub fn boot_to_unix_offset() -> i128 {
 impl Collector {
     /// Load, start reading, attach. Events arrive on the returned channel.
     pub fn start(
-        env_allow: &[String],
+        opts: &CollectorOptions,
         channel: usize,
     ) -> Result<(Collector, mpsc::Receiver<Event>), LoadError> {
+        let env_allow = &opts.env_allow;
         let kernel = KernelInfo::gather();
-        let globals = Globals::compute(&kernel);
+        let mut globals = Globals::compute(&kernel);
+        globals.tcp_quiet_ns = opts.tcp_quiet_ns;
         let mut warnings = globals.warnings.clone();
         if let Some(e) = &kernel.tracefs_error {
             warnings.push(e.clone());
         }
         let mut ebpf = loader::open(&globals)?;
         let skipped = loader::set_env_allow(&mut ebpf, env_allow)?;
+        loader::set_tools(&mut ebpf, &opts.tools)?;
         for s in skipped {
             warnings.push(format!(
                 "environment variable name {s:?} is longer than {} bytes: not captured",
@@ -121,6 +151,7 @@ impl Collector {
         }
         let ring = loader::take_events(&mut ebpf)?;
         let lost = loader::take_lost(&mut ebpf)?;
+        let counters = loader::take_counters(&mut ebpf)?;
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::channel(channel);
         // The reader runs before anything is attached, so nothing waits unread.
@@ -156,6 +187,7 @@ impl Collector {
             Collector {
                 _ebpf: ebpf,
                 lost,
+                counters,
                 attached,
                 warnings,
                 stats,
@@ -163,6 +195,15 @@ impl Collector {
             },
             rx,
         ))
+    }
+
+    /// Established connections counted in the kernel instead of sent (cumulative).
+    pub fn tcp_quiet(&self) -> u64 {
+        let i = agent_common::KernelCounter::TcpQuietEstablished as u32;
+        self.counters
+            .get(&i, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Kernel-side losses by cause (cumulative).

@@ -7,13 +7,13 @@
 use std::{fs::File, path::PathBuf};
 
 use agent_common::{
-    ENV_ALLOW_MAP, ENV_PREFIX_MAP, ENV_PREFIX_WORDS, EVENTS_MAP, EnvKey, LOST_CAUSES, LOST_MAP,
-    env_prefix_index, globals,
+    COUNTERS_MAP, ENV_ALLOW_MAP, ENV_PREFIX_MAP, ENV_PREFIX_WORDS, EVENTS_MAP, EnvKey, LOST_CAUSES,
+    LOST_MAP, TOOLS_MAP, env_prefix_index, globals,
 };
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, MapData, PerCpuArray, RingBuf,
+        Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -106,6 +106,7 @@ pub struct Globals {
     pub net_inum: u32,
     pub retrans_skaddr: u32,
     pub retrans_state: u32,
+    pub tcp_quiet_ns: u64,
     pub warnings: Vec<String>,
 }
 
@@ -222,7 +223,8 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
         .override_global(globals::SKC_NET_OFF, &g.skc_net, true)
         .override_global(globals::NET_INUM_OFF, &g.net_inum, true)
         .override_global(globals::RETRANS_SKADDR_OFF, &g.retrans_skaddr, true)
-        .override_global(globals::RETRANS_STATE_OFF, &g.retrans_state, true);
+        .override_global(globals::RETRANS_STATE_OFF, &g.retrans_state, true)
+        .override_global(globals::TCP_QUIET_NS, &g.tcp_quiet_ns, true);
     loader.load(OBJECT).map_err(|e| {
         let msg = msg(e);
         if is_eperm(&msg) {
@@ -540,6 +542,38 @@ pub fn set_env_allow(ebpf: &mut Ebpf, names: &[String]) -> Result<Vec<String>, L
         }
     }
     Ok(skipped)
+}
+
+/// Fill the tool-name map (`comm` is at most 15 bytes: longer names are cut as the kernel cuts them).
+pub fn set_tools(ebpf: &mut Ebpf, tools: &[String]) -> Result<(), LoadError> {
+    let map = ebpf.map_mut(TOOLS_MAP).ok_or(LoadError::NoMap("TOOLS"))?;
+    let mut map: BpfHashMap<&mut MapData, [u8; 16], u8> =
+        BpfHashMap::try_from(map).map_err(|e| LoadError::Map {
+            name: "TOOLS",
+            msg: e.to_string(),
+        })?;
+    for t in tools {
+        let mut key = [0u8; 16];
+        let b = t.as_bytes();
+        let n = b.len().min(15);
+        key[..n].copy_from_slice(&b[..n]);
+        map.insert(&key, &1, 0).map_err(|e| LoadError::Map {
+            name: "TOOLS",
+            msg: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Take the per-CPU counters of events handled in the kernel.
+pub fn take_counters(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError> {
+    let map = ebpf
+        .take_map(COUNTERS_MAP)
+        .ok_or(LoadError::NoMap("COUNTERS"))?;
+    PerCpuArray::try_from(map).map_err(|e| LoadError::Map {
+        name: "COUNTERS",
+        msg: e.to_string(),
+    })
 }
 
 /// Take the events ring buffer (start reading it before attaching).

@@ -159,7 +159,7 @@ pub struct NetAnalyzer {
     cfg: NetConfig,
     /// EWMA of set-up latency (ns) and sample count per destination.
     baseline: HashMap<SocketAddr, (f64, u32)>,
-    reported: HashMap<String, u64>,
+    reported: crate::analysis::Dedup,
 }
 
 /// Everything known about one outcome, for output and findings.
@@ -181,17 +181,7 @@ impl NetAnalyzer {
     }
 
     fn once(&mut self, key: String, now: u64) -> bool {
-        const WINDOW: u64 = 60_000_000_000;
-        if self.reported.len() > 10_000 {
-            self.reported.retain(|_, t| now.saturating_sub(*t) < WINDOW);
-        }
-        match self.reported.get(&key) {
-            Some(t) if now.saturating_sub(*t) < WINDOW => false,
-            _ => {
-                self.reported.insert(key, now);
-                true
-            }
-        }
+        self.reported.first(key, now)
     }
 
     /// Analyse an outcome (`None` for a start).
@@ -224,35 +214,39 @@ impl NetAnalyzer {
         let took = secs.map(|s| format!(" ({s:.1} s)")).unwrap_or_default();
         let syns = t.syn_retrans + 1;
         let mut findings = Vec::new();
-        let mut evidence = serde_json::Map::new();
-        evidence.insert("exe".into(), json!(exe));
-        evidence.insert("comm".into(), json!(t.comm));
-        evidence.insert("destination".into(), json!(dst.to_string()));
-        evidence.insert(
-            "source".into(),
-            json!(SocketAddr::new(t.src, t.sport).to_string()),
-        );
-        evidence.insert("netns".into(), json!(t.netns));
-        evidence.insert("syns_sent".into(), json!(syns));
-        evidence.insert(
-            "duration_ms".into(),
-            json!(t.duration_ns().map(|d| d as f64 / 1e6)),
-        );
-        evidence.insert(
-            "error".into(),
-            json!((t.err != 0).then(|| errno_name(t.err))),
-        );
-        evidence.insert(
-            "proxy".into(),
-            serde_json::to_value(&proxy).unwrap_or(Value::Null),
-        );
+        // Built only when a finding is made: most connections produce none.
+        let evidence = || {
+            let mut m = serde_json::Map::new();
+            m.insert("exe".into(), json!(exe));
+            m.insert("comm".into(), json!(t.comm));
+            m.insert("destination".into(), json!(dst.to_string()));
+            m.insert(
+                "source".into(),
+                json!(SocketAddr::new(t.src, t.sport).to_string()),
+            );
+            m.insert("netns".into(), json!(t.netns));
+            m.insert("syns_sent".into(), json!(syns));
+            m.insert(
+                "duration_ms".into(),
+                json!(t.duration_ns().map(|d| d as f64 / 1e6)),
+            );
+            m.insert(
+                "error".into(),
+                json!((t.err != 0).then(|| errno_name(t.err))),
+            );
+            m.insert(
+                "proxy".into(),
+                serde_json::to_value(&proxy).unwrap_or(Value::Null),
+            );
+            m
+        };
         let mut push = |code: &'static str, severity, summary: String| {
             findings.push(Finding {
                 code,
                 severity,
                 pid: t.tgid,
                 summary,
-                evidence: evidence.clone(),
+                evidence: evidence(),
             });
         };
         let key = |code: &str| format!("{code}|{name}|{dst}");

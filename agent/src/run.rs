@@ -39,6 +39,21 @@ pub struct RunOptions {
     pub health_addr: Option<String>,
 }
 
+impl RunOptions {
+    fn collector_options(&self) -> crate::collector::CollectorOptions {
+        crate::collector::CollectorOptions {
+            env_allow: self.env_allow.clone(),
+            tools: self.analysis.tools.clone(),
+            // With --all-execs / --analyse-all every connection is an event.
+            tcp_quiet_ns: if self.all_execs || self.analysis.all {
+                0
+            } else {
+                crate::collector::DEFAULT_TCP_QUIET_NS
+            },
+        }
+    }
+}
+
 /// Shutdown must finish within 2 s even with the endpoint down.
 const OTLP_SHUTDOWN: Duration = Duration::from_millis(1500);
 
@@ -277,6 +292,7 @@ pub fn loss_json(c: &Collector) -> Value {
     json!({
         "type": "stats",
         "events_received": c.stats.received.load(Ordering::Relaxed),
+        "tcp_established_counted_in_kernel": c.tcp_quiet(),
         "lost": m,
     })
 }
@@ -306,7 +322,7 @@ async fn shutdown_signal() {
 
 /// `agent` (live). Returns the process exit code.
 pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
-    let (collector, mut rx) = Collector::start(&opts.env_allow, 65_536)?;
+    let (collector, mut rx) = Collector::start(&opts.collector_options(), 65_536)?;
     let json = opts.format == Format::Json;
     report_attach(&collector);
     let style = Style {
@@ -395,7 +411,14 @@ pub struct TraceResult {
 /// Run `argv` (as the invoking user), observe its process tree, return what was seen.
 pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result<TraceResult> {
     use std::os::unix::process::CommandExt as _;
-    let (collector, mut rx) = Collector::start(&opts.env_allow, 65_536)?;
+    let (collector, mut rx) = Collector::start(
+        &crate::collector::CollectorOptions {
+            // One command's tree: every connection is an event.
+            tcp_quiet_ns: 0,
+            ..opts.collector_options()
+        },
+        65_536,
+    )?;
     report_attach(&collector);
     let Some((prog, args)) = argv.split_first() else {
         anyhow::bail!("agent trace: no command given (usage: agent trace -- <command> [args])");

@@ -60,8 +60,9 @@ pub struct Live {
 impl Live {
     pub fn start() -> Self {
         require_root();
-        let (collector, rx) = Collector::start(&env_allow(), 65_536)
-            .unwrap_or_else(|e| panic!("starting the collector: {e}"));
+        let (collector, rx) =
+            Collector::start(&agent::collector::CollectorOptions::defaults(), 65_536)
+                .unwrap_or_else(|e| panic!("starting the collector: {e}"));
         Live { collector, rx }
     }
 
@@ -163,4 +164,13 @@ pub fn trace_json(argv: &[String], env: &[(&str, &str)]) -> Vec<serde_json::Valu
 /// Records of one `type`.
 pub fn of_type<'a>(lines: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
     lines.iter().filter(|l| l["type"] == t).collect()
+}
+
+/// A two-thread tokio runtime for tests that drive async code.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }

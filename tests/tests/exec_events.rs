@@ -3,15 +3,7 @@
 use std::{process::Command, time::Duration};
 
 use agent::event::Event;
-use agent_tests::Live;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use agent_tests::{Live, rt};
 
 #[test]
 fn exec_reports_exact_path_argv_and_only_allow_listed_env() {

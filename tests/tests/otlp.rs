@@ -10,20 +10,12 @@ use std::{
 use agent_tests::{
     agent_bin,
     otlp_receiver::{Received, serve_grpc, serve_http},
-    require_root, scratch,
+    require_root, rt, scratch,
 };
 use opentelemetry_proto::tonic::{
     common::v1::any_value::Value,
     trace::v1::{Span, status::StatusCode},
 };
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn attr(s: &Span, k: &str) -> Option<String> {
     s.attributes
@@ -138,16 +130,19 @@ fn check_trace(r: &Received) {
     assert!(r.resource_attr("host.name").is_some());
 }
 
-#[test]
-fn grpc_export_of_a_command_tree() {
+/// Serve a receiver on a free port, trace the command tree with export to it.
+fn export_to(protocol: &'static str) -> Received {
     require_root();
     rt().block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let r = Received::default();
-        serve_grpc(l, r.clone());
+        let _server = match protocol {
+            "grpc" => serve_grpc(l, r.clone()),
+            _ => serve_http(l, r.clone()),
+        };
         let out = tokio::task::spawn_blocking(move || {
-            trace_with_export("grpc", &format!("http://127.0.0.1:{port}"))
+            trace_with_export(protocol, &format!("http://127.0.0.1:{port}"))
         })
         .await
         .unwrap();
@@ -156,44 +151,34 @@ fn grpc_export_of_a_command_tree() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        check_trace(&r);
-        let names = r.metric_names();
-        for m in [
-            "agent.exec.count",
-            "agent.tcp.connect.failures",
-            "agent.tcp.connect.duration",
-            "agent.findings",
-            "agent.events.received",
-        ] {
-            assert!(
-                names.iter().any(|n| n == m),
-                "metric {m} missing from {names:?}"
-            );
-        }
-    });
+        r
+    })
+}
+
+#[test]
+fn grpc_export_of_a_command_tree() {
+    let r = export_to("grpc");
+    check_trace(&r);
+    let names = r.metric_names();
+    for m in [
+        "agent.exec.count",
+        "agent.tcp.connect.failures",
+        "agent.tcp.connect.duration",
+        "agent.findings",
+        "agent.events.received",
+    ] {
+        assert!(
+            names.iter().any(|n| n == m),
+            "metric {m} missing from {names:?}"
+        );
+    }
 }
 
 #[test]
 fn http_protobuf_export_of_a_command_tree() {
-    require_root();
-    rt().block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let r = Received::default();
-        serve_http(l, r.clone());
-        let out = tokio::task::spawn_blocking(move || {
-            trace_with_export("http/protobuf", &format!("http://127.0.0.1:{port}"))
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        check_trace(&r);
-        assert!(!r.metric_names().is_empty(), "metrics over HTTP");
-    });
+    let r = export_to("http/protobuf");
+    check_trace(&r);
+    assert!(!r.metric_names().is_empty(), "metrics over HTTP");
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -207,3 +207,90 @@ fn clean_connections_from_curl_python_and_go_give_no_finding() {
     assert_eq!(codes(&lines), Vec::<String>::new());
     std::thread::sleep(Duration::from_millis(10));
 }
+
+/// Live mode keeps routine connections in the kernel: a fast connection from
+/// an untracked process is only counted; connections from toolchain trees
+/// (tracked in the kernel from the tool's exec, inherited by its children)
+/// and every failure are reported.
+#[test]
+fn live_mode_reports_toolchain_trees_and_failures_and_counts_the_rest() {
+    use std::{
+        io::BufRead as _,
+        process::{Command, Stdio},
+    };
+    agent_tests::require_root();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(16) {
+            drop(s);
+        }
+    });
+    let out_file = agent_tests::scratch("live-tcp").join("records.jsonl");
+    let mut agent = Command::new(agent_tests::agent_bin())
+        .args(["--format", "json", "--output"])
+        .arg(&out_file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent");
+    let mut err = std::io::BufReader::new(agent.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("agent: watching") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "agent exited");
+    }
+    let url = format!("http://127.0.0.1:{port}/");
+    let curl = |u: &str| {
+        let _ = Command::new("curl")
+            .args(["-s", "--max-time", "3", u])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    };
+    curl(&url); // untracked, fast, established: counted only
+    curl("http://127.0.0.1:1/"); // untracked but refused: reported
+    // python3 is a tool: its own connection and its curl child's are reported.
+    let py = format!(
+        "import socket,subprocess\nsocket.create_connection(('127.0.0.1',{port})).close()\nsubprocess.run(['curl','-s','--max-time','3','{url}'],stdout=subprocess.DEVNULL)"
+    );
+    let st = Command::new("python3")
+        .args(["-c", &py])
+        .env("PATH", "/usr/bin:/bin")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    agent.wait().unwrap();
+    let lines = agent_tests::json_lines(&std::fs::read_to_string(&out_file).unwrap());
+    let to = |p: u16| format!("127.0.0.1:{p}");
+    let conns: Vec<&Value> = of_type(&lines, "tcp_connect")
+        .into_iter()
+        .filter(|c| c["destination"] == to(port) || c["destination"] == to(1))
+        .collect();
+    let seen = |comm: &str, dst: &str, outcome: &str| {
+        conns
+            .iter()
+            .filter(|c| c["comm"] == comm && c["destination"] == dst && c["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(seen("python3", &to(port), "established"), 1, "{conns:#?}");
+    assert_eq!(
+        seen("curl", &to(port), "established"),
+        1,
+        "only the child of python3: {conns:#?}"
+    );
+    assert_eq!(seen("curl", &to(1), "refused"), 1, "{conns:#?}");
+    let stats = lines
+        .iter()
+        .rev()
+        .find(|l| l["type"] == "stats")
+        .expect("stats");
+    assert!(
+        stats["tcp_established_counted_in_kernel"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+}
