@@ -8,10 +8,12 @@
 #![no_std]
 
 pub mod exec;
+pub mod fs;
 pub mod lost;
 pub mod tcp;
 
 pub use exec::*;
+pub use fs::*;
 pub use lost::*;
 pub use tcp::*;
 
@@ -85,6 +87,8 @@ pub enum EventKind {
     Fork = 3,
     /// TCP connection set-up step ([`TcpEvent`]).
     Tcp = 4,
+    /// A failed file operation of a tracked process ([`FsEvent`]).
+    Fs = 5,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -95,6 +99,7 @@ impl TryFrom<u32> for EventKind {
             2 => Ok(Self::Exit),
             3 => Ok(Self::Fork),
             4 => Ok(Self::Tcp),
+            5 => Ok(Self::Fs),
             other => Err(other),
         }
     }
@@ -131,6 +136,10 @@ mod pod {
     unsafe impl aya::Pod for super::TcpEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TcpConnStart {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FsEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FsInflight {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExecFixed {}
     // SAFETY: as above.

@@ -10,6 +10,7 @@
 #![no_main]
 
 mod exec;
+mod fs;
 mod probes;
 mod tcp;
 

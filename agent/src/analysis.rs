@@ -804,6 +804,7 @@ pub fn errno_name(e: i32) -> String {
         libc::ENAMETOOLONG => "ENAMETOOLONG".into(),
         libc::EISDIR => "EISDIR".into(),
         libc::ENOMEM => "ENOMEM".into(),
+        libc::EROFS => "EROFS".into(),
         libc::ECONNREFUSED => "ECONNREFUSED".into(),
         libc::ETIMEDOUT => "ETIMEDOUT".into(),
         libc::EHOSTUNREACH => "EHOSTUNREACH".into(),

@@ -101,6 +101,7 @@ pub struct Stats {
 
 /// A running collector.
 pub struct Collector {
+    links: Vec<loader::OwnedLink>,
     _ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
@@ -124,6 +125,12 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
 /// `CLOCK_REALTIME - CLOCK_BOOTTIME`, to turn `bpf_ktime_get_boot_ns` into wall time.
 pub fn boot_to_unix_offset() -> i128 {
     clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        loader::detach_all(std::mem::take(&mut self.links));
+    }
 }
 
 impl Collector {
@@ -168,7 +175,8 @@ impl Collector {
             }
         }
         let av = loader::available(&kernel, &probes);
-        let attached = loader::attach_signals(&mut ebpf, &av);
+        let mut links = Vec::new();
+        let attached = loader::attach_signals(&mut ebpf, &av, &mut links);
         let active = attached
             .iter()
             .filter(|a| matches!(a.choice, Choice::Active { .. }))
@@ -185,6 +193,7 @@ impl Collector {
         }
         Ok((
             Collector {
+                links,
                 _ebpf: ebpf,
                 lost,
                 counters,

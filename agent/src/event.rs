@@ -7,7 +7,8 @@
 use agent_common::{
     EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT,
     EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER, EventHeader, EventKind, ExecFixed, ExitEvent,
-    ForkEvent, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED, TCP_PHASE_START, TcpEvent,
+    ForkEvent, FsEvent, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED, TCP_PHASE_START,
+    TcpEvent,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -148,12 +149,32 @@ impl Tcp {
     }
 }
 
+/// A failed file operation of a tracked process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsFault {
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub ktime_ns: u64,
+    /// `mkdir`, `unlink`, `rename`, `create`, `open for writing`, `open`.
+    pub op: &'static str,
+    /// The operation needs write access to the path or its directory.
+    pub write: bool,
+    pub dfd: i32,
+    /// Positive errno: EACCES, EPERM or EROFS.
+    pub errno: i32,
+    /// As the process passed it (may be relative).
+    pub path: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Exec(Box<Exec>),
     Exit(Exit),
     Fork(Fork),
     Tcp(Box<Tcp>),
+    Fs(Box<FsFault>),
 }
 
 fn ip(family: u16, b: &[u8; 16]) -> IpAddr {
@@ -284,6 +305,37 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 no_start: e.flags & TCP_F_NO_START != 0,
                 comm: cstr(&e.comm),
                 sock: e.skaddr,
+            })))
+        }
+        EventKind::Fs => {
+            let e: FsEvent = read(b).ok_or(DecodeError::Truncated {
+                kind: "fs",
+                got: b.len(),
+                need: size_of::<FsEvent>(),
+            })?;
+            const O_ACCMODE: u32 = 3;
+            const O_CREAT: u32 = 0o100;
+            let (op, write) = match e.op {
+                agent_common::FS_OP_MKDIR => ("mkdir", true),
+                agent_common::FS_OP_UNLINK => ("unlink", true),
+                agent_common::FS_OP_RENAME => ("rename", true),
+                agent_common::FS_OP_CREAT => ("create", true),
+                agent_common::FS_OP_OPEN if e.flags & O_CREAT != 0 => ("create", true),
+                agent_common::FS_OP_OPEN if e.flags & O_ACCMODE != 0 => ("open for writing", true),
+                agent_common::FS_OP_OPEN => ("open", false),
+                other => return Err(DecodeError::UnknownKind(other)),
+            };
+            Ok(Event::Fs(Box::new(FsFault {
+                pid: e.hdr.pid,
+                tgid: e.hdr.tgid,
+                uid: e.uid,
+                gid: e.gid,
+                ktime_ns: e.hdr.ktime_ns,
+                op,
+                write,
+                dfd: e.dfd,
+                errno: e.errno,
+                path: cstr(&e.path),
             })))
         }
         EventKind::Fork => {

@@ -166,6 +166,33 @@ const TCP_TP: &[Prog] = &[
     },
 ];
 
+const fn fs_prog(name: &'static str, syscall: &'static str) -> Prog {
+    Prog {
+        name,
+        attach: Attach::Tracepoint("syscalls", syscall),
+        required: false,
+    }
+}
+
+const FS_TP: &[Prog] = &[
+    fs_prog("fs_openat_tp", "sys_enter_openat"),
+    fs_prog("fs_exit_tp", "sys_exit_openat"),
+    fs_prog("fs_creat_tp", "sys_enter_creat"),
+    fs_prog("fs_exit_tp", "sys_exit_creat"),
+    fs_prog("fs_mkdir_tp", "sys_enter_mkdir"),
+    fs_prog("fs_exit_tp", "sys_exit_mkdir"),
+    fs_prog("fs_mkdirat_tp", "sys_enter_mkdirat"),
+    fs_prog("fs_exit_tp", "sys_exit_mkdirat"),
+    fs_prog("fs_unlink_tp", "sys_enter_unlink"),
+    fs_prog("fs_exit_tp", "sys_exit_unlink"),
+    fs_prog("fs_unlinkat_tp", "sys_enter_unlinkat"),
+    fs_prog("fs_exit_tp", "sys_exit_unlinkat"),
+    fs_prog("fs_rename_tp", "sys_enter_rename"),
+    fs_prog("fs_exit_tp", "sys_exit_rename"),
+    fs_prog("fs_renameat2_tp", "sys_enter_renameat2"),
+    fs_prog("fs_exit_tp", "sys_exit_renameat2"),
+];
+
 /// The table. Order of signals is the order `agent check` prints them.
 pub const SIGNALS: &[Signal] = &[
     Signal {
@@ -223,6 +250,18 @@ pub const SIGNALS: &[Signal] = &[
             needs_btf: false,
             needs_tracefs: true,
             programs: TCP_TP,
+            note: "",
+        }],
+        implemented: true,
+    },
+    Signal {
+        name: "fs_faults",
+        what: "EACCES/EPERM/EROFS file operations of toolchain processes",
+        options: &[HookOption {
+            hook: HookKind::Tracepoint,
+            needs_btf: false,
+            needs_tracefs: true,
+            programs: FS_TP,
             note: "",
         }],
         implemented: true,
@@ -412,11 +451,15 @@ mod tests {
     }
 
     #[test]
-    fn every_program_named_in_the_table_is_unique() {
+    fn every_attach_point_in_the_table_is_unique() {
         let mut names: Vec<_> = SIGNALS
             .iter()
             .flat_map(|s| s.options.iter())
-            .flat_map(|o| o.programs.iter().map(|p| p.name))
+            .flat_map(|o| {
+                o.programs
+                    .iter()
+                    .map(|p| format!("{}@{:?}", p.name, p.attach))
+            })
             .collect();
         let n = names.len();
         names.sort();

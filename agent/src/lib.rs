@@ -12,6 +12,7 @@ pub mod check;
 pub mod collector;
 pub mod config;
 pub mod event;
+pub mod fsdiag;
 pub mod fsview;
 #[cfg(test)]
 mod fuzz_tests;

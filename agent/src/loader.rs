@@ -425,18 +425,42 @@ pub fn available(k: &KernelInfo, probes: &[(HookKind, Result<(), String>)]) -> A
     }
 }
 
-fn attach_prog(ebpf: &mut Ebpf, p: &hooks::Prog) -> Result<(), String> {
+/// An attachment owned outside its program, so shutdown can detach them all
+/// in parallel (each tracepoint detach waits for an RCU grace period: one
+/// after another they took 1.5 s for 26 links here).
+pub enum OwnedLink {
+    Tp(aya::programs::trace_point::TracePointLink),
+    Btf(aya::programs::tp_btf::BtfTracePointLink),
+}
+
+/// Detach every link, concurrently, so their grace periods overlap.
+pub fn detach_all(links: Vec<OwnedLink>) {
+    std::thread::scope(|s| {
+        for l in links {
+            s.spawn(move || drop(l));
+        }
+    });
+}
+
+fn attach_prog(ebpf: &mut Ebpf, p: &hooks::Prog, links: &mut Vec<OwnedLink>) -> Result<(), String> {
     match p.attach {
         Attach::Tracepoint(cat, name) => {
             let prog = prog!(ebpf, p.name, TracePoint);
-            prog.load().map_err(msg)?;
-            prog.attach(cat, name).map(|_| ()).map_err(msg)
+            // One program may serve several tracepoints: load it once.
+            if prog.fd().is_err() {
+                prog.load().map_err(msg)?;
+            }
+            let id = prog.attach(cat, name).map_err(msg)?;
+            links.push(OwnedLink::Tp(prog.take_link(id).map_err(msg)?));
+            Ok(())
         }
         Attach::TpBtf(tp) => {
             let btf = aya::Btf::from_sys_fs().map_err(msg)?;
             let prog = prog!(ebpf, p.name, BtfTracePoint);
             prog.load(tp, &btf).map_err(msg)?;
-            prog.attach().map(|_| ()).map_err(msg)
+            let id = prog.attach().map_err(msg)?;
+            links.push(OwnedLink::Btf(prog.take_link(id).map_err(msg)?));
+            Ok(())
         }
     }
 }
@@ -450,7 +474,11 @@ pub struct Attached {
 
 /// Attach every implemented signal with its best available option. A signal
 /// whose preferred option fails to attach falls through to the next option.
-pub fn attach_signals(ebpf: &mut Ebpf, av: &Available) -> Vec<Attached> {
+pub fn attach_signals(
+    ebpf: &mut Ebpf,
+    av: &Available,
+    links: &mut Vec<OwnedLink>,
+) -> Vec<Attached> {
     let mut out = Vec::new();
     for sig in SIGNALS.iter().filter(|s| s.implemented) {
         let mut choice = hooks::choose(sig, av);
@@ -465,7 +493,7 @@ pub fn attach_signals(ebpf: &mut Ebpf, av: &Available) -> Vec<Attached> {
             };
             let mut failure = None;
             for p in opt.programs {
-                if let Err(e) = attach_prog(ebpf, p) {
+                if let Err(e) = attach_prog(ebpf, p, links) {
                     if p.required {
                         failure = Some(format!("{}: {e}", p.name));
                         break;

@@ -55,7 +55,7 @@ impl RunOptions {
 }
 
 /// Shutdown must finish within 2 s even with the endpoint down.
-const OTLP_SHUTDOWN: Duration = Duration::from_millis(1500);
+const OTLP_SHUTDOWN: Duration = Duration::from_millis(1000);
 
 fn start_otlp(opts: &RunOptions, offset: i128) -> anyhow::Result<Option<crate::otlp::Otlp>> {
     match &opts.otlp {
@@ -95,11 +95,27 @@ pub enum Output {
     },
 }
 
+fn cfg_proc_root() -> std::path::PathBuf {
+    std::path::PathBuf::from("/proc")
+}
+
+/// Boot-time clock now, ns (the kernel's event clock).
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Process table + analyzer: the stages after the collector.
 pub struct Pipeline {
     pub table: ProcTable,
     pub analyzer: Analyzer,
     pub net: NetAnalyzer,
+    pub fs: crate::fsdiag::FsAnalyzer,
     analysed: std::collections::HashSet<u32>,
 }
 
@@ -108,15 +124,26 @@ impl Pipeline {
         Self {
             table: ProcTable::default(),
             analyzer: Analyzer::new(cfg),
+            fs: crate::fsdiag::FsAnalyzer::new(cfg_proc_root()),
             net: NetAnalyzer::new(NetConfig::default()),
             analysed: Default::default(),
         }
+    }
+
+    /// File-access findings whose faults stopped `idle_ns` ago (all when 0).
+    pub fn flush(&mut self, now_ns: u64, idle_ns: u64) -> Vec<Output> {
+        self.fs
+            .flush(now_ns, idle_ns)
+            .into_iter()
+            .map(|(finding, ktime_ns)| Output::Finding { finding, ktime_ns })
+            .collect()
     }
 
     pub fn handle(&mut self, ev: Event) -> Vec<Output> {
         let mut out = Vec::new();
         match ev {
             Event::Fork(f) => self.table.on_fork(&f),
+            Event::Fs(f) => self.fs.on_fault(&self.table, &f),
             Event::Tcp(t) => {
                 if let Some(report) = self.net.on_tcp(&self.table, &t) {
                     let analysed = self.analysed.contains(&t.tgid)
@@ -361,6 +388,14 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             }
             _ = tick.tick() => {
                 health.beat();
+                for o in pipeline.flush(boot_ns(), 2_000_000_000) {
+                    if let Some(x) = otlp.as_mut() {
+                        x.observe(&o, &pipeline.table);
+                    }
+                    if let Some(line) = render(&style, &o, opts.all_execs) {
+                        print_line(&line);
+                    }
+                }
                 if let Some(x) = &otlp {
                     x.update_self(&collector);
                 }
@@ -481,6 +516,18 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             st = child.wait(), if status.is_none() => {
                 status = Some(st?);
             }
+        }
+    }
+    for o in pipeline.flush(boot_ns(), 0) {
+        let pid = match &o {
+            Output::Finding { finding, .. } => finding.pid,
+            _ => 0,
+        };
+        if in_tree.contains(&pid) || pipeline.table.in_tree(pid, root) {
+            if let Some(x) = otlp.as_mut() {
+                x.observe(&o, &pipeline.table);
+            }
+            outputs.push(o);
         }
     }
     let code = status

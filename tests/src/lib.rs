@@ -147,6 +147,9 @@ pub fn trace_json(argv: &[String], env: &[(&str, &str)]) -> Vec<serde_json::Valu
         .args(argv);
     // A PATH with one python3 and one curl: no shadowing unless a test asks for it.
     c.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    // cargo's LD_LIBRARY_PATH points under /root: an unprivileged command's loader
+    // would (really) be refused there.
+    c.env_remove("LD_LIBRARY_PATH");
     for (k, v) in env {
         c.env(k, v);
     }
