@@ -26,6 +26,10 @@ pub struct FileConfig {
     pub otlp_protocol: Option<String>,
     /// `host:port` for /healthz and /readyz.
     pub health_addr: Option<String>,
+    /// `net.slow_connect` absolute threshold, ms.
+    pub slow_connect_ms: Option<u64>,
+    /// `net.slow_connect`: times the destination's own average.
+    pub slow_connect_factor: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -45,6 +45,12 @@ struct Cli {
     /// Serve /healthz and /readyz on this address (e.g. 0.0.0.0:9464).
     #[arg(long, global = true)]
     health_addr: Option<String>,
+    /// A TCP set-up slower than this is net.slow_connect [default: 1000].
+    #[arg(long, global = true)]
+    slow_connect_ms: Option<u64>,
+    /// ...or slower than this many times the destination's own average [default: 5].
+    #[arg(long, global = true)]
+    slow_connect_factor: Option<f64>,
     /// Print every exec and exit, not only toolchain ones.
     #[arg(long, global = true)]
     all_execs: bool,
@@ -164,6 +170,16 @@ fn main() -> ExitCode {
         color,
         all_execs: cli.all_execs || file.all_execs.unwrap_or(false),
         health_addr: cli.health_addr.clone().or(file.health_addr.clone()),
+        net: {
+            let mut n = agent::netdiag::NetConfig::default();
+            if let Some(ms) = cli.slow_connect_ms.or(file.slow_connect_ms) {
+                n.slow_abs_ns = ms.saturating_mul(1_000_000);
+            }
+            if let Some(f) = cli.slow_connect_factor.or(file.slow_connect_factor) {
+                n.slow_factor = f;
+            }
+            n
+        },
         env_allow,
         analysis,
     };

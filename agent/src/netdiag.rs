@@ -451,6 +451,26 @@ mod tests {
     }
 
     #[test]
+    fn thresholds_are_configurable() {
+        let table = ProcTable::default();
+        let mut n = NetAnalyzer::new(NetConfig {
+            slow_abs_ns: 200_000_000,
+            ..NetConfig::default()
+        });
+        let r = n
+            .on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 250))
+            .unwrap();
+        assert_eq!(r.findings[0].code, "net.slow_connect");
+        let mut n = NetAnalyzer::default();
+        assert!(
+            n.on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 250))
+                .unwrap()
+                .findings
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn slow_against_the_destinations_baseline() {
         let table = ProcTable::default();
         let mut n = NetAnalyzer::default();

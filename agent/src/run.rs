@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub otlp: Option<crate::otlp::OtlpConfig>,
     /// Serve /healthz and /readyz here (live mode).
     pub health_addr: Option<String>,
+    /// Thresholds of `net.slow_connect`.
+    pub net: NetConfig,
 }
 
 impl RunOptions {
@@ -120,12 +122,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(cfg: AnalysisConfig) -> Self {
+    pub fn new(cfg: AnalysisConfig, net: NetConfig) -> Self {
         Self {
             table: ProcTable::default(),
             analyzer: Analyzer::new(cfg),
             fs: crate::fsdiag::FsAnalyzer::new(cfg_proc_root()),
-            net: NetAnalyzer::new(NetConfig::default()),
+            net: NetAnalyzer::new(net),
             analysed: Default::default(),
         }
     }
@@ -357,7 +359,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         color: opts.color,
         clock_offset_ns: collector.clock_offset_ns,
     };
-    let mut pipeline = Pipeline::new(opts.analysis.clone());
+    let mut pipeline = Pipeline::new(opts.analysis.clone(), opts.net.clone());
     let mut otlp = start_otlp(&opts, collector.clock_offset_ns)?;
     let health = crate::health::Health::new(
         collector
@@ -469,10 +471,13 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     let root = child.id().unwrap_or(0);
     // Every process of the traced command gets an identity and a span (rules
     // still apply to toolchain execs only).
-    let mut pipeline = Pipeline::new(AnalysisConfig {
-        all: true,
-        ..opts.analysis.clone()
-    });
+    let mut pipeline = Pipeline::new(
+        AnalysisConfig {
+            all: true,
+            ..opts.analysis.clone()
+        },
+        opts.net.clone(),
+    );
     let mut otlp = start_otlp(opts, collector.clock_offset_ns)?;
     let mut outputs = Vec::new();
     let mut in_tree = std::collections::HashSet::from([root]);
