@@ -73,6 +73,8 @@ pub mod globals {
     /// Established connections from untracked processes faster than this (ns),
     /// without SYN retransmits, are counted in the kernel instead of sent. 0 sends all.
     pub const TCP_QUIET_NS: &str = "TCP_QUIET_NS";
+    /// 1: children the agent forks are tracked (`agent trace`: the traced command).
+    pub const TRACK_AGENT_CHILDREN: &str = "TRACK_AGENT_CHILDREN";
 }
 
 /// Discriminant of every event; decoded in userspace with `TryFrom<u32>`.

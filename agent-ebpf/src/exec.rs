@@ -27,8 +27,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TOOLS, TRACKED,
-    count_lost, current_task, emit, is_tracked, parent_tgid,
+    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TOOLS,
+    TRACK_AGENT_CHILDREN, TRACKED, count_lost, current_task, emit, is_tracked, parent_tgid,
 };
 
 /// Allow-listed `NAME=` prefixes, filled by userspace before attach.
@@ -144,15 +144,20 @@ pub fn exit_tp(ctx: TracePointContext) -> u32 {
 pub fn fork_tp(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if tgid == AGENT_TGID.load() {
-        return 0;
-    }
     let off = FORK_CHILD_PID_OFF.load() as usize;
     if off == 0 {
         return 0;
     }
     // SAFETY: offset read from this kernel's tracepoint format at load time.
     let child: u32 = unsafe { ctx.read_at(off) }.unwrap_or(0);
+    if tgid == AGENT_TGID.load() {
+        // `agent trace`: the command the agent starts is tracked from birth,
+        // before it can exec or touch a file.
+        if TRACK_AGENT_CHILDREN.load() != 0 {
+            let _ = TRACKED.insert(&child, &1, 0);
+        }
+        return 0;
+    }
     if is_tracked(tgid) {
         let _ = TRACKED.insert(&child, &1, 0);
     }

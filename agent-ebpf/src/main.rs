@@ -42,6 +42,8 @@ pub(crate) static TRACKED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16
 
 #[unsafe(no_mangle)]
 pub(crate) static TCP_QUIET_NS: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static TRACK_AGENT_CHILDREN: Global<u32> = Global::new(0);
 
 /// Count one event handled in the kernel.
 #[inline(always)]

@@ -74,6 +74,8 @@ pub struct CollectorOptions {
     /// Established connections from untracked processes faster than this
     /// (without retransmits) are only counted in the kernel; 0 sends all.
     pub tcp_quiet_ns: u64,
+    /// Track the processes the agent itself starts (`agent trace`).
+    pub track_own_children: bool,
 }
 
 impl CollectorOptions {
@@ -83,6 +85,7 @@ impl CollectorOptions {
             env_allow: DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect(),
             tools: crate::analysis::AnalysisConfig::default().tools,
             tcp_quiet_ns: DEFAULT_TCP_QUIET_NS,
+            track_own_children: false,
         }
     }
 }
@@ -102,6 +105,7 @@ pub struct Stats {
 /// A running collector.
 pub struct Collector {
     links: Vec<loader::OwnedLink>,
+    tracked: aya::maps::HashMap<MapData, u32, u8>,
     _ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
@@ -143,6 +147,7 @@ impl Collector {
         let kernel = KernelInfo::gather();
         let mut globals = Globals::compute(&kernel);
         globals.tcp_quiet_ns = opts.tcp_quiet_ns;
+        globals.track_agent_children = u32::from(opts.track_own_children);
         let mut warnings = globals.warnings.clone();
         if let Some(e) = &kernel.tracefs_error {
             warnings.push(e.clone());
@@ -159,6 +164,7 @@ impl Collector {
         let ring = loader::take_events(&mut ebpf)?;
         let lost = loader::take_lost(&mut ebpf)?;
         let counters = loader::take_counters(&mut ebpf)?;
+        let tracked = loader::take_tracked(&mut ebpf)?;
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::channel(channel);
         // The reader runs before anything is attached, so nothing waits unread.
@@ -194,6 +200,7 @@ impl Collector {
         Ok((
             Collector {
                 links,
+                tracked,
                 _ebpf: ebpf,
                 lost,
                 counters,
@@ -204,6 +211,14 @@ impl Collector {
             },
             rx,
         ))
+    }
+
+    /// Track `tgid` (and, through fork, its future children) in the kernel,
+    /// as if it were a tool: `agent trace` does this for the command it runs.
+    pub fn track(&mut self, tgid: u32) {
+        if let Err(e) = self.tracked.insert(&tgid, &1, 0) {
+            tracing::warn!(tgid, error = %e, "could not track the traced command in the kernel");
+        }
     }
 
     /// Established connections counted in the kernel instead of sent (cumulative).

@@ -8,7 +8,7 @@ use std::{fs::File, path::PathBuf};
 
 use agent_common::{
     COUNTERS_MAP, ENV_ALLOW_MAP, ENV_PREFIX_MAP, ENV_PREFIX_WORDS, EVENTS_MAP, EnvKey, LOST_CAUSES,
-    LOST_MAP, TOOLS_MAP, env_prefix_index, globals,
+    LOST_MAP, TOOLS_MAP, TRACKED_MAP, env_prefix_index, globals,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -107,6 +107,7 @@ pub struct Globals {
     pub retrans_skaddr: u32,
     pub retrans_state: u32,
     pub tcp_quiet_ns: u64,
+    pub track_agent_children: u32,
     pub warnings: Vec<String>,
 }
 
@@ -224,7 +225,8 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
         .override_global(globals::NET_INUM_OFF, &g.net_inum, true)
         .override_global(globals::RETRANS_SKADDR_OFF, &g.retrans_skaddr, true)
         .override_global(globals::RETRANS_STATE_OFF, &g.retrans_state, true)
-        .override_global(globals::TCP_QUIET_NS, &g.tcp_quiet_ns, true);
+        .override_global(globals::TCP_QUIET_NS, &g.tcp_quiet_ns, true)
+        .override_global(globals::TRACK_AGENT_CHILDREN, &g.track_agent_children, true);
     loader.load(OBJECT).map_err(|e| {
         let msg = msg(e);
         if is_eperm(&msg) {
@@ -591,6 +593,17 @@ pub fn set_tools(ebpf: &mut Ebpf, tools: &[String]) -> Result<(), LoadError> {
         })?;
     }
     Ok(())
+}
+
+/// Take the map of tracked processes (userspace adds `agent trace` roots).
+pub fn take_tracked(ebpf: &mut Ebpf) -> Result<BpfHashMap<MapData, u32, u8>, LoadError> {
+    let map = ebpf
+        .take_map(TRACKED_MAP)
+        .ok_or(LoadError::NoMap("TRACKED"))?;
+    BpfHashMap::try_from(map).map_err(|e| LoadError::Map {
+        name: "TRACKED",
+        msg: e.to_string(),
+    })
 }
 
 /// Take the per-CPU counters of events handled in the kernel.

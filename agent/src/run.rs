@@ -52,6 +52,7 @@ impl RunOptions {
             } else {
                 crate::collector::DEFAULT_TCP_QUIET_NS
             },
+            track_own_children: false,
         }
     }
 }
@@ -448,10 +449,12 @@ pub struct TraceResult {
 /// Run `argv` (as the invoking user), observe its process tree, return what was seen.
 pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result<TraceResult> {
     use std::os::unix::process::CommandExt as _;
-    let (collector, mut rx) = Collector::start(
+    let (mut collector, mut rx) = Collector::start(
         &crate::collector::CollectorOptions {
-            // One command's tree: every connection is an event.
+            // One command's tree: every connection is an event, and the
+            // command is tracked from its fork on.
             tcp_quiet_ns: 0,
+            track_own_children: true,
             ..opts.collector_options()
         },
         65_536,
@@ -469,6 +472,9 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         .spawn()
         .map_err(|e| anyhow::anyhow!("agent trace: cannot run {prog}: {e}"))?;
     let root = child.id().unwrap_or(0);
+    // The whole traced tree is "toolchain": file faults of e.g. `make` count
+    // too. The kernel tracked it at fork already; this is belt and braces.
+    collector.track(root);
     // Every process of the traced command gets an identity and a span (rules
     // still apply to toolchain execs only).
     let mut pipeline = Pipeline::new(

@@ -167,3 +167,21 @@ fn a_clean_build_has_no_file_finding() {
     assert_eq!(lines.last().unwrap()["exit_code"], 0, "the build works");
     assert_eq!(fs_findings(&lines), Vec::<&Value>::new());
 }
+
+#[test]
+fn agent_trace_tracks_a_command_that_is_not_a_tool() {
+    let d = scratch("notatool");
+    let locked = d.join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    mode(&d, 0o755);
+    mode(&locked, 0o755);
+    let target = locked.join("f");
+    let script = format!("touch {}", target.display());
+    let lines = as_nobody(&["/bin/sh", "-c", &script], &[]);
+    let f = fs_findings(&lines);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    let e = &f[0]["evidence"];
+    assert_eq!(e["path"], target.to_str().unwrap());
+    assert_eq!(e["blocking_path"], locked.to_str().unwrap());
+    assert!(e["exe"].as_str().unwrap().ends_with("/touch"), "{e}");
+}
