@@ -155,36 +155,20 @@ impl Default for AnalysisConfig {
     }
 }
 
-/// Variables compared by `env.diverged` (PATH and HOME differ too often to be a signal).
-const DIVERGE_VARS: &[&str] = &[
-    "GOROOT",
-    "GOPATH",
-    "GOBIN",
-    "GOTOOLCHAIN",
-    "GOFLAGS",
-    "GOPROXY",
-    "GONOSUMDB",
-    "GOPRIVATE",
-    "GOWORK",
-    "GO111MODULE",
-    "GOMODCACHE",
-    "GOCACHE",
-    "CGO_ENABLED",
-    "CONDA_PREFIX",
-    "CONDA_DEFAULT_ENV",
-    "VIRTUAL_ENV",
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
+/// Allow-listed variables that `env.diverged` does not compare: they differ
+/// between shells too often to mean anything.
+const NOT_COMPARED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "CONDA_SHLVL",
+    "CONDA_EXE",
+    "LD_LIBRARY_PATH",
 ];
+
+/// Is `name` compared by `env.diverged`? (The default allow-list minus NOT_COMPARED.)
+fn compared(name: &str) -> bool {
+    crate::collector::DEFAULT_ENV_ALLOW.contains(&name) && !NOT_COMPARED.contains(&name)
+}
 
 type FileKey = (u64, u64, i64, u64);
 
@@ -658,12 +642,8 @@ impl Analyzer {
         {
             return;
         }
-        let vars: HashMap<String, String> = e
-            .env
-            .iter()
-            .filter(|(k, _)| DIVERGE_VARS.contains(&k.as_str()))
-            .cloned()
-            .collect();
+        let vars: HashMap<String, String> =
+            e.env.iter().filter(|(k, _)| compared(k)).cloned().collect();
         let key = (e.uid, e.exe.clone());
         if e.env_truncated {
             return;
@@ -672,10 +652,10 @@ impl Analyzer {
             && e.ktime_ns.saturating_sub(prev.ktime_ns) <= self.cfg.env_window_ns
             && prev.pid != e.tgid
         {
-            let mut names: Vec<&str> = DIVERGE_VARS
+            let mut names: Vec<&str> = crate::collector::DEFAULT_ENV_ALLOW
                 .iter()
                 .copied()
-                .filter(|v| prev.vars.get(*v) != vars.get(*v))
+                .filter(|v| compared(v) && prev.vars.get(*v) != vars.get(*v))
                 .collect();
             names.sort();
             for var in names {
