@@ -58,7 +58,7 @@ impl RunOptions {
 }
 
 /// Shutdown must finish within 2 s even with the endpoint down.
-const OTLP_SHUTDOWN: Duration = Duration::from_millis(1000);
+const OTLP_SHUTDOWN: Duration = Duration::from_millis(600);
 
 fn start_otlp(opts: &RunOptions, offset: i128) -> anyhow::Result<Option<crate::otlp::Otlp>> {
     match &opts.otlp {

@@ -284,6 +284,7 @@ fn exporter_down_then_back_and_shutdown_stays_fast() {
         let status = agent.wait().unwrap();
         let took = t.elapsed();
         assert!(status.success(), "agent exit {status:?}");
+        eprintln!("shutdown took {took:?}");
         assert!(took < Duration::from_millis(2000), "shutdown took {took:?}");
         let records = std::fs::read_to_string(&out_file).unwrap();
         let stats: serde_json::Value = records
