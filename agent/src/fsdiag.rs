@@ -191,6 +191,11 @@ impl FsAnalyzer {
             basename(&exe).to_string()
         };
         let env: &[(String, String)] = exec.map(|e| e.env.as_slice()).unwrap_or(&[]);
+        let blocker = if f.errno == libc::EROFS {
+            None
+        } else {
+            blocking(&fs, &path, f.uid, f.gid, f.write)
+        };
         let (code, place, detail) = if f.errno == libc::EROFS {
             // The process may be gone already: then ours (the same namespace, usually).
             let mounts =
@@ -204,7 +209,7 @@ impl FsAnalyzer {
                 format!("{m} is mounted read-only"),
             )
         } else {
-            match blocking(&fs, &path, f.uid, f.gid, f.write) {
+            match &blocker {
                 Some(b) => (
                     "fs.permission_denied",
                     b.path.clone(),
@@ -256,10 +261,7 @@ impl FsAnalyzer {
         });
         p.count += 1;
         p.last_ns = f.ktime_ns;
-        if let Some(b) = (f.errno != libc::EROFS)
-            .then(|| blocking(&fs, &path, f.uid, f.gid, f.write))
-            .flatten()
-        {
+        if let Some(b) = &blocker {
             p.finding
                 .evidence
                 .insert("blocking_owner_uid".into(), json!(b.uid));

@@ -372,12 +372,7 @@ pub fn choose(sig: &Signal, av: &Available) -> Choice {
 
 /// The option object behind a choice.
 pub fn option_for(sig: &Signal, hook: HookKind) -> Option<&'static HookOption> {
-    SIGNALS
-        .iter()
-        .find(|s| s.name == sig.name)?
-        .options
-        .iter()
-        .find(|o| o.hook == hook)
+    sig.options.iter().find(|o| o.hook == hook)
 }
 
 #[cfg(test)]

@@ -193,15 +193,6 @@ impl ProcTable {
     pub fn in_tree(&self, tgid: u32, root: u32) -> bool {
         tgid == root || self.ancestors(tgid).contains(&root)
     }
-
-    /// Children of `tgid` (unordered).
-    pub fn children(&self, tgid: u32) -> Vec<u32> {
-        self.procs
-            .values()
-            .filter(|p| p.ppid == tgid && p.id.tgid != tgid)
-            .map(|p| p.id.tgid)
-            .collect()
-    }
 }
 
 #[cfg(test)]

@@ -98,19 +98,16 @@ pub enum Output {
     },
 }
 
-fn cfg_proc_root() -> std::path::PathBuf {
-    std::path::PathBuf::from("/proc")
-}
-
-/// Boot-time clock now, ns (the kernel's event clock).
-pub fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer for the duration of the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+impl Output {
+    /// The process an output concerns.
+    pub fn pid(&self) -> u32 {
+        match self {
+            Output::Exec { exec, .. } => exec.tgid,
+            Output::Exit { exit, .. } => exit.tgid,
+            Output::Finding { finding, .. } => finding.pid,
+            Output::Tcp { tcp, .. } => tcp.tgid,
+        }
+    }
 }
 
 /// Process table + analyzer: the stages after the collector.
@@ -126,8 +123,8 @@ impl Pipeline {
     pub fn new(cfg: AnalysisConfig, net: NetConfig) -> Self {
         Self {
             table: ProcTable::default(),
+            fs: crate::fsdiag::FsAnalyzer::new(cfg.proc_root.clone()),
             analyzer: Analyzer::new(cfg),
-            fs: crate::fsdiag::FsAnalyzer::new(cfg_proc_root()),
             net: NetAnalyzer::new(net),
             analysed: Default::default(),
         }
@@ -391,7 +388,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             }
             _ = tick.tick() => {
                 health.beat();
-                for o in pipeline.flush(boot_ns(), 2_000_000_000) {
+                for o in pipeline.flush(crate::collector::boot_ns(), 2_000_000_000) {
                     if let Some(x) = otlp.as_mut() {
                         x.observe(&o, &pipeline.table);
                     }
@@ -503,12 +500,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
                     Ok(None) | Err(_) => if status.is_some() { break } else { continue },
                 };
                 for o in pipeline.handle(ev) {
-                    let pid = match &o {
-                        Output::Exec { exec, .. } => exec.tgid,
-                        Output::Exit { exit, .. } => exit.tgid,
-                        Output::Finding { finding, .. } => finding.pid,
-                        Output::Tcp { tcp, .. } => tcp.tgid,
-                    };
+                    let pid = o.pid();
                     let member = in_tree.contains(&pid) || pipeline.table.in_tree(pid, root);
                     if !member {
                         continue;
@@ -529,11 +521,8 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             }
         }
     }
-    for o in pipeline.flush(boot_ns(), 0) {
-        let pid = match &o {
-            Output::Finding { finding, .. } => finding.pid,
-            _ => 0,
-        };
+    for o in pipeline.flush(crate::collector::boot_ns(), 0) {
+        let pid = o.pid();
         if in_tree.contains(&pid) || pipeline.table.in_tree(pid, root) {
             if let Some(x) = otlp.as_mut() {
                 x.observe(&o, &pipeline.table);

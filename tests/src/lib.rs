@@ -93,6 +93,25 @@ impl Live {
     }
 }
 
+impl Live {
+    /// Run `cmd` to completion and return the exec event of its process.
+    pub async fn exec_of(&mut self, cmd: &mut Command) -> Box<agent::event::Exec> {
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let pid = child.id();
+        child.wait().expect("wait");
+        let (ev, _) = self
+            .until(
+                Duration::from_secs(10),
+                |e| matches!(e, Event::Exec(x) if x.tgid == pid),
+            )
+            .await;
+        match ev {
+            Some(Event::Exec(e)) => e,
+            _ => panic!("no exec event for pid {pid} ({cmd:?})"),
+        }
+    }
+}
+
 /// Run the agent binary with `args`, returning (status, stdout, stderr).
 pub fn run_agent(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let out = Command::new(agent_bin())

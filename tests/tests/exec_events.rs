@@ -9,28 +9,19 @@ use agent_tests::{Live, rt};
 fn exec_reports_exact_path_argv_and_only_allow_listed_env() {
     rt().block_on(async {
         let mut live = Live::start();
-        let mut child = Command::new("/bin/echo")
-            .args(["hello", "kernel world"])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("GOROOT", "/opt/go")
-            .env("SECRET_TOKEN", "hunter2")
-            .env("PATHX", "not-path")
-            .env("HTTPS_PROXY", "http://user:pw@proxy:3128")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn echo");
-        let pid = child.id();
-        child.wait().expect("wait echo");
-        let (ev, _) = live
-            .until(
-                Duration::from_secs(10),
-                |e| matches!(e, Event::Exec(x) if x.tgid == pid),
+        let e = live
+            .exec_of(
+                Command::new("/bin/echo")
+                    .args(["hello", "kernel world"])
+                    .env_clear()
+                    .env("PATH", "/usr/bin:/bin")
+                    .env("GOROOT", "/opt/go")
+                    .env("SECRET_TOKEN", "hunter2")
+                    .env("PATHX", "not-path")
+                    .env("HTTPS_PROXY", "http://user:pw@proxy:3128")
+                    .stdout(std::process::Stdio::null()),
             )
             .await;
-        let Some(Event::Exec(e)) = ev else {
-            panic!("no exec event for pid {pid}")
-        };
         assert!(e.ok());
         assert_eq!(e.filename, "/bin/echo");
         assert_eq!(e.exe, "/bin/echo");
@@ -87,38 +78,13 @@ fn long_argv_is_truncated_and_flagged() {
     rt().block_on(async {
         let mut live = Live::start();
         let many: Vec<String> = (0..100).map(|i| format!("a{i}")).collect();
-        let mut child = Command::new("/bin/true")
-            .args(&many)
-            .spawn()
-            .expect("spawn");
-        let pid = child.id();
-        child.wait().expect("wait");
-        let (ev, _) = live
-            .until(
-                Duration::from_secs(10),
-                |e| matches!(e, Event::Exec(x) if x.tgid == pid),
-            )
-            .await;
-        let Some(Event::Exec(e)) = ev else {
-            panic!("no exec for {pid}")
-        };
+        let e = live.exec_of(Command::new("/bin/true").args(&many)).await;
         assert!(e.argv_truncated, "100 args must be flagged");
         assert_eq!(e.argv.len(), agent_common::MAX_ARGS as usize);
         assert_eq!(e.argv[1], "a0");
 
         let long = "x".repeat(3000);
-        let mut child = Command::new("/bin/true").arg(&long).spawn().expect("spawn");
-        let pid = child.id();
-        child.wait().expect("wait");
-        let (ev, _) = live
-            .until(
-                Duration::from_secs(10),
-                |e| matches!(e, Event::Exec(x) if x.tgid == pid),
-            )
-            .await;
-        let Some(Event::Exec(e)) = ev else {
-            panic!("no exec for {pid}")
-        };
+        let e = live.exec_of(Command::new("/bin/true").arg(&long)).await;
         assert!(e.argv_truncated);
         assert_eq!(e.argv[1].len(), agent_common::ARG_LEN - 1);
     });

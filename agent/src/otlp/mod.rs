@@ -32,7 +32,6 @@ pub struct Otlp {
     resource: Resource,
     stop: Arc<Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    clock_offset_ns: i128,
     start_unix_ns: u64,
 }
 
@@ -107,7 +106,6 @@ impl Otlp {
             resource,
             stop,
             tasks,
-            clock_offset_ns,
             start_unix_ns,
         })
     }
@@ -195,7 +193,6 @@ impl Otlp {
     /// all within `deadline` whatever the endpoint does.
     pub async fn shutdown(mut self, deadline: Duration) -> serde_json::Value {
         let t0 = tokio::time::Instant::now();
-        let _ = self.clock_offset_ns;
         for s in self.builder.close_all(now_unix_ns()) {
             self.queue.push(s);
         }

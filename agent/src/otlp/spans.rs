@@ -105,12 +105,23 @@ impl SpanBuilder {
         }
     }
 
-    /// Trace and parent span of the nearest open ancestor of `tgid`.
-    fn parent_of(&self, table: &ProcTable, tgid: u32, ppid: u32) -> Option<(Vec<u8>, Vec<u8>)> {
-        std::iter::once(ppid)
+    /// The nearest process with an open span: `first`, then `tgid`'s ancestors.
+    fn nearest_open(&self, table: &ProcTable, first: u32, tgid: u32) -> Option<u32> {
+        std::iter::once(first)
             .chain(table.ancestors(tgid))
-            .find_map(|a| self.open.get(&a))
-            .map(|o| (o.span.trace_id.clone(), o.span.span_id.clone()))
+            .find(|p| self.open.contains_key(p))
+    }
+
+    /// Trace id and parent span id for a new span under the nearest open span,
+    /// or a new trace when there is none.
+    fn context(&mut self, table: &ProcTable, first: u32, tgid: u32) -> (Vec<u8>, Vec<u8>) {
+        match self
+            .nearest_open(table, first, tgid)
+            .and_then(|p| self.open.get(&p))
+        {
+            Some(o) => (o.span.trace_id.clone(), o.span.span_id.clone()),
+            None => (self.ids.trace_id(), Vec::new()),
+        }
     }
 
     pub fn open_count(&self) -> usize {
@@ -139,10 +150,7 @@ impl SpanBuilder {
                     });
                     return done;
                 }
-                let (trace_id, parent) = match self.parent_of(table, exec.tgid, exec.ppid) {
-                    Some((t, p)) => (t, p),
-                    None => (self.ids.trace_id(), Vec::new()),
-                };
+                let (trace_id, parent) = self.context(table, exec.ppid, exec.tgid);
                 let args: Vec<String> = exec.argv.iter().map(|a| redact_urls(a)).collect();
                 let mut attributes = vec![
                     kv_int("process.pid", exec.tgid as i64),
@@ -219,9 +227,7 @@ impl SpanBuilder {
             }
             Output::Finding { finding, ktime_ns } if !finding.code.starts_with("net.") => {
                 let ev = finding_event(finding, unix(self.offset, *ktime_ns));
-                let target = std::iter::once(finding.pid)
-                    .chain(table.ancestors(finding.pid))
-                    .find(|p| self.open.contains_key(p));
+                let target = self.nearest_open(table, finding.pid, finding.pid);
                 match target.and_then(|p| self.open.get_mut(&p)) {
                     Some(open) => open.span.events.push(ev),
                     None => {
@@ -249,13 +255,7 @@ impl SpanBuilder {
                 if !(*analysed || failed || !report.findings.is_empty()) {
                     return done;
                 }
-                let (trace_id, parent) = match std::iter::once(tcp.tgid)
-                    .chain(table.ancestors(tcp.tgid))
-                    .find_map(|p| self.open.get(&p))
-                {
-                    Some(o) => (o.span.trace_id.clone(), o.span.span_id.clone()),
-                    None => (self.ids.trace_id(), Vec::new()),
-                };
+                let (trace_id, parent) = self.context(table, tcp.tgid, tcp.tgid);
                 let end = unix(self.offset, tcp.ktime_ns);
                 let start = if tcp.no_start {
                     end
