@@ -11,11 +11,13 @@ pub mod exec;
 pub mod fs;
 pub mod lost;
 pub mod tcp;
+pub mod wire;
 
 pub use exec::*;
 pub use fs::*;
 pub use lost::*;
 pub use tcp::*;
+pub use wire::*;
 
 /// Ring buffer that carries every event to userspace.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -31,6 +33,10 @@ pub const TOOLS_MAP: &str = "TOOLS";
 pub const TRACKED_MAP: &str = "TRACKED";
 /// Per-CPU array of counters of events kept in the kernel, indexed by [`KernelCounter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// LRU hash map socket cookie → [`SockOwner`].
+pub const SOCK_OWNER_MAP: &str = "SOCK_OWNER";
+/// LRU hash map socket cookie → [`TlsFlow`].
+pub const TLS_FLOWS_MAP: &str = "TLS_FLOWS";
 
 /// Counters of what the kernel side handled without sending an event.
 #[repr(u32)]
@@ -91,6 +97,8 @@ pub enum EventKind {
     Tcp = 4,
     /// A failed file operation of a tracked process ([`FsEvent`]).
     Fs = 5,
+    /// A packet of a TLS connection or a DNS message ([`WireFixed`] + payload).
+    Wire = 6,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -102,6 +110,7 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(Self::Fork),
             4 => Ok(Self::Tcp),
             5 => Ok(Self::Fs),
+            6 => Ok(Self::Wire),
             other => Err(other),
         }
     }
@@ -146,4 +155,10 @@ mod pod {
     unsafe impl aya::Pod for super::ExecFixed {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EnvKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WireFixed {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TlsFlow {}
 }

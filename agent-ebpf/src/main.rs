@@ -13,6 +13,7 @@ mod exec;
 mod fs;
 mod probes;
 mod tcp;
+mod wire;
 
 use agent_common::{EVENTS_RING_BYTES, KERNEL_COUNTERS, KernelCounter, LOST_CAUSES, LostCause};
 use aya_ebpf::{
@@ -100,15 +101,20 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Write `data` to the events ring buffer, counting a loss when it is full.
+/// Ring-buffer submit flags: wake the reader only when much is pending.
 #[inline(always)]
-pub(crate) fn emit<T: ?Sized>(data: &T) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+pub(crate) fn wake_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    };
-    if EVENTS.output(data, flags).is_err() {
+    }
+}
+
+/// Write `data` to the events ring buffer, counting a loss when it is full.
+#[inline(always)]
+pub(crate) fn emit<T: ?Sized>(data: &T) {
+    if EVENTS.output(data, wake_flags()).is_err() {
         count_lost(LostCause::RingFull);
     }
 }

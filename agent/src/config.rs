@@ -30,6 +30,12 @@ pub struct FileConfig {
     pub slow_connect_ms: Option<u64>,
     /// `net.slow_connect`: times the destination's own average.
     pub slow_connect_factor: Option<f64>,
+    /// `tls.slow_handshake` threshold, ms.
+    pub slow_tls_ms: Option<u64>,
+    /// `net.dns_slow` threshold, ms.
+    pub slow_dns_ms: Option<u64>,
+    /// `net.dns_timeout`: unanswered this long after the last attempt, ms.
+    pub dns_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@
 use agent_common::{
     EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT,
     EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER, EventHeader, EventKind, ExecFixed, ExitEvent,
-    ForkEvent, FsEvent, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED, TCP_PHASE_START,
-    TcpEvent,
+    ForkEvent, FsEvent, IPPROTO_TCP_U8, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED,
+    TCP_PHASE_START, TcpEvent, WIRE_DIR_EGRESS, WIRE_KIND_DNS, WIRE_KIND_TLS, WireFixed,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -27,6 +27,14 @@ pub enum DecodeError {
     },
     #[error("exec record data lengths ({argv}+{env}) exceed the {avail} bytes received")]
     BadLengths { argv: u32, env: u32, avail: usize },
+    #[error(
+        "wire record claims {cap} captured bytes of a {payload}-byte payload, {avail} received"
+    )]
+    BadCapture {
+        cap: u16,
+        payload: u32,
+        avail: usize,
+    },
 }
 
 /// A decoded exec attempt.
@@ -175,6 +183,59 @@ pub enum Event {
     Fork(Fork),
     Tcp(Box<Tcp>),
     Fs(Box<FsFault>),
+    Wire(Box<Wire>),
+}
+
+/// What a captured packet belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireKind {
+    Tls,
+    Dns,
+}
+
+/// A packet captured on the wire (first bytes of its payload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wire {
+    pub kind: WireKind,
+    /// Sent by the local socket (else received).
+    pub egress: bool,
+    pub tcp: bool,
+    /// Owner of the socket (0 when unknown, e.g. the server end of an accepted connection).
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    /// Socket cookie.
+    pub cookie: u64,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub seq: u32,
+    /// Payload length on the wire; `data` holds its first bytes.
+    pub payload_len: u32,
+    pub tcp_flags: u8,
+    pub ktime_ns: u64,
+    pub data: Vec<u8>,
+}
+
+impl Wire {
+    /// The local and the remote end, as (address, port).
+    pub fn local(&self) -> (IpAddr, u16) {
+        if self.egress {
+            (self.src, self.sport)
+        } else {
+            (self.dst, self.dport)
+        }
+    }
+    pub fn remote(&self) -> (IpAddr, u16) {
+        if self.egress {
+            (self.dst, self.dport)
+        } else {
+            (self.src, self.sport)
+        }
+    }
 }
 
 fn ip(family: u16, b: &[u8; 16]) -> IpAddr {
@@ -305,6 +366,47 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 no_start: e.flags & TCP_F_NO_START != 0,
                 comm: cstr(&e.comm),
                 sock: e.skaddr,
+            })))
+        }
+        EventKind::Wire => {
+            let f: WireFixed = read(b).ok_or(DecodeError::Truncated {
+                kind: "wire",
+                got: b.len(),
+                need: size_of::<WireFixed>(),
+            })?;
+            let data = &b[size_of::<WireFixed>()..];
+            let cap = f.cap_len as usize;
+            if cap > data.len() || cap > f.payload_len as usize {
+                return Err(DecodeError::BadCapture {
+                    cap: f.cap_len,
+                    payload: f.payload_len,
+                    avail: data.len(),
+                });
+            }
+            let kind = match f.kind {
+                WIRE_KIND_TLS => WireKind::Tls,
+                WIRE_KIND_DNS => WireKind::Dns,
+                other => return Err(DecodeError::UnknownKind(other as u32)),
+            };
+            Ok(Event::Wire(Box::new(Wire {
+                kind,
+                egress: f.dir == WIRE_DIR_EGRESS,
+                tcp: f.proto == IPPROTO_TCP_U8,
+                pid: f.hdr.pid,
+                tgid: f.hdr.tgid,
+                uid: f.uid,
+                cgroup_id: f.cgroup_id,
+                comm: cstr(&f.comm),
+                cookie: f.cookie,
+                src: ip(f.family, &f.saddr),
+                sport: f.sport,
+                dst: ip(f.family, &f.daddr),
+                dport: f.dport,
+                seq: f.seq,
+                payload_len: f.payload_len,
+                tcp_flags: f.tcp_flags,
+                ktime_ns: f.hdr.ktime_ns,
+                data: data[..cap].to_vec(),
             })))
         }
         EventKind::Fs => {

@@ -72,6 +72,10 @@ pub enum Attach {
     Tracepoint(&'static str, &'static str),
     /// BTF-typed raw tracepoint `<name>`.
     TpBtf(&'static str),
+    /// cgroup connect/sendmsg hook on the cgroup v2 root (type from the program's section).
+    CgroupSockAddr,
+    /// cgroup socket-buffer hook on the cgroup v2 root; `true` for egress.
+    CgroupSkb(bool),
 }
 
 /// One program of an option.
@@ -193,6 +197,39 @@ const FS_TP: &[Prog] = &[
     fs_prog("fs_exit_tp", "sys_exit_renameat2"),
 ];
 
+const WIRE_CGROUP: &[Prog] = &[
+    Prog {
+        name: "owner_connect4",
+        attach: Attach::CgroupSockAddr,
+        required: false,
+    },
+    Prog {
+        name: "owner_connect6",
+        attach: Attach::CgroupSockAddr,
+        required: false,
+    },
+    Prog {
+        name: "owner_sendmsg4",
+        attach: Attach::CgroupSockAddr,
+        required: false,
+    },
+    Prog {
+        name: "owner_sendmsg6",
+        attach: Attach::CgroupSockAddr,
+        required: false,
+    },
+    Prog {
+        name: "wire_egress",
+        attach: Attach::CgroupSkb(true),
+        required: true,
+    },
+    Prog {
+        name: "wire_ingress",
+        attach: Attach::CgroupSkb(false),
+        required: true,
+    },
+];
+
 /// The table. Order of signals is the order `agent check` prints them.
 pub const SIGNALS: &[Signal] = &[
     Signal {
@@ -267,16 +304,16 @@ pub const SIGNALS: &[Signal] = &[
         implemented: true,
     },
     Signal {
-        name: "tls_wire",
-        what: "TLS ClientHello/ServerHello/alerts seen on the wire",
+        name: "wire",
+        what: "TLS handshakes (ClientHello/ServerHello/alerts) and DNS queries/answers on the wire",
         options: &[HookOption {
             hook: HookKind::CgroupSkb,
             needs_btf: false,
             needs_tracefs: false,
-            programs: &[],
+            programs: WIRE_CGROUP,
             note: "",
         }],
-        implemented: false,
+        implemented: true,
     },
     Signal {
         name: "tls_uprobes",
@@ -298,6 +335,8 @@ pub struct Available {
     pub btf: bool,
     pub tracefs: bool,
     pub hooks: Vec<HookKind>,
+    /// Where cgroup programs attach (the cgroup v2 root).
+    pub cgroup2: Option<std::path::PathBuf>,
 }
 
 /// The outcome for one signal.
@@ -389,6 +428,7 @@ mod tests {
             btf: true,
             tracefs: true,
             hooks: vec![HookKind::TpBtf, HookKind::Tracepoint],
+            cgroup2: None,
         };
         assert_eq!(
             choose(sig("exit"), &av),
@@ -406,6 +446,7 @@ mod tests {
             btf: false,
             tracefs: true,
             hooks: vec![HookKind::Tracepoint],
+            cgroup2: None,
         };
         match choose(sig("exit"), &av) {
             Choice::Active {
@@ -435,12 +476,13 @@ mod tests {
         let av = Available {
             btf: true,
             tracefs: true,
-            hooks: vec![HookKind::Tracepoint, HookKind::CgroupSkb],
+            hooks: vec![HookKind::Tracepoint, HookKind::Uprobe],
+            cgroup2: None,
         };
         assert_eq!(
-            choose(sig("tls_wire"), &av),
+            choose(sig("tls_uprobes"), &av),
             Choice::NotImplemented {
-                would_use: Some(HookKind::CgroupSkb)
+                would_use: Some(HookKind::Uprobe)
             }
         );
     }

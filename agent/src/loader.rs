@@ -419,6 +419,7 @@ pub fn available(k: &KernelInfo, probes: &[(HookKind, Result<(), String>)]) -> A
     Available {
         btf: k.btf.is_some(),
         tracefs: k.tracefs.is_some(),
+        cgroup2: k.cgroup2.clone(),
         hooks: probes
             .iter()
             .filter(|(_, r)| r.is_ok())
@@ -444,8 +445,41 @@ pub fn detach_all(links: Vec<OwnedLink>) {
     });
 }
 
-fn attach_prog(ebpf: &mut Ebpf, p: &hooks::Prog, links: &mut Vec<OwnedLink>) -> Result<(), String> {
+fn attach_prog(
+    ebpf: &mut Ebpf,
+    p: &hooks::Prog,
+    cgroup2: Option<&std::path::Path>,
+    links: &mut Vec<OwnedLink>,
+) -> Result<(), String> {
+    let cgroup = || -> Result<File, String> {
+        let path = cgroup2.ok_or_else(|| "no cgroup v2 mount".to_string())?;
+        File::open(path).map_err(|e| format!("open {}: {e}", path.display()))
+    };
     match p.attach {
+        // cgroup links stay with their program; detaching them does not wait
+        // for a grace period.
+        Attach::CgroupSockAddr => {
+            let cg = cgroup()?;
+            let prog = prog!(ebpf, p.name, CgroupSockAddr);
+            prog.load().map_err(msg)?;
+            // A BPF link: shares the root with other programs (systemd, CNI plugins)
+            // whatever the mode; the mode flags apply to legacy attachments only.
+            prog.attach(&cg, CgroupAttachMode::Single).map_err(msg)?;
+            Ok(())
+        }
+        Attach::CgroupSkb(egress) => {
+            let cg = cgroup()?;
+            let prog = prog!(ebpf, p.name, CgroupSkb);
+            prog.load().map_err(msg)?;
+            let ty = if egress {
+                CgroupSkbAttachType::Egress
+            } else {
+                CgroupSkbAttachType::Ingress
+            };
+            prog.attach(&cg, ty, CgroupAttachMode::Single)
+                .map_err(msg)?;
+            Ok(())
+        }
         Attach::Tracepoint(cat, name) => {
             let prog = prog!(ebpf, p.name, TracePoint);
             // One program may serve several tracepoints: load it once.
@@ -495,7 +529,7 @@ pub fn attach_signals(
             };
             let mut failure = None;
             for p in opt.programs {
-                if let Err(e) = attach_prog(ebpf, p, links) {
+                if let Err(e) = attach_prog(ebpf, p, av.cgroup2.as_deref(), links) {
                     if p.required {
                         failure = Some(format!("{}: {e}", p.name));
                         break;

@@ -51,6 +51,15 @@ struct Cli {
     /// ...or slower than this many times the destination's own average [default: 5].
     #[arg(long, global = true)]
     slow_connect_factor: Option<f64>,
+    /// A TLS handshake slower than this is tls.slow_handshake [default: 1000].
+    #[arg(long, global = true)]
+    slow_tls_ms: Option<u64>,
+    /// A DNS lookup slower than this is net.dns_slow [default: 1000].
+    #[arg(long, global = true)]
+    slow_dns_ms: Option<u64>,
+    /// A DNS query unanswered this long after its last attempt is net.dns_timeout [default: 5000].
+    #[arg(long, global = true)]
+    dns_timeout_ms: Option<u64>,
     /// Print every exec and exit, not only toolchain ones.
     #[arg(long, global = true)]
     all_execs: bool,
@@ -179,6 +188,21 @@ fn main() -> ExitCode {
                 n.slow_factor = f;
             }
             n
+        },
+        wire: {
+            let mut w = agent::wirediag::WireConfig::default();
+            let ms = |v: Option<u64>, d: &mut u64| {
+                if let Some(v) = v {
+                    *d = v.saturating_mul(1_000_000);
+                }
+            };
+            ms(cli.slow_tls_ms.or(file.slow_tls_ms), &mut w.slow_tls_ns);
+            ms(cli.slow_dns_ms.or(file.slow_dns_ms), &mut w.slow_dns_ns);
+            ms(
+                cli.dns_timeout_ms.or(file.dns_timeout_ms),
+                &mut w.dns_timeout_ns,
+            );
+            w
         },
         env_allow,
         analysis,

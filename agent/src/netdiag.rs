@@ -185,7 +185,8 @@ impl NetAnalyzer {
     }
 
     /// Analyse an outcome (`None` for a start).
-    pub fn on_tcp(&mut self, table: &ProcTable, t: &Tcp) -> Option<ConnReport> {
+    /// `host`: the name the process looked up that answered this address.
+    pub fn on_tcp(&mut self, table: &ProcTable, t: &Tcp, host: Option<&str>) -> Option<ConnReport> {
         let outcome = Outcome::of(t)?;
         let exec = table.get(t.tgid).and_then(|p| p.current());
         let exe = exec.map(|e| e.exe.clone()).filter(|e| !e.is_empty());
@@ -202,6 +203,10 @@ impl NetAnalyzer {
             });
         let proxy = exec.and_then(|e| proxy_in_force(&e.env, t.dst, t.dport));
         let dst = SocketAddr::new(t.dst, t.dport);
+        let shown = match host {
+            Some(h) => format!("{h} ({dst})"),
+            None => dst.to_string(),
+        };
         let proxy_note = match &proxy {
             Some(p) if p.is_destination => format!(" (your {})", p.variable),
             _ => String::new(),
@@ -220,6 +225,7 @@ impl NetAnalyzer {
             m.insert("exe".into(), json!(exe));
             m.insert("comm".into(), json!(t.comm));
             m.insert("destination".into(), json!(dst.to_string()));
+            m.insert("host".into(), json!(host));
             m.insert(
                 "source".into(),
                 json!(SocketAddr::new(t.src, t.sport).to_string()),
@@ -254,13 +260,13 @@ impl NetAnalyzer {
             Outcome::Refused if self.once(key("net.connect_refused"), t.ktime_ns) => push(
                 "net.connect_refused",
                 Severity::Error,
-                format!("{name} → {dst}{proxy_note} refused (TCP reset){proxy_tail}"),
+                format!("{name} → {shown}{proxy_note} refused (TCP reset){proxy_tail}"),
             ),
             Outcome::Timeout if self.once(key("net.connect_timeout"), t.ktime_ns) => push(
                 "net.connect_timeout",
                 Severity::Error,
                 format!(
-                    "{name} → {dst}{proxy_note} timed out after {syns} SYN{}{took}, no answer{proxy_tail}",
+                    "{name} → {shown}{proxy_note} timed out after {syns} SYN{}{took}, no answer{proxy_tail}",
                     if syns == 1 { "" } else { "s" }
                 ),
             ),
@@ -268,7 +274,7 @@ impl NetAnalyzer {
                 "net.unreachable",
                 Severity::Error,
                 format!(
-                    "{name} → {dst}{proxy_note} unreachable: {} (ICMP){proxy_tail}",
+                    "{name} → {shown}{proxy_note} unreachable: {} (ICMP){proxy_tail}",
                     errno_name(t.err)
                 ),
             ),
@@ -279,7 +285,7 @@ impl NetAnalyzer {
                         "net.syn_retransmit",
                         Severity::Warning,
                         format!(
-                            "{name} → {dst}{proxy_note} connected only after {} retransmitted SYN{}{took}",
+                            "{name} → {shown}{proxy_note} connected only after {} retransmitted SYN{}{took}",
                             t.syn_retrans,
                             if t.syn_retrans == 1 { "" } else { "s" }
                         ),
@@ -297,7 +303,7 @@ impl NetAnalyzer {
                             "net.slow_connect",
                             Severity::Warning,
                             format!(
-                                "{name} → {dst}{proxy_note} took {:.0} ms to connect{}",
+                                "{name} → {shown}{proxy_note} took {:.0} ms to connect{}",
                                 d as f64 / 1e6,
                                 if n > 0 {
                                     format!(" (usually {:.1} ms)", avg / 1e6)
@@ -411,7 +417,11 @@ mod tests {
         table.on_exec(std::sync::Arc::new(exec));
         let mut n = NetAnalyzer::default();
         let r = n
-            .on_tcp(&table, &tcp(TcpPhase::Failed, libc::ECONNREFUSED, 0, 1))
+            .on_tcp(
+                &table,
+                &tcp(TcpPhase::Failed, libc::ECONNREFUSED, 0, 1),
+                None,
+            )
             .unwrap();
         assert_eq!(r.findings.len(), 1);
         assert_eq!(r.findings[0].code, "net.connect_refused");
@@ -424,7 +434,11 @@ mod tests {
         );
         assert!(!r.findings[0].summary.contains("tok"));
         let r = n
-            .on_tcp(&table, &tcp(TcpPhase::Failed, libc::ETIMEDOUT, 1, 3000))
+            .on_tcp(
+                &table,
+                &tcp(TcpPhase::Failed, libc::ETIMEDOUT, 1, 3000),
+                None,
+            )
             .unwrap();
         assert!(
             r.findings[0]
@@ -434,16 +448,16 @@ mod tests {
             r.findings[0].summary
         );
         let r = n
-            .on_tcp(&table, &tcp(TcpPhase::Established, 0, 2, 3000))
+            .on_tcp(&table, &tcp(TcpPhase::Established, 0, 2, 3000), None)
             .unwrap();
         assert_eq!(r.findings[0].code, "net.syn_retransmit");
         // A clean, fast connection: nothing.
         let r = n
-            .on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 1))
+            .on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 1), None)
             .unwrap();
         assert!(r.findings.is_empty());
         assert!(
-            n.on_tcp(&table, &tcp(TcpPhase::Failed, 0, 0, 1))
+            n.on_tcp(&table, &tcp(TcpPhase::Failed, 0, 0, 1), None)
                 .unwrap()
                 .findings
                 .is_empty()
@@ -458,12 +472,12 @@ mod tests {
             ..NetConfig::default()
         });
         let r = n
-            .on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 250))
+            .on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 250), None)
             .unwrap();
         assert_eq!(r.findings[0].code, "net.slow_connect");
         let mut n = NetAnalyzer::default();
         assert!(
-            n.on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 250))
+            n.on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 250), None)
                 .unwrap()
                 .findings
                 .is_empty()
@@ -476,14 +490,14 @@ mod tests {
         let mut n = NetAnalyzer::default();
         for _ in 0..5 {
             assert!(
-                n.on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 2))
+                n.on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 2), None)
                     .unwrap()
                     .findings
                     .is_empty()
             );
         }
         let r = n
-            .on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 300))
+            .on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 300), None)
             .unwrap();
         assert_eq!(r.findings[0].code, "net.slow_connect");
         assert!(

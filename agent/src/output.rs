@@ -364,3 +364,106 @@ mod tests {
         assert!(exec_text(&style, &e, None).contains("ENOENT"));
     }
 }
+
+pub fn tls_json(style: &Style, r: &crate::wirediag::TlsReport) -> Value {
+    json!({
+        "type": "tls_handshake",
+        "time": rfc3339(unix_ns(style, r.end_ns)),
+        "pid": r.owner.pid,
+        "comm": r.owner.comm,
+        "exe": r.owner.exe,
+        "local_side": r.local,
+        "client": r.client.to_string(),
+        "server": r.server.to_string(),
+        "sni": r.sni,
+        "offered_versions": r.offered,
+        "version": r.version,
+        "cipher_suite": r.cipher_suite.map(|c| format!("0x{c:04x}")),
+        "alpn": r.alpn,
+        "verdict": r.verdict,
+        "duration_ms": r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6,
+    })
+}
+
+pub fn tls_text(style: &Style, r: &crate::wirediag::TlsReport) -> String {
+    use crate::tls::Verdict;
+    let how = match &r.verdict {
+        Verdict::Completed => paint(style, "32", "ok"),
+        Verdict::Alert { alert } => paint(
+            style,
+            "31",
+            &format!(
+                "{} alert {}",
+                alert.from.name(),
+                crate::tls::alert_name(alert.description)
+            ),
+        ),
+        Verdict::EncryptedAlert { from } => {
+            paint(style, "31", &format!("{} encrypted alert", from.name()))
+        }
+        Verdict::Closed { by, reset } => paint(
+            style,
+            "31",
+            &format!("{} {}", by.name(), if *reset { "reset" } else { "closed" }),
+        ),
+        Verdict::NotTls { from } => paint(style, "31", &format!("{} not TLS", from.name())),
+    };
+    format!(
+        "{} tls   {:>7} {} → {}{} {} {how} in {:.1} ms",
+        clock(style, r.end_ns),
+        r.owner.pid,
+        r.owner.name(),
+        r.server,
+        r.sni
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default(),
+        r.version.as_deref().unwrap_or("-"),
+        r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6
+    )
+}
+
+pub fn dns_json(style: &Style, r: &crate::wirediag::DnsReport) -> Value {
+    json!({
+        "type": "dns_lookup",
+        "time": rfc3339(unix_ns(style, r.end_ns)),
+        "pid": r.owner.pid,
+        "comm": r.owner.comm,
+        "exe": r.owner.exe,
+        "name": r.name,
+        "qtype": r.qtype,
+        "resolver": r.server.to_string(),
+        "transport": if r.tcp { "tcp" } else { "udp" },
+        "rcode": r.rcode,
+        "addresses": r.addresses,
+        "attempts": r.attempts,
+        "timed_out": r.timed_out,
+        "duration_ms": r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6,
+    })
+}
+
+pub fn dns_text(style: &Style, r: &crate::wirediag::DnsReport) -> String {
+    let how = match (&r.rcode, r.timed_out) {
+        (_, true) => paint(style, "31", "no answer"),
+        (Some(c), _) if c == "NOERROR" => {
+            let a: Vec<String> = r.addresses.iter().map(|a| a.to_string()).collect();
+            if a.is_empty() {
+                "no records".into()
+            } else {
+                paint(style, "32", &a.join(" "))
+            }
+        }
+        (Some(c), _) => paint(style, "31", c),
+        _ => "?".into(),
+    };
+    format!(
+        "{} dns   {:>7} {} {} {} @{} → {how} in {:.1} ms",
+        clock(style, r.end_ns),
+        r.owner.pid,
+        r.owner.name(),
+        r.qtype,
+        r.name,
+        r.server,
+        r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6
+    )
+}

@@ -22,6 +22,7 @@ use crate::{
     netdiag::{ConnReport, NetAnalyzer, NetConfig},
     output::{self, Format, Style},
     proctable::ProcTable,
+    wirediag::{DnsReport, TlsReport, WireAnalyzer, WireConfig, WireOutput},
 };
 
 /// Options shared by both modes.
@@ -39,6 +40,8 @@ pub struct RunOptions {
     pub health_addr: Option<String>,
     /// Thresholds of `net.slow_connect`.
     pub net: NetConfig,
+    /// Thresholds of the TLS and DNS findings.
+    pub wire: WireConfig,
 }
 
 impl RunOptions {
@@ -96,6 +99,14 @@ pub enum Output {
         /// The connecting process is analysed (toolchain or descendant).
         analysed: bool,
     },
+    Tls {
+        report: Box<TlsReport>,
+        analysed: bool,
+    },
+    Dns {
+        report: Box<DnsReport>,
+        analysed: bool,
+    },
 }
 
 impl Output {
@@ -106,6 +117,8 @@ impl Output {
             Output::Exit { exit, .. } => exit.tgid,
             Output::Finding { finding, .. } => finding.pid,
             Output::Tcp { tcp, .. } => tcp.tgid,
+            Output::Tls { report, .. } => report.owner.pid,
+            Output::Dns { report, .. } => report.owner.pid,
         }
     }
 }
@@ -116,12 +129,14 @@ pub struct Pipeline {
     pub analyzer: Analyzer,
     pub net: NetAnalyzer,
     pub fs: crate::fsdiag::FsAnalyzer,
+    pub wire: WireAnalyzer,
     analysed: std::collections::HashSet<u32>,
 }
 
 impl Pipeline {
-    pub fn new(cfg: AnalysisConfig, net: NetConfig) -> Self {
+    pub fn new(cfg: AnalysisConfig, net: NetConfig, wire: WireConfig) -> Self {
         Self {
+            wire: WireAnalyzer::new(wire),
             table: ProcTable::default(),
             fs: crate::fsdiag::FsAnalyzer::new(cfg.proc_root.clone()),
             analyzer: Analyzer::new(cfg),
@@ -130,13 +145,52 @@ impl Pipeline {
         }
     }
 
-    /// File-access findings whose faults stopped `idle_ns` ago (all when 0).
+    /// File-access findings whose faults stopped `idle_ns` ago, and DNS and
+    /// TLS conclusions that are due (everything when `idle_ns` is 0).
     pub fn flush(&mut self, now_ns: u64, idle_ns: u64) -> Vec<Output> {
-        self.fs
+        let mut out: Vec<Output> = self
+            .fs
             .flush(now_ns, idle_ns)
             .into_iter()
             .map(|(finding, ktime_ns)| Output::Finding { finding, ktime_ns })
-            .collect()
+            .collect();
+        let wire_now = if idle_ns == 0 { u64::MAX } else { now_ns };
+        for w in self.wire.flush(&self.table, wire_now) {
+            self.push_wire(w, &mut out);
+        }
+        out
+    }
+
+    fn is_analysed(&self, tgid: u32) -> bool {
+        self.analysed.contains(&tgid)
+            || self
+                .table
+                .ancestors(tgid)
+                .iter()
+                .any(|a| self.analysed.contains(a))
+    }
+
+    fn push_wire(&self, w: WireOutput, out: &mut Vec<Output>) {
+        let (findings, at) = match &w {
+            WireOutput::Tls(r) => (r.findings.clone(), r.end_ns),
+            WireOutput::Dns(r) => (r.findings.clone(), r.end_ns),
+        };
+        match w {
+            WireOutput::Tls(report) => {
+                let analysed = self.is_analysed(report.owner.pid);
+                out.push(Output::Tls { report, analysed })
+            }
+            WireOutput::Dns(report) => {
+                let analysed = self.is_analysed(report.owner.pid);
+                out.push(Output::Dns { report, analysed })
+            }
+        }
+        for finding in findings {
+            out.push(Output::Finding {
+                finding,
+                ktime_ns: at,
+            });
+        }
     }
 
     pub fn handle(&mut self, ev: Event) -> Vec<Output> {
@@ -144,14 +198,15 @@ impl Pipeline {
         match ev {
             Event::Fork(f) => self.table.on_fork(&f),
             Event::Fs(f) => self.fs.on_fault(&self.table, &f),
+            Event::Wire(w) => {
+                for o in self.wire.on_wire(&self.table, &w) {
+                    self.push_wire(o, &mut out);
+                }
+            }
             Event::Tcp(t) => {
-                if let Some(report) = self.net.on_tcp(&self.table, &t) {
-                    let analysed = self.analysed.contains(&t.tgid)
-                        || self
-                            .table
-                            .ancestors(t.tgid)
-                            .iter()
-                            .any(|a| self.analysed.contains(a));
+                let host = self.wire.name_for(t.tgid, t.dst);
+                if let Some(report) = self.net.on_tcp(&self.table, &t, host) {
+                    let analysed = self.is_analysed(t.tgid);
                     let findings = report.findings.clone();
                     out.push(Output::Tcp {
                         tcp: t.clone(),
@@ -186,6 +241,9 @@ impl Pipeline {
                 }
             }
             Event::Exit(x) => {
+                for o in self.wire.on_exit(&self.table, x.tgid, x.ktime_ns) {
+                    self.push_wire(o, &mut out);
+                }
                 let p = self.table.get(x.tgid).cloned();
                 self.table.on_exit(&x);
                 for f in self.analyzer.on_exit(&self.table, &x) {
@@ -267,6 +325,26 @@ fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 output::tcp_json(style, tcp, report).to_string()
             } else {
                 output::tcp_text(style, tcp, report)
+            })
+        }
+        Output::Tls { report, analysed } => {
+            if !(all_execs || *analysed || !report.findings.is_empty()) {
+                return None;
+            }
+            Some(if json {
+                output::tls_json(style, report).to_string()
+            } else {
+                output::tls_text(style, report)
+            })
+        }
+        Output::Dns { report, analysed } => {
+            if !(all_execs || *analysed || !report.findings.is_empty()) {
+                return None;
+            }
+            Some(if json {
+                output::dns_json(style, report).to_string()
+            } else {
+                output::dns_text(style, report)
             })
         }
     }
@@ -357,7 +435,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         color: opts.color,
         clock_offset_ns: collector.clock_offset_ns,
     };
-    let mut pipeline = Pipeline::new(opts.analysis.clone(), opts.net.clone());
+    let mut pipeline = Pipeline::new(opts.analysis.clone(), opts.net.clone(), opts.wire.clone());
     let mut otlp = start_otlp(&opts, collector.clock_offset_ns)?;
     let health = crate::health::Health::new(
         collector
@@ -480,6 +558,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             ..opts.analysis.clone()
         },
         opts.net.clone(),
+        opts.wire.clone(),
     );
     let mut otlp = start_otlp(opts, collector.clock_offset_ns)?;
     let mut outputs = Vec::new();

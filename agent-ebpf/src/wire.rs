@@ -1,0 +1,273 @@
+//! Wire capture for TLS and DNS.
+//!
+//! `owner_*` (cgroup connect/sendmsg hooks, process context) remember which
+//! process owns each socket, by socket cookie. `wire_egress`/`wire_ingress`
+//! (cgroup socket-buffer hooks, any context) look at every packet of every
+//! local socket and keep:
+//! - DNS: every UDP or TCP payload to or from port 53 (first 512 bytes);
+//! - TLS: for sockets whose first payload is a ClientHello (in either
+//!   direction), the first `TLS_MAX_PKTS` payload packets per direction (first
+//!   2 KiB of each) and the FIN/RST that ends it.
+//!
+//! The cost on traffic that is neither is a header parse and one hash lookup
+//! per payload packet. The programs never drop or change a packet.
+
+use agent_common::{
+    AF_INET, AF_INET6, EventKind, IPPROTO_TCP_U8, IPPROTO_UDP_U8, SockOwner, TCP_FLAG_FIN,
+    TCP_FLAG_RST, TLS_MAX_PKTS, TlsFlow, WIRE_CAP_DNS, WIRE_CAP_TLS, WIRE_DIR_EGRESS,
+    WIRE_DIR_INGRESS, WIRE_KIND_DNS, WIRE_KIND_TLS, WireFixed, WireRecord,
+};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
+    },
+    macros::{cgroup_skb, cgroup_sock_addr, map},
+    maps::LruHashMap,
+    programs::{SkBuffContext, SockAddrContext},
+};
+
+use crate::{AGENT_TGID, EVENTS, count_lost, wake_flags};
+use agent_common::LostCause;
+
+/// Socket cookie → owner, set at connect()/sendmsg() in the caller's context.
+#[map]
+static SOCK_OWNER: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
+
+/// Socket cookie → capture state of a TLS connection.
+#[map]
+static TLS_FLOWS: LruHashMap<u64, TlsFlow> = LruHashMap::with_max_entries(16384, 0);
+
+const ETH_P_IP_BE: u32 = 0x0008; // htons(0x0800) as the u32 in __sk_buff
+const ETH_P_IPV6_BE: u32 = 0xDD86; // htons(0x86DD)
+const DNS_PORT: u16 = 53;
+
+#[inline(always)]
+fn record_owner(ctx: &SockAddrContext, overwrite: bool) {
+    // SAFETY: the context is a valid bpf_sock_addr for this helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: read-only lookup.
+    if !overwrite && unsafe { SOCK_OWNER.get(&cookie) }.is_some() {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let owner = SockOwner {
+        pid: id as u32,
+        tgid: (id >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        _pad: 0,
+        // SAFETY: helper without preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+    };
+    let _ = SOCK_OWNER.insert(&cookie, &owner, 0);
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn owner_connect4(ctx: SockAddrContext) -> i32 {
+    record_owner(&ctx, true);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn owner_connect6(ctx: SockAddrContext) -> i32 {
+    record_owner(&ctx, true);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn owner_sendmsg4(ctx: SockAddrContext) -> i32 {
+    record_owner(&ctx, false);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn owner_sendmsg6(ctx: SockAddrContext) -> i32 {
+    record_owner(&ctx, false);
+    1
+}
+
+#[cgroup_skb(egress)]
+pub fn wire_egress(ctx: SkBuffContext) -> i32 {
+    let _ = try_wire(&ctx, WIRE_DIR_EGRESS);
+    1
+}
+
+#[cgroup_skb(ingress)]
+pub fn wire_ingress(ctx: SkBuffContext) -> i32 {
+    let _ = try_wire(&ctx, WIRE_DIR_INGRESS);
+    1
+}
+
+#[inline(always)]
+fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
+    let skb = ctx.as_ptr() as *const aya_ebpf::bindings::__sk_buff;
+    // SAFETY: the kernel hands a valid __sk_buff; this is a plain field read.
+    let protocol = unsafe { (*skb).protocol };
+    let total = ctx.len();
+    let mut f = WireFixed::default();
+    let l4: usize;
+    if protocol == ETH_P_IP_BE {
+        let vihl: u8 = ctx.load(0).map_err(|e| e as i64)?;
+        let frag: u16 = ctx.load(6).map_err(|e| e as i64)?;
+        // Fragments after the first carry no L4 header; skip every fragment.
+        if u16::from_be(frag) & 0x3fff != 0 {
+            return Ok(());
+        }
+        f.proto = ctx.load(9).map_err(|e| e as i64)?;
+        let s: [u8; 4] = ctx.load(12).map_err(|e| e as i64)?;
+        let d: [u8; 4] = ctx.load(16).map_err(|e| e as i64)?;
+        f.saddr[..4].copy_from_slice(&s);
+        f.daddr[..4].copy_from_slice(&d);
+        f.family = AF_INET;
+        l4 = ((vihl & 0x0f) as usize) * 4;
+    } else if protocol == ETH_P_IPV6_BE {
+        // Extension headers are rare on these flows and not followed.
+        f.proto = ctx.load(6).map_err(|e| e as i64)?;
+        f.saddr = ctx.load(8).map_err(|e| e as i64)?;
+        f.daddr = ctx.load(24).map_err(|e| e as i64)?;
+        f.family = AF_INET6;
+        l4 = 40;
+    } else {
+        return Ok(());
+    }
+    if f.proto != IPPROTO_TCP_U8 && f.proto != IPPROTO_UDP_U8 {
+        return Ok(());
+    }
+    let ports: [u8; 4] = ctx.load(l4).map_err(|e| e as i64)?;
+    f.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    f.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    let payload: usize;
+    if f.proto == IPPROTO_TCP_U8 {
+        let seq: u32 = ctx.load(l4 + 4).map_err(|e| e as i64)?;
+        let off_flags: [u8; 2] = ctx.load(l4 + 12).map_err(|e| e as i64)?;
+        f.seq = u32::from_be(seq);
+        f.tcp_flags = off_flags[1];
+        payload = l4 + ((off_flags[0] >> 4) as usize) * 4;
+    } else {
+        payload = l4 + 8;
+    }
+    f.payload_len = (total as usize).saturating_sub(payload) as u32;
+    f.dir = dir;
+
+    if f.sport == DNS_PORT || f.dport == DNS_PORT {
+        if f.payload_len == 0 {
+            return Ok(());
+        }
+        f.kind = WIRE_KIND_DNS;
+        // SAFETY: the skb is valid for the helper.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if !owner(cookie, &mut f) {
+            return Ok(());
+        }
+        capture::<WIRE_CAP_DNS>(ctx, &mut f, payload);
+        return Ok(());
+    }
+    if f.proto != IPPROTO_TCP_U8 {
+        return Ok(());
+    }
+    let ends = f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
+    if f.payload_len == 0 && !ends {
+        return Ok(());
+    }
+    // SAFETY: the skb is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let d = (dir & 1) as usize;
+    match TLS_FLOWS.get_ptr_mut(&cookie) {
+        Some(flow) => {
+            if ends {
+                let _ = TLS_FLOWS.remove(&cookie);
+            } else {
+                // SAFETY: map value pointer, valid while this program runs.
+                let n = unsafe { (*flow).pkts[d] };
+                if n >= TLS_MAX_PKTS {
+                    return Ok(());
+                }
+                // SAFETY: as above.
+                unsafe { (*flow).pkts[d] = n + 1 };
+            }
+        }
+        None => {
+            if f.payload_len < 6 {
+                return Ok(());
+            }
+            let h: [u8; 6] = ctx.load(payload).map_err(|e| e as i64)?;
+            // A handshake record (0x16) of TLS 1.0–1.3 record versions whose
+            // first message is a ClientHello (1).
+            if h[0] != 0x16 || h[1] != 3 || h[2] > 4 || h[5] != 1 {
+                return Ok(());
+            }
+            let mut flow = TlsFlow::default();
+            flow.pkts[d] = 1;
+            let _ = TLS_FLOWS.insert(&cookie, &flow, 0);
+        }
+    }
+    f.kind = WIRE_KIND_TLS;
+    if !owner(cookie, &mut f) {
+        let _ = TLS_FLOWS.remove(&cookie);
+        return Ok(());
+    }
+    capture::<WIRE_CAP_TLS>(ctx, &mut f, payload);
+    Ok(())
+}
+
+/// Fill the owner fields; false for the agent's own sockets.
+#[inline(always)]
+fn owner(cookie: u64, f: &mut WireFixed) -> bool {
+    f.cookie = cookie;
+    // SAFETY: read-only lookup; the value is copied.
+    if let Some(o) = unsafe { SOCK_OWNER.get(&cookie) } {
+        if o.tgid == AGENT_TGID.load() {
+            return false;
+        }
+        f.hdr.pid = o.pid;
+        f.hdr.tgid = o.tgid;
+        f.uid = o.uid;
+        f.cgroup_id = o.cgroup_id;
+        f.comm = o.comm;
+    }
+    true
+}
+
+/// Reserve a record with room for `N` (a power of two) payload bytes, copy
+/// what there is, submit.
+#[inline(always)]
+fn capture<const N: usize>(ctx: &SkBuffContext, f: &mut WireFixed, payload: usize) {
+    f.hdr.kind = EventKind::Wire as u32;
+    // SAFETY: helper without preconditions.
+    f.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
+    let flags = wake_flags();
+    let Some(mut entry) = EVENTS.reserve::<WireRecord<N>>(0) else {
+        count_lost(LostCause::RingFull);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    let mut len = f.payload_len as usize;
+    if len > N {
+        len = N;
+    }
+    if len > 0 {
+        // `len` is in 1..=N here; written so that the verifier sees that range
+        // (N is a power of two), whatever order the compiler puts the checks in.
+        let n = ((len - 1) & (N - 1)) + 1;
+        // SAFETY: `rec` points at reserved ring memory of size_of::<WireRecord<N>>();
+        // `n` is in 1..=N, the size of `data`; the helper bounds-checks the skb.
+        let r = unsafe {
+            bpf_skb_load_bytes(
+                ctx.as_ptr(),
+                payload as u32,
+                (*rec).data.as_mut_ptr() as *mut _,
+                n as u32,
+            )
+        };
+        if r != 0 {
+            len = 0;
+        }
+    }
+    f.cap_len = len as u16;
+    // SAFETY: writing the fixed part of the reserved record.
+    unsafe { core::ptr::write(&mut (*rec).fixed, *f) };
+    entry.submit(flags);
+}

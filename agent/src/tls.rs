@@ -1,0 +1,974 @@
+//! TLS on the wire: reassembles captured TCP segments into TLS records and
+//! parses the plaintext part of a handshake (ClientHello, ServerHello /
+//! HelloRetryRequest, alerts, ChangeCipherSpec, the first encrypted record of
+//! each side), then says how the handshake ended.
+//!
+//! Owns: the parser and the per-connection handshake state machine.
+//! Must not: touch the kernel, print, or panic: every byte is untrusted, every
+//! read is bounds-checked, and records split across segments, several records
+//! per segment, retransmits, gaps and captures cut short are all handled.
+
+use serde::Serialize;
+
+/// Largest record a peer may send (2^14 plus expansion).
+pub const MAX_RECORD: usize = 16384 + 2048;
+
+pub const CT_CHANGE_CIPHER_SPEC: u8 = 20;
+pub const CT_ALERT: u8 = 21;
+pub const CT_HANDSHAKE: u8 = 22;
+pub const CT_APPLICATION_DATA: u8 = 23;
+
+const HT_CLIENT_HELLO: u8 = 1;
+const HT_SERVER_HELLO: u8 = 2;
+
+const EXT_SERVER_NAME: u16 = 0;
+const EXT_ALPN: u16 = 16;
+const EXT_SUPPORTED_VERSIONS: u16 = 43;
+
+/// SHA-256("HelloRetryRequest"): the ServerHello random of a HelloRetryRequest.
+const HRR_RANDOM: [u8; 32] = [
+    0xCF, 0x21, 0xAD, 0x74, 0xE5, 0x9A, 0x61, 0x11, 0xBE, 0x1D, 0x8C, 0x02, 0x1E, 0x65, 0xB8, 0x91,
+    0xC2, 0xA2, 0x11, 0x16, 0x7A, 0xBB, 0x8C, 0x5E, 0x07, 0x9E, 0x09, 0xE2, 0xC8, 0xA8, 0x33, 0x9C,
+];
+
+/// An encrypted alert record in TLS 1.3: 2 bytes of alert + 1 content type + 16 bytes AEAD tag.
+const TLS13_ENCRYPTED_ALERT_LEN: usize = 19;
+
+/// One TLS record as seen in a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub content_type: u8,
+    pub version: u16,
+    /// Length from the record header.
+    pub len: usize,
+    /// The captured prefix of the body (all of it when `complete`).
+    pub body: Vec<u8>,
+    pub complete: bool,
+}
+
+fn plausible_header(h: &[u8]) -> bool {
+    h.len() >= 5
+        && (CT_CHANGE_CIPHER_SPEC..=24).contains(&h[0])
+        && h[1] == 3
+        && h[2] <= 4
+        && (u16::from_be_bytes([h[3], h[4]]) as usize) <= MAX_RECORD
+}
+
+/// Reassembles one direction of a TCP stream into TLS records from captured
+/// segments (`seq`, length on the wire, the captured prefix of the payload).
+#[derive(Debug, Default)]
+pub struct RecordStream {
+    /// Stream position of the next byte expected.
+    next_seq: Option<u32>,
+    /// Header and body bytes of the record being assembled.
+    pending: Vec<u8>,
+    /// Bytes of the current record that were not captured and must be passed over.
+    skip: usize,
+    /// Lost track of record boundaries; resynchronised at a segment that
+    /// starts with a plausible header.
+    desync: bool,
+    /// Segments (or parts) passed over because record boundaries were lost.
+    pub desynced_segments: u64,
+}
+
+impl RecordStream {
+    /// Feed one segment; returns the records it completed (or cut short).
+    pub fn feed(&mut self, seq: u32, wire_len: usize, captured: &[u8]) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut data = &captured[..captured.len().min(wire_len)];
+        let mut full = wire_len;
+        if let Some(n) = self.next_seq {
+            let delta = seq.wrapping_sub(n) as i32;
+            if delta < 0 {
+                // Overlaps what was seen: a retransmit. Keep only what is new.
+                let dup = delta.unsigned_abs() as usize;
+                if dup >= full {
+                    return out;
+                }
+                data = data.get(dup..).unwrap_or(&[]);
+                full -= dup;
+                if data.is_empty() && dup > captured.len() {
+                    // The new part was not captured.
+                    self.lose_sync();
+                }
+            } else if delta > 0 {
+                // A gap: bytes never seen.
+                self.lose_sync();
+            }
+        }
+        self.next_seq = Some(seq.wrapping_add(wire_len as u32));
+        let mut p = 0usize;
+        while p < full {
+            if self.desync {
+                if p == 0 && plausible_header(data) {
+                    self.desync = false;
+                } else {
+                    self.desynced_segments += 1;
+                    break;
+                }
+            }
+            if self.skip > 0 {
+                let n = self.skip.min(full - p);
+                self.skip -= n;
+                p += n;
+                continue;
+            }
+            if p >= data.len() {
+                // Uncaptured bytes: pass over the rest of a record whose
+                // length is known; a header in them cannot be read.
+                if self.pending.len() >= 5 {
+                    let need = 5 + u16::from_be_bytes([self.pending[3], self.pending[4]]) as usize;
+                    self.skip = need.saturating_sub(self.pending.len());
+                    out.push(self.take_record(false));
+                    continue;
+                }
+                self.lose_sync();
+                self.desynced_segments += 1;
+                break;
+            }
+            if self.pending.len() < 5 {
+                let n = (5 - self.pending.len()).min(data.len() - p);
+                self.pending.extend_from_slice(&data[p..p + n]);
+                p += n;
+                if self.pending.len() == 5 && !plausible_header(&self.pending) {
+                    self.lose_sync();
+                    self.desynced_segments += 1;
+                    break;
+                }
+                continue;
+            }
+            let need = 5 + u16::from_be_bytes([self.pending[3], self.pending[4]]) as usize;
+            let n = (need - self.pending.len()).min(data.len() - p);
+            self.pending.extend_from_slice(&data[p..p + n]);
+            p += n;
+            if self.pending.len() == need {
+                out.push(self.take_record(true));
+            }
+        }
+        if self.pending.len() >= 5 && !self.desync {
+            let need = 5 + u16::from_be_bytes([self.pending[3], self.pending[4]]) as usize;
+            if need == self.pending.len() {
+                out.push(self.take_record(true));
+            }
+        }
+        out
+    }
+
+    fn lose_sync(&mut self) {
+        self.desync = true;
+        self.pending.clear();
+        self.skip = 0;
+    }
+
+    fn take_record(&mut self, complete: bool) -> Record {
+        let p = std::mem::take(&mut self.pending);
+        Record {
+            content_type: p[0],
+            version: u16::from_be_bytes([p[1], p[2]]),
+            len: u16::from_be_bytes([p[3], p[4]]) as usize,
+            body: p[5..].to_vec(),
+            complete,
+        }
+    }
+}
+
+/// Bounds-checked big-endian reader.
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Self { b }
+    }
+    fn u8(&mut self) -> Option<u8> {
+        let (&v, rest) = self.b.split_first()?;
+        self.b = rest;
+        Some(v)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        let s = self.take(2)?;
+        Some(u16::from_be_bytes([s[0], s[1]]))
+    }
+    fn u24(&mut self) -> Option<usize> {
+        let s = self.take(3)?;
+        Some(((s[0] as usize) << 16) | ((s[1] as usize) << 8) | s[2] as usize)
+    }
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.b.len() < n {
+            return None;
+        }
+        let (a, rest) = self.b.split_at(n);
+        self.b = rest;
+        Some(a)
+    }
+    /// A vector with a `w`-byte length prefix.
+    fn vec(&mut self, w: usize) -> Option<Reader<'a>> {
+        let n = match w {
+            1 => self.u8()? as usize,
+            2 => self.u16()? as usize,
+            _ => self.u24()?,
+        };
+        self.take(n).map(Reader::new)
+    }
+    fn is_empty(&self) -> bool {
+        self.b.is_empty()
+    }
+}
+
+/// What a client offered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClientHello {
+    pub legacy_version: u16,
+    /// From `supported_versions`, GREASE removed; empty when absent.
+    pub supported_versions: Vec<u16>,
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+    pub cipher_suites: Vec<u16>,
+    /// The message was cut short by the capture: lists may be incomplete.
+    pub partial: bool,
+}
+
+impl ClientHello {
+    /// Versions offered, highest first.
+    pub fn offered(&self) -> Vec<u16> {
+        let mut v = if self.supported_versions.is_empty() {
+            // Without the extension the client offers everything up to legacy_version.
+            [0x0304u16, 0x0303, 0x0302, 0x0301]
+                .into_iter()
+                .filter(|&x| x <= self.legacy_version && self.legacy_version <= 0x0303)
+                .collect()
+        } else {
+            self.supported_versions.clone()
+        };
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v
+    }
+}
+
+/// What a server chose.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ServerHello {
+    /// Negotiated version (`supported_versions` when present, else legacy).
+    pub version: u16,
+    pub cipher_suite: u16,
+    pub hello_retry: bool,
+}
+
+fn is_grease(v: u16) -> bool {
+    v & 0x0f0f == 0x0a0a && (v >> 8) == (v & 0xff)
+}
+
+/// Parse a ClientHello body (after the 4-byte handshake header). Best effort
+/// on a capture cut short: whatever was read before the cut is returned.
+pub fn parse_client_hello(body: &[u8], partial: bool) -> Option<ClientHello> {
+    let mut r = Reader::new(body);
+    let mut ch = ClientHello {
+        legacy_version: r.u16()?,
+        partial,
+        ..Default::default()
+    };
+    r.take(32)?;
+    r.vec(1)?;
+    let Some(mut cs) = r.vec(2) else {
+        ch.partial = true;
+        return Some(ch);
+    };
+    while let Some(c) = cs.u16() {
+        if !is_grease(c) {
+            ch.cipher_suites.push(c);
+        }
+    }
+    if r.vec(1).is_none() {
+        ch.partial = true;
+        return Some(ch);
+    }
+    let n = match r.u16() {
+        Some(n) => n as usize,
+        None => return Some(ch),
+    };
+    let mut exts = if r.b.len() >= n {
+        Reader::new(&r.b[..n])
+    } else {
+        ch.partial = true;
+        Reader::new(r.b)
+    };
+    while !exts.is_empty() {
+        let (Some(ty), Some(len)) = (exts.u16(), exts.u16()) else {
+            break;
+        };
+        let Some(data) = exts.take(len as usize) else {
+            ch.partial = true;
+            break;
+        };
+        let mut d = Reader::new(data);
+        match ty {
+            EXT_SERVER_NAME => {
+                if let Some(mut list) = d.vec(2) {
+                    while let Some(kind) = list.u8() {
+                        let Some(name) = list.vec(2) else { break };
+                        if kind == 0 {
+                            ch.sni = Some(String::from_utf8_lossy(name.b).into_owned());
+                        }
+                    }
+                }
+            }
+            EXT_ALPN => {
+                if let Some(mut list) = d.vec(2) {
+                    while let Some(p) = list.vec(1) {
+                        ch.alpn.push(String::from_utf8_lossy(p.b).into_owned());
+                    }
+                }
+            }
+            EXT_SUPPORTED_VERSIONS => {
+                if let Some(mut list) = d.vec(1) {
+                    while let Some(v) = list.u16() {
+                        if !is_grease(v) {
+                            ch.supported_versions.push(v);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(ch)
+}
+
+/// Parse a ServerHello body (after the 4-byte handshake header).
+pub fn parse_server_hello(body: &[u8]) -> Option<ServerHello> {
+    let mut r = Reader::new(body);
+    let legacy = r.u16()?;
+    let random = r.take(32)?;
+    r.vec(1)?;
+    let mut sh = ServerHello {
+        version: legacy,
+        cipher_suite: r.u16()?,
+        hello_retry: random == HRR_RANDOM,
+    };
+    r.u8()?;
+    if let Some(mut exts) = r.vec(2) {
+        while !exts.is_empty() {
+            let (Some(ty), Some(len)) = (exts.u16(), exts.u16()) else {
+                break;
+            };
+            let Some(data) = exts.take(len as usize) else {
+                break;
+            };
+            if ty == EXT_SUPPORTED_VERSIONS && data.len() == 2 {
+                sh.version = u16::from_be_bytes([data[0], data[1]]);
+            }
+        }
+    }
+    Some(sh)
+}
+
+/// `TLS 1.2`, `SSL 3.0`, or the hex value.
+pub fn version_name(v: u16) -> String {
+    match v {
+        0x0300 => "SSL 3.0".into(),
+        0x0301 => "TLS 1.0".into(),
+        0x0302 => "TLS 1.1".into(),
+        0x0303 => "TLS 1.2".into(),
+        0x0304 => "TLS 1.3".into(),
+        _ => format!("0x{v:04x}"),
+    }
+}
+
+/// RFC 8446 §6 alert description names.
+pub fn alert_name(d: u8) -> &'static str {
+    match d {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        21 => "decryption_failed",
+        22 => "record_overflow",
+        40 => "handshake_failure",
+        41 => "no_certificate",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        90 => "user_canceled",
+        100 => "no_renegotiation",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        112 => "unrecognized_name",
+        113 => "bad_certificate_status_response",
+        115 => "unknown_psk_identity",
+        116 => "certificate_required",
+        120 => "no_application_protocol",
+        _ => "unknown_alert",
+    }
+}
+
+/// Alerts that mean one side did not accept the other's certificate.
+pub fn is_certificate_alert(d: u8) -> bool {
+    matches!(d, 42 | 43 | 44 | 45 | 46 | 48)
+}
+
+/// Which end of the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Client,
+    Server,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// A plaintext alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    pub from: Side,
+    pub level: u8,
+    pub description: u8,
+    pub at_ns: u64,
+}
+
+/// How a handshake ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Both sides finished; encrypted traffic follows.
+    Completed,
+    /// A side sent a plaintext alert.
+    Alert { alert: Alert },
+    /// A side sent an encrypted alert (TLS 1.3, or after ChangeCipherSpec):
+    /// the reason is only known to the library (see the uprobes).
+    EncryptedAlert { from: Side },
+    /// The connection closed (FIN) or was reset before the handshake finished.
+    Closed { by: Side, reset: bool },
+    /// A side answered with bytes that are not TLS records (plain HTTP, SSH…).
+    NotTls { from: Side },
+}
+
+/// The handshake of one connection, fed packet by packet.
+#[derive(Debug, Default)]
+pub struct Handshake {
+    streams: [RecordStream; 2],
+    pub client_hello: Option<ClientHello>,
+    pub server_hello: Option<ServerHello>,
+    pub start_ns: u64,
+    /// When the verdict was reached.
+    pub end_ns: Option<u64>,
+    pub verdict: Option<Verdict>,
+    ccs: [bool; 2],
+    /// Encrypted records seen per side.
+    encrypted: [u32; 2],
+    /// Records that were not TLS (stream lost) or could not be parsed.
+    pub malformed: u64,
+}
+
+impl Handshake {
+    /// Feed a segment sent by `from`. `ends`: it carried FIN (false) or RST (true).
+    pub fn feed(
+        &mut self,
+        from: Side,
+        seq: u32,
+        wire_len: usize,
+        data: &[u8],
+        at_ns: u64,
+        ends: Option<bool>,
+    ) {
+        if self.start_ns == 0 {
+            self.start_ns = at_ns;
+        }
+        if wire_len > 0 {
+            let before = self.streams[from.idx()].desynced_segments;
+            let recs = self.streams[from.idx()].feed(seq, wire_len, data);
+            let lost = self.streams[from.idx()].desynced_segments - before;
+            self.malformed += lost;
+            for r in recs {
+                self.on_record(from, &r, at_ns);
+            }
+            if lost > 0 && from == Side::Server && self.server_hello.is_none() {
+                self.conclude(Verdict::NotTls { from }, at_ns);
+            }
+        }
+        if let Some(reset) = ends {
+            if self.verdict.is_none() {
+                self.conclude(Verdict::Closed { by: from, reset }, at_ns);
+            }
+        }
+    }
+
+    fn conclude(&mut self, v: Verdict, at_ns: u64) {
+        if self.verdict.is_none() {
+            self.verdict = Some(v);
+            self.end_ns = Some(at_ns);
+        }
+    }
+
+    /// The version agreed, when the server said it.
+    pub fn version(&self) -> Option<u16> {
+        self.server_hello
+            .as_ref()
+            .filter(|s| !s.hello_retry)
+            .map(|s| s.version)
+    }
+
+    fn on_record(&mut self, from: Side, r: &Record, at_ns: u64) {
+        let i = from.idx();
+        match r.content_type {
+            CT_HANDSHAKE if !self.ccs[i] => {
+                let mut m = Reader::new(&r.body);
+                while let (Some(ty), Some(len)) = (m.u8(), m.u24()) {
+                    let (body, cut) = match m.take(len) {
+                        Some(b) => (b, false),
+                        None => (std::mem::replace(&mut m.b, &[]), true),
+                    };
+                    match ty {
+                        HT_CLIENT_HELLO if from == Side::Client && self.client_hello.is_none() => {
+                            self.client_hello = parse_client_hello(body, cut || !r.complete);
+                            if self.client_hello.is_none() {
+                                self.malformed += 1;
+                            }
+                        }
+                        HT_SERVER_HELLO if from == Side::Server => match parse_server_hello(body) {
+                            Some(sh) => self.server_hello = Some(sh),
+                            None => self.malformed += 1,
+                        },
+                        _ => {}
+                    }
+                    if cut {
+                        break;
+                    }
+                }
+            }
+            CT_HANDSHAKE => {
+                // Encrypted Finished after ChangeCipherSpec (TLS ≤ 1.2).
+                self.encrypted[i] += 1;
+                if from == Side::Server && self.version().is_some_and(|v| v < 0x0304) {
+                    self.conclude(Verdict::Completed, at_ns);
+                }
+            }
+            CT_CHANGE_CIPHER_SPEC => {
+                // In TLS 1.3 it is a no-op sent for middlebox compatibility.
+                if self.version().is_some_and(|v| v < 0x0304) {
+                    self.ccs[i] = true;
+                }
+            }
+            CT_ALERT => {
+                if r.len == 2 && !self.ccs[i] && r.body.len() == 2 {
+                    let alert = Alert {
+                        from,
+                        level: r.body[0],
+                        description: r.body[1],
+                        at_ns,
+                    };
+                    // close_notify / user_canceled before the end of the handshake
+                    // still mean it did not finish.
+                    self.conclude(Verdict::Alert { alert }, at_ns);
+                } else {
+                    self.conclude(Verdict::EncryptedAlert { from }, at_ns);
+                }
+            }
+            CT_APPLICATION_DATA => {
+                self.encrypted[i] += 1;
+                match self.version() {
+                    Some(0x0304) if from == Side::Client => {
+                        // The client's first encrypted record is its Finished,
+                        // or a 19-byte encrypted alert when it gave up.
+                        if self.encrypted[i] == 1 && r.len == TLS13_ENCRYPTED_ALERT_LEN {
+                            self.conclude(Verdict::EncryptedAlert { from }, at_ns);
+                        } else {
+                            self.conclude(Verdict::Completed, at_ns);
+                        }
+                    }
+                    Some(v) if v < 0x0304 => self.conclude(Verdict::Completed, at_ns),
+                    _ => {}
+                }
+            }
+            _ => self.malformed += 1,
+        }
+    }
+
+    /// Handshake duration, ClientHello to verdict.
+    pub fn duration_ns(&self) -> Option<u64> {
+        self.end_ns.map(|e| e.saturating_sub(self.start_ns))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A ClientHello record with the given versions, SNI and ALPN.
+    pub fn client_hello(versions: &[u16], sni: &str, alpn: &[&str], legacy: u16) -> Vec<u8> {
+        let mut exts = Vec::new();
+        let mut sn = Vec::new();
+        sn.push(0u8);
+        sn.extend((sni.len() as u16).to_be_bytes());
+        sn.extend(sni.as_bytes());
+        let mut snl = (sn.len() as u16).to_be_bytes().to_vec();
+        snl.extend(sn);
+        exts.extend(EXT_SERVER_NAME.to_be_bytes());
+        exts.extend((snl.len() as u16).to_be_bytes());
+        exts.extend(snl);
+        if !alpn.is_empty() {
+            let mut l = Vec::new();
+            for a in alpn {
+                l.push(a.len() as u8);
+                l.extend(a.as_bytes());
+            }
+            let mut ll = (l.len() as u16).to_be_bytes().to_vec();
+            ll.extend(l);
+            exts.extend(EXT_ALPN.to_be_bytes());
+            exts.extend((ll.len() as u16).to_be_bytes());
+            exts.extend(ll);
+        }
+        if !versions.is_empty() {
+            let mut v = vec![(versions.len() * 2) as u8];
+            for x in versions {
+                v.extend(x.to_be_bytes());
+            }
+            exts.extend(EXT_SUPPORTED_VERSIONS.to_be_bytes());
+            exts.extend((v.len() as u16).to_be_bytes());
+            exts.extend(v);
+        }
+        let mut body = legacy.to_be_bytes().to_vec();
+        body.extend([7u8; 32]);
+        body.push(0);
+        body.extend(4u16.to_be_bytes());
+        body.extend([0x13, 0x01, 0xc0, 0x2f]);
+        body.extend([1, 0]);
+        body.extend((exts.len() as u16).to_be_bytes());
+        body.extend(exts);
+        handshake_record(HT_CLIENT_HELLO, &body)
+    }
+
+    pub fn server_hello(version: u16, hrr: bool) -> Vec<u8> {
+        let mut body = 0x0303u16.to_be_bytes().to_vec();
+        body.extend(if hrr { HRR_RANDOM } else { [9u8; 32] });
+        body.push(0);
+        body.extend([0x13, 0x01]);
+        body.push(0);
+        if version == 0x0304 {
+            body.extend(6u16.to_be_bytes());
+            body.extend(EXT_SUPPORTED_VERSIONS.to_be_bytes());
+            body.extend(2u16.to_be_bytes());
+            body.extend(0x0304u16.to_be_bytes());
+        } else {
+            body[0..2].copy_from_slice(&version.to_be_bytes());
+        }
+        handshake_record(HT_SERVER_HELLO, &body)
+    }
+
+    fn handshake_record(ty: u8, body: &[u8]) -> Vec<u8> {
+        let mut msg = vec![ty];
+        msg.extend(&(body.len() as u32).to_be_bytes()[1..]);
+        msg.extend(body);
+        record(CT_HANDSHAKE, &msg)
+    }
+
+    pub fn record(ct: u8, body: &[u8]) -> Vec<u8> {
+        let mut r = vec![ct, 3, 3];
+        r.extend((body.len() as u16).to_be_bytes());
+        r.extend(body);
+        r
+    }
+
+    #[test]
+    fn parses_client_hello() {
+        let rec = client_hello(
+            &[0x0a0a, 0x0304, 0x0303],
+            "proxy.golang.org",
+            &["h2"],
+            0x0303,
+        );
+        let mut s = RecordStream::default();
+        let recs = s.feed(1000, rec.len(), &rec);
+        assert_eq!(recs.len(), 1);
+        let ch = parse_client_hello(&recs[0].body[4..], false).unwrap();
+        assert_eq!(ch.sni.as_deref(), Some("proxy.golang.org"));
+        assert_eq!(ch.supported_versions, vec![0x0304, 0x0303]);
+        assert_eq!(ch.alpn, vec!["h2"]);
+        assert_eq!(ch.cipher_suites, vec![0x1301, 0xc02f]);
+        assert_eq!(ch.offered(), vec![0x0304, 0x0303]);
+        let old = client_hello(&[], "x", &[], 0x0302);
+        let ch = parse_client_hello(&old[9..], false).unwrap();
+        assert_eq!(ch.offered(), vec![0x0302, 0x0301]);
+    }
+
+    #[test]
+    fn records_split_across_segments_and_several_per_segment() {
+        let mut bytes = client_hello(&[0x0304], "a.example", &[], 0x0303);
+        bytes.extend(record(CT_ALERT, &[2, 70]));
+        let mut s = RecordStream::default();
+        let mut all = Vec::new();
+        // Three-byte segments: headers split too.
+        for (i, chunk) in bytes.chunks(3).enumerate() {
+            all.extend(s.feed(500 + (i * 3) as u32, chunk.len(), chunk));
+        }
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|r| r.complete));
+        assert_eq!(all[1].body, vec![2, 70]);
+        // One segment with both.
+        let mut s = RecordStream::default();
+        assert_eq!(s.feed(0, bytes.len(), &bytes).len(), 2);
+    }
+
+    #[test]
+    fn retransmits_gaps_and_short_captures() {
+        let a = record(CT_HANDSHAKE, &[1u8; 100]);
+        let b = record(CT_ALERT, &[2, 40]);
+        let mut s = RecordStream::default();
+        assert_eq!(s.feed(10, a.len(), &a).len(), 1);
+        // Retransmit of the same bytes: nothing new.
+        assert_eq!(s.feed(10, a.len(), &a).len(), 0);
+        // Overlapping retransmit carrying the next record too.
+        let mut ab = a.clone();
+        ab.extend(&b);
+        let r = s.feed(10, ab.len(), &ab);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].body, vec![2, 40]);
+        // Capture cut after 20 bytes of a 105-byte record, then the next record
+        // in a new segment: the first is reported cut short, the second parsed.
+        let mut s = RecordStream::default();
+        let r = s.feed(0, ab.len(), &ab[..20]);
+        assert_eq!(r.len(), 1);
+        assert!(!r[0].complete);
+        assert_eq!(r[0].len, 100);
+        let r = s.feed(ab.len() as u32, b.len(), &b);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].complete);
+        // A gap: resynchronised at a segment that starts with a header.
+        let mut s = RecordStream::default();
+        s.feed(0, 3, &a[..3]);
+        let r = s.feed(1000, b.len(), &b);
+        assert_eq!(r.len(), 1);
+        // Garbage is not a record.
+        let mut s = RecordStream::default();
+        assert!(s.feed(0, 8, b"GET / HT").is_empty());
+        assert_eq!(s.desynced_segments, 1);
+    }
+
+    fn run(hs: &mut Handshake, from: Side, seq: &mut [u32; 2], bytes: &[u8], t: u64) {
+        let i = from as usize;
+        hs.feed(from, seq[i], bytes.len(), bytes, t, None);
+        seq[i] = seq[i].wrapping_add(bytes.len() as u32);
+    }
+
+    #[test]
+    fn verdicts() {
+        // Server refuses the versions: plaintext alert 70.
+        let mut hs = Handshake::default();
+        let mut seq = [1, 1];
+        run(
+            &mut hs,
+            Side::Client,
+            &mut seq,
+            &client_hello(&[0x0303], "s", &[], 0x0303),
+            10,
+        );
+        run(
+            &mut hs,
+            Side::Server,
+            &mut seq,
+            &record(CT_ALERT, &[2, 70]),
+            30,
+        );
+        assert!(matches!(
+            hs.verdict,
+            Some(Verdict::Alert {
+                alert: Alert {
+                    from: Side::Server,
+                    description: 70,
+                    ..
+                }
+            })
+        ));
+        assert_eq!(hs.duration_ns(), Some(20));
+
+        // TLS 1.3 completed: client's first encrypted record is its Finished (53 bytes).
+        let mut hs = Handshake::default();
+        let mut seq = [1, 1];
+        run(
+            &mut hs,
+            Side::Client,
+            &mut seq,
+            &client_hello(&[0x0304], "s", &[], 0x0303),
+            10,
+        );
+        let mut flight = server_hello(0x0304, false);
+        flight.extend(record(CT_CHANGE_CIPHER_SPEC, &[1]));
+        flight.extend(record(CT_APPLICATION_DATA, &[0; 900]));
+        run(&mut hs, Side::Server, &mut seq, &flight, 20);
+        assert_eq!(hs.version(), Some(0x0304));
+        assert!(hs.verdict.is_none());
+        run(
+            &mut hs,
+            Side::Client,
+            &mut seq,
+            &record(CT_APPLICATION_DATA, &[0; 53]),
+            40,
+        );
+        assert_eq!(hs.verdict, Some(Verdict::Completed));
+        assert_eq!(hs.duration_ns(), Some(30));
+
+        // TLS 1.3, client rejects the certificate: a 19-byte encrypted alert.
+        let mut hs = Handshake::default();
+        let mut seq = [1, 1];
+        run(
+            &mut hs,
+            Side::Client,
+            &mut seq,
+            &client_hello(&[0x0304], "s", &[], 0x0303),
+            10,
+        );
+        run(
+            &mut hs,
+            Side::Server,
+            &mut seq,
+            &server_hello(0x0304, false),
+            20,
+        );
+        run(
+            &mut hs,
+            Side::Client,
+            &mut seq,
+            &record(CT_APPLICATION_DATA, &[0; 19]),
+            40,
+        );
+        assert_eq!(
+            hs.verdict,
+            Some(Verdict::EncryptedAlert { from: Side::Client })
+        );
+
+        // TLS 1.2: the client's plaintext unknown_ca.
+        let mut hs = Handshake::default();
+        let mut seq = [1, 1];
+        run(
+            &mut hs,
+            Side::Client,
+            &mut seq,
+            &client_hello(&[], "s", &[], 0x0303),
+            10,
+        );
+        run(
+            &mut hs,
+            Side::Server,
+            &mut seq,
+            &server_hello(0x0303, false),
+            20,
+        );
+        run(
+            &mut hs,
+            Side::Client,
+            &mut seq,
+            &record(CT_ALERT, &[2, 48]),
+            40,
+        );
+        assert!(matches!(
+            hs.verdict,
+            Some(Verdict::Alert {
+                alert: Alert {
+                    from: Side::Client,
+                    description: 48,
+                    ..
+                }
+            })
+        ));
+
+        // TLS 1.2 completed at the server's encrypted Finished.
+        let mut hs = Handshake::default();
+        let mut seq = [1, 1];
+        run(
+            &mut hs,
+            Side::Client,
+            &mut seq,
+            &client_hello(&[], "s", &[], 0x0303),
+            10,
+        );
+        run(
+            &mut hs,
+            Side::Server,
+            &mut seq,
+            &server_hello(0x0303, false),
+            20,
+        );
+        let mut fin = record(CT_CHANGE_CIPHER_SPEC, &[1]);
+        fin.extend(record(CT_HANDSHAKE, &[0; 40]));
+        run(&mut hs, Side::Client, &mut seq, &fin, 30);
+        assert!(hs.verdict.is_none());
+        run(&mut hs, Side::Server, &mut seq, &fin, 50);
+        assert_eq!(hs.verdict, Some(Verdict::Completed));
+
+        // A plain HTTP server on the TLS port.
+        let mut hs = Handshake::default();
+        let mut seq = [1, 1];
+        run(
+            &mut hs,
+            Side::Client,
+            &mut seq,
+            &client_hello(&[0x0304], "s", &[], 0x0303),
+            10,
+        );
+        run(
+            &mut hs,
+            Side::Server,
+            &mut seq,
+            b"HTTP/1.1 400 Bad Request\r\n",
+            20,
+        );
+        assert_eq!(hs.verdict, Some(Verdict::NotTls { from: Side::Server }));
+
+        // Reset after the ClientHello.
+        let mut hs = Handshake::default();
+        let mut seq = [1, 1];
+        run(
+            &mut hs,
+            Side::Client,
+            &mut seq,
+            &client_hello(&[0x0304], "s", &[], 0x0303),
+            10,
+        );
+        hs.feed(Side::Server, 1, 0, &[], 99, Some(true));
+        assert_eq!(
+            hs.verdict,
+            Some(Verdict::Closed {
+                by: Side::Server,
+                reset: true
+            })
+        );
+    }
+
+    #[test]
+    fn hello_retry_is_not_a_version() {
+        let rec = server_hello(0x0304, true);
+        let sh = parse_server_hello(&rec[9..]).unwrap();
+        assert!(sh.hello_retry);
+    }
+
+    #[test]
+    fn never_panics_on_prefixes() {
+        let rec = client_hello(&[0x0304, 0x0303], "host", &["h2", "http/1.1"], 0x0303);
+        for n in 0..rec.len() {
+            let _ = parse_client_hello(&rec[9..9.max(n)], true);
+            let _ = parse_server_hello(&rec[..n]);
+            let mut hs = Handshake::default();
+            hs.feed(Side::Client, 0, rec.len(), &rec[..n], 1, None);
+        }
+    }
+}
