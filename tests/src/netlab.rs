@@ -13,12 +13,17 @@ pub const PORT_DROP_FIRST_SYN: u16 = 8084;
 pub const PORT_ICMP_UNREACH: u16 = 8085;
 
 pub struct NetLab {
+    /// veth ends in the client and the server namespace.
+    pub cli_dev: String,
+    pub srv_dev: String,
     pub cli: String,
     pub srv: String,
     pub cli_ip: String,
     pub srv_ip: String,
     pub srv_ip6: String,
     server: Option<Child>,
+    /// Further servers started with `spawn_server`.
+    servers: Vec<Child>,
 }
 
 fn sh(args: &[&str]) {
@@ -39,12 +44,15 @@ impl NetLab {
         let id = std::process::id() % 50_000;
         let n = (id % 200) + 20;
         let lab = NetLab {
+            cli_dev: format!("vc{id}"),
+            srv_dev: format!("vs{id}"),
             cli: format!("agtc-{tag}-{id}"),
             srv: format!("agts-{tag}-{id}"),
             cli_ip: format!("10.201.{n}.1"),
             srv_ip: format!("10.201.{n}.2"),
             srv_ip6: format!("fd00:201:{n}::2"),
             server: None,
+            servers: Vec::new(),
         };
         let (c, s) = (lab.cli.as_str(), lab.srv.as_str());
         let (vc, vs) = (format!("vc{id}"), format!("vs{id}"));
@@ -149,6 +157,67 @@ impl NetLab {
         self.server = Some(child);
     }
 
+    /// Run `args` in the server namespace until the lab is dropped; when
+    /// `ready` is given, wait for the first line of its stdout to be it.
+    pub fn spawn_server(&mut self, args: &[&str], ready: Option<&str>) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.srv])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        if let Some(want) = ready {
+            let mut line = String::new();
+            use std::io::BufRead as _;
+            std::io::BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("server ready");
+            assert_eq!(line.trim(), want, "{args:?} did not start");
+        }
+        self.servers.push(child);
+    }
+
+    /// Set the MTU of the link on both ends (segments get this small).
+    pub fn set_mtu(&self, mtu: u32) {
+        for (ns, dev) in [(&self.cli, &self.cli_dev), (&self.srv, &self.srv_dev)] {
+            sh(&["ip", "-n", ns, "link", "set", dev, "mtu", &mtu.to_string()]);
+        }
+    }
+
+    /// Wait until something listens on `port` (TCP) in the server namespace.
+    pub fn wait_listening(&self, port: u16) {
+        for _ in 0..100 {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.srv, "ss", "-Htln"])
+                .arg(format!("sport = :{port}"))
+                .output()
+                .expect("ss");
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("nothing listens on {port} in {}", self.srv);
+    }
+
+    /// The test DNS server (tests/fixtures/dnsd.py) on the server's address,
+    /// answering `ok.test` with the server's address, and the client's
+    /// resolver pointed at it (1 s timeout, 2 attempts): `ip netns exec`
+    /// bind-mounts /etc/netns/<client>/resolv.conf over /etc/resolv.conf.
+    pub fn dns(&mut self) {
+        let dir = format!("/etc/netns/{}", self.cli);
+        std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/<client>");
+        std::fs::write(
+            format!("{dir}/resolv.conf"),
+            format!("nameserver {}\noptions timeout:1 attempts:2\n", self.srv_ip),
+        )
+        .expect("resolv.conf");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/dnsd.py");
+        let ip = self.srv_ip.clone();
+        self.spawn_server(&["python3", script, &ip, &ip], Some("ready"));
+    }
+
     /// Inode of the client namespace (what the agent reports as `netns`).
     pub fn cli_netns_inode(&self) -> u64 {
         use std::os::unix::fs::MetadataExt as _;
@@ -172,10 +241,11 @@ impl NetLab {
 
 impl Drop for NetLab {
     fn drop(&mut self) {
-        if let Some(mut c) = self.server.take() {
+        for mut c in self.server.take().into_iter().chain(self.servers.drain(..)) {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.cli));
         for ns in [&self.cli, &self.srv] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }

