@@ -491,6 +491,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         }
     }
     let mut stats = loss_json(&collector);
+    stats["wire"] = json!(pipeline.wire.stats);
     if let Some(x) = otlp {
         x.update_self(&collector);
         stats["export"] = x.shutdown(OTLP_SHUTDOWN).await;
@@ -616,6 +617,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         })
         .unwrap_or(1);
     let mut lost = loss_json(&collector);
+    lost["wire"] = json!(pipeline.wire.stats);
     if let Some(x) = otlp {
         x.update_self(&collector);
         lost["export"] = x.shutdown(OTLP_SHUTDOWN).await;

@@ -463,6 +463,23 @@ pub enum Verdict {
     NotTls { from: Side },
 }
 
+/// Short machine-friendly reason of a verdict (`alert:unknown_ca`, `reset_by_server`…).
+pub fn verdict_reason(v: &Verdict) -> String {
+    match v {
+        Verdict::Completed => "completed".into(),
+        Verdict::Alert { alert } => format!("alert:{}", alert_name(alert.description)),
+        Verdict::EncryptedAlert { from } => format!("encrypted_alert_from_{}", from.name()),
+        Verdict::Closed { by, reset } => {
+            format!(
+                "{}_by_{}",
+                if *reset { "reset" } else { "closed" },
+                by.name()
+            )
+        }
+        Verdict::NotTls { from } => format!("not_tls_from_{}", from.name()),
+    }
+}
+
 /// The handshake of one connection, fed packet by packet.
 #[derive(Debug, Default)]
 pub struct Handshake {

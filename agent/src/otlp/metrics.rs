@@ -164,6 +164,38 @@ impl Registry {
                     );
                 }
             }
+            Output::Dns { report, .. } => {
+                let rcode = if report.timed_out {
+                    "timeout".to_string()
+                } else {
+                    report.rcode.clone().unwrap_or_default()
+                };
+                self.record(
+                    "agent.dns.lookup.duration",
+                    vec![("rcode", rcode.clone())],
+                    report.end_ns.saturating_sub(report.start_ns) as f64 / 1e9,
+                );
+                if rcode != "NOERROR" {
+                    self.add("agent.dns.failures", "{lookup}", vec![("rcode", rcode)], 1);
+                }
+            }
+            Output::Tls { report, .. } => {
+                let result = crate::tls::verdict_reason(&report.verdict);
+                let ok = result == "completed";
+                self.record(
+                    "agent.tls.handshake.duration",
+                    vec![("result", if ok { "completed" } else { "failed" }.into())],
+                    report.end_ns.saturating_sub(report.start_ns) as f64 / 1e9,
+                );
+                if !ok {
+                    self.add(
+                        "agent.tls.failures",
+                        "{handshake}",
+                        vec![("reason", result)],
+                        1,
+                    );
+                }
+            }
             Output::Finding { finding, .. } => self.add(
                 "agent.findings",
                 "{finding}",

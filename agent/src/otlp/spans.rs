@@ -225,7 +225,10 @@ impl SpanBuilder {
                     done.push(open.span);
                 }
             }
-            Output::Finding { finding, ktime_ns } if !finding.code.starts_with("net.") => {
+            // net.* and tls.* findings are events of their connection, lookup or handshake span.
+            Output::Finding { finding, ktime_ns }
+                if !finding.code.starts_with("net.") && !finding.code.starts_with("tls.") =>
+            {
                 let ev = finding_event(finding, unix(self.offset, *ktime_ns));
                 let target = self.nearest_open(table, finding.pid, finding.pid);
                 match target.and_then(|p| self.open.get_mut(&p)) {
@@ -298,6 +301,123 @@ impl SpanBuilder {
                     name: format!("connect {}", std::net::SocketAddr::new(tcp.dst, tcp.dport)),
                     kind: SpanKind::Client as i32,
                     start_time_unix_nano: start,
+                    end_time_unix_nano: end,
+                    attributes,
+                    events: report
+                        .findings
+                        .iter()
+                        .map(|f| finding_event(f, end))
+                        .collect(),
+                    status,
+                    ..Default::default()
+                });
+            }
+            Output::Dns { report, analysed } => {
+                if !(*analysed || !report.findings.is_empty()) {
+                    return done;
+                }
+                let (trace_id, parent) = self.context(table, report.owner.pid, report.owner.pid);
+                let end = unix(self.offset, report.end_ns);
+                let mut attributes = vec![
+                    kv_str("dns.question.name", report.name.clone()),
+                    kv_str("dns.question.type", report.qtype.clone()),
+                    kv_str("server.address", report.server.ip().to_string()),
+                    kv_int("server.port", report.server.port() as i64),
+                    kv_str("network.transport", if report.tcp { "tcp" } else { "udp" }),
+                    kv_int("process.pid", report.owner.pid as i64),
+                    kv_int("agent.dns.attempts", report.attempts as i64),
+                    kv_str(
+                        "dns.answers",
+                        report
+                            .addresses
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                ];
+                if let Some(rc) = &report.rcode {
+                    attributes.push(kv_str("dns.response_code", rc.clone()));
+                }
+                let error = match (&report.rcode, report.timed_out) {
+                    (_, true) => Some("timeout".to_string()),
+                    (Some(rc), _) if rc != "NOERROR" => Some(rc.clone()),
+                    _ => None,
+                };
+                let status = error.map(|e| {
+                    attributes.push(kv_str("error.type", e.clone()));
+                    Status {
+                        message: format!("lookup {}: {e}", report.name),
+                        code: StatusCode::Error as i32,
+                    }
+                });
+                done.push(Span {
+                    trace_id,
+                    span_id: self.ids.span_id(),
+                    parent_span_id: parent,
+                    name: format!("dns {} {}", report.qtype, report.name),
+                    kind: SpanKind::Client as i32,
+                    start_time_unix_nano: unix(self.offset, report.start_ns),
+                    end_time_unix_nano: end,
+                    attributes,
+                    events: report
+                        .findings
+                        .iter()
+                        .map(|f| finding_event(f, end))
+                        .collect(),
+                    status,
+                    ..Default::default()
+                });
+            }
+            Output::Tls { report, analysed } => {
+                let failed = !matches!(report.verdict, crate::tls::Verdict::Completed);
+                if !(*analysed || failed || !report.findings.is_empty()) {
+                    return done;
+                }
+                let (trace_id, parent) = self.context(table, report.owner.pid, report.owner.pid);
+                let end = unix(self.offset, report.end_ns);
+                let mut attributes = vec![
+                    kv_str("server.address", report.server.ip().to_string()),
+                    kv_int("server.port", report.server.port() as i64),
+                    kv_str("network.transport", "tcp"),
+                    kv_int("process.pid", report.owner.pid as i64),
+                    kv_str("agent.tls.local_side", report.local.name()),
+                    kv_str("agent.tls.offered_versions", report.offered.join(",")),
+                ];
+                if let Some(sni) = &report.sni {
+                    attributes.push(kv_str("tls.client.server_name", sni.clone()));
+                }
+                if let Some(v) = &report.version {
+                    attributes.push(kv_str("tls.protocol.name", "tls"));
+                    attributes.push(kv_str(
+                        "tls.protocol.version",
+                        v.trim_start_matches("TLS ").to_string(),
+                    ));
+                }
+                if let Some(c) = report.cipher_suite {
+                    attributes.push(kv_str("tls.cipher", format!("0x{c:04x}")));
+                }
+                let status = failed.then(|| {
+                    let why = crate::tls::verdict_reason(&report.verdict);
+                    attributes.push(kv_str("error.type", why.clone()));
+                    Status {
+                        message: format!("TLS handshake: {why}"),
+                        code: StatusCode::Error as i32,
+                    }
+                });
+                done.push(Span {
+                    trace_id,
+                    span_id: self.ids.span_id(),
+                    parent_span_id: parent,
+                    name: format!(
+                        "tls {}",
+                        report
+                            .sni
+                            .clone()
+                            .unwrap_or_else(|| report.server.to_string())
+                    ),
+                    kind: SpanKind::Client as i32,
+                    start_time_unix_nano: unix(self.offset, report.start_ns),
                     end_time_unix_nano: end,
                     attributes,
                     events: report
