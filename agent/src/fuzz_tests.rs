@@ -152,3 +152,48 @@ fn text_formats() {
         let _ = crate::pyenv::parse_shebang(b);
     });
 }
+
+#[test]
+fn tls_handshakes() {
+    use crate::tls::tests as t;
+    // One control byte per segment (see `tls::fuzz_feed`), then the bytes.
+    let mut seed = Vec::new();
+    let ch = t::client_hello(&[0x0304, 0x0303], "proxy.golang.org", &["h2"], 0x0303);
+    for chunk in ch.chunks(64) {
+        seed.push(((chunk.len() - 1) / 8) as u8);
+        seed.extend(chunk);
+    }
+    let mut flight = t::server_hello(0x0304, false);
+    flight.extend(t::record(crate::tls::CT_ALERT, &[2, 70]));
+    seed.push(0x80 | ((flight.len().min(505) - 1) / 8) as u8);
+    seed.extend(&flight);
+    run(&seed, 7, crate::tls::fuzz_feed);
+}
+
+#[test]
+fn dns_messages() {
+    let seed =
+        crate::dns::tests::message(7, "proxy.golang.org", 1, 0, &[[10, 0, 0, 5], [10, 0, 0, 6]]);
+    run(&seed, 8, |b| {
+        let _ = crate::dns::parse(b);
+    });
+    let nx = crate::dns::tests::message(8, "a.b.c.d", 28, 3, &[]);
+    run(&nx, 9, |b| {
+        let _ = crate::dns::parse(b);
+    });
+}
+
+#[test]
+fn wire_records() {
+    let mut rec = vec![0u8; std::mem::size_of::<agent_common::WireFixed>()];
+    rec[0] = agent_common::EventKind::Wire as u8;
+    rec.extend(crate::dns::tests::message(1, "x.test", 1, 0, &[]));
+    run(&rec, 10, |b| {
+        if let Ok(crate::event::Event::Wire(w)) = crate::event::decode(b) {
+            let mut a = crate::wirediag::WireAnalyzer::default();
+            let table = crate::proctable::ProcTable::default();
+            let _ = a.on_wire(&table, &w);
+            let _ = a.flush(&table, u64::MAX);
+        }
+    });
+}

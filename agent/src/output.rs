@@ -320,51 +320,6 @@ pub fn finding_text(style: &Style, f: &Finding, ktime_ns: u64) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        // 2026-11-22T11:00:00.250Z
-        assert_eq!(
-            rfc3339(1_795_345_200_250_000_000),
-            "2026-11-22T11:00:00.250Z"
-        );
-        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn lines_fit_and_secrets_do_not_leak() {
-        let style = Style {
-            format: Format::Text,
-            color: false,
-            clock_offset_ns: 0,
-        };
-        let mut e = crate::event::decode(&crate::event::tests::exec_record(
-            "/usr/bin/curl",
-            "/usr/bin/curl",
-            &["curl", "-x", "http://u:secret@proxy:3128", &"a".repeat(300)],
-            &["HTTPS_PROXY=http://u:secret@proxy:3128"],
-            0,
-        ))
-        .map(|ev| match ev {
-            crate::event::Event::Exec(e) => *e,
-            _ => unreachable!(),
-        })
-        .unwrap();
-        let line = exec_text(&style, &e, None);
-        assert!(line.chars().count() <= WIDTH, "{}", line.chars().count());
-        assert!(!line.contains("secret"));
-        let j = exec_json(&style, &e, None).to_string();
-        assert!(!j.contains("secret"), "{j}");
-        assert!(j.starts_with("{\"type\":\"exec\""), "{j}");
-        e.errno = 2;
-        assert!(exec_text(&style, &e, None).contains("ENOENT"));
-    }
-}
-
 pub fn tls_json(style: &Style, r: &crate::wirediag::TlsReport) -> Value {
     json!({
         "type": "tls_handshake",
@@ -466,4 +421,49 @@ pub fn dns_text(style: &Style, r: &crate::wirediag::DnsReport) -> String {
         r.server,
         r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        // 2026-11-22T11:00:00.250Z
+        assert_eq!(
+            rfc3339(1_795_345_200_250_000_000),
+            "2026-11-22T11:00:00.250Z"
+        );
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn lines_fit_and_secrets_do_not_leak() {
+        let style = Style {
+            format: Format::Text,
+            color: false,
+            clock_offset_ns: 0,
+        };
+        let mut e = crate::event::decode(&crate::event::tests::exec_record(
+            "/usr/bin/curl",
+            "/usr/bin/curl",
+            &["curl", "-x", "http://u:secret@proxy:3128", &"a".repeat(300)],
+            &["HTTPS_PROXY=http://u:secret@proxy:3128"],
+            0,
+        ))
+        .map(|ev| match ev {
+            crate::event::Event::Exec(e) => *e,
+            _ => unreachable!(),
+        })
+        .unwrap();
+        let line = exec_text(&style, &e, None);
+        assert!(line.chars().count() <= WIDTH, "{}", line.chars().count());
+        assert!(!line.contains("secret"));
+        let j = exec_json(&style, &e, None).to_string();
+        assert!(!j.contains("secret"), "{j}");
+        assert!(j.starts_with("{\"type\":\"exec\""), "{j}");
+        e.errno = 2;
+        assert!(exec_text(&style, &e, None).contains("ENOENT"));
+    }
 }

@@ -523,10 +523,10 @@ impl Handshake {
                 self.conclude(Verdict::NotTls { from }, at_ns);
             }
         }
-        if let Some(reset) = ends {
-            if self.verdict.is_none() {
-                self.conclude(Verdict::Closed { by: from, reset }, at_ns);
-            }
+        if let Some(reset) = ends
+            && self.verdict.is_none()
+        {
+            self.conclude(Verdict::Closed { by: from, reset }, at_ns);
         }
     }
 
@@ -553,7 +553,7 @@ impl Handshake {
                 while let (Some(ty), Some(len)) = (m.u8(), m.u24()) {
                     let (body, cut) = match m.take(len) {
                         Some(b) => (b, false),
-                        None => (std::mem::replace(&mut m.b, &[]), true),
+                        None => (std::mem::take(&mut m.b), true),
                     };
                     match ty {
                         HT_CLIENT_HELLO if from == Side::Client && self.client_hello.is_none() => {
@@ -625,6 +625,39 @@ impl Handshake {
     pub fn duration_ns(&self) -> Option<u64> {
         self.end_ns.map(|e| e.saturating_sub(self.start_ns))
     }
+}
+
+/// Drive the parser from arbitrary bytes (the fuzz targets and the mutation
+/// tests): each control byte cuts the next segment: bit 7 picks the side,
+/// bit 6 says the capture was cut short (the segment is longer on the wire),
+/// the low 6 bits give its length; all ones rewinds the sequence (a
+/// retransmit overlapping what was seen).
+pub fn fuzz_feed(data: &[u8]) {
+    let mut hs = Handshake::default();
+    let mut seq = [0u32; 2];
+    let mut rest = data;
+    let mut t = 0;
+    while let Some((&ctl, tail)) = rest.split_first() {
+        let from = if ctl & 0x80 != 0 {
+            Side::Server
+        } else {
+            Side::Client
+        };
+        let i = from.idx();
+        if ctl & 0x3f == 0x3f {
+            seq[i] = seq[i].wrapping_sub(50);
+        }
+        let take = ((ctl as usize & 0x3f) * 8 + 1).min(tail.len());
+        let (seg, tail) = tail.split_at(take);
+        let wire = if ctl & 0x40 != 0 { take + 100 } else { take };
+        hs.feed(from, seq[i], wire, seg, t, None);
+        seq[i] = seq[i].wrapping_add(wire as u32);
+        t += 1;
+        rest = tail;
+    }
+    let _ = (hs.duration_ns(), hs.version());
+    let _ = parse_client_hello(data, true);
+    let _ = parse_server_hello(data);
 }
 
 #[cfg(test)]

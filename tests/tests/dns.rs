@@ -68,7 +68,8 @@ fn answers_failures_timeouts_and_slow_answers_from_real_resolvers() {
     )
     .display()
     .to_string();
-    let clients: Vec<(&str, Box<dyn Fn(&str) -> Vec<String>>)> = vec![
+    type Argv<'a> = Box<dyn Fn(&str) -> Vec<String> + 'a>;
+    let clients: Vec<(&str, Argv)> = vec![
         (
             "getent",
             Box::new(|n: &str| lab.in_client(&["getent", "ahosts", n])),

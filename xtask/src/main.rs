@@ -38,6 +38,14 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// Run the cargo-fuzz targets (fuzz/) for a while each; installs cargo-fuzz once.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (default: all: tls_handshake, dns_message).
+        targets: Vec<String>,
+    },
     /// fmt, clippy (both sides), unit tests, then the root integration tests.
     Test {
         /// Skip the integration tests (no root needed).
@@ -259,6 +267,41 @@ fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
     r
 }
 
+/// `cargo fuzz run` each target for `seconds` with the pinned nightly
+/// (libFuzzer needs the sanitizer flags only a nightly accepts).
+fn fuzz(seconds: u64, targets: Vec<String>) -> Result<()> {
+    toolchain::ensure_toolchains()?;
+    let nightly = toolchain::nightly()?;
+    let tools = toolchain::tools_dir().join("cargo-fuzz");
+    let bin = tools.join("bin/cargo-fuzz");
+    if !bin.is_file() {
+        run(Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked", "--root"])
+            .arg(&tools))?;
+    }
+    let targets = if targets.is_empty() {
+        vec!["tls_handshake".to_string(), "dns_message".to_string()]
+    } else {
+        targets
+    };
+    let dir = toolchain::workspace_root().join("fuzz");
+    for t in targets {
+        eprintln!("xtask: fuzzing {t} for {seconds} s");
+        let corpus = dir.join("corpus").join(&t);
+        std::fs::create_dir_all(&corpus)?;
+        run(Command::new(&bin)
+            .current_dir(&dir)
+            .env("RUSTUP_TOOLCHAIN", &nightly)
+            .args(["run", &t])
+            .arg(&corpus)
+            .arg(dir.join("seeds").join(&t))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-print_final_stats=1"))?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => {
@@ -289,6 +332,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
+        Cmd::Fuzz { seconds, targets } => fuzz(seconds, targets),
         Cmd::Bench { reps } => {
             toolchain::setup()?;
             run(cargo_with_linker()?.args(["build", "--release", "-p", "agent"]))?;
