@@ -108,47 +108,45 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
     let protocol = unsafe { (*skb).protocol };
     let total = ctx.len();
     let mut f = WireFixed::default();
-    let l4: usize;
-    if protocol == ETH_P_IP_BE {
-        let vihl: u8 = ctx.load(0).map_err(|e| e as i64)?;
-        let frag: u16 = ctx.load(6).map_err(|e| e as i64)?;
+    let l4: usize = if protocol == ETH_P_IP_BE {
+        let vihl: u8 = ctx.load(0)?;
+        let frag: u16 = ctx.load(6)?;
         // Fragments after the first carry no L4 header; skip every fragment.
         if u16::from_be(frag) & 0x3fff != 0 {
             return Ok(());
         }
-        f.proto = ctx.load(9).map_err(|e| e as i64)?;
-        let s: [u8; 4] = ctx.load(12).map_err(|e| e as i64)?;
-        let d: [u8; 4] = ctx.load(16).map_err(|e| e as i64)?;
+        f.proto = ctx.load(9)?;
+        let s: [u8; 4] = ctx.load(12)?;
+        let d: [u8; 4] = ctx.load(16)?;
         f.saddr[..4].copy_from_slice(&s);
         f.daddr[..4].copy_from_slice(&d);
         f.family = AF_INET;
-        l4 = ((vihl & 0x0f) as usize) * 4;
+        ((vihl & 0x0f) as usize) * 4
     } else if protocol == ETH_P_IPV6_BE {
         // Extension headers are rare on these flows and not followed.
-        f.proto = ctx.load(6).map_err(|e| e as i64)?;
-        f.saddr = ctx.load(8).map_err(|e| e as i64)?;
-        f.daddr = ctx.load(24).map_err(|e| e as i64)?;
+        f.proto = ctx.load(6)?;
+        f.saddr = ctx.load(8)?;
+        f.daddr = ctx.load(24)?;
         f.family = AF_INET6;
-        l4 = 40;
+        40
     } else {
         return Ok(());
-    }
+    };
     if f.proto != IPPROTO_TCP_U8 && f.proto != IPPROTO_UDP_U8 {
         return Ok(());
     }
-    let ports: [u8; 4] = ctx.load(l4).map_err(|e| e as i64)?;
+    let ports: [u8; 4] = ctx.load(l4)?;
     f.sport = u16::from_be_bytes([ports[0], ports[1]]);
     f.dport = u16::from_be_bytes([ports[2], ports[3]]);
-    let payload: usize;
-    if f.proto == IPPROTO_TCP_U8 {
-        let seq: u32 = ctx.load(l4 + 4).map_err(|e| e as i64)?;
-        let off_flags: [u8; 2] = ctx.load(l4 + 12).map_err(|e| e as i64)?;
+    let payload: usize = if f.proto == IPPROTO_TCP_U8 {
+        let seq: u32 = ctx.load(l4 + 4)?;
+        let off_flags: [u8; 2] = ctx.load(l4 + 12)?;
         f.seq = u32::from_be(seq);
         f.tcp_flags = off_flags[1];
-        payload = l4 + ((off_flags[0] >> 4) as usize) * 4;
+        l4 + ((off_flags[0] >> 4) as usize) * 4
     } else {
-        payload = l4 + 8;
-    }
+        l4 + 8
+    };
     f.payload_len = (total as usize).saturating_sub(payload) as u32;
     f.dir = dir;
 
@@ -193,7 +191,7 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
             if f.payload_len < 6 {
                 return Ok(());
             }
-            let h: [u8; 6] = ctx.load(payload).map_err(|e| e as i64)?;
+            let h: [u8; 6] = ctx.load(payload)?;
             // A handshake record (0x16) of TLS 1.0–1.3 record versions whose
             // first message is a ClientHello (1).
             if h[0] != 0x16 || h[1] != 3 || h[2] > 4 || h[5] != 1 {
