@@ -99,6 +99,8 @@ pub enum EventKind {
     Fs = 5,
     /// A packet of a TLS connection or a DNS message ([`WireFixed`] + payload).
     Wire = 6,
+    /// A TLS library's view of a handshake, from a uprobe ([`TlsLibEvent`]).
+    TlsLib = 7,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -111,6 +113,7 @@ impl TryFrom<u32> for EventKind {
             4 => Ok(Self::Tcp),
             5 => Ok(Self::Fs),
             6 => Ok(Self::Wire),
+            7 => Ok(Self::TlsLib),
             other => Err(other),
         }
     }
@@ -161,4 +164,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockOwner {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TlsFlow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TlsLibEvent {}
 }

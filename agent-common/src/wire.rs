@@ -99,3 +99,23 @@ pub struct TlsFlow {
     pub pkts: [u8; 2],
     pub _pad: [u8; 6],
 }
+
+/// `TlsLibEvent::kind`: OpenSSL `SSL_get_verify_result` returned `value`
+/// (an `X509_V_ERR_*` code, never 0: success says nothing).
+pub const TLSLIB_OSSL_VERIFY: u32 = 1;
+/// `TlsLibEvent::kind`: Go `crypto/tls` is sending alert `value`.
+pub const TLSLIB_GO_ALERT: u32 = 2;
+
+/// What a TLS library said about a handshake, from a uprobe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsLibEvent {
+    pub hdr: EventHeader,
+    /// `TLSLIB_*`.
+    pub kind: u32,
+    pub _pad: u32,
+    pub value: i64,
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<TlsLibEvent>() == 24 + 8 + 8 + 16);

@@ -13,6 +13,7 @@ mod exec;
 mod fs;
 mod probes;
 mod tcp;
+mod tlslib;
 mod wire;
 
 use agent_common::{EVENTS_RING_BYTES, KERNEL_COUNTERS, KernelCounter, LOST_CAUSES, LostCause};

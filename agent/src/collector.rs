@@ -106,7 +106,10 @@ pub struct Stats {
 pub struct Collector {
     links: Vec<loader::OwnedLink>,
     tracked: aya::maps::HashMap<MapData, u32, u8>,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// The TLS-library uprobes are loaded (attached per target as found).
+    tls_uprobes: bool,
+    tls_targets: crate::tlslib::Targets,
     lost: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     pub attached: Vec<Attached>,
@@ -206,7 +209,11 @@ impl Collector {
             Collector {
                 links,
                 tracked,
-                _ebpf: ebpf,
+                tls_uprobes: attached.iter().any(|a| {
+                    a.signal == "tls_uprobes" && matches!(a.choice, Choice::Active { .. })
+                }),
+                tls_targets: Default::default(),
+                ebpf,
                 lost,
                 counters,
                 attached,
@@ -223,6 +230,56 @@ impl Collector {
     pub fn track(&mut self, tgid: u32) {
         if let Err(e) = self.tracked.insert(&tgid, &1, 0) {
             tracing::warn!(tgid, error = %e, "could not track the traced command in the kernel");
+        }
+    }
+
+    /// Attach a TLS-library uprobe to `target` unless that file (by device
+    /// and inode) has it already. Ok(true) when newly attached.
+    pub fn probe_tls_lib(
+        &mut self,
+        program: &str,
+        symbol: &str,
+        target: &std::path::Path,
+    ) -> Result<bool, String> {
+        if !self.tls_uprobes || !self.tls_targets.first(target) {
+            return Ok(false);
+        }
+        loader::attach_uprobe(&mut self.ebpf, program, symbol, target, &mut self.links)?;
+        Ok(true)
+    }
+
+    /// Attach the OpenSSL probe to every libssl known to the loader or mapped
+    /// by a process now; returns how many were new.
+    pub fn probe_libssl(&mut self, proc_root: &std::path::Path) -> usize {
+        let mut n = 0;
+        for p in crate::tlslib::libssl_candidates(proc_root) {
+            match self.probe_tls_lib(crate::tlslib::OSSL_PROGRAM, crate::tlslib::OSSL_SYMBOL, &p) {
+                Ok(true) => {
+                    tracing::debug!(path = %p.display(), "OpenSSL probe attached");
+                    n += 1;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(path = %p.display(), error = %e, "OpenSSL probe not attached")
+                }
+            }
+        }
+        n
+    }
+
+    /// Attach the Go crypto/tls probe to the program `pid` runs (`exe` when
+    /// the process is gone). Binaries without a symbol table are skipped.
+    pub fn probe_go(&mut self, pid: u32, exe: &str, proc_root: &std::path::Path) {
+        let live = proc_root.join(pid.to_string()).join("exe");
+        let target = if live.exists() {
+            live
+        } else {
+            std::path::PathBuf::from(exe)
+        };
+        match self.probe_tls_lib(crate::tlslib::GO_PROGRAM, crate::tlslib::GO_SYMBOL, &target) {
+            Ok(true) => tracing::debug!(exe, "Go crypto/tls probe attached"),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(exe, error = %e, "Go crypto/tls probe not attached"),
         }
     }
 

@@ -8,7 +8,8 @@ use agent_common::{
     EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT,
     EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER, EventHeader, EventKind, ExecFixed, ExitEvent,
     ForkEvent, FsEvent, IPPROTO_TCP_U8, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED,
-    TCP_PHASE_START, TcpEvent, WIRE_DIR_EGRESS, WIRE_KIND_DNS, WIRE_KIND_TLS, WireFixed,
+    TCP_PHASE_START, TcpEvent, TlsLibEvent, WIRE_DIR_EGRESS, WIRE_KIND_DNS, WIRE_KIND_TLS,
+    WireFixed,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -184,6 +185,19 @@ pub enum Event {
     Tcp(Box<Tcp>),
     Fs(Box<FsFault>),
     Wire(Box<Wire>),
+    TlsLib(TlsLib),
+}
+
+/// What a TLS library said, from a uprobe (see `tlslib`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsLib {
+    pub pid: u32,
+    pub tgid: u32,
+    /// `TLSLIB_*`.
+    pub kind: u32,
+    pub value: i64,
+    pub ktime_ns: u64,
+    pub comm: String,
 }
 
 /// What a captured packet belongs to.
@@ -367,6 +381,21 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 comm: cstr(&e.comm),
                 sock: e.skaddr,
             })))
+        }
+        EventKind::TlsLib => {
+            let e: TlsLibEvent = read(b).ok_or(DecodeError::Truncated {
+                kind: "tls_lib",
+                got: b.len(),
+                need: size_of::<TlsLibEvent>(),
+            })?;
+            Ok(Event::TlsLib(TlsLib {
+                pid: e.hdr.pid,
+                tgid: e.hdr.tgid,
+                kind: e.kind,
+                value: e.value,
+                ktime_ns: e.hdr.ktime_ns,
+                comm: cstr(&e.comm),
+            }))
         }
         EventKind::Wire => {
             let f: WireFixed = read(b).ok_or(DecodeError::Truncated {

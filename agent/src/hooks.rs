@@ -76,6 +76,9 @@ pub enum Attach {
     CgroupSockAddr,
     /// cgroup socket-buffer hook on the cgroup v2 root; `true` for egress.
     CgroupSkb(bool),
+    /// Loaded at start-up, attached later to each target file as it is found
+    /// (uprobes on libraries and programs).
+    LoadOnly,
 }
 
 /// One program of an option.
@@ -230,6 +233,19 @@ const WIRE_CGROUP: &[Prog] = &[
     },
 ];
 
+const TLS_UPROBES: &[Prog] = &[
+    Prog {
+        name: "ossl_verify_result",
+        attach: Attach::LoadOnly,
+        required: true,
+    },
+    Prog {
+        name: "go_send_alert",
+        attach: Attach::LoadOnly,
+        required: true,
+    },
+];
+
 /// The table. Order of signals is the order `agent check` prints them.
 pub const SIGNALS: &[Signal] = &[
     Signal {
@@ -317,15 +333,15 @@ pub const SIGNALS: &[Signal] = &[
     },
     Signal {
         name: "tls_uprobes",
-        what: "OpenSSL and Go crypto/tls handshake results and errors",
+        what: "OpenSSL certificate verification results and the alerts Go crypto/tls sends",
         options: &[HookOption {
             hook: HookKind::Uprobe,
             needs_btf: false,
             needs_tracefs: false,
-            programs: &[],
+            programs: TLS_UPROBES,
             note: "",
         }],
-        implemented: false,
+        implemented: true,
     },
 ];
 
@@ -469,22 +485,6 @@ mod tests {
             Choice::Unavailable { reason } => assert!(reason.contains("tracefs"), "{reason}"),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn unbuilt_signals_say_so() {
-        let av = Available {
-            btf: true,
-            tracefs: true,
-            hooks: vec![HookKind::Tracepoint, HookKind::Uprobe],
-            cgroup2: None,
-        };
-        assert_eq!(
-            choose(sig("tls_uprobes"), &av),
-            Choice::NotImplemented {
-                would_use: Some(HookKind::Uprobe)
-            }
-        );
     }
 
     #[test]

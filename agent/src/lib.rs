@@ -30,5 +30,6 @@ pub mod pyenv;
 pub mod redact;
 pub mod run;
 pub mod tls;
+pub mod tlslib;
 pub mod tracefs;
 pub mod wirediag;

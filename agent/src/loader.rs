@@ -434,6 +434,24 @@ pub fn available(k: &KernelInfo, probes: &[(HookKind, Result<(), String>)]) -> A
 pub enum OwnedLink {
     Tp(aya::programs::trace_point::TracePointLink),
     Btf(aya::programs::tp_btf::BtfTracePointLink),
+    Uprobe(aya::programs::uprobe::UProbeLink),
+}
+
+/// Attach the loaded uprobe `program` at `symbol` of the ELF file `target`,
+/// for every process that runs that file.
+pub fn attach_uprobe(
+    ebpf: &mut Ebpf,
+    program: &str,
+    symbol: &str,
+    target: &std::path::Path,
+    links: &mut Vec<OwnedLink>,
+) -> Result<(), String> {
+    let prog = prog!(ebpf, program, UProbe);
+    let id = prog
+        .attach([symbol], target, UProbeScope::AllProcesses)
+        .map_err(msg)?;
+    links.push(OwnedLink::Uprobe(prog.take_link(id).map_err(msg)?));
+    Ok(())
 }
 
 /// Detach every link, concurrently, so their grace periods overlap.
@@ -456,6 +474,7 @@ fn attach_prog(
         File::open(path).map_err(|e| format!("open {}: {e}", path.display()))
     };
     match p.attach {
+        Attach::LoadOnly => prog!(ebpf, p.name, UProbe).load().map_err(msg),
         // cgroup links stay with their program; detaching them does not wait
         // for a grace period.
         Attach::CgroupSockAddr => {

@@ -198,6 +198,11 @@ impl Pipeline {
         match ev {
             Event::Fork(f) => self.table.on_fork(&f),
             Event::Fs(f) => self.fs.on_fault(&self.table, &f),
+            Event::TlsLib(l) => {
+                for o in self.wire.on_tls_lib(&self.table, &l) {
+                    self.push_wire(o, &mut out);
+                }
+            }
             Event::Wire(w) => {
                 for o in self.wire.on_wire(&self.table, &w) {
                     self.push_wire(o, &mut out);
@@ -350,6 +355,16 @@ fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
     }
 }
 
+/// A Go program started: put the crypto/tls probe on its file (once per file).
+fn probe_go_program(c: &mut Collector, o: &Output, proc_root: &std::path::Path) {
+    if let Output::Exec { exec, analysis } = o
+        && exec.ok()
+        && analysis.identity.go_version.is_some()
+    {
+        c.probe_go(exec.tgid, &exec.exe, proc_root);
+    }
+}
+
 /// Log degraded/missing signals, and announce readiness on stderr (scripts wait for
 /// the `agent: watching` line).
 fn report_attach(c: &Collector) {
@@ -427,7 +442,10 @@ async fn shutdown_signal() {
 
 /// `agent` (live). Returns the process exit code.
 pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
-    let (collector, mut rx) = Collector::start(&opts.collector_options(), 65_536)?;
+    let (mut collector, mut rx) = Collector::start(&opts.collector_options(), 65_536)?;
+    let proc_root = opts.analysis.proc_root.clone();
+    collector.probe_libssl(&proc_root);
+    let mut ticks: u64 = 0;
     let json = opts.format == Format::Json;
     report_attach(&collector);
     let style = Style {
@@ -456,6 +474,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 for o in pipeline.handle(ev) {
+                    probe_go_program(&mut collector, &o, &proc_root);
                     if let Some(x) = otlp.as_mut() {
                         x.observe(&o, &pipeline.table);
                     }
@@ -466,6 +485,11 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             }
             _ = tick.tick() => {
                 health.beat();
+                ticks += 1;
+                // Libraries loaded since (dlopen, new conda envs): every 30 s.
+                if ticks % 6 == 0 {
+                    collector.probe_libssl(&proc_root);
+                }
                 for o in pipeline.flush(crate::collector::boot_ns(), 2_000_000_000) {
                     if let Some(x) = otlp.as_mut() {
                         x.observe(&o, &pipeline.table);
@@ -536,6 +560,8 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         65_536,
     )?;
     report_attach(&collector);
+    let proc_root = opts.analysis.proc_root.clone();
+    collector.probe_libssl(&proc_root);
     let Some((prog, args)) = argv.split_first() else {
         anyhow::bail!("agent trace: no command given (usage: agent trace -- <command> [args])");
     };
@@ -580,6 +606,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
                     Ok(None) | Err(_) => if status.is_some() { break } else { continue },
                 };
                 for o in pipeline.handle(ev) {
+                    probe_go_program(&mut collector, &o, &proc_root);
                     let pid = o.pid();
                     let member = in_tree.contains(&pid) || pipeline.table.in_tree(pid, root);
                     if !member {

@@ -106,6 +106,9 @@ pub struct TlsReport {
     pub end_ns: u64,
     /// CA-bundle variables in the owner's environment.
     pub ca_env: Vec<(String, String)>,
+    /// What the owner's TLS library said (uprobes): e.g.
+    /// `openssl_verify_result: self-signed certificate`.
+    pub library: Vec<(String, String)>,
     pub findings: Vec<Finding>,
 }
 
@@ -173,6 +176,8 @@ const MAX_NAMES: usize = 65_536;
 const CONN_IDLE_NS: u64 = 60_000_000_000;
 const NAME_TTL_NS: u64 = 600_000_000_000;
 const HOLD_NS: u64 = 1_000_000_000;
+/// Library notes older than this are not about the current handshake.
+const NOTE_WINDOW_NS: u64 = 10_000_000_000;
 
 #[derive(Default)]
 pub struct WireAnalyzer {
@@ -187,6 +192,11 @@ pub struct WireAnalyzer {
     names: HashMap<(u32, IpAddr), (String, u64)>,
     any_names: HashMap<IpAddr, (String, u64)>,
     reported: Dedup,
+    /// What TLS libraries said, per process (uprobes), until a handshake uses it.
+    lib_notes: HashMap<u32, Vec<(u32, i64, u64)>>,
+    /// Failed handshakes held briefly: the library's reason (e.g. OpenSSL's
+    /// verification result, asked for after the failure) may still come.
+    held_tls: Vec<(TlsConn, u64)>,
     pub stats: WireStats,
 }
 
@@ -275,9 +285,42 @@ impl WireAnalyzer {
             ends,
         );
         self.stats.tls_malformed += c.hs.malformed - before;
-        c.hs.verdict.as_ref()?;
+        let failed = !matches!(c.hs.verdict.as_ref()?, Verdict::Completed);
         let c = self.conns.remove(&w.cookie)?;
+        if failed && !self.lib_notes.contains_key(&c.owner_tgid) && c.owner_tgid != 0 {
+            self.held_tls.push((c, w.ktime_ns));
+            return None;
+        }
         Some(WireOutput::Tls(Box::new(self.tls_report(table, c))))
+    }
+
+    /// A TLS library's note (uprobe): kept for the process's handshake, and
+    /// it releases that process's held failures.
+    pub fn on_tls_lib(&mut self, table: &ProcTable, l: &crate::event::TlsLib) -> Vec<WireOutput> {
+        if self.lib_notes.len() > MAX_CONNS {
+            self.lib_notes.clear();
+        }
+        let notes = self.lib_notes.entry(l.tgid).or_default();
+        notes.retain(|n| l.ktime_ns.saturating_sub(n.2) < NOTE_WINDOW_NS);
+        if notes.len() < 16 {
+            notes.push((l.kind, l.value, l.ktime_ns));
+        }
+        self.release_tls(table, |c, _| c.owner_tgid == l.tgid)
+    }
+
+    fn release_tls(
+        &mut self,
+        table: &ProcTable,
+        pick: impl Fn(&TlsConn, u64) -> bool,
+    ) -> Vec<WireOutput> {
+        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_tls)
+            .into_iter()
+            .partition(|(c, at)| pick(c, *at));
+        self.held_tls = keep;
+        ready
+            .into_iter()
+            .map(|(c, _)| WireOutput::Tls(Box::new(self.tls_report(table, c))))
+            .collect()
     }
 
     fn tls_report(&mut self, table: &ProcTable, c: TlsConn) -> TlsReport {
@@ -302,7 +345,17 @@ impl WireAnalyzer {
         let verdict = c.hs.verdict.clone().unwrap_or(Verdict::Completed);
         let start_ns = c.hs.start_ns;
         let end_ns = c.hs.end_ns.unwrap_or(c.last_ns);
+        let library: Vec<(String, String)> = self
+            .lib_notes
+            .remove(&c.owner_tgid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.2 + NOTE_WINDOW_NS >= c.hs.start_ns)
+            .filter_map(|(k, v, _)| crate::tlslib::describe(k, v))
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         let mut r = TlsReport {
+            library,
             owner,
             local: c.local,
             client: c.client,
@@ -353,6 +406,15 @@ impl WireAnalyzer {
                 serde_json::to_value(&r.verdict).unwrap_or(Value::Null),
             );
             m.insert(
+                "library".into(),
+                Value::Object(
+                    r.library
+                        .iter()
+                        .map(|(k, v)| (k.clone(), json!(v)))
+                        .collect(),
+                ),
+            );
+            m.insert(
                 "ca_env".into(),
                 Value::Object(
                     r.ca_env
@@ -369,6 +431,24 @@ impl WireAnalyzer {
             let v: Vec<String> = r.ca_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!("CA bundle from {}", v.join(", "))
         };
+        // What the client's library said about the certificate, if anything.
+        let lib_cert = r.library.iter().find_map(|(k, v)| match k.as_str() {
+            "openssl_verify_result" => Some(format!("OpenSSL: {v}")),
+            "go_alert_sent"
+                if matches!(
+                    v.as_str(),
+                    "bad_certificate"
+                        | "unknown_ca"
+                        | "certificate_expired"
+                        | "certificate_unknown"
+                        | "unsupported_certificate"
+                        | "certificate_revoked"
+                ) =>
+            {
+                Some(format!("Go crypto/tls sent alert {v}"))
+            }
+            _ => None,
+        });
         let (code, severity, summary) = match &r.verdict {
             Verdict::Completed => {
                 let d = r.end_ns.saturating_sub(r.start_ns);
@@ -411,11 +491,15 @@ impl WireAnalyzer {
                     } else {
                         "client's"
                     };
+                    let detail = lib_cert
+                        .as_ref()
+                        .map(|d| format!(", {d}"))
+                        .unwrap_or_default();
                     (
                         "tls.untrusted_certificate",
                         Severity::Error,
                         format!(
-                            "{name} → {host}: the {by} rejected the {whose} certificate (alert {aname}); {ca_note}"
+                            "{name} → {host}: the {by} rejected the {whose} certificate (alert {aname}{detail}); {ca_note}"
                         ),
                     )
                 } else {
@@ -429,6 +513,18 @@ impl WireAnalyzer {
                     )
                 }
             }
+            Verdict::EncryptedAlert { from: Side::Client }
+            | Verdict::Closed {
+                by: Side::Client, ..
+            } if lib_cert.is_some() => (
+                "tls.untrusted_certificate",
+                Severity::Error,
+                format!(
+                    "{name} → {host}: the client rejected the server's certificate ({}; the alert itself is encrypted in {}); {ca_note}",
+                    lib_cert.as_deref().unwrap_or(""),
+                    r.version.as_deref().unwrap_or("TLS")
+                ),
+            ),
             Verdict::EncryptedAlert { from } => (
                 "tls.handshake_failure",
                 Severity::Error,
@@ -720,6 +816,9 @@ impl WireAnalyzer {
             r.findings = self.dns_finding(&r, "net.dns_failure", Severity::Error);
             out.push(WireOutput::Dns(Box::new(r)));
         }
+        for o in self.release_tls(table, |_, at| now_ns.saturating_sub(at) >= HOLD_NS) {
+            out.push(o);
+        }
         self.expire_conns(now_ns, CONN_IDLE_NS);
         self.local_clients
             .retain(|_, t| now_ns.saturating_sub(*t) < CONN_IDLE_NS);
@@ -729,7 +828,8 @@ impl WireAnalyzer {
     /// The process exited: its unanswered queries were given up on (timed
     /// out, as far as it is concerned) and its held failures are final.
     pub fn on_exit(&mut self, table: &ProcTable, tgid: u32, now_ns: u64) -> Vec<WireOutput> {
-        let mut out = Vec::new();
+        let mut out = self.release_tls(table, |c, _| c.owner_tgid == tgid);
+        self.lib_notes.remove(&tgid);
         let keys: Vec<LookupKey> = self
             .pending
             .keys()

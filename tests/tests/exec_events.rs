@@ -109,7 +109,7 @@ fn exit_codes_and_lineage_through_a_forking_shell() {
             .until(Duration::from_secs(10), |e| {
                 match e {
                     Event::Fork(f) => table.on_fork(f),
-                    Event::Tcp(_) | Event::Fs(_) | Event::Wire(_) => {}
+                    Event::Tcp(_) | Event::Fs(_) | Event::Wire(_) | Event::TlsLib(_) => {}
                     Event::Exec(x) => {
                         table.on_exec(std::sync::Arc::new((**x).clone()));
                         if x.exe == "/bin/true" && table.in_tree(x.tgid, sh) {

@@ -225,18 +225,46 @@ fn untrusted_self_signed_certificate_and_the_same_clients_trusting_it() {
         let s = f[0]["summary"].as_str().unwrap();
         assert!(s.contains("rejected the server's certificate"), "{s}");
         assert!(s.contains("no SSL_CERT_FILE"), "{s}");
+        // The reason from the library (uprobe on libssl's SSL_get_verify_result).
+        assert_eq!(
+            f[0]["evidence"]["library"]["openssl_verify_result"], "self-signed certificate",
+            "{client}"
+        );
+        assert!(s.contains("OpenSSL: self-signed certificate"), "{s}");
     }
     // Go encrypts its alert in TLS 1.3: the wire says the client aborted after
-    // the certificate.
-    let lines = trace_json(&go_argv, &[]);
-    let h = the_handshake(&lines);
-    assert_eq!(h["comm"], "prog");
-    assert_eq!(h["version"], "TLS 1.3");
-    assert_eq!(h["verdict"]["result"], "encrypted_alert", "{h}");
-    assert_eq!(h["verdict"]["from"], "client");
-    let f = findings(&lines, "tls.handshake_failure");
+    // the certificate. The agent puts its crypto/tls probe on the program when
+    // it first sees it run, so the second run of the same file also says
+    // which alert Go sent.
+    let twice = format!("{} {target} {SNI}; {} {target} {SNI}; true", go, go);
+    let lines = trace_json(&t.lab.in_client(&["sh", "-c", &twice]), &[]);
+    let hs = handshakes(&lines);
+    assert_eq!(hs.len(), 2, "{hs:#?}");
+    for h in &hs {
+        assert_eq!(h["comm"], "prog");
+        assert_eq!(h["version"], "TLS 1.3");
+    }
+    let first = hs[0];
+    assert_eq!(first["verdict"]["result"], "encrypted_alert", "{first}");
+    assert_eq!(first["verdict"]["from"], "client");
+    assert_eq!(
+        hs[1]["library"]["go_alert_sent"], "bad_certificate",
+        "{}",
+        hs[1]
+    );
+    // Once a minute per binary and server: the probed run's finding is the
+    // untrusted certificate (the first run's, if it was probed in time, too).
+    let f = findings(&lines, "tls.untrusted_certificate");
     assert_eq!(f.len(), 1, "{:?}", codes(&lines));
-    assert!(f[0]["summary"].as_str().unwrap().contains("certificate"));
+    assert_eq!(
+        f[0]["evidence"]["library"]["go_alert_sent"],
+        "bad_certificate"
+    );
+    let s = f[0]["summary"].as_str().unwrap();
+    assert!(
+        s.contains("Go crypto/tls sent alert bad_certificate"),
+        "{s}"
+    );
 
     // The same clients trusting the certificate: completed, no finding, and
     // the CA bundle in force is what the finding would have named.
