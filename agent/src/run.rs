@@ -487,7 +487,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 health.beat();
                 ticks += 1;
                 // Libraries loaded since (dlopen, new conda envs): every 30 s.
-                if ticks % 6 == 0 {
+                if ticks.is_multiple_of(6) {
                     collector.probe_libssl(&proc_root);
                 }
                 for o in pipeline.flush(crate::collector::boot_ns(), 2_000_000_000) {

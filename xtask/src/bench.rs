@@ -47,6 +47,8 @@ enum Workload {
     ExecTrue,
     GoVersion,
     TcpConnect,
+    TlsHandshake,
+    TlsBulk,
 }
 
 impl Workload {
@@ -55,6 +57,10 @@ impl Workload {
             Workload::ExecTrue => "fork+exec /bin/true",
             Workload::GoVersion => "go version",
             Workload::TcpConnect => "loopback TCP connect/accept/close",
+            Workload::TlsHandshake => {
+                "loopback TLS 1.3 handshakes (Python client, openssl s_server)"
+            }
+            Workload::TlsBulk => "bulk transfer over one TLS connection (curl, MB/s)",
         }
     }
     fn key(self) -> &'static str {
@@ -62,6 +68,8 @@ impl Workload {
             Workload::ExecTrue => "exec_true",
             Workload::GoVersion => "go_version",
             Workload::TcpConnect => "tcp_connect",
+            Workload::TlsHandshake => "tls_handshake",
+            Workload::TlsBulk => "tls_bulk",
         }
     }
     fn iterations(self) -> u64 {
@@ -69,6 +77,8 @@ impl Workload {
             Workload::ExecTrue => 2000,
             Workload::GoVersion => 60,
             Workload::TcpConnect => 4000,
+            Workload::TlsHandshake => 400,
+            Workload::TlsBulk => 1,
         }
     }
 }
@@ -83,6 +93,90 @@ fn listener() -> Result<TcpListener> {
     s.listen(4096)?;
     Ok(s.into())
 }
+
+/// `openssl s_server` on loopback with a fresh self-signed certificate, for
+/// the TLS workloads: one port answering handshakes, one serving a 256 MiB
+/// file. Killed on drop.
+struct TlsServers {
+    children: Vec<Child>,
+    handshake_port: u16,
+    bulk_port: u16,
+}
+
+const TLS_BULK_BYTES: u64 = 256 << 20;
+
+impl TlsServers {
+    fn start(dir: &Path) -> Result<Self> {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let st = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("openssl req failed");
+        }
+        let big = dir.join("big");
+        let f = std::fs::File::create(&big)?;
+        f.set_len(TLS_BULK_BYTES)?;
+        let (hp, bp) = (free_port()?, free_port()?);
+        let mut children = Vec::new();
+        for (port, mode) in [(hp, "-www"), (bp, "-WWW")] {
+            children.push(
+                Command::new("openssl")
+                    .args(["s_server", "-quiet", mode, "-accept", &port.to_string()])
+                    .arg("-cert")
+                    .arg(&cert)
+                    .arg("-key")
+                    .arg(&key)
+                    .current_dir(dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("openssl s_server")?,
+            );
+        }
+        for p in [hp, bp] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", p)).is_err() {
+                if Instant::now() > deadline {
+                    bail!("openssl s_server did not listen on {p}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(Self {
+            children,
+            handshake_port: hp,
+            bulk_port: bp,
+        })
+    }
+}
+
+impl Drop for TlsServers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+static TLS_PORTS: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
 
 /// Run the workload once on `threads` threads; ops/s.
 fn run_workload(w: Workload, threads: u64) -> Result<f64> {
@@ -120,6 +214,28 @@ fn run_workload(w: Workload, threads: u64) -> Result<f64> {
                                 bail!("go version failed");
                             }
                         }
+                        Workload::TlsHandshake => {
+                            let (p, _) = *TLS_PORTS.get().context("no TLS server")?;
+                            let code = format!(
+                                "import socket,ssl\nctx=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\nctx.check_hostname=False\nctx.verify_mode=ssl.CERT_NONE\nfor _ in range({n}):\n s=socket.create_connection(('127.0.0.1',{p}))\n t=ctx.wrap_socket(s)\n t.close()\n"
+                            );
+                            let st = Command::new("python3").args(["-c", &code]).status()?;
+                            if !st.success() {
+                                bail!("TLS handshake loop failed");
+                            }
+                            // One process did all n: stop the outer loop.
+                            break;
+                        }
+                        Workload::TlsBulk => {
+                            let (_, p) = *TLS_PORTS.get().context("no TLS server")?;
+                            let st = Command::new("curl")
+                                .args(["-sSk", "-o", "/dev/null"])
+                                .arg(format!("https://127.0.0.1:{p}/big"))
+                                .status()?;
+                            if !st.success() {
+                                bail!("TLS bulk transfer failed");
+                            }
+                        }
                         Workload::TcpConnect => {
                             let a = addr.context("no listener")?;
                             let s = TcpStream::connect(a)?;
@@ -139,6 +255,9 @@ fn run_workload(w: Workload, threads: u64) -> Result<f64> {
     let secs = t.elapsed().as_secs_f64();
     if let Some(a) = acceptor {
         let _ = a.join();
+    }
+    if let Workload::TlsBulk = w {
+        return Ok((TLS_BULK_BYTES * n * threads) as f64 / 1e6 / secs);
     }
     Ok((n * threads) as f64 / secs)
 }
@@ -345,10 +464,16 @@ pub fn bench(reps: usize) -> Result<()> {
     let _ = Command::new("sysctl")
         .args(["-qw", "kernel.bpf_stats_enabled=1"])
         .status();
+    let tls_dir = out_dir.join("tls");
+    std::fs::create_dir_all(&tls_dir)?;
+    let servers = TlsServers::start(&tls_dir)?;
+    let _ = TLS_PORTS.set((servers.handshake_port, servers.bulk_port));
     let workloads = [
         Workload::ExecTrue,
         Workload::GoVersion,
         Workload::TcpConnect,
+        Workload::TlsHandshake,
+        Workload::TlsBulk,
     ];
     let modes = [Mode::Bare, Mode::Agent, Mode::Bpftrace];
     let mut rows = Vec::new();
@@ -403,12 +528,14 @@ pub fn bench(reps: usize) -> Result<()> {
                 row.bpf_ns_per_event.insert(name, t as f64 / c as f64);
             }
         }
-        if !cpu.is_empty() {
-            // Events per op: exec = exec + fork + exit; tcp = start + outcome.
-            let events_per_op = match w {
-                Workload::TcpConnect => 2.0,
-                _ => 3.0,
-            };
+        // Events per op: exec = exec + fork + exit; tcp = start + outcome;
+        // the TLS workloads mix several kinds, CPU per event is not meaningful.
+        let events_per_op = match w {
+            Workload::TcpConnect => Some(2.0),
+            Workload::TlsHandshake | Workload::TlsBulk => None,
+            _ => Some(3.0),
+        };
+        if let (false, Some(events_per_op)) = (cpu.is_empty(), events_per_op) {
             row.agent_cpu_us_per_event =
                 Some(cpu.iter().sum::<f64>() / (iters * events_per_op) / 1e3);
         }
