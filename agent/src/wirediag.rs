@@ -904,6 +904,9 @@ mod tests {
                 200,
             ),
         );
+        // A failure waits for the library's reason: released by the exit.
+        assert!(out.is_empty());
+        let out = a.on_exit(&table, 9, 300);
         let WireOutput::Tls(r) = &out[0] else {
             panic!()
         };
