@@ -126,6 +126,8 @@ pub struct AnalysisConfig {
     pub proc_root: PathBuf,
     /// Window for `env.diverged`, ns.
     pub env_window_ns: u64,
+    /// Pod names from the Kubernetes API (`--k8s-api`), when enabled.
+    pub pods: Option<crate::k8s::PodDirectory>,
 }
 
 impl Default for AnalysisConfig {
@@ -151,6 +153,7 @@ impl Default for AnalysisConfig {
             all: false,
             proc_root: PathBuf::from("/proc"),
             env_window_ns: 10 * 60 * 1_000_000_000,
+            pods: None,
         }
     }
 }
@@ -320,6 +323,13 @@ impl Analyzer {
             .map(|p| p.to_string_lossy().into_owned());
         out.identity = self.identify(&fs, &e.exe);
         out.pod = crate::k8s::of_process(&self.cfg.proc_root, e.tgid);
+        // The API, when enabled, is authoritative (a pod's hostname can differ).
+        if let (Some(dir), Some(uid)) = (&self.cfg.pods, &out.pod.pod_uid)
+            && let Some((name, ns)) = dir.get(uid)
+        {
+            out.pod.pod_name = Some(name);
+            out.pod.namespace = Some(ns);
+        }
         if !toolchain {
             return out;
         }

@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub otlp_protocol: Option<String>,
     /// `host:port` for /healthz and /readyz.
     pub health_addr: Option<String>,
+    /// `http://127.0.0.1:8001`: pod names from the Kubernetes API via `kubectl proxy`.
+    pub k8s_api: Option<String>,
     /// `net.slow_connect` absolute threshold, ms.
     pub slow_connect_ms: Option<u64>,
     /// `net.slow_connect`: times the destination's own average.

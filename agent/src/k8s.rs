@@ -140,3 +140,224 @@ mod tests {
         assert_eq!(me.pod_uid, None);
     }
 }
+
+/// Pod names and namespaces by pod UID, from the Kubernetes API (opt-in:
+/// `--k8s-api`). Filled by a background task; read at analysis time.
+#[derive(Clone, Debug, Default)]
+pub struct PodDirectory(
+    std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (String, String)>>>,
+);
+
+impl PodDirectory {
+    /// (name, namespace) of a pod.
+    pub fn get(&self, uid: &str) -> Option<(String, String)> {
+        self.0.read().ok().and_then(|m| m.get(uid).cloned())
+    }
+
+    fn replace(&self, pods: std::collections::HashMap<String, (String, String)>) {
+        if let Ok(mut m) = self.0.write() {
+            *m = pods;
+        }
+    }
+}
+
+/// Why the pod list could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    #[error(
+        "Kubernetes API URL {0:?}: only http://host:port (a `kubectl proxy` sidecar) is supported"
+    )]
+    Url(String),
+    #[error("Kubernetes API {url}: {source}")]
+    Io { url: String, source: std::io::Error },
+    #[error("Kubernetes API {url}: HTTP status {status}")]
+    Status { url: String, status: String },
+    #[error("Kubernetes API {url}: {msg}")]
+    Body { url: String, msg: String },
+}
+
+/// `uid → (name, namespace)` from a `PodList` JSON document.
+pub fn parse_pod_list(
+    body: &[u8],
+) -> Result<std::collections::HashMap<String, (String, String)>, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let items = v["items"].as_array().ok_or("no `items` in the pod list")?;
+    Ok(items
+        .iter()
+        .filter_map(|p| {
+            let m = &p["metadata"];
+            Some((
+                m["uid"].as_str()?.to_string(),
+                (
+                    m["name"].as_str()?.to_string(),
+                    m["namespace"].as_str()?.to_string(),
+                ),
+            ))
+        })
+        .collect())
+}
+
+/// GET the pods of `node` (all pods when `None`) from `base` (`http://host:port`).
+pub async fn fetch_pods(
+    base: &str,
+    node: Option<&str>,
+) -> Result<std::collections::HashMap<String, (String, String)>, K8sError> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let hostport = base
+        .strip_prefix("http://")
+        .map(|r| r.trim_end_matches('/'))
+        .filter(|r| !r.is_empty() && !r.contains('/'))
+        .ok_or_else(|| K8sError::Url(base.to_string()))?;
+    let mut path = "/api/v1/pods".to_string();
+    if let Some(n) = node {
+        path.push_str("?fieldSelector=spec.nodeName%3D");
+        path.extend(n.bytes().map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        }));
+    }
+    let io = |source| K8sError::Io {
+        url: base.to_string(),
+        source,
+    };
+    let mut s = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(hostport),
+    )
+    .await
+    .map_err(|_| io(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+    .map_err(io)?;
+    // HTTP/1.0: the answer is not chunked and ends when the server closes.
+    s.write_all(
+        format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nAccept: application/json\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .map_err(io)?;
+    let mut resp = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        (&mut s).take(256 << 20).read_to_end(&mut resp),
+    )
+    .await
+    .map_err(|_| io(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+    .map_err(io)?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| K8sError::Body {
+            url: base.to_string(),
+            msg: "no end of headers".into(),
+        })?;
+    let head = String::from_utf8_lossy(&resp[..split]);
+    let status = head.lines().next().unwrap_or("").to_string();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(K8sError::Status {
+            url: base.to_string(),
+            status,
+        });
+    }
+    parse_pod_list(&resp[split + 4..]).map_err(|msg| K8sError::Body {
+        url: base.to_string(),
+        msg,
+    })
+}
+
+/// Refresh `dir` from the API every `every`, logging failures once a minute.
+pub fn spawn_pod_refresher(
+    base: String,
+    node: Option<String>,
+    dir: PodDirectory,
+    every: std::time::Duration,
+) {
+    tokio::spawn(async move {
+        let mut last_warn: Option<std::time::Instant> = None;
+        loop {
+            match fetch_pods(&base, node.as_deref()).await {
+                Ok(pods) => {
+                    tracing::debug!(pods = pods.len(), "pod list refreshed");
+                    dir.replace(pods);
+                }
+                Err(e) => {
+                    if last_warn.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60)) {
+                        tracing::warn!("pod names unavailable: {e}");
+                        last_warn = Some(std::time::Instant::now());
+                    }
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+
+    #[test]
+    fn pod_list_from_a_real_shaped_document() {
+        let body = br#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[
+          {"metadata":{"name":"builder-7d9f","namespace":"ci","uid":"5f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"},"spec":{"nodeName":"n1"}},
+          {"metadata":{"name":"no-uid"}}]}"#;
+        let m = parse_pod_list(body).unwrap();
+        assert_eq!(
+            m.get("5f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"),
+            Some(&("builder-7d9f".to_string(), "ci".to_string()))
+        );
+        assert_eq!(m.len(), 1);
+        assert!(parse_pod_list(b"{}").is_err());
+        assert!(parse_pod_list(b"not json").is_err());
+    }
+
+    #[test]
+    fn fetches_from_an_http_endpoint_and_reports_errors() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for status in ["200 OK", "403 Forbidden"] {
+                    let (mut s, _) = l.accept().await.unwrap();
+                    let mut req = vec![0u8; 4096];
+                    let n = s.read(&mut req).await.unwrap();
+                    seen.push(String::from_utf8_lossy(&req[..n]).into_owned());
+                    let body =
+                        r#"{"items":[{"metadata":{"name":"p","namespace":"ns","uid":"u1"}}]}"#;
+                    s.write_all(
+                        format!(
+                            "HTTP/1.0 {status}\r\nContent-Type: application/json\r\n\r\n{body}"
+                        )
+                        .as_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                }
+                seen
+            });
+            let base = format!("http://{addr}");
+            let pods = fetch_pods(&base, Some("node-1")).await.unwrap();
+            assert_eq!(pods.get("u1"), Some(&("p".into(), "ns".into())));
+            let err = fetch_pods(&base, None).await.unwrap_err();
+            assert!(err.to_string().contains("403"), "{err}");
+            let seen = server.await.unwrap();
+            assert!(
+                seen[0]
+                    .starts_with("GET /api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1 HTTP/1.0"),
+                "{}",
+                seen[0]
+            );
+            assert!(matches!(
+                fetch_pods("https://10.0.0.1", None).await,
+                Err(K8sError::Url(_))
+            ));
+        });
+    }
+}

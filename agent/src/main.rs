@@ -51,6 +51,10 @@ struct Cli {
     /// ...or slower than this many times the destination's own average [default: 5].
     #[arg(long, global = true)]
     slow_connect_factor: Option<f64>,
+    /// Pod names and namespaces from the Kubernetes API through this plain-HTTP
+    /// endpoint: a `kubectl proxy` sidecar (deploy/kubernetes/overlays/k8s-api).
+    #[arg(long, global = true)]
+    k8s_api: Option<String>,
     /// A TLS handshake slower than this is tls.slow_handshake [default: 1000].
     #[arg(long, global = true)]
     slow_tls_ms: Option<u64>,
@@ -179,6 +183,7 @@ fn main() -> ExitCode {
         color,
         all_execs: cli.all_execs || file.all_execs.unwrap_or(false),
         health_addr: cli.health_addr.clone().or(file.health_addr.clone()),
+        k8s_api: cli.k8s_api.clone().or(file.k8s_api.clone()),
         net: {
             let mut n = agent::netdiag::NetConfig::default();
             if let Some(ms) = cli.slow_connect_ms.or(file.slow_connect_ms) {

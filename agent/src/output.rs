@@ -154,6 +154,9 @@ pub fn exec_json(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> Value {
         if let Some(c) = &a.cwd {
             v["cwd"] = json!(c);
         }
+        if !a.pod.is_empty() {
+            v["pod"] = serde_json::to_value(&a.pod).unwrap_or(Value::Null);
+        }
     }
     v
 }

@@ -42,6 +42,21 @@ pub struct RunOptions {
     pub net: NetConfig,
     /// Thresholds of the TLS and DNS findings.
     pub wire: WireConfig,
+    /// Kubernetes API endpoint (a `kubectl proxy` sidecar) for pod names.
+    pub k8s_api: Option<String>,
+}
+
+/// The analysis settings, with pod names from the Kubernetes API when
+/// `--k8s-api` is set (refreshed every 30 s in the background).
+fn analysis_config(opts: &RunOptions) -> AnalysisConfig {
+    let mut a = opts.analysis.clone();
+    if let Some(url) = &opts.k8s_api {
+        let dir = crate::k8s::PodDirectory::default();
+        let node = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty());
+        crate::k8s::spawn_pod_refresher(url.clone(), node, dir.clone(), Duration::from_secs(30));
+        a.pods = Some(dir);
+    }
+    a
 }
 
 impl RunOptions {
@@ -453,7 +468,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         color: opts.color,
         clock_offset_ns: collector.clock_offset_ns,
     };
-    let mut pipeline = Pipeline::new(opts.analysis.clone(), opts.net.clone(), opts.wire.clone());
+    let mut pipeline = Pipeline::new(analysis_config(&opts), opts.net.clone(), opts.wire.clone());
     let mut otlp = start_otlp(&opts, collector.clock_offset_ns)?;
     let health = crate::health::Health::new(
         collector
@@ -582,7 +597,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     let mut pipeline = Pipeline::new(
         AnalysisConfig {
             all: true,
-            ..opts.analysis.clone()
+            ..analysis_config(opts)
         },
         opts.net.clone(),
         opts.wire.clone(),

@@ -213,6 +213,7 @@ fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
                 "kubernetes/base/namespace.yaml",
                 "kubernetes/base/serviceaccount.yaml",
                 "kubernetes/base/daemonset.yaml",
+                "kubernetes/overlays/k8s-api/rbac.yaml",
                 "otel-collector.yaml",
             ]);
             run(&mut kv).context("kubernetes-validate (pip install -r tests/requirements.txt)")?;
