@@ -15,7 +15,7 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     },
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::LruHashMap,
     programs::TracePointContext,
 };
 
@@ -25,12 +25,15 @@ use crate::{
 };
 use agent_common::KernelCounter;
 
-/// Connections between SYN and outcome, by socket address.
+/// Client connections from SYN until they close, by socket address: the
+/// outcome is attributed through it, and the wire capture reads the owner of
+/// a TLS connection from it. LRU: a connection whose close was missed ages out.
 #[map]
-static TCP_CONNS: HashMap<u64, TcpConnStart> = HashMap::with_max_entries(16384, 0);
+pub(crate) static TCP_CONNS: LruHashMap<u64, TcpConnStart> = LruHashMap::with_max_entries(65536, 0);
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
 const IPPROTO_TCP: u16 = 6;
 
 // sock:inet_sock_set_state (stable layout since 4.16)
@@ -85,6 +88,11 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
     let old: i32 = unsafe { ctx.read_at(SS_OLD) }.map_err(|e| e as i64)?;
     let new: i32 = unsafe { ctx.read_at(SS_NEW) }.map_err(|e| e as i64)?;
     if new != TCP_SYN_SENT && old != TCP_SYN_SENT {
+        if new == TCP_CLOSE {
+            // An established client connection ends: forget its owner.
+            let sk: u64 = unsafe { ctx.read_at(SS_SKADDR) }.map_err(|e| e as i64)?;
+            let _ = TCP_CONNS.remove(&sk);
+        }
         return Ok(());
     }
     let sk: u64 = unsafe { ctx.read_at(SS_SKADDR) }.map_err(|e| e as i64)?;
@@ -139,7 +147,9 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
             Some(start) => {
                 let start = *start;
                 fill(&mut ev, &start);
-                let _ = TCP_CONNS.remove(&sk);
+                if new != TCP_ESTABLISHED {
+                    let _ = TCP_CONNS.remove(&sk);
+                }
             }
             None => {
                 count_lost(LostCause::TcpNoStart);

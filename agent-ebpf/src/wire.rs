@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 
-use crate::{AGENT_TGID, EVENTS, count_lost, wake_flags};
+use crate::{AGENT_TGID, EVENTS, count_lost, tcp::TCP_CONNS, wake_flags};
 use agent_common::LostCause;
 
 /// Socket cookie → owner, set at connect()/sendmsg() in the caller's context.
@@ -46,6 +46,13 @@ const DNS_PORT: u16 = 53;
 
 #[inline(always)]
 fn record_owner(ctx: &SockAddrContext, overwrite: bool) {
+    // Only DNS needs an owner from here (TLS connections get theirs from the
+    // TCP connection table): one compare for every other connect/sendmsg.
+    // SAFETY: the kernel hands a valid bpf_sock_addr; a plain field read.
+    let port = unsafe { (*ctx.sock_addr).user_port } as u16;
+    if u16::from_be(port) != DNS_PORT {
+        return;
+    }
     // SAFETY: the context is a valid bpf_sock_addr for this helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: read-only lookup.
@@ -108,25 +115,21 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
     let protocol = unsafe { (*skb).protocol };
     let total = ctx.len();
     let mut f = WireFixed::default();
+    // The fast path reads only what decides whether the packet is kept
+    // (protocol, header lengths, ports, flags); addresses and sequence
+    // numbers are read for kept packets only.
     let l4: usize = if protocol == ETH_P_IP_BE {
-        let vihl: u8 = ctx.load(0)?;
-        let frag: u16 = ctx.load(6)?;
+        let h: [u8; 10] = ctx.load(0)?;
         // Fragments after the first carry no L4 header; skip every fragment.
-        if u16::from_be(frag) & 0x3fff != 0 {
+        if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
             return Ok(());
         }
-        f.proto = ctx.load(9)?;
-        let s: [u8; 4] = ctx.load(12)?;
-        let d: [u8; 4] = ctx.load(16)?;
-        f.saddr[..4].copy_from_slice(&s);
-        f.daddr[..4].copy_from_slice(&d);
+        f.proto = h[9];
         f.family = AF_INET;
-        ((vihl & 0x0f) as usize) * 4
+        ((h[0] & 0x0f) as usize) * 4
     } else if protocol == ETH_P_IPV6_BE {
         // Extension headers are rare on these flows and not followed.
         f.proto = ctx.load(6)?;
-        f.saddr = ctx.load(8)?;
-        f.daddr = ctx.load(24)?;
         f.family = AF_INET6;
         40
     } else {
@@ -135,16 +138,17 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
     if f.proto != IPPROTO_TCP_U8 && f.proto != IPPROTO_UDP_U8 {
         return Ok(());
     }
-    let ports: [u8; 4] = ctx.load(l4)?;
-    f.sport = u16::from_be_bytes([ports[0], ports[1]]);
-    f.dport = u16::from_be_bytes([ports[2], ports[3]]);
     let payload: usize = if f.proto == IPPROTO_TCP_U8 {
-        let seq: u32 = ctx.load(l4 + 4)?;
-        let off_flags: [u8; 2] = ctx.load(l4 + 12)?;
-        f.seq = u32::from_be(seq);
-        f.tcp_flags = off_flags[1];
-        l4 + ((off_flags[0] >> 4) as usize) * 4
+        let h: [u8; 14] = ctx.load(l4)?;
+        f.sport = u16::from_be_bytes([h[0], h[1]]);
+        f.dport = u16::from_be_bytes([h[2], h[3]]);
+        f.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        f.tcp_flags = h[13];
+        l4 + ((h[12] >> 4) as usize) * 4
     } else {
+        let ports: [u8; 4] = ctx.load(l4)?;
+        f.sport = u16::from_be_bytes([ports[0], ports[1]]);
+        f.dport = u16::from_be_bytes([ports[2], ports[3]]);
         l4 + 8
     };
     f.payload_len = (total as usize).saturating_sub(payload) as u32;
@@ -203,9 +207,24 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
         }
     }
     f.kind = WIRE_KIND_TLS;
-    if !owner(cookie, &mut f) {
-        let _ = TLS_FLOWS.remove(&cookie);
-        return Ok(());
+    f.cookie = cookie;
+    // The socket's address is the key of the TCP connection table, which
+    // knows who connected (client side); accepted sockets are not in it.
+    // SAFETY: the kernel hands a valid __sk_buff; a plain field read.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk } as u64;
+    if sk != 0 {
+        // SAFETY: read-only lookup; the value is copied.
+        if let Some(o) = unsafe { TCP_CONNS.get(&sk) } {
+            if o.tgid == AGENT_TGID.load() {
+                let _ = TLS_FLOWS.remove(&cookie);
+                return Ok(());
+            }
+            f.hdr.pid = o.pid;
+            f.hdr.tgid = o.tgid;
+            f.uid = o.uid;
+            f.cgroup_id = o.cgroup_id;
+            f.comm = o.comm;
+        }
     }
     capture::<WIRE_CAP_TLS>(ctx, &mut f, payload);
     Ok(())
@@ -236,6 +255,15 @@ fn capture<const N: usize>(ctx: &SkBuffContext, f: &mut WireFixed, payload: usiz
     f.hdr.kind = EventKind::Wire as u32;
     // SAFETY: helper without preconditions.
     f.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
+    if f.family == AF_INET {
+        if let Ok(a) = ctx.load::<[u8; 8]>(12) {
+            f.saddr[..4].copy_from_slice(&a[..4]);
+            f.daddr[..4].copy_from_slice(&a[4..]);
+        }
+    } else {
+        f.saddr = ctx.load(8).unwrap_or([0; 16]);
+        f.daddr = ctx.load(24).unwrap_or([0; 16]);
+    }
     let flags = wake_flags();
     let Some(mut entry) = EVENTS.reserve::<WireRecord<N>>(0) else {
         count_lost(LostCause::RingFull);

@@ -376,7 +376,12 @@ impl WireAnalyzer {
     }
 
     fn tls_findings(&mut self, r: &TlsReport) -> Vec<Finding> {
-        let name = r.owner.name();
+        let name = if r.owner.pid == 0 && r.local == Side::Client {
+            // Connected before the agent started: its owner was not recorded.
+            "a local process".to_string()
+        } else {
+            r.owner.name()
+        };
         let host = match &r.sni {
             Some(s) => format!("{} ({s})", r.server),
             None => r.server.to_string(),

@@ -319,3 +319,57 @@ fn records_split_across_packets() {
         assert_eq!(codes(&lines), Vec::<String>::new());
     }
 }
+
+/// Live mode (the default): a failed handshake of a process outside any
+/// toolchain tree, whose fast connection the kernel kept to itself, is still
+/// reported and attributed (the owner comes from the kernel's connection table).
+#[test]
+fn live_mode_reports_failed_handshakes_of_any_process() {
+    use std::{
+        io::BufRead as _,
+        process::{Command, Stdio},
+    };
+    let t = tls_lab("live");
+    let out_file = agent_tests::scratch("live-tls").join("records.jsonl");
+    let mut agent = Command::new(agent_tests::agent_bin())
+        .args(["--format", "json", "--output"])
+        .arg(&out_file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent");
+    let mut err = std::io::BufReader::new(agent.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("agent: watching") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "agent exited");
+    }
+    let argv = t.curl(ONLY_13, "--tls-max 1.2");
+    let st = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!st.success());
+    // A clean handshake from the same kind of process gives nothing.
+    let ok = t.curl(ANY, &format!("--cacert {}", t.cert));
+    assert!(
+        Command::new(&ok[0])
+            .args(&ok[1..])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    agent.wait().unwrap();
+    let lines = agent_tests::json_lines(&std::fs::read_to_string(&out_file).unwrap());
+    let f = findings(&lines, "tls.version_mismatch");
+    assert_eq!(f.len(), 1, "{lines:#?}");
+    assert_eq!(f[0]["evidence"]["comm"], "curl");
+    assert!(f[0]["pid"].as_u64().unwrap() > 0, "{}", f[0]);
+    assert!(f[0]["summary"].as_str().unwrap().starts_with("curl → "));
+    assert_eq!(codes(&lines), vec!["tls.version_mismatch"]);
+}

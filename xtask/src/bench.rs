@@ -566,6 +566,10 @@ fn is_ours(name: &str) -> bool {
         "fork_",
         "tcp_state",
         "tcp_retrans",
+        "wire_",
+        "owner_",
+        "ossl_",
+        "go_send",
     ]
     .iter()
     .any(|p| name.starts_with(p))
