@@ -11,7 +11,8 @@ pub const WIRE_CAP_TLS: usize = 2048;
 /// names and first answers are at the start of larger EDNS messages too).
 pub const WIRE_CAP_DNS: usize = 512;
 /// Payload packets captured per direction of a TLS connection: a handshake
-/// needs 2 to 5; what follows is application data the agent never wants.
+/// needs 2 to 5; what follows is application data the agent never wants (a
+/// direction also stops after its first segment that starts with it).
 pub const TLS_MAX_PKTS: u8 = 6;
 
 /// `WireFixed::dir`: sent by a local socket.

@@ -36,7 +36,7 @@ use agent_common::LostCause;
 #[map]
 static SOCK_OWNER: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
 
-/// Socket cookie → capture state of a TLS connection.
+/// Socket (kernel address) → capture state of a TLS connection.
 #[map]
 static TLS_FLOWS: LruHashMap<u64, TlsFlow> = LruHashMap::with_max_entries(16384, 0);
 
@@ -174,21 +174,38 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
     if f.payload_len == 0 && !ends {
         return Ok(());
     }
-    // SAFETY: the skb is valid for the helper.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // The socket's kernel address keys the flow (and the TCP connection
+    // table); the cookie, dearer (a shared counter), is taken for kept packets.
+    // SAFETY: the kernel hands a valid __sk_buff; a plain field read.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk } as u64;
+    if sk == 0 {
+        return Ok(());
+    }
     let d = (dir & 1) as usize;
-    match TLS_FLOWS.get_ptr_mut(&cookie) {
+    match TLS_FLOWS.get_ptr_mut(&sk) {
         Some(flow) => {
             if ends {
-                let _ = TLS_FLOWS.remove(&cookie);
+                let _ = TLS_FLOWS.remove(&sk);
             } else {
                 // SAFETY: map value pointer, valid while this program runs.
                 let n = unsafe { (*flow).pkts[d] };
                 if n >= TLS_MAX_PKTS {
                     return Ok(());
                 }
+                // A segment that starts with application data is the last one
+                // this direction needs (the client's TLS 1.3 Finished, or data
+                // after the handshake); once both directions are there the
+                // handshake is over and the flow is forgotten.
+                let first: u8 = ctx.load(payload).unwrap_or(0);
+                let next = if first == 0x17 { TLS_MAX_PKTS } else { n + 1 };
                 // SAFETY: as above.
-                unsafe { (*flow).pkts[d] = n + 1 };
+                let other = unsafe {
+                    (*flow).pkts[d] = next;
+                    (*flow).pkts[d ^ 1]
+                };
+                if next >= TLS_MAX_PKTS && other >= TLS_MAX_PKTS {
+                    let _ = TLS_FLOWS.remove(&sk);
+                }
             }
         }
         None => {
@@ -201,33 +218,46 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
             if h[0] != 0x16 || h[1] != 3 || h[2] > 4 || h[5] != 1 {
                 return Ok(());
             }
+            // The server end of a loopback connection: its client end, on
+            // this host too, is captured and tells the same story.
+            if dir == WIRE_DIR_INGRESS && from_loopback(ctx, f.family) {
+                return Ok(());
+            }
             let mut flow = TlsFlow::default();
             flow.pkts[d] = 1;
-            let _ = TLS_FLOWS.insert(&cookie, &flow, 0);
+            let _ = TLS_FLOWS.insert(&sk, &flow, 0);
         }
     }
     f.kind = WIRE_KIND_TLS;
-    f.cookie = cookie;
-    // The socket's address is the key of the TCP connection table, which
-    // knows who connected (client side); accepted sockets are not in it.
-    // SAFETY: the kernel hands a valid __sk_buff; a plain field read.
-    let sk = unsafe { (*skb).__bindgen_anon_2.sk } as u64;
-    if sk != 0 {
-        // SAFETY: read-only lookup; the value is copied.
-        if let Some(o) = unsafe { TCP_CONNS.get(&sk) } {
-            if o.tgid == AGENT_TGID.load() {
-                let _ = TLS_FLOWS.remove(&cookie);
-                return Ok(());
-            }
-            f.hdr.pid = o.pid;
-            f.hdr.tgid = o.tgid;
-            f.uid = o.uid;
-            f.cgroup_id = o.cgroup_id;
-            f.comm = o.comm;
+    // SAFETY: the skb is valid for the helper.
+    f.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // The TCP connection table knows who connected (client side); accepted
+    // sockets are not in it.
+    // SAFETY: read-only lookup; the value is copied.
+    if let Some(o) = unsafe { TCP_CONNS.get(&sk) } {
+        if o.tgid == AGENT_TGID.load() {
+            let _ = TLS_FLOWS.remove(&sk);
+            return Ok(());
         }
+        f.hdr.pid = o.pid;
+        f.hdr.tgid = o.tgid;
+        f.uid = o.uid;
+        f.cgroup_id = o.cgroup_id;
+        f.comm = o.comm;
     }
     capture::<WIRE_CAP_TLS>(ctx, &mut f, payload);
     Ok(())
+}
+
+/// The packet's source is 127.0.0.0/8 or ::1.
+#[inline(always)]
+fn from_loopback(ctx: &SkBuffContext, family: u16) -> bool {
+    if family == AF_INET {
+        ctx.load::<u8>(12).is_ok_and(|b| b == 127)
+    } else {
+        ctx.load::<[u8; 16]>(8)
+            .is_ok_and(|a| a == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    }
 }
 
 /// Fill the owner fields; false for the agent's own sockets.

@@ -236,7 +236,7 @@ fn untrusted_self_signed_certificate_and_the_same_clients_trusting_it() {
     // the certificate. The agent puts its crypto/tls probe on the program when
     // it first sees it run, so the second run of the same file also says
     // which alert Go sent.
-    let twice = format!("{} {target} {SNI}; {} {target} {SNI}; true", go, go);
+    let twice = format!("{go} {target} {SNI}; sleep 1; {go} {target} {SNI}; true");
     let lines = trace_json(&t.lab.in_client(&["sh", "-c", &twice]), &[]);
     let hs = handshakes(&lines);
     assert_eq!(hs.len(), 2, "{hs:#?}");
