@@ -52,6 +52,7 @@ struct Elf<'a> {
 
 struct Section {
     name_off: u32,
+    addr: u64,
     offset: u64,
     size: u64,
 }
@@ -82,6 +83,7 @@ impl<'a> Elf<'a> {
                 let o = (shoff as usize).checked_add(i.checked_mul(shentsize as usize)?)?;
                 Some(Section {
                     name_off: u32le(b, o)?,
+                    addr: u64le(b, o + 0x10)?,
                     offset: u64le(b, o + 0x18)?,
                     size: u64le(b, o + 0x20)?,
                 })
@@ -90,6 +92,13 @@ impl<'a> Elf<'a> {
     }
 
     fn section_data(&self, name: &str) -> Option<&'a [u8]> {
+        self.section(name).and_then(|s| {
+            let start = s.offset as usize;
+            self.b.get(start..start.checked_add(s.size as usize)?)
+        })
+    }
+
+    fn section(&self, name: &str) -> Option<Section> {
         let secs = self.sections();
         let strndx = u16le(self.b, 0x3e)? as usize;
         let strtab = secs.get(strndx)?;
@@ -100,14 +109,34 @@ impl<'a> Elf<'a> {
             let n = strs.get(s.name_off as usize..)?;
             let end = n.iter().position(|&c| c == 0)?;
             if &n[..end] == name.as_bytes() {
-                let start = s.offset as usize;
-                return self.b.get(start..start.checked_add(s.size as usize)?);
+                return Some(Section { ..*s });
             }
         }
         None
     }
 
     /// File bytes at virtual address `va` (via PT_LOAD segments).
+    /// File offset of a virtual address inside a loaded segment.
+    fn vaddr_to_offset(&self, va: u64) -> Option<u64> {
+        let b = self.b;
+        let phoff = u64le(b, 0x20)? as usize;
+        let phentsize = u16le(b, 0x36)? as usize;
+        let phnum = u16le(b, 0x38)? as usize;
+        for i in 0..phnum {
+            let o = phoff.checked_add(i.checked_mul(phentsize)?)?;
+            if u32le(b, o)? != 1 {
+                continue; // PT_LOAD
+            }
+            let off = u64le(b, o + 8)?;
+            let vaddr = u64le(b, o + 0x10)?;
+            let filesz = u64le(b, o + 0x20)?;
+            if va >= vaddr && va < vaddr.checked_add(filesz)? {
+                return off.checked_add(va - vaddr);
+            }
+        }
+        None
+    }
+
     fn at_vaddr(&self, va: u64, len: usize) -> Option<&'a [u8]> {
         let b = self.b;
         let phoff = u64le(b, 0x20)? as usize;
@@ -231,6 +260,47 @@ pub fn parse(bytes: &[u8]) -> Result<BuildInfo, BuildInfoError> {
         return Err(BuildInfoError::Malformed("empty version"));
     }
     Ok(bi)
+}
+
+/// File offset of the Go function `name` (e.g. `crypto/tls.(*Conn).sendAlertLocked`)
+/// from the binary's `.gopclntab`, which stays when the symbol table is
+/// stripped (`-ldflags=-s`). Go 1.18+ layout; `None` when absent or older.
+pub fn go_func_offset(bytes: &[u8], name: &str) -> Option<u64> {
+    let elf = Elf::parse(bytes).ok()?;
+    let tab = elf.section_data(".gopclntab")?;
+    // 0xfffffff0: Go 1.18–1.19, 0xfffffff1: Go 1.20+ (same header layout).
+    let magic = u32le(tab, 0)?;
+    if magic != 0xffff_fff0 && magic != 0xffff_fff1 {
+        return None;
+    }
+    let ptr = *tab.get(7)? as usize;
+    if ptr != 8 {
+        return None;
+    }
+    let word = |i: usize| u64le(tab, 8 + i * 8);
+    let nfunc = word(0)? as usize;
+    // textStart is filled in at load time by some linkers (0 in the file):
+    // entry offsets are then from the start of .text (runtime.text).
+    let text_start = match word(2)? {
+        0 => elf.section(".text")?.addr,
+        t => t,
+    };
+    let funcname_off = word(3)? as usize;
+    let ftab_off = word(7)? as usize;
+    let names = tab.get(funcname_off..)?;
+    let ftab = tab.get(ftab_off..)?;
+    for i in 0..nfunc {
+        let entry_off = u32le(ftab, i * 8)?;
+        let func_off = u32le(ftab, i * 8 + 4)? as usize;
+        // _func: entryOff u32, nameOff i32, ...
+        let name_off = u32le(ftab, func_off.checked_add(4)?)? as usize;
+        let n = names.get(name_off..)?;
+        let end = n.iter().position(|&c| c == 0)?;
+        if &n[..end] == name.as_bytes() {
+            return elf.vaddr_to_offset(text_start.checked_add(entry_off as u64)?);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

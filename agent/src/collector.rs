@@ -279,7 +279,29 @@ impl Collector {
         match self.probe_tls_lib(crate::tlslib::GO_PROGRAM, crate::tlslib::GO_SYMBOL, &target) {
             Ok(true) => tracing::debug!(exe, "Go crypto/tls probe attached"),
             Ok(false) => {}
-            Err(e) => tracing::debug!(exe, error = %e, "Go crypto/tls probe not attached"),
+            Err(e) => {
+                // No symbol table (`-ldflags=-s`): the function table Go keeps
+                // for its own stack traces still says where the function is.
+                let offset = std::fs::read(&target)
+                    .ok()
+                    .and_then(|b| crate::buildinfo::go_func_offset(&b, crate::tlslib::GO_SYMBOL));
+                let r = match offset {
+                    Some(off) => loader::attach_uprobe_at(
+                        &mut self.ebpf,
+                        crate::tlslib::GO_PROGRAM,
+                        aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off),
+                        &target,
+                        &mut self.links,
+                    ),
+                    None => Err(e),
+                };
+                match r {
+                    Ok(()) => {
+                        tracing::debug!(exe, ?offset, "Go crypto/tls probe attached (pclntab)")
+                    }
+                    Err(e) => tracing::debug!(exe, error = %e, "Go crypto/tls probe not attached"),
+                }
+            }
         }
     }
 

@@ -94,6 +94,7 @@ fn go_build_info() {
     let seed = crate::buildinfo::tests::fake_go_elf("go1.22.3", "cmd/go");
     run(&seed, 3, |b| {
         let _ = crate::buildinfo::parse(b);
+        let _ = crate::buildinfo::go_func_offset(b, "crypto/tls.(*Conn).sendAlertLocked");
     });
 }
 

@@ -446,9 +446,20 @@ pub fn attach_uprobe(
     target: &std::path::Path,
     links: &mut Vec<OwnedLink>,
 ) -> Result<(), String> {
+    attach_uprobe_at(ebpf, program, symbol.into(), target, links)
+}
+
+/// As [`attach_uprobe`], at a symbol or a file offset.
+pub fn attach_uprobe_at(
+    ebpf: &mut Ebpf,
+    program: &str,
+    at: aya::programs::uprobe::UProbeAttachLocation<'_>,
+    target: &std::path::Path,
+    links: &mut Vec<OwnedLink>,
+) -> Result<(), String> {
     let prog = prog!(ebpf, program, UProbe);
     let id = prog
-        .attach([symbol], target, UProbeScope::AllProcesses)
+        .attach([at], target, UProbeScope::AllProcesses)
         .map_err(msg)?;
     links.push(OwnedLink::Uprobe(prog.take_link(id).map_err(msg)?));
     Ok(())

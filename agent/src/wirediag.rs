@@ -946,6 +946,38 @@ mod tests {
     }
 
     #[test]
+    fn dns_over_tcp_has_a_length_prefix() {
+        let mut a = WireAnalyzer::default();
+        let table = ProcTable::default();
+        let framed = |m: Vec<u8>| {
+            let mut v = (m.len() as u16).to_be_bytes().to_vec();
+            v.extend(m);
+            v
+        };
+        let mut q = wire(
+            WireKind::Dns,
+            true,
+            framed(message(3, "big.test", 1, 0, &[])),
+            0,
+        );
+        q.tcp = true;
+        a.on_wire(&table, &q);
+        let mut r = wire(
+            WireKind::Dns,
+            false,
+            framed(message(3, "big.test", 1, 0, &[[10, 0, 0, 9]])),
+            1_000,
+        );
+        r.tcp = true;
+        let out = a.on_wire(&table, &r);
+        let WireOutput::Dns(d) = &out[0] else {
+            panic!()
+        };
+        assert!(d.tcp);
+        assert_eq!(d.addresses, vec!["10.0.0.9".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
     fn dns_answer_failure_and_timeout() {
         let mut a = WireAnalyzer::default();
         let table = ProcTable::default();

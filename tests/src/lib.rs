@@ -223,10 +223,17 @@ pub fn gobin_root() -> PathBuf {
 
 /// Build a one-file Go program with the `go` command given; returns the binary.
 pub fn go_build(go: &std::path::Path, tag: &str, source: &str) -> PathBuf {
+    go_build_with(go, tag, source, &[])
+}
+
+/// As [`go_build`], with extra `go build` flags (e.g. `-ldflags=-s -w`).
+pub fn go_build_with(go: &std::path::Path, tag: &str, source: &str, flags: &[&str]) -> PathBuf {
     let dir = scratch(tag);
     std::fs::write(dir.join("main.go"), source).expect("write main.go");
     let out = Command::new(go)
-        .args(["build", "-o", "prog", "main.go"])
+        .arg("build")
+        .args(flags)
+        .args(["-o", "prog", "main.go"])
         .current_dir(&dir)
         .env("HOME", &dir)
         .env("GOCACHE", dir.join("cache"))

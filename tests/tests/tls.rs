@@ -373,3 +373,37 @@ fn live_mode_reports_failed_handshakes_of_any_process() {
     assert!(f[0]["summary"].as_str().unwrap().starts_with("curl → "));
     assert_eq!(codes(&lines), vec!["tls.version_mismatch"]);
 }
+
+/// A Go program built without a symbol table (`-ldflags=-s -w`) is probed
+/// through its function table: its second run says which alert Go sent.
+#[test]
+fn stripped_go_programs_are_probed_too() {
+    let t = tls_lab("strip");
+    let go = agent_tests::go_build_with(
+        &agent_tests::gobin_root().join("bin/go"),
+        "go-tls-stripped",
+        GO_CLIENT,
+        &["-ldflags=-s -w"],
+    )
+    .display()
+    .to_string();
+    let nm = std::process::Command::new(agent_tests::gobin_root().join("bin/go"))
+        .args(["tool", "nm", &go])
+        .output()
+        .expect("go tool nm");
+    assert!(
+        !String::from_utf8_lossy(&nm.stdout).contains("sendAlertLocked"),
+        "the binary still has symbols"
+    );
+    let target = format!("{}:{ANY}", t.lab.srv_ip);
+    let twice = format!("{go} {target} {SNI}; sleep 1; {go} {target} {SNI}; true");
+    let lines = trace_json(&t.lab.in_client(&["sh", "-c", &twice]), &[]);
+    let hs = handshakes(&lines);
+    assert_eq!(hs.len(), 2, "{hs:#?}");
+    assert_eq!(
+        hs[1]["library"]["go_alert_sent"], "bad_certificate",
+        "{}",
+        hs[1]
+    );
+    assert_eq!(findings(&lines, "tls.untrusted_certificate").len(), 1);
+}
