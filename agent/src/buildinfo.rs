@@ -116,8 +116,9 @@ impl<'a> Elf<'a> {
     }
 
     /// File bytes at virtual address `va` (via PT_LOAD segments).
-    /// File offset of a virtual address inside a loaded segment.
-    fn vaddr_to_offset(&self, va: u64) -> Option<u64> {
+    /// File offset of a virtual address inside a loaded segment, and how
+    /// many file bytes of that segment follow it.
+    fn vaddr_to_offset_len(&self, va: u64) -> Option<(u64, u64)> {
         let b = self.b;
         let phoff = u64le(b, 0x20)? as usize;
         let phentsize = u16le(b, 0x36)? as usize;
@@ -131,31 +132,23 @@ impl<'a> Elf<'a> {
             let vaddr = u64le(b, o + 0x10)?;
             let filesz = u64le(b, o + 0x20)?;
             if va >= vaddr && va < vaddr.checked_add(filesz)? {
-                return off.checked_add(va - vaddr);
+                return Some((off.checked_add(va - vaddr)?, vaddr + filesz - va));
             }
         }
         None
     }
 
+    fn vaddr_to_offset(&self, va: u64) -> Option<u64> {
+        self.vaddr_to_offset_len(va).map(|(o, _)| o)
+    }
+
     fn at_vaddr(&self, va: u64, len: usize) -> Option<&'a [u8]> {
-        let b = self.b;
-        let phoff = u64le(b, 0x20)? as usize;
-        let phentsize = u16le(b, 0x36)? as usize;
-        let phnum = u16le(b, 0x38)? as usize;
-        for i in 0..phnum {
-            let o = phoff.checked_add(i.checked_mul(phentsize)?)?;
-            if u32le(b, o)? != 1 {
-                continue; // PT_LOAD
-            }
-            let off = u64le(b, o + 8)?;
-            let vaddr = u64le(b, o + 0x10)?;
-            let filesz = u64le(b, o + 0x20)?;
-            if va >= vaddr && va.checked_add(len as u64)? <= vaddr.checked_add(filesz)? {
-                let start = (off + (va - vaddr)) as usize;
-                return b.get(start..start.checked_add(len)?);
-            }
+        let (off, avail) = self.vaddr_to_offset_len(va)?;
+        if (len as u64) > avail {
+            return None;
         }
-        None
+        let start = off as usize;
+        self.b.get(start..start.checked_add(len)?)
     }
 }
 

@@ -820,18 +820,19 @@ pub(crate) mod tests {
         seq[i] = seq[i].wrapping_add(bytes.len() as u32);
     }
 
+    /// A handshake whose client sent a ClientHello offering `versions` at t=10.
+    fn started(versions: &[u16]) -> (Handshake, [u32; 2]) {
+        let mut hs = Handshake::default();
+        let mut seq = [1, 1];
+        let ch = client_hello(versions, "s", &[], 0x0303);
+        run(&mut hs, Side::Client, &mut seq, &ch, 10);
+        (hs, seq)
+    }
+
     #[test]
     fn verdicts() {
         // Server refuses the versions: plaintext alert 70.
-        let mut hs = Handshake::default();
-        let mut seq = [1, 1];
-        run(
-            &mut hs,
-            Side::Client,
-            &mut seq,
-            &client_hello(&[0x0303], "s", &[], 0x0303),
-            10,
-        );
+        let (mut hs, mut seq) = started(&[0x0303]);
         run(
             &mut hs,
             Side::Server,
@@ -852,15 +853,7 @@ pub(crate) mod tests {
         assert_eq!(hs.duration_ns(), Some(20));
 
         // TLS 1.3 completed: client's first encrypted record is its Finished (53 bytes).
-        let mut hs = Handshake::default();
-        let mut seq = [1, 1];
-        run(
-            &mut hs,
-            Side::Client,
-            &mut seq,
-            &client_hello(&[0x0304], "s", &[], 0x0303),
-            10,
-        );
+        let (mut hs, mut seq) = started(&[0x0304]);
         let mut flight = server_hello(0x0304, false);
         flight.extend(record(CT_CHANGE_CIPHER_SPEC, &[1]));
         flight.extend(record(CT_APPLICATION_DATA, &[0; 900]));
@@ -878,15 +871,7 @@ pub(crate) mod tests {
         assert_eq!(hs.duration_ns(), Some(30));
 
         // TLS 1.3, client rejects the certificate: a 19-byte encrypted alert.
-        let mut hs = Handshake::default();
-        let mut seq = [1, 1];
-        run(
-            &mut hs,
-            Side::Client,
-            &mut seq,
-            &client_hello(&[0x0304], "s", &[], 0x0303),
-            10,
-        );
+        let (mut hs, mut seq) = started(&[0x0304]);
         run(
             &mut hs,
             Side::Server,
@@ -907,15 +892,7 @@ pub(crate) mod tests {
         );
 
         // TLS 1.2: the client's plaintext unknown_ca.
-        let mut hs = Handshake::default();
-        let mut seq = [1, 1];
-        run(
-            &mut hs,
-            Side::Client,
-            &mut seq,
-            &client_hello(&[], "s", &[], 0x0303),
-            10,
-        );
+        let (mut hs, mut seq) = started(&[]);
         run(
             &mut hs,
             Side::Server,
@@ -942,15 +919,7 @@ pub(crate) mod tests {
         ));
 
         // TLS 1.2 completed at the server's encrypted Finished.
-        let mut hs = Handshake::default();
-        let mut seq = [1, 1];
-        run(
-            &mut hs,
-            Side::Client,
-            &mut seq,
-            &client_hello(&[], "s", &[], 0x0303),
-            10,
-        );
+        let (mut hs, mut seq) = started(&[]);
         run(
             &mut hs,
             Side::Server,
@@ -966,15 +935,7 @@ pub(crate) mod tests {
         assert_eq!(hs.verdict, Some(Verdict::Completed));
 
         // A plain HTTP server on the TLS port.
-        let mut hs = Handshake::default();
-        let mut seq = [1, 1];
-        run(
-            &mut hs,
-            Side::Client,
-            &mut seq,
-            &client_hello(&[0x0304], "s", &[], 0x0303),
-            10,
-        );
+        let (mut hs, mut seq) = started(&[0x0304]);
         run(
             &mut hs,
             Side::Server,
@@ -985,15 +946,7 @@ pub(crate) mod tests {
         assert_eq!(hs.verdict, Some(Verdict::NotTls { from: Side::Server }));
 
         // Reset after the ClientHello.
-        let mut hs = Handshake::default();
-        let mut seq = [1, 1];
-        run(
-            &mut hs,
-            Side::Client,
-            &mut seq,
-            &client_hello(&[0x0304], "s", &[], 0x0303),
-            10,
-        );
+        let (mut hs, _) = started(&[0x0304]);
         hs.feed(Side::Server, 1, 0, &[], 99, Some(true));
         assert_eq!(
             hs.verdict,

@@ -63,15 +63,16 @@ pub struct Owner {
 }
 
 impl Owner {
-    fn of(table: &ProcTable, w: &Wire) -> Owner {
+    /// Process `tgid` as the process table knows it (`comm` from the kernel).
+    fn new(table: &ProcTable, tgid: u32, comm: &str) -> Owner {
         let exe = table
-            .get(w.tgid)
+            .get(tgid)
             .and_then(|p| p.current())
             .map(|e| e.exe.clone())
             .filter(|e| !e.is_empty());
         Owner {
-            pid: w.tgid,
-            comm: w.comm.clone(),
+            pid: tgid,
+            comm: comm.to_string(),
             exe,
         }
     }
@@ -325,11 +326,7 @@ impl WireAnalyzer {
 
     fn tls_report(&mut self, table: &ProcTable, c: TlsConn) -> TlsReport {
         let exec = table.get(c.owner_tgid).and_then(|p| p.current());
-        let owner = Owner {
-            pid: c.owner_tgid,
-            comm: c.comm.clone(),
-            exe: exec.map(|e| e.exe.clone()).filter(|e| !e.is_empty()),
-        };
+        let owner = Owner::new(table, c.owner_tgid, &c.comm);
         let ca_env: Vec<(String, String)> = exec
             .map(|e| {
                 e.env
@@ -639,7 +636,7 @@ impl WireAnalyzer {
         };
         let addresses: Vec<IpAddr> = msg.addresses().collect();
         let mut r = DnsReport {
-            owner: Owner::of(table, w),
+            owner: Owner::new(table, w.tgid, &w.comm),
             name: msg.question.name.clone(),
             qtype: dns::qtype_name(msg.question.qtype),
             server: p.server,
@@ -762,17 +759,8 @@ impl WireAnalyzer {
         p: Pending,
         now: u64,
     ) -> DnsReport {
-        let exe = table
-            .get(p.owner_tgid)
-            .and_then(|x| x.current())
-            .map(|e| e.exe.clone())
-            .filter(|e| !e.is_empty());
         let mut r = DnsReport {
-            owner: Owner {
-                pid: p.owner_tgid,
-                comm: p.comm,
-                exe,
-            },
+            owner: Owner::new(table, p.owner_tgid, &p.comm),
             name: key.1,
             qtype: dns::qtype_name(key.2),
             server: p.server,

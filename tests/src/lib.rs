@@ -249,3 +249,47 @@ pub fn go_build_with(go: &std::path::Path, tag: &str, source: &str, flags: &[&st
     );
     dir.join("prog")
 }
+
+/// Findings with `code`.
+pub fn findings_of<'a>(lines: &'a [serde_json::Value], code: &str) -> Vec<&'a serde_json::Value> {
+    of_type(lines, "finding")
+        .into_iter()
+        .filter(|f| f["code"] == code)
+        .collect()
+}
+
+/// The codes of every finding, in order.
+pub fn codes(lines: &[serde_json::Value]) -> Vec<String> {
+    of_type(lines, "finding")
+        .iter()
+        .map(|f| f["code"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Start the agent in live mode, JSON records to `out_file`; returns once it
+/// is watching (its stderr is drained in the background).
+pub fn start_live_agent(out_file: &std::path::Path) -> std::process::Child {
+    use std::io::BufRead as _;
+    let mut agent = Command::new(agent_bin())
+        .args(["--format", "json", "--output"])
+        .arg(out_file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("agent");
+    let mut err = std::io::BufReader::new(agent.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("agent: watching") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("agent stderr") > 0,
+            "agent exited"
+        );
+    }
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while err.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    agent
+}

@@ -4,6 +4,7 @@
 //! Python `getaddrinfo`, a Go program with the pure-Go resolver, curl).
 
 use agent_tests::{
+    codes, findings_of,
     netlab::{NetLab, PORT_RESET},
     of_type, trace_json,
 };
@@ -13,20 +14,6 @@ fn lookups<'a>(lines: &'a [Value], name: &str, qtype: &str) -> Vec<&'a Value> {
     of_type(lines, "dns_lookup")
         .into_iter()
         .filter(|l| l["name"] == name && l["qtype"] == qtype)
-        .collect()
-}
-
-fn findings<'a>(lines: &'a [Value], code: &str) -> Vec<&'a Value> {
-    of_type(lines, "finding")
-        .into_iter()
-        .filter(|f| f["code"] == code)
-        .collect()
-}
-
-fn codes(lines: &[Value]) -> Vec<String> {
-    of_type(lines, "finding")
-        .iter()
-        .map(|f| f["code"].as_str().unwrap_or("").to_string())
         .collect()
 }
 
@@ -94,7 +81,7 @@ fn answers_failures_timeouts_and_slow_answers_from_real_resolvers() {
 
         // NXDOMAIN: one failure naming the name and the resolver.
         let lines = trace_json(&argv("nx.test"), &[]);
-        let f = findings(&lines, "net.dns_failure");
+        let f = findings_of(&lines, "net.dns_failure");
         assert_eq!(f.len(), 1, "{comm}: {:?}", codes(&lines));
         let s = f[0]["summary"].as_str().unwrap();
         assert!(
@@ -105,14 +92,14 @@ fn answers_failures_timeouts_and_slow_answers_from_real_resolvers() {
 
         // SERVFAIL.
         let lines = trace_json(&argv("fail.test"), &[]);
-        let f = findings(&lines, "net.dns_failure");
+        let f = findings_of(&lines, "net.dns_failure");
         assert_eq!(f.len(), 1, "{comm}: {:?}", codes(&lines));
         assert!(f[0]["summary"].as_str().unwrap().contains("SERVFAIL"));
     }
 
     // No answer at all: glibc tries twice, 1 s apart (resolv.conf of the lab).
     let lines = trace_json(&lab.in_client(&["getent", "ahosts", "silent.test"]), &[]);
-    let f = findings(&lines, "net.dns_timeout");
+    let f = findings_of(&lines, "net.dns_timeout");
     assert_eq!(f.len(), 1, "{:?}", codes(&lines));
     assert!(
         f[0]["evidence"]["attempts"].as_u64().unwrap() >= 2,
@@ -125,7 +112,7 @@ fn answers_failures_timeouts_and_slow_answers_from_real_resolvers() {
 
     // A late answer (1.5 s): slow, with the retry the client made meanwhile.
     let lines = trace_json(&lab.in_client(&["getent", "ahosts", "slow.test"]), &[]);
-    let f = findings(&lines, "net.dns_slow");
+    let f = findings_of(&lines, "net.dns_slow");
     assert_eq!(f.len(), 1, "{:?}", codes(&lines));
     let ms = f[0]["evidence"]["duration_ms"].as_f64().unwrap();
     assert!((1400.0..2500.0).contains(&ms), "{ms}");
@@ -147,7 +134,7 @@ fn connect_findings_name_the_host_looked_up() {
         &[],
     );
     assert!(!lookups(&lines, "ok.test", "A").is_empty(), "{lines:#?}");
-    let f = findings(&lines, "net.connect_refused");
+    let f = findings_of(&lines, "net.connect_refused");
     assert_eq!(f.len(), 1, "{:?}", codes(&lines));
     let s = f[0]["summary"].as_str().unwrap();
     assert!(

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use agent_tests::{
+    codes,
     netlab::{NetLab, PORT_DROP, PORT_DROP_FIRST_SYN, PORT_ICMP_UNREACH, PORT_OPEN, PORT_RESET},
     of_type, trace_json,
 };
@@ -21,13 +22,6 @@ fn only_conn(lines: &[Value]) -> &Value {
     let conns = of_type(lines, "tcp_connect");
     assert_eq!(conns.len(), 1, "connections: {conns:#?}");
     conns[0]
-}
-
-fn codes(lines: &[Value]) -> Vec<String> {
-    of_type(lines, "finding")
-        .iter()
-        .map(|f| f["code"].as_str().unwrap_or("").to_string())
-        .collect()
 }
 
 #[test]
@@ -214,10 +208,7 @@ fn clean_connections_from_curl_python_and_go_give_no_finding() {
 /// and every failure are reported.
 #[test]
 fn live_mode_reports_toolchain_trees_and_failures_and_counts_the_rest() {
-    use std::{
-        io::BufRead as _,
-        process::{Command, Stdio},
-    };
+    use std::process::{Command, Stdio};
     agent_tests::require_root();
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -227,18 +218,7 @@ fn live_mode_reports_toolchain_trees_and_failures_and_counts_the_rest() {
         }
     });
     let out_file = agent_tests::scratch("live-tcp").join("records.jsonl");
-    let mut agent = Command::new(agent_tests::agent_bin())
-        .args(["--format", "json", "--output"])
-        .arg(&out_file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agent");
-    let mut err = std::io::BufReader::new(agent.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("agent: watching") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "agent exited");
-    }
+    let mut agent = agent_tests::start_live_agent(&out_file);
     let url = format!("http://127.0.0.1:{port}/");
     let curl = |u: &str| {
         let _ = Command::new("curl")

@@ -3,7 +3,7 @@
 //! certificate, a Python server that answers late; real clients (`openssl
 //! s_client`, Python `ssl`, curl, a Go program built with the installed Go).
 
-use agent_tests::{netlab::NetLab, of_type, trace_json};
+use agent_tests::{codes, findings_of, netlab::NetLab, of_type, trace_json};
 use serde_json::Value;
 
 const ONLY_13: u16 = 8443;
@@ -101,20 +101,6 @@ fn the_handshake(lines: &[Value]) -> &Value {
     h[0]
 }
 
-fn findings<'a>(lines: &'a [Value], code: &str) -> Vec<&'a Value> {
-    of_type(lines, "finding")
-        .into_iter()
-        .filter(|f| f["code"] == code)
-        .collect()
-}
-
-fn codes(lines: &[Value]) -> Vec<String> {
-    of_type(lines, "finding")
-        .iter()
-        .map(|f| f["code"].as_str().unwrap_or("").to_string())
-        .collect()
-}
-
 #[test]
 fn tls13_only_server_refuses_tls12_clients() {
     let t = tls_lab("v13");
@@ -139,7 +125,7 @@ fn tls13_only_server_refuses_tls12_clients() {
         assert!(!offered.contains(&"TLS 1.3"));
         assert_eq!(h["verdict"]["alert"]["from"], "server");
         assert_eq!(h["verdict"]["alert"]["description"], 70);
-        let f = findings(&lines, "tls.version_mismatch");
+        let f = findings_of(&lines, "tls.version_mismatch");
         assert_eq!(f.len(), 1, "{client}: {:?}", codes(&lines));
         let s = f[0]["summary"].as_str().unwrap();
         assert!(s.contains("server refused") && s.contains("TLS 1.2"), "{s}");
@@ -168,7 +154,7 @@ fn tls12_only_server_refuses_tls13_clients() {
         );
         assert_eq!(h["verdict"]["alert"]["description"], 70, "{client}: {h}");
         assert_eq!(
-            findings(&lines, "tls.version_mismatch").len(),
+            findings_of(&lines, "tls.version_mismatch").len(),
             1,
             "{client}: {:?}",
             codes(&lines)
@@ -220,7 +206,7 @@ fn untrusted_self_signed_certificate_and_the_same_clients_trusting_it() {
             h["verdict"]["alert"]["description"], 48,
             "{client}: unknown_ca"
         );
-        let f = findings(&lines, "tls.untrusted_certificate");
+        let f = findings_of(&lines, "tls.untrusted_certificate");
         assert_eq!(f.len(), 1, "{client}: {:?}", codes(&lines));
         let s = f[0]["summary"].as_str().unwrap();
         assert!(s.contains("rejected the server's certificate"), "{s}");
@@ -254,7 +240,7 @@ fn untrusted_self_signed_certificate_and_the_same_clients_trusting_it() {
     );
     // Once a minute per binary and server: the probed run's finding is the
     // untrusted certificate (the first run's, if it was probed in time, too).
-    let f = findings(&lines, "tls.untrusted_certificate");
+    let f = findings_of(&lines, "tls.untrusted_certificate");
     assert_eq!(f.len(), 1, "{:?}", codes(&lines));
     assert_eq!(
         f[0]["evidence"]["library"]["go_alert_sent"],
@@ -298,7 +284,7 @@ fn slow_server_is_a_slow_handshake() {
     assert_eq!(h["verdict"]["result"], "completed", "{h}");
     let ms = h["duration_ms"].as_f64().unwrap();
     assert!((1400.0..3000.0).contains(&ms), "duration {ms} ms");
-    let f = findings(&lines, "tls.slow_handshake");
+    let f = findings_of(&lines, "tls.slow_handshake");
     assert_eq!(f.len(), 1, "{:?}", codes(&lines));
     assert!(f[0]["summary"].as_str().unwrap().contains(SNI));
 }
@@ -325,24 +311,10 @@ fn records_split_across_packets() {
 /// reported and attributed (the owner comes from the kernel's connection table).
 #[test]
 fn live_mode_reports_failed_handshakes_of_any_process() {
-    use std::{
-        io::BufRead as _,
-        process::{Command, Stdio},
-    };
+    use std::process::{Command, Stdio};
     let t = tls_lab("live");
     let out_file = agent_tests::scratch("live-tls").join("records.jsonl");
-    let mut agent = Command::new(agent_tests::agent_bin())
-        .args(["--format", "json", "--output"])
-        .arg(&out_file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agent");
-    let mut err = std::io::BufReader::new(agent.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("agent: watching") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "agent exited");
-    }
+    let mut agent = agent_tests::start_live_agent(&out_file);
     let argv = t.curl(ONLY_13, "--tls-max 1.2");
     let st = Command::new(&argv[0])
         .args(&argv[1..])
@@ -366,7 +338,7 @@ fn live_mode_reports_failed_handshakes_of_any_process() {
         .unwrap();
     agent.wait().unwrap();
     let lines = agent_tests::json_lines(&std::fs::read_to_string(&out_file).unwrap());
-    let f = findings(&lines, "tls.version_mismatch");
+    let f = findings_of(&lines, "tls.version_mismatch");
     assert_eq!(f.len(), 1, "{lines:#?}");
     assert_eq!(f[0]["evidence"]["comm"], "curl");
     assert!(f[0]["pid"].as_u64().unwrap() > 0, "{}", f[0]);
@@ -405,5 +377,5 @@ fn stripped_go_programs_are_probed_too() {
         "{}",
         hs[1]
     );
-    assert_eq!(findings(&lines, "tls.untrusted_certificate").len(), 1);
+    assert_eq!(findings_of(&lines, "tls.untrusted_certificate").len(), 1);
 }
