@@ -106,6 +106,12 @@ pub struct TlsFlow {
 pub const TLSLIB_OSSL_VERIFY: u32 = 1;
 /// `TlsLibEvent::kind`: Go `crypto/tls` is sending alert `value`.
 pub const TLSLIB_GO_ALERT: u32 = 2;
+/// `TlsLibEvent::kind`: an OpenSSL handshake (`SSL_do_handshake`,
+/// `SSL_connect`, `SSL_accept`) completed; `aux` ns after its first call.
+pub const TLSLIB_OSSL_HS_DONE: u32 = 3;
+/// `TlsLibEvent::kind`: `SSL_get_error` said an OpenSSL handshake failed for
+/// good (`value`: SSL_ERROR_SSL 1 or SSL_ERROR_SYSCALL 5); `aux` ns after its first call.
+pub const TLSLIB_OSSL_HS_FAILED: u32 = 4;
 
 /// What a TLS library said about a handshake, from a uprobe.
 #[repr(C)]
@@ -116,7 +122,9 @@ pub struct TlsLibEvent {
     pub kind: u32,
     pub _pad: u32,
     pub value: i64,
+    /// Kind-specific (a duration for the handshake kinds).
+    pub aux: u64,
     pub comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<TlsLibEvent>() == 24 + 8 + 8 + 16);
+const _: () = assert!(core::mem::size_of::<TlsLibEvent>() == 24 + 8 + 8 + 8 + 16);

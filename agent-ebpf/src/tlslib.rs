@@ -3,23 +3,43 @@
 //!
 //! - OpenSSL: `SSL_get_verify_result` (a uretprobe: C code, safe) returns the
 //!   X509 verification error that curl, Python and most clients ask for when
-//!   they report a failure.
+//!   they report a failure; `SSL_do_handshake`/`SSL_connect`/`SSL_accept`
+//!   (entry and return) and `SSL_get_error` (return) give the handshake's
+//!   result and duration as the library saw them.
 //! - Go: `crypto/tls.(*Conn).sendAlertLocked` at entry (never a uretprobe on
 //!   Go code: Go moves stacks, a return probe corrupts it): the alert it is
 //!   about to send, in RBX (Go's register ABI, amd64: receiver in RAX, first
 //!   argument in RBX).
 
-use agent_common::{EventKind, TLSLIB_GO_ALERT, TLSLIB_OSSL_VERIFY, TlsLibEvent};
+use agent_common::{
+    EventKind, TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_FAILED, TLSLIB_OSSL_VERIFY,
+    TlsLibEvent,
+};
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
-    macros::{uprobe, uretprobe},
+    macros::{map, uprobe, uretprobe},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
+
+/// Thread (pid_tgid) → boot ns of the first call of its OpenSSL handshake in
+/// progress (non-blocking callers call again after each WANT_READ).
+#[map]
+static OSSL_HS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
+
+const BPF_NOEXIST: u64 = 1;
+const SSL_ERROR_SSL: i32 = 1;
+const SSL_ERROR_SYSCALL: i32 = 5;
 
 use crate::{AGENT_TGID, emit};
 
 #[inline(always)]
 fn send(kind: u32, value: i64) {
+    send_aux(kind, value, 0);
+}
+
+#[inline(always)]
+fn send_aux(kind: u32, value: i64, aux: u64) {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     if tgid == AGENT_TGID.load() {
@@ -33,6 +53,7 @@ fn send(kind: u32, value: i64) {
     e.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
     e.kind = kind;
     e.value = value;
+    e.aux = aux;
     e.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
     emit(&e);
 }
@@ -51,5 +72,54 @@ pub fn go_send_alert(ctx: ProbeContext) -> u32 {
     // SAFETY: `regs` is the probed task's saved register file, valid for this run.
     let alert = unsafe { (*ctx.regs).rbx } as u8;
     send(TLSLIB_GO_ALERT, alert as i64);
+    0
+}
+
+/// Entry of `SSL_do_handshake` / `SSL_connect` / `SSL_accept`: the first
+/// call of a handshake starts its clock (retries keep it).
+#[uprobe]
+pub fn ossl_hs_enter(_ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let _ = OSSL_HS.insert(&id, &now, BPF_NOEXIST);
+    0
+}
+
+/// Return of the same: 1 is a completed handshake; ≤ 0 is a retry or a
+/// failure, which only `SSL_get_error` can tell apart.
+#[uretprobe]
+pub fn ossl_hs_exit(ctx: RetProbeContext) -> u32 {
+    let ret: i32 = ctx.ret();
+    if ret != 1 {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: read-only lookup; the value is copied.
+    if let Some(start) = unsafe { OSSL_HS.get(&id) }.copied() {
+        let _ = OSSL_HS.remove(&id);
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        send_aux(TLSLIB_OSSL_HS_DONE, 1, now.saturating_sub(start));
+    }
+    0
+}
+
+/// Return of `SSL_get_error` during a handshake: SSL_ERROR_SSL or
+/// SSL_ERROR_SYSCALL end it for good.
+#[uretprobe]
+pub fn ossl_get_error(ctx: RetProbeContext) -> u32 {
+    let err: i32 = ctx.ret();
+    if err != SSL_ERROR_SSL && err != SSL_ERROR_SYSCALL {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: read-only lookup; the value is copied.
+    if let Some(start) = unsafe { OSSL_HS.get(&id) }.copied() {
+        let _ = OSSL_HS.remove(&id);
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        send_aux(TLSLIB_OSSL_HS_FAILED, err as i64, now.saturating_sub(start));
+    }
     0
 }

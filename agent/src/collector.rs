@@ -248,19 +248,26 @@ impl Collector {
         Ok(true)
     }
 
-    /// Attach the OpenSSL probe to every libssl known to the loader or mapped
-    /// by a process now; returns how many were new.
+    /// Attach the OpenSSL probes to every libssl known to the loader or mapped
+    /// by a process now; returns how many files were new.
     pub fn probe_libssl(&mut self, proc_root: &std::path::Path) -> usize {
+        if !self.tls_uprobes {
+            return 0;
+        }
         let mut n = 0;
         for p in crate::tlslib::libssl_candidates(proc_root) {
-            match self.probe_tls_lib(crate::tlslib::OSSL_PROGRAM, crate::tlslib::OSSL_SYMBOL, &p) {
-                Ok(true) => {
-                    tracing::debug!(path = %p.display(), "OpenSSL probe attached");
-                    n += 1;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::debug!(path = %p.display(), error = %e, "OpenSSL probe not attached")
+            if !self.tls_targets.first(&p) {
+                continue;
+            }
+            n += 1;
+            for (program, symbol) in crate::tlslib::OSSL_PROBES {
+                match loader::attach_uprobe(&mut self.ebpf, program, symbol, &p, &mut self.links) {
+                    Ok(()) => {
+                        tracing::debug!(path = %p.display(), symbol, "OpenSSL probe attached")
+                    }
+                    Err(e) => {
+                        tracing::debug!(path = %p.display(), symbol, error = %e, "OpenSSL probe not attached")
+                    }
                 }
             }
         }

@@ -196,6 +196,8 @@ pub struct TlsLib {
     /// `TLSLIB_*`.
     pub kind: u32,
     pub value: i64,
+    /// Kind-specific (a duration, ns, for the handshake kinds).
+    pub aux: u64,
     pub ktime_ns: u64,
     pub comm: String,
 }
@@ -393,6 +395,7 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 tgid: e.hdr.tgid,
                 kind: e.kind,
                 value: e.value,
+                aux: e.aux,
                 ktime_ns: e.hdr.ktime_ns,
                 comm: cstr(&e.comm),
             }))

@@ -244,6 +244,21 @@ const TLS_UPROBES: &[Prog] = &[
         attach: Attach::LoadOnly,
         required: true,
     },
+    Prog {
+        name: "ossl_hs_enter",
+        attach: Attach::LoadOnly,
+        required: false,
+    },
+    Prog {
+        name: "ossl_hs_exit",
+        attach: Attach::LoadOnly,
+        required: false,
+    },
+    Prog {
+        name: "ossl_get_error",
+        attach: Attach::LoadOnly,
+        required: false,
+    },
 ];
 
 /// The table. Order of signals is the order `agent check` prints them.

@@ -12,11 +12,21 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{TLSLIB_GO_ALERT, TLSLIB_OSSL_VERIFY};
+use agent_common::{
+    TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_FAILED, TLSLIB_OSSL_VERIFY,
+};
 
-/// The OpenSSL return probe and the function it watches.
-pub const OSSL_PROGRAM: &str = "ossl_verify_result";
-pub const OSSL_SYMBOL: &str = "SSL_get_verify_result";
+/// The OpenSSL probes: (program, function) on every libssl.
+pub const OSSL_PROBES: &[(&str, &str)] = &[
+    ("ossl_verify_result", "SSL_get_verify_result"),
+    ("ossl_hs_enter", "SSL_do_handshake"),
+    ("ossl_hs_enter", "SSL_connect"),
+    ("ossl_hs_enter", "SSL_accept"),
+    ("ossl_hs_exit", "SSL_do_handshake"),
+    ("ossl_hs_exit", "SSL_connect"),
+    ("ossl_hs_exit", "SSL_accept"),
+    ("ossl_get_error", "SSL_get_error"),
+];
 /// The Go entry probe and the function it watches.
 pub const GO_PROGRAM: &str = "go_send_alert";
 pub const GO_SYMBOL: &str = "crypto/tls.(*Conn).sendAlertLocked";
@@ -68,8 +78,21 @@ pub fn x509_error_name(code: i64) -> String {
 }
 
 /// One thing a library said, for the finding's evidence.
-pub fn describe(kind: u32, value: i64) -> Option<(&'static str, String)> {
+pub fn describe(kind: u32, value: i64, aux: u64) -> Option<(&'static str, String)> {
+    let ms = aux as f64 / 1e6;
     match kind {
+        TLSLIB_OSSL_HS_DONE => Some(("openssl_handshake", format!("completed in {ms:.1} ms"))),
+        TLSLIB_OSSL_HS_FAILED => Some((
+            "openssl_handshake",
+            format!(
+                "failed ({}) after {ms:.1} ms",
+                if value == 5 {
+                    "SSL_ERROR_SYSCALL"
+                } else {
+                    "SSL_ERROR_SSL"
+                }
+            ),
+        )),
         TLSLIB_OSSL_VERIFY => Some(("openssl_verify_result", x509_error_name(value))),
         TLSLIB_GO_ALERT => Some((
             "go_alert_sent",
@@ -144,7 +167,14 @@ mod tests {
         );
         assert_eq!(x509_error_name(18), "self-signed certificate");
         assert_eq!(
-            describe(TLSLIB_GO_ALERT, 42),
+            describe(TLSLIB_OSSL_HS_FAILED, 1, 55_100_000),
+            Some((
+                "openssl_handshake",
+                "failed (SSL_ERROR_SSL) after 55.1 ms".into()
+            ))
+        );
+        assert_eq!(
+            describe(TLSLIB_GO_ALERT, 42, 0),
             Some(("go_alert_sent", "bad_certificate".into()))
         );
     }

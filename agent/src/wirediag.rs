@@ -194,7 +194,7 @@ pub struct WireAnalyzer {
     any_names: HashMap<IpAddr, (String, u64)>,
     reported: Dedup,
     /// What TLS libraries said, per process (uprobes), until a handshake uses it.
-    lib_notes: HashMap<u32, Vec<(u32, i64, u64)>>,
+    lib_notes: HashMap<u32, Vec<(u32, i64, u64, u64)>>,
     /// Failed handshakes held briefly: the library's reason (e.g. OpenSSL's
     /// verification result, asked for after the failure) may still come.
     held_tls: Vec<(TlsConn, u64)>,
@@ -288,7 +288,15 @@ impl WireAnalyzer {
         self.stats.tls_malformed += c.hs.malformed - before;
         let failed = !matches!(c.hs.verdict.as_ref()?, Verdict::Completed);
         let c = self.conns.remove(&w.cookie)?;
-        if failed && !self.lib_notes.contains_key(&c.owner_tgid) && c.owner_tgid != 0 {
+        let has_reason = self.lib_notes.get(&c.owner_tgid).is_some_and(|n| {
+            n.iter().any(|x| {
+                matches!(
+                    x.0,
+                    agent_common::TLSLIB_OSSL_VERIFY | agent_common::TLSLIB_GO_ALERT
+                )
+            })
+        });
+        if failed && !has_reason && c.owner_tgid != 0 {
             self.held_tls.push((c, w.ktime_ns));
             return None;
         }
@@ -304,9 +312,19 @@ impl WireAnalyzer {
         let notes = self.lib_notes.entry(l.tgid).or_default();
         notes.retain(|n| l.ktime_ns.saturating_sub(n.2) < NOTE_WINDOW_NS);
         if notes.len() < 16 {
-            notes.push((l.kind, l.value, l.ktime_ns));
+            notes.push((l.kind, l.value, l.ktime_ns, l.aux));
         }
-        self.release_tls(table, |c, _| c.owner_tgid == l.tgid)
+        // A reason about the certificate is the last word; the handshake's
+        // own result comes before it (the application asks for the reason
+        // after the failure), so it releases nothing.
+        if matches!(
+            l.kind,
+            agent_common::TLSLIB_OSSL_VERIFY | agent_common::TLSLIB_GO_ALERT
+        ) {
+            self.release_tls(table, |c, _| c.owner_tgid == l.tgid)
+        } else {
+            Vec::new()
+        }
     }
 
     fn release_tls(
@@ -347,8 +365,8 @@ impl WireAnalyzer {
             .remove(&c.owner_tgid)
             .unwrap_or_default()
             .into_iter()
-            .filter(|n| n.2 + NOTE_WINDOW_NS >= c.hs.start_ns)
-            .filter_map(|(k, v, _)| crate::tlslib::describe(k, v))
+            .filter(|n| n.2 >= c.hs.start_ns)
+            .filter_map(|(k, v, _, aux)| crate::tlslib::describe(k, v, aux))
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         let mut r = TlsReport {
@@ -607,8 +625,10 @@ impl WireAnalyzer {
             w.cookie | (1 << 63)
         };
         let key: LookupKey = (owner_key, msg.question.name.clone(), msg.question.qtype);
-        // Queries go to port 53; answers come from it.
-        let query = !msg.response && w.dport == 53;
+        // A lookup of this host: a query sent to port 53, its answer received
+        // from it. A local DNS server's side (queries received, answers sent)
+        // is not a lookup.
+        let query = !msg.response && w.egress && w.dport == 53;
         if query {
             if self.pending.len() >= MAX_PENDING {
                 self.pending.clear();
@@ -627,7 +647,7 @@ impl WireAnalyzer {
             p.server = sock(w.dst, w.dport);
             return Vec::new();
         }
-        if !msg.response || w.sport != 53 {
+        if !msg.response || w.egress || w.sport != 53 {
             return Vec::new();
         }
         let Some(p) = self.pending.remove(&key) else {

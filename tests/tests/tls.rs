@@ -217,6 +217,15 @@ fn untrusted_self_signed_certificate_and_the_same_clients_trusting_it() {
             "{client}"
         );
         assert!(s.contains("OpenSSL: self-signed certificate"), "{s}");
+        // The handshake's end as the library saw it (SSL_connect /
+        // SSL_do_handshake, then SSL_get_error).
+        let hs = f[0]["evidence"]["library"]["openssl_handshake"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{client}: {}", f[0]));
+        assert!(
+            hs.starts_with("failed (SSL_ERROR_SSL) after"),
+            "{client}: {hs}"
+        );
     }
     // Go encrypts its alert in TLS 1.3: the wire says the client aborted after
     // the certificate. The agent puts its crypto/tls probe on the program when
