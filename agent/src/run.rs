@@ -531,10 +531,16 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     }
     let mut stats = loss_json(&collector);
     stats["wire"] = json!(pipeline.wire.stats);
-    if let Some(x) = otlp {
+    if let Some(x) = &otlp {
         x.update_self(&collector);
+    }
+    // Detaching the probes waits for the kernel (each perf-event link takes
+    // a grace period, one after another): do it while the exporter flushes.
+    let detach = tokio::task::spawn_blocking(move || drop(collector));
+    if let Some(x) = otlp {
         stats["export"] = x.shutdown(OTLP_SHUTDOWN).await;
     }
+    let _ = detach.await;
     if json {
         print_line(&stats.to_string());
     }

@@ -17,14 +17,13 @@ use agent_common::{
 };
 
 /// The OpenSSL probes: (program, function) on every libssl.
+/// `SSL_connect` and `SSL_accept` run the handshake through `SSL_do_handshake`
+/// (OpenSSL 1.1 and 3.x), so probing it covers all three with fewer probes:
+/// every probe costs a grace period when the agent detaches.
 pub const OSSL_PROBES: &[(&str, &str)] = &[
     ("ossl_verify_result", "SSL_get_verify_result"),
     ("ossl_hs_enter", "SSL_do_handshake"),
-    ("ossl_hs_enter", "SSL_connect"),
-    ("ossl_hs_enter", "SSL_accept"),
     ("ossl_hs_exit", "SSL_do_handshake"),
-    ("ossl_hs_exit", "SSL_connect"),
-    ("ossl_hs_exit", "SSL_accept"),
     ("ossl_get_error", "SSL_get_error"),
 ];
 /// The Go entry probe and the function it watches.

@@ -231,10 +231,12 @@ fn untrusted_self_signed_certificate_and_the_same_clients_trusting_it() {
     // the certificate. The agent puts its crypto/tls probe on the program when
     // it first sees it run, so the second run of the same file also says
     // which alert Go sent.
-    let twice = format!("{go} {target} {SNI}; sleep 1; {go} {target} {SNI}; true");
+    let twice = format!(
+        "{go} {target} {SNI}; sleep 1; {go} {target} {SNI}; sleep 1; {go} {target} {SNI}; true"
+    );
     let lines = trace_json(&t.lab.in_client(&["sh", "-c", &twice]), &[]);
     let hs = handshakes(&lines);
-    assert_eq!(hs.len(), 2, "{hs:#?}");
+    assert_eq!(hs.len(), 3, "{hs:#?}");
     for h in &hs {
         assert_eq!(h["comm"], "prog");
         assert_eq!(h["version"], "TLS 1.3");
@@ -243,9 +245,9 @@ fn untrusted_self_signed_certificate_and_the_same_clients_trusting_it() {
     assert_eq!(first["verdict"]["result"], "encrypted_alert", "{first}");
     assert_eq!(first["verdict"]["from"], "client");
     assert_eq!(
-        hs[1]["library"]["go_alert_sent"], "bad_certificate",
+        hs[2]["library"]["go_alert_sent"], "bad_certificate",
         "{}",
-        hs[1]
+        hs[2]
     );
     // Once a minute per binary and server: the probed run's finding is the
     // untrusted certificate (the first run's, if it was probed in time, too).
@@ -377,14 +379,16 @@ fn stripped_go_programs_are_probed_too() {
         "the binary still has symbols"
     );
     let target = format!("{}:{ANY}", t.lab.srv_ip);
-    let twice = format!("{go} {target} {SNI}; sleep 1; {go} {target} {SNI}; true");
+    let twice = format!(
+        "{go} {target} {SNI}; sleep 1; {go} {target} {SNI}; sleep 1; {go} {target} {SNI}; true"
+    );
     let lines = trace_json(&t.lab.in_client(&["sh", "-c", &twice]), &[]);
     let hs = handshakes(&lines);
-    assert_eq!(hs.len(), 2, "{hs:#?}");
+    assert_eq!(hs.len(), 3, "{hs:#?}");
     assert_eq!(
-        hs[1]["library"]["go_alert_sent"], "bad_certificate",
+        hs[2]["library"]["go_alert_sent"], "bad_certificate",
         "{}",
-        hs[1]
+        hs[2]
     );
     assert_eq!(findings_of(&lines, "tls.untrusted_certificate").len(), 1);
 }
