@@ -109,9 +109,10 @@ pub const TLSLIB_GO_ALERT: u32 = 2;
 /// `TlsLibEvent::kind`: an OpenSSL handshake (`SSL_do_handshake`,
 /// `SSL_connect`, `SSL_accept`) completed; `aux` ns after its first call.
 pub const TLSLIB_OSSL_HS_DONE: u32 = 3;
-/// `TlsLibEvent::kind`: `SSL_get_error` said an OpenSSL handshake failed for
-/// good (`value`: SSL_ERROR_SSL 1 or SSL_ERROR_SYSCALL 5); `aux` ns after its first call.
-pub const TLSLIB_OSSL_HS_FAILED: u32 = 4;
+/// `TlsLibEvent::kind`: an OpenSSL handshake call returned `value` ≤ 0: a
+/// failure, or (non-blocking callers) a retry to come; `aux` ns after the
+/// handshake's first call.
+pub const TLSLIB_OSSL_HS_RET: u32 = 4;
 
 /// What a TLS library said about a handshake, from a uprobe.
 #[repr(C)]

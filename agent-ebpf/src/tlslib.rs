@@ -3,16 +3,16 @@
 //!
 //! - OpenSSL: `SSL_get_verify_result` (a uretprobe: C code, safe) returns the
 //!   X509 verification error that curl, Python and most clients ask for when
-//!   they report a failure; `SSL_do_handshake`/`SSL_connect`/`SSL_accept`
-//!   (entry and return) and `SSL_get_error` (return) give the handshake's
-//!   result and duration as the library saw them.
+//!   they report a failure; `SSL_do_handshake` (entry and return; SSL_connect
+//!   and SSL_accept run through it) gives the handshake's result and duration
+//!   as the library saw them.
 //! - Go: `crypto/tls.(*Conn).sendAlertLocked` at entry (never a uretprobe on
 //!   Go code: Go moves stacks, a return probe corrupts it): the alert it is
 //!   about to send, in RBX (Go's register ABI, amd64: receiver in RAX, first
 //!   argument in RBX).
 
 use agent_common::{
-    EventKind, TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_FAILED, TLSLIB_OSSL_VERIFY,
+    EventKind, TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_RET, TLSLIB_OSSL_VERIFY,
     TlsLibEvent,
 };
 use aya_ebpf::{
@@ -27,9 +27,9 @@ use aya_ebpf::{
 #[map]
 static OSSL_HS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
 
-const BPF_NOEXIST: u64 = 1;
-const SSL_ERROR_SSL: i32 = 1;
-const SSL_ERROR_SYSCALL: i32 = 5;
+/// A handshake clock older than this belongs to a handshake that ended
+/// without a return we saw (a failure the caller never retried).
+const HS_STALE_NS: u64 = 60_000_000_000;
 
 use crate::{AGENT_TGID, emit};
 
@@ -82,44 +82,36 @@ pub fn ossl_hs_enter(_ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let _ = OSSL_HS.insert(&id, &now, BPF_NOEXIST);
+    // SAFETY: read-only lookup; the value is copied.
+    match unsafe { OSSL_HS.get(&id) }.copied() {
+        Some(start) if now.saturating_sub(start) < HS_STALE_NS => {}
+        _ => {
+            let _ = OSSL_HS.insert(&id, &now, 0);
+        }
+    }
     0
 }
 
-/// Return of the same: 1 is a completed handshake; ≤ 0 is a retry or a
-/// failure, which only `SSL_get_error` can tell apart.
+/// Return of the same: 1 is a completed handshake (its clock stops); ≤ 0 is
+/// a failure or, for non-blocking callers, a retry to come (the clock runs
+/// on). Either way a handful of events per handshake, never per record:
+/// `SSL_get_error`, which would tell them apart, is also called for every
+/// would-block read of a transfer, so it is not probed.
 #[uretprobe]
 pub fn ossl_hs_exit(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    if ret != 1 {
-        return 0;
-    }
     let id = bpf_get_current_pid_tgid();
     // SAFETY: read-only lookup; the value is copied.
-    if let Some(start) = unsafe { OSSL_HS.get(&id) }.copied() {
+    let Some(start) = unsafe { OSSL_HS.get(&id) }.copied() else {
+        return 0;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if ret == 1 {
         let _ = OSSL_HS.remove(&id);
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_boot_ns() };
         send_aux(TLSLIB_OSSL_HS_DONE, 1, now.saturating_sub(start));
-    }
-    0
-}
-
-/// Return of `SSL_get_error` during a handshake: SSL_ERROR_SSL or
-/// SSL_ERROR_SYSCALL end it for good.
-#[uretprobe]
-pub fn ossl_get_error(ctx: RetProbeContext) -> u32 {
-    let err: i32 = ctx.ret();
-    if err != SSL_ERROR_SSL && err != SSL_ERROR_SYSCALL {
-        return 0;
-    }
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: read-only lookup; the value is copied.
-    if let Some(start) = unsafe { OSSL_HS.get(&id) }.copied() {
-        let _ = OSSL_HS.remove(&id);
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_boot_ns() };
-        send_aux(TLSLIB_OSSL_HS_FAILED, err as i64, now.saturating_sub(start));
+    } else {
+        send_aux(TLSLIB_OSSL_HS_RET, ret as i64, now.saturating_sub(start));
     }
     0
 }

@@ -254,11 +254,6 @@ const TLS_UPROBES: &[Prog] = &[
         attach: Attach::LoadOnly,
         required: false,
     },
-    Prog {
-        name: "ossl_get_error",
-        attach: Attach::LoadOnly,
-        required: false,
-    },
 ];
 
 /// The table. Order of signals is the order `agent check` prints them.

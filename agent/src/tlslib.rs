@@ -12,9 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{
-    TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_FAILED, TLSLIB_OSSL_VERIFY,
-};
+use agent_common::{TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_RET, TLSLIB_OSSL_VERIFY};
 
 /// The OpenSSL probes: (program, function) on every libssl.
 /// `SSL_connect` and `SSL_accept` run the handshake through `SSL_do_handshake`
@@ -24,7 +22,6 @@ pub const OSSL_PROBES: &[(&str, &str)] = &[
     ("ossl_verify_result", "SSL_get_verify_result"),
     ("ossl_hs_enter", "SSL_do_handshake"),
     ("ossl_hs_exit", "SSL_do_handshake"),
-    ("ossl_get_error", "SSL_get_error"),
 ];
 /// The Go entry probe and the function it watches.
 pub const GO_PROGRAM: &str = "go_send_alert";
@@ -81,16 +78,9 @@ pub fn describe(kind: u32, value: i64, aux: u64) -> Option<(&'static str, String
     let ms = aux as f64 / 1e6;
     match kind {
         TLSLIB_OSSL_HS_DONE => Some(("openssl_handshake", format!("completed in {ms:.1} ms"))),
-        TLSLIB_OSSL_HS_FAILED => Some((
+        TLSLIB_OSSL_HS_RET => Some((
             "openssl_handshake",
-            format!(
-                "failed ({}) after {ms:.1} ms",
-                if value == 5 {
-                    "SSL_ERROR_SYSCALL"
-                } else {
-                    "SSL_ERROR_SSL"
-                }
-            ),
+            format!("SSL_do_handshake returned {value} after {ms:.1} ms"),
         )),
         TLSLIB_OSSL_VERIFY => Some(("openssl_verify_result", x509_error_name(value))),
         TLSLIB_GO_ALERT => Some((
@@ -166,10 +156,10 @@ mod tests {
         );
         assert_eq!(x509_error_name(18), "self-signed certificate");
         assert_eq!(
-            describe(TLSLIB_OSSL_HS_FAILED, 1, 55_100_000),
+            describe(TLSLIB_OSSL_HS_RET, -1, 55_100_000),
             Some((
                 "openssl_handshake",
-                "failed (SSL_ERROR_SSL) after 55.1 ms".into()
+                "SSL_do_handshake returned -1 after 55.1 ms".into()
             ))
         );
         assert_eq!(

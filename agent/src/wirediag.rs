@@ -366,6 +366,11 @@ impl WireAnalyzer {
             .unwrap_or_default()
             .into_iter()
             .filter(|n| n.2 >= c.hs.start_ns)
+            // A completed handshake's earlier would-block returns say nothing.
+            .filter(|n| {
+                !(n.0 == agent_common::TLSLIB_OSSL_HS_RET
+                    && matches!(c.hs.verdict, Some(Verdict::Completed)))
+            })
             .filter_map(|(k, v, _, aux)| crate::tlslib::describe(k, v, aux))
             .map(|(k, v)| (k.to_string(), v))
             .collect();
