@@ -277,11 +277,14 @@ impl Collector {
     /// Attach the Go crypto/tls probe to the program `pid` runs (`exe` when
     /// the process is gone). Binaries without a symbol table are skipped.
     pub fn probe_go(&mut self, pid: u32, exe: &str, proc_root: &std::path::Path) {
-        let live = proc_root.join(pid.to_string()).join("exe");
-        let target = if live.exists() {
-            live
+        // The file by a path that outlives the process (short-lived programs
+        // are often gone by now): the host path, else the process's own view
+        // (a container's file, while the process lives).
+        let host = std::path::PathBuf::from(exe);
+        let target = if !exe.is_empty() && host.is_file() {
+            host
         } else {
-            std::path::PathBuf::from(exe)
+            proc_root.join(pid.to_string()).join("exe")
         };
         match self.probe_tls_lib(crate::tlslib::GO_PROGRAM, crate::tlslib::GO_SYMBOL, &target) {
             Ok(true) => tracing::debug!(exe, "Go crypto/tls probe attached"),
@@ -306,7 +309,11 @@ impl Collector {
                     Ok(()) => {
                         tracing::debug!(exe, ?offset, "Go crypto/tls probe attached (pclntab)")
                     }
-                    Err(e) => tracing::debug!(exe, error = %e, "Go crypto/tls probe not attached"),
+                    Err(e) => {
+                        // Not a TLS program, or the file vanished: try again at its next run.
+                        self.tls_targets.forget(&target);
+                        tracing::debug!(exe, error = %e, "Go crypto/tls probe not attached")
+                    }
                 }
             }
         }

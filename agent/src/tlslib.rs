@@ -105,6 +105,13 @@ impl Targets {
             Err(_) => false,
         }
     }
+
+    /// Offer `path` again next time (its probe could not be attached).
+    pub fn forget(&mut self, path: &Path) {
+        if let Ok(m) = std::fs::metadata(path) {
+            self.seen.remove(&(m.dev(), m.ino()));
+        }
+    }
 }
 
 /// Every libssl the machine's loader knows and every one mapped right now
