@@ -40,12 +40,73 @@ pub const EXEC_F_ARGV_TRUNCATED: u32 = 1 << 0;
 pub const EXEC_F_ENV_TRUNCATED: u32 = 1 << 1;
 /// Flag: the requested filename was longer than [`FILENAME_LEN`].
 pub const EXEC_F_FILENAME_TRUNCATED: u32 = 1 << 2;
-/// Flag: the exec was seen completing but its `sys_enter` was not: argv/env/filename are empty.
+/// Flag: the exec was seen completing but its `sys_enter` was not: the caller's name and the start time are unknown.
 pub const EXEC_F_NO_ENTER: u32 = 1 << 3;
 /// Flag: the call was `execveat` rather than `execve`.
 pub const EXEC_F_EXECVEAT: u32 = 1 << 4;
 /// Flag: reading argv from user memory failed part-way.
 pub const EXEC_F_ARGV_FAULT: u32 = 1 << 5;
+/// Flag: a successful exec whose `filename` equals `exe` (the kernel's
+/// `bprm->filename` is the caller's string): the `filename` field carries the
+/// caller's `argv[0]` instead (up to [`ARGV0_LEN`] bytes), because a `#!`
+/// script's new argv starts with its interpreter.
+pub const EXEC_F_FILENAME_IS_EXE: u32 = 1 << 6;
+/// Flag: the new program's environment could not be read (unexpected stack
+/// layout or a fault): `env` is empty.
+pub const EXEC_F_ENV_FAULT: u32 = 1 << 7;
+
+/// Bytes of a new program's environment strings copied in one read at
+/// `sched_process_exec` (power of two); entries beyond it are left out and
+/// the event is flagged [`EXEC_F_ENV_TRUNCATED`].
+pub const ENV_BLOCK: usize = 16384;
+
+/// What `sys_enter_execve` keeps until the exec completes: the caller's
+/// pointers (read only if the exec fails, while they are still valid), its
+/// name and the start time. A successful exec's argv and environment are read
+/// from the new program's stack, where the kernel laid them out contiguously.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecStart {
+    /// `bpf_ktime_get_boot_ns()` at `sys_enter`.
+    pub enter_ns: u64,
+    /// User pointers passed to the call.
+    pub filename: u64,
+    pub argv: u64,
+    pub envp: u64,
+    /// `EXEC_F_*` bits known at entry.
+    pub flags: u32,
+    /// Thread id that owns the slot (0: free).
+    pub tid: u32,
+    /// The caller's `comm`.
+    pub comm: [u8; 16],
+    /// The caller's `argv[0]`, NUL-terminated (cut at `ARGV0_LEN - 1` bytes).
+    pub argv0: [u8; ARGV0_LEN],
+}
+
+/// Bytes of the caller's `argv[0]` kept at `sys_enter` (see [`ExecStart`]).
+pub const ARGV0_LEN: usize = 64;
+
+/// Slots of the exec-start table, indexed by `tid % EXEC_SLOTS` (power of two).
+pub const EXEC_SLOTS: u32 = 16384;
+
+impl ExecStart {
+    /// A start record that knows nothing but `flags`.
+    pub const fn empty(flags: u32) -> Self {
+        Self {
+            enter_ns: 0,
+            filename: 0,
+            argv: 0,
+            envp: 0,
+            flags,
+            tid: 0,
+            comm: [0; 16],
+            argv0: [0; ARGV0_LEN],
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<ExecStart>() == 120);
+const _: () = assert!(EXEC_SLOTS.is_power_of_two());
 
 /// Fixed part of an exec event.
 #[repr(C)]

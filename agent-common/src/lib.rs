@@ -59,6 +59,11 @@ pub mod globals {
     pub const AGENT_TGID: &str = "AGENT_TGID";
     /// `offsetof(struct task_struct, real_parent)`, from the running kernel's BTF.
     pub const TASK_REAL_PARENT_OFF: &str = "TASK_REAL_PARENT_OFF";
+    /// `offsetof(struct task_struct, mm)`; 0 when unknown (argv/env are then read at `sys_enter`).
+    pub const TASK_MM_OFF: &str = "TASK_MM_OFF";
+    /// `offsetof(struct mm_struct, start_stack)`, followed by `arg_start`,
+    /// `arg_end`, `env_start`, `env_end` (checked by the loader); 0 when unknown.
+    pub const MM_START_STACK_OFF: &str = "MM_START_STACK_OFF";
     /// `offsetof(struct task_struct, tgid)`.
     pub const TASK_TGID_OFF: &str = "TASK_TGID_OFF";
     /// `offsetof(struct task_struct, exit_code)`.

@@ -1,18 +1,26 @@
 //! Exec and exit tracing.
 //!
-//! `sys_enter_execve(at)` captures what the caller asked for (filename, argv,
-//! allow-listed env) into an in-flight table keyed by thread id.
-//! `sched_process_exec` completes a successful exec with the path the kernel
-//! ran; `sys_exit_execve(at)` completes a failed one with its errno. Either
-//! way the event leaves through the ring buffer with only the used bytes.
+//! `sys_enter_execve(at)` keeps only the caller's pointers, name and the start
+//! time ([`ExecStart`], keyed by thread id). A successful exec is completed at
+//! `sched_process_exec`, where the kernel has just laid the new program's argv
+//! and environment out contiguously on its stack (`mm->arg_start..env_end`):
+//! argv is one read, the environment strings one more, and the allow-list
+//! filter then runs on that copy without a helper call per variable. A failed
+//! exec is completed at `sys_exit_execve(at)`, while the caller's pointers are
+//! still valid, by reading them one by one. Either way the event leaves
+//! through the ring buffer with only the used bytes.
+//!
+//! Without the `task_struct`/`mm_struct` offsets (no BTF) the whole event is
+//! built at `sys_enter` instead ([`EXEC_INFLIGHT_FULL`]), as slow as it sounds.
 
 use core::ffi::c_void;
 
 use agent_common::{
-    ARG_LEN, ARGV_MAX, DATA_LEN, ENV_KEY_LEN, ENV_PREFIX_WORDS, EXEC_F_ARGV_FAULT,
-    EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT, EXEC_F_FILENAME_TRUNCATED,
-    EXEC_F_NO_ENTER, EnvKey, EventKind, ExecEvent, ExecFixed, ExitEvent, FILENAME_LEN, ForkEvent,
-    LostCause, MAX_ARGS, MAX_ENV_SCAN,
+    ARG_LEN, ARGV_MAX, ARGV0_LEN, DATA_LEN, ENV_BLOCK, ENV_KEY_LEN, ENV_PREFIX_WORDS,
+    EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_FAULT, EXEC_F_ENV_TRUNCATED,
+    EXEC_F_EXECVEAT, EXEC_F_FILENAME_IS_EXE, EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER,
+    EXEC_SLOTS, EnvKey, EventKind, ExecEvent, ExecFixed, ExecStart, ExitEvent, FILENAME_LEN,
+    ForkEvent, LostCause, MAX_ARGS, MAX_ENV_SCAN,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -27,8 +35,9 @@ use aya_ebpf::{
 };
 
 use crate::{
-    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TOOLS,
-    TRACK_AGENT_CHILDREN, TRACKED, count_lost, current_task, emit, is_tracked, parent_tgid,
+    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, MM_START_STACK_OFF, TASK_EXIT_CODE_OFF,
+    TASK_MM_OFF, TOOLS, TRACK_AGENT_CHILDREN, TRACKED, count_lost, current_task, emit, is_tracked,
+    parent_tgid, tp_field,
 };
 
 /// Allow-listed `NAME=` prefixes, filled by userspace before attach.
@@ -47,9 +56,39 @@ const ENV_CHUNK: usize = 16;
 #[map]
 static ENV_PTRS: PerCpuArray<[u64; ENV_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Exec attempts between `sys_enter` and completion, by thread id.
+/// Exec attempts between `sys_enter` and completion, in slot `tid %
+/// EXEC_SLOTS` and owned by `tid` (0: free). An array rather than a hash
+/// map: its lookups are inlined by the verifier, with no helper call and no
+/// lock, which is most of what `sys_enter` costs. Two threads whose ids share
+/// a slot and exec at the same moment: the first one's completion finds the
+/// slot taken and is reported without its start (`EXEC_F_NO_ENTER`, counted).
+/// An exec that fails after the point of no return leaves its slot to be
+/// overwritten.
 #[map]
-static EXEC_INFLIGHT: HashMap<u32, ExecEvent> = HashMap::with_max_entries(4096, 0);
+static EXEC_START: Array<ExecStart> = Array::with_max_entries(EXEC_SLOTS, 0);
+
+/// Fallback without the mm offsets: whole events built at `sys_enter`. The
+/// loader shrinks it to one entry when it is not used.
+#[map]
+static EXEC_INFLIGHT_FULL: HashMap<u32, ExecEvent> = HashMap::with_max_entries(4096, 0);
+
+/// Per-CPU copy of a new program's environment strings (plus slack so reads
+/// at any in-block offset stay in bounds).
+#[map]
+static ENV_STRINGS: PerCpuArray<[u8; ENV_BLOCK + ARG_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
+/// A new program's `envp[]` (one extra slot for the terminator) and the
+/// scan's bounds, which the loop reads back from here on every iteration.
+#[repr(C)]
+struct EnvScan {
+    vec: [u64; MAX_ENV_SCAN as usize + 1],
+    env_start: u64,
+    env_end: u64,
+    blen: u64,
+}
+
+#[map]
+static ENV_VEC: PerCpuArray<EnvScan> = PerCpuArray::with_max_entries(1, 0);
 
 /// Scratch space to build an event larger than the BPF stack.
 #[map]
@@ -201,6 +240,12 @@ fn emit_exit(task: *const u8, group_dead: bool) {
     emit(&ev);
 }
 
+/// Whether the new program's argv/env can be read at `sched_process_exec`.
+#[inline(always)]
+fn mm_layout_known() -> bool {
+    TASK_MM_OFF.load() != 0 && MM_START_STACK_OFF.load() != 0
+}
+
 #[inline(always)]
 fn try_exec_enter(
     ctx: &TracePointContext,
@@ -216,40 +261,100 @@ fn try_exec_enter(
         return Ok(());
     }
     // SAFETY: offsets from the tracepoint's stable format.
-    let filename: *const u8 = unsafe { ctx.read_at(filename_off) }.map_err(|e| e as i64)?;
+    let filename: u64 = unsafe { tp_field(ctx, filename_off) };
     // SAFETY: as above.
-    let argv: *const *const u8 = unsafe { ctx.read_at(argv_off) }.map_err(|e| e as i64)?;
+    let argv: u64 = unsafe { tp_field(ctx, argv_off) };
     // SAFETY: as above.
-    let envp: *const *const u8 = unsafe { ctx.read_at(envp_off) }.map_err(|e| e as i64)?;
-
-    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
-        count_lost(LostCause::Scratch);
-        return Err(0);
+    let envp: u64 = unsafe { tp_field(ctx, envp_off) };
+    if !mm_layout_known() {
+        let mut start = ExecStart::empty(flags);
+        // SAFETY: helper without preconditions.
+        start.enter_ns = unsafe { bpf_ktime_get_boot_ns() };
+        start.filename = filename;
+        start.argv = argv;
+        start.envp = envp;
+        start.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+        return enter_full(&start, tid, tgid);
+    }
+    let Some(s) = EXEC_START.get_ptr_mut(tid & (EXEC_SLOTS - 1)) else {
+        count_lost(LostCause::ExecTableFull);
+        return Ok(());
     };
-    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
-    let ev = unsafe { &mut *ev };
+    // SAFETY: a slot of the array, valid for this program's run. Its owner is
+    // written last, and cleared first, so a reader never takes a half-written
+    // record as ours (see EXEC_START for the one race left).
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*s).tid, 0);
+        (*s).enter_ns = bpf_ktime_get_boot_ns();
+        (*s).filename = filename;
+        (*s).argv = argv;
+        (*s).envp = envp;
+        (*s).flags = flags;
+        (*s).comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+        // argv[0]: a `#!` script's new argv replaces it with the interpreter.
+        let a0 = bpf_probe_read_user(argv as *const u64).unwrap_or_default();
+        let n = if a0 == 0 {
+            -1
+        } else {
+            generated::bpf_probe_read_user_str(
+                (*s).argv0.as_mut_ptr() as *mut c_void,
+                ARGV0_LEN as u32,
+                a0 as *const c_void,
+            )
+        };
+        if n < 0 {
+            (*s).argv0[0] = 0;
+        }
+        core::ptr::write_volatile(&raw mut (*s).tid, tid);
+    }
+    Ok(())
+}
+
+/// The start record of `tid`, if its slot still holds it; frees the slot.
+#[inline(always)]
+fn take_start(tid: u32) -> Option<ExecStart> {
+    let s = EXEC_START.get_ptr_mut(tid & (EXEC_SLOTS - 1))?;
+    // SAFETY: a slot of the array, valid for this program's run.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*s).tid) != tid {
+            return None;
+        }
+        let copy = *s;
+        core::ptr::write_volatile(&raw mut (*s).tid, 0);
+        Some(copy)
+    }
+}
+
+/// Fill the fixed part of `ev` except `exe`, `ret`, `ppid` and the data lengths.
+#[inline(always)]
+fn begin_event(ev: &mut ExecEvent, tid: u32, tgid: u32, start: &ExecStart) {
     let f = &mut ev.fixed;
     f.hdr.kind = EventKind::Exec as u32;
     f.hdr.pid = tid;
     f.hdr.tgid = tgid;
     f.hdr.ppid = 0;
-    // SAFETY: helper without preconditions.
-    f.enter_ns = unsafe { bpf_ktime_get_boot_ns() };
-    f.hdr.ktime_ns = f.enter_ns;
+    f.enter_ns = start.enter_ns;
+    f.hdr.ktime_ns = start.enter_ns;
     // SAFETY: helper without preconditions.
     f.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let ugid = bpf_get_current_uid_gid();
     f.uid = ugid as u32;
     f.gid = (ugid >> 32) as u32;
     f.ret = 0;
-    f.flags = flags;
+    f.flags = start.flags;
     f.argc = 0;
     f.argv_len = 0;
     f.envc = 0;
     f.env_len = 0;
+    f.filename[0] = 0;
     f.exe[0] = 0;
-    f.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    f.comm = start.comm;
+}
 
+/// Read the caller's filename string (still valid: the exec has not replaced its memory).
+#[inline(always)]
+fn read_caller_filename(ev: &mut ExecEvent, filename: u64) {
+    let f = &mut ev.fixed;
     // SAFETY: user pointer; the helper faults safely.
     let n = unsafe {
         generated::bpf_probe_read_user_str(
@@ -263,11 +368,28 @@ fn try_exec_enter(
     } else if n as usize >= FILENAME_LEN {
         f.flags |= EXEC_F_FILENAME_TRUNCATED;
     }
+}
 
-    read_argv(ev, argv);
-    read_env(ev, envp);
+/// The caller's argv/env, read through its pointers.
+#[inline(always)]
+fn read_caller_args(ev: &mut ExecEvent, start: &ExecStart) {
+    read_caller_filename(ev, start.filename);
+    read_argv(ev, start.argv as *const *const u8);
+    read_env(ev, start.envp as *const *const u8);
+}
 
-    if EXEC_INFLIGHT.insert(&tid, ev, 0).is_err() {
+/// No-BTF fallback: the whole event at `sys_enter`.
+#[inline(always)]
+fn enter_full(start: &ExecStart, tid: u32, tgid: u32) -> Result<(), i64> {
+    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        count_lost(LostCause::Scratch);
+        return Err(0);
+    };
+    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
+    let ev = unsafe { &mut *ev };
+    begin_event(ev, tid, tgid, start);
+    read_caller_args(ev, start);
+    if EXEC_INFLIGHT_FULL.insert(&tid, ev, 0).is_err() {
         count_lost(LostCause::ExecTableFull);
     }
     Ok(())
@@ -454,12 +576,24 @@ fn try_exec_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
     // SAFETY: offset from the tracepoint's stable format.
-    let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.map_err(|e| e as i64)?;
+    let ret: i64 = unsafe { tp_field(ctx, SYS_EXIT_RET) };
     if ret == 0 {
         // Success was reported at sched_process_exec (the entry is gone).
         return Ok(());
     }
-    let Some(ev) = EXEC_INFLIGHT.get_ptr_mut(&tid) else {
+    if let Some(start) = take_start(tid) {
+        let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
+            count_lost(LostCause::Scratch);
+            return Err(0);
+        };
+        // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
+        let ev = unsafe { &mut *ev };
+        begin_event(ev, tid, (id >> 32) as u32, &start);
+        read_caller_args(ev, &start);
+        finish_failed(ev, ret);
+        return Ok(());
+    }
+    let Some(ev) = EXEC_INFLIGHT_FULL.get_ptr_mut(&tid) else {
         if (id >> 32) as u32 != AGENT_TGID.load() {
             count_lost(LostCause::ExecNoEnter);
         }
@@ -467,13 +601,18 @@ fn try_exec_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // SAFETY: map value pointer valid for this program's run.
     let ev = unsafe { &mut *ev };
+    finish_failed(ev, ret);
+    let _ = EXEC_INFLIGHT_FULL.remove(&tid);
+    Ok(())
+}
+
+#[inline(always)]
+fn finish_failed(ev: &mut ExecEvent, ret: i64) {
     ev.fixed.ret = ret as i32;
     // SAFETY: helper without preconditions.
     ev.fixed.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.fixed.hdr.ppid = parent_tgid(current_task());
     output_exec(ev);
-    let _ = EXEC_INFLIGHT.remove(&tid);
-    Ok(())
 }
 
 #[inline(always)]
@@ -484,41 +623,58 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     // SAFETY: offsets from the tracepoint's stable format.
-    let old_pid: u32 = unsafe { ctx.read_at(SCHED_EXEC_OLD_PID) }.map_err(|e| e as i64)?;
+    let old_pid: u32 = unsafe { tp_field(ctx, SCHED_EXEC_OLD_PID) };
     // SAFETY: as above.
-    let loc: u32 = unsafe { ctx.read_at(SCHED_EXEC_FILENAME_LOC) }.map_err(|e| e as i64)?;
+    let loc: u32 = unsafe { tp_field(ctx, SCHED_EXEC_FILENAME_LOC) };
     let name_ptr = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
 
-    let (ev, found) = match EXEC_INFLIGHT.get_ptr_mut(&old_pid) {
-        Some(ev) => (ev, true),
-        None => {
-            count_lost(LostCause::ExecNoEnter);
-            let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
-                count_lost(LostCause::Scratch);
-                return Err(0);
-            };
-            // SAFETY: per-CPU scratch slot, exclusively ours.
-            let f = unsafe { &mut (*ev).fixed };
-            f.hdr.kind = EventKind::Exec as u32;
-            f.hdr.pid = old_pid;
-            f.flags = EXEC_F_NO_ENTER;
-            f.argc = 0;
-            f.argv_len = 0;
-            f.envc = 0;
-            f.env_len = 0;
-            f.filename[0] = 0;
-            f.comm = [0u8; 16];
-            // SAFETY: helper without preconditions.
-            f.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-            let ugid = bpf_get_current_uid_gid();
-            f.uid = ugid as u32;
-            f.gid = (ugid >> 32) as u32;
-            f.enter_ns = 0;
-            (ev, false)
+    let (ev, full) = if mm_layout_known() {
+        let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
+            count_lost(LostCause::Scratch);
+            return Err(0);
+        };
+        // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
+        let ev = unsafe { &mut *ev };
+        let start = match take_start(old_pid) {
+            Some(s) => s,
+            None => {
+                count_lost(LostCause::ExecNoEnter);
+                ExecStart::empty(EXEC_F_NO_ENTER)
+            }
+        };
+        begin_event(ev, old_pid, tgid, &start);
+        // bprm->filename is the caller's string for execve (for execveat it
+        // is /dev/fd/N/… or the absolute path): not sent twice; the field
+        // carries the caller's argv[0] instead.
+        ev.fixed.flags |= EXEC_F_FILENAME_IS_EXE;
+        // SAFETY: ARGV0_LEN <= FILENAME_LEN; both are plain byte arrays.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                start.argv0.as_ptr(),
+                ev.fixed.filename.as_mut_ptr(),
+                ARGV0_LEN,
+            )
+        };
+        read_new_image(ev);
+        (ev, false)
+    } else {
+        match EXEC_INFLIGHT_FULL.get_ptr_mut(&old_pid) {
+            // SAFETY: map value pointer valid for this program's run.
+            Some(ev) => (unsafe { &mut *ev }, true),
+            None => {
+                count_lost(LostCause::ExecNoEnter);
+                let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
+                    count_lost(LostCause::Scratch);
+                    return Err(0);
+                };
+                // SAFETY: per-CPU scratch slot, exclusively ours.
+                let ev = unsafe { &mut *ev };
+                let start = ExecStart::empty(EXEC_F_NO_ENTER);
+                begin_event(ev, old_pid, tgid, &start);
+                (ev, false)
+            }
         }
     };
-    // SAFETY: map value pointer valid for this program's run.
-    let ev = unsafe { &mut *ev };
     let f = &mut ev.fixed;
     f.hdr.tgid = tgid;
     f.ret = 0;
@@ -537,8 +693,8 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
         f.exe[0] = 0;
     }
     output_exec(ev);
-    if found {
-        let _ = EXEC_INFLIGHT.remove(&old_pid);
+    if full {
+        let _ = EXEC_INFLIGHT_FULL.remove(&old_pid);
     }
     // After exec, comm is the new program's name: a tool starts a tracked tree.
     let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
@@ -547,4 +703,244 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
         let _ = TRACKED.insert(&tgid, &1, 0);
     }
     Ok(())
+}
+
+/// `v` clamped to `max`, through a volatile slot so the verifier sees the
+/// comparison on the register that is then used as a size or offset.
+#[inline(always)]
+fn clamp(v: u64, max: usize) -> usize {
+    // SAFETY: reading a local variable.
+    let v = unsafe { core::ptr::read_volatile(&v) };
+    if v > max as u64 { max } else { v as usize }
+}
+
+/// argv and allow-listed env of the program that just replaced the caller,
+/// from its new stack: `[argc][argv…][0][envp…][0] … strings`, with the
+/// strings at `mm->arg_start..arg_end` and `mm->env_start..env_end`.
+#[inline(always)]
+fn read_new_image(ev: &mut ExecEvent) {
+    let task = current_task();
+    let mm_off = TASK_MM_OFF.load() as usize;
+    let ss_off = MM_START_STACK_OFF.load() as usize;
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let Ok(mm) = (unsafe { bpf_probe_read_kernel(task.add(mm_off) as *const *const u8) }) else {
+        ev.fixed.flags |= EXEC_F_ARGV_FAULT | EXEC_F_ENV_FAULT;
+        return;
+    };
+    // start_stack, arg_start, arg_end, env_start, env_end (adjacent, checked by the loader).
+    // SAFETY: as above.
+    let Ok(r) = (unsafe { bpf_probe_read_kernel(mm.wrapping_add(ss_off) as *const [u64; 5]) })
+    else {
+        ev.fixed.flags |= EXEC_F_ARGV_FAULT | EXEC_F_ENV_FAULT;
+        return;
+    };
+    let [start_stack, arg_start, arg_end, env_start, env_end] = r;
+
+    // argv: one read.
+    let total = arg_end.wrapping_sub(arg_start);
+    if total > ARGV_MAX as u64 {
+        ev.fixed.flags |= EXEC_F_ARGV_TRUNCATED;
+    }
+    let len = clamp(total, ARGV_MAX);
+    // SAFETY: len <= ARGV_MAX <= the data area; user memory, the helper faults safely.
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            ev.data.as_mut_ptr() as *mut c_void,
+            len as u32,
+            arg_start as *const c_void,
+        )
+    };
+    if rc != 0 {
+        ev.fixed.flags |= EXEC_F_ARGV_FAULT;
+        ev.fixed.argv_len = 0;
+    } else {
+        ev.fixed.argv_len = len as u32;
+    }
+    read_new_env(ev, start_stack, arg_start, env_start, env_end);
+}
+
+#[inline(always)]
+fn read_new_env(
+    ev: &mut ExecEvent,
+    start_stack: u64,
+    arg_start: u64,
+    env_start: u64,
+    env_end: u64,
+) {
+    let (Some(scan), Some(blk)) = (ENV_VEC.get_ptr_mut(0), ENV_STRINGS.get_ptr_mut(0)) else {
+        count_lost(LostCause::Scratch);
+        return;
+    };
+    // SAFETY: per-CPU scratch slots, exclusively ours while this program runs.
+    let (scan, blk) = unsafe { (&mut *scan, &mut *blk) };
+    let vec = &mut scan.vec;
+    // [argc, argv[0]]: argv[0] must be arg_start, or the layout is not the one expected.
+    // SAFETY: user memory; the helper faults safely.
+    let Ok([argc, argv0]) = (unsafe { bpf_probe_read_user(start_stack as *const [u64; 2]) }) else {
+        ev.fixed.flags |= EXEC_F_ENV_FAULT;
+        return;
+    };
+    if argc > (1 << 20) || (argc > 0 && argv0 != arg_start) {
+        ev.fixed.flags |= EXEC_F_ENV_FAULT;
+        return;
+    }
+    let envp_at = start_stack.wrapping_add(8 * (argc + 2));
+    if envp_at >= arg_start {
+        ev.fixed.flags |= EXEC_F_ENV_FAULT;
+        return;
+    }
+    const VEC_BYTES: usize = (MAX_ENV_SCAN as usize + 1) * 8;
+    let nbytes = clamp(arg_start - envp_at, VEC_BYTES);
+    // SAFETY: nbytes <= size of vec; user memory, the helper faults safely.
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            vec.as_mut_ptr() as *mut c_void,
+            nbytes as u32,
+            envp_at as *const c_void,
+        )
+    };
+    if rc != 0 {
+        ev.fixed.flags |= EXEC_F_ENV_FAULT;
+        return;
+    }
+    // A short read leaves older pointers after it: end the vector there.
+    let last = nbytes / 8;
+    if last <= MAX_ENV_SCAN as usize {
+        vec[last] = 0;
+    }
+    if vec[0] != 0 && vec[0] != env_start {
+        ev.fixed.flags |= EXEC_F_ENV_FAULT;
+        return;
+    }
+    // The strings: one read of up to ENV_BLOCK bytes; entries past it are flagged.
+    let blen = clamp(env_end.wrapping_sub(env_start), ENV_BLOCK);
+    // SAFETY: blen <= ENV_BLOCK <= size of blk; user memory, the helper faults safely.
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            blk.as_mut_ptr() as *mut c_void,
+            blen as u32,
+            env_start as *const c_void,
+        )
+    };
+    if rc != 0 {
+        ev.fixed.flags |= EXEC_F_ENV_FAULT;
+        return;
+    }
+    scan.env_start = env_start;
+    scan.env_end = env_end;
+    scan.blen = blen as u64;
+    let scan: *const EnvScan = scan;
+
+    // Nothing is carried from one iteration to the next in a register: the
+    // bounds and pointers are read back from the scan map and the running
+    // offset, count and flags live in the event (volatile accesses). Every
+    // path through one iteration then reaches the next with the same
+    // register state, so the verifier prunes them instead of walking each
+    // combination (with ranges refined differently) for 256 iterations.
+    let fx: *mut ExecFixed = &mut ev.fixed;
+    let data: *mut u8 = ev.data.as_mut_ptr();
+    // SAFETY (all volatile accesses below): fields of our per-CPU scratch event.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*fx).env_len, 0);
+        core::ptr::write_volatile(&raw mut (*fx).envc, 0);
+    }
+    let mut i: usize = 0;
+    while i < MAX_ENV_SCAN as usize {
+        // SAFETY (these reads): fields of our per-CPU scan slot; i < MAX_ENV_SCAN.
+        let (p, next, env_start, env_end, blen) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*scan).vec[i]),
+                core::ptr::read_volatile(&raw const (*scan).vec[i + 1]),
+                core::ptr::read_volatile(&raw const (*scan).env_start),
+                core::ptr::read_volatile(&raw const (*scan).env_end),
+                core::ptr::read_volatile(&raw const (*scan).blen),
+            )
+        };
+        if p == 0 {
+            break;
+        }
+        i += 1;
+        let end = if next != 0 { next } else { env_end };
+        let at = p.wrapping_sub(env_start);
+        let vlen = end.wrapping_sub(p);
+        if at >= blen || vlen > blen - at {
+            // Past the copied block (more than ENV_BLOCK bytes of environment).
+            // SAFETY: see above.
+            unsafe { add_flags(fx, EXEC_F_ENV_TRUNCATED) };
+            continue;
+        }
+        let o = (at as usize) & (ENV_BLOCK - 1);
+        let idx = ((blk[o] as u32) << 8) | blk[o + 1] as u32;
+        let bit = match ENV_PREFIX.get(idx >> 6) {
+            Some(w) => (*w >> (idx & 63)) & 1,
+            None => 0,
+        };
+        if bit == 0 {
+            continue;
+        }
+        let mut key = Key::new((ENV_KEY_LEN * 8) as u32, EnvKey::default());
+        // Bytes past the entry's end belong to the next entry; the stored
+        // prefixes (`NAME=`) end at the `=`, so they never reach them.
+        // SAFETY: o < ENV_BLOCK and blk has ARG_LEN >= ENV_KEY_LEN bytes of slack.
+        key.data.name =
+            unsafe { core::ptr::read_unaligned(blk.as_ptr().add(o) as *const [u8; ENV_KEY_LEN]) };
+        if ENV_ALLOW.get(&key).is_none() {
+            continue;
+        }
+        // SAFETY: see above.
+        let (used, argv_len) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*fx).env_len) as usize,
+                core::ptr::read_volatile(&raw const (*fx).argv_len) as usize,
+            )
+        };
+        let off = argv_len + used;
+        if off >= DATA_LEN {
+            // SAFETY: see above.
+            unsafe { add_flags(fx, EXEC_F_ENV_TRUNCATED) };
+            break;
+        }
+        let dst = bounded(off);
+        // SAFETY: dst < DATA_LEN and the area has ARG_LEN bytes of slack; the
+        // source is our copy (o < ENV_BLOCK, ARG_LEN bytes of slack).
+        let n = unsafe {
+            generated::bpf_probe_read_kernel_str(
+                data.add(dst) as *mut c_void,
+                ARG_LEN as u32,
+                blk.as_ptr().add(o) as *const c_void,
+            )
+        };
+        if n <= 0 {
+            continue;
+        }
+        let n = (n as usize) & (ARG_LEN * 2 - 1);
+        // SAFETY: see above.
+        unsafe {
+            if n >= ARG_LEN {
+                add_flags(fx, EXEC_F_ENV_TRUNCATED);
+            }
+            let used = (used + n).min(DATA_LEN + ARG_LEN - argv_len);
+            core::ptr::write_volatile(&raw mut (*fx).env_len, used as u32);
+            let c = core::ptr::read_volatile(&raw const (*fx).envc);
+            core::ptr::write_volatile(&raw mut (*fx).envc, c + 1);
+        }
+    }
+    // SAFETY: as in the loop.
+    if i == MAX_ENV_SCAN as usize && unsafe { (*scan).vec[i] } != 0 {
+        // SAFETY: see above.
+        unsafe { add_flags(fx, EXEC_F_ENV_TRUNCATED) };
+    }
+}
+
+/// `(*fx).flags |= bits`, through memory (see `read_new_env`).
+///
+/// # Safety
+/// `fx` must point to a live, exclusively owned `ExecFixed`.
+#[inline(always)]
+unsafe fn add_flags(fx: *mut ExecFixed, bits: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let f = core::ptr::read_volatile(&raw const (*fx).flags);
+        core::ptr::write_volatile(&raw mut (*fx).flags, f | bits);
+    }
 }

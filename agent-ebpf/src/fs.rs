@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::{count_lost, emit, is_tracked};
+use crate::{count_lost, emit, is_tracked, tp_field};
 
 #[map]
 static FS_INFLIGHT: HashMap<u32, FsInflight> = HashMap::with_max_entries(4096, 0);
@@ -42,18 +42,18 @@ fn enter(
         return 0;
     }
     // SAFETY: offsets from the syscall tracepoints' stable formats.
-    let path: u64 = unsafe { ctx.read_at(path_off) }.unwrap_or(0);
+    let path: u64 = unsafe { tp_field(ctx, path_off) };
     let dfd: i64 = if dfd_off == 0 {
         FS_AT_FDCWD as i64
     } else {
         // SAFETY: as above.
-        unsafe { ctx.read_at(dfd_off) }.unwrap_or(FS_AT_FDCWD as i64)
+        unsafe { tp_field(ctx, dfd_off) }
     };
     let flags: i64 = if flags_off == 0 {
         0
     } else {
         // SAFETY: as above.
-        unsafe { ctx.read_at(flags_off) }.unwrap_or(0)
+        unsafe { tp_field(ctx, flags_off) }
     };
     let v = FsInflight {
         path,
@@ -118,7 +118,7 @@ pub fn fs_exit_tp(ctx: TracePointContext) -> u32 {
     };
     let _ = FS_INFLIGHT.remove(&tid);
     // SAFETY: offset of `ret` in every sys_exit tracepoint.
-    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+    let ret: i64 = unsafe { tp_field(&ctx, 16) };
     if ret != -EACCES && ret != -EPERM && ret != -EROFS {
         return 0;
     }

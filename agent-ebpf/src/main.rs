@@ -18,10 +18,11 @@ mod wire;
 
 use agent_common::{EVENTS_RING_BYTES, KERNEL_COUNTERS, KernelCounter, LOST_CAUSES, LostCause};
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     helpers::{bpf_get_current_task, bpf_probe_read_kernel},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
 };
 
 #[map]
@@ -70,6 +71,10 @@ pub(crate) static TASK_REAL_PARENT_OFF: Global<u32> = Global::new(0);
 pub(crate) static TASK_TGID_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub(crate) static TASK_EXIT_CODE_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static TASK_MM_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static MM_START_STACK_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub(crate) static FORK_CHILD_PID_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
@@ -139,6 +144,19 @@ pub(crate) fn parent_tgid(task: *const u8) -> u32 {
     }
     // SAFETY: as above.
     unsafe { bpf_probe_read_kernel(parent.add(tgid_off) as *const u32) }.unwrap_or(0)
+}
+
+/// The field of type `T` at `off` in a tracepoint's record, loaded directly
+/// from the context. aya's `read_at` goes through `bpf_probe_read_kernel`, a
+/// helper call per field; a tracepoint program may simply load from its
+/// record, at an offset the verifier sees as a constant.
+///
+/// # Safety
+/// `off` must be a constant (after inlining) inside the record, aligned for `T`.
+#[inline(always)]
+pub(crate) unsafe fn tp_field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    // SAFETY: guaranteed by the caller; the verifier checks the access.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(off) as *const T) }
 }
 
 /// The current task as a byte pointer.

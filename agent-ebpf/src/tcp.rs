@@ -21,7 +21,7 @@ use aya_ebpf::{
 
 use crate::{
     AGENT_TGID, NET_INUM_OFF, RETRANS_SKADDR_OFF, RETRANS_STATE_OFF, SKC_NET_OFF, SOCK_ERR_OFF,
-    TCP_QUIET_NS, count, count_lost, emit, is_tracked,
+    TCP_QUIET_NS, count, count_lost, emit, is_tracked, tp_field,
 };
 use agent_common::KernelCounter;
 
@@ -81,36 +81,36 @@ pub fn tcp_state_tp(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY (all reads below): offsets from the tracepoint's stable format.
-    let proto: u16 = unsafe { ctx.read_at(SS_PROTO) }.map_err(|e| e as i64)?;
+    let proto: u16 = unsafe { tp_field(ctx, SS_PROTO) };
     if proto != IPPROTO_TCP {
         return Ok(());
     }
-    let old: i32 = unsafe { ctx.read_at(SS_OLD) }.map_err(|e| e as i64)?;
-    let new: i32 = unsafe { ctx.read_at(SS_NEW) }.map_err(|e| e as i64)?;
+    let old: i32 = unsafe { tp_field(ctx, SS_OLD) };
+    let new: i32 = unsafe { tp_field(ctx, SS_NEW) };
     if new != TCP_SYN_SENT && old != TCP_SYN_SENT {
         if new == TCP_CLOSE {
             // An established client connection ends: forget its owner.
-            let sk: u64 = unsafe { ctx.read_at(SS_SKADDR) }.map_err(|e| e as i64)?;
+            let sk: u64 = unsafe { tp_field(ctx, SS_SKADDR) };
             let _ = TCP_CONNS.remove(&sk);
         }
         return Ok(());
     }
-    let sk: u64 = unsafe { ctx.read_at(SS_SKADDR) }.map_err(|e| e as i64)?;
+    let sk: u64 = unsafe { tp_field(ctx, SS_SKADDR) };
     let mut ev = TcpEvent::default();
     ev.hdr.kind = EventKind::Tcp as u32;
     // SAFETY: helper without preconditions.
     ev.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
-    ev.family = unsafe { ctx.read_at(SS_FAMILY) }.map_err(|e| e as i64)?;
-    ev.sport = unsafe { ctx.read_at(SS_SPORT) }.map_err(|e| e as i64)?;
-    ev.dport = unsafe { ctx.read_at(SS_DPORT) }.map_err(|e| e as i64)?;
+    ev.family = unsafe { tp_field(ctx, SS_FAMILY) };
+    ev.sport = unsafe { tp_field(ctx, SS_SPORT) };
+    ev.dport = unsafe { tp_field(ctx, SS_DPORT) };
     if ev.family == AF_INET {
-        let s: [u8; 4] = unsafe { ctx.read_at(SS_SADDR) }.map_err(|e| e as i64)?;
-        let d: [u8; 4] = unsafe { ctx.read_at(SS_DADDR) }.map_err(|e| e as i64)?;
+        let s: [u8; 4] = unsafe { tp_field(ctx, SS_SADDR) };
+        let d: [u8; 4] = unsafe { tp_field(ctx, SS_DADDR) };
         ev.saddr[..4].copy_from_slice(&s);
         ev.daddr[..4].copy_from_slice(&d);
     } else {
-        ev.saddr = unsafe { ctx.read_at(SS_SADDR6) }.map_err(|e| e as i64)?;
-        ev.daddr = unsafe { ctx.read_at(SS_DADDR6) }.map_err(|e| e as i64)?;
+        ev.saddr = unsafe { tp_field(ctx, SS_SADDR6) };
+        ev.daddr = unsafe { tp_field(ctx, SS_DADDR6) };
     }
     ev.skaddr = sk;
 

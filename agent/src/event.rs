@@ -5,11 +5,11 @@
 //! Must not: interpret events (that is the process table and the rules).
 
 use agent_common::{
-    EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT,
-    EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER, EventHeader, EventKind, ExecFixed, ExitEvent,
-    ForkEvent, FsEvent, IPPROTO_TCP_U8, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED,
-    TCP_PHASE_START, TcpEvent, TlsLibEvent, WIRE_DIR_EGRESS, WIRE_KIND_DNS, WIRE_KIND_TLS,
-    WireFixed,
+    ARGV0_LEN, EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_FAULT, EXEC_F_ENV_TRUNCATED,
+    EXEC_F_EXECVEAT, EXEC_F_FILENAME_IS_EXE, EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER,
+    EventHeader, EventKind, ExecFixed, ExitEvent, ForkEvent, FsEvent, IPPROTO_TCP_U8,
+    TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED, TCP_PHASE_START, TcpEvent,
+    TlsLibEvent, WIRE_DIR_EGRESS, WIRE_KIND_DNS, WIRE_KIND_TLS, WireFixed,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -289,6 +289,30 @@ fn split_nul(b: &[u8]) -> Vec<String> {
     v
 }
 
+/// Turn the argv of a new program back into the one its caller passed.
+///
+/// A `#!` script (or a `binfmt_misc` format) runs as `[interpreter, (arg),
+/// script, argv[1..]]`: the kernel drops the caller's `argv[0]`, which the
+/// probe kept at entry (`argv0`, cut at `ARGV0_LEN - 1` bytes). Returns
+/// whether the restored `argv[0]` is cut.
+pub fn caller_argv(argv: &mut Vec<String>, argv0: &str, script: &str) -> bool {
+    let cut = argv0.len() >= ARGV0_LEN - 1;
+    let same = match argv.first() {
+        Some(a) => a == argv0 || (cut && a.starts_with(argv0)),
+        None => true,
+    };
+    if argv0.is_empty() || same {
+        return false;
+    }
+    match argv.iter().take(3).skip(1).position(|a| a == script) {
+        Some(k) => {
+            argv.splice(..=k + 1, [argv0.to_string()]);
+            cut
+        }
+        None => false,
+    }
+}
+
 pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
     let hdr: EventHeader = read(b).ok_or(DecodeError::Short(b.len()))?;
     let kind = EventKind::try_from(hdr.kind).map_err(DecodeError::UnknownKind)?;
@@ -309,7 +333,12 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                     avail: data.len(),
                 });
             }
-            let argv = split_nul(&data[..argv_len]);
+            let mut argv = split_nul(&data[..argv_len]);
+            let mut argv_cut = false;
+            if f.flags & EXEC_F_FILENAME_IS_EXE != 0 {
+                // Read from the new program: give back the caller's argv[0].
+                argv_cut = caller_argv(&mut argv, &cstr(&f.filename), &cstr(&f.exe));
+            }
             let env = split_nul(&data[argv_len..argv_len + env_len])
                 .into_iter()
                 .map(|kv| match kv.split_once('=') {
@@ -327,13 +356,18 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 enter_ns: f.enter_ns,
                 ktime_ns: f.hdr.ktime_ns,
                 errno: f.ret.saturating_neg(),
-                filename: cstr(&f.filename),
+                filename: if f.flags & EXEC_F_FILENAME_IS_EXE != 0 {
+                    cstr(&f.exe)
+                } else {
+                    cstr(&f.filename)
+                },
                 exe: cstr(&f.exe),
                 comm: cstr(&f.comm),
                 argv,
                 env,
-                argv_truncated: f.flags & (EXEC_F_ARGV_TRUNCATED | EXEC_F_ARGV_FAULT) != 0,
-                env_truncated: f.flags & EXEC_F_ENV_TRUNCATED != 0,
+                argv_truncated: argv_cut
+                    || f.flags & (EXEC_F_ARGV_TRUNCATED | EXEC_F_ARGV_FAULT) != 0,
+                env_truncated: f.flags & (EXEC_F_ENV_TRUNCATED | EXEC_F_ENV_FAULT) != 0,
                 filename_truncated: f.flags & EXEC_F_FILENAME_TRUNCATED != 0,
                 no_enter: f.flags & EXEC_F_NO_ENTER != 0,
                 execveat: f.flags & EXEC_F_EXECVEAT != 0,
@@ -541,6 +575,65 @@ pub(crate) mod tests {
         let mut out = bytes.to_vec();
         out.extend_from_slice(&data);
         out
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn caller_argv_restores_a_scripts_argv0() {
+        let mut a = strings(&[
+            "/opt/conda/bin/python3.11",
+            "/opt/conda/bin/pip",
+            "install",
+            "x",
+        ]);
+        assert!(!caller_argv(&mut a, "pip", "/opt/conda/bin/pip"));
+        assert_eq!(a, strings(&["pip", "install", "x"]));
+        // `#!/usr/bin/env python3`: interpreter plus one argument.
+        let mut a = strings(&["/usr/bin/env", "python3", "/usr/local/bin/tool", "-v"]);
+        caller_argv(&mut a, "tool", "/usr/local/bin/tool");
+        assert_eq!(a, strings(&["tool", "-v"]));
+    }
+
+    #[test]
+    fn caller_argv_leaves_a_binary_alone() {
+        for (argv0, script) in [("go", "/usr/bin/go"), ("", "/x"), ("other", "/nowhere")] {
+            let mut a = strings(&["go", "version"]);
+            assert!(!caller_argv(&mut a, argv0, script));
+            assert_eq!(a, strings(&["go", "version"]));
+        }
+        // A long argv[0] kept in part is still the same argument.
+        let long = "/".repeat(100);
+        let mut a = vec![long.clone()];
+        assert!(!caller_argv(&mut a, &long[..ARGV0_LEN - 1], "/x"));
+        assert_eq!(a, vec![long.clone()]);
+        // ... and restored in part to a script, it is flagged.
+        let mut a = strings(&["/bin/sh", "/x", "y"]);
+        assert!(caller_argv(&mut a, &long[..ARGV0_LEN - 1], "/x"));
+        assert_eq!(a.len(), 2);
+        let mut empty: Vec<String> = Vec::new();
+        assert!(!caller_argv(&mut empty, "a", "/x"));
+    }
+
+    #[test]
+    fn decodes_a_successful_exec_read_from_the_new_program() {
+        let mut b = exec_record(
+            "pip",
+            "/opt/conda/bin/pip",
+            &["/opt/conda/bin/python3", "/opt/conda/bin/pip", "list"],
+            &["PATH=/a"],
+            0,
+        );
+        let flags = core::mem::offset_of!(ExecFixed, flags);
+        b[flags..flags + 4].copy_from_slice(&EXEC_F_FILENAME_IS_EXE.to_ne_bytes());
+        let Event::Exec(e) = decode(&b).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.filename, "/opt/conda/bin/pip");
+        assert_eq!(e.argv, strings(&["pip", "list"]));
+        assert!(!e.argv_truncated);
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct Globals {
     pub task_real_parent: u32,
     pub task_tgid: u32,
     pub task_exit_code: u32,
+    pub task_mm: u32,
+    pub mm_start_stack: u32,
     pub fork_child_pid: u32,
     pub exit_group_dead: u32,
     pub sock_err: u32,
@@ -135,6 +137,20 @@ impl Globals {
             None => g
                 .warnings
                 .push("no kernel BTF: parent pids and exit codes are not reported".into()),
+        }
+        if let Some(btf) = &k.btf {
+            match mm_layout(btf) {
+                Ok((mm, ss)) if std::env::var_os(EXEC_AT_ENTER_ENV).is_none() => {
+                    g.task_mm = mm;
+                    g.mm_start_stack = ss;
+                }
+                Ok(_) => g.warnings.push(format!(
+                    "{EXEC_AT_ENTER_ENV} is set: argv/env of execs are read at sys_enter (slower)"
+                )),
+                Err(e) => g.warnings.push(format!(
+                    "{e}: argv/env of execs are read at sys_enter (slower)"
+                )),
+            }
         }
         if let Some(btf) = &k.btf {
             match btf.member_offset("sock", "sk_err") {
@@ -185,6 +201,29 @@ impl Globals {
     }
 }
 
+/// Set (to anything) to read argv/env at `sys_enter` as on kernels without
+/// BTF: the fallback path, for tests and for comparing the two.
+pub const EXEC_AT_ENTER_ENV: &str = "AGENT_EXEC_AT_ENTER";
+
+/// `offsetof(task_struct, mm)` and `offsetof(mm_struct, start_stack)`, with
+/// `arg_start`, `arg_end`, `env_start`, `env_end` checked to follow it (the
+/// kernel program reads the five words at once).
+fn mm_layout(btf: &Btf) -> Result<(u32, u32), crate::btf::BtfError> {
+    let mm = btf.member_offset("task_struct", "mm")?;
+    let ss = btf.member_offset("mm_struct", "start_stack")?;
+    for (i, f) in ["arg_start", "arg_end", "env_start", "env_end"]
+        .into_iter()
+        .enumerate()
+    {
+        if btf.member_offset("mm_struct", f)? != ss + 8 * (i as u32 + 1) {
+            return Err(crate::btf::BtfError::Malformed(
+                "mm_struct: arg_start..env_end do not follow start_stack",
+            ));
+        }
+    }
+    Ok((mm, ss))
+}
+
 fn is_eperm(msg: &str) -> bool {
     msg.contains("Operation not permitted") || msg.contains("EPERM") || msg.contains("os error 1)")
 }
@@ -218,6 +257,8 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
         .override_global(globals::TASK_REAL_PARENT_OFF, &g.task_real_parent, true)
         .override_global(globals::TASK_TGID_OFF, &g.task_tgid, true)
         .override_global(globals::TASK_EXIT_CODE_OFF, &g.task_exit_code, true)
+        .override_global(globals::TASK_MM_OFF, &g.task_mm, true)
+        .override_global(globals::MM_START_STACK_OFF, &g.mm_start_stack, true)
         .override_global(globals::FORK_CHILD_PID_OFF, &g.fork_child_pid, true)
         .override_global(globals::EXIT_GROUP_DEAD_OFF, &g.exit_group_dead, true)
         .override_global(globals::SOCK_ERR_OFF, &g.sock_err, true)
@@ -227,6 +268,10 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
         .override_global(globals::RETRANS_STATE_OFF, &g.retrans_state, true)
         .override_global(globals::TCP_QUIET_NS, &g.tcp_quiet_ns, true)
         .override_global(globals::TRACK_AGENT_CHILDREN, &g.track_agent_children, true);
+    if g.task_mm != 0 {
+        // Whole-event in-flight table only serves the no-BTF fallback (20 MiB otherwise).
+        loader.map_max_entries("EXEC_INFLIGHT_FULL", 1);
+    }
     loader.load(OBJECT).map_err(|e| {
         let msg = msg(e);
         if is_eperm(&msg) {

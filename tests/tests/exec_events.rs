@@ -77,14 +77,67 @@ fn failed_exec_has_errno_and_the_name_asked_for() {
 fn long_argv_is_truncated_and_flagged() {
     rt().block_on(async {
         let mut live = Live::start();
+        // A successful exec's argv is read in one piece from the new
+        // program: everything up to ARGV_MAX bytes, whatever the count.
         let many: Vec<String> = (0..100).map(|i| format!("a{i}")).collect();
         let e = live.exec_of(Command::new("/bin/true").args(&many)).await;
-        assert!(e.argv_truncated, "100 args must be flagged");
-        assert_eq!(e.argv.len(), agent_common::MAX_ARGS as usize);
-        assert_eq!(e.argv[1], "a0");
+        assert!(!e.argv_truncated, "100 short args fit");
+        assert_eq!(e.argv.len(), 101);
+        assert_eq!(e.argv[100], "a99");
+
+        let lots: Vec<String> = (0..1000).map(|i| format!("b{i}")).collect();
+        let e = live.exec_of(Command::new("/bin/true").args(&lots)).await;
+        assert!(
+            e.argv_truncated,
+            "1000 args exceed ARGV_MAX and must be flagged"
+        );
+        assert_eq!(e.argv[1], "b0");
+        let kept: usize = e.argv.iter().map(|a| a.len() + 1).sum();
+        assert!(kept <= agent_common::ARGV_MAX + 1, "kept {kept} bytes");
+        assert!(kept > agent_common::ARGV_MAX - 8, "kept only {kept} bytes");
 
         let long = "x".repeat(3000);
         let e = live.exec_of(Command::new("/bin/true").arg(&long)).await;
+        assert!(e.argv_truncated);
+        assert_eq!(
+            e.argv[1].len(),
+            agent_common::ARGV_MAX - "/bin/true\0".len()
+        );
+
+        // A failed exec's argv is read through the caller's pointers:
+        // MAX_ARGS entries of at most ARG_LEN - 1 bytes.
+        let missing = format!("/nonexistent-{}/many", std::process::id());
+        let _ = Command::new(&missing)
+            .args(&many)
+            .spawn()
+            .expect_err("must fail");
+        let (ev, _) = live
+            .until(
+                Duration::from_secs(10),
+                |e| matches!(e, Event::Exec(x) if x.filename == missing),
+            )
+            .await;
+        let Some(Event::Exec(e)) = ev else {
+            panic!("no failed exec event for {missing}")
+        };
+        assert!(
+            e.argv_truncated,
+            "100 args of a failed exec must be flagged"
+        );
+        assert_eq!(e.argv.len(), agent_common::MAX_ARGS as usize);
+        let _ = Command::new(&missing)
+            .arg(&long)
+            .spawn()
+            .expect_err("must fail");
+        let (ev, _) = live
+            .until(
+                Duration::from_secs(10),
+                |e| matches!(e, Event::Exec(x) if x.filename == missing && x.argv.len() == 2),
+            )
+            .await;
+        let Some(Event::Exec(e)) = ev else {
+            panic!("no failed exec event for {missing} with a long argument")
+        };
         assert!(e.argv_truncated);
         assert_eq!(e.argv[1].len(), agent_common::ARG_LEN - 1);
     });
@@ -161,5 +214,68 @@ fn the_agent_does_not_see_itself_and_nothing_is_lost() {
                 assert_eq!(n, 0, "lost events ({})", cause.name());
             }
         }
+    });
+}
+
+#[test]
+fn a_scripts_argv_is_the_callers_and_big_environments_are_flagged() {
+    rt().block_on(async {
+        let mut live = Live::start();
+        // A `#!` script runs as [interpreter, script, args]; the event
+        // carries the argv the caller passed.
+        let dir = std::env::temp_dir().join(format!("agent-script-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let script = dir.join("myscript");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\n").expect("write script");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path = format!("{}:/usr/bin:/bin", dir.display());
+        let e = live
+            .exec_of(Command::new("myscript").arg("x y").env("PATH", &path))
+            .await;
+        let script = script.to_string_lossy().into_owned();
+        assert_eq!(e.filename, script);
+        assert_eq!(e.exe, script);
+        assert_eq!(e.argv, vec!["myscript", "x y"]);
+        assert!(!e.argv_truncated);
+        assert_eq!(e.env_var("PATH"), Some(path.as_str()));
+
+        // Environment strings past ENV_BLOCK bytes are left out, and flagged.
+        // (Command passes the environment sorted by name.)
+        let big = "x".repeat(agent_common::ENV_BLOCK + 100);
+        let e = live
+            .exec_of(
+                Command::new("/bin/true")
+                    .env_clear()
+                    .env("AAA_BIG", &big)
+                    .env("GOPATH", "/g"),
+            )
+            .await;
+        assert!(e.env_truncated, "env {:?}", e.env);
+        assert_eq!(e.env_var("GOPATH"), None);
+        let fits = "x".repeat(agent_common::ENV_BLOCK / 2);
+        let e = live
+            .exec_of(
+                Command::new("/bin/true")
+                    .env_clear()
+                    .env("AAA_BIG", &fits)
+                    .env("GOPATH", "/g"),
+            )
+            .await;
+        assert!(!e.env_truncated, "env {:?}", e.env);
+        assert_eq!(e.env_var("GOPATH"), Some("/g"));
+
+        // More than MAX_ENV_SCAN variables: the ones past it are left out, flagged.
+        let mut cmd = Command::new("/bin/true");
+        cmd.env_clear();
+        for i in 0..agent_common::MAX_ENV_SCAN + 44 {
+            cmd.env(format!("V{i:03}"), "v");
+        }
+        cmd.env("GOROOT", "/early").env("VIRTUAL_ENV", "/late");
+        let e = live.exec_of(&mut cmd).await;
+        assert!(e.env_truncated, "env {:?}", e.env);
+        assert_eq!(e.env_var("GOROOT"), Some("/early"));
+        assert_eq!(e.env_var("VIRTUAL_ENV"), None);
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -458,7 +458,7 @@ struct Row {
     agent_cpu_us_per_event: Option<f64>,
 }
 
-pub fn bench(reps: usize) -> Result<()> {
+pub fn bench(reps: usize, only: &[String]) -> Result<()> {
     let out_dir = std::env::temp_dir().join("agent-bench");
     std::fs::create_dir_all(&out_dir)?;
     let _ = Command::new("sysctl")
@@ -468,13 +468,22 @@ pub fn bench(reps: usize) -> Result<()> {
     std::fs::create_dir_all(&tls_dir)?;
     let servers = TlsServers::start(&tls_dir)?;
     let _ = TLS_PORTS.set((servers.handshake_port, servers.bulk_port));
-    let workloads = [
+    let all = [
         Workload::ExecTrue,
         Workload::GoVersion,
         Workload::TcpConnect,
         Workload::TlsHandshake,
         Workload::TlsBulk,
     ];
+    for o in only {
+        if !all.iter().any(|w| w.key() == o) {
+            bail!("unknown workload {o:?}");
+        }
+    }
+    let workloads: Vec<Workload> = all
+        .into_iter()
+        .filter(|w| only.is_empty() || only.iter().any(|o| o == w.key()))
+        .collect();
     let modes = [Mode::Bare, Mode::Agent, Mode::Bpftrace];
     let mut rows = Vec::new();
     let mut peak_rss_kib = 0u64;
@@ -540,6 +549,27 @@ pub fn bench(reps: usize) -> Result<()> {
                 Some(cpu.iter().sum::<f64>() / (iters * events_per_op) / 1e3);
         }
         rows.push(row);
+    }
+
+    if !only.is_empty() {
+        // A partial run: print, leave docs/ alone.
+        for r in &rows {
+            let med = |m: Mode| median(&mut r.ops.get(&m).cloned().unwrap_or_default());
+            let b = med(Mode::Bare);
+            println!(
+                "{}: bare {b:.0} ops/s, agent ratio {:.3}, bpftrace ratio {:.3}",
+                r.workload.name(),
+                med(Mode::Agent) / b,
+                med(Mode::Bpftrace) / b
+            );
+            for (k, v) in &r.bpf_ns_per_event {
+                println!("  {k:<24} {v:>8.0} ns/run");
+            }
+            if let Some(c) = r.agent_cpu_us_per_event {
+                println!("  agent CPU {c:.2} µs/event");
+            }
+        }
+        return Ok(());
     }
 
     // Capacity: both cores forking as fast as they can, agent attached.

@@ -37,6 +37,10 @@ enum Cmd {
         /// Repetitions per workload and mode.
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Only these workloads (exec_true, go_version, tcp_connect,
+        /// tls_handshake, tls_bulk), printed rather than written to docs/.
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// Run the cargo-fuzz targets (fuzz/) for a while each; installs cargo-fuzz once.
     Fuzz {
@@ -334,10 +338,10 @@ fn main() -> Result<()> {
         }
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
         Cmd::Fuzz { seconds, targets } => fuzz(seconds, targets),
-        Cmd::Bench { reps } => {
+        Cmd::Bench { reps, only } => {
             toolchain::setup()?;
             run(cargo_with_linker()?.args(["build", "--release", "-p", "agent"]))?;
-            bench::bench(reps)
+            bench::bench(reps, &only)
         }
     }
 }
