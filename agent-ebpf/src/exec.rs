@@ -277,7 +277,8 @@ fn try_exec_enter(
         return enter_full(&start, tid, tgid);
     }
     let Some(s) = EXEC_START.get_ptr_mut(tid & (EXEC_SLOTS - 1)) else {
-        count_lost(LostCause::ExecTableFull);
+        // Unreachable: the index is masked to the array's size.
+        count_lost(LostCause::Scratch);
         return Ok(());
     };
     // SAFETY: a slot of the array, valid for this program's run. Its owner is
