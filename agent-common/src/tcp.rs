@@ -60,7 +60,5 @@ pub struct TcpConnStart {
     pub tgid: u32,
     pub uid: u32,
     pub syn_retrans: u32,
-    pub netns: u32,
-    pub _pad: u32,
     pub comm: [u8; 16],
 }

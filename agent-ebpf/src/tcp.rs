@@ -89,17 +89,71 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
     let new: i32 = unsafe { tp_field(ctx, SS_NEW) };
     if new != TCP_SYN_SENT && old != TCP_SYN_SENT {
         if new == TCP_CLOSE {
-            // An established client connection ends: forget its owner.
+            // An established client connection ends: forget its owner. Most
+            // closing sockets have none (servers): a lookup, without the
+            // delete's lock.
             let sk: u64 = unsafe { tp_field(ctx, SS_SKADDR) };
-            let _ = TCP_CONNS.remove(&sk);
+            // SAFETY: read-only lookup.
+            if unsafe { TCP_CONNS.get(&sk) }.is_some() {
+                let _ = TCP_CONNS.remove(&sk);
+            }
         }
         return Ok(());
     }
     let sk: u64 = unsafe { tp_field(ctx, SS_SKADDR) };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+
+    if new == TCP_SYN_SENT {
+        // connect() in the calling process's context. The start stays in the
+        // kernel: userspace needs only the outcome, which carries the
+        // start's pid, time and retransmits.
+        let id = bpf_get_current_pid_tgid();
+        let tgid = (id >> 32) as u32;
+        if tgid == AGENT_TGID.load() {
+            return Ok(());
+        }
+        let ugid = bpf_get_current_uid_gid();
+        let start = TcpConnStart {
+            start_ns: now,
+            // SAFETY: helper without preconditions.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            pid: id as u32,
+            tgid,
+            uid: ugid as u32,
+            syn_retrans: 0,
+            comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+        };
+        if TCP_CONNS.insert(&sk, &start, 0).is_err() {
+            count_lost(LostCause::TcpTableFull);
+        }
+        return Ok(());
+    }
+
+    // SYN_SENT → something: the outcome.
+    // SAFETY: map value pointer valid for this program's run; copied out at once.
+    let start = unsafe { TCP_CONNS.get(&sk) }.copied();
+    if new == TCP_ESTABLISHED {
+        // Routine: fast, no retransmit, outside toolchain trees. Counted
+        // here, before anything else is read. The entry stays: it names the
+        // socket's owner for the wire capture until the socket closes.
+        let quiet = TCP_QUIET_NS.load();
+        if let Some(s) = &start
+            && quiet != 0
+            && s.syn_retrans == 0
+            && now.saturating_sub(s.start_ns) < quiet
+            && !is_tracked(s.tgid)
+        {
+            count(KernelCounter::TcpQuietEstablished);
+            return Ok(());
+        }
+    } else if start.is_some() {
+        let _ = TCP_CONNS.remove(&sk);
+    }
+
     let mut ev = TcpEvent::default();
     ev.hdr.kind = EventKind::Tcp as u32;
-    // SAFETY: helper without preconditions.
-    ev.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ev.hdr.ktime_ns = now;
     ev.family = unsafe { tp_field(ctx, SS_FAMILY) };
     ev.sport = unsafe { tp_field(ctx, SS_SPORT) };
     ev.dport = unsafe { tp_field(ctx, SS_DPORT) };
@@ -113,67 +167,20 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
         ev.daddr = unsafe { tp_field(ctx, SS_DADDR6) };
     }
     ev.skaddr = sk;
-
-    if new == TCP_SYN_SENT {
-        // connect() in the calling process's context.
-        let id = bpf_get_current_pid_tgid();
-        let tgid = (id >> 32) as u32;
-        if tgid == AGENT_TGID.load() {
-            return Ok(());
+    match &start {
+        Some(s) => fill(&mut ev, s),
+        None => {
+            count_lost(LostCause::TcpNoStart);
+            ev.flags |= TCP_F_NO_START;
         }
-        let ugid = bpf_get_current_uid_gid();
-        let start = TcpConnStart {
-            start_ns: ev.hdr.ktime_ns,
-            // SAFETY: helper without preconditions.
-            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-            pid: id as u32,
-            tgid,
-            uid: ugid as u32,
-            syn_retrans: 0,
-            netns: netns_of(sk),
-            _pad: 0,
-            comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
-        };
-        if TCP_CONNS.insert(&sk, &start, 0).is_err() {
-            count_lost(LostCause::TcpTableFull);
-        }
-        // The start stays in the kernel: userspace needs only the outcome,
-        // which carries the start's pid, time and retransmits.
-        return Ok(());
+    }
+    // The socket's namespace, read only for what is sent.
+    ev.netns = netns_of(sk);
+    if new == TCP_ESTABLISHED {
+        ev.phase = TCP_PHASE_ESTABLISHED;
     } else {
-        // SYN_SENT → something: the outcome.
-        // SAFETY: the value is copied out before the entry is removed.
-        match unsafe { TCP_CONNS.get(&sk) } {
-            Some(start) => {
-                let start = *start;
-                fill(&mut ev, &start);
-                if new != TCP_ESTABLISHED {
-                    let _ = TCP_CONNS.remove(&sk);
-                }
-            }
-            None => {
-                count_lost(LostCause::TcpNoStart);
-                ev.flags |= TCP_F_NO_START;
-                ev.netns = netns_of(sk);
-            }
-        }
-        if new == TCP_ESTABLISHED {
-            ev.phase = TCP_PHASE_ESTABLISHED;
-            // Routine: fast, no retransmit, outside toolchain trees. Counted here.
-            let quiet = TCP_QUIET_NS.load();
-            if quiet != 0
-                && ev.flags & TCP_F_NO_START == 0
-                && ev.syn_retrans == 0
-                && ev.hdr.ktime_ns.saturating_sub(ev.start_ns) < quiet
-                && !is_tracked(ev.hdr.tgid)
-            {
-                count(KernelCounter::TcpQuietEstablished);
-                return Ok(());
-            }
-        } else {
-            ev.phase = TCP_PHASE_FAILED;
-            ev.err = read_u32_at(sk, SOCK_ERR_OFF.load()) as i32;
-        }
+        ev.phase = TCP_PHASE_FAILED;
+        ev.err = read_u32_at(sk, SOCK_ERR_OFF.load()) as i32;
     }
     emit(&ev);
     Ok(())
@@ -187,7 +194,6 @@ fn fill(ev: &mut TcpEvent, s: &TcpConnStart) {
     ev.cgroup_id = s.cgroup_id;
     ev.uid = s.uid;
     ev.syn_retrans = s.syn_retrans;
-    ev.netns = s.netns;
     ev.comm = s.comm;
 }
 

@@ -108,7 +108,29 @@ pub fn wire_ingress(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// A `T` at `off` in the packet: loaded straight from the linear data when
+/// it lies there (a cgroup_skb program may read packet data), else through
+/// `bpf_skb_load_bytes`. Header offsets are below 256.
 #[inline(always)]
+fn pkt<T: Copy>(ctx: &SkBuffContext, off: usize) -> Result<T, i64> {
+    let skb = ctx.as_ptr() as *const aya_ebpf::bindings::__sk_buff;
+    // SAFETY: plain field reads of the context.
+    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    if off < 256 {
+        // One packet pointer, compared at a constant offset from itself: the
+        // verifier carries the proven range to the load (a pointer summed
+        // differently would be a new one, unproven).
+        // SAFETY: reading a local variable.
+        let o = unsafe { core::ptr::read_volatile(&off) } & 0xff;
+        let p = (data as *const u8).wrapping_add(o);
+        if p.wrapping_add(core::mem::size_of::<T>()) as usize <= end {
+            // SAFETY: inside the linear data, checked just above (and by the verifier).
+            return Ok(unsafe { core::ptr::read_unaligned(p as *const T) });
+        }
+    }
+    ctx.load(off)
+}
+
 fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
     let skb = ctx.as_ptr() as *const aya_ebpf::bindings::__sk_buff;
     // SAFETY: the kernel hands a valid __sk_buff; this is a plain field read.
@@ -119,7 +141,7 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
     // (protocol, header lengths, ports, flags); addresses and sequence
     // numbers are read for kept packets only.
     let l4: usize = if protocol == ETH_P_IP_BE {
-        let h: [u8; 10] = ctx.load(0)?;
+        let h: [u8; 10] = pkt(ctx, 0)?;
         // Fragments after the first carry no L4 header; skip every fragment.
         if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
             return Ok(());
@@ -129,7 +151,7 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
         ((h[0] & 0x0f) as usize) * 4
     } else if protocol == ETH_P_IPV6_BE {
         // Extension headers are rare on these flows and not followed.
-        f.proto = ctx.load(6)?;
+        f.proto = pkt(ctx, 6)?;
         f.family = AF_INET6;
         40
     } else {
@@ -139,14 +161,14 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
         return Ok(());
     }
     let payload: usize = if f.proto == IPPROTO_TCP_U8 {
-        let h: [u8; 14] = ctx.load(l4)?;
+        let h: [u8; 14] = pkt(ctx, l4)?;
         f.sport = u16::from_be_bytes([h[0], h[1]]);
         f.dport = u16::from_be_bytes([h[2], h[3]]);
         f.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         f.tcp_flags = h[13];
         l4 + ((h[12] >> 4) as usize) * 4
     } else {
-        let ports: [u8; 4] = ctx.load(l4)?;
+        let ports: [u8; 4] = pkt(ctx, l4)?;
         f.sport = u16::from_be_bytes([ports[0], ports[1]]);
         f.dport = u16::from_be_bytes([ports[2], ports[3]]);
         l4 + 8
@@ -196,7 +218,7 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
                 // this direction needs (the client's TLS 1.3 Finished, or data
                 // after the handshake); once both directions are there the
                 // handshake is over and the flow is forgotten.
-                let first: u8 = ctx.load(payload).unwrap_or(0);
+                let first: u8 = pkt(ctx, payload).unwrap_or(0);
                 let next = if first == 0x17 { TLS_MAX_PKTS } else { n + 1 };
                 // SAFETY: as above.
                 let other = unsafe {
@@ -212,7 +234,7 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
             if f.payload_len < 6 {
                 return Ok(());
             }
-            let h: [u8; 6] = ctx.load(payload)?;
+            let h: [u8; 6] = pkt(ctx, payload)?;
             // A handshake record (0x16) of TLS 1.0–1.3 record versions whose
             // first message is a ClientHello (1).
             if h[0] != 0x16 || h[1] != 3 || h[2] > 4 || h[5] != 1 {

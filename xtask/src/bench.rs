@@ -54,7 +54,7 @@ enum Workload {
 impl Workload {
     fn name(self) -> &'static str {
         match self {
-            Workload::ExecTrue => "fork+exec /bin/true",
+            Workload::ExecTrue => "fork+exec of a static true",
             Workload::GoVersion => "go version",
             Workload::TcpConnect => "loopback TCP connect/accept/close",
             Workload::TlsHandshake => {
@@ -178,6 +178,28 @@ fn free_port() -> Result<u16> {
 
 static TLS_PORTS: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
 
+/// The exec workload's binary: a static `true` built here with gcc (no
+/// dynamic loader in the measurement), else /bin/true.
+static TRUE_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn build_static_true(dir: &Path) -> PathBuf {
+    let src = dir.join("true.c");
+    let bin = dir.join("true-static");
+    let built = std::fs::write(&src, "int main(void) { return 0; }\n").is_ok()
+        && Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .is_ok_and(|s| s.success());
+    if built {
+        bin
+    } else {
+        eprintln!("bench: gcc -static failed; the exec workload runs /bin/true (dynamic)");
+        PathBuf::from("/bin/true")
+    }
+}
+
 /// Run the workload once on `threads` threads; ops/s.
 fn run_workload(w: Workload, threads: u64) -> Result<f64> {
     let n = w.iterations();
@@ -200,7 +222,8 @@ fn run_workload(w: Workload, threads: u64) -> Result<f64> {
                 for _ in 0..n {
                     match w {
                         Workload::ExecTrue => {
-                            let st = Command::new("/bin/true").status()?;
+                            let bin = TRUE_BIN.get().map_or(Path::new("/bin/true"), |p| p);
+                            let st = Command::new(bin).status()?;
                             if !st.success() {
                                 bail!("/bin/true failed");
                             }
@@ -467,6 +490,7 @@ pub fn bench(reps: usize, only: &[String]) -> Result<()> {
     let tls_dir = out_dir.join("tls");
     std::fs::create_dir_all(&tls_dir)?;
     let servers = TlsServers::start(&tls_dir)?;
+    let _ = TRUE_BIN.set(build_static_true(&out_dir));
     let _ = TLS_PORTS.set((servers.handshake_port, servers.bulk_port));
     let all = [
         Workload::ExecTrue,
