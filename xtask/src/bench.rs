@@ -383,6 +383,7 @@ mod serde_like {
     pub struct Stats {
         pub received: u64,
         pub lost: u64,
+        pub ring_full: u64,
     }
 
     fn num_after(s: &str, key: &str) -> Option<u64> {
@@ -410,6 +411,7 @@ mod serde_like {
         Some(Stats {
             received: num_after(line, "\"events_received\":")?,
             lost,
+            ring_full: num_after(line, "\"ring_full\":").unwrap_or(0),
         })
     }
 }
@@ -478,7 +480,12 @@ struct Row {
     workload: Workload,
     ops: BTreeMap<Mode, Vec<f64>>,
     bpf_ns_per_event: BTreeMap<String, f64>,
+    /// All of the agent's programs' run time over the operations run.
+    bpf_us_per_op: f64,
+    /// Agent CPU over the operations run, and over the events it received.
+    agent_cpu_us_per_op: Option<f64>,
     agent_cpu_us_per_event: Option<f64>,
+    events_per_op: Option<f64>,
 }
 
 pub fn bench(reps: usize, only: &[String]) -> Result<()> {
@@ -517,8 +524,12 @@ pub fn bench(reps: usize, only: &[String]) -> Result<()> {
             workload: w,
             ops: BTreeMap::new(),
             bpf_ns_per_event: BTreeMap::new(),
+            bpf_us_per_op: 0.0,
+            agent_cpu_us_per_op: None,
             agent_cpu_us_per_event: None,
+            events_per_op: None,
         };
+        let mut received = 0u64;
         let mut cpu = Vec::new();
         let mut bpf_t: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         run_workload(w, 1)?; // warm caches
@@ -549,28 +560,31 @@ pub fn bench(reps: usize, only: &[String]) -> Result<()> {
                     }
                 }
                 if let Some(t) = tracer {
-                    stop(t)?;
+                    let stats = stop(t)?;
+                    if mode == Mode::Agent {
+                        received += stats.map_or(0, |s| s.received);
+                    }
                 }
                 row.ops.entry(mode).or_default().push(ops);
                 eprintln!("  rep {rep} {:<8} {:>10.0} ops/s", mode.name(), ops);
             }
         }
         let iters = (w.iterations() * reps as u64) as f64;
+        let mut bpf_total_ns = 0u64;
         for (name, (t, c)) in bpf_t {
             if c > 0 && is_ours(&name) {
                 row.bpf_ns_per_event.insert(name, t as f64 / c as f64);
+                bpf_total_ns += t;
             }
         }
-        // Events per op: exec = exec + fork + exit; tcp = start + outcome;
-        // the TLS workloads mix several kinds, CPU per event is not meaningful.
-        let events_per_op = match w {
-            Workload::TcpConnect => Some(2.0),
-            Workload::TlsHandshake | Workload::TlsBulk => None,
-            _ => Some(3.0),
-        };
-        if let (false, Some(events_per_op)) = (cpu.is_empty(), events_per_op) {
-            row.agent_cpu_us_per_event =
-                Some(cpu.iter().sum::<f64>() / (iters * events_per_op) / 1e3);
+        row.bpf_us_per_op = bpf_total_ns as f64 / iters / 1e3;
+        if !cpu.is_empty() {
+            let cpu_ns: f64 = cpu.iter().sum();
+            row.agent_cpu_us_per_op = Some(cpu_ns / iters / 1e3);
+            if received > 0 {
+                row.agent_cpu_us_per_event = Some(cpu_ns / received as f64 / 1e3);
+                row.events_per_op = Some(received as f64 / iters);
+            }
         }
         rows.push(row);
     }
@@ -589,27 +603,120 @@ pub fn bench(reps: usize, only: &[String]) -> Result<()> {
             for (k, v) in &r.bpf_ns_per_event {
                 println!("  {k:<24} {v:>8.0} ns/run");
             }
-            if let Some(c) = r.agent_cpu_us_per_event {
-                println!("  agent CPU {c:.2} µs/event");
+            println!("  BPF {:.2} µs/op", r.bpf_us_per_op);
+            if let Some(c) = r.agent_cpu_us_per_op {
+                println!("  agent CPU {c:.2} µs/op");
+            }
+            if let (Some(c), Some(e)) = (r.agent_cpu_us_per_event, r.events_per_op) {
+                println!("  agent CPU {c:.2} µs/event ({e:.1} events/op)");
             }
         }
         return Ok(());
     }
 
     // Capacity: both cores forking as fast as they can, agent attached.
-    eprintln!("bench: capacity (exec on 2 threads, agent attached)");
+    eprintln!("bench: capacity (exec and connect on 2 threads, agent attached)");
     let tracer = start(Mode::Agent, &out_dir)?.context("agent")?;
     let pid = tracer.child.id();
+    let cpu0 = proc_cpu_ns(pid);
     let cap_exec = run_workload(Workload::ExecTrue, 2)?;
     let cap_tcp = run_workload(Workload::TcpConnect, 2)?;
     std::thread::sleep(Duration::from_millis(500));
+    let cap_cpu_ns = cpu0
+        .zip(proc_cpu_ns(pid))
+        .map_or(0, |(a, b)| b.saturating_sub(a));
     peak_rss_kib = peak_rss_kib.max(proc_hwm_kib(pid).unwrap_or(0));
     let stats = stop(tracer)?.unwrap_or_default();
+    let capacity = Capacity {
+        exec_per_s: cap_exec,
+        tcp_per_s: cap_tcp,
+        cpu_ns: cap_cpu_ns,
+        stats,
+    };
+    let overload = overload(&out_dir)?;
+    peak_rss_kib = peak_rss_kib.max(overload.rss_kib);
     let _ = Command::new("sysctl")
         .args(["-qw", "kernel.bpf_stats_enabled=0"])
         .status();
 
-    write_report(&rows, cap_exec, cap_tcp, &stats, peak_rss_kib, reps)
+    write_report(&rows, &capacity, &overload, peak_rss_kib, reps)
+}
+
+struct Capacity {
+    exec_per_s: f64,
+    tcp_per_s: f64,
+    cpu_ns: u64,
+    stats: serde_like::Stats,
+}
+
+/// Beyond capacity: the agent's reader stopped while both cores exec.
+struct Overload {
+    secs: f64,
+    execs: u64,
+    stats: serde_like::Stats,
+    rss_kib: u64,
+}
+
+/// Execs run while the reader is stopped; each carries 2 KiB of argv and
+/// a long PATH (an allow-listed variable, kept up to 512 bytes), so each
+/// event is ~3 KiB: about three times the 8 MiB ring in all.
+const OVERLOAD_EXECS: u64 = 8000;
+const OVERLOAD_PATH_DIRS: usize = 300;
+const OVERLOAD_ARG: &str = concat!(
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc",
+);
+
+/// Stop the agent (SIGSTOP) while two threads run OVERLOAD_EXECS execs, resume
+/// it, and read what it says it lost and how much memory it took.
+fn overload(out_dir: &Path) -> Result<Overload> {
+    eprintln!("bench: overload (agent stopped while 2 threads run {OVERLOAD_EXECS} execs)");
+    let tracer = start(Mode::Agent, out_dir)?.context("agent")?;
+    let pid = tracer.child.id().to_string();
+    let path: String = (0..OVERLOAD_PATH_DIRS)
+        .map(|i| format!("/opt/overload/dir{i:04}/bin"))
+        .collect::<Vec<_>>()
+        .join(":");
+    Command::new("kill").args(["-STOP", &pid]).status()?;
+    let t = Instant::now();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || -> u64 {
+                let bin = TRUE_BIN.get().map_or(Path::new("/bin/true"), |p| p);
+                let mut n = 0;
+                for _ in 0..OVERLOAD_EXECS / 2 {
+                    let st = Command::new(bin)
+                        .args([OVERLOAD_ARG; 4])
+                        .env_clear()
+                        .env("PATH", &path)
+                        .status();
+                    if st.is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let execs: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    let secs = t.elapsed().as_secs_f64();
+    Command::new("kill").args(["-CONT", &pid]).status()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_kib = proc_hwm_kib(tracer.child.id()).unwrap_or(0);
+    let stats = stop(tracer)?.unwrap_or_default();
+    Ok(Overload {
+        secs,
+        execs,
+        stats,
+        rss_kib,
+    })
 }
 
 fn is_ours(name: &str) -> bool {
@@ -631,9 +738,8 @@ fn is_ours(name: &str) -> bool {
 
 fn write_report(
     rows: &[Row],
-    cap_exec: f64,
-    cap_tcp: f64,
-    stats: &serde_like::Stats,
+    cap: &Capacity,
+    over: &Overload,
     peak_rss_kib: u64,
     reps: usize,
 ) -> Result<()> {
@@ -681,44 +787,96 @@ fn write_report(
             .iter()
             .map(|(k, v)| format!("\"{k}\": {v:.0}"))
             .collect();
+        let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.2}"));
         js.push_str(&format!(
-            "    \"{}\": {{\"bare\": {bv:?}, \"agent\": {av:?}, \"bpftrace\": {tv:?}, \"agent_ratio\": {:.4}, \"bpftrace_ratio\": {:.4}, \"bpf_ns_per_run\": {{{}}}, \"agent_cpu_us_per_event\": {}}}{}\n",
+            "    \"{}\": {{\"bare\": {bv:?}, \"agent\": {av:?}, \"bpftrace\": {tv:?}, \"agent_ratio\": {:.4}, \"bpftrace_ratio\": {:.4}, \"bpf_ns_per_run\": {{{}}}, \"bpf_us_per_op\": {:.2}, \"agent_cpu_us_per_op\": {}, \"agent_cpu_us_per_event\": {}, \"events_per_op\": {}}}{}\n",
             r.workload.key(),
             a / b,
             t / b,
             bpf.join(", "),
-            r.agent_cpu_us_per_event.map(|v| format!("{v:.2}")).unwrap_or("null".into()),
+            r.bpf_us_per_op,
+            opt(r.agent_cpu_us_per_op),
+            opt(r.agent_cpu_us_per_event),
+            opt(r.events_per_op),
             if i + 1 < rows.len() { "," } else { "" }
         ));
     }
-    md.push_str("\n## Kernel-side cost (from `kernel.bpf_stats_enabled`)\n\nAverage run time of each program per run, during the agent runs of each workload.\n\n| workload | program | ns per run |\n|---|---|---|\n");
+    md.push_str(
+        "\n## Kernel-side cost (from `kernel.bpf_stats_enabled`)\n\nRun time of the agent's programs during its runs of each \
+         workload, from the kernel's own counters: in all per operation of the workload (everything the \
+         machine did meanwhile included), and each program's average per run. The counters themselves \
+         cost a clock read on each side of every run.\n\n| workload | BPF µs per op |\n|---|---|\n",
+    );
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {:.2} |\n",
+            r.workload.name(),
+            r.bpf_us_per_op
+        ));
+    }
+    md.push_str("\n| workload | program | ns per run |\n|---|---|---|\n");
     for r in rows {
         for (k, v) in &r.bpf_ns_per_event {
             md.push_str(&format!("| {} | `{k}` | {v:.0} |\n", r.workload.name()));
         }
     }
-    md.push_str("\n## Agent CPU\n\n| workload | agent user+system CPU per event |\n|---|---|\n");
+    let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2} µs"));
+    md.push_str(
+        "\n## Agent CPU\n\nUser+system CPU of the agent process during the workload (and 300 ms after, while it \
+         drains), per operation and per event it received.\n\n| workload | per op | events per op | per event |\n|---|---|---|---|\n",
+    );
     for r in rows {
         md.push_str(&format!(
-            "| {} | {} |\n",
+            "| {} | {} | {} | {} |\n",
             r.workload.name(),
-            r.agent_cpu_us_per_event
-                .map(|v| format!("{v:.2} µs"))
-                .unwrap_or_else(|| "n/a".into())
+            us(r.agent_cpu_us_per_op),
+            r.events_per_op
+                .map_or_else(|| "n/a".into(), |e| format!("{e:.1}")),
+            us(r.agent_cpu_us_per_event)
         ));
     }
+    let cap_ns_per_event = if cap.stats.received > 0 {
+        cap.cpu_ns as f64 / cap.stats.received as f64
+    } else {
+        0.0
+    };
     md.push_str(&format!(
         "\n(CPU time comes from /proc in 10 ms ticks: small per-run values are coarse.)\n\n## Capacity\n\n\
-         Both cores driving the workload, agent attached: {cap_exec:.0} execs/s and {cap_tcp:.0} \
-         TCP connects/s; the agent received {} events and lost {} (ring buffer, tables, decode). \
-         Peak agent RSS: {:.1} MiB.\n",
-        stats.received,
-        stats.lost,
-        peak_rss_kib as f64 / 1024.0
+         Both cores driving the workload, agent attached: {:.0} execs/s and {:.0} \
+         TCP connects/s; the agent received {} events and lost {} (ring buffer, tables, decode), \
+         at {:.2} µs of CPU per event: {:.2} % of one core per 1,000 events/s. \
+         Peak agent RSS over the whole benchmark: {:.1} MiB.\n\n\
+         Beyond capacity: the agent's reader stopped (SIGSTOP) for {:.1} s while both cores ran {} execs \
+         with 2 KiB of argv and a {}-directory PATH (~3 KiB per event): {} events lost ({} of them `ring_full`), \
+         counted in the kernel and reported in its `stats` line once it resumed; it received {} events; \
+         RSS {:.1} MiB.\n",
+        cap.exec_per_s,
+        cap.tcp_per_s,
+        cap.stats.received,
+        cap.stats.lost,
+        cap_ns_per_event / 1e3,
+        cap_ns_per_event / 1e4,
+        peak_rss_kib as f64 / 1024.0,
+        over.secs,
+        over.execs,
+        OVERLOAD_PATH_DIRS,
+        over.stats.lost,
+        over.stats.ring_full,
+        over.stats.received,
+        over.rss_kib as f64 / 1024.0
     ));
     js.push_str(&format!(
-        "  }},\n  \"capacity\": {{\"exec_per_s\": {cap_exec:.0}, \"tcp_per_s\": {cap_tcp:.0}, \"events_received\": {}, \"events_lost\": {}}},\n  \"peak_rss_kib\": {peak_rss_kib}\n}}\n",
-        stats.received, stats.lost
+        "  }},\n  \"capacity\": {{\"exec_per_s\": {:.0}, \"tcp_per_s\": {:.0}, \"events_received\": {}, \"events_lost\": {}, \"agent_cpu_ns_per_event\": {cap_ns_per_event:.0}}},\n  \"overload\": {{\"secs\": {:.2}, \"execs\": {}, \"events_received\": {}, \"events_lost\": {}, \"ring_full\": {}, \"rss_kib\": {}}},\n  \"peak_rss_kib\": {peak_rss_kib}\n}}\n",
+        cap.exec_per_s,
+        cap.tcp_per_s,
+        cap.stats.received,
+        cap.stats.lost,
+        over.secs,
+        over.execs,
+        over.stats.received,
+        over.stats.lost,
+        over.stats.ring_full,
+        over.rss_kib
     ));
     let docs = workspace_root().join("docs");
     std::fs::write(docs.join("benchmarks.md"), &md)?;
