@@ -110,6 +110,21 @@ impl Live {
             _ => panic!("no exec event for pid {pid} ({cmd:?})"),
         }
     }
+
+    /// The exec event whose `filename` (the name asked for) is `filename`:
+    /// how a failed exec, which has no process of its own, is found.
+    pub async fn exec_named(&mut self, filename: &str) -> Box<agent::event::Exec> {
+        let (ev, _) = self
+            .until(
+                Duration::from_secs(10),
+                |e| matches!(e, Event::Exec(x) if x.filename == filename),
+            )
+            .await;
+        match ev {
+            Some(Event::Exec(e)) => e,
+            _ => panic!("no exec event for {filename}"),
+        }
+    }
 }
 
 /// Run the agent binary with `args`, returning (status, stdout, stderr).

@@ -57,15 +57,7 @@ fn failed_exec_has_errno_and_the_name_asked_for() {
         let missing = format!("/nonexistent-{}/tool", std::process::id());
         let err = Command::new(&missing).spawn().expect_err("must fail");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
-        let (ev, _) = live
-            .until(
-                Duration::from_secs(10),
-                |e| matches!(e, Event::Exec(x) if x.filename == missing),
-            )
-            .await;
-        let Some(Event::Exec(e)) = ev else {
-            panic!("no failed exec event for {missing}")
-        };
+        let e = live.exec_named(&missing).await;
         assert_eq!(e.errno, libc::ENOENT);
         assert_eq!(e.exe, "");
         assert_eq!(e.argv, vec![missing.clone()]);
@@ -111,15 +103,7 @@ fn long_argv_is_truncated_and_flagged() {
             .args(&many)
             .spawn()
             .expect_err("must fail");
-        let (ev, _) = live
-            .until(
-                Duration::from_secs(10),
-                |e| matches!(e, Event::Exec(x) if x.filename == missing),
-            )
-            .await;
-        let Some(Event::Exec(e)) = ev else {
-            panic!("no failed exec event for {missing}")
-        };
+        let e = live.exec_named(&missing).await;
         assert!(
             e.argv_truncated,
             "100 args of a failed exec must be flagged"

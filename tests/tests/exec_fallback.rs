@@ -2,9 +2,8 @@
 //! forced with AGENT_EXEC_AT_ENTER on this kernel: same events as the fast path.
 //! One test per binary: the variable is set for the whole process.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
-use agent::event::Event;
 use agent_tests::{Live, rt};
 
 #[test]
@@ -60,15 +59,7 @@ fn exec_events_built_at_sys_enter_match_the_fast_path() {
             .arg("a")
             .spawn()
             .expect_err("must fail");
-        let (ev, _) = live
-            .until(
-                Duration::from_secs(10),
-                |e| matches!(e, Event::Exec(x) if x.filename == missing),
-            )
-            .await;
-        let Some(Event::Exec(e)) = ev else {
-            panic!("no failed exec event for {missing}")
-        };
+        let e = live.exec_named(&missing).await;
         assert_eq!(e.errno, libc::ENOENT);
         assert_eq!(e.argv, vec![missing.clone(), "a".into()]);
     });
