@@ -82,6 +82,9 @@ static ENV_STRINGS: PerCpuArray<[u8; ENV_BLOCK + ARG_LEN]> = PerCpuArray::with_m
 #[repr(C)]
 struct EnvScan {
     vec: [u64; MAX_ENV_SCAN as usize + 1],
+    /// Room past `vec` for the second read of the vector: the verifier
+    /// bounds its start and its length separately.
+    _slack: [u64; MAX_ENV_SCAN as usize + 1],
     env_start: u64,
     env_end: u64,
     blen: u64,
@@ -774,6 +777,9 @@ fn read_new_env(
     };
     // SAFETY: per-CPU scratch slots, exclusively ours while this program runs.
     let (scan, blk) = unsafe { (&mut *scan, &mut *blk) };
+    // `vec` is the struct's first field; the second read of it may run on
+    // into the slack, so its pointer is the struct's.
+    let vec_bytes = scan as *mut EnvScan as *mut u8;
     let vec = &mut scan.vec;
     // [argc, argv[0]]: argv[0] must be arg_start, or the layout is not the one expected.
     // SAFETY: user memory; the helper faults safely.
@@ -791,18 +797,41 @@ fn read_new_env(
         return;
     }
     const VEC_BYTES: usize = (MAX_ENV_SCAN as usize + 1) * 8;
-    let nbytes = clamp(arg_start - envp_at, VEC_BYTES);
-    // SAFETY: nbytes <= size of vec; user memory, the helper faults safely.
+    const PAGE: u64 = 4096;
+    let mut nbytes = clamp(arg_start - envp_at, VEC_BYTES);
+    // Up to the end of envp[0]'s page first. Past the vectors (envp, then
+    // auxv) the kernel leaves a random gap of up to 8 KiB before the
+    // strings, and a page of it that nothing was written to is not mapped:
+    // one read across it would fail whole. The next page is read on its
+    // own; if it is absent, the vectors ended on this one.
+    let n1 = clamp(PAGE - (envp_at & (PAGE - 1)), nbytes);
+    // SAFETY: n1 <= nbytes <= size of vec; user memory, the helper faults safely.
     let rc = unsafe {
         generated::bpf_probe_read_user(
             vec.as_mut_ptr() as *mut c_void,
-            nbytes as u32,
+            n1 as u32,
             envp_at as *const c_void,
         )
     };
     if rc != 0 {
         ev.fixed.flags |= EXEC_F_ENV_FAULT;
         return;
+    }
+    if n1 < nbytes {
+        let n2 = clamp((nbytes - n1) as u64, VEC_BYTES);
+        let at = clamp(n1 as u64, VEC_BYTES);
+        // SAFETY: at + n2 <= 2 * VEC_BYTES, the size of vec and the slack
+        // after it; user memory, the helper faults safely (and zeroes).
+        let rc = unsafe {
+            generated::bpf_probe_read_user(
+                vec_bytes.add(at) as *mut c_void,
+                n2 as u32,
+                envp_at.wrapping_add(at as u64) as *const c_void,
+            )
+        };
+        if rc != 0 {
+            nbytes = n1;
+        }
     }
     // A short read leaves older pointers after it: end the vector there.
     let last = nbytes / 8;

@@ -152,7 +152,11 @@ fn the_proxy_in_force_is_named_and_its_credentials_are_not() {
     let f = of_type(&lines, "finding");
     assert_eq!(codes(&lines), vec!["net.connect_refused"]);
     let summary = f[0]["summary"].as_str().unwrap();
-    assert!(summary.contains("(your HTTPS_PROXY) refused"), "{summary}");
+    assert!(
+        summary.contains("(your HTTPS_PROXY) refused"),
+        "{summary}; execs: {:?}",
+        of_type(&lines, "exec")
+    );
     assert_eq!(f[0]["evidence"]["proxy"]["is_destination"], true);
     let all: String = lines.iter().map(|l| l.to_string()).collect();
     assert!(!all.contains("s3cret"), "credentials leaked");
