@@ -385,12 +385,9 @@ fn read_caller_args(ev: &mut ExecEvent, start: &ExecStart) {
 /// No-BTF fallback: the whole event at `sys_enter`.
 #[inline(always)]
 fn enter_full(start: &ExecStart, tid: u32, tgid: u32) -> Result<(), i64> {
-    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
-        count_lost(LostCause::Scratch);
+    let Some(ev) = scratch_event() else {
         return Err(0);
     };
-    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
-    let ev = unsafe { &mut *ev };
     begin_event(ev, tid, tgid, start);
     read_caller_args(ev, start);
     if EXEC_INFLIGHT_FULL.insert(&tid, ev, 0).is_err() {
@@ -474,15 +471,15 @@ fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
         if k == 0 {
             // One read for the next ENV_CHUNK pointers; near the end of a
             // mapping it can fail, then the window holds what could be read.
-            // SAFETY: user memory; the helper faults safely.
-            let r = unsafe {
-                generated::bpf_probe_read_user(
-                    win.as_mut_ptr() as *mut c_void,
-                    (ENV_CHUNK * 8) as u32,
-                    envp.add(i as usize) as *const c_void,
+            // SAFETY: the window holds ENV_CHUNK pointers.
+            let ok = unsafe {
+                read_user(
+                    win.as_mut_ptr() as *mut u8,
+                    ENV_CHUNK * 8,
+                    envp.add(i as usize) as u64,
                 )
             };
-            if r != 0 {
+            if !ok {
                 *win = [0u64; ENV_CHUNK];
                 // SAFETY: as above.
                 win[0] =
@@ -586,12 +583,9 @@ fn try_exec_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     if let Some(start) = take_start(tid) {
-        let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
-            count_lost(LostCause::Scratch);
+        let Some(ev) = scratch_event() else {
             return Err(0);
         };
-        // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
-        let ev = unsafe { &mut *ev };
         begin_event(ev, tid, (id >> 32) as u32, &start);
         read_caller_args(ev, &start);
         finish_failed(ev, ret);
@@ -633,12 +627,9 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     let name_ptr = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
 
     let (ev, full) = if mm_layout_known() {
-        let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
-            count_lost(LostCause::Scratch);
+        let Some(ev) = scratch_event() else {
             return Err(0);
         };
-        // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
-        let ev = unsafe { &mut *ev };
         let start = match take_start(old_pid) {
             Some(s) => s,
             None => {
@@ -667,12 +658,9 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
             Some(ev) => (unsafe { &mut *ev }, true),
             None => {
                 count_lost(LostCause::ExecNoEnter);
-                let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
-                    count_lost(LostCause::Scratch);
+                let Some(ev) = scratch_event() else {
                     return Err(0);
                 };
-                // SAFETY: per-CPU scratch slot, exclusively ours.
-                let ev = unsafe { &mut *ev };
                 let start = ExecStart::empty(EXEC_F_NO_ENTER);
                 begin_event(ev, old_pid, tgid, &start);
                 (ev, false)
@@ -707,6 +695,31 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
         let _ = TRACKED.insert(&tgid, &1, 0);
     }
     Ok(())
+}
+
+/// The per-CPU scratch event (an exec event is larger than the BPF stack);
+/// `None`, counted as a scratch loss, cannot happen for index 0.
+#[inline(always)]
+fn scratch_event() -> Option<&'static mut ExecEvent> {
+    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        count_lost(LostCause::Scratch);
+        return None;
+    };
+    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
+    Some(unsafe { &mut *ev })
+}
+
+/// `bpf_probe_read_user` of `len` bytes at user address `src` into `dst`;
+/// true when it succeeded (on failure the helper zeroes `dst`).
+///
+/// # Safety
+/// `dst` must have room for `len` bytes (the verifier checks it too).
+#[inline(always)]
+unsafe fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
+    // SAFETY: guaranteed by the caller; user memory, the helper faults safely.
+    unsafe {
+        generated::bpf_probe_read_user(dst as *mut c_void, len as u32, src as *const c_void) == 0
+    }
 }
 
 /// `v` clamped to `max`, through a volatile slot so the verifier sees the
@@ -746,19 +759,12 @@ fn read_new_image(ev: &mut ExecEvent) {
         ev.fixed.flags |= EXEC_F_ARGV_TRUNCATED;
     }
     let len = clamp(total, ARGV_MAX);
-    // SAFETY: len <= ARGV_MAX <= the data area; user memory, the helper faults safely.
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            ev.data.as_mut_ptr() as *mut c_void,
-            len as u32,
-            arg_start as *const c_void,
-        )
-    };
-    if rc != 0 {
+    // SAFETY: len <= ARGV_MAX <= the data area.
+    if unsafe { read_user(ev.data.as_mut_ptr(), len, arg_start) } {
+        ev.fixed.argv_len = len as u32;
+    } else {
         ev.fixed.flags |= EXEC_F_ARGV_FAULT;
         ev.fixed.argv_len = 0;
-    } else {
-        ev.fixed.argv_len = len as u32;
     }
     read_new_env(ev, start_stack, arg_start, env_start, env_end);
 }
@@ -805,31 +811,16 @@ fn read_new_env(
     // one read across it would fail whole. The next page is read on its
     // own; if it is absent, the vectors ended on this one.
     let n1 = clamp(PAGE - (envp_at & (PAGE - 1)), nbytes);
-    // SAFETY: n1 <= nbytes <= size of vec; user memory, the helper faults safely.
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            vec.as_mut_ptr() as *mut c_void,
-            n1 as u32,
-            envp_at as *const c_void,
-        )
-    };
-    if rc != 0 {
+    // SAFETY: n1 <= nbytes <= size of vec.
+    if !unsafe { read_user(vec.as_mut_ptr() as *mut u8, n1, envp_at) } {
         ev.fixed.flags |= EXEC_F_ENV_FAULT;
         return;
     }
     if n1 < nbytes {
         let n2 = clamp((nbytes - n1) as u64, VEC_BYTES);
         let at = clamp(n1 as u64, VEC_BYTES);
-        // SAFETY: at + n2 <= 2 * VEC_BYTES, the size of vec and the slack
-        // after it; user memory, the helper faults safely (and zeroes).
-        let rc = unsafe {
-            generated::bpf_probe_read_user(
-                vec_bytes.add(at) as *mut c_void,
-                n2 as u32,
-                envp_at.wrapping_add(at as u64) as *const c_void,
-            )
-        };
-        if rc != 0 {
+        // SAFETY: at + n2 <= 2 * VEC_BYTES, the size of vec and the slack after it.
+        if !unsafe { read_user(vec_bytes.add(at), n2, envp_at.wrapping_add(at as u64)) } {
             nbytes = n1;
         }
     }
@@ -844,15 +835,8 @@ fn read_new_env(
     }
     // The strings: one read of up to ENV_BLOCK bytes; entries past it are flagged.
     let blen = clamp(env_end.wrapping_sub(env_start), ENV_BLOCK);
-    // SAFETY: blen <= ENV_BLOCK <= size of blk; user memory, the helper faults safely.
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            blk.as_mut_ptr() as *mut c_void,
-            blen as u32,
-            env_start as *const c_void,
-        )
-    };
-    if rc != 0 {
+    // SAFETY: blen <= ENV_BLOCK <= size of blk.
+    if !unsafe { read_user(blk.as_mut_ptr(), blen, env_start) } {
         ev.fixed.flags |= EXEC_F_ENV_FAULT;
         return;
     }

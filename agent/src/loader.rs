@@ -133,24 +133,22 @@ impl Globals {
                             .push(format!("{e}: parent pids/exit codes degrade")),
                     }
                 }
+                match mm_layout(btf) {
+                    Ok((mm, ss)) if std::env::var_os(EXEC_AT_ENTER_ENV).is_none() => {
+                        g.task_mm = mm;
+                        g.mm_start_stack = ss;
+                    }
+                    Ok(_) => g.warnings.push(format!(
+                        "{EXEC_AT_ENTER_ENV} is set: argv/env of execs are read at sys_enter (slower)"
+                    )),
+                    Err(e) => g.warnings.push(format!(
+                        "{e}: argv/env of execs are read at sys_enter (slower)"
+                    )),
+                }
             }
             None => g
                 .warnings
                 .push("no kernel BTF: parent pids and exit codes are not reported".into()),
-        }
-        if let Some(btf) = &k.btf {
-            match mm_layout(btf) {
-                Ok((mm, ss)) if std::env::var_os(EXEC_AT_ENTER_ENV).is_none() => {
-                    g.task_mm = mm;
-                    g.mm_start_stack = ss;
-                }
-                Ok(_) => g.warnings.push(format!(
-                    "{EXEC_AT_ENTER_ENV} is set: argv/env of execs are read at sys_enter (slower)"
-                )),
-                Err(e) => g.warnings.push(format!(
-                    "{e}: argv/env of execs are read at sys_enter (slower)"
-                )),
-            }
         }
         if let Some(btf) = &k.btf {
             match btf.member_offset("sock", "sk_err") {

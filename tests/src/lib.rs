@@ -127,6 +127,25 @@ impl Live {
     }
 }
 
+/// Send `sig` (as `kill` spells it: "-TERM", "-STOP", ...) to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill {sig} {pid}: {st:?}");
+}
+
+/// A `/proc/<pid>/status` field in KiB ("VmRSS:", "VmHWM:"); 0 if unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Run the agent binary with `args`, returning (status, stdout, stderr).
 pub fn run_agent(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let out = Command::new(agent_bin())

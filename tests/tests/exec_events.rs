@@ -275,7 +275,7 @@ fn every_exec_carries_its_environment_whatever_the_stack_layout() {
         let mut live = Live::start();
         let mut pids = std::collections::HashSet::new();
         for _ in 0..N {
-            let st = Command::new("/bin/true")
+            let mut child = Command::new("/bin/true")
                 .args(["netns", "exec", "ns", "curl"])
                 .env_clear()
                 .env("HOME", "/root")
@@ -283,9 +283,8 @@ fn every_exec_carries_its_environment_whatever_the_stack_layout() {
                 .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
                 .spawn()
                 .expect("spawn /bin/true");
-            pids.insert(st.id());
-            let mut st = st;
-            st.wait().expect("wait");
+            pids.insert(child.id());
+            child.wait().expect("wait");
         }
         let mut bad = Vec::new();
         let mut seen = 0;

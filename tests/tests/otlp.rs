@@ -10,7 +10,7 @@ use std::{
 use agent_tests::{
     agent_bin,
     otlp_receiver::{Received, serve_grpc, serve_http},
-    require_root, rt, scratch,
+    proc_status_kib, require_root, rt, scratch, signal,
 };
 use opentelemetry_proto::tonic::{
     common::v1::any_value::Value,
@@ -181,17 +181,6 @@ fn http_protobuf_export_of_a_command_tree() {
     assert!(!r.metric_names().is_empty(), "metrics over HTTP");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn exporter_down_then_back_and_shutdown_stays_fast() {
     require_root();
@@ -249,11 +238,8 @@ fn exporter_down_then_back_and_shutdown_stays_fast() {
         };
         run_go();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(
-            rss_kib(pid) < 64 * 1024,
-            "RSS {} KiB while the endpoint is down",
-            rss_kib(pid)
-        );
+        let rss = proc_status_kib(pid, "VmRSS:");
+        assert!(rss < 64 * 1024, "RSS {rss} KiB while the endpoint is down");
         // The endpoint comes back.
         let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
@@ -277,10 +263,7 @@ fn exporter_down_then_back_and_shutdown_stays_fast() {
         run_go();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let t = Instant::now();
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
+        signal(pid, "-TERM");
         let status = agent.wait().unwrap();
         let took = t.elapsed();
         assert!(status.success(), "agent exit {status:?}");

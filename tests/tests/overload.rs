@@ -7,23 +7,15 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use agent_tests::{json_lines, of_type, require_root, scratch, start_live_agent};
+use agent_tests::{
+    json_lines, of_type, proc_status_kib, require_root, scratch, signal, start_live_agent,
+};
 use serde_json::Value;
 
 /// Each exec event carries 2 KiB of argv and 512 bytes of PATH (the most
 /// kept of one variable): 8,000 of them are ~3 times the ring.
 const EXECS: usize = 8000;
 const ARG: usize = 511;
-
-/// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn ring_full(line: &Value) -> u64 {
     line["lost"]["ring_full"].as_u64().unwrap_or(0)
@@ -43,14 +35,8 @@ fn a_stalled_reader_loses_events_counted_reported_and_recovers() {
 
     // Memory before: the start-up peak (kernel BTF parsing) is behind us.
     std::thread::sleep(Duration::from_millis(500));
-    let rss_before = status_kib(pid, "VmRSS:");
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let rss_before = proc_status_kib(pid, "VmRSS:");
+    signal(pid, "-STOP");
     let workers: Vec<_> = (0..2)
         .map(|_| {
             let path = path.clone();
@@ -70,13 +56,7 @@ fn a_stalled_reader_loses_events_counted_reported_and_recovers() {
     for w in workers {
         w.join().expect("exec worker");
     }
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(pid, "-CONT");
 
     // Resumed, it must still see new execs: a tool's exec with a marker.
     std::thread::sleep(Duration::from_millis(1500));
@@ -97,13 +77,10 @@ fn a_stalled_reader_loses_events_counted_reported_and_recovers() {
         reported > 0,
         "no ring_full loss reported while running; stats lines: {live_stats:?}"
     );
-    let rss_after = status_kib(pid, "VmRSS:");
-    let hwm = status_kib(pid, "VmHWM:");
+    let rss_after = proc_status_kib(pid, "VmRSS:");
+    let hwm = proc_status_kib(pid, "VmHWM:");
 
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    signal(pid, "-TERM");
     agent.wait().unwrap();
     let lines = json_lines(&std::fs::read_to_string(&out).unwrap());
     let last = *of_type(&lines, "stats").last().expect("final stats line");

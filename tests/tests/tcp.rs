@@ -244,10 +244,7 @@ fn live_mode_reports_toolchain_trees_and_failures_and_counts_the_rest() {
         .unwrap();
     assert!(st.success());
     std::thread::sleep(std::time::Duration::from_millis(400));
-    Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
-        .status()
-        .unwrap();
+    agent_tests::signal(agent.id(), "-TERM");
     agent.wait().unwrap();
     let lines = agent_tests::json_lines(&std::fs::read_to_string(&out_file).unwrap());
     let to = |p: u16| format!("127.0.0.1:{p}");

@@ -343,10 +343,7 @@ fn live_mode_reports_failed_handshakes_of_any_process() {
             .success()
     );
     std::thread::sleep(std::time::Duration::from_millis(600));
-    Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
-        .status()
-        .unwrap();
+    agent_tests::signal(agent.id(), "-TERM");
     agent.wait().unwrap();
     let lines = agent_tests::json_lines(&std::fs::read_to_string(&out_file).unwrap());
     let f = findings_of(&lines, "tls.version_mismatch");

@@ -182,6 +182,11 @@ static TLS_PORTS: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
 /// dynamic loader in the measurement), else /bin/true.
 static TRUE_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
+/// The exec workload's binary (see [`TRUE_BIN`]).
+fn true_bin() -> &'static Path {
+    TRUE_BIN.get().map_or(Path::new("/bin/true"), |p| p)
+}
+
 fn build_static_true(dir: &Path) -> PathBuf {
     let src = dir.join("true.c");
     let bin = dir.join("true-static");
@@ -222,8 +227,7 @@ fn run_workload(w: Workload, threads: u64) -> Result<f64> {
                 for _ in 0..n {
                     match w {
                         Workload::ExecTrue => {
-                            let bin = TRUE_BIN.get().map_or(Path::new("/bin/true"), |p| p);
-                            let st = Command::new(bin).status()?;
+                            let st = Command::new(true_bin()).status()?;
                             if !st.success() {
                                 bail!("/bin/true failed");
                             }
@@ -664,16 +668,8 @@ struct Overload {
 /// event is ~3 KiB: about three times the 8 MiB ring in all.
 const OVERLOAD_EXECS: u64 = 8000;
 const OVERLOAD_PATH_DIRS: usize = 300;
-const OVERLOAD_ARG: &str = concat!(
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc",
-);
+/// Each of the 4 arguments: 2 KiB of argv in all (the most kept).
+const OVERLOAD_ARG_LEN: usize = 511;
 
 /// Stop the agent (SIGSTOP) while two threads run OVERLOAD_EXECS execs, resume
 /// it, and read what it says it lost and how much memory it took.
@@ -691,11 +687,11 @@ fn overload(out_dir: &Path) -> Result<Overload> {
         .map(|_| {
             let path = path.clone();
             std::thread::spawn(move || -> u64 {
-                let bin = TRUE_BIN.get().map_or(Path::new("/bin/true"), |p| p);
+                let arg = "a".repeat(OVERLOAD_ARG_LEN);
                 let mut n = 0;
                 for _ in 0..OVERLOAD_EXECS / 2 {
-                    let st = Command::new(bin)
-                        .args([OVERLOAD_ARG; 4])
+                    let st = Command::new(true_bin())
+                        .args([&arg, &arg, &arg, &arg])
                         .env_clear()
                         .env("PATH", &path)
                         .status();
