@@ -497,12 +497,8 @@ fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
             Ok(h) => h,
             Err(_) => continue,
         };
-        let idx = u16::from_be(head) as u32; // first byte high, independent of endianness
-        let bit = match ENV_PREFIX.get(idx >> 6) {
-            Some(w) => (*w >> (idx & 63)) & 1,
-            None => 0,
-        };
-        if bit == 0 {
+        // First byte high, independent of endianness.
+        if !prefix_may_be_allowed(u16::from_be(head) as u32) {
             continue;
         }
         let mut key = Key::new((ENV_KEY_LEN * 8) as u32, EnvKey::default());
@@ -697,6 +693,17 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// Whether a variable whose name starts with these two bytes (first byte
+/// high) can be on the allow-list: one inlined array read of the prefix
+/// bitmap, before the LPM trie is asked.
+#[inline(always)]
+fn prefix_may_be_allowed(first_two: u32) -> bool {
+    match ENV_PREFIX.get(first_two >> 6) {
+        Some(w) => (*w >> (first_two & 63)) & 1 != 0,
+        None => false,
+    }
+}
+
 /// The per-CPU scratch event (an exec event is larger than the BPF stack);
 /// `None`, counted as a scratch loss, cannot happen for index 0.
 #[inline(always)]
@@ -884,12 +891,7 @@ fn read_new_env(
             continue;
         }
         let o = (at as usize) & (ENV_BLOCK - 1);
-        let idx = ((blk[o] as u32) << 8) | blk[o + 1] as u32;
-        let bit = match ENV_PREFIX.get(idx >> 6) {
-            Some(w) => (*w >> (idx & 63)) & 1,
-            None => 0,
-        };
-        if bit == 0 {
+        if !prefix_may_be_allowed(((blk[o] as u32) << 8) | blk[o + 1] as u32) {
             continue;
         }
         let mut key = Key::new((ENV_KEY_LEN * 8) as u32, EnvKey::default());
