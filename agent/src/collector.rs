@@ -146,11 +146,12 @@ impl Drop for Collector {
 }
 
 impl Collector {
-    /// Load, start reading, attach. Events arrive on the returned channel.
+    /// Load, start reading, attach. Events arrive on the returned stream,
+    /// which holds at most `channel` events between reader and consumer.
     pub fn start(
         opts: &CollectorOptions,
         channel: usize,
-    ) -> Result<(Collector, mpsc::Receiver<Event>), LoadError> {
+    ) -> Result<(Collector, EventRx), LoadError> {
         let env_allow = &opts.env_allow;
         let kernel = KernelInfo::gather();
         let mut globals = Globals::compute(&kernel);
@@ -174,7 +175,11 @@ impl Collector {
         let counters = loader::take_counters(&mut ebpf)?;
         let tracked = loader::take_tracked(&mut ebpf)?;
         let stats = Arc::new(Stats::default());
-        let (tx, rx) = mpsc::channel(channel);
+        let (tx, rx) = mpsc::channel((channel / MAX_BATCH).max(2));
+        let rx = EventRx {
+            rx,
+            pending: Vec::new().into_iter(),
+        };
         // The reader runs before anything is attached, so nothing waits unread.
         spawn_reader(ring, tx, stats.clone())?;
 
@@ -342,6 +347,32 @@ impl Collector {
 pub const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 const MAX_BATCH: usize = 4096;
 
+/// The collector's event stream. The reader hands over whole batches (one
+/// wakeup of the consumer per drain of the ring, not one per event); this
+/// gives them out one event at a time.
+pub struct EventRx {
+    rx: mpsc::Receiver<Vec<Event>>,
+    pending: std::vec::IntoIter<Event>,
+}
+
+impl EventRx {
+    /// The next event; None once the reader has stopped. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Event> {
+        loop {
+            if let Some(ev) = self.pending.next() {
+                return Some(ev);
+            }
+            self.pending = self.rx.recv().await?.into_iter();
+        }
+    }
+
+    /// True when every event received so far has been handed out: a good
+    /// moment to write what was rendered from them.
+    pub fn caught_up(&self) -> bool {
+        self.pending.len() == 0 && self.rx.is_empty()
+    }
+}
+
 /// Read up to MAX_BATCH records; true when more may remain.
 fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<Event>, stats: &Stats) -> bool {
     while let Some(item) = ring.next() {
@@ -362,7 +393,7 @@ fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<Event>, stats: &Stats) -> 
 
 fn spawn_reader(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Vec<Event>>,
     stats: Arc<Stats>,
 ) -> Result<(), LoadError> {
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as
@@ -396,13 +427,46 @@ fn spawn_reader(
             if timed_out {
                 drain(fd.get_mut(), &mut batch, &stats);
             }
-            for ev in batch {
-                // Backpressure: a slow consumer fills the ring, which the kernel counts.
-                if tx.send(ev).await.is_err() {
-                    return;
-                }
+            // Backpressure: a slow consumer fills the ring, which the kernel counts.
+            if !batch.is_empty() && tx.send(batch).await.is_err() {
+                return;
             }
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Fork;
+
+    fn fork(n: u32) -> Event {
+        Event::Fork(Fork {
+            parent_tgid: 1,
+            child_pid: n,
+            ktime_ns: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn batches_come_out_one_event_at_a_time_in_order() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut rx = EventRx {
+            rx,
+            pending: Vec::new().into_iter(),
+        };
+        assert!(rx.caught_up());
+        tx.send(vec![fork(1), fork(2)]).await.expect("send");
+        tx.send(vec![fork(3)]).await.expect("send");
+        assert!(!rx.caught_up());
+        assert_eq!(rx.recv().await, Some(fork(1)));
+        assert!(!rx.caught_up(), "one event of the first batch and a batch still wait");
+        assert_eq!(rx.recv().await, Some(fork(2)));
+        assert!(!rx.caught_up(), "a batch still waits in the channel");
+        assert_eq!(rx.recv().await, Some(fork(3)));
+        assert!(rx.caught_up());
+        drop(tx);
+        assert_eq!(rx.recv().await, None, "the stream ends when the reader stops");
+    }
 }

@@ -60,6 +60,34 @@ pub fn emit(line: &str) {
     let _ = writeln!(o, "{line}");
 }
 
+/// Lines rendered while a batch of events is handled, written with one call
+/// when the batch is done (a write per line cost more than rendering it).
+#[derive(Default)]
+pub struct Lines(String);
+
+impl Lines {
+    pub fn push(&mut self, line: &str) {
+        self.0.push_str(line);
+        self.0.push('\n');
+    }
+
+    /// Write what is held (to `--output` or stdout).
+    pub fn flush(&mut self) {
+        use std::io::Write as _;
+        if self.0.is_empty() {
+            return;
+        }
+        if let Some(m) = SINK.get() {
+            if let Ok(mut f) = m.lock() {
+                let _ = f.write_all(self.0.as_bytes());
+            }
+        } else {
+            let _ = std::io::stdout().lock().write_all(self.0.as_bytes());
+        }
+        self.0.clear();
+    }
+}
+
 fn unix_ns(style: &Style, ktime_ns: u64) -> i128 {
     ktime_ns as i128 + style.clock_offset_ns
 }

@@ -11,7 +11,6 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::{
     analysis::{AnalysisConfig, Analyzer, ExecAnalysis, Finding},
@@ -482,6 +481,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     }
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_lost = 0;
+    let mut lines = output::Lines::default();
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -494,8 +494,11 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                         x.observe(&o, &pipeline.table);
                     }
                     if let Some(line) = render(&style, &o, opts.all_execs) {
-                        print_line(&line);
+                        lines.push(&line);
                     }
+                }
+                if rx.caught_up() {
+                    lines.flush();
                 }
             }
             _ = tick.tick() => {
@@ -510,9 +513,10 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                         x.observe(&o, &pipeline.table);
                     }
                     if let Some(line) = render(&style, &o, opts.all_execs) {
-                        print_line(&line);
+                        lines.push(&line);
                     }
                 }
+                lines.flush();
                 if let Some(x) = &otlp {
                     x.update_self(&collector);
                 }
@@ -529,6 +533,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             _ = &mut stop => break,
         }
     }
+    lines.flush();
     let mut stats = loss_json(&collector);
     stats["wire"] = json!(pipeline.wire.stats);
     if let Some(x) = &otlp {
@@ -882,4 +887,4 @@ pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> Str
 }
 
 /// Channel receiver type used by tests that drive the pipeline themselves.
-pub type EventRx = mpsc::Receiver<Event>;
+pub use crate::collector::EventRx;

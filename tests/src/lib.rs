@@ -14,7 +14,6 @@ use std::{
 };
 
 use agent::{collector::Collector, event::Event};
-use tokio::sync::mpsc::Receiver;
 
 /// The `agent` binary built next to the test binaries (`cargo xtask test`
 /// builds it first).
@@ -54,7 +53,7 @@ pub fn env_allow() -> Vec<String> {
 /// A started collector and its event stream.
 pub struct Live {
     pub collector: Collector,
-    pub rx: Receiver<Event>,
+    pub rx: agent::collector::EventRx,
 }
 
 impl Live {

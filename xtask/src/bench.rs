@@ -72,15 +72,6 @@ impl Workload {
             Workload::TlsBulk => "tls_bulk",
         }
     }
-    fn iterations(self) -> u64 {
-        match self {
-            Workload::ExecTrue => 2000,
-            Workload::GoVersion => 60,
-            Workload::TcpConnect => 4000,
-            Workload::TlsHandshake => 400,
-            Workload::TlsBulk => 1,
-        }
-    }
 }
 
 /// A loopback listener with a deep accept queue: std's 128 overflows under
@@ -205,88 +196,168 @@ fn build_static_true(dir: &Path) -> PathBuf {
     }
 }
 
-/// Run the workload once on `threads` threads; ops/s.
-fn run_workload(w: Workload, threads: u64) -> Result<f64> {
-    let n = w.iterations();
+/// How long each measured run lasts: long enough that the short bursts of
+/// other activity on a small VM average out, equal for every mode.
+const RUN: Duration = Duration::from_secs(3);
+
+/// One run of a workload: operations done (bytes for the bulk transfer) and
+/// the seconds they took.
+#[derive(Clone, Copy, Debug)]
+struct Done {
+    ops: u64,
+    secs: f64,
+}
+
+impl Done {
+    /// Ops/s, or MB/s for the bulk transfer.
+    fn rate(self, w: Workload) -> f64 {
+        match w {
+            Workload::TlsBulk => self.ops as f64 / 1e6 / self.secs,
+            _ => self.ops as f64 / self.secs,
+        }
+    }
+    /// Operations as the per-operation figures count them (one bulk
+    /// transfer is TLS_BULK_BYTES).
+    fn count(self, w: Workload) -> f64 {
+        match w {
+            Workload::TlsBulk => self.ops as f64 / TLS_BULK_BYTES as f64,
+            _ => self.ops as f64,
+        }
+    }
+}
+
+/// One operation of the workload (everything but the Python TLS loop, which
+/// runs its own loop in one process).
+fn one_op(w: Workload, addr: Option<std::net::SocketAddr>) -> Result<u64> {
+    match w {
+        Workload::ExecTrue => {
+            let st = Command::new(true_bin()).status()?;
+            if !st.success() {
+                bail!("{} failed", true_bin().display());
+            }
+            Ok(1)
+        }
+        Workload::GoVersion => {
+            let st = Command::new("/usr/lib/go-1.19/bin/go")
+                .arg("version")
+                .stdout(Stdio::null())
+                .status()?;
+            if !st.success() {
+                bail!("go version failed");
+            }
+            Ok(1)
+        }
+        Workload::TlsBulk => {
+            let (_, p) = *TLS_PORTS.get().context("no TLS server")?;
+            let st = Command::new("curl")
+                .args(["-sSk", "-o", "/dev/null"])
+                .arg(format!("https://127.0.0.1:{p}/big"))
+                .status()?;
+            if !st.success() {
+                bail!("TLS bulk transfer failed");
+            }
+            Ok(TLS_BULK_BYTES)
+        }
+        Workload::TcpConnect => {
+            let s = TcpStream::connect(addr.context("no listener")?)?;
+            // Close with a reset: no TIME_WAIT pile-up across thousands of runs.
+            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+            drop(s);
+            Ok(1)
+        }
+        Workload::TlsHandshake => bail!("the TLS handshake loop runs in Python"),
+    }
+}
+
+/// Handshakes from one Python process until the deadline; prints how many.
+fn tls_handshake_loop(dur: Duration) -> Result<u64> {
+    let (p, _) = *TLS_PORTS.get().context("no TLS server")?;
+    let code = format!(
+        "import socket,ssl,time\nctx=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\nctx.check_hostname=False\nctx.verify_mode=ssl.CERT_NONE\nend=time.monotonic()+{}\nn=0\nwhile time.monotonic()<end:\n s=socket.create_connection(('127.0.0.1',{p}))\n t=ctx.wrap_socket(s)\n t.close()\n n+=1\nprint(n)\n",
+        dur.as_secs_f64()
+    );
+    // The distribution's interpreter by path: a version-manager shim found
+    // first on PATH (pyenv's is a shell script) would add its own start-up.
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| !p.starts_with('/') || Path::new(p).exists())
+        .unwrap_or("python3");
+    let out = Command::new(python).args(["-c", &code]).output()?;
+    if !out.status.success() {
+        bail!(
+            "TLS handshake loop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("TLS handshake loop printed no count")
+}
+
+/// Run the workload on `threads` threads for `dur` (each thread finishes
+/// the operation it is in).
+fn run_workload(w: Workload, threads: u64, dur: Duration) -> Result<Done> {
     let listener = match w {
         Workload::TcpConnect => Some(listener()?),
         _ => None,
     };
     let addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acceptor = listener.map(|l| {
+        let done = done.clone();
         std::thread::spawn(move || {
-            for s in l.incoming().take((n * threads) as usize) {
+            for s in l.incoming() {
                 drop(s);
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
             }
         })
     });
     let t = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            std::thread::spawn(move || -> Result<()> {
-                for _ in 0..n {
-                    match w {
-                        Workload::ExecTrue => {
-                            let st = Command::new(true_bin()).status()?;
-                            if !st.success() {
-                                bail!("/bin/true failed");
-                            }
-                        }
-                        Workload::GoVersion => {
-                            let st = Command::new("/usr/lib/go-1.19/bin/go")
-                                .arg("version")
-                                .stdout(Stdio::null())
-                                .status()?;
-                            if !st.success() {
-                                bail!("go version failed");
-                            }
-                        }
-                        Workload::TlsHandshake => {
-                            let (p, _) = *TLS_PORTS.get().context("no TLS server")?;
-                            let code = format!(
-                                "import socket,ssl\nctx=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\nctx.check_hostname=False\nctx.verify_mode=ssl.CERT_NONE\nfor _ in range({n}):\n s=socket.create_connection(('127.0.0.1',{p}))\n t=ctx.wrap_socket(s)\n t.close()\n"
-                            );
-                            let st = Command::new("python3").args(["-c", &code]).status()?;
-                            if !st.success() {
-                                bail!("TLS handshake loop failed");
-                            }
-                            // One process did all n: stop the outer loop.
-                            break;
-                        }
-                        Workload::TlsBulk => {
-                            let (_, p) = *TLS_PORTS.get().context("no TLS server")?;
-                            let st = Command::new("curl")
-                                .args(["-sSk", "-o", "/dev/null"])
-                                .arg(format!("https://127.0.0.1:{p}/big"))
-                                .status()?;
-                            if !st.success() {
-                                bail!("TLS bulk transfer failed");
-                            }
-                        }
-                        Workload::TcpConnect => {
-                            let a = addr.context("no listener")?;
-                            let s = TcpStream::connect(a)?;
-                            // Close with a reset: no TIME_WAIT pile-up across thousands of runs.
-                            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
-                            drop(s);
-                        }
-                    }
+            std::thread::spawn(move || -> Result<u64> {
+                if let Workload::TlsHandshake = w {
+                    return tls_handshake_loop(dur);
                 }
-                Ok(())
+                let mut n = 0;
+                while t.elapsed() < dur {
+                    n += one_op(w, addr)?;
+                }
+                Ok(n)
             })
         })
         .collect();
+    let mut ops = 0;
     for w in workers {
-        w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        ops += w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
     }
     let secs = t.elapsed().as_secs_f64();
-    if let Some(a) = acceptor {
+    if let (Some(a), Some(addr)) = (acceptor, addr) {
+        // Wake the acceptor once more so that it sees the flag.
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = TcpStream::connect(addr);
         let _ = a.join();
     }
-    if let Workload::TlsBulk = w {
-        return Ok((TLS_BULK_BYTES * n * threads) as f64 / 1e6 / secs);
-    }
-    Ok((n * threads) as f64 / secs)
+    Ok(Done { ops, secs })
+}
+
+/// CPU time the whole machine spent (user, system, interrupts; not idle,
+/// not steal), in ns, from /proc/stat.
+fn machine_busy_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
+    Some(busy * 10_000_000) // USER_HZ = 100
 }
 
 struct Tracer {
@@ -433,6 +504,36 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Lower and upper quartile (nearest rank) of `v`.
+fn quartiles(v: &[f64]) -> (f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => (0.0, 0.0),
+        n => (v[(n - 1) / 4], v[(3 * (n - 1)).div_ceil(4)]),
+    }
+}
+
+/// Each repetition's `m` over the same repetition's bare value: runs next to
+/// each other in time, so slow drift of the machine cancels out.
+fn paired(by_mode: &BTreeMap<Mode, Vec<f64>>, m: Mode) -> Vec<f64> {
+    let (Some(x), Some(b)) = (by_mode.get(&m), by_mode.get(&Mode::Bare)) else {
+        return Vec::new();
+    };
+    x.iter()
+        .zip(b)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(x, b)| x / b)
+        .collect()
+}
+
+/// Median and quartiles of the paired ratios of `m`.
+fn ratio(by_mode: &BTreeMap<Mode, Vec<f64>>, m: Mode) -> (f64, f64, f64) {
+    let mut v = paired(by_mode, m);
+    let (lo, hi) = quartiles(&v);
+    (median(&mut v), lo, hi)
+}
+
 /// run_time_ns and run_cnt of every loaded program named like ours.
 fn bpf_prog_stats() -> BTreeMap<String, (u64, u64)> {
     let out = Command::new("bpftool").args(["prog", "show"]).output();
@@ -482,7 +583,10 @@ fn proc_hwm_kib(pid: u32) -> Option<u64> {
 
 struct Row {
     workload: Workload,
+    /// Per mode, one entry per repetition (same index, same repetition).
     ops: BTreeMap<Mode, Vec<f64>>,
+    /// Machine CPU (all processes, kernel included) per operation.
+    cpu_ns_per_op: BTreeMap<Mode, Vec<f64>>,
     bpf_ns_per_event: BTreeMap<String, f64>,
     /// All of the agent's programs' run time over the operations run.
     bpf_us_per_op: f64,
@@ -527,6 +631,7 @@ pub fn bench(reps: usize, only: &[String]) -> Result<()> {
         let mut row = Row {
             workload: w,
             ops: BTreeMap::new(),
+            cpu_ns_per_op: BTreeMap::new(),
             bpf_ns_per_event: BTreeMap::new(),
             bpf_us_per_op: 0.0,
             agent_cpu_us_per_op: None,
@@ -535,8 +640,9 @@ pub fn bench(reps: usize, only: &[String]) -> Result<()> {
         };
         let mut received = 0u64;
         let mut cpu = Vec::new();
+        let mut agent_ops = 0.0;
         let mut bpf_t: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        run_workload(w, 1)?; // warm caches
+        run_workload(w, 1, RUN / 3)?; // warm caches
         for rep in 0..reps {
             // Rotate the order each repetition so drift hits every mode alike.
             for i in 0..modes.len() {
@@ -545,7 +651,11 @@ pub fn bench(reps: usize, only: &[String]) -> Result<()> {
                 let pid = tracer.as_ref().map(|t| t.child.id());
                 let before = (mode == Mode::Agent).then(bpf_prog_stats);
                 let cpu0 = pid.and_then(proc_cpu_ns);
-                let ops = run_workload(w, 1)?;
+                let busy0 = machine_busy_ns();
+                let done = run_workload(w, 1, RUN)?;
+                let busy = machine_busy_ns()
+                    .zip(busy0)
+                    .map(|(b, a)| b.saturating_sub(a) as f64);
                 if let (Some(b), Mode::Agent) = (&before, mode) {
                     // Let the agent drain what the workload produced before measuring its CPU.
                     std::thread::sleep(Duration::from_millis(300));
@@ -569,11 +679,21 @@ pub fn bench(reps: usize, only: &[String]) -> Result<()> {
                         received += stats.map_or(0, |s| s.received);
                     }
                 }
+                if mode == Mode::Agent {
+                    agent_ops += done.count(w);
+                }
+                let ops = done.rate(w);
                 row.ops.entry(mode).or_default().push(ops);
+                if let Some(b) = busy {
+                    row.cpu_ns_per_op
+                        .entry(mode)
+                        .or_default()
+                        .push(b / done.count(w).max(1e-9));
+                }
                 eprintln!("  rep {rep} {:<8} {:>10.0} ops/s", mode.name(), ops);
             }
         }
-        let iters = (w.iterations() * reps as u64) as f64;
+        let iters = agent_ops.max(1e-9);
         let mut bpf_total_ns = 0u64;
         for (name, (t, c)) in bpf_t {
             if c > 0 && is_ours(&name) {
@@ -598,14 +718,21 @@ pub fn bench(reps: usize, only: &[String]) -> Result<()> {
     if !only.is_empty() {
         // A partial run: print, leave docs/ alone.
         for r in &rows {
-            let med = |m: Mode| median(&mut r.ops.get(&m).cloned().unwrap_or_default());
-            let b = med(Mode::Bare);
+            let b = median(&mut r.ops.get(&Mode::Bare).cloned().unwrap_or_default());
+            let (a, alo, ahi) = ratio(&r.ops, Mode::Agent);
+            let (t, tlo, thi) = ratio(&r.ops, Mode::Bpftrace);
+            let (ca, ..) = ratio(&r.cpu_ns_per_op, Mode::Agent);
+            let (ct, ..) = ratio(&r.cpu_ns_per_op, Mode::Bpftrace);
             println!(
-                "{}: bare {b:.0} ops/s, agent ratio {:.3}, bpftrace ratio {:.3}",
+                "{}: bare {b:.0} ops/s, agent ratio {a:.3} ({alo:.3}–{ahi:.3}), bpftrace ratio {t:.3} ({tlo:.3}–{thi:.3}); machine CPU per op: agent {ca:.3}, bpftrace {ct:.3} of bare",
                 r.workload.name(),
-                med(Mode::Agent) / b,
-                med(Mode::Bpftrace) / b
             );
+            for m in [Mode::Bare, Mode::Agent, Mode::Bpftrace] {
+                let v: Vec<String> = r.ops.get(&m).map_or(Vec::new(), |v| {
+                    v.iter().map(|x| format!("{x:.0}")).collect()
+                });
+                println!("  {:<8} {}", m.name(), v.join(" "));
+            }
             for (k, v) in &r.bpf_ns_per_event {
                 println!("  {k:<24} {v:>8.0} ns/run");
             }
@@ -625,8 +752,8 @@ pub fn bench(reps: usize, only: &[String]) -> Result<()> {
     let tracer = start(Mode::Agent, &out_dir)?.context("agent")?;
     let pid = tracer.child.id();
     let cpu0 = proc_cpu_ns(pid);
-    let cap_exec = run_workload(Workload::ExecTrue, 2)?;
-    let cap_tcp = run_workload(Workload::TcpConnect, 2)?;
+    let cap_exec = run_workload(Workload::ExecTrue, 2, RUN)?.rate(Workload::ExecTrue);
+    let cap_tcp = run_workload(Workload::TcpConnect, 2, RUN)?.rate(Workload::TcpConnect);
     std::thread::sleep(Duration::from_millis(500));
     let cap_cpu_ns = cpu0
         .zip(proc_cpu_ns(pid))
@@ -751,17 +878,23 @@ fn write_report(
     let mut js = String::from("{\n");
     md.push_str(&format!(
         "# Benchmarks\n\nMeasured by `cargo xtask bench` on {date}: kernel {}, {cpus} CPUs. Each workload ran \
-         {reps} times per mode, modes interleaved (order rotated each repetition) in one invocation. \
-         *agent* is the release build in its default live mode (output to a file); *bpftrace* is a \
-         reference tracer printing exec (filename + argv), exit and TCP state changes. Ratios are \
-         median ops/s over the bare median (1.00 = no slowdown).\n\n",
-        kernel.trim()
+         {reps} times per mode for {} s, modes interleaved (order rotated each repetition) in one invocation. \
+         *agent* is the release build in its default live mode (JSON to a file); *bpftrace* is a \
+         reference tracer printing exec (filename + argv), exit and TCP state changes. A ratio is the \
+         median over the repetitions of each one's ops/s over the bare ops/s of the same repetition \
+         (1.00 = no slowdown), with the quartiles of those ratios in brackets: runs of the same code \
+         differ by several percent on this VM, and pairing runs that are close in time cancels the \
+         slow drift.\n\n",
+        kernel.trim(),
+        RUN.as_secs()
     ));
     md.push_str("| workload | bare ops/s (min–max) | agent ops/s | agent ratio | bpftrace ops/s | bpftrace ratio |\n|---|---|---|---|---|---|\n");
     js.push_str(&format!(
-        "  \"date\": \"{date}\", \"kernel\": \"{}\", \"cpus\": {cpus}, \"reps\": {reps},\n  \"workloads\": {{\n",
-        kernel.trim()
+        "  \"date\": \"{date}\", \"kernel\": \"{}\", \"cpus\": {cpus}, \"reps\": {reps}, \"run_secs\": {},\n  \"workloads\": {{\n",
+        kernel.trim(),
+        RUN.as_secs()
     ));
+    let mut cpu_md = String::new();
     for (i, r) in rows.iter().enumerate() {
         let get = |m: Mode| {
             let mut v = r.ops.get(&m).cloned().unwrap_or_default();
@@ -769,16 +902,34 @@ fn write_report(
                 v.iter().cloned().fold(f64::INFINITY, f64::min),
                 v.iter().cloned().fold(0.0, f64::max),
             );
-            (median(&mut v), lo, hi, v)
+            let raw = v.clone();
+            (median(&mut v), lo, hi, raw)
         };
         let (b, blo, bhi, bv) = get(Mode::Bare);
-        let (a, alo, ahi, av) = get(Mode::Agent);
-        let (t, tlo, thi, tv) = get(Mode::Bpftrace);
+        let (a, _, _, av) = get(Mode::Agent);
+        let (t, _, _, tv) = get(Mode::Bpftrace);
+        let (ar, arlo, arhi) = ratio(&r.ops, Mode::Agent);
+        let (tr, trlo, trhi) = ratio(&r.ops, Mode::Bpftrace);
         md.push_str(&format!(
-            "| {} | {b:.0} ({blo:.0}–{bhi:.0}) | {a:.0} ({alo:.0}–{ahi:.0}) | {:.3} | {t:.0} ({tlo:.0}–{thi:.0}) | {:.3} |\n",
+            "| {} | {b:.0} ({blo:.0}–{bhi:.0}) | {a:.0} | **{ar:.3}** ({arlo:.3}–{arhi:.3}) | {t:.0} | {tr:.3} ({trlo:.3}–{trhi:.3}) |\n",
             r.workload.name(),
-            a / b,
-            t / b
+        ));
+        let cpu_med = |m: Mode| median(&mut r.cpu_ns_per_op.get(&m).cloned().unwrap_or_default());
+        let (ca, calo, cahi) = ratio(&r.cpu_ns_per_op, Mode::Agent);
+        let (ct, ctlo, cthi) = ratio(&r.cpu_ns_per_op, Mode::Bpftrace);
+        let unit = |ns: f64| {
+            if ns >= 1e6 {
+                format!("{:.1} ms", ns / 1e6)
+            } else {
+                format!("{:.0} µs", ns / 1e3)
+            }
+        };
+        cpu_md.push_str(&format!(
+            "| {} | {} | {} | **{ca:.3}** ({calo:.3}–{cahi:.3}) | {} | {ct:.3} ({ctlo:.3}–{cthi:.3}) |\n",
+            r.workload.name(),
+            unit(cpu_med(Mode::Bare)),
+            unit(cpu_med(Mode::Agent)),
+            unit(cpu_med(Mode::Bpftrace)),
         ));
         let bpf: Vec<String> = r
             .bpf_ns_per_event
@@ -786,11 +937,18 @@ fn write_report(
             .map(|(k, v)| format!("\"{k}\": {v:.0}"))
             .collect();
         let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.2}"));
+        let cpu_of = |m: Mode| {
+            let v: Vec<String> = r.cpu_ns_per_op.get(&m).map_or(Vec::new(), |v| {
+                v.iter().map(|x| format!("{x:.0}")).collect()
+            });
+            format!("[{}]", v.join(", "))
+        };
         js.push_str(&format!(
-            "    \"{}\": {{\"bare\": {bv:?}, \"agent\": {av:?}, \"bpftrace\": {tv:?}, \"agent_ratio\": {:.4}, \"bpftrace_ratio\": {:.4}, \"bpf_ns_per_run\": {{{}}}, \"bpf_us_per_op\": {:.2}, \"agent_cpu_us_per_op\": {}, \"agent_cpu_us_per_event\": {}, \"events_per_op\": {}}}{}\n",
+            "    \"{}\": {{\"bare\": {bv:?}, \"agent\": {av:?}, \"bpftrace\": {tv:?}, \"agent_ratio\": {ar:.4}, \"agent_ratio_quartiles\": [{arlo:.4}, {arhi:.4}], \"bpftrace_ratio\": {tr:.4}, \"bpftrace_ratio_quartiles\": [{trlo:.4}, {trhi:.4}], \"machine_cpu_ns_per_op\": {{\"bare\": {}, \"agent\": {}, \"bpftrace\": {}}}, \"agent_cpu_ratio\": {ca:.4}, \"bpftrace_cpu_ratio\": {ct:.4}, \"bpf_ns_per_run\": {{{}}}, \"bpf_us_per_op\": {:.2}, \"agent_cpu_us_per_op\": {}, \"agent_cpu_us_per_event\": {}, \"events_per_op\": {}}}{}\n",
             r.workload.key(),
-            a / b,
-            t / b,
+            cpu_of(Mode::Bare),
+            cpu_of(Mode::Agent),
+            cpu_of(Mode::Bpftrace),
             bpf.join(", "),
             r.bpf_us_per_op,
             opt(r.agent_cpu_us_per_op),
@@ -799,6 +957,14 @@ fn write_report(
             if i + 1 < rows.len() { "," } else { "" }
         ));
     }
+    md.push_str(
+        "\n## Machine CPU per operation\n\nAll CPU time the machine spent during the run (every process and the \
+         kernel: the workload, the tracer, BPF programs, anything else running; not idle, not steal; /proc/stat) \
+         over the operations done: what the tracer costs in CPU rather than in wall-clock time, which \
+         a 2-CPU VM that is not fully busy partly hides. Ratios are paired as above.\n\n\
+         | workload | bare | agent | agent ratio | bpftrace | bpftrace ratio |\n|---|---|---|---|---|---|\n",
+    );
+    md.push_str(&cpu_md);
     md.push_str(
         "\n## Kernel-side cost (from `kernel.bpf_stats_enabled`)\n\nRun time of the agent's programs during its runs of each \
          workload, from the kernel's own counters: in all per operation of the workload (everything the \
