@@ -461,12 +461,19 @@ mod tests {
         tx.send(vec![fork(3)]).await.expect("send");
         assert!(!rx.caught_up());
         assert_eq!(rx.recv().await, Some(fork(1)));
-        assert!(!rx.caught_up(), "one event of the first batch and a batch still wait");
+        assert!(
+            !rx.caught_up(),
+            "one event of the first batch and a batch still wait"
+        );
         assert_eq!(rx.recv().await, Some(fork(2)));
         assert!(!rx.caught_up(), "a batch still waits in the channel");
         assert_eq!(rx.recv().await, Some(fork(3)));
         assert!(rx.caught_up());
         drop(tx);
-        assert_eq!(rx.recv().await, None, "the stream ends when the reader stops");
+        assert_eq!(
+            rx.recv().await,
+            None,
+            "the stream ends when the reader stops"
+        );
     }
 }
