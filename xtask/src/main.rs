@@ -34,8 +34,8 @@ enum Cmd {
     },
     /// Overhead and capacity: bare vs agent vs bpftrace, interleaved (root).
     Bench {
-        /// Repetitions per workload and mode.
-        #[arg(long, default_value_t = 5)]
+        /// Repetitions per workload and mode (each run lasts 3 s).
+        #[arg(long, default_value_t = 9)]
         reps: usize,
         /// Only these workloads (exec_true, go_version, tcp_connect,
         /// tls_handshake, tls_bulk), printed rather than written to docs/.
