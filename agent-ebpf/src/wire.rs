@@ -10,7 +10,9 @@
 //!   2 KiB of each) and the FIN/RST that ends it.
 //!
 //! The cost on traffic that is neither is a header parse and one hash lookup
-//! per payload packet. The programs never drop or change a packet.
+//! per payload packet of a connection's first segments; past them (see
+//! [`WIRE_WINDOW_SEGS`]) a header parse and a read of the socket's segment
+//! counter. The programs never drop or change a packet.
 
 use agent_common::{
     AF_INET, AF_INET6, EventKind, IPPROTO_TCP_U8, IPPROTO_UDP_U8, SockOwner, TCP_FLAG_FIN,
@@ -22,7 +24,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
+        generated::{bpf_get_socket_cookie, bpf_skb_load_bytes, bpf_tcp_sock},
     },
     macros::{cgroup_skb, cgroup_sock_addr, map},
     maps::LruHashMap,
@@ -199,8 +201,12 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
     // The socket's kernel address keys the flow (and the TCP connection
     // table); the cookie, dearer (a shared counter), is taken for kept packets.
     // SAFETY: the kernel hands a valid __sk_buff; a plain field read.
-    let sk = unsafe { (*skb).__bindgen_anon_2.sk } as u64;
-    if sk == 0 {
+    let sk_ptr = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk_ptr.is_null() {
+        return Ok(());
+    }
+    let sk = sk_ptr as u64;
+    if !ends && past_handshake(sk_ptr, dir) {
         return Ok(());
     }
     let d = (dir & 1) as usize;
@@ -269,6 +275,37 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
     }
     capture::<WIRE_CAP_TLS>(ctx, &mut f, payload);
     Ok(())
+}
+
+/// Data segments of a connection in one direction after which no capture
+/// wants its packets: a TLS handshake is a few (captures stop at
+/// TLS_MAX_PKTS packets, each one segment or more), a large certificate
+/// chain a dozen.
+const WIRE_WINDOW_SEGS: u32 = 64;
+
+/// The connection is past its first WIRE_WINDOW_SEGS data segments in this
+/// direction: the bulk of every transfer then costs a field read, not a flow
+/// lookup and a payload read. The kernel has counted an outgoing segment
+/// before the egress hook and counts an incoming one after the ingress hook.
+#[inline(always)]
+fn past_handshake(sk: *mut aya_ebpf::bindings::bpf_sock, dir: u8) -> bool {
+    // SAFETY: `sk` is the packet's non-null socket; the helper returns null
+    // for anything but a full TCP socket.
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    if tp.is_null() {
+        return false;
+    }
+    // Both fields are read, each at its constant offset: the verifier
+    // rejects arithmetic on this pointer, which choosing the field by `dir`
+    // would compile to.
+    // SAFETY: non-null bpf_tcp_sock, plain field reads.
+    let (out, inc) = unsafe {
+        (
+            core::ptr::read_volatile(&(*tp).data_segs_out),
+            core::ptr::read_volatile(&(*tp).data_segs_in),
+        )
+    };
+    (if dir == WIRE_DIR_EGRESS { out } else { inc }) > WIRE_WINDOW_SEGS
 }
 
 /// The packet's source is 127.0.0.0/8 or ::1.

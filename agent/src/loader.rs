@@ -335,7 +335,7 @@ fn msg(e: impl std::error::Error) -> String {
                 .lines()
                 .rev()
                 .filter(|l| !l.trim().is_empty())
-                .take(4)
+                .take(6)
                 .collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             format!("{}verifier: {}", head, tail.join(" | "))
