@@ -259,8 +259,42 @@ impl Collector {
         if !self.tls_uprobes {
             return 0;
         }
+        self.probe_libssl_files(crate::tlslib::libssl_candidates(proc_root))
+    }
+
+    /// A program started: attach the OpenSSL probes to the libssl files in
+    /// the directories its loader will search besides the system's (looked
+    /// at once per 30 s per directory), before it loads one with `dlopen`.
+    /// Through the process's own root while it lives (a container's files).
+    pub fn probe_libssl_near(
+        &mut self,
+        exec: &crate::event::Exec,
+        proc_root: &std::path::Path,
+    ) -> usize {
+        if !self.tls_uprobes || !exec.ok() {
+            return 0;
+        }
+        let now = std::time::Instant::now();
+        let root = proc_root.join(exec.tgid.to_string()).join("root");
+        let mut files = Vec::new();
+        for dir in crate::tlslib::library_dirs(&exec.exe, &exec.env) {
+            if !self.tls_targets.dir_due(&dir, now) {
+                continue;
+            }
+            let in_root = root.join(dir.trim_start_matches('/'));
+            let found = crate::tlslib::libssl_in_dir(&in_root);
+            files.extend(if found.is_empty() && !root.exists() {
+                crate::tlslib::libssl_in_dir(std::path::Path::new(&dir))
+            } else {
+                found
+            });
+        }
+        self.probe_libssl_files(files)
+    }
+
+    fn probe_libssl_files(&mut self, files: Vec<std::path::PathBuf>) -> usize {
         let mut n = 0;
-        for p in crate::tlslib::libssl_candidates(proc_root) {
+        for p in files {
             if !self.tls_targets.first(&p) {
                 continue;
             }

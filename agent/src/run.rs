@@ -369,13 +369,19 @@ fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
     }
 }
 
-/// A Go program started: put the crypto/tls probe on its file (once per file).
-fn probe_go_program(c: &mut Collector, o: &Output, proc_root: &std::path::Path) {
+/// A program started: put the crypto/tls probe on a Go program's file (once
+/// per file), the OpenSSL probes on the libssl files it may `dlopen`.
+fn probe_tls_libraries(c: &mut Collector, o: &Output, proc_root: &std::path::Path) {
     if let Output::Exec { exec, analysis } = o
         && exec.ok()
-        && analysis.identity.go_version.is_some()
     {
-        c.probe_go(exec.tgid, &exec.exe, proc_root);
+        if analysis.identity.go_version.is_some() {
+            c.probe_go(exec.tgid, &exec.exe, proc_root);
+        }
+        let n = c.probe_libssl_near(exec, proc_root);
+        if n > 0 {
+            tracing::debug!(exe = %exec.exe, n, "libssl near a program's start probed");
+        }
     }
 }
 
@@ -489,7 +495,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 for o in pipeline.handle(ev) {
-                    probe_go_program(&mut collector, &o, &proc_root);
+                    probe_tls_libraries(&mut collector, &o, &proc_root);
                     if let Some(x) = otlp.as_mut() {
                         x.observe(&o, &pipeline.table);
                     }
@@ -632,7 +638,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
                     Ok(None) | Err(_) => if status.is_some() { break } else { continue },
                 };
                 for o in pipeline.handle(ev) {
-                    probe_go_program(&mut collector, &o, &proc_root);
+                    probe_tls_libraries(&mut collector, &o, &proc_root);
                     let pid = o.pid();
                     let member = in_tree.contains(&pid) || pipeline.table.in_tree(pid, root);
                     if !member {

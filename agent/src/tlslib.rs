@@ -3,13 +3,23 @@
 //! `dlopen`), and every Go program that runs, each attached once per file
 //! (device, inode) whatever its path.
 //!
-//! Owns: finding targets (ldconfig cache, `/proc/*/maps`) and remembering
-//! which are attached. Must not: interpret events (`wirediag` does).
+//! Owns: finding targets (ldconfig cache, `/proc/*/maps`, conda's list of
+//! environments, the library directories a starting program will load from)
+//! and remembering which are attached. Must not: interpret events
+//! (`wirediag` does).
+//!
+//! A program that loads libssl with `dlopen` (Python's `import ssl`) maps it
+//! tens of milliseconds after it starts: the agent looks for a libssl in the
+//! directories that program's loader will search (`<prefix>/lib` of a
+//! `<prefix>/bin/` program, which is where a conda env's RPATH points, and
+//! `LD_LIBRARY_PATH`) when it sees the exec, and a uprobe put on a file
+//! applies to processes that mapped it already.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use agent_common::{TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_RET, TLSLIB_OSSL_VERIFY};
@@ -91,10 +101,80 @@ pub fn describe(kind: u32, value: i64, aux: u64) -> Option<(&'static str, String
     }
 }
 
-/// Files already probed, by (device, inode).
+/// Directories a program that `exe` names will load its libraries from,
+/// besides the loader's own: `<prefix>/lib` for a `<prefix>/bin/` program and
+/// every absolute `LD_LIBRARY_PATH` entry (from the exec's allow-listed
+/// environment).
+pub fn library_dirs(exe: &str, env: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(bin) = Path::new(exe).parent()
+        && bin.file_name().is_some_and(|n| n == "bin")
+        && let Some(prefix) = bin.parent()
+        && prefix != Path::new("/")
+    {
+        out.push(prefix.join("lib").display().to_string());
+    }
+    for (k, v) in env {
+        if k == "LD_LIBRARY_PATH" {
+            for d in v.split(':').filter(|d| d.starts_with('/')) {
+                let d = d.trim_end_matches('/').to_string();
+                if !d.is_empty() && !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `libssl.so*` files in one directory.
+pub fn libssl_in_dir(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_str().is_some_and(is_libssl))
+        .collect()
+}
+
+/// Conda environments listed in `environments.txt` (conda appends every env
+/// it creates, one path per line).
+pub fn conda_envs_in(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Every user's conda environments (`~/.conda/environments.txt` of root and
+/// of each home directory).
+pub fn conda_envs() -> Vec<PathBuf> {
+    let mut files = vec![PathBuf::from("/root/.conda/environments.txt")];
+    if let Ok(rd) = std::fs::read_dir("/home") {
+        files.extend(
+            rd.flatten()
+                .map(|e| e.path().join(".conda/environments.txt")),
+        );
+    }
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| conda_envs_in(&t))
+        .collect()
+}
+
+/// How long a directory that was looked at is not looked at again.
+const DIR_RECHECK: Duration = Duration::from_secs(30);
+/// Bound on the directories remembered (cleared when reached).
+const DIRS_KEPT: usize = 4096;
+
+/// Files already probed, by (device, inode), and directories looked at lately.
 #[derive(Default)]
 pub struct Targets {
     seen: HashSet<(u64, u64)>,
+    dirs: HashMap<String, Instant>,
 }
 
 impl Targets {
@@ -104,6 +184,20 @@ impl Targets {
             Ok(m) => self.seen.insert((m.dev(), m.ino())),
             Err(_) => false,
         }
+    }
+
+    /// True when `dir` was not looked at in the last 30 s (and marks it).
+    pub fn dir_due(&mut self, dir: &str, now: Instant) -> bool {
+        if let Some(t) = self.dirs.get(dir)
+            && now.duration_since(*t) < DIR_RECHECK
+        {
+            return false;
+        }
+        if self.dirs.len() >= DIRS_KEPT {
+            self.dirs.clear();
+        }
+        self.dirs.insert(dir.to_string(), now);
+        true
     }
 
     /// Offer `path` again next time (its probe could not be attached).
@@ -142,6 +236,9 @@ pub fn libssl_candidates(proc_root: &Path) -> Vec<PathBuf> {
             }
         }
     }
+    for env in conda_envs() {
+        out.extend(libssl_in_dir(&env.join("lib")));
+    }
     out
 }
 
@@ -162,6 +259,31 @@ mod tests {
             vec![PathBuf::from("/opt/conda/envs/x/lib/libssl.so.3")]
         );
         assert_eq!(x509_error_name(18), "self-signed certificate");
+        let env = |v: &str| vec![("LD_LIBRARY_PATH".to_string(), v.to_string())];
+        assert_eq!(
+            library_dirs(
+                "/opt/conda/envs/x/bin/python3.12",
+                &env("/a/lib/:rel:/b::/opt/conda/envs/x/lib")
+            ),
+            vec!["/opt/conda/envs/x/lib", "/a/lib", "/b"]
+        );
+        assert_eq!(library_dirs("/bin/true", &[]), Vec::<String>::new());
+        assert_eq!(
+            library_dirs("/usr/libexec/x", &env("")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            conda_envs_in("/opt/conda\n/home/u/.conda/envs/py\n\n# c\n"),
+            vec![
+                PathBuf::from("/opt/conda"),
+                PathBuf::from("/home/u/.conda/envs/py")
+            ]
+        );
+        let mut t = Targets::default();
+        let t0 = Instant::now();
+        assert!(t.dir_due("/x/lib", t0));
+        assert!(!t.dir_due("/x/lib", t0 + Duration::from_secs(29)));
+        assert!(t.dir_due("/x/lib", t0 + Duration::from_secs(31)));
         assert_eq!(
             describe(TLSLIB_OSSL_HS_RET, -1, 55_100_000),
             Some((

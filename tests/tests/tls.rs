@@ -72,11 +72,15 @@ impl TlsLab {
     }
 
     fn python(&self, port: u16, version: &str) -> Vec<String> {
-        let code = format!(
+        self.lab
+            .in_client(&["python3", "-c", &self.python_code(port, version)])
+    }
+
+    fn python_code(&self, port: u16, version: &str) -> String {
+        format!(
             "import socket,ssl,sys\nctx=ssl.create_default_context()\nif '{version}'=='1.2': ctx.maximum_version=ssl.TLSVersion.TLSv1_2\nif '{version}'=='1.3': ctx.minimum_version=ssl.TLSVersion.TLSv1_3\ns=socket.create_connection(('{}',{port}),timeout=5)\ntry:\n ctx.wrap_socket(s,server_hostname='{SNI}').close()\nexcept Exception as e:\n print(e); sys.exit(1)\n",
             self.lab.srv_ip
-        );
-        self.lab.in_client(&["python3", "-c", &code])
+        )
     }
 
     fn s_client(&self, port: u16, version: &str) -> Vec<String> {
@@ -388,4 +392,51 @@ fn stripped_go_programs_are_probed_too() {
         hs[2]
     );
     assert_eq!(findings_of(&lines, "tls.untrusted_certificate").len(), 1);
+}
+
+/// A libssl of its own that a program loads with `dlopen` (Python's `import
+/// ssl`) from a directory only it searches (here `LD_LIBRARY_PATH`; a conda
+/// env's `lib/` through its RPATH), mapped for the first time after the agent
+/// started and only by short-lived processes: the agent probes it when it
+/// sees the program start, so the library's reason is there.
+#[test]
+fn a_private_libssl_loaded_with_dlopen_is_probed() {
+    let t = tls_lab("dlopen");
+    let lib = agent_tests::scratch("private-libssl").join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    let ld = std::process::Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .unwrap();
+    let system = String::from_utf8_lossy(&ld.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("libssl.so.3 (") && l.contains("x86-64"))
+        .find_map(|l| l.split_once(" => ").map(|(_, p)| p.trim().to_string()))
+        .expect("the system's libssl.so.3");
+    // A copy: another file (inode) than the system's, which is probed at start.
+    std::fs::copy(&system, lib.join("libssl.so.3")).unwrap();
+    let lib = lib.display().to_string();
+    let maps = std::process::Command::new("python3")
+        .args(["-c", "import ssl; print(open('/proc/self/maps').read())"])
+        .env("LD_LIBRARY_PATH", &lib)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&maps.stdout).contains(&format!("{lib}/libssl.so.3")),
+        "python3 did not load the copy"
+    );
+    let run = format!("LD_LIBRARY_PATH={lib} python3 -c \"$PY\"");
+    let thrice = format!("{run}; sleep 1; {run}; sleep 1; {run}; true");
+    let code = t.python_code(ANY, "");
+    let lines = trace_json(&t.lab.in_client(&["sh", "-c", &thrice]), &[("PY", &code)]);
+    let hs = handshakes(&lines);
+    assert_eq!(hs.len(), 3, "{hs:#?}");
+    // The first run may handshake before the probe is in place; not the others.
+    for h in &hs[1..] {
+        assert_eq!(h["comm"], "python3");
+        assert_eq!(
+            h["library"]["openssl_verify_result"], "self-signed certificate",
+            "{h}"
+        );
+    }
 }
