@@ -4,24 +4,37 @@
 //! lists such as `GOPROXY=https://u:t@a,direct` or `NO_PROXY`-style strings.
 
 /// Replace the userinfo of every `scheme://userinfo@host` in `value` with `***`.
+///
+/// Errs towards removing too much: a password may hold a raw `/` or `@`, and
+/// a URL may be nested in another (`a://b://u:p@h`), so the userinfo is
+/// everything up to the last `@` of the URL (before any `?` or `#`) unless
+/// what precedes that `@` is a plain `host/path` (no `:`), as in
+/// `https://host/mod@v1`.
 pub fn redact_urls(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        // The authority ends at the first '/', '?', '#', or a list separator.
-        let end = tail
-            .find(['/', '?', '#', ',', '|', ' ', ';'])
+        // The URL ends at a list separator or white space; its userinfo
+        // cannot reach past a query or fragment.
+        let token = tail
+            .find(|c: char| matches!(c, ',' | '|' | ';') || c.is_whitespace())
             .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
+        let q = tail[..token].find(['?', '#']).unwrap_or(token);
+        let userinfo_end = tail[..q].rfind('@').filter(|&at| {
+            let before = &tail[..at];
+            before.contains(':') || !before.contains('/')
+        });
+        let end = match userinfo_end {
             Some(at) => {
-                out.push_str("***");
-                out.push_str(&authority[at..]);
+                out.push_str("***@");
+                at + 1
             }
-            None => out.push_str(authority),
-        }
+            None => 0,
+        };
+        // Go on after the userinfo (or right after `://`): a later URL in
+        // the host, path or query is looked at by the next turn.
         rest = &tail[end..];
     }
     out.push_str(rest);
@@ -56,5 +69,77 @@ mod tests {
     fn password_with_at_sign_is_fully_removed() {
         // userinfo may itself hold an encoded or raw '@': everything before the last one goes.
         assert_eq!(redact_urls("https://u:p@ss@host/x"), "https://***@host/x");
+    }
+
+    #[test]
+    fn nested_urls_slashes_in_passwords_and_urls_in_queries() {
+        assert_eq!(redact_urls("a://b://u:p@h"), "a://***@h");
+        assert_eq!(redact_urls("https://u:pa/ss@h:1/x"), "https://***@h:1/x");
+        assert_eq!(
+            redact_urls("https://h/?next=https://u:p@g/#f"),
+            "https://h/?next=https://***@g/#f"
+        );
+        assert_eq!(redact_urls("https://h/mod@v1"), "https://h/mod@v1");
+        assert_eq!(redact_urls("https://h/x?u=a@b"), "https://h/x?u=a@b");
+        assert_eq!(
+            redact_urls("http://u:p@a b http://c"),
+            "http://***@a b http://c"
+        );
+    }
+
+    /// Whatever surrounds it, a password in `scheme://user:password@host`
+    /// never comes out (random neighbours, schemes, nesting, separators).
+    #[test]
+    fn no_password_survives() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let parts = [
+            "https://",
+            "http://",
+            "socks5://",
+            "a://",
+            "/",
+            ":",
+            "@",
+            "?",
+            "#",
+            ",",
+            "|",
+            " ",
+            ";",
+            "host",
+            "h:80",
+            "/p",
+            "x=y",
+            "",
+            "direct",
+            "off",
+            "%40",
+        ];
+        let secret_chars = b"abcXYZ019/:@%!$&'()*+=-._~";
+        for _ in 0..50_000 {
+            let mut s = String::new();
+            for _ in 0..next(4) {
+                s.push_str(parts[next(parts.len())]);
+            }
+            let mut secret = String::from("S3");
+            for _ in 0..next(8) {
+                secret.push(secret_chars[next(secret_chars.len())] as char);
+            }
+            secret.push_str("Q9");
+            let host =
+                parts[next(parts.len())].replace(['@', '/', '?', '#', ',', '|', ' ', ';'], "");
+            s.push_str(&format!("{}u:{secret}@{host}", parts[next(4)]));
+            for _ in 0..next(4) {
+                s.push_str(parts[next(parts.len())]);
+            }
+            let r = redact_urls(&s);
+            assert!(!r.contains(&secret), "{s:?} -> {r:?}");
+        }
     }
 }
