@@ -9,23 +9,25 @@
 /// a URL may be nested in another (`a://b://u:p@h`), so the userinfo is
 /// everything up to the last `@` of the URL (before any `?` or `#`) unless
 /// what precedes that `@` is a plain `host/path` (no `:`), as in
-/// `https://host/mod@v1`.
+/// `https://host/mod@v1` (then only an `@` before the first `/` counts).
 pub fn redact_urls(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        // The URL ends at a list separator or white space; its userinfo
-        // cannot reach past a query or fragment.
-        let token = tail
-            .find(|c: char| matches!(c, ',' | '|' | ';') || c.is_whitespace())
-            .unwrap_or(tail.len());
+        // The URL ends at a list separator or a space; its userinfo cannot
+        // reach past a query or fragment.
+        let token = tail.find([',', '|', ';', ' ']).unwrap_or(tail.len());
         let q = tail[..token].find(['?', '#']).unwrap_or(token);
-        let userinfo_end = tail[..q].rfind('@').filter(|&at| {
-            let before = &tail[..at];
-            before.contains(':') || !before.contains('/')
-        });
+        let authority = tail[..q].find('/').unwrap_or(q);
+        let userinfo_end = tail[..q]
+            .rfind('@')
+            .filter(|&at| {
+                let before = &tail[..at];
+                before.contains(':') || !before.contains('/')
+            })
+            .or_else(|| tail[..authority].rfind('@'));
         let end = match userinfo_end {
             Some(at) => {
                 out.push_str("***@");
@@ -80,6 +82,7 @@ mod tests {
             "https://h/?next=https://***@g/#f"
         );
         assert_eq!(redact_urls("https://h/mod@v1"), "https://h/mod@v1");
+        assert_eq!(redact_urls("https://t@h/mod@v1"), "https://***@h/mod@v1");
         assert_eq!(redact_urls("https://h/x?u=a@b"), "https://h/x?u=a@b");
         assert_eq!(
             redact_urls("http://u:p@a b http://c"),
