@@ -83,9 +83,24 @@ impl FsView {
         self.root.join(p.trim_start_matches('/'))
     }
 
+    /// The host's own view (`/`): the kernel resolves paths exactly as the
+    /// walk below would, in one call instead of one per component.
+    fn is_host(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
     /// Resolve symlinks of absolute `p` inside the root. `None` when a
     /// component is missing or there are too many links.
     pub fn canonical(&self, p: &str) -> Option<String> {
+        if self.is_host() && p.starts_with('/') {
+            return host_canonical(p);
+        }
+        self.canonical_walk(p)
+    }
+
+    /// `canonical`, a component at a time (the kernel's lookup would follow
+    /// an absolute link out of a root that is not `/`).
+    fn canonical_walk(&self, p: &str) -> Option<String> {
         let mut stack: Vec<String> = Vec::new();
         let mut pending: Vec<String> = split(p);
         pending.reverse();
@@ -124,8 +139,12 @@ impl FsView {
 
     /// `stat` (following symlinks inside the root).
     pub fn stat(&self, p: &str) -> Option<Meta> {
-        let c = self.canonical(p)?;
-        let md = std::fs::metadata(self.host_path(&c)).ok()?;
+        let md = if self.is_host() && p.starts_with('/') {
+            std::fs::metadata(p).ok()?
+        } else {
+            let c = self.canonical_walk(p)?;
+            std::fs::metadata(self.host_path(&c)).ok()?
+        };
         Some(Meta {
             dev: md.dev(),
             ino: md.ino(),
@@ -146,8 +165,11 @@ impl FsView {
     /// Up to `max` bytes of the file at `p`.
     pub fn read_head(&self, p: &str, max: usize) -> Option<Vec<u8>> {
         use std::io::Read as _;
-        let c = self.canonical(p)?;
-        let f = std::fs::File::open(self.host_path(&c)).ok()?;
+        let f = if self.is_host() && p.starts_with('/') {
+            std::fs::File::open(p).ok()?
+        } else {
+            std::fs::File::open(self.host_path(&self.canonical_walk(p)?)).ok()?
+        };
         let mut buf = Vec::new();
         f.take(max as u64).read_to_end(&mut buf).ok()?;
         Some(buf)
@@ -157,6 +179,22 @@ impl FsView {
         self.read_head(p, max)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
+}
+
+/// The kernel's resolution of `p` on the host: an `O_PATH` handle on what it
+/// names, and that handle's path. `None` when it does not resolve (or the
+/// file was deleted meanwhile).
+fn host_canonical(p: &str) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(p)
+        .ok()?;
+    use std::os::fd::AsRawFd as _;
+    let t = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()?;
+    let t = t.to_str()?;
+    (t.starts_with('/') && !t.ends_with(" (deleted)")).then(|| t.to_string())
 }
 
 fn split(p: &str) -> Vec<String> {
@@ -226,6 +264,49 @@ pub(crate) mod tests {
         );
         assert!(v.stat("/nope").is_none());
         std::fs::remove_dir_all(root).ok();
+    }
+
+    /// On the host the kernel's resolution and the walk agree: link chains,
+    /// relative and absolute links, `..` after a link, missing parts, loops.
+    #[test]
+    fn host_resolution_matches_the_walk() {
+        let d = tempdir("fshost");
+        let ds = d.display().to_string();
+        std::fs::create_dir_all(d.join("opt/go/bin")).unwrap();
+        std::fs::write(d.join("opt/go/bin/go"), b"x").unwrap();
+        std::fs::create_dir_all(d.join("usr/bin")).unwrap();
+        std::os::unix::fs::symlink(format!("{ds}/opt/go"), d.join("goroot")).unwrap();
+        std::os::unix::fs::symlink("../../goroot/bin/go", d.join("usr/bin/go")).unwrap();
+        std::os::unix::fs::symlink("go", d.join("usr/bin/go2")).unwrap();
+        std::os::unix::fs::symlink("loop2", d.join("loop1")).unwrap();
+        std::os::unix::fs::symlink("loop1", d.join("loop2")).unwrap();
+        std::os::unix::fs::symlink("nowhere", d.join("dangling")).unwrap();
+        let v = FsView::host();
+        for rel in [
+            "usr/bin/go",
+            "usr/bin/go2",
+            "goroot/bin/../bin/go",
+            "goroot/../usr/bin",
+            "usr/bin/./go",
+            "opt/go/bin/go",
+            "missing/go",
+            "loop1",
+            "dangling",
+            "usr/bin/go/x",
+        ] {
+            let p = format!("{ds}/{rel}");
+            assert_eq!(v.canonical(&p), v.canonical_walk(&p), "{p}");
+            let walk = v
+                .canonical_walk(&p)
+                .and_then(|c| std::fs::metadata(c).ok())
+                .map(|m| (m.dev(), m.ino()));
+            assert_eq!(v.stat(&p).map(|m| (m.dev, m.ino)), walk, "{p}");
+        }
+        assert_eq!(
+            v.canonical(&format!("{ds}/usr/bin/go2")),
+            Some(format!("{ds}/opt/go/bin/go"))
+        );
+        std::fs::remove_dir_all(d).ok();
     }
 
     #[test]
