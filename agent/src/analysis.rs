@@ -200,6 +200,8 @@ pub struct ExecAnalysis {
 pub struct Analyzer {
     cfg: AnalysisConfig,
     buildinfo: HashMap<FileKey, Option<Arc<BuildInfo>>>,
+    /// Identities of host files by path and file, for `IDENTITY_TTL`.
+    identities: HashMap<(String, FileKey), (std::time::Instant, Identity)>,
     env_seen: HashMap<(u32, String), EnvSeen>,
     reported: crate::analysis::Dedup,
 }
@@ -266,8 +268,37 @@ impl Analyzer {
         parsed
     }
 
-    /// Identity of the binary at `path` as seen in `fs`.
+    /// Identity of the binary at `path` as seen in `fs`. On the host it is
+    /// remembered for a few seconds by path and file (device, inode, mtime,
+    /// size): a build runs the same tools hundreds of times, and working out
+    /// an identity takes a read of the file's head and a walk up its
+    /// directories.
     pub fn identify(&mut self, fs: &FsView, path: &str) -> Identity {
+        const IDENTITY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+        let key = if fs.is_host() {
+            fs.stat(path)
+                .map(|m| (path.to_string(), (m.dev, m.ino, m.mtime, m.size)))
+        } else {
+            None
+        };
+        let now = std::time::Instant::now();
+        if let Some(k) = &key
+            && let Some((t, id)) = self.identities.get(k)
+            && now.duration_since(*t) < IDENTITY_TTL
+        {
+            return id.clone();
+        }
+        let id = self.identify_uncached(fs, path);
+        if let Some(k) = key {
+            if self.identities.len() >= 4096 {
+                self.identities.clear();
+            }
+            self.identities.insert(k, (now, id.clone()));
+        }
+        id
+    }
+
+    fn identify_uncached(&mut self, fs: &FsView, path: &str) -> Identity {
         let mut id = Identity::default();
         if let Some(bi) = self.go_info(fs, path) {
             id.go_version = Some(bi.go_version.clone());

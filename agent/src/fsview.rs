@@ -57,7 +57,14 @@ impl FsView {
     pub fn of_process(proc_root: &Path, pid: u32) -> Self {
         let dir = proc_root.join(pid.to_string());
         let theirs = std::fs::read_link(dir.join("ns/mnt")).ok();
-        let ours = std::fs::read_link(proc_root.join("self/ns/mnt")).ok();
+        // The agent's own namespace does not change: read once (for /proc).
+        static OURS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+        let read_ours = || std::fs::read_link(proc_root.join("self/ns/mnt")).ok();
+        let ours = if proc_root == Path::new("/proc") {
+            OURS.get_or_init(read_ours).clone()
+        } else {
+            read_ours()
+        };
         if theirs.is_none() || theirs == ours {
             return Self::host();
         }
@@ -85,7 +92,7 @@ impl FsView {
 
     /// The host's own view (`/`): the kernel resolves paths exactly as the
     /// walk below would, in one call instead of one per component.
-    fn is_host(&self) -> bool {
+    pub fn is_host(&self) -> bool {
         self.root == Path::new("/")
     }
 
@@ -170,7 +177,9 @@ impl FsView {
         } else {
             std::fs::File::open(self.host_path(&self.canonical_walk(p)?)).ok()?
         };
-        let mut buf = Vec::new();
+        // Room for all of it up front: one read for a small head (an empty
+        // Vec starts with 32-byte probe reads and grows by doubling).
+        let mut buf = Vec::with_capacity(max.min(64 << 20));
         f.take(max as u64).read_to_end(&mut buf).ok()?;
         Some(buf)
     }
