@@ -835,3 +835,36 @@ pub fn errno_name(e: i32) -> String {
         other => format!("errno {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host file's identity is remembered, and a changed file is not
+    /// mistaken for the one remembered.
+    #[test]
+    fn identities_are_remembered_per_file() {
+        let d = crate::fsview::tests::tempdir("ident");
+        let tool = d.join("tool");
+        let p = tool.display().to_string();
+        std::fs::write(&tool, "#!/bin/sh\necho\n").unwrap();
+        let mut a = Analyzer::default();
+        let fs = FsView::host();
+        assert_eq!(a.identify(&fs, &p).interpreter.as_deref(), Some("/bin/sh"));
+        assert_eq!(a.identities.len(), 1);
+        assert_eq!(a.identify(&fs, &p).interpreter.as_deref(), Some("/bin/sh"));
+        std::fs::write(&tool, "#!/usr/bin/python3 -u\nprint()\n").unwrap();
+        assert_eq!(
+            a.identify(&fs, &p).interpreter.as_deref(),
+            Some("/usr/bin/python3")
+        );
+        // Other roots (containers, tests) are not remembered.
+        let view = FsView::new(&d);
+        assert_eq!(
+            a.identify(&view, "/tool").interpreter.as_deref(),
+            Some("/usr/bin/python3")
+        );
+        assert_eq!(a.identities.len(), 2);
+        std::fs::remove_dir_all(d).ok();
+    }
+}
