@@ -140,14 +140,9 @@ pub fn execat_enter_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Attached to `sys_exit_execve` and `sys_exit_execveat` (same record layout).
 #[tracepoint(category = "syscalls", name = "sys_exit_execve")]
 pub fn exec_exit_tp(ctx: TracePointContext) -> u32 {
-    let _ = try_exec_exit(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_execveat")]
-pub fn execat_exit_tp(ctx: TracePointContext) -> u32 {
     let _ = try_exec_exit(&ctx);
     0
 }

@@ -195,7 +195,7 @@ impl Collector {
         }
         let av = loader::available(&kernel, &probes);
         let mut links = Vec::new();
-        let attached = loader::attach_signals(&mut ebpf, &av, &mut links);
+        let attached = loader::attach_signals(&mut ebpf, &kernel, &av, &mut links);
         let active = attached
             .iter()
             .filter(|a| matches!(a.choice, Choice::Active { .. }))

@@ -135,8 +135,9 @@ const EXEC_TP: &[Prog] = &[
         attach: Attach::Tracepoint("syscalls", "sys_enter_execveat"),
         required: false,
     },
+    // The same program as for execve (one load, one verification).
     Prog {
-        name: "execat_exit_tp",
+        name: "exec_exit_tp",
         attach: Attach::Tracepoint("syscalls", "sys_exit_execveat"),
         required: false,
     },

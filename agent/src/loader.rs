@@ -57,6 +57,9 @@ pub struct KernelInfo {
     pub tracefs: Option<PathBuf>,
     pub tracefs_error: Option<String>,
     pub cgroup2: Option<PathBuf>,
+    /// The kernel's BTF as aya parses it (for tp_btf and fentry programs),
+    /// parsed at most once (~0.15–0.3 s each time) and dropped with `self`.
+    aya_btf: std::cell::OnceCell<Result<aya::Btf, String>>,
 }
 
 impl std::fmt::Debug for Btf {
@@ -76,6 +79,14 @@ pub fn cgroup2_in_mounts(mounts: &str) -> Option<PathBuf> {
 }
 
 impl KernelInfo {
+    /// The kernel's BTF for aya, parsed on first use.
+    pub fn aya_btf(&self) -> Result<&aya::Btf, String> {
+        self.aya_btf
+            .get_or_init(|| aya::Btf::from_sys_fs().map_err(msg))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     pub fn gather() -> Self {
         let mut k = KernelInfo::default();
         match Btf::from_sys_fs() {
@@ -376,9 +387,9 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
             r
         }
         HookKind::TpBtf => {
-            let btf = aya::Btf::from_sys_fs().map_err(msg)?;
+            let btf = k.aya_btf()?;
             let p = prog!(ebpf, name, BtfTracePoint);
-            p.load("sched_process_fork", &btf).map_err(msg)?;
+            p.load("sched_process_fork", btf).map_err(msg)?;
             let r = p.attach().map(|_| ()).map_err(msg);
             let _ = p.unload();
             r
@@ -391,9 +402,9 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
             r
         }
         HookKind::Fentry => {
-            let btf = aya::Btf::from_sys_fs().map_err(msg)?;
+            let btf = k.aya_btf()?;
             let p = prog!(ebpf, name, FEntry);
-            p.load("do_exit", &btf).map_err(msg)?;
+            p.load("do_exit", btf).map_err(msg)?;
             let r = p.attach().map(|_| ()).map_err(msg);
             let _ = p.unload();
             r
@@ -520,6 +531,7 @@ pub fn detach_all(links: Vec<OwnedLink>) {
 fn attach_prog(
     ebpf: &mut Ebpf,
     p: &hooks::Prog,
+    k: &KernelInfo,
     cgroup2: Option<&std::path::Path>,
     links: &mut Vec<OwnedLink>,
 ) -> Result<(), String> {
@@ -564,14 +576,50 @@ fn attach_prog(
             Ok(())
         }
         Attach::TpBtf(tp) => {
-            let btf = aya::Btf::from_sys_fs().map_err(msg)?;
+            let btf = k.aya_btf()?;
             let prog = prog!(ebpf, p.name, BtfTracePoint);
-            prog.load(tp, &btf).map_err(msg)?;
+            prog.load(tp, btf).map_err(msg)?;
             let id = prog.attach().map_err(msg)?;
             links.push(OwnedLink::Btf(prog.take_link(id).map_err(msg)?));
             Ok(())
         }
     }
+}
+
+/// Load (verify) the tracepoint programs of each signal's first choice
+/// concurrently, one thread each. The verifier runs in the loading thread
+/// and takes most of the start-up: ~0.5–0.7 s for each exec program here,
+/// one after another otherwise. A program that fails here is loaded again,
+/// and its error reported, by the attach that follows.
+fn preload_tracepoints(ebpf: &mut Ebpf, av: &Available) {
+    let mut names: Vec<&str> = Vec::new();
+    for sig in SIGNALS.iter().filter(|s| s.implemented) {
+        if let Choice::Active { hook, .. } = hooks::choose(sig, av)
+            && let Some(opt) = hooks::option_for(sig, hook)
+        {
+            for p in opt.programs {
+                if matches!(p.attach, Attach::Tracepoint(..)) && !names.contains(&p.name) {
+                    names.push(p.name);
+                }
+            }
+        }
+    }
+    let progs: Vec<(&str, &mut TracePoint)> = ebpf
+        .programs_mut()
+        .filter(|(n, _)| names.contains(n))
+        .filter_map(|(n, p)| Some((n, <&mut TracePoint>::try_from(p).ok()?)))
+        .collect();
+    std::thread::scope(|s| {
+        for (name, p) in progs {
+            s.spawn(move || {
+                if p.fd().is_err()
+                    && let Err(e) = p.load()
+                {
+                    tracing::debug!(program = name, error = %msg(e), "preload failed");
+                }
+            });
+        }
+    });
 }
 
 /// What was attached, per signal.
@@ -585,9 +633,11 @@ pub struct Attached {
 /// whose preferred option fails to attach falls through to the next option.
 pub fn attach_signals(
     ebpf: &mut Ebpf,
+    k: &KernelInfo,
     av: &Available,
     links: &mut Vec<OwnedLink>,
 ) -> Vec<Attached> {
+    preload_tracepoints(ebpf, av);
     let mut out = Vec::new();
     for sig in SIGNALS.iter().filter(|s| s.implemented) {
         let mut choice = hooks::choose(sig, av);
@@ -602,7 +652,7 @@ pub fn attach_signals(
             };
             let mut failure = None;
             for p in opt.programs {
-                if let Err(e) = attach_prog(ebpf, p, av.cgroup2.as_deref(), links) {
+                if let Err(e) = attach_prog(ebpf, p, k, av.cgroup2.as_deref(), links) {
                     if p.required {
                         failure = Some(format!("{}: {e}", p.name));
                         break;
