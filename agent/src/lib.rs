@@ -29,6 +29,7 @@ pub mod proctable;
 pub mod pyenv;
 pub mod redact;
 pub mod run;
+pub mod teardown;
 pub mod tls;
 pub mod tlslib;
 pub mod tracefs;

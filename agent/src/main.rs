@@ -211,6 +211,7 @@ fn main() -> ExitCode {
         },
         env_allow,
         analysis,
+        exit_after: true,
     };
     match cli.cmd {
         Some(Cmd::Check) => {
@@ -246,13 +247,14 @@ fn main() -> ExitCode {
                     _ => run::live(opts).await,
                 }
             });
-            match r {
-                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            let code = match r {
+                Ok(code) => code.clamp(0, 255),
                 Err(e) => {
                     eprintln!("agent: {e}");
-                    ExitCode::from(1)
+                    1
                 }
-            }
+            };
+            agent::teardown::exit(code)
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct RunOptions {
     pub wire: WireConfig,
     /// Kubernetes API endpoint (a `kubectl proxy` sidecar) for pod names.
     pub k8s_api: Option<String>,
+    /// The process exits right after the run: the probes are left to
+    /// [`crate::teardown::exit`] to detach instead of being detached here.
+    pub exit_after: bool,
 }
 
 /// The analysis settings, with pod names from the Kubernetes API when
@@ -546,12 +549,20 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         x.update_self(&collector);
     }
     // Detaching the probes waits for the kernel (each perf-event link takes
-    // a grace period, one after another): do it while the exporter flushes.
-    let detach = tokio::task::spawn_blocking(move || drop(collector));
+    // a grace period, one after another): left to a child at exit, or done
+    // while the exporter flushes.
+    let detach = if opts.exit_after {
+        crate::teardown::leave(collector);
+        None
+    } else {
+        Some(tokio::task::spawn_blocking(move || drop(collector)))
+    };
     if let Some(x) = otlp {
         stats["export"] = x.shutdown(OTLP_SHUTDOWN).await;
     }
-    let _ = detach.await;
+    if let Some(d) = detach {
+        let _ = d.await;
+    }
     if json {
         print_line(&stats.to_string());
     }
@@ -680,6 +691,9 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     if let Some(x) = otlp {
         x.update_self(&collector);
         lost["export"] = x.shutdown(OTLP_SHUTDOWN).await;
+    }
+    if opts.exit_after {
+        crate::teardown::leave(collector);
     }
     Ok(TraceResult {
         root_pid: root,

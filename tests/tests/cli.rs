@@ -195,3 +195,67 @@ fn missing_tracefs_is_mounted_by_the_agent() {
     assert_eq!(tracefs["detail"], "/sys/kernel/tracing");
     assert!(mounted(), "the agent mounted tracefs");
 }
+
+/// How many loaded BPF programs are named `name`.
+fn programs_named(name: &str) -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .expect("bpftool");
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    progs
+        .as_array()
+        .expect("program list")
+        .iter()
+        .filter(|p| p["name"] == name)
+        .count()
+}
+
+/// `agent trace` gives its command's exit code back at once: releasing the
+/// probes (~45 ms of kernel grace period per tracepoint link, over a second
+/// in all) is left to a child that holds none of the caller's pipes, and it
+/// still happens.
+#[test]
+fn trace_returns_at_once_and_its_probes_are_released_after() {
+    require_root();
+    let before = programs_named("exec_sched_tp");
+    let stamp = agent_tests::scratch("trace-exit").join("ended");
+    // `output()` returns when the agent has exited and both pipes are closed.
+    let (status, out, err) = run_agent(&[
+        "--format",
+        "json",
+        "trace",
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!("date +%s%N > {}; exit 7", stamp.display()),
+    ]);
+    let returned = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    assert_eq!(status.code(), Some(7), "stderr: {err}");
+    assert_eq!(json_lines(&out).last().unwrap()["type"], "trace_report");
+    let ended: u128 = std::fs::read_to_string(&stamp)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let late_ms = returned.saturating_sub(ended) / 1_000_000;
+    assert!(
+        late_ms < 800,
+        "agent trace returned {late_ms} ms after its command ended"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let now = programs_named("exec_sched_tp");
+        if now <= before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent's programs are still loaded 15 s after it exited ({now} vs {before} before)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
