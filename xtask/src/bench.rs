@@ -441,7 +441,27 @@ fn stop(t: Tracer) -> Result<Option<serde_like::Stats>> {
     } = t;
     terminate(child.id());
     let _ = child.wait();
+    if stats_file.is_some() {
+        wait_agent_probes_released();
+    }
     Ok(stats_file.and_then(|f| serde_like::last_stats(&f)))
+}
+
+/// The agent exits before the kernel has released its probes (a child of it
+/// takes the ~1.5 s of grace periods): wait until its programs are gone, so
+/// the next repetition's bare run is really bare.
+fn wait_agent_probes_released() {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Ok(out) = Command::new("bpftool").args(["prog", "show"]).output() else {
+            return;
+        };
+        if !String::from_utf8_lossy(&out.stdout).contains(" name exec_sched_tp ") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("bench: the agent's programs were still loaded 20 s after it exited");
 }
 
 fn terminate(pid: u32) {
