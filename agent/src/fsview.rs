@@ -99,10 +99,26 @@ impl FsView {
     /// Resolve symlinks of absolute `p` inside the root. `None` when a
     /// component is missing or there are too many links.
     pub fn canonical(&self, p: &str) -> Option<String> {
-        if self.is_host() && p.starts_with('/') {
+        if self.kernel_resolves(p) {
             return host_canonical(p);
         }
         self.canonical_walk(p)
+    }
+
+    /// Whether the kernel may resolve `p` itself: on the host's own view,
+    /// for an absolute path.
+    fn kernel_resolves(&self, p: &str) -> bool {
+        self.is_host() && p.starts_with('/')
+    }
+
+    /// A host path that opens what `p` names in the view: `p` itself where
+    /// the kernel resolves it, else its walked resolution.
+    fn openable(&self, p: &str) -> Option<PathBuf> {
+        if self.kernel_resolves(p) {
+            Some(PathBuf::from(p))
+        } else {
+            Some(self.host_path(&self.canonical_walk(p)?))
+        }
     }
 
     /// `canonical`, a component at a time (the kernel's lookup would follow
@@ -146,12 +162,7 @@ impl FsView {
 
     /// `stat` (following symlinks inside the root).
     pub fn stat(&self, p: &str) -> Option<Meta> {
-        let md = if self.is_host() && p.starts_with('/') {
-            std::fs::metadata(p).ok()?
-        } else {
-            let c = self.canonical_walk(p)?;
-            std::fs::metadata(self.host_path(&c)).ok()?
-        };
+        let md = std::fs::metadata(self.openable(p)?).ok()?;
         Some(Meta {
             dev: md.dev(),
             ino: md.ino(),
@@ -172,11 +183,7 @@ impl FsView {
     /// Up to `max` bytes of the file at `p`.
     pub fn read_head(&self, p: &str, max: usize) -> Option<Vec<u8>> {
         use std::io::Read as _;
-        let f = if self.is_host() && p.starts_with('/') {
-            std::fs::File::open(p).ok()?
-        } else {
-            std::fs::File::open(self.host_path(&self.canonical_walk(p)?)).ok()?
-        };
+        let f = std::fs::File::open(self.openable(p)?).ok()?;
         // Room for all of it up front: one read for a small head (an empty
         // Vec starts with 32-byte probe reads and grows by doubling).
         let mut buf = Vec::with_capacity(max.min(64 << 20));
