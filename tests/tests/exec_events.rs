@@ -65,6 +65,38 @@ fn failed_exec_has_errno_and_the_name_asked_for() {
     });
 }
 
+/// A failed `execveat` is reported like a failed `execve` (one exit program
+/// serves both syscalls), and says it was `execveat`.
+#[test]
+fn failed_execveat_has_errno_and_the_name_asked_for() {
+    rt().block_on(async {
+        let mut live = Live::start();
+        let missing = format!("/nonexistent-{}/at-tool", std::process::id());
+        // From a child: the agent leaves its own process's execs out.
+        // execveat is syscall 322 on x86-64 (-100: AT_FDCWD).
+        let py = "import ctypes,os,sys\n\
+                  libc=ctypes.CDLL(None,use_errno=True)\n\
+                  p=sys.argv[1].encode()\n\
+                  argv=(ctypes.c_char_p*2)(p,None)\n\
+                  envp=(ctypes.c_char_p*1)(None)\n\
+                  r=libc.syscall(322,-100,p,argv,envp,0)\n\
+                  sys.exit(0 if r==-1 and ctypes.get_errno()==2 else 1)\n";
+        let st = Command::new("python3")
+            .args(["-c", py, &missing])
+            .status()
+            .expect("python3");
+        assert!(
+            st.success(),
+            "execveat(AT_FDCWD, missing) did not fail with ENOENT"
+        );
+        let e = live.exec_named(&missing).await;
+        assert!(e.execveat, "{e:?}");
+        assert_eq!(e.errno, libc::ENOENT);
+        assert_eq!(e.exe, "");
+        assert_eq!(e.argv, vec![missing.clone()]);
+    });
+}
+
 #[test]
 fn long_argv_is_truncated_and_flagged() {
     rt().block_on(async {
