@@ -216,6 +216,15 @@ pub fn trace_json(argv: &[String], env: &[(&str, &str)]) -> Vec<serde_json::Valu
     }
     let out = c.output().expect("agent trace");
     let records = std::fs::read_to_string(&out_file).unwrap_or_default();
+    // Captured by the test harness and shown only when the test fails: what
+    // the command printed, what the agent said, and every record, so that a
+    // failure on CI can be explained from its log.
+    eprintln!(
+        "agent trace {argv:?}: {}\n--- command's output:\n{}\n--- agent's stderr:\n{}\n--- records:\n{records}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     let lines = json_lines(&records);
     assert!(
         lines.last().is_some_and(|l| l["type"] == "trace_report"),
