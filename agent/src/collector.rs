@@ -183,7 +183,8 @@ impl Collector {
         // The reader runs before anything is attached, so nothing waits unread.
         spawn_reader(ring, tx, stats.clone())?;
 
-        let probes = loader::probe_all(&mut ebpf, &kernel);
+        let likely = loader::likely_tracepoints(&kernel);
+        let probes = loader::probe_all_preloading(&mut ebpf, &kernel, &likely);
         if probes.iter().all(|(_, r)| r.is_err()) {
             let first = probes
                 .iter()

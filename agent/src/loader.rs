@@ -18,7 +18,7 @@ use aya::{
     },
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry,
-        KProbe, RawTracePoint, SockOps, TracePoint, UProbe, uprobe::UProbeScope,
+        KProbe, Program, RawTracePoint, SockOps, TracePoint, UProbe, uprobe::UProbeScope,
     },
 };
 
@@ -58,7 +58,7 @@ pub struct KernelInfo {
     pub tracefs_error: Option<String>,
     pub cgroup2: Option<PathBuf>,
     /// The kernel's BTF as aya parses it (for tp_btf and fentry programs),
-    /// parsed at most once (~0.15–0.3 s each time) and dropped with `self`.
+    /// parsed at most once (10–25 ms in a release build) and dropped with `self`.
     aya_btf: std::cell::OnceCell<Result<aya::Btf, String>>,
 }
 
@@ -321,13 +321,14 @@ pub extern "C" fn agent_uprobe_probe_target(x: u64) -> u64 {
 }
 
 macro_rules! prog {
-    ($ebpf:expr, $name:expr, $ty:ty) => {{
-        let p = $ebpf
-            .program_mut($name)
-            .ok_or_else(|| format!("program {} missing from object", $name))?;
+    (given $prog:expr, $name:expr, $ty:ty) => {{
+        let p = $prog.ok_or_else(|| format!("program {} missing from object", $name))?;
         let p: &mut $ty = p.try_into().map_err(|e| format!("{e}"))?;
         p
     }};
+    ($ebpf:expr, $name:expr, $ty:ty) => {
+        prog!(given $ebpf.program_mut($name), $name, $ty)
+    };
 }
 
 /// An error and its causes on one line; a verifier log is cut to its last
@@ -355,8 +356,9 @@ fn msg(e: impl std::error::Error) -> String {
     }
 }
 
-/// Load and attach the do-nothing program for `kind`, then unload it.
-pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(), String> {
+/// Load and attach the do-nothing program for `kind` (`prog`, taken from
+/// the object by its name), then unload it.
+fn probe_hook(prog: Option<&mut Program>, kind: HookKind, k: &KernelInfo) -> Result<(), String> {
     let name = kind.probe_program();
     let cgroup = || -> Result<File, String> {
         let p = k
@@ -370,7 +372,7 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
             if k.tracefs.is_none() {
                 return Err("tracefs not mounted".into());
             }
-            let p = prog!(ebpf, name, TracePoint);
+            let p = prog!(given prog, name, TracePoint);
             p.load().map_err(msg)?;
             let r = p
                 .attach("sched", "sched_process_fork")
@@ -380,7 +382,7 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
             r
         }
         HookKind::RawTracepoint => {
-            let p = prog!(ebpf, name, RawTracePoint);
+            let p = prog!(given prog, name, RawTracePoint);
             p.load().map_err(msg)?;
             let r = p.attach("sched_process_fork").map(|_| ()).map_err(msg);
             let _ = p.unload();
@@ -388,14 +390,14 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
         }
         HookKind::TpBtf => {
             let btf = k.aya_btf()?;
-            let p = prog!(ebpf, name, BtfTracePoint);
+            let p = prog!(given prog, name, BtfTracePoint);
             p.load("sched_process_fork", btf).map_err(msg)?;
             let r = p.attach().map(|_| ()).map_err(msg);
             let _ = p.unload();
             r
         }
         HookKind::Kprobe => {
-            let p = prog!(ebpf, name, KProbe);
+            let p = prog!(given prog, name, KProbe);
             p.load().map_err(msg)?;
             let r = p.attach("do_exit", 0).map(|_| ()).map_err(msg);
             let _ = p.unload();
@@ -403,7 +405,7 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
         }
         HookKind::Fentry => {
             let btf = k.aya_btf()?;
-            let p = prog!(ebpf, name, FEntry);
+            let p = prog!(given prog, name, FEntry);
             p.load("do_exit", btf).map_err(msg)?;
             let r = p.attach().map(|_| ()).map_err(msg);
             let _ = p.unload();
@@ -412,7 +414,7 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
         HookKind::Uprobe => {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             std::hint::black_box(agent_uprobe_probe_target(1));
-            let p = prog!(ebpf, name, UProbe);
+            let p = prog!(given prog, name, UProbe);
             p.load().map_err(msg)?;
             let r = p
                 .attach(
@@ -427,7 +429,7 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
         }
         HookKind::CgroupSockAddr => {
             let cg = cgroup()?;
-            let p = prog!(ebpf, name, CgroupSockAddr);
+            let p = prog!(given prog, name, CgroupSockAddr);
             p.load().map_err(msg)?;
             let r = p
                 .attach(&cg, CgroupAttachMode::Single)
@@ -438,7 +440,7 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
         }
         HookKind::SockOps => {
             let cg = cgroup()?;
-            let p = prog!(ebpf, name, SockOps);
+            let p = prog!(given prog, name, SockOps);
             p.load().map_err(msg)?;
             let r = p
                 .attach(&cg, CgroupAttachMode::Single)
@@ -449,7 +451,7 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
         }
         HookKind::CgroupSkb => {
             let cg = cgroup()?;
-            let p = prog!(ebpf, name, CgroupSkb);
+            let p = prog!(given prog, name, CgroupSkb);
             p.load().map_err(msg)?;
             let r = p
                 .attach(&cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
@@ -463,10 +465,77 @@ pub fn probe_hook(ebpf: &mut Ebpf, kind: HookKind, k: &KernelInfo) -> Result<(),
 
 /// Probe every hook kind.
 pub fn probe_all(ebpf: &mut Ebpf, k: &KernelInfo) -> Vec<(HookKind, Result<(), String>)> {
-    HookKind::ALL
-        .iter()
-        .map(|&h| (h, probe_hook(ebpf, h, k)))
-        .collect()
+    probe_all_preloading(ebpf, k, &[])
+}
+
+/// Probe every hook kind while the tracepoint programs named in `preload`
+/// are loaded (verified) in threads of their own. The probes spend most of
+/// their time waiting for the kernel (a grace period per detach), the
+/// verifier on the exec programs most of a second of CPU: side by side,
+/// start-up costs the longer of the two instead of their sum. A program
+/// loaded here but not chosen afterwards is only unloaded with the rest.
+pub fn probe_all_preloading(
+    ebpf: &mut Ebpf,
+    k: &KernelInfo,
+    preload: &[&str],
+) -> Vec<(HookKind, Result<(), String>)> {
+    let mut probe_progs: Vec<(HookKind, &mut Program)> = Vec::new();
+    let mut loads: Vec<(&str, &mut TracePoint)> = Vec::new();
+    for (name, p) in ebpf.programs_mut() {
+        if let Some(&h) = HookKind::ALL.iter().find(|h| h.probe_program() == name) {
+            probe_progs.push((h, p));
+        } else if preload.contains(&name)
+            && let Ok(tp) = <&mut TracePoint>::try_from(p)
+        {
+            loads.push((name, tp));
+        }
+    }
+    std::thread::scope(|s| {
+        for (name, p) in loads {
+            s.spawn(move || load_tracepoint(name, p));
+        }
+        HookKind::ALL
+            .iter()
+            .map(|&h| {
+                let prog = probe_progs
+                    .iter()
+                    .position(|(k, _)| *k == h)
+                    .map(|i| probe_progs.swap_remove(i).1);
+                (h, probe_hook(prog, h, k))
+            })
+            .collect()
+    })
+}
+
+/// The tracepoint programs worth loading before the probes have answered:
+/// those of each signal's first tracepoint option, when tracefs is there.
+/// Almost always the ones attached; if the probes decide otherwise, they
+/// were loaded for nothing, which changes nothing else.
+pub fn likely_tracepoints(k: &KernelInfo) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if k.tracefs.is_none() {
+        return names;
+    }
+    for sig in SIGNALS.iter().filter(|s| s.implemented) {
+        if let Some(opt) = sig.options.iter().find(|o| o.hook == HookKind::Tracepoint) {
+            for p in opt.programs {
+                if matches!(p.attach, Attach::Tracepoint(..)) && !names.contains(&p.name) {
+                    names.push(p.name);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Load one tracepoint program unless it is loaded already; a failure is
+/// only logged here, the attach that follows reports it.
+fn load_tracepoint(name: &str, p: &mut TracePoint) {
+    if p.fd().is_err()
+        && let Err(e) = p.load()
+    {
+        tracing::debug!(program = name, error = %msg(e), "preload failed");
+    }
 }
 
 pub fn available(k: &KernelInfo, probes: &[(HookKind, Result<(), String>)]) -> Available {
@@ -611,13 +680,9 @@ fn preload_tracepoints(ebpf: &mut Ebpf, av: &Available) {
         .collect();
     std::thread::scope(|s| {
         for (name, p) in progs {
-            s.spawn(move || {
-                if p.fd().is_err()
-                    && let Err(e) = p.load()
-                {
-                    tracing::debug!(program = name, error = %msg(e), "preload failed");
-                }
-            });
+            if p.fd().is_err() {
+                s.spawn(move || load_tracepoint(name, p));
+            }
         }
     });
 }
@@ -799,4 +864,36 @@ pub fn read_lost(map: &PerCpuArray<MapData, u64>) -> Vec<u64> {
     (0..LOST_CAUSES)
         .map(|i| map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exec_programs_are_loaded_early_when_tracefs_is_there() {
+        let k = KernelInfo {
+            tracefs: Some("/sys/kernel/tracing".into()),
+            ..Default::default()
+        };
+        let names = likely_tracepoints(&k);
+        // The two whose verification takes most of start-up.
+        assert!(names.contains(&"exec_sched_tp"), "{names:?}");
+        assert!(names.contains(&"exec_exit_tp"), "{names:?}");
+        // Each once, and only programs attached to a tracepoint.
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for n in &names {
+            assert!(
+                SIGNALS.iter().flat_map(|s| s.options).any(|o| o
+                    .programs
+                    .iter()
+                    .any(|p| p.name == *n && matches!(p.attach, Attach::Tracepoint(..)))),
+                "{n} is not a tracepoint program"
+            );
+        }
+        assert!(likely_tracepoints(&KernelInfo::default()).is_empty());
+    }
 }
