@@ -218,7 +218,22 @@ fn programs_named(name: &str) -> usize {
 #[test]
 fn trace_returns_at_once_and_its_probes_are_released_after() {
     require_root();
-    let before = programs_named("exec_sched_tp");
+    // Programs of agents that ended just before (earlier tests) are still
+    // being released by their exit children: count only once that is over,
+    // so that what is left is what stays (another agent running here).
+    let mut before = programs_named("exec_sched_tp");
+    let settle = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut steady_since = std::time::Instant::now();
+    while std::time::Instant::now() < settle
+        && steady_since.elapsed() < std::time::Duration::from_secs(3)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = programs_named("exec_sched_tp");
+        if now != before {
+            before = now;
+            steady_since = std::time::Instant::now();
+        }
+    }
     let stamp = agent_tests::scratch("trace-exit").join("ended");
     // `output()` returns when the agent has exited and both pipes are closed.
     let (status, out, err) = run_agent(&[
