@@ -512,16 +512,26 @@ pub fn probe_all_preloading(
 /// Almost always the ones attached; if the probes decide otherwise, they
 /// were loaded for nothing, which changes nothing else.
 pub fn likely_tracepoints(k: &KernelInfo) -> Vec<&'static str> {
-    let mut names = Vec::new();
     if k.tracefs.is_none() {
-        return names;
+        return Vec::new();
     }
-    for sig in SIGNALS.iter().filter(|s| s.implemented) {
-        if let Some(opt) = sig.options.iter().find(|o| o.hook == HookKind::Tracepoint) {
-            for p in opt.programs {
-                if matches!(p.attach, Attach::Tracepoint(..)) && !names.contains(&p.name) {
-                    names.push(p.name);
-                }
+    tracepoint_programs(
+        SIGNALS
+            .iter()
+            .filter(|s| s.implemented)
+            .filter_map(|sig| sig.options.iter().find(|o| o.hook == HookKind::Tracepoint)),
+    )
+}
+
+/// The tracepoint programs of `options`, each named once.
+fn tracepoint_programs<'a>(
+    options: impl Iterator<Item = &'a hooks::HookOption>,
+) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    for opt in options {
+        for p in opt.programs {
+            if matches!(p.attach, Attach::Tracepoint(..)) && !names.contains(&p.name) {
+                names.push(p.name);
             }
         }
     }
@@ -661,18 +671,12 @@ fn attach_prog(
 /// one after another otherwise. A program that fails here is loaded again,
 /// and its error reported, by the attach that follows.
 fn preload_tracepoints(ebpf: &mut Ebpf, av: &Available) {
-    let mut names: Vec<&str> = Vec::new();
-    for sig in SIGNALS.iter().filter(|s| s.implemented) {
-        if let Choice::Active { hook, .. } = hooks::choose(sig, av)
-            && let Some(opt) = hooks::option_for(sig, hook)
-        {
-            for p in opt.programs {
-                if matches!(p.attach, Attach::Tracepoint(..)) && !names.contains(&p.name) {
-                    names.push(p.name);
-                }
-            }
+    let names = tracepoint_programs(SIGNALS.iter().filter(|s| s.implemented).filter_map(|sig| {
+        match hooks::choose(sig, av) {
+            Choice::Active { hook, .. } => hooks::option_for(sig, hook),
+            _ => None,
         }
-    }
+    }));
     let progs: Vec<(&str, &mut TracePoint)> = ebpf
         .programs_mut()
         .filter(|(n, _)| names.contains(n))
