@@ -538,12 +538,10 @@ fn tracepoint_programs<'a>(
     names
 }
 
-/// Load one tracepoint program unless it is loaded already; a failure is
-/// only logged here, the attach that follows reports it.
+/// Load one tracepoint program ahead of its attach; a failure is only
+/// logged here, the attach that follows loads it again and reports it.
 fn load_tracepoint(name: &str, p: &mut TracePoint) {
-    if p.fd().is_err()
-        && let Err(e) = p.load()
-    {
+    if let Err(e) = p.load() {
         tracing::debug!(program = name, error = %msg(e), "preload failed");
     }
 }
@@ -681,12 +679,12 @@ fn preload_tracepoints(ebpf: &mut Ebpf, av: &Available) {
         .programs_mut()
         .filter(|(n, _)| names.contains(n))
         .filter_map(|(n, p)| Some((n, <&mut TracePoint>::try_from(p).ok()?)))
+        // Those loaded while the probes ran are done.
+        .filter(|(_, p)| p.fd().is_err())
         .collect();
     std::thread::scope(|s| {
         for (name, p) in progs {
-            if p.fd().is_err() {
-                s.spawn(move || load_tracepoint(name, p));
-            }
+            s.spawn(move || load_tracepoint(name, p));
         }
     });
 }
