@@ -69,6 +69,8 @@ pub struct Report {
     pub usable: bool,
     /// What to do when not usable.
     pub fix: Option<String>,
+    /// False when run without privileges: hooks were not loaded, only read about.
+    pub probed: bool,
 }
 
 /// Effective capability bits from /proc/self/status text.
@@ -86,15 +88,8 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-pub fn run() -> Report {
-    let kernel = KernelInfo::gather();
-    let globals = Globals::compute(&kernel);
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let caps = cap_eff(&status);
-
-    let mut environment = vec![
+fn environment_items(kernel: &KernelInfo) -> Vec<Item> {
+    vec![
         Item {
             name: "btf".into(),
             ok: kernel.btf.is_some(),
@@ -121,15 +116,72 @@ pub fn run() -> Report {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "no cgroup2 mount in /proc/self/mounts".into()),
         },
-    ];
-    let capabilities = CAPS
-        .iter()
+    ]
+}
+
+/// What can be told without privileges: the kernel, BTF, tracefs, cgroup2
+/// and capabilities. Not usable only on a real absence (neither BTF nor
+/// tracefs in this kernel: no tracing hook could attach).
+pub fn run_unprivileged(probe_asked: bool) -> Report {
+    let kernel = KernelInfo::gather();
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = cap_eff(&status);
+    let environment = environment_items(&kernel);
+    let tracefs_in_kernel = std::fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("tracefs"));
+    let mut warnings = Vec::new();
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+        warnings.push(
+            "no kprobe PMU (/sys/bus/event_source/devices/kprobe): no kprobe hooks; the agent uses tracepoints instead"
+                .into(),
+        );
+    }
+    warnings.push(if probe_asked {
+        "hooks not probed: needs root (run `sudo agent check --probe`, or drop --no-elevate)".into()
+    } else {
+        "hooks not probed without privileges: `agent check --probe` loads and attaches a test program per hook kind (it re-runs through sudo)".into()
+    });
+    let usable = kernel.btf.is_some() || kernel.tracefs.is_some() || tracefs_in_kernel;
+    Report {
+        kernel: kernel_release(),
+        euid,
+        environment,
+        capabilities: capability_items(caps),
+        hooks: Vec::new(),
+        signals: Vec::new(),
+        warnings,
+        usable,
+        fix: (!usable).then(|| {
+            "this kernel has neither BTF nor tracefs: no tracing hook can attach".to_string()
+        }),
+        probed: false,
+    }
+}
+
+fn capability_items(caps: u64) -> Vec<Item> {
+    CAPS.iter()
         .map(|(name, bit, why)| Item {
             name: (*name).into(),
             ok: caps & (1u64 << bit) != 0,
             detail: (*why).into(),
         })
-        .collect();
+        .collect()
+}
+
+pub fn run() -> Report {
+    let kernel = KernelInfo::gather();
+    let globals = Globals::compute(&kernel);
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = cap_eff(&status);
+
+    let mut environment = environment_items(&kernel);
+    let capabilities = capability_items(caps);
 
     let mut warnings = globals.warnings.clone();
     let (hooks_items, signals, fix) = match loader::open(&globals) {
@@ -199,6 +251,7 @@ pub fn run() -> Report {
         warnings,
         usable,
         fix,
+        probed: true,
     }
 }
 
@@ -226,20 +279,25 @@ pub fn render_text(r: &Report, color: bool) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "kernel {}  (euid {})", r.kernel, r.euid);
-    for (title, items) in [
+    let mut sections = vec![
         ("environment", &r.environment),
         ("capabilities (effective)", &r.capabilities),
-        (
+    ];
+    if r.probed {
+        sections.push((
             "hooks (probed by loading and attaching a program)",
             &r.hooks,
-        ),
-    ] {
+        ));
+    }
+    for (title, items) in sections {
         let _ = writeln!(s, "\n{title}");
         for i in items {
             let _ = writeln!(s, "  {:<20} {}  {}", i.name, mark(i.ok, color), i.detail);
         }
     }
-    let _ = writeln!(s, "\nsignals");
+    if r.probed {
+        let _ = writeln!(s, "\nsignals");
+    }
     for sig in &r.signals {
         let state = match &sig.choice {
             Choice::Active {

@@ -30,7 +30,9 @@ enum ColorArg {
     about = "Live diagnosis of toolchain and network faults, from the kernel",
     long_about = "Without a subcommand: watch the whole machine and print one line per \
                   toolchain exec (Go, Python, conda) and per finding.\n\
-                  Needs root (or CAP_BPF + CAP_PERFMON); `agent check` says what this kernel allows."
+                  Needs root (or CAP_BPF + CAP_PERFMON): typed without them, `agent`, \
+                  `agent trace` and `agent check --probe` re-run themselves through sudo (or doas), \
+                  saying so first; `--no-elevate` turns that off. `agent check` says what this kernel allows."
 )]
 struct Cli {
     /// Output: readable lines, or one JSON object per line ("type" first) [default: text].
@@ -86,17 +88,39 @@ struct Cli {
     /// grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL; default http/protobuf).
     #[arg(long, global = true)]
     otlp_protocol: Option<String>,
+    /// Never re-run through sudo/doas when not privileged: fail with one line instead.
+    #[arg(long, global = true)]
+    no_elevate: bool,
+    /// Set by the agent itself when it re-ran through sudo/doas.
+    #[arg(long = "elevated", hide = true, global = true)]
+    elevated: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Probe this kernel and show which hook each signal will use.
-    Check,
-    /// Run a command (as the invoking user under sudo), observe only its
+    /// Probe this kernel and show which hook each signal will use (without
+    /// root: what can be read without loading programs).
+    Check {
+        /// Load and attach a test program per hook kind (re-runs through sudo
+        /// when not privileged).
+        #[arg(long)]
+        probe: bool,
+    },
+    /// Run a command exactly as you would have (your account, groups,
+    /// environment, directory: taken from the sudo or doas you typed, or
+    /// handed over when `agent trace` elevates itself), observe only its
     /// process tree, print a report when it exits, exit with its code.
+    /// Ctrl-C goes to the command; the report still comes.
     Trace {
+        /// Run the command as this account instead (its passwd entry and
+        /// groups, a login-like environment).
+        #[arg(long)]
+        user: Option<String>,
+        /// With --user: also pass these variables of yours (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        keep_env: Vec<String>,
         /// The command and its arguments, after `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
@@ -104,6 +128,39 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    agent::traced::save_initial_limits();
+    let cli = Cli::parse();
+    // Who asked for us (sudo's caller, our own unprivileged copy, root).
+    let proc_root = std::path::Path::new("/proc");
+    let (user_flag, keep_env) = match &cli.cmd {
+        Some(Cmd::Trace { user, keep_env, .. }) => (user.as_deref(), keep_env.clone()),
+        _ => (None, Vec::new()),
+    };
+    let invoker = match agent::invoker::find(&agent::invoker::probe_self(proc_root), user_flag, &keep_env) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.elevated && !matches!(invoker.source, agent::invoker::Source::RootLogin) {
+        // sudo's env_reset dropped the settings the user typed for us.
+        agent::elevate::adopt_settings(&invoker.env);
+    }
+    let needs_bpf = match &cli.cmd {
+        None | Some(Cmd::Trace { .. }) => true,
+        Some(Cmd::Check { probe }) => *probe,
+    };
+    if needs_bpf && !cli.no_elevate && !cli.elevated && agent::elevate::needed() {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        return match agent::elevate::reexec(&args) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("agent: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AGENT_LOG")
@@ -116,7 +173,6 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
-    let cli = Cli::parse();
     // Precedence: flags > environment > file > defaults.
     let file = match agent::config::load(cli.config.as_deref()) {
         Ok(f) => f,
@@ -138,9 +194,10 @@ fn main() -> ExitCode {
         (Some(ColorArg::Never), _) | (None, Some("never")) => false,
         _ => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
+    agent::output::set_format(format);
     let output = cli.output.clone().or(file.output.clone());
     if let Some(p) = &output
-        && let Err(e) = agent::output::set_output_file(p)
+        && let Err(e) = agent::output::set_output_file(p, Some(&invoker))
     {
         eprintln!("agent: cannot open --output {}: {e}", p.display());
         return ExitCode::from(1);
@@ -212,10 +269,15 @@ fn main() -> ExitCode {
         env_allow,
         analysis,
         exit_after: true,
+        invoker: Some(invoker),
     };
     match cli.cmd {
-        Some(Cmd::Check) => {
-            let report = agent::check::run();
+        Some(Cmd::Check { probe }) => {
+            let report = if agent::elevate::needed() {
+                agent::check::run_unprivileged(probe)
+            } else {
+                agent::check::run()
+            };
             match format {
                 Format::Json => match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),
@@ -243,7 +305,7 @@ fn main() -> ExitCode {
             };
             let r = rt.block_on(async {
                 match cmd {
-                    Some(Cmd::Trace { command }) => run::trace(opts, command).await,
+                    Some(Cmd::Trace { command, .. }) => run::trace(opts, command).await,
                     _ => run::live(opts).await,
                 }
             });

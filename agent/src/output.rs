@@ -34,13 +34,67 @@ static SINK: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::O
 
 /// Send every record to `path` instead of stdout (`--output`), so a traced
 /// command's own output never mixes with the agent's.
-pub fn set_output_file(path: &std::path::Path) -> std::io::Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+///
+/// Opened as `as_user` when the agent was elevated for someone (their
+/// filesystem uid, gid and groups decide, so `sudo agent --output /etc/x`
+/// cannot write where the user could not, and a file it creates is theirs),
+/// never through a symbolic link planted in its place (`O_NOFOLLOW`).
+/// Must run before any other thread exists (fsuid and groups are per thread
+/// and per process).
+pub fn set_output_file(
+    path: &std::path::Path,
+    as_user: Option<&crate::invoker::Invoker>,
+) -> std::io::Result<()> {
+    let f = open_output(path, as_user)?;
     let _ = SINK.set(std::sync::Mutex::new(f));
     Ok(())
+}
+
+fn open_output(
+    path: &std::path::Path,
+    as_user: Option<&crate::invoker::Invoker>,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    std::io::Error::other(format!(
+                        "{} is a symbolic link: refused (give the file itself)",
+                        path.display()
+                    ))
+                } else {
+                    e
+                }
+            })
+    };
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let Some(u) = as_user.filter(|u| root && u.uid != 0) else {
+        return open();
+    };
+    let saved = crate::traced::current_groups();
+    let groups: Vec<libc::gid_t> = u.groups.clone();
+    // SAFETY: plain credential syscalls on this (only) thread, each undone
+    // below; the pointer and length describe `groups`.
+    unsafe {
+        libc::setgroups(groups.len(), groups.as_ptr());
+        libc::setfsgid(u.gid);
+        libc::setfsuid(u.uid);
+    }
+    let r = open();
+    // SAFETY: as above: back to root's own filesystem ids and groups.
+    unsafe {
+        libc::setfsuid(0);
+        libc::setfsgid(0);
+        libc::setgroups(saved.len(), saved.as_ptr());
+    }
+    r
 }
 
 pub fn has_output_file() -> bool {
@@ -50,6 +104,7 @@ pub fn has_output_file() -> bool {
 /// Write one record line (to `--output` or stdout). A closed stdout ends output quietly.
 pub fn emit(line: &str) {
     use std::io::Write as _;
+    let line = safe(line);
     if let Some(m) = SINK.get() {
         if let Ok(mut f) = m.lock() {
             let _ = writeln!(f, "{line}");
@@ -58,6 +113,86 @@ pub fn emit(line: &str) {
     }
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{line}");
+}
+
+/// Stands for ESC in what [`paint`] makes; only the sinks turn it into ESC,
+/// after every real control character of the data has been escaped.
+pub const ESC_MARK: char = '\u{E01B}';
+
+static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
+/// The format every sink writes (set once at start-up; text by default).
+pub fn set_format(f: Format) {
+    let _ = FORMAT.set(f);
+}
+
+fn safe(s: &str) -> std::borrow::Cow<'_, str> {
+    match FORMAT.get().copied().unwrap_or(Format::Text) {
+        Format::Text => terminal_safe(s),
+        Format::Json => json_safe(s),
+    }
+}
+
+/// Characters a terminal acts on (or that reorder text on screen), beyond
+/// the line's own newline and tabs.
+fn dangerous(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text for a terminal: argv, paths, DNS names and SNI are data, so every
+/// control character in them is shown escaped (`\x1b`), never acted on. Our
+/// own colour (ESC_MARK + `[`digits/`;` + `m`) becomes ESC: data holding
+/// ESC_MARK can at worst change a colour, never move the cursor, retitle the
+/// window or hide a line.
+pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    if !s.chars().any(|c| dangerous(c) || c == ESC_MARK) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    let mut it = s.char_indices().peekable();
+    while let Some((i, c)) = it.next() {
+        if c == ESC_MARK {
+            let rest = &s[i + c.len_utf8()..];
+            let sgr = rest.strip_prefix('[').and_then(|r| {
+                let n = r.find(|ch: char| !(ch.is_ascii_digit() || ch == ';'))?;
+                (r[n..].starts_with('m')).then_some(n)
+            });
+            if sgr.is_some() {
+                out.push('\x1b');
+            } else {
+                out.push_str("\\u{e01b}");
+            }
+        } else if dangerous(c) {
+            if (c as u32) < 0x100 {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            } else {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// JSON lines: serde escapes C0 already; DEL, C1 and bidi overrides are
+/// valid raw in JSON but a terminal showing the line may act on them.
+pub fn json_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    if !s.chars().any(dangerous) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if dangerous(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Lines rendered while a batch of events is handled, written with one call
@@ -77,13 +212,15 @@ impl Lines {
         if self.0.is_empty() {
             return;
         }
+        let text = safe(&self.0);
         if let Some(m) = SINK.get() {
             if let Ok(mut f) = m.lock() {
-                let _ = f.write_all(self.0.as_bytes());
+                let _ = f.write_all(text.as_bytes());
             }
         } else {
-            let _ = std::io::stdout().lock().write_all(self.0.as_bytes());
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
         }
+        drop(text);
         self.0.clear();
     }
 }
@@ -128,7 +265,7 @@ fn clock(style: &Style, ktime_ns: u64) -> String {
 
 fn paint(style: &Style, code: &str, s: &str) -> String {
     if style.color {
-        format!("\x1b[{code}m{s}\x1b[0m")
+        format!("{ESC_MARK}[{code}m{s}{ESC_MARK}[0m")
     } else {
         s.to_string()
     }
@@ -229,7 +366,7 @@ fn visible_len(s: &str) -> usize {
     let mut esc = false;
     for c in s.chars() {
         match (esc, c) {
-            (false, '\x1b') => esc = true,
+            (false, ESC_MARK) => esc = true,
             (true, 'm') => esc = false,
             (true, _) => {}
             (false, _) => n += 1,

@@ -46,6 +46,8 @@ pub struct RunOptions {
     /// The process exits right after the run: the probes are left to
     /// [`crate::teardown::exit`] to detach instead of being detached here.
     pub exit_after: bool,
+    /// Who `agent trace` runs its command as; found from the ancestry when unset.
+    pub invoker: Option<crate::invoker::Invoker>,
 }
 
 /// The analysis settings, with pod names from the Kubernetes API when
@@ -569,15 +571,66 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// uid/gid to run a traced command as: the sudo caller's, when run through sudo.
-fn invoking_user() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
+/// How long a traced command may take to exit after the signal the agent
+/// handed it before its group is killed.
+const TRACE_KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// SIGINT, SIGTERM and SIGHUP as one stream (`agent trace` forwards them).
+struct TermSignals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+async fn next_of(s: &mut Option<tokio::signal::unix::Signal>) {
+    let got = match s {
+        Some(s) => s.recv().await.is_some(),
+        None => false,
+    };
+    if !got {
+        std::future::pending::<()>().await;
     }
-    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
-    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
-    (uid != 0).then_some((uid, gid))
+}
+
+impl TermSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        TermSignals {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
+        }
+    }
+
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = next_of(&mut self.int) => libc::SIGINT,
+            _ = next_of(&mut self.term) => libc::SIGTERM,
+            _ = next_of(&mut self.hup) => libc::SIGHUP,
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGKILL => "SIGKILL",
+        _ => "a signal",
+    }
+}
+
+/// The `run_as` object of the JSON trace report.
+pub fn run_as_json(i: &crate::invoker::Invoker) -> Value {
+    json!({
+        "user": i.user,
+        "uid": i.uid,
+        "gid": i.gid,
+        "groups": i.groups,
+        "source": i.source.name(),
+        "environment": i.source.describe(),
+    })
 }
 
 /// What `agent trace` collected about one command tree.
@@ -587,11 +640,14 @@ pub struct TraceResult {
     pub exit_code: i32,
     pub outputs: Vec<Output>,
     pub lost: Value,
+    /// Who the command ran as, and where its environment came from.
+    pub run_as: Option<crate::invoker::Invoker>,
+    /// A signal the agent received and handed to the command's group.
+    pub interrupted_by: Option<i32>,
 }
 
 /// Run `argv` (as the invoking user), observe its process tree, return what was seen.
 pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result<TraceResult> {
-    use std::os::unix::process::CommandExt as _;
     let (mut collector, mut rx) = Collector::start(
         &crate::collector::CollectorOptions {
             // One command's tree: every connection is an event, and the
@@ -605,18 +661,19 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     report_attach(&collector);
     let proc_root = opts.analysis.proc_root.clone();
     collector.probe_libssl(&proc_root);
-    let Some((prog, args)) = argv.split_first() else {
-        anyhow::bail!("agent trace: no command given (usage: agent trace -- <command> [args])");
+    let inv = match &opts.invoker {
+        Some(i) => i.clone(),
+        None => crate::invoker::find(
+            &crate::invoker::probe_self(std::path::Path::new("/proc")),
+            None,
+            &[],
+        )?,
     };
-    let mut cmd = std::process::Command::new(prog);
-    cmd.args(args);
-    if let Some((uid, gid)) = invoking_user() {
-        cmd.uid(uid).gid(gid);
-    }
-    let mut child = tokio::process::Command::from(cmd)
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("agent trace: cannot run {prog}: {e}"))?;
-    let root = child.id().unwrap_or(0);
+    // Before the command starts: from now on a signal goes to it, not to us.
+    let mut sigs = TermSignals::new();
+    let mut traced = crate::traced::spawn(argv, &inv)
+        .map_err(|e| anyhow::anyhow!("agent trace: {e}"))?;
+    let root = traced.pid;
     // The whole traced tree is "toolchain": file faults of e.g. `make` count
     // too. The kernel tracked it at fork already; this is belt and braces.
     collector.track(root);
@@ -635,18 +692,33 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     let mut in_tree = std::collections::HashSet::from([root]);
     let mut status = None;
     let mut root_exit_seen = false;
+    let mut interrupted_by = None;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    // Once the command is done: drain what is still in flight until a
+    // deadline (not until the ring is idle: on a busy machine other
+    // processes' events never stop), shorter once its exit event is in.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
-        let timeout = if status.is_some() {
-            // The command is done: drain what is still in flight, briefly.
-            Duration::from_millis(if root_exit_seen { 150 } else { 1500 })
-        } else {
-            Duration::from_secs(3600)
-        };
+        if status.is_some() {
+            let now = tokio::time::Instant::now();
+            let cap = now + Duration::from_millis(if root_exit_seen { 150 } else { 1500 });
+            let d = *drain_until.get_or_insert(cap);
+            if root_exit_seen && d > cap {
+                drain_until = Some(cap);
+            }
+        }
+        let drain_deadline = drain_until;
+        let kill_deadline = kill_at;
         tokio::select! {
-            ev = tokio::time::timeout(timeout, rx.recv()) => {
-                let ev = match ev {
-                    Ok(Some(ev)) => ev,
-                    Ok(None) | Err(_) => if status.is_some() { break } else { continue },
+            _ = async {
+                match drain_deadline {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => break,
+            ev = rx.recv() => {
+                let Some(ev) = ev else {
+                    if status.is_some() { break } else { continue }
                 };
                 for o in pipeline.handle(ev) {
                     probe_tls_libraries(&mut collector, &o, &proc_root);
@@ -666,8 +738,26 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
                     outputs.push(o);
                 }
             }
-            st = child.wait(), if status.is_none() => {
+            st = traced.child.wait(), if status.is_none() => {
                 status = Some(st?);
+                traced.reclaim_terminal();
+            }
+            sig = sigs.recv(), if status.is_none() => {
+                // Ctrl-C, SIGTERM, SIGHUP: the command's whole group gets
+                // it; the agent stays to print the report. A command that
+                // ignores it is killed after a grace period.
+                traced.signal_group(sig);
+                interrupted_by.get_or_insert(sig);
+                kill_at.get_or_insert_with(|| tokio::time::Instant::now() + TRACE_KILL_GRACE);
+            }
+            _ = async {
+                match kill_deadline {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            }, if status.is_none() => {
+                traced.signal_group(libc::SIGKILL);
+                kill_at = None;
             }
         }
     }
@@ -700,6 +790,8 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         exit_code: code,
         outputs,
         lost,
+        run_as: Some(inv),
+        interrupted_by,
     })
 }
 
@@ -734,6 +826,8 @@ pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
                     "command": argv,
                     "pid": r.root_pid,
                     "exit_code": r.exit_code,
+                    "run_as": r.run_as.as_ref().map(run_as_json),
+                    "interrupted_by": r.interrupted_by.map(signal_name),
                     "findings": findings,
                     "stats": r.lost,
                 })
@@ -777,14 +871,26 @@ pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> Str
             _ => {}
         }
     }
+    let who = match &r.run_as {
+        Some(i) if i.uid == 0 => " ran as root and".to_string(),
+        Some(i) => format!(" ran as {} (uid {}) and", i.user, i.uid),
+        None => String::new(),
+    };
+    let interrupted = r
+        .interrupted_by
+        .map(|sig| format!(", after the agent handed it {}", signal_name(sig)))
+        .unwrap_or_default();
     let _ = writeln!(
         s,
-        "\nagent trace: `{}` exited {} ({} process{})",
+        "\nagent trace: `{}`{who} exited {}{interrupted} ({} process{})",
         argv.join(" "),
         r.exit_code,
         execs.len(),
         if execs.len() == 1 { "" } else { "es" }
     );
+    if let Some(i) = &r.run_as {
+        let _ = writeln!(s, "environment: {}", i.source.describe());
+    }
     let _ = writeln!(s, "process tree:");
     fn walk(
         s: &mut String,
