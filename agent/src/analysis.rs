@@ -17,7 +17,7 @@ use crate::{
     pathres::{self, CandState},
     proctable::ProcTable,
     pyenv::{self, PyEnv},
-    redact::redact_urls,
+    scrub::url::redact_urls,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -156,12 +156,10 @@ pub fn reexec(args: &[OsString]) -> Result<i32, ElevateError> {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let status = cmd
-        .status()
-        .map_err(|source| ElevateError::Spawn {
-            tool: tool.1.display().to_string(),
-            source,
-        })?;
+    let status = cmd.status().map_err(|source| ElevateError::Spawn {
+        tool: tool.1.display().to_string(),
+        source,
+    })?;
     use std::os::unix::process::ExitStatusExt as _;
     Ok(status
         .code()
@@ -192,9 +190,16 @@ mod tests {
 
     #[test]
     fn words_are_quoted_for_a_shell() {
-        let a: Vec<OsString> = ["/usr/local/bin/agent", "trace", "--", "sh", "-c", "echo $HOME; it's"]
-            .map(OsString::from)
-            .to_vec();
+        let a: Vec<OsString> = [
+            "/usr/local/bin/agent",
+            "trace",
+            "--",
+            "sh",
+            "-c",
+            "echo $HOME; it's",
+        ]
+        .map(OsString::from)
+        .to_vec();
         assert_eq!(
             shell_words(&a),
             r"/usr/local/bin/agent trace -- sh -c 'echo $HOME; it'\''s'"

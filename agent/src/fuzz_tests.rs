@@ -127,7 +127,7 @@ fn text_formats() {
     });
     run(b"https://user:tok@proxy:3128/p,http://[::1]:80", 7, |b| {
         let s = String::from_utf8_lossy(b);
-        let r = crate::redact::redact_urls(&s);
+        let r = crate::scrub::url::redact_urls(&s);
         // Invariant: after every "://", the authority carries no userinfo but "***".
         let mut rest = r.as_str();
         while let Some(i) = rest.find("://") {

@@ -53,7 +53,10 @@ impl Source {
     pub fn exact_environment(&self) -> bool {
         matches!(
             self,
-            Source::Sudo { .. } | Source::SelfElevated { .. } | Source::RootLogin | Source::Unprivileged
+            Source::Sudo { .. }
+                | Source::SelfElevated { .. }
+                | Source::RootLogin
+                | Source::Unprivileged
         )
     }
 
@@ -140,7 +143,12 @@ pub fn parse_status(text: &str) -> Status {
             "PPid" => s.ppid = v.parse().unwrap_or(0),
             "Uid" => s.uid = ids(v),
             "Gid" => s.gid = ids(v),
-            "Groups" => s.groups = v.split_whitespace().filter_map(|g| g.parse().ok()).collect(),
+            "Groups" => {
+                s.groups = v
+                    .split_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            }
             "Umask" => s.umask = u32::from_str_radix(v, 8).ok(),
             _ => {}
         }
@@ -200,7 +208,9 @@ fn passwd(by: Result<&str, u32>) -> Option<Account> {
             unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) }
         }
         // SAFETY: as above.
-        Err(uid) => unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) },
+        Err(uid) => unsafe {
+            libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res)
+        },
     };
     if rc != 0 || res.is_null() {
         return None;
@@ -239,9 +249,8 @@ pub fn group_list(a: &Account) -> Vec<u32> {
         let mut groups = vec![0 as libc::gid_t; n as usize];
         let mut count = n;
         // SAFETY: `groups` has room for `count` entries; name is NUL-terminated.
-        let rc = unsafe {
-            libc::getgrouplist(name.as_ptr(), a.gid, groups.as_mut_ptr(), &mut count)
-        };
+        let rc =
+            unsafe { libc::getgrouplist(name.as_ptr(), a.gid, groups.as_mut_ptr(), &mut count) };
         if rc >= 0 {
             groups.truncate(count.max(0) as usize);
             return groups;
@@ -253,7 +262,11 @@ pub fn group_list(a: &Account) -> Vec<u32> {
 
 /// A login-like environment for `a` (what `sudo -i`/`su -` would start
 /// from), plus `keep` variables taken from `own`.
-pub fn login_env(a: &Account, own: &[(OsString, OsString)], keep: &[String]) -> Vec<(OsString, OsString)> {
+pub fn login_env(
+    a: &Account,
+    own: &[(OsString, OsString)],
+    keep: &[String],
+) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = vec![
         ("HOME".into(), a.home.clone().into_os_string()),
         ("USER".into(), a.name.clone().into()),
@@ -300,7 +313,10 @@ pub struct Probe<'a> {
 
 impl Probe<'_> {
     fn status(&self, pid: u32) -> Option<Status> {
-        let b = read_capped(&self.proc_root.join(pid.to_string()).join("status"), 64 << 10)?;
+        let b = read_capped(
+            &self.proc_root.join(pid.to_string()).join("status"),
+            64 << 10,
+        )?;
         Some(parse_status(&String::from_utf8_lossy(&b)))
     }
 
@@ -369,7 +385,11 @@ const WRAPPERS: &[&str] = &[
 ];
 
 /// Find who invoked the agent (see the module doc), or take `--user`.
-pub fn find(p: &Probe<'_>, user_flag: Option<&str>, keep_env: &[String]) -> Result<Invoker, InvokerError> {
+pub fn find(
+    p: &Probe<'_>,
+    user_flag: Option<&str>,
+    keep_env: &[String],
+) -> Result<Invoker, InvokerError> {
     if let Some(name) = user_flag {
         let a = account_by_name(name)
             .or_else(|| name.parse().ok().and_then(account_by_uid))
@@ -384,7 +404,10 @@ pub fn find(p: &Probe<'_>, user_flag: Option<&str>, keep_env: &[String]) -> Resu
             uid,
             gid,
             groups: Vec::new(),
-            user: acct.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| uid.to_string()),
+            user: acct
+                .as_ref()
+                .map(|a| a.name.clone())
+                .unwrap_or_else(|| uid.to_string()),
             home: acct.map(|a| a.home),
             env: own_env_for_command(&p.own_env),
             cwd: None,
@@ -529,13 +552,16 @@ mod tests {
         root
     }
 
-    fn probe(root: &Path, own: &[(&str, &str)]) -> Probe<'_> {
+    fn probe<'a>(root: &'a Path, own: &[(&str, &str)]) -> Probe<'a> {
         Probe {
             proc_root: root,
             self_pid: 100,
             euid: 0,
             self_exe: None,
-            own_env: own.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            own_env: own
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
         }
     }
 
@@ -566,8 +592,16 @@ mod tests {
     fn the_sudo_the_user_ran_gives_the_environment_through_its_pty_monitor() {
         // shell(50, uid 1001) → sudo(60) → sudo monitor(61) → agent(100)
         let root = fake_proc(&[
-            (50, status_text("bash", 1, 1001, 1001, "1001 2000"), b"PATH=/shell\0"),
-            (60, status_text("sudo", 50, 1001, 0, "0"), b"PATH=/home/u/env/bin:/usr/bin\0HOME=/home/u\0"),
+            (
+                50,
+                status_text("bash", 1, 1001, 1001, "1001 2000"),
+                b"PATH=/shell\0",
+            ),
+            (
+                60,
+                status_text("sudo", 50, 1001, 0, "0"),
+                b"PATH=/home/u/env/bin:/usr/bin\0HOME=/home/u\0",
+            ),
             (61, status_text("sudo", 60, 1001, 0, "0"), b"PATH=/other\0"),
             (100, status_text("agent", 61, 0, 0, "0"), b""),
         ]);
@@ -577,7 +611,10 @@ mod tests {
         assert_eq!(inv.groups, vec![1001, 2000]);
         assert_eq!(inv.umask, Some(0o027));
         assert_eq!(inv.home.as_deref(), Some(Path::new("/home/u")));
-        assert_eq!(inv.env[0], ("PATH".into(), "/home/u/env/bin:/usr/bin".into()));
+        assert_eq!(
+            inv.env[0],
+            ("PATH".into(), "/home/u/env/bin:/usr/bin".into())
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 
@@ -587,7 +624,11 @@ mod tests {
         let root = fake_proc(&[
             (40, status_text("test", 1, 0, 0, "0"), b""),
             (45, status_text("sudo", 40, 0, 0, "0"), b"PATH=/root-path\0"),
-            (60, status_text("sudo", 45, 1001, 0, "1001"), b"PATH=/user-path\0"),
+            (
+                60,
+                status_text("sudo", 45, 1001, 0, "1001"),
+                b"PATH=/user-path\0",
+            ),
             (100, status_text("agent", 60, 0, 0, "0"), b""),
         ]);
         let inv = find(&probe(&root, &[]), None, &[]).unwrap();
@@ -601,11 +642,23 @@ mod tests {
     fn a_fake_sudo_of_the_user_does_not_count_and_a_root_login_is_root() {
         // A user process named sudo (euid 1001) is not an elevation.
         let root = fake_proc(&[
-            (60, status_text("sudo", 1, 1001, 1001, "1001"), b"PATH=/fake\0"),
+            (
+                60,
+                status_text("sudo", 1, 1001, 1001, "1001"),
+                b"PATH=/fake\0",
+            ),
             (100, status_text("agent", 60, 0, 0, "0 10"), b""),
         ]);
         let inv = find(
-            &probe(&root, &[("PATH", "/root/bin"), ("AGENT_LOG", "debug"), ("OTEL_EXPORTER_OTLP_HEADERS", "a=b"), ("TRACEPARENT", "00-x")]),
+            &probe(
+                &root,
+                &[
+                    ("PATH", "/root/bin"),
+                    ("AGENT_LOG", "debug"),
+                    ("OTEL_EXPORTER_OTLP_HEADERS", "a=b"),
+                    ("TRACEPARENT", "00-x"),
+                ],
+            ),
             None,
             &[],
         )
@@ -621,15 +674,29 @@ mod tests {
             (80, status_text("env", 70, 0, 0, "0"), b""),
             (100, status_text("agent", 80, 0, 0, "0"), b""),
         ]);
-        assert_eq!(find(&probe(&root, &[]), None, &[]).unwrap().source, Source::RootLogin);
+        assert_eq!(
+            find(&probe(&root, &[]), None, &[]).unwrap().source,
+            Source::RootLogin
+        );
         let root = fake_proc(&[
             (60, status_text("sudo", 1, 1001, 0, "1001"), b"PATH=/user\0"),
             (80, status_text("env", 60, 0, 0, "0"), b""),
             (100, status_text("agent", 80, 0, 0, "0"), b""),
         ]);
-        assert_eq!(find(&probe(&root, &[]), None, &[]).unwrap().source, Source::Sudo { pid: 60 });
-        let names: Vec<_> = inv.env.iter().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
-        assert_eq!(names, vec!["PATH", "TRACEPARENT"], "the agent's own settings stay out");
+        assert_eq!(
+            find(&probe(&root, &[]), None, &[]).unwrap().source,
+            Source::Sudo { pid: 60 }
+        );
+        let names: Vec<_> = inv
+            .env
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["PATH", "TRACEPARENT"],
+            "the agent's own settings stay out"
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 
@@ -649,7 +716,11 @@ mod tests {
             ("SECRET".into(), "x".into()),
         ];
         let env = login_env(&a, &own, &["GOPROXY".into()]);
-        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.to_string_lossy().into_owned());
+        let get = |k: &str| {
+            env.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+        };
         assert_eq!(get("HOME").as_deref(), Some("/home/dev"));
         assert_eq!(get("PATH").as_deref(), Some("/usr/local/bin:/usr/bin:/bin"));
         assert_eq!(get("GOPROXY").as_deref(), Some("https://p"));

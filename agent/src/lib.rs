@@ -29,11 +29,12 @@ pub mod output;
 pub mod pathres;
 pub mod proctable;
 pub mod pyenv;
-pub mod redact;
+
 pub mod run;
+pub mod scrub;
 pub mod teardown;
 pub mod tls;
 pub mod tlslib;
-pub mod tracefs;
 pub mod traced;
+pub mod tracefs;
 pub mod wirediag;

@@ -136,13 +136,14 @@ fn main() -> ExitCode {
         Some(Cmd::Trace { user, keep_env, .. }) => (user.as_deref(), keep_env.clone()),
         _ => (None, Vec::new()),
     };
-    let invoker = match agent::invoker::find(&agent::invoker::probe_self(proc_root), user_flag, &keep_env) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("agent: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let invoker =
+        match agent::invoker::find(&agent::invoker::probe_self(proc_root), user_flag, &keep_env) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("agent: {e}");
+                return ExitCode::from(1);
+            }
+        };
     if cli.elevated && !matches!(invoker.source, agent::invoker::Source::RootLogin) {
         // sudo's env_reset dropped the settings the user typed for us.
         agent::elevate::adopt_settings(&invoker.env);

@@ -17,7 +17,7 @@ use crate::{
     event::{Tcp, TcpPhase},
     fsview::basename,
     proctable::ProcTable,
-    redact::redact_urls,
+    scrub::url::redact_urls,
 };
 
 /// How a connection set-up ended.

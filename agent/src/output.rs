@@ -11,7 +11,7 @@ use crate::{
     analysis::{ExecAnalysis, Finding, Severity, errno_name},
     event::{Exec, Exit, Tcp},
     netdiag::{ConnReport, Outcome},
-    redact::redact_urls,
+    scrub::url::redact_urls,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,8 +151,7 @@ pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 16);
-    let mut it = s.char_indices().peekable();
-    while let Some((i, c)) = it.next() {
+    for (i, c) in s.char_indices() {
         if c == ESC_MARK {
             let rest = &s[i + c.len_utf8()..];
             let sgr = rest.strip_prefix('[').and_then(|r| {
@@ -594,6 +593,33 @@ pub fn dns_text(style: &Style, r: &crate::wirediag::DnsReport) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn control_characters_of_data_never_reach_the_terminal() {
+        // A title change, a line erase and a cursor move planted in argv.
+        let hostile = "go\x1b]0;pwned\x07 \x1b[2K\r\x1b[1A x\u{9b}31m \u{202e}gnp.exe";
+        let safe = terminal_safe(hostile);
+        assert!(!safe.contains('\x1b') && !safe.contains('\r') && !safe.contains('\x07'));
+        assert!(!safe.contains('\u{9b}') && !safe.contains('\u{202e}'));
+        assert!(safe.contains(r"\x1b]0;pwned\x07"), "{safe}");
+        // Our own colour survives, data's fake mark can only be a colour.
+        let painted = paint(
+            &Style {
+                format: Format::Text,
+                color: true,
+                clock_offset_ns: 0,
+            },
+            "31",
+            "error",
+        );
+        assert_eq!(terminal_safe(&painted), "\x1b[31merror\x1b[0m");
+        assert_eq!(terminal_safe("a\u{E01B}]0;x\x07"), r"a\u{e01b}]0;x\x07");
+        assert_eq!(terminal_safe("plain\ttext\n"), "plain\ttext\n");
+        // JSON: C1 and bidi become \u escapes, valid inside JSON strings.
+        let j = json_safe("{\"a\":\"x\u{9b}y\u{202e}\"}");
+        assert_eq!(j, r#"{"a":"x\u009by\u202e"}"#);
+        assert!(serde_json::from_str::<Value>(&j).is_ok());
+    }
     use super::*;
 
     #[test]

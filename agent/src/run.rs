@@ -671,8 +671,8 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     };
     // Before the command starts: from now on a signal goes to it, not to us.
     let mut sigs = TermSignals::new();
-    let mut traced = crate::traced::spawn(argv, &inv)
-        .map_err(|e| anyhow::anyhow!("agent trace: {e}"))?;
+    let mut traced =
+        crate::traced::spawn(argv, &inv).map_err(|e| anyhow::anyhow!("agent trace: {e}"))?;
     let root = traced.pid;
     // The whole traced tree is "toolchain": file faults of e.g. `make` count
     // too. The kernel tracked it at fork already; this is belt and braces.
@@ -916,7 +916,7 @@ pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> Str
                 let cmd: Vec<String> = e
                     .argv
                     .iter()
-                    .map(|x| crate::redact::redact_urls(x))
+                    .map(|x| crate::scrub::url::redact_urls(x))
                     .collect();
                 let _ = writeln!(
                     s,
@@ -999,7 +999,7 @@ pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> Str
                     Value::String(x) => x.clone(),
                     other => other.to_string(),
                 };
-                let _ = writeln!(s, "      {k}: {}", crate::redact::redact_urls(&v));
+                let _ = writeln!(s, "      {k}: {}", crate::scrub::url::redact_urls(&v));
             }
         }
     }

@@ -148,13 +148,12 @@ pub fn spawn(argv: &[String], inv: &Invoker) -> Result<Traced, SpawnError> {
                 libc::setrlimit(libc::RLIMIT_MEMLOCK, &l.memlock);
                 libc::setrlimit(libc::RLIMIT_NOFILE, &l.nofile);
             }
-            if change_ids {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            if change_ids
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setresgid(gid, gid, gid) != 0
-                    || libc::setresuid(uid, uid, uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    || libc::setresuid(uid, uid, uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             if let Some(m) = umask {
                 libc::umask(m as libc::mode_t);

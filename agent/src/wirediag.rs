@@ -20,7 +20,7 @@ use crate::{
     event::{Wire, WireKind},
     fsview::basename,
     proctable::ProcTable,
-    redact::redact_urls,
+    scrub::url::redact_urls,
     tls::{self, Handshake, Side, Verdict, alert_name, version_name},
 };
 

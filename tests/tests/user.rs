@@ -38,9 +38,21 @@ fn user() -> User {
         .output()
         .is_ok_and(|o| !o.status.success())
     {
-        assert!(Command::new("groupadd").arg(group).status().unwrap().success());
+        assert!(
+            Command::new("groupadd")
+                .arg(group)
+                .status()
+                .unwrap()
+                .success()
+        );
     }
-    if !Command::new("id").arg(name).output().unwrap().status.success() {
+    if !Command::new("id")
+        .arg(name)
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
         let st = Command::new("useradd")
             .args(["-m", "-s", "/bin/sh", "-G", group, name])
             .status()
@@ -52,7 +64,10 @@ fn user() -> User {
         format!("{name} ALL=(ALL) NOPASSWD: ALL\n"),
     )
     .expect("sudoers.d");
-    let out = Command::new("getent").args(["group", group]).output().unwrap();
+    let out = Command::new("getent")
+        .args(["group", group])
+        .output()
+        .unwrap();
     let extra_gid = String::from_utf8_lossy(&out.stdout)
         .split(':')
         .nth(2)
@@ -106,7 +121,10 @@ fn shell_env(u: &User, env_bin: &std::path::Path) -> Vec<(String, String)> {
             "PATH".into(),
             format!("{}:/usr/local/bin:/usr/bin:/bin", env_bin.display()),
         ),
-        ("CONDA_PREFIX".into(), env_bin.parent().unwrap().display().to_string()),
+        (
+            "CONDA_PREFIX".into(),
+            env_bin.parent().unwrap().display().to_string(),
+        ),
         ("CONDA_DEFAULT_ENV".into(), "go-dev".into()),
         ("LANG".into(), "C.UTF-8".into()),
     ]
@@ -159,7 +177,10 @@ fn check_users_world(u: &User, env_bin: &std::path::Path, stdout: &str, records:
     assert_eq!(line("WHICH="), env_bin.join("go").display().to_string());
     for l in stdout.lines().filter_map(|l| l.strip_prefix("ENV ")) {
         for bad in ["OTEL_", "AGENT_", "SUDO_"] {
-            assert!(!l.starts_with(bad), "the agent's own {l} reached the command");
+            assert!(
+                !l.starts_with(bad),
+                "the agent's own {l} reached the command"
+            );
         }
     }
     let recs = json_lines(records);
@@ -259,7 +280,10 @@ fn trace_typed_without_sudo_elevates_itself_and_hands_the_environment_over() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let recs = std::fs::read_to_string(&records).unwrap_or_default();
-    eprintln!("status {}\nstdout:\n{stdout}\nstderr:\n{stderr}\nrecords:\n{recs}", out.status);
+    eprintln!(
+        "status {}\nstdout:\n{stdout}\nstderr:\n{stderr}\nrecords:\n{recs}",
+        out.status
+    );
     assert!(out.status.success());
     assert!(
         stderr.contains("needs root: running `sudo "),
@@ -323,8 +347,14 @@ fn a_root_login_runs_the_command_as_root_and_the_report_says_so() {
         .lines()
         .find(|l| l.starts_with("agent trace: "))
         .unwrap_or_else(|| panic!("no report: {stderr}"));
-    assert!(first.contains("ran as root"), "first line of the report: {first}");
-    assert!(stderr.contains("environment: the agent's own environment (a root login"), "{stderr}");
+    assert!(
+        first.contains("ran as root"),
+        "first line of the report: {first}"
+    );
+    assert!(
+        stderr.contains("environment: the agent's own environment (a root login"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -332,19 +362,32 @@ fn user_flag_runs_the_command_as_another_account() {
     let u = user();
     let out = Command::new(agent_tests::agent_bin())
         .args(["trace", "--user", u.name, "--keep-env", "KEEP_ME", "--"])
-        .args(["sh", "-c", "id -un; echo HOME=$HOME; echo KEEP=$KEEP_ME; echo DROP=$DROP_ME; id -G"])
+        .args([
+            "sh",
+            "-c",
+            "id -un; echo HOME=$HOME; echo KEEP=$KEEP_ME; echo DROP=$DROP_ME; id -G",
+        ])
         .env("KEEP_ME", "kept")
         .env("DROP_ME", "dropped")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], u.name);
     assert_eq!(lines[1], format!("HOME={}", u.home.display()));
     assert_eq!(lines[2], "KEEP=kept");
     assert_eq!(lines[3], "DROP=");
-    assert!(lines[4].split_whitespace().any(|g| g == u.extra_gid.to_string()), "{stdout}");
+    assert!(
+        lines[4]
+            .split_whitespace()
+            .any(|g| g == u.extra_gid.to_string()),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -363,7 +406,15 @@ fn output_symlink_planted_by_the_user_is_refused() {
     let out = as_user(
         &u,
         &env,
-        &["sudo", agent.to_str().unwrap(), "--output", link.to_str().unwrap(), "trace", "--", "true"],
+        &[
+            "sudo",
+            agent.to_str().unwrap(),
+            "--output",
+            link.to_str().unwrap(),
+            "trace",
+            "--",
+            "true",
+        ],
     )
     .output()
     .unwrap();
@@ -373,12 +424,24 @@ fn output_symlink_planted_by_the_user_is_refused() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's\n");
     // A place the user cannot write is refused too, though the agent is root.
     let forbidden = scratch("forbidden");
-    std::fs::set_permissions(&forbidden, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        &forbidden,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let target = forbidden.join("x.jsonl");
     let out = as_user(
         &u,
         &env,
-        &["sudo", agent.to_str().unwrap(), "--output", target.to_str().unwrap(), "trace", "--", "true"],
+        &[
+            "sudo",
+            agent.to_str().unwrap(),
+            "--output",
+            target.to_str().unwrap(),
+            "trace",
+            "--",
+            "true",
+        ],
     )
     .output()
     .unwrap();
@@ -403,23 +466,39 @@ fn sigterm_goes_to_the_command_and_the_report_still_comes() {
     // Wait for the command to run.
     let t = Instant::now();
     let sleep_pid = loop {
-        let out = Command::new("pgrep").args(["-f", "^sleep 31$"]).output().unwrap();
+        let out = Command::new("pgrep")
+            .args(["-f", "^sleep 31$"])
+            .output()
+            .unwrap();
         if let Some(p) = String::from_utf8_lossy(&out.stdout).lines().next() {
             break p.trim().to_string();
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "command never started");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "command never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     agent_tests::signal(agent.id(), "-TERM");
     let t = Instant::now();
     let st = agent.wait().unwrap();
-    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(st.code(), Some(143), "128 + SIGTERM");
     // The command's whole group got the signal (sleep is gone, or a zombie
     // about to be reaped by init).
     let gone = || {
         std::fs::read_to_string(format!("/proc/{sleep_pid}/stat"))
-            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
             .unwrap_or(true)
     };
     let t = Instant::now();
@@ -435,7 +514,10 @@ fn sigterm_goes_to_the_command_and_the_report_still_comes() {
 }
 
 fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux").args(args).output().expect("tmux (apt-get install tmux)");
+    let out = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux (apt-get install tmux)");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -462,7 +544,17 @@ fn ctrl_c_in_a_real_terminal_stops_the_command_and_gives_the_report() {
         agent.display()
     ));
     tmux(&["kill-session", "-t", &session]);
-    tmux(&["new-session", "-d", "-s", &session, "-x", "200", "-y", "50", &line]);
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "200",
+        "-y",
+        "50",
+        &line,
+    ]);
     let pane = || tmux(&["capture-pane", "-p", "-t", &session, "-S", "-100"]);
     let t = Instant::now();
     loop {
@@ -475,7 +567,11 @@ fn ctrl_c_in_a_real_terminal_stops_the_command_and_gives_the_report() {
         if has_sleep {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "never started: {}", pane());
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "never started: {}",
+            pane()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -487,9 +583,14 @@ fn ctrl_c_in_a_real_terminal_stops_the_command_and_gives_the_report() {
             break p;
         }
         if t.elapsed() > Duration::from_secs(5) {
-            let ps = Command::new("ps").args(["-eo", "pid,ppid,pgid,tpgid,sid,tty,stat,user,comm,wchan:30"]).output().unwrap();
+            let ps = Command::new("ps")
+                .args(["-eo", "pid,ppid,pgid,tpgid,sid,tty,stat,user,comm,wchan:30"])
+                .output()
+                .unwrap();
             eprintln!("{}", String::from_utf8_lossy(&ps.stdout));
-            if let Ok(p) = std::env::var("AGENT_IT_DEBUG_WAIT") { std::thread::sleep(Duration::from_secs(p.parse().unwrap_or(0))); }
+            if let Ok(p) = std::env::var("AGENT_IT_DEBUG_WAIT") {
+                std::thread::sleep(Duration::from_secs(p.parse().unwrap_or(0)));
+            }
             tmux(&["kill-session", "-t", &session]);
             panic!("no report 5 s after Ctrl-C:\n{p}");
         }
@@ -499,9 +600,15 @@ fn ctrl_c_in_a_real_terminal_stops_the_command_and_gives_the_report() {
     tmux(&["kill-session", "-t", &session]);
     eprintln!("{screen}");
     assert!(took < Duration::from_secs(2), "report after {took:?}");
-    assert!(screen.contains("AGENT-EXIT=130"), "exit 128 + SIGINT:\n{screen}");
     assert!(
-        screen.contains(&format!("agent trace: `sleep 30` ran as {} (uid {})", u.name, u.uid)),
+        screen.contains("AGENT-EXIT=130"),
+        "exit 128 + SIGINT:\n{screen}"
+    );
+    assert!(
+        screen.contains(&format!(
+            "agent trace: `sleep 30` ran as {} (uid {})",
+            u.name, u.uid
+        )),
         "the report:\n{screen}"
     );
 }

@@ -14,8 +14,8 @@ use opentelemetry_proto::tonic::trace::v1::{
 
 use super::model::{kv_bool, kv_int, kv_json, kv_str, kv_str_array};
 use crate::{
-    analysis::Finding, fsview::basename, netdiag::Outcome, proctable::ProcTable,
-    redact::redact_urls, run::Output,
+    analysis::Finding, fsview::basename, netdiag::Outcome, proctable::ProcTable, run::Output,
+    scrub::url::redact_urls,
 };
 
 /// Random ids without a dependency: splitmix64 seeded from the clock, pid and /dev/urandom.

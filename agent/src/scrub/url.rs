@@ -1,24 +1,42 @@
 //! Credential redaction for values that leave the agent (print, JSON, OTLP).
 //!
+//! URL userinfo, one rule of the scrubber ([`crate::scrub`]).
+//!
 //! Owns: removing `user:password@` from every URL inside a value, including
 //! lists such as `GOPROXY=https://u:t@a,direct` or `NO_PROXY`-style strings.
 
+/// Where the URL that starts at `tail` (just after its `://`) can reach: up
+/// to the scheme of the next URL in the value, or the end. A password may
+/// hold any character (`;` `,` `&` `=` `+` `$` `!` `*` `'` `(` `)` `%XX`,
+/// even a raw space or `/` or `@`), so list separators do not end it.
+fn url_extent(tail: &str) -> usize {
+    match tail.find("://") {
+        Some(n) => {
+            let before = &tail[..n];
+            let scheme = before.len()
+                - before
+                    .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || "+.-".contains(c))
+                    .len();
+            n - scheme
+        }
+        None => tail.len(),
+    }
+}
+
 /// Replace the userinfo of every `scheme://userinfo@host` in `value` with `***`.
 ///
-/// Errs towards removing too much: a password may hold a raw `/` or `@`, and
-/// a URL may be nested in another (`a://b://u:p@h`), so the userinfo is
-/// everything up to the last `@` of the URL (before any `?` or `#`) unless
-/// what precedes that `@` is a plain `host/path` (no `:`), as in
-/// `https://host/mod@v1` (then only an `@` before the first `/` counts).
+/// Errs towards removing too much: the userinfo is everything up to the last
+/// `@` before the URL's query or fragment (and before the next URL of the
+/// value), unless what precedes that `@` is a plain `host/path` (no `:`),
+/// as in `https://host/mod@v1` (then only an `@` before the first `/`
+/// counts). Nested URLs (`a://b://u:p@h`) are covered.
 pub fn redact_urls(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        // The URL ends at a list separator or a space; its userinfo cannot
-        // reach past a query or fragment.
-        let token = tail.find([',', '|', ';', ' ']).unwrap_or(tail.len());
+        let token = url_extent(tail);
         let q = tail[..token].find(['?', '#']).unwrap_or(token);
         let authority = tail[..q].find('/').unwrap_or(q);
         let userinfo_end = tail[..q]
@@ -41,6 +59,19 @@ pub fn redact_urls(value: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// [`redact_urls`], borrowing when nothing changes.
+pub fn redact_urls_cow(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains("://") || !value.contains('@') {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let r = redact_urls(value);
+    if r == value {
+        std::borrow::Cow::Borrowed(value)
+    } else {
+        std::borrow::Cow::Owned(r)
+    }
 }
 
 #[cfg(test)]
@@ -124,7 +155,9 @@ mod tests {
             "off",
             "%40",
         ];
-        let secret_chars = b"abcXYZ019/:@%!$&'()*+=-._~";
+        // RFC 3986 userinfo: unreserved, %XX, sub-delims and ':' — plus
+        // what people type anyway (a raw space, '/', '@').
+        let secret_chars = b"abcXYZ019/:@%!$&'()*+,;=-._~ ";
         for _ in 0..50_000 {
             let mut s = String::new();
             for _ in 0..next(4) {

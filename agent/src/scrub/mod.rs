@@ -1,0 +1,623 @@
+//! Secrets never leave the agent: the one scrubber every sink applies to
+//! what it writes (text lines, JSON records, the trace report, OTLP
+//! attributes and span events, finding summaries and evidence).
+//!
+//! Owns: the rules (docs/events.md lists them for a security review):
+//! - URL userinfo: everything between `//` and the authority's last `@`
+//!   ([`url::redact_urls`]), in any string, nested URLs included;
+//! - values of secret-bearing options, attached (`--password=X`, `-pX` for
+//!   mysql) or in the next word (`--token X`, `-u user:X`, `-H 'Authorization: Bearer X'`,
+//!   `-e NAME=X` / `--env NAME=X` with a secret-looking NAME);
+//! - headers `Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie`,
+//!   `X-Api-Key`, `X-Auth-Token`, `Private-Token`, … wherever they appear
+//!   (`git -c http.extraHeader=…`, `curl -H …`): the scheme stays, the
+//!   credential goes;
+//! - `NAME=value` words whose NAME looks secret (`*TOKEN*`, `*SECRET*`,
+//!   `*PASSWORD*`, `*PASSWD*`, `*_KEY`, `*CREDENTIAL*`, `*AUTH*`, …);
+//! - query parameters named like secrets (`access_token`, `sig`,
+//!   `X-Amz-Signature`, …);
+//! - well-known token shapes anywhere (GitHub `ghp_`/`github_pat_`, GitLab
+//!   `glpat-`, AWS `AKIA…`, Slack `xox?-`, JWTs, PEM private key blocks).
+//!
+//! The diagnostic part stays: the flag's name, the user name before `:`, the
+//! host, the path, the header's scheme. Must not: decide what is printed.
+//! Errs towards removing too much.
+
+pub mod url;
+
+use std::borrow::Cow;
+
+/// What replaces a secret.
+pub const MASK: &str = "***";
+
+/// How much of a command line leaves the agent (`--argv`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ArgvMode {
+    /// As the kernel saw it (only for a machine whose records stay local).
+    Full,
+    /// With secrets removed (the default).
+    #[default]
+    Scrubbed,
+    /// The program name only.
+    None,
+}
+
+static ARGV_MODE: std::sync::OnceLock<ArgvMode> = std::sync::OnceLock::new();
+
+/// Set once at start-up (`--argv`).
+pub fn set_argv_mode(m: ArgvMode) {
+    let _ = ARGV_MODE.set(m);
+}
+
+pub fn argv_mode() -> ArgvMode {
+    ARGV_MODE.get().copied().unwrap_or_default()
+}
+
+/// A command line for a sink, under the `--argv` mode.
+pub fn argv(args: &[String]) -> Vec<String> {
+    match argv_mode() {
+        ArgvMode::Full => args.to_vec(),
+        ArgvMode::None => args.iter().take(1).map(|a| value(a).into_owned()).collect(),
+        ArgvMode::Scrubbed => scrub_argv(args),
+    }
+}
+
+/// Scrub a command line: word rules across elements, then every element as a value.
+pub fn scrub_argv(args: &[String]) -> Vec<String> {
+    let prog = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_ascii_lowercase())
+        .unwrap_or_default();
+    let mut out: Vec<String> = Vec::with_capacity(args.len());
+    let mut next = Next::Keep;
+    for (i, a) in args.iter().enumerate() {
+        if i == 0 {
+            out.push(value(a).into_owned());
+            continue;
+        }
+        let (w, n) = step(a, next, &prog);
+        // An element with spaces (a script, a header line) is also a value.
+        let w = if w.contains(char::is_whitespace) {
+            Cow::Owned(value(&w).into_owned())
+        } else {
+            w
+        };
+        out.push(w.into_owned());
+        next = n;
+    }
+    out
+}
+
+/// Scrub a value for an environment variable `name`: all of it when the
+/// name itself looks secret (a variable added with `--env-allow`).
+pub fn env_value<'a>(name: &str, v: &'a str) -> Cow<'a, str> {
+    if secret_name(name) && !v.is_empty() {
+        Cow::Borrowed(MASK)
+    } else {
+        value(v)
+    }
+}
+
+/// Scrub any string (a summary, an attribute, a path, a line of text): URL
+/// userinfo over the whole of it (a password may hold spaces), then its
+/// whitespace-separated words get the command-line rules, so a script
+/// (`sh -c 'curl -u a:SECRET …'`) is scrubbed like a command line.
+pub fn value(s: &str) -> Cow<'_, str> {
+    if !may_hold_secret(s) {
+        return Cow::Borrowed(s);
+    }
+    let s1 = url::redact_urls_cow(s);
+    let mut out = String::with_capacity(s1.len());
+    let mut next = Next::Keep;
+    let mut rest: &str = &s1;
+    while !rest.is_empty() {
+        let ws = rest.len() - rest.trim_start_matches(is_sep).len();
+        out.push_str(&rest[..ws]);
+        rest = &rest[ws..];
+        if rest.is_empty() {
+            break;
+        }
+        let end = rest.find(is_sep).unwrap_or(rest.len());
+        let (w, tail) = rest.split_at(end);
+        let (scrubbed, n) = step(w, next, "");
+        out.push_str(&scrubbed);
+        next = n;
+        rest = tail;
+    }
+    if out == s {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(out)
+    }
+}
+
+/// One word, given what the word before made of it: the word as it may
+/// leave, and what it makes of the next.
+fn step<'a>(w: &'a str, this: Next, prog: &str) -> (Cow<'a, str>, Next) {
+    let (open, core, close) = unquote(w);
+    match this {
+        Next::Keep => (scrub_word(w, prog), flag_takes_secret(w)),
+        Next::Secret => (Cow::Owned(format!("{open}{MASK}{close}")), Next::Keep),
+        Next::AfterColon => match core.split_once(':') {
+            Some((user, _)) => (
+                Cow::Owned(format!("{open}{user}:{MASK}{close}")),
+                Next::Keep,
+            ),
+            None => (scrub_word(w, prog), Next::Keep),
+        },
+        // `-H 'Authorization: Bearer X'` (one word) or `-H Authorization:` `…`.
+        Next::Header => (scrub_header(w), flag_takes_secret(w)),
+        Next::EnvAssign => match core.split_once('=') {
+            Some((name, v)) if secret_name(name) && !v.is_empty() => (
+                Cow::Owned(format!("{open}{name}={MASK}{close}")),
+                Next::Keep,
+            ),
+            _ => (scrub_word(w, prog), Next::Keep),
+        },
+        Next::AfterScheme if is_scheme(core) => (Cow::Borrowed(w), Next::Secret),
+        Next::AfterScheme => (Cow::Owned(format!("{open}{MASK}{close}")), Next::Keep),
+        Next::Cookie => {
+            let more = w.trim_end_matches(['"', '\'']).ends_with(';');
+            (
+                Cow::Owned(format!("{open}{MASK}{close}")),
+                if more { Next::Cookie } else { Next::Keep },
+            )
+        }
+    }
+}
+
+fn is_sep(c: char) -> bool {
+    c.is_whitespace()
+}
+
+/// A cheap test that lets most strings through untouched.
+fn may_hold_secret(s: &str) -> bool {
+    s.bytes()
+        .any(|b| matches!(b, b'@' | b'=' | b':' | b'-' | b'_'))
+        || s.contains("AKIA")
+        || s.contains("ASIA")
+        || s.contains("eyJ")
+}
+
+/// What the word after this one is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    Keep,
+    /// All of it (`--token X`).
+    Secret,
+    /// After the first `:` (`-u user:pass`).
+    AfterColon,
+    /// A header line (`-H 'Authorization: Bearer X'`).
+    Header,
+    /// `NAME=value`: the value if NAME looks secret (`-e`, `--env`).
+    EnvAssign,
+    /// The credential after a header's scheme (`Authorization:` `Bearer` `X`).
+    AfterScheme,
+    /// Words of a cookie list (`Cookie:` `a=b;` `c=d`).
+    Cookie,
+}
+
+/// Options whose value is a secret, whatever the program.
+const SECRET_OPTS: &[&str] = &[
+    "--password",
+    "--passwd",
+    "--pass",
+    "--token",
+    "--auth-token",
+    "--access-token",
+    "--api-key",
+    "--apikey",
+    "--secret",
+    "--client-secret",
+    "--secret-key",
+    "--private-key-passphrase",
+    "--passphrase",
+    "--oauth2-bearer",
+    "--bearer",
+    "--registry-password",
+    "--docker-password",
+    "--aws-secret-access-key",
+];
+
+/// Options whose value is `user:password`.
+const USER_OPTS: &[&str] = &["-u", "--user", "-U", "--proxy-user", "--basic-auth"];
+
+/// Options whose value is a header line.
+const HEADER_OPTS: &[&str] = &["-H", "--header", "--proxy-header", "--extra-header"];
+
+/// Options whose value is `NAME=value`.
+const ENV_OPTS: &[&str] = &["-e", "--env", "--set-env", "--build-arg", "--set"];
+
+/// Header names whose value is a credential.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-access-token",
+    "private-token",
+    "job-token",
+    "x-amz-security-token",
+    "x-goog-api-key",
+    "x-vault-token",
+];
+
+/// Query parameters whose value is a secret.
+const SECRET_PARAMS: &[&str] = &[
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "token",
+    "auth",
+    "sig",
+    "signature",
+    "key",
+    "api_key",
+    "apikey",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "code",
+    "session",
+    "sessionid",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+    "private_token",
+];
+
+fn mysql_like(prog: &str) -> bool {
+    prog.starts_with("mysql") || prog.starts_with("mariadb")
+}
+
+/// Does this word make the next one secret?
+fn flag_takes_secret(w: &str) -> Next {
+    if SECRET_OPTS.contains(&w) {
+        Next::Secret
+    } else if USER_OPTS.contains(&w) {
+        Next::AfterColon
+    } else if HEADER_OPTS.contains(&w) {
+        Next::Header
+    } else if ENV_OPTS.contains(&w) {
+        Next::EnvAssign
+    } else if let Some(h) = header_name(w)
+        && w.trim_end_matches(['"', '\'']).ends_with(':')
+    {
+        // A header split over words: `Authorization:` then its value.
+        if h == "cookie" || h == "set-cookie" {
+            Next::Cookie
+        } else {
+            Next::AfterScheme
+        }
+    } else {
+        Next::Keep
+    }
+}
+
+fn is_scheme(w: &str) -> bool {
+    [
+        "bearer",
+        "basic",
+        "token",
+        "digest",
+        "negotiate",
+        "ntlm",
+        "aws4-hmac-sha256",
+        "apikey",
+        "sso-key",
+        "key",
+    ]
+    .iter()
+    .any(|s| w.eq_ignore_ascii_case(s))
+}
+
+fn unquote(w: &str) -> (&str, &str, &str) {
+    let open_len = w.len() - w.trim_start_matches(['"', '\'']).len();
+    let body = &w[open_len..];
+    let core = body.trim_end_matches(['"', '\'', ',', ';']);
+    (&w[..open_len], core, &body[core.len()..])
+}
+
+/// The secret header named at the start of `w` (after quotes and a
+/// `…extraHeader=` prefix), if any.
+fn header_name(w: &str) -> Option<&'static str> {
+    let (_, core, _) = unquote(w);
+    let core = match core.find('=') {
+        Some(eq) if core[..eq].to_ascii_lowercase().ends_with("header") => &core[eq + 1..],
+        _ => core,
+    };
+    let name = core.split(':').next()?.trim();
+    SECRET_HEADERS
+        .iter()
+        .find(|h| name.eq_ignore_ascii_case(h))
+        .copied()
+}
+
+/// A header line `Name: [scheme] credential` (one word, maybe quoted):
+/// keeps the name and scheme.
+fn scrub_header(w: &str) -> Cow<'_, str> {
+    if header_name(w).is_none() {
+        return value(w);
+    }
+    match w.find(':') {
+        Some(c) => {
+            let (head, val) = w.split_at(c + 1);
+            let trimmed = val.trim_start();
+            let lead = &val[..val.len() - trimmed.len()];
+            let close_len = trimmed.len() - trimmed.trim_end_matches(['"', '\'']).len();
+            let body = &trimmed[..trimmed.len() - close_len];
+            let close = &trimmed[trimmed.len() - close_len..];
+            let kept = match body.split_once(' ') {
+                Some((scheme, _)) if is_scheme(scheme) => format!("{scheme} {MASK}"),
+                _ if body.is_empty() => String::new(),
+                _ => MASK.to_string(),
+            };
+            Cow::Owned(format!("{head}{lead}{kept}{close}"))
+        }
+        None => value(w),
+    }
+}
+
+/// Does an environment/variable name look like it holds a secret?
+pub fn secret_name(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    const PARTS: &[&str] = &[
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "AUTH",
+        "PRIVATE_KEY",
+        "APIKEY",
+        "API_KEY",
+        "ACCESS_KEY",
+        "SESSION",
+        "COOKIE",
+    ];
+    PARTS.iter().any(|p| n.contains(p))
+        || n.ends_with("_KEY")
+        || n.ends_with("_PASS")
+        || n.ends_with("_PWD")
+        || n == "PASS"
+        || n == "KEY"
+}
+
+fn is_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
+}
+
+/// Rules inside one word (no whitespace in it, or one argv element).
+fn scrub_word<'a>(w: &'a str, prog: &str) -> Cow<'a, str> {
+    let mut s: Cow<'a, str> = Cow::Borrowed(w);
+    // `--password=X`, `--token=X`, `--user=a:X`, `--header=Authorization: …`.
+    if let Some(eq) = s.find('=')
+        && s.starts_with('-')
+    {
+        let (flag, v) = (&s[..eq], &s[eq + 1..]);
+        let rep = match flag_takes_secret(flag) {
+            Next::Secret if !v.is_empty() => Some(format!("{flag}={MASK}")),
+            Next::AfterColon => v.split_once(':').map(|(u, _)| format!("{flag}={u}:{MASK}")),
+            Next::Header => Some(format!("{flag}={}", scrub_header(v))),
+            _ => None,
+        };
+        if let Some(r) = rep {
+            s = Cow::Owned(r);
+        }
+    }
+    // mysql -pSECRET (attached; `-p` alone asks for it).
+    if mysql_like(prog) && s.starts_with("-p") && s.len() > 2 && !s.starts_with("--") {
+        s = Cow::Owned(format!("-p{MASK}"));
+    }
+    // A header in one word (`-HAuthorization:…`, `http.extraHeader=Authorization:…`).
+    if header_name(&s).is_some() && s.contains(':') {
+        let (_, core, _) = unquote(&s);
+        // Only when the value is in this word too.
+        if core
+            .split_once(':')
+            .is_some_and(|(_, v)| !v.trim().is_empty())
+        {
+            s = Cow::Owned(scrub_header(&s).into_owned());
+        }
+    }
+    // NAME=value with a secret-looking NAME (env, shells, make).
+    if let Some(eq) = s.find('=') {
+        let (open, _, _) = unquote(&s);
+        let name = &s[open.len()..eq];
+        let name = name
+            .rsplit([';', '&', '|', '(', '`'])
+            .next()
+            .unwrap_or(name);
+        if is_name(name) && secret_name(name) && eq + 1 < s.len() {
+            let v = &s[eq + 1..];
+            let close_len = v.len() - v.trim_end_matches(['"', '\'', ';', ')']).len();
+            let close = v[v.len() - close_len..].to_string();
+            s = Cow::Owned(format!("{}={MASK}{close}", &s[..eq]));
+        }
+    }
+    let s = match url::redact_urls_cow(&s) {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(o) => Cow::Owned(o),
+    };
+    let s = query_params(s);
+    token_shapes(s)
+}
+
+/// `?a=1&access_token=X#f` → `?a=1&access_token=***#f`.
+fn query_params(s: Cow<'_, str>) -> Cow<'_, str> {
+    if !s.contains('=') || !(s.contains('?') || s.contains('&') || s.contains(';')) {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut changed = false;
+    let mut i = 0;
+    let b = s.as_bytes();
+    while i < b.len() {
+        let c = b[i];
+        out.push(c as char);
+        i += 1;
+        if !matches!(c, b'?' | b'&' | b';') {
+            // Non-ASCII bytes: copy the whole char.
+            if c >= 0x80 {
+                out.pop();
+                let start = i - 1;
+                let mut end = i;
+                while end < b.len() && (b[end] & 0xC0) == 0x80 {
+                    end += 1;
+                }
+                out.push_str(&s[start..end]);
+                i = end;
+            }
+            continue;
+        }
+        let rest = &s[i..];
+        let Some(eq) = rest.find('=') else { continue };
+        let name = &rest[..eq];
+        if name.contains(['&', '#', '?', ' ', '/']) {
+            continue;
+        }
+        let lname = name.to_ascii_lowercase();
+        let lname = lname.trim_start_matches("amp;");
+        if SECRET_PARAMS.contains(&lname) || secret_name(name) {
+            let vend = rest[eq + 1..]
+                .find(['&', '#', ' ', '"', '\'', ';'])
+                .map(|e| eq + 1 + e)
+                .unwrap_or(rest.len());
+            if vend > eq + 1 {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(MASK);
+                i += vend;
+                changed = true;
+            }
+        }
+    }
+    if changed { Cow::Owned(out) } else { s }
+}
+
+/// Token prefixes and the characters their bodies are made of.
+const TOKEN_PREFIXES: &[(&str, usize)] = &[
+    ("github_pat_", 20),
+    ("ghp_", 20),
+    ("gho_", 20),
+    ("ghu_", 20),
+    ("ghs_", 20),
+    ("ghr_", 20),
+    ("glpat-", 16),
+    ("gldt-", 16),
+    ("xoxb-", 10),
+    ("xoxp-", 10),
+    ("xoxa-", 10),
+    ("xoxr-", 10),
+    ("xoxs-", 10),
+    ("sk_live_", 16),
+    ("npm_", 30),
+    ("AKIA", 16),
+    ("ASIA", 16),
+];
+
+fn token_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
+}
+
+fn token_shapes(s: Cow<'_, str>) -> Cow<'_, str> {
+    let mut s = s;
+    if let Some(p) = s.find("-----BEGIN ")
+        && s[p..].contains("PRIVATE KEY-----")
+    {
+        let head_end = s[p..]
+            .find("PRIVATE KEY-----")
+            .map(|e| p + e + "PRIVATE KEY-----".len())
+            .unwrap_or(s.len());
+        let end = s[head_end..]
+            .find("-----END ")
+            .map(|e| head_end + e)
+            .unwrap_or(s.len());
+        s = Cow::Owned(format!("{}{MASK}{}", &s[..head_end], &s[end..]));
+    }
+    let mut out: Option<String> = None;
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        // Tokens start at a word boundary.
+        if i > 0 && token_char(b[i - 1]) {
+            i += 1;
+            continue;
+        }
+        let mut hit = None;
+        for (p, min) in TOKEN_PREFIXES {
+            if s[i..].starts_with(p) {
+                let body = b[i + p.len()..]
+                    .iter()
+                    .take_while(|&&c| token_char(c))
+                    .count();
+                if body >= *min {
+                    hit = Some((p.len(), body));
+                    break;
+                }
+            }
+        }
+        if hit.is_none() && s[i..].starts_with("eyJ") {
+            // A JWT: three base64url parts, the first two non-empty.
+            let part = |at: usize| b[at..].iter().take_while(|&&c| token_char(c)).count();
+            let a = part(i);
+            if i + a < b.len() && b[i + a] == b'.' {
+                let bb = part(i + a + 1);
+                if bb > 0 && i + a + 1 + bb < b.len() && b[i + a + 1 + bb] == b'.' {
+                    let c = part(i + a + 2 + bb);
+                    hit = Some((0, a + 1 + bb + 1 + c));
+                }
+            }
+        }
+        match hit {
+            Some((keep, body)) => {
+                let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+                o.push_str(&s[copied..i + keep]);
+                o.push_str(MASK);
+                i += keep + body;
+                copied = i;
+            }
+            None => i += 1,
+        }
+    }
+    match out {
+        Some(mut o) => {
+            o.push_str(&s[copied..]);
+            Cow::Owned(o)
+        }
+        None => s,
+    }
+}
+
+/// Scrub every string of a JSON record in place (keys stay: they are ours).
+pub fn json(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            if let Cow::Owned(o) = value(s) {
+                *s = o;
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(json),
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                // An argv array already went through `argv` under --argv.
+                if k == "argv" && argv_mode() == ArgvMode::Full {
+                    continue;
+                }
+                json(x);
+            }
+        }
+        _ => {}
+    }
+}
