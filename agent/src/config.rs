@@ -17,6 +17,8 @@ pub struct FileConfig {
     pub format: Option<String>,
     /// `auto`, `always`, `never`.
     pub color: Option<String>,
+    /// `scrubbed` (default), `none`, `full`: how much of command lines leaves.
+    pub argv: Option<String>,
     pub all_execs: Option<bool>,
     pub analyse_all: Option<bool>,
     pub tools: Option<Vec<String>>,

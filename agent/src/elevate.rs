@@ -112,8 +112,13 @@ fn self_exe() -> PathBuf {
 pub fn reexec(args: &[OsString]) -> Result<i32, ElevateError> {
     let exe = self_exe();
     let path = std::env::var_os("PATH");
-    let mut shown = vec![exe.clone().into_os_string()];
-    shown.extend(args.iter().cloned());
+    let mut shown = vec![exe.to_string_lossy().into_owned()];
+    shown.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+    // Shown to the user and kept in terminal logs: scrubbed like any argv.
+    let shown: Vec<OsString> = crate::scrub::scrub_argv(&shown)
+        .into_iter()
+        .map(OsString::from)
+        .collect();
     let retype = shell_words(&shown);
     let tool = find_tool("sudo", path.as_deref())
         .map(|p| ("sudo", p))

@@ -17,6 +17,13 @@ enum FormatArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum ArgvArg {
+    Full,
+    Scrubbed,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum ColorArg {
     Auto,
     Always,
@@ -88,6 +95,12 @@ struct Cli {
     /// grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL; default http/protobuf).
     #[arg(long, global = true)]
     otlp_protocol: Option<String>,
+    /// Command lines in records and exports: `scrubbed` removes passwords,
+    /// tokens, secret options, headers and query parameters (docs/events.md
+    /// lists the rules), `none` keeps the program name only, `full` keeps
+    /// everything [default: scrubbed].
+    #[arg(long, value_enum, global = true)]
+    argv: Option<ArgvArg>,
     /// Never re-run through sudo/doas when not privileged: fail with one line instead.
     #[arg(long, global = true)]
     no_elevate: bool,
@@ -125,6 +138,24 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+}
+
+/// Log lines go out scrubbed and with control characters escaped, like
+/// every other sink.
+struct ScrubbedStderr;
+
+impl std::io::Write for ScrubbedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let text = agent::scrub::value(&text);
+        let text = agent::output::terminal_safe(&text);
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 fn main() -> ExitCode {
@@ -170,7 +201,7 @@ fn main() -> ExitCode {
                     tracing_subscriber::EnvFilter::new("warn,aya=error,aya_obj=error")
                 }),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| ScrubbedStderr)
         .with_target(false)
         .without_time()
         .init();
@@ -196,6 +227,18 @@ fn main() -> ExitCode {
         _ => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
     agent::output::set_format(format);
+    let argv_mode = match (cli.argv, file.argv.as_deref()) {
+        (Some(ArgvArg::Full), _) | (None, Some("full")) => agent::scrub::ArgvMode::Full,
+        (Some(ArgvArg::None), _) | (None, Some("none")) => agent::scrub::ArgvMode::None,
+        (Some(ArgvArg::Scrubbed), _) | (None, Some("scrubbed") | None) => {
+            agent::scrub::ArgvMode::Scrubbed
+        }
+        (None, Some(other)) => {
+            eprintln!("agent: config: argv = {other:?}: use \"full\", \"scrubbed\" or \"none\"");
+            return ExitCode::from(1);
+        }
+    };
+    agent::scrub::set_argv_mode(argv_mode);
     let output = cli.output.clone().or(file.output.clone());
     if let Some(p) = &output
         && let Err(e) = agent::output::set_output_file(p, Some(&invoker))

@@ -11,7 +11,6 @@ use crate::{
     analysis::{ExecAnalysis, Finding, Severity, errno_name},
     event::{Exec, Exit, Tcp},
     netdiag::{ConnReport, Outcome},
-    scrub::url::redact_urls,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,10 +125,31 @@ pub fn set_format(f: Format) {
     let _ = FORMAT.set(f);
 }
 
+/// The last step of every line the agent writes: secrets scrubbed (text:
+/// the line as a value; JSON: every string of the record, before it was
+/// serialised by [`json_line`]), control characters made harmless.
 fn safe(s: &str) -> std::borrow::Cow<'_, str> {
     match FORMAT.get().copied().unwrap_or(Format::Text) {
-        Format::Text => terminal_safe(s),
+        Format::Text => match crate::scrub::value(s) {
+            std::borrow::Cow::Borrowed(b) => terminal_safe(b),
+            std::borrow::Cow::Owned(o) => std::borrow::Cow::Owned(terminal_safe(&o).into_owned()),
+        },
         Format::Json => json_safe(s),
+    }
+}
+
+/// Serialise a JSON record for a sink, every string in it scrubbed.
+pub fn json_line(mut v: Value) -> String {
+    crate::scrub::json(&mut v);
+    v.to_string()
+}
+
+/// The trace report (text) on stderr, or in `--output` when given.
+pub fn emit_report(text: &str) {
+    if has_output_file() {
+        emit(text);
+    } else {
+        eprint!("{}", safe(text));
     }
 }
 
@@ -282,7 +302,8 @@ fn fit(mut s: String, width: usize) -> String {
 pub fn env_json(e: &Exec) -> Value {
     let mut m = Map::new();
     for (k, v) in &e.env {
-        m.entry(k.clone()).or_insert_with(|| json!(redact_urls(v)));
+        m.entry(k.clone())
+            .or_insert_with(|| json!(crate::scrub::env_value(k, v)));
     }
     Value::Object(m)
 }
@@ -299,7 +320,7 @@ pub fn exec_json(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> Value {
         "cgroup_id": e.cgroup_id,
         "filename": e.filename,
         "exe": e.exe,
-        "argv": e.argv.iter().map(|a| redact_urls(a)).collect::<Vec<_>>(),
+        "argv": crate::scrub::argv(&e.argv),
         "env": env_json(e),
         "caller_comm": e.comm,
         "argv_truncated": e.argv_truncated,
@@ -326,7 +347,7 @@ pub fn exec_json(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> Value {
 }
 
 pub fn exec_text(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> String {
-    let args: Vec<String> = e.argv.iter().map(|a| redact_urls(a)).collect();
+    let args: Vec<String> = crate::scrub::argv(&e.argv);
     let mut cmd = args.join(" ");
     if e.argv_truncated {
         cmd.push_str(" …[argv truncated]");

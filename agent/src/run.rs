@@ -312,7 +312,7 @@ fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 return None;
             }
             Some(if json {
-                output::exec_json(style, exec, Some(analysis)).to_string()
+                output::json_line(output::exec_json(style, exec, Some(analysis)))
             } else {
                 output::exec_text(style, exec, Some(analysis))
             })
@@ -327,13 +327,13 @@ fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 return None;
             }
             Some(if json {
-                output::exit_json(style, exit, *duration_ns).to_string()
+                output::json_line(output::exit_json(style, exit, *duration_ns))
             } else {
                 output::exit_text(style, exit, name, *duration_ns)
             })
         }
         Output::Finding { finding, ktime_ns } => Some(if json {
-            output::finding_json(style, finding, *ktime_ns).to_string()
+            output::json_line(output::finding_json(style, finding, *ktime_ns))
         } else {
             output::finding_text(style, finding, *ktime_ns)
         }),
@@ -346,7 +346,7 @@ fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 return None;
             }
             Some(if json {
-                output::tcp_json(style, tcp, report).to_string()
+                output::json_line(output::tcp_json(style, tcp, report))
             } else {
                 output::tcp_text(style, tcp, report)
             })
@@ -356,7 +356,7 @@ fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 return None;
             }
             Some(if json {
-                output::tls_json(style, report).to_string()
+                output::json_line(output::tls_json(style, report))
             } else {
                 output::tls_text(style, report)
             })
@@ -366,7 +366,7 @@ fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 return None;
             }
             Some(if json {
-                output::dns_json(style, report).to_string()
+                output::json_line(output::dns_json(style, report))
             } else {
                 output::dns_text(style, report)
             })
@@ -535,7 +535,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 if lost != last_lost {
                     last_lost = lost;
                     if json {
-                        print_line(&loss_json(&collector).to_string());
+                        print_line(&output::json_line(loss_json(&collector)));
                     } else {
                         tracing::warn!("events lost so far: {}", loss_json(&collector)["lost"]);
                     }
@@ -566,7 +566,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         let _ = d.await;
     }
     if json {
-        print_line(&stats.to_string());
+        print_line(&output::json_line(stats));
     }
     Ok(0)
 }
@@ -820,27 +820,20 @@ pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
                     _ => None,
                 })
                 .collect();
-            print_line(
-                &json!({
+            print_line(&output::json_line(json!({
                     "type": "trace_report",
-                    "command": argv,
+                    "command": crate::scrub::argv(&argv),
                     "pid": r.root_pid,
                     "exit_code": r.exit_code,
                     "run_as": r.run_as.as_ref().map(run_as_json),
                     "interrupted_by": r.interrupted_by.map(signal_name),
                     "findings": findings,
                     "stats": r.lost,
-                })
-                .to_string(),
-            );
+                })));
         }
         Format::Text => {
             let text = trace_report_text(&style, &r, &argv);
-            if output::has_output_file() {
-                print_line(&text);
-            } else {
-                eprint!("{text}");
-            }
+            output::emit_report(&text);
         }
     }
     Ok(r.exit_code)
@@ -883,7 +876,7 @@ pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> Str
     let _ = writeln!(
         s,
         "\nagent trace: `{}`{who} exited {}{interrupted} ({} process{})",
-        argv.join(" "),
+        crate::scrub::argv(argv).join(" "),
         r.exit_code,
         execs.len(),
         if execs.len() == 1 { "" } else { "es" }
@@ -913,11 +906,7 @@ pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> Str
                 } else {
                     format!(" [{id}]")
                 };
-                let cmd: Vec<String> = e
-                    .argv
-                    .iter()
-                    .map(|x| crate::scrub::url::redact_urls(x))
-                    .collect();
+                let cmd: Vec<String> = crate::scrub::argv(&e.argv);
                 let _ = writeln!(
                     s,
                     "{:indent$}{pid} {} → {}{id}",
@@ -999,7 +988,7 @@ pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> Str
                     Value::String(x) => x.clone(),
                     other => other.to_string(),
                 };
-                let _ = writeln!(s, "      {k}: {}", crate::scrub::url::redact_urls(&v));
+                let _ = writeln!(s, "      {k}: {v}");
             }
         }
     }

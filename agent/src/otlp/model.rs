@@ -5,11 +5,18 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 
+/// A string attribute. Every string that leaves through OTLP is made here
+/// (span and event attributes, resource, metrics), so it is scrubbed here.
 pub fn kv_str(k: &str, v: impl Into<String>) -> KeyValue {
+    let v: String = v.into();
+    let v = match crate::scrub::value(&v) {
+        std::borrow::Cow::Borrowed(_) => v,
+        std::borrow::Cow::Owned(o) => o,
+    };
     KeyValue {
         key: k.into(),
         value: Some(AnyValue {
-            value: Some(Value::StringValue(v.into())),
+            value: Some(Value::StringValue(v)),
         }),
         ..Default::default()
     }
@@ -43,7 +50,7 @@ pub fn kv_str_array(k: &str, v: &[String]) -> KeyValue {
                 values: v
                     .iter()
                     .map(|s| AnyValue {
-                        value: Some(Value::StringValue(s.clone())),
+                        value: Some(Value::StringValue(crate::scrub::value(s).into_owned())),
                     })
                     .collect(),
             })),

@@ -15,7 +15,6 @@ use opentelemetry_proto::tonic::trace::v1::{
 use super::model::{kv_bool, kv_int, kv_json, kv_str, kv_str_array};
 use crate::{
     analysis::Finding, fsview::basename, netdiag::Outcome, proctable::ProcTable, run::Output,
-    scrub::url::redact_urls,
 };
 
 /// Random ids without a dependency: splitmix64 seeded from the clock, pid and /dev/urandom.
@@ -77,12 +76,12 @@ pub fn finding_event(f: &Finding, time: u64) -> SpanEvent {
     let mut attributes = vec![
         kv_str("agent.finding.code", f.code),
         kv_str("agent.finding.severity", f.severity.name()),
-        kv_str("agent.finding.summary", redact_urls(&f.summary)),
+        kv_str("agent.finding.summary", f.summary.clone()),
     ];
     for (k, v) in &f.evidence {
         let v = match v {
-            serde_json::Value::String(s) => serde_json::Value::String(redact_urls(s)),
-            other => serde_json::Value::String(redact_urls(&other.to_string())).clone(),
+            serde_json::Value::String(s) => serde_json::Value::String(s.clone()),
+            other => serde_json::Value::String(other.to_string()),
         };
         if let Some(kv) = kv_json(&format!("agent.evidence.{k}"), &v) {
             attributes.push(kv);
@@ -151,7 +150,7 @@ impl SpanBuilder {
                     return done;
                 }
                 let (trace_id, parent) = self.context(table, exec.ppid, exec.tgid);
-                let args: Vec<String> = exec.argv.iter().map(|a| redact_urls(a)).collect();
+                let args: Vec<String> = crate::scrub::argv(&exec.argv);
                 let mut attributes = vec![
                     kv_int("process.pid", exec.tgid as i64),
                     kv_int("process.parent_pid", exec.ppid as i64),

@@ -106,10 +106,13 @@ pub fn value(s: &str) -> Cow<'_, str> {
     if !may_hold_secret(s) {
         return Cow::Borrowed(s);
     }
-    let s1 = url::redact_urls_cow(s);
+    let s1 = pem_blocks(url::redact_urls_cow(s));
     let mut out = String::with_capacity(s1.len());
     let mut next = Next::Keep;
     let mut rest: &str = &s1;
+    // The program of the current command in a script (`a; mysql -pX`).
+    let mut prog = String::new();
+    let mut at_start = true;
     while !rest.is_empty() {
         let ws = rest.len() - rest.trim_start_matches(is_sep).len();
         out.push_str(&rest[..ws]);
@@ -119,9 +122,16 @@ pub fn value(s: &str) -> Cow<'_, str> {
         }
         let end = rest.find(is_sep).unwrap_or(rest.len());
         let (w, tail) = rest.split_at(end);
-        let (scrubbed, n) = step(w, next, "");
+        if at_start {
+            let bare = w.trim_start_matches(['"', '\'', '(']);
+            prog = bare.rsplit('/').next().unwrap_or(bare).to_ascii_lowercase();
+        }
+        let (scrubbed, n) = step(w, next, &prog);
         out.push_str(&scrubbed);
         next = n;
+        at_start = matches!(w, "&&" | "||" | "|" | ";" | "sudo" | "env" | "exec")
+            || w.ends_with(';')
+            || (at_start && w.contains('=') && !w.starts_with('-'));
         rest = tail;
     }
     if out == s {
@@ -287,7 +297,7 @@ fn flag_takes_secret(w: &str) -> Next {
         Next::Header
     } else if ENV_OPTS.contains(&w) {
         Next::EnvAssign
-    } else if let Some(h) = header_name(w)
+    } else if let Some(h) = header_name(w.strip_prefix("-H").unwrap_or(w))
         && w.trim_end_matches(['"', '\'']).ends_with(':')
     {
         // A header split over words: `Authorization:` then its value.
@@ -346,7 +356,14 @@ fn scrub_header(w: &str) -> Cow<'_, str> {
     if header_name(w).is_none() {
         return value(w);
     }
-    match w.find(':') {
+    // The header starts after quotes and a `…extraHeader=` prefix; its
+    // colon is the first one from there (a URL before it has its own).
+    let lead = w.len() - w.trim_start_matches(['"', '\'']).len();
+    let start = match w[lead..].find('=') {
+        Some(eq) if w[lead..lead + eq].to_ascii_lowercase().ends_with("header") => lead + eq + 1,
+        _ => lead,
+    };
+    match w[start..].find(':').map(|c| start + c) {
         Some(c) => {
             let (head, val) = w.split_at(c + 1);
             let trimmed = val.trim_start();
@@ -400,10 +417,11 @@ fn is_name(s: &str) -> bool {
 fn scrub_word<'a>(w: &'a str, prog: &str) -> Cow<'a, str> {
     let mut s: Cow<'a, str> = Cow::Borrowed(w);
     // `--password=X`, `--token=X`, `--user=a:X`, `--header=Authorization: …`.
-    if let Some(eq) = s.find('=')
-        && s.starts_with('-')
+    let (open, core, close) = unquote(w);
+    if let Some(eq) = core.find('=')
+        && core.starts_with('-')
     {
-        let (flag, v) = (&s[..eq], &s[eq + 1..]);
+        let (flag, v) = (&core[..eq], &core[eq + 1..]);
         let rep = match flag_takes_secret(flag) {
             Next::Secret if !v.is_empty() => Some(format!("{flag}={MASK}")),
             Next::AfterColon => v.split_once(':').map(|(u, _)| format!("{flag}={u}:{MASK}")),
@@ -411,12 +429,18 @@ fn scrub_word<'a>(w: &'a str, prog: &str) -> Cow<'a, str> {
             _ => None,
         };
         if let Some(r) = rep {
-            s = Cow::Owned(r);
+            s = Cow::Owned(format!("{open}{r}{close}"));
         }
     }
     // mysql -pSECRET (attached; `-p` alone asks for it).
     if mysql_like(prog) && s.starts_with("-p") && s.len() > 2 && !s.starts_with("--") {
         s = Cow::Owned(format!("-p{MASK}"));
+    }
+    // curl's attached `-HAuthorization: …`.
+    if let Some(h) = s.strip_prefix("-H")
+        && header_name(h).is_some()
+    {
+        s = Cow::Owned(format!("-H{}", scrub_header(h)));
     }
     // A header in one word (`-HAuthorization:…`, `http.extraHeader=Authorization:…`).
     if header_name(&s).is_some() && s.contains(':') {
@@ -529,21 +553,29 @@ fn token_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
 }
 
-fn token_shapes(s: Cow<'_, str>) -> Cow<'_, str> {
+/// A PEM private key block: its label stays, its body goes.
+fn pem_blocks(s: Cow<'_, str>) -> Cow<'_, str> {
     let mut s = s;
-    if let Some(p) = s.find("-----BEGIN ")
-        && s[p..].contains("PRIVATE KEY-----")
-    {
-        let head_end = s[p..]
+    let mut from = 0;
+    while let Some(p) = s[from..].find("-----BEGIN ").map(|p| from + p) {
+        let Some(head_end) = s[p..]
             .find("PRIVATE KEY-----")
             .map(|e| p + e + "PRIVATE KEY-----".len())
-            .unwrap_or(s.len());
+        else {
+            break;
+        };
         let end = s[head_end..]
             .find("-----END ")
             .map(|e| head_end + e)
             .unwrap_or(s.len());
         s = Cow::Owned(format!("{}{MASK}{}", &s[..head_end], &s[end..]));
+        from = head_end + MASK.len();
     }
+    s
+}
+
+fn token_shapes(s: Cow<'_, str>) -> Cow<'_, str> {
+    let s = pem_blocks(s);
     let mut out: Option<String> = None;
     let b = s.as_bytes();
     let mut i = 0;
@@ -556,7 +588,7 @@ fn token_shapes(s: Cow<'_, str>) -> Cow<'_, str> {
         }
         let mut hit = None;
         for (p, min) in TOKEN_PREFIXES {
-            if s[i..].starts_with(p) {
+            if b[i..].starts_with(p.as_bytes()) {
                 let body = b[i + p.len()..]
                     .iter()
                     .take_while(|&&c| token_char(c))
@@ -567,7 +599,7 @@ fn token_shapes(s: Cow<'_, str>) -> Cow<'_, str> {
                 }
             }
         }
-        if hit.is_none() && s[i..].starts_with("eyJ") {
+        if hit.is_none() && b[i..].starts_with(b"eyJ") {
             // A JWT: three base64url parts, the first two non-empty.
             let part = |at: usize| b[at..].iter().take_while(|&&c| token_char(c)).count();
             let a = part(i);
@@ -621,3 +653,6 @@ pub fn json(v: &mut serde_json::Value) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests;
