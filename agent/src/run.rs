@@ -821,15 +821,15 @@ pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
                 })
                 .collect();
             print_line(&output::json_line(json!({
-                    "type": "trace_report",
-                    "command": crate::scrub::argv(&argv),
-                    "pid": r.root_pid,
-                    "exit_code": r.exit_code,
-                    "run_as": r.run_as.as_ref().map(run_as_json),
-                    "interrupted_by": r.interrupted_by.map(signal_name),
-                    "findings": findings,
-                    "stats": r.lost,
-                })));
+                "type": "trace_report",
+                "command": crate::scrub::argv(&argv),
+                "pid": r.root_pid,
+                "exit_code": r.exit_code,
+                "run_as": r.run_as.as_ref().map(run_as_json),
+                "interrupted_by": r.interrupted_by.map(signal_name),
+                "findings": findings,
+                "stats": r.lost,
+            })));
         }
         Format::Text => {
             let text = trace_report_text(&style, &r, &argv);

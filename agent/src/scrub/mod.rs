@@ -343,7 +343,11 @@ fn header_name(w: &str) -> Option<&'static str> {
         Some(eq) if core[..eq].to_ascii_lowercase().ends_with("header") => &core[eq + 1..],
         _ => core,
     };
-    let name = core.split(':').next()?.trim();
+    let name = core
+        .split(':')
+        .next()?
+        .trim()
+        .trim_start_matches(['"', '\'']);
     SECRET_HEADERS
         .iter()
         .find(|h| name.eq_ignore_ascii_case(h))
@@ -363,6 +367,7 @@ fn scrub_header(w: &str) -> Cow<'_, str> {
         Some(eq) if w[lead..lead + eq].to_ascii_lowercase().ends_with("header") => lead + eq + 1,
         _ => lead,
     };
+    let start = start + (w[start..].len() - w[start..].trim_start_matches(['"', '\'']).len());
     match w[start..].find(':').map(|c| start + c) {
         Some(c) => {
             let (head, val) = w.split_at(c + 1);

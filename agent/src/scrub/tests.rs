@@ -9,75 +9,354 @@ fn sv(a: &[&str]) -> Vec<String> {
 
 /// (argv, must stay, must go)
 const ARGV_CASES: &[(&[&str], &[&str], &[&str])] = &[
-    (&["curl", "-u", "alice:SECRET1", "https://h/x"], &["-u", "alice:", "https://h/x"], &["SECRET1"]),
-    (&["curl", "--user", "alice:SECRET1", "h"], &["--user", "alice:"], &["SECRET1"]),
-    (&["curl", "--user=alice:SECRET1", "h"], &["--user=alice:"], &["SECRET1"]),
-    (&["curl", "-U", "proxyuser:SECRET1", "h"], &["proxyuser:"], &["SECRET1"]),
-    (&["curl", "--proxy-user", "p:SECRET1"], &["--proxy-user", "p:"], &["SECRET1"]),
+    (
+        &["curl", "-u", "alice:SECRET1", "https://h/x"],
+        &["-u", "alice:", "https://h/x"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "--user", "alice:SECRET1", "h"],
+        &["--user", "alice:"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "--user=alice:SECRET1", "h"],
+        &["--user=alice:"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "-U", "proxyuser:SECRET1", "h"],
+        &["proxyuser:"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "--proxy-user", "p:SECRET1"],
+        &["--proxy-user", "p:"],
+        &["SECRET1"],
+    ),
     (&["curl", "-u", "alice", "h"], &["alice"], &[]),
     (&["sort", "-u", "file"], &["-u", "file"], &[]),
-    (&["curl", "-H", "Authorization: Bearer SECRET1", "https://api/x"], &["Authorization: Bearer", "https://api/x"], &["SECRET1"]),
-    (&["curl", "-H", "authorization: basic SECRET1"], &["authorization: basic"], &["SECRET1"]),
-    (&["curl", "--header", "Proxy-Authorization: Basic SECRET1"], &["Proxy-Authorization: Basic"], &["SECRET1"]),
-    (&["curl", "-H", "Cookie: session=SECRET1; theme=SECRET2"], &["Cookie:"], &["SECRET1", "SECRET2"]),
-    (&["curl", "-H", "X-Api-Key: SECRET1"], &["X-Api-Key:"], &["SECRET1"]),
-    (&["curl", "-H", "PRIVATE-TOKEN: SECRET1"], &["PRIVATE-TOKEN:"], &["SECRET1"]),
-    (&["curl", "-H", "Accept: application/json"], &["Accept: application/json"], &[]),
-    (&["curl", "-HAuthorization: Bearer SECRET1"], &["Bearer"], &["SECRET1"]),
-    (&["curl", "--header=Authorization: Token SECRET1"], &["--header=Authorization: Token"], &["SECRET1"]),
-    (&["git", "-c", "http.extraHeader=Authorization: Basic SECRET1", "clone", "https://h/r"], &["http.extraHeader=Authorization: Basic", "https://h/r"], &["SECRET1"]),
-    (&["git", "-c", "http.https://h/.extraheader=AUTHORIZATION: bearer SECRET1", "fetch"], &["extraheader=AUTHORIZATION: bearer"], &["SECRET1"]),
-    (&["env", "AWS_SECRET_ACCESS_KEY=SECRET1", "GITHUB_TOKEN=SECRET2", "cmd"], &["AWS_SECRET_ACCESS_KEY=", "GITHUB_TOKEN=", "cmd"], &["SECRET1", "SECRET2"]),
-    (&["env", "GOPROXY=https://proxy.golang.org", "go"], &["GOPROXY=https://proxy.golang.org"], &[]),
-    (&["env", "db_password=SECRET1", "x"], &["db_password="], &["SECRET1"]),
+    (
+        &[
+            "curl",
+            "-H",
+            "Authorization: Bearer SECRET1",
+            "https://api/x",
+        ],
+        &["Authorization: Bearer", "https://api/x"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "-H", "authorization: basic SECRET1"],
+        &["authorization: basic"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "--header", "Proxy-Authorization: Basic SECRET1"],
+        &["Proxy-Authorization: Basic"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "-H", "Cookie: session=SECRET1; theme=SECRET2"],
+        &["Cookie:"],
+        &["SECRET1", "SECRET2"],
+    ),
+    (
+        &["curl", "-H", "X-Api-Key: SECRET1"],
+        &["X-Api-Key:"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "-H", "PRIVATE-TOKEN: SECRET1"],
+        &["PRIVATE-TOKEN:"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "-H", "Accept: application/json"],
+        &["Accept: application/json"],
+        &[],
+    ),
+    (
+        &["curl", "-HAuthorization: Bearer SECRET1"],
+        &["Bearer"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "--header=Authorization: Token SECRET1"],
+        &["--header=Authorization: Token"],
+        &["SECRET1"],
+    ),
+    (
+        &[
+            "git",
+            "-c",
+            "http.extraHeader=Authorization: Basic SECRET1",
+            "clone",
+            "https://h/r",
+        ],
+        &["http.extraHeader=Authorization: Basic", "https://h/r"],
+        &["SECRET1"],
+    ),
+    (
+        &[
+            "git",
+            "-c",
+            "http.https://h/.extraheader=AUTHORIZATION: bearer SECRET1",
+            "fetch",
+        ],
+        &["extraheader=AUTHORIZATION: bearer"],
+        &["SECRET1"],
+    ),
+    (
+        &[
+            "env",
+            "AWS_SECRET_ACCESS_KEY=SECRET1",
+            "GITHUB_TOKEN=SECRET2",
+            "cmd",
+        ],
+        &["AWS_SECRET_ACCESS_KEY=", "GITHUB_TOKEN=", "cmd"],
+        &["SECRET1", "SECRET2"],
+    ),
+    (
+        &["env", "GOPROXY=https://proxy.golang.org", "go"],
+        &["GOPROXY=https://proxy.golang.org"],
+        &[],
+    ),
+    (
+        &["env", "db_password=SECRET1", "x"],
+        &["db_password="],
+        &["SECRET1"],
+    ),
     (&["env", "NPM_AUTH=SECRET1"], &["NPM_AUTH="], &["SECRET1"]),
-    (&["env", "SIGNING_KEY=SECRET1"], &["SIGNING_KEY="], &["SECRET1"]),
-    (&["env", "MY_CREDENTIALS=SECRET1"], &["MY_CREDENTIALS="], &["SECRET1"]),
-    (&["env", "REDIS_PASSWD=SECRET1"], &["REDIS_PASSWD="], &["SECRET1"]),
-    (&["tool", "--password=SECRET1"], &["--password="], &["SECRET1"]),
-    (&["tool", "--password", "SECRET1", "next"], &["--password", "next"], &["SECRET1"]),
+    (
+        &["env", "SIGNING_KEY=SECRET1"],
+        &["SIGNING_KEY="],
+        &["SECRET1"],
+    ),
+    (
+        &["env", "MY_CREDENTIALS=SECRET1"],
+        &["MY_CREDENTIALS="],
+        &["SECRET1"],
+    ),
+    (
+        &["env", "REDIS_PASSWD=SECRET1"],
+        &["REDIS_PASSWD="],
+        &["SECRET1"],
+    ),
+    (
+        &["tool", "--password=SECRET1"],
+        &["--password="],
+        &["SECRET1"],
+    ),
+    (
+        &["tool", "--password", "SECRET1", "next"],
+        &["--password", "next"],
+        &["SECRET1"],
+    ),
     (&["tool", "--token", "SECRET1"], &["--token"], &["SECRET1"]),
     (&["tool", "--token=SECRET1"], &["--token="], &["SECRET1"]),
-    (&["tool", "--api-key", "SECRET1"], &["--api-key"], &["SECRET1"]),
+    (
+        &["tool", "--api-key", "SECRET1"],
+        &["--api-key"],
+        &["SECRET1"],
+    ),
     (&["tool", "--secret=SECRET1"], &["--secret="], &["SECRET1"]),
-    (&["tool", "--client-secret", "SECRET1"], &["--client-secret"], &["SECRET1"]),
-    (&["docker", "login", "--password", "SECRET1", "registry.io"], &["registry.io"], &["SECRET1"]),
-    (&["mysql", "-pSECRET1", "-u", "root", "db"], &["-p", "root", "db"], &["SECRET1"]),
+    (
+        &["tool", "--client-secret", "SECRET1"],
+        &["--client-secret"],
+        &["SECRET1"],
+    ),
+    (
+        &["docker", "login", "--password", "SECRET1", "registry.io"],
+        &["registry.io"],
+        &["SECRET1"],
+    ),
+    (
+        &["mysql", "-pSECRET1", "-u", "root", "db"],
+        &["-p", "root", "db"],
+        &["SECRET1"],
+    ),
     (&["/usr/bin/mysqldump", "-pSECRET1"], &["-p"], &["SECRET1"]),
     (&["mkdir", "-p", "a/b"], &["-p", "a/b"], &[]),
     (&["ssh", "-p2222", "h"], &["-p2222"], &[]),
-    (&["docker", "run", "-e", "API_TOKEN=SECRET1", "-e", "MODE=dev", "img"], &["API_TOKEN=", "MODE=dev", "img"], &["SECRET1"]),
-    (&["kubectl", "run", "--env", "DB_PASSWORD=SECRET1", "x"], &["DB_PASSWORD="], &["SECRET1"]),
-    (&["docker", "build", "--build-arg", "NPM_TOKEN=SECRET1", "."], &["NPM_TOKEN="], &["SECRET1"]),
+    (
+        &[
+            "docker",
+            "run",
+            "-e",
+            "API_TOKEN=SECRET1",
+            "-e",
+            "MODE=dev",
+            "img",
+        ],
+        &["API_TOKEN=", "MODE=dev", "img"],
+        &["SECRET1"],
+    ),
+    (
+        &["kubectl", "run", "--env", "DB_PASSWORD=SECRET1", "x"],
+        &["DB_PASSWORD="],
+        &["SECRET1"],
+    ),
+    (
+        &["docker", "build", "--build-arg", "NPM_TOKEN=SECRET1", "."],
+        &["NPM_TOKEN="],
+        &["SECRET1"],
+    ),
     (&["sed", "-e", "s/a/b/", "f"], &["s/a/b/"], &[]),
-    (&["curl", "https://h/x?access_token=SECRET1&page=2"], &["https://h/x?access_token=", "&page=2"], &["SECRET1"]),
-    (&["curl", "https://s3/b/k?X-Amz-Credential=SECRET1&X-Amz-Signature=SECRET2&X-Amz-Date=1"], &["X-Amz-Date=1"], &["SECRET1", "SECRET2"]),
-    (&["curl", "https://h/?sig=SECRET1#frag"], &["sig=", "#frag"], &["SECRET1"]),
-    (&["curl", "https://h/?api_key=SECRET1"], &["api_key="], &["SECRET1"]),
-    (&["curl", "https://h/?key=SECRET1;x=1"], &["key="], &["SECRET1"]),
-    (&["curl", "https://h/?page=2&sort=asc"], &["https://h/?page=2&sort=asc"], &[]),
-    (&["git", "clone", "https://x-token:SECRET1@github.com/o/r"], &["https://***@github.com/o/r"], &["SECRET1"]),
-    (&["env", "HTTPS_PROXY=http://bob:pa;SECRET1@proxy:3128", "go"], &["@proxy:3128"], &["SECRET1"]),
-    (&["env", "HTTPS_PROXY=http://bob:pa,SECRET1@proxy:3128"], &["@proxy:3128"], &["SECRET1"]),
-    (&["env", "HTTPS_PROXY=http://bob:pa SECRET1@proxy:3128"], &["@proxy:3128"], &["SECRET1"]),
-    (&["pip", "install", "--index-url", "https://__token__:SECRET1@pypi.corp/simple", "x"], &["@pypi.corp/simple"], &["SECRET1"]),
-    (&["echo", "ghp_SECRET1abcdefghijklmnopqrstuvwxyz0123"], &["ghp_"], &["SECRET1"]),
-    (&["echo", "github_pat_11ABCDEFG0SECRET1abcdefghijklmnopqrstuvwxyz"], &["github_pat_"], &["SECRET1"]),
-    (&["echo", "glpat-SECRET1abcdefghijkl"], &["glpat-"], &["SECRET1"]),
+    (
+        &["curl", "https://h/x?access_token=SECRET1&page=2"],
+        &["https://h/x?access_token=", "&page=2"],
+        &["SECRET1"],
+    ),
+    (
+        &[
+            "curl",
+            "https://s3/b/k?X-Amz-Credential=SECRET1&X-Amz-Signature=SECRET2&X-Amz-Date=1",
+        ],
+        &["X-Amz-Date=1"],
+        &["SECRET1", "SECRET2"],
+    ),
+    (
+        &["curl", "https://h/?sig=SECRET1#frag"],
+        &["sig=", "#frag"],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "https://h/?api_key=SECRET1"],
+        &["api_key="],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "https://h/?key=SECRET1;x=1"],
+        &["key="],
+        &["SECRET1"],
+    ),
+    (
+        &["curl", "https://h/?page=2&sort=asc"],
+        &["https://h/?page=2&sort=asc"],
+        &[],
+    ),
+    (
+        &["git", "clone", "https://x-token:SECRET1@github.com/o/r"],
+        &["https://***@github.com/o/r"],
+        &["SECRET1"],
+    ),
+    (
+        &["env", "HTTPS_PROXY=http://bob:pa;SECRET1@proxy:3128", "go"],
+        &["@proxy:3128"],
+        &["SECRET1"],
+    ),
+    (
+        &["env", "HTTPS_PROXY=http://bob:pa,SECRET1@proxy:3128"],
+        &["@proxy:3128"],
+        &["SECRET1"],
+    ),
+    (
+        &["env", "HTTPS_PROXY=http://bob:pa SECRET1@proxy:3128"],
+        &["@proxy:3128"],
+        &["SECRET1"],
+    ),
+    (
+        &[
+            "pip",
+            "install",
+            "--index-url",
+            "https://__token__:SECRET1@pypi.corp/simple",
+            "x",
+        ],
+        &["@pypi.corp/simple"],
+        &["SECRET1"],
+    ),
+    (
+        &["echo", "ghp_SECRET1abcdefghijklmnopqrstuvwxyz0123"],
+        &["ghp_"],
+        &["SECRET1"],
+    ),
+    (
+        &[
+            "echo",
+            "github_pat_11ABCDEFG0SECRET1abcdefghijklmnopqrstuvwxyz",
+        ],
+        &["github_pat_"],
+        &["SECRET1"],
+    ),
+    (
+        &["echo", "glpat-SECRET1abcdefghijkl"],
+        &["glpat-"],
+        &["SECRET1"],
+    ),
     (&["aws", "AKIASECRET1ABCDEFGHI"], &["AKIA"], &["SECRET1"]),
-    (&["echo", "xoxb-123-SECRET1-abcdef"], &["xoxb-"], &["SECRET1"]),
-    (&["echo", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJTRUNSRVQxIn0.SECRET1sig"], &["echo"], &["SECRET1", "eyJzdWIi"]),
-    (&["echo", "-----BEGIN RSA PRIVATE KEY-----\nSECRET1\n-----END RSA PRIVATE KEY-----"], &["BEGIN RSA PRIVATE KEY", "END RSA PRIVATE KEY"], &["SECRET1"]),
-    (&["sh", "-c", "curl -u alice:SECRET1 https://h && GITHUB_TOKEN=SECRET2 make"], &["curl -u alice:", "https://h", "make"], &["SECRET1", "SECRET2"]),
-    (&["sh", "-c", "curl -H 'Authorization: Bearer SECRET1' https://api"], &["Bearer", "https://api"], &["SECRET1"]),
-    (&["bash", "-c", "export API_KEY=SECRET1; run"], &["API_KEY=", "run"], &["SECRET1"]),
-    (&["tool", "--password", "SECRET1", "--password", "SECRET2"], &["--password"], &["SECRET1", "SECRET2"]),
+    (
+        &["echo", "xoxb-123-SECRET1-abcdef"],
+        &["xoxb-"],
+        &["SECRET1"],
+    ),
+    (
+        &[
+            "echo",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJTRUNSRVQxIn0.SECRET1sig",
+        ],
+        &["echo"],
+        &["SECRET1", "eyJzdWIi"],
+    ),
+    (
+        &[
+            "echo",
+            "-----BEGIN RSA PRIVATE KEY-----\nSECRET1\n-----END RSA PRIVATE KEY-----",
+        ],
+        &["BEGIN RSA PRIVATE KEY", "END RSA PRIVATE KEY"],
+        &["SECRET1"],
+    ),
+    (
+        &[
+            "sh",
+            "-c",
+            "curl -u alice:SECRET1 https://h && GITHUB_TOKEN=SECRET2 make",
+        ],
+        &["curl -u alice:", "https://h", "make"],
+        &["SECRET1", "SECRET2"],
+    ),
+    (
+        &[
+            "sh",
+            "-c",
+            "curl -H 'Authorization: Bearer SECRET1' https://api",
+        ],
+        &["Bearer", "https://api"],
+        &["SECRET1"],
+    ),
+    (
+        &["bash", "-c", "export API_KEY=SECRET1; run"],
+        &["API_KEY=", "run"],
+        &["SECRET1"],
+    ),
+    (
+        &["tool", "--password", "SECRET1", "--password", "SECRET2"],
+        &["--password"],
+        &["SECRET1", "SECRET2"],
+    ),
     (&["tool", "--token='SECRET1'"], &["--token="], &["SECRET1"]),
-    (&["tool", "\"--password=SECRET1\""], &["--password="], &["SECRET1"]),
-    (&["go", "build", "-o", "bin/app", "./..."], &["go", "build", "-o", "bin/app", "./..."], &[]),
-    (&["go", "get", "example.com/mod@v1.2.3"], &["example.com/mod@v1.2.3"], &[]),
+    (
+        &["tool", "\"--password=SECRET1\""],
+        &["--password="],
+        &["SECRET1"],
+    ),
+    (
+        &["go", "build", "-o", "bin/app", "./..."],
+        &["go", "build", "-o", "bin/app", "./..."],
+        &[],
+    ),
+    (
+        &["go", "get", "example.com/mod@v1.2.3"],
+        &["example.com/mod@v1.2.3"],
+        &[],
+    ),
     (&["ssh", "user@host", "uptime"], &["user@host"], &[]),
-    (&["python3", "-m", "pip", "install", "requests==2.31"], &["requests==2.31"], &[]),
+    (
+        &["python3", "-m", "pip", "install", "requests==2.31"],
+        &["requests==2.31"],
+        &[],
+    ),
 ];
 
 #[test]
@@ -95,7 +374,10 @@ fn argv_table() {
         // The same command line as one string (a script, a log line).
         let line = value(&argv.join(" ")).into_owned();
         for g in *gone {
-            assert!(!line.contains(g), "as a line {argv:?}: {g:?} survived in {line:?}");
+            assert!(
+                !line.contains(g),
+                "as a line {argv:?}: {g:?} survived in {line:?}"
+            );
         }
     }
 }
@@ -105,7 +387,10 @@ fn modes() {
     let a = sv(&["curl", "-u", "a:SECRET1", "https://h"]);
     assert_eq!(argv_for(ArgvMode::Full, &a), a);
     assert_eq!(argv_for(ArgvMode::None, &a), sv(&["curl"]));
-    assert_eq!(argv_for(ArgvMode::Scrubbed, &a), sv(&["curl", "-u", "a:***", "https://h"]));
+    assert_eq!(
+        argv_for(ArgvMode::Scrubbed, &a),
+        sv(&["curl", "-u", "a:***", "https://h"])
+    );
 }
 
 fn argv_for(m: ArgvMode, a: &[String]) -> Vec<String> {
@@ -119,13 +404,32 @@ fn argv_for(m: ArgvMode, a: &[String]) -> Vec<String> {
 #[test]
 fn env_values_and_names() {
     assert_eq!(env_value("GITHUB_TOKEN", "SECRET1"), "***");
-    assert_eq!(env_value("GOPROXY", "https://u:SECRET1@p,direct"), "https://***@p,direct");
+    assert_eq!(
+        env_value("GOPROXY", "https://u:SECRET1@p,direct"),
+        "https://***@p,direct"
+    );
     assert_eq!(env_value("PATH", "/usr/bin:/bin"), "/usr/bin:/bin");
     assert_eq!(env_value("GITHUB_TOKEN", ""), "");
-    for n in ["TOKEN", "my_secret", "PGPASSWORD", "X_PASSWD", "A_KEY", "AWS_CREDENTIALS", "GOAUTH", "SESSION_ID"] {
+    for n in [
+        "TOKEN",
+        "my_secret",
+        "PGPASSWORD",
+        "X_PASSWD",
+        "A_KEY",
+        "AWS_CREDENTIALS",
+        "GOAUTH",
+        "SESSION_ID",
+    ] {
         assert!(secret_name(n), "{n}");
     }
-    for n in ["PATH", "GOROOT", "GOPROXY", "HOME", "KEYBOARD", "CONDA_PREFIX"] {
+    for n in [
+        "PATH",
+        "GOROOT",
+        "GOPROXY",
+        "HOME",
+        "KEYBOARD",
+        "CONDA_PREFIX",
+    ] {
         assert!(!secret_name(n), "{n}");
     }
 }
@@ -145,7 +449,11 @@ fn non_utf8_and_long_values_are_safe() {
     let t = std::time::Instant::now();
     let out = scrub_argv(&long);
     assert!(!out.iter().any(|a| a.contains("SECRET")));
-    assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
     let line = "x".repeat(200_000) + " --token SECRETZ " + &"é@".repeat(10_000);
     assert!(!value(&line).contains("SECRETZ"));
 }
@@ -154,7 +462,10 @@ fn non_utf8_and_long_values_are_safe() {
 fn plain_values_are_borrowed() {
     assert!(matches!(value("/usr/local/go/bin/go"), Cow::Borrowed(_)));
     assert!(matches!(value("go version"), Cow::Borrowed(_)));
-    assert!(matches!(value("GOPROXY=https://proxy.golang.org,direct"), Cow::Borrowed(_)));
+    assert!(matches!(
+        value("GOPROXY=https://proxy.golang.org,direct"),
+        Cow::Borrowed(_)
+    ));
 }
 
 #[test]
@@ -185,7 +496,17 @@ fn no_generated_secret_survives() {
     };
     let alphabet = b"abcXYZ019-._~!$&'()*+,;=:%20 /@";
     let around = [
-        "", " ", ",", "|", ";", "env ", "--proxy ", "x=", "GOPROXY=", "a://b://", "https://h/?next=",
+        "",
+        " ",
+        ",",
+        "|",
+        ";",
+        "env ",
+        "--proxy ",
+        "x=",
+        "GOPROXY=",
+        "a://b://",
+        "https://h/?next=",
     ];
     let schemes = ["https://", "http://", "socks5h://", "git+ssh://", "a://"];
     for _ in 0..30_000 {
@@ -202,7 +523,11 @@ fn no_generated_secret_survives() {
                 // A "password" holding `://` reads as a nested URL (documented).
                 secret = "ZqQz".into();
             }
-            s.push_str(&format!("{}user:{secret}@host{}", schemes[next(schemes.len())], ["", ":3128", "/p", "/p?q=1"][next(4)]));
+            s.push_str(&format!(
+                "{}user:{secret}@host{}",
+                schemes[next(schemes.len())],
+                ["", ":3128", "/p", "/p?q=1"][next(4)]
+            ));
             secrets.push(secret);
         }
         s.push_str(around[next(around.len())]);
