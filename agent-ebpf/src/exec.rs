@@ -496,26 +496,13 @@ fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
         if !prefix_may_be_allowed(u16::from_be(head) as u32) {
             continue;
         }
-        let mut key = Key::new((ENV_KEY_LEN * 8) as u32, EnvKey::default());
-        // SAFETY: user pointer; the helper faults safely and NUL-terminates.
-        let n = unsafe {
-            generated::bpf_probe_read_user_str(
-                key.data.name.as_mut_ptr() as *mut c_void,
-                ENV_KEY_LEN as u32,
-                p as *const c_void,
-            )
-        };
-        if n <= 0 {
-            continue;
-        }
-        // Longest stored prefix `NAME=` that starts this entry, if any.
-        if ENV_ALLOW.get(&key).is_none() {
-            continue;
-        }
         if off >= DATA_LEN {
             flags |= EXEC_F_ENV_TRUNCATED;
             break;
         }
+        // Copy first, then decide on the copy: the caller's memory is live
+        // (other threads of a failed exec can rewrite it), so the value
+        // checked must be the value sent, never a second read.
         let dst = bounded(off);
         // SAFETY: dst < DATA_LEN and the area has ARG_LEN bytes of slack.
         let n = unsafe {
@@ -528,7 +515,29 @@ fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
         if n <= 0 {
             continue;
         }
-        let n = (n as usize) & (ARG_LEN * 2 - 1);
+        // Parked in the event (the verifier tracks no value through map
+        // memory), so that states differing only in the length prune: kept in
+        // a register across the lookup it took the program past 1M insns.
+        // SAFETY: a field of our own scratch event.
+        unsafe { core::ptr::write_volatile(&mut ev.fixed.env_len, n as u32) };
+        let mut key = Key::new((ENV_KEY_LEN * 8) as u32, EnvKey::default());
+        // SAFETY: reads ENV_KEY_LEN bytes of our own event buffer (dst <
+        // DATA_LEN, ARG_LEN >= ENV_KEY_LEN bytes of slack). Bytes past the
+        // copied string's NUL cannot make a match: no allowed `NAME=` holds a NUL.
+        let copied = unsafe {
+            generated::bpf_probe_read_kernel(
+                key.data.name.as_mut_ptr() as *mut c_void,
+                ENV_KEY_LEN as u32,
+                ev.data.as_ptr().add(dst) as *const c_void,
+            )
+        };
+        // Longest stored prefix `NAME=` that starts this entry, if any; a
+        // refused entry is left behind `off` and never sent.
+        if copied != 0 || ENV_ALLOW.get(&key).is_none() {
+            continue;
+        }
+        // SAFETY: as above.
+        let n = unsafe { core::ptr::read_volatile(&ev.fixed.env_len) } as usize & (ARG_LEN * 2 - 1);
         if n >= ARG_LEN {
             flags |= EXEC_F_ENV_TRUNCATED;
         }

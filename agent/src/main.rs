@@ -202,6 +202,9 @@ fn main() -> ExitCode {
                 }),
         )
         .with_writer(|| ScrubbedStderr)
+        // No colour codes: the writer escapes every control character, and
+        // cannot tell the formatter's from those of the data.
+        .with_ansi(false)
         .with_target(false)
         .without_time()
         .init();

@@ -94,7 +94,11 @@ fn no_planted_secret_reaches_any_sink() {
     let lines = json_lines(&text);
     let curl_u = lines
         .iter()
-        .find(|l| l["type"] == "exec" && l["argv"][0] == "curl" && l["argv"].to_string().contains("alice:"))
+        .find(|l| {
+            l["type"] == "exec"
+                && l["argv"][0] == "curl"
+                && l["argv"].to_string().contains("alice:")
+        })
         .expect("curl -u exec");
     assert_eq!(
         curl_u["argv"],
