@@ -189,12 +189,27 @@ fn rand_u32() -> u32 {
 /// Run `agent --format json --output F trace -- argv...` with `env` added;
 /// returns the records (the command's own output stays out of them).
 pub fn trace_json(argv: &[String], env: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    trace_json_with(&[], argv, env)
+}
+
+/// [`trace_json`] with options of `trace` (e.g. `--user nobody`).
+pub fn trace_json_with(
+    trace_opts: &[&str],
+    argv: &[String],
+    env: &[(&str, &str)],
+) -> Vec<serde_json::Value> {
     require_root();
-    let out_file = scratch("trace").join("records.jsonl");
+    let dir = scratch("trace");
+    // --output is opened as the user the command runs as (a test may set
+    // SUDO_UID): a directory anyone can write, as /tmp is.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        .expect("chmod scratch");
+    let out_file = dir.join("records.jsonl");
     let mut c = Command::new(agent_bin());
     c.args(["--format", "json", "--output"])
         .arg(&out_file)
         .arg("trace")
+        .args(trace_opts)
         .arg("--")
         .args(argv);
     // A PATH with one python3 and one curl: no shadowing unless a test asks for it.

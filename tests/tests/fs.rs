@@ -5,7 +5,7 @@
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
-use agent_tests::{of_type, scratch, trace_json};
+use agent_tests::{of_type, scratch, trace_json, trace_json_with};
 use serde_json::Value;
 
 fn mode(p: &Path, m: u32) {
@@ -28,10 +28,20 @@ fn go_project(dir: &Path) {
     }
 }
 
+/// The command as the unprivileged account `nobody`, with `env` handed over
+/// (`agent trace --user nobody --keep-env …`).
 fn as_nobody(argv: &[&str], env: &[(&str, &str)]) -> Vec<Value> {
-    let mut e = vec![("SUDO_UID", "65534"), ("SUDO_GID", "65534")];
-    e.extend_from_slice(env);
-    trace_json(&argv.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &e)
+    let keep: Vec<&str> = env.iter().map(|(k, _)| *k).collect();
+    let keep = keep.join(",");
+    let mut opts = vec!["--user", "nobody"];
+    if !keep.is_empty() {
+        opts.extend(["--keep-env", keep.as_str()]);
+    }
+    trace_json_with(
+        &opts,
+        &argv.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        env,
+    )
 }
 
 #[test]
