@@ -250,15 +250,18 @@ impl Analyzer {
     /// Build info of `path` in `fs`, cached by file identity.
     fn go_info(&mut self, fs: &FsView, path: &str) -> Option<Arc<BuildInfo>> {
         let m = fs.stat(path)?;
-        if !m.is_file || m.size > 512 << 20 {
+        if !m.is_file {
             return None;
         }
         let key = (m.dev, m.ino, m.mtime, m.size);
         if let Some(v) = self.buildinfo.get(&key) {
             return v.clone();
         }
+        // Headers and the build info only: memory stays bounded whatever
+        // the binary's size, and a FIFO swapped in meanwhile is refused.
         let parsed = fs
-            .read_head(path, m.size as usize)
+            .open(path)
+            .and_then(|(f, size)| buildinfo::read_image(&f, size, buildinfo::BUILDINFO_SECTIONS))
             .and_then(|b| buildinfo::parse(&b).ok())
             .map(Arc::new);
         if self.buildinfo.len() > 4096 {

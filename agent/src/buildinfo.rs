@@ -175,6 +175,9 @@ pub fn parse(bytes: &[u8]) -> Result<BuildInfo, BuildInfoError> {
     let elf = Elf::parse(bytes)?;
     let data = match elf.section_data(".go.buildinfo") {
         Some(d) if d.starts_with(MAGIC) => d,
+        // Section headers but no build info section: not Go (the scan
+        // below is for binaries stripped of their section headers).
+        _ if !elf.sections().is_empty() => return Err(BuildInfoError::NotGo),
         _ => {
             // Stripped of section headers: the blob is 16-byte aligned in a data segment.
             let mut found = None;
@@ -253,6 +256,92 @@ pub fn parse(bytes: &[u8]) -> Result<BuildInfo, BuildInfoError> {
         return Err(BuildInfoError::Malformed("empty version"));
     }
     Ok(bi)
+}
+
+/// Sections [`parse`] reads (pre-1.18 binaries point into the data ones).
+pub const BUILDINFO_SECTIONS: &[&str] = &[".go.buildinfo", ".noptrdata", ".data", ".rodata"];
+/// Sections [`go_func_offset`] reads.
+pub const PCLNTAB_SECTIONS: &[&str] = &[".gopclntab"];
+
+/// Largest file taken for a sparse image, and most bytes read into one.
+const IMAGE_MAX_FILE: u64 = 4 << 30;
+const IMAGE_MAX_READ: u64 = 256 << 20;
+
+/// A sparse image of an ELF file: a zeroed buffer of the file's size in
+/// which only the headers, the named sections (or, without section headers,
+/// the writable segments) are read in. The rest is never touched, so only
+/// the pages read are ever resident: a 300 MB binary costs what its headers
+/// and build info cost (the parsers above index it like the whole file).
+/// Every offset and size from the file is checked; `None` on anything odd.
+pub fn read_image(f: &std::fs::File, size: u64, sections: &[&str]) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt as _;
+    if !(64..=IMAGE_MAX_FILE).contains(&size) {
+        return None;
+    }
+    let mut img = vec![0u8; usize::try_from(size).ok()?];
+    let mut budget = IMAGE_MAX_READ;
+    let mut fill = |img: &mut [u8], off: u64, len: u64| -> Option<()> {
+        let end = off.checked_add(len)?;
+        if end > size || len > budget {
+            return None;
+        }
+        budget -= len;
+        let dst = img.get_mut(off as usize..end as usize)?;
+        let mut got = 0;
+        while got < dst.len() {
+            match f.read_at(&mut dst[got..], off + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        Some(())
+    };
+    fill(&mut img, 0, 64)?;
+    Elf::parse(&img).ok()?;
+    let (phoff, phentsize, phnum) = (u64le(&img, 0x20)?, u16le(&img, 0x36)?, u16le(&img, 0x38)?);
+    let (shoff, shentsize, shnum) = (u64le(&img, 0x28)?, u16le(&img, 0x3a)?, u16le(&img, 0x3c)?);
+    let ph_len = u64::from(phentsize).checked_mul(u64::from(phnum))?;
+    if ph_len > 0 {
+        fill(&mut img, phoff, ph_len)?;
+    }
+    let sh_len = u64::from(shentsize).checked_mul(u64::from(shnum))?;
+    if shoff != 0 && sh_len > 0 && fill(&mut img, shoff, sh_len).is_some() {
+        let elf = Elf::parse(&img).ok()?;
+        let secs = elf.sections();
+        let strndx = u16le(&img, 0x3e)? as usize;
+        let (str_off, str_size) = secs.get(strndx).map(|s| (s.offset, s.size))?;
+        fill(&mut img, str_off, str_size.min(1 << 20))?;
+        let elf = Elf::parse(&img).ok()?;
+        let wanted: Vec<(u64, u64)> = sections
+            .iter()
+            .filter_map(|n| elf.section(n))
+            // SHT_NOBITS sections (.bss) have no file bytes; an odd one is skipped.
+            .map(|s| (s.offset, s.size))
+            .collect();
+        for (off, len) in wanted {
+            let _ = fill(&mut img, off, len);
+        }
+    } else {
+        // No section headers: the build info sits in a writable segment.
+        for i in 0..u64::from(phnum) {
+            let o =
+                usize::try_from(phoff.checked_add(i.checked_mul(u64::from(phentsize))?)?).ok()?;
+            let (Some(kind), Some(flags), Some(off), Some(filesz)) = (
+                u32le(&img, o),
+                u32le(&img, o + 4),
+                u64le(&img, o + 8),
+                u64le(&img, o + 0x20),
+            ) else {
+                continue;
+            };
+            if kind == 1 && flags & 2 != 0 {
+                let _ = fill(&mut img, off, filesz);
+            }
+        }
+    }
+    Some(img)
 }
 
 /// File offset of the Go function `name` (e.g. `crypto/tls.(*Conn).sendAlertLocked`)

@@ -332,8 +332,11 @@ impl Collector {
             Err(e) => {
                 // No symbol table (`-ldflags=-s`): the function table Go keeps
                 // for its own stack traces still says where the function is.
-                let offset = std::fs::read(&target)
-                    .ok()
+                // Headers and .gopclntab only, never the whole binary.
+                let offset = crate::fsview::open_regular(&target)
+                    .and_then(|(f, size)| {
+                        crate::buildinfo::read_image(&f, size, crate::buildinfo::PCLNTAB_SECTIONS)
+                    })
                     .and_then(|b| crate::buildinfo::go_func_offset(&b, crate::tlslib::GO_SYMBOL));
                 let r = match offset {
                     Some(off) => loader::attach_uprobe_at(

@@ -180,21 +180,65 @@ impl FsView {
         self.stat(p).is_some_and(|m| m.is_dir)
     }
 
-    /// Up to `max` bytes of the file at `p`.
+    /// Up to `max` bytes of the regular file at `p` (a FIFO, device or
+    /// socket planted there reads as absent: see [`open_regular`]).
     pub fn read_head(&self, p: &str, max: usize) -> Option<Vec<u8>> {
-        use std::io::Read as _;
-        let f = std::fs::File::open(self.openable(p)?).ok()?;
-        // Room for all of it up front: one read for a small head (an empty
-        // Vec starts with 32-byte probe reads and grows by doubling).
-        let mut buf = Vec::with_capacity(max.min(64 << 20));
-        f.take(max as u64).read_to_end(&mut buf).ok()?;
-        Some(buf)
+        read_capped(&self.openable(p)?, max)
+    }
+
+    /// The regular file at `p`, opened for bounded reads (`pread`).
+    pub fn open(&self, p: &str) -> Option<(std::fs::File, u64)> {
+        open_regular(&self.openable(p)?)
     }
 
     pub fn read_to_string(&self, p: &str, max: usize) -> Option<String> {
         self.read_head(p, max)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
+}
+
+/// Open `path` for reading the way a root agent must open what users
+/// control: non-blocking (a FIFO must not stall the event loop), no
+/// controlling terminal, close-on-exec, and then only if it is a regular
+/// file (not a FIFO, socket or device such as /dev/zero). Returns the file
+/// and its size.
+pub fn open_regular(path: &Path) -> Option<(std::fs::File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    m.file_type().is_file().then_some((f, m.len()))
+}
+
+/// At most `max` bytes of the regular file at `path` (see [`open_regular`]).
+pub fn read_capped(path: &Path, max: usize) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let (f, size) = open_regular(path)?;
+    // Room for what is there up front: one read for a small head (an empty
+    // Vec starts with 32-byte probe reads and grows by doubling).
+    let mut buf = Vec::with_capacity(max.min(size as usize).min(64 << 20));
+    f.take(max as u64).read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// `len` bytes at `off` of `f` (fewer at its end).
+pub fn pread(f: &std::fs::File, off: u64, len: usize) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match f.read_at(&mut buf[got..], off.checked_add(got as u64)?) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(got);
+    Some(buf)
 }
 
 /// The kernel's resolution of `p` on the host: an `O_PATH` handle on what it

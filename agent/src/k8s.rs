@@ -82,10 +82,11 @@ pub fn of_process(proc_root: &Path, pid: u32) -> PodInfo {
         ..Default::default()
     };
     if info.pod_uid.is_some() {
+        // The pod's own files: a symlink to /dev/zero or a FIFO must not
+        // block or exhaust memory; a hostname is at most 253 bytes.
         let read = |p: &str| {
-            std::fs::read_to_string(dir.join("root").join(p))
-                .ok()
-                .map(|s| s.trim().to_string())
+            crate::fsview::read_capped(&dir.join("root").join(p), 256)
+                .map(|b| String::from_utf8_lossy(&b).trim().to_string())
                 .filter(|s| !s.is_empty() && s.len() < 254)
         };
         info.pod_name = read("etc/hostname");

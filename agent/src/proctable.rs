@@ -20,7 +20,8 @@ pub struct ProcId {
 pub struct Proc {
     pub id: ProcId,
     pub ppid: u32,
-    /// Successful execs of this process, oldest first (a process can exec again).
+    /// Successful execs of this process, oldest first (a process can exec
+    /// again): the first and the latest `MAX_EXECS - 1`.
     pub execs: Vec<std::sync::Arc<Exec>>,
     /// Failed exec attempts, oldest first (bounded).
     pub failed: Vec<std::sync::Arc<Exec>>,
@@ -36,6 +37,8 @@ impl Proc {
 /// How long an exited process stays for late events and report building.
 pub const EXITED_TTL_NS: u64 = 30_000_000_000;
 const MAX_FAILED: usize = 64;
+/// Bound on the successful execs kept per process (first + latest).
+pub const MAX_EXECS: usize = 16;
 /// Bound on entries; beyond it the oldest exited ones go first.
 pub const MAX_PROCS: usize = 65_536;
 
@@ -45,6 +48,8 @@ pub struct ProcTable {
     exited: VecDeque<(u64, ProcId)>,
     /// Entries dropped to stay under [`MAX_PROCS`].
     pub evicted: u64,
+    /// Middle execs dropped from processes over [`MAX_EXECS`].
+    pub execs_dropped: u64,
 }
 
 impl ProcTable {
@@ -118,6 +123,12 @@ impl ProcTable {
             // The image inherited at fork is replaced by the first real exec.
             if p.execs.len() == 1 && p.execs[0].tgid != tgid {
                 p.execs.clear();
+            }
+            // A process that re-execs itself without end keeps its first
+            // exec and the latest ones: memory bounded per process.
+            if p.execs.len() >= MAX_EXECS {
+                p.execs.remove(1);
+                self.execs_dropped += 1;
             }
             p.execs.push(e);
         } else {
@@ -228,6 +239,19 @@ pub(crate) mod tests_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_that_re_execs_itself_forever_stays_bounded() {
+        let mut t = ProcTable::default();
+        for i in 0..20_000u64 {
+            t.on_exec(exec(77, 1, 1_000 + i, &format!("/bin/x{i}")));
+        }
+        let p = t.get(77).unwrap();
+        assert_eq!(p.execs.len(), MAX_EXECS);
+        assert_eq!(p.execs[0].exe, "/bin/x0", "the first exec stays");
+        assert_eq!(p.current().unwrap().exe, "/bin/x19999", "and the latest");
+        assert_eq!(t.execs_dropped, 20_000 - MAX_EXECS as u64);
+    }
     use std::sync::Arc;
 
     fn exec(tgid: u32, ppid: u32, ns: u64, exe: &str) -> Arc<Exec> {

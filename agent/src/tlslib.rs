@@ -160,8 +160,10 @@ pub fn conda_envs() -> Vec<PathBuf> {
     }
     files
         .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|t| conda_envs_in(&t))
+        // Any user's file: a FIFO or a huge file planted there must neither
+        // block nor exhaust memory (1 MiB is ~10,000 environments).
+        .filter_map(|f| crate::fsview::read_capped(f, 1 << 20))
+        .flat_map(|t| conda_envs_in(&String::from_utf8_lossy(&t)))
         .collect()
 }
 

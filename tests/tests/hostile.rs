@@ -1,0 +1,165 @@
+//! A root agent on a shared host reads what any user controls. Files a user
+//! planted must not freeze it (a FIFO where a conda list or a tool binary
+//! should be) or blow its memory up (a 300 MB executable named `go`).
+
+use std::{
+    io::BufRead as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use agent_tests::{agent_bin, json_lines, require_root, scratch};
+
+const USER: &str = "agenthostile";
+
+fn user_home() -> std::path::PathBuf {
+    require_root();
+    if !Command::new("id")
+        .arg(USER)
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        let st = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", USER])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    std::path::PathBuf::from(format!("/home/{USER}"))
+}
+
+fn as_user(script: &str) -> std::process::ExitStatus {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            USER,
+            "--regid",
+            USER,
+            "--init-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", format!("/home/{USER}"))
+        .status()
+        .unwrap()
+}
+
+/// Peak RSS (KiB) of the largest child this test process has waited for.
+fn children_peak_rss_kib() -> i64 {
+    // SAFETY: an all-zero rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer for the call.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    ru.ru_maxrss
+}
+
+#[test]
+fn fifos_planted_by_a_user_freeze_nothing() {
+    let home = user_home();
+    // `mkfifo ~/.conda/environments.txt`, as the user.
+    assert!(
+        as_user(
+            "rm -rf ~/.conda ~/bin; mkdir -p ~/.conda ~/bin && mkfifo ~/.conda/environments.txt"
+        )
+        .success()
+    );
+    let out = scratch("fifo").join("records.jsonl");
+    let t = Instant::now();
+    let mut agent = Command::new(agent_bin())
+        .args(["--format", "json", "--all-execs", "--output"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = agent.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if l.contains("agent: watching") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        let _ = agent.kill();
+        panic!("the agent never started watching (a FIFO blocked it?)");
+    }
+    eprintln!("watching after {:?}", t.elapsed());
+    // A FIFO swapped over a tool binary right after it was run.
+    assert!(as_user("cp /usr/lib/go-1.19/bin/go ~/bin/go && (~/bin/go version >/dev/null &) ; rm -f ~/bin/go; mkfifo ~/bin/go; sleep 0.5").success());
+    // Later execs are still reported.
+    let marker = format!("agent-fifo-{}", std::process::id());
+    assert!(
+        Command::new("/bin/echo")
+            .arg(&marker)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if text.contains(&marker) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "later execs not reported:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent_tests::signal(agent.id(), "-INT");
+    let t = Instant::now();
+    let st = agent.wait().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "stopped after {:?}",
+        t.elapsed()
+    );
+    assert!(st.success(), "{st}");
+    let _ = std::fs::remove_dir_all(home.join(".conda"));
+    let _ = std::fs::remove_dir_all(home.join("bin"));
+}
+
+#[test]
+fn a_300_mb_go_binary_keeps_memory_bounded() {
+    require_root();
+    let dir = scratch("bigbin");
+    let go = dir.join("go");
+    std::fs::copy("/usr/lib/go-1.19/bin/go", &go).expect("Debian's golang-go");
+    // 300 MB: the real Go binary and zeros after it (a sparse file: cheap to
+    // make, and a reader that reads it whole pays the full 300 MB).
+    let f = std::fs::OpenOptions::new().write(true).open(&go).unwrap();
+    f.set_len(300 << 20).unwrap();
+    drop(f);
+    let records = dir.join("records.jsonl");
+    let out = Command::new(agent_bin())
+        .args(["--format", "json", "--output"])
+        .arg(&records)
+        .args(["trace", "--", "sh", "-c", "go version"])
+        .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peak_mib = children_peak_rss_kib() / 1024;
+    eprintln!("agent peak RSS with a 300 MB go on PATH: {peak_mib} MiB");
+    let recs = json_lines(&std::fs::read_to_string(&records).unwrap());
+    let exec = recs
+        .iter()
+        .find(|r| r["type"] == "exec" && r["argv"][0] == "go")
+        .expect("exec of the big go");
+    // Its build info is still read (from the headers and the section alone).
+    assert_eq!(exec["identity"]["go_version"], "go1.19.8", "{exec}");
+    assert!(peak_mib < 128, "peak RSS {peak_mib} MiB");
+}
