@@ -864,14 +864,14 @@ fn read_new_env(
     // combination (with ranges refined differently) for 256 iterations.
     let fx: *mut ExecFixed = &mut ev.fixed;
     let data: *mut u8 = ev.data.as_mut_ptr();
-    // SAFETY (all volatile accesses below): fields of our per-CPU scratch event.
+    // SAFETY: fields of our per-CPU scratch event (volatile accesses).
     unsafe {
         core::ptr::write_volatile(&raw mut (*fx).env_len, 0);
         core::ptr::write_volatile(&raw mut (*fx).envc, 0);
     }
     let mut i: usize = 0;
     while i < MAX_ENV_SCAN as usize {
-        // SAFETY (these reads): fields of our per-CPU scan slot; i < MAX_ENV_SCAN.
+        // SAFETY: fields of our per-CPU scan slot; i < MAX_ENV_SCAN.
         let (p, next, env_start, env_end, blen) = unsafe {
             (
                 core::ptr::read_volatile(&raw const (*scan).vec[i]),

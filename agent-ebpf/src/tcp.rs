@@ -81,17 +81,21 @@ pub fn tcp_state_tp(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY (all reads below): offsets from the tracepoint's stable format.
+    // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
     let proto: u16 = unsafe { tp_field(ctx, SS_PROTO) };
     if proto != IPPROTO_TCP {
         return Ok(());
     }
+    // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
     let old: i32 = unsafe { tp_field(ctx, SS_OLD) };
+    // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
     let new: i32 = unsafe { tp_field(ctx, SS_NEW) };
     if new != TCP_SYN_SENT && old != TCP_SYN_SENT {
         if new == TCP_CLOSE {
             // An established client connection ends: forget its owner. Most
             // closing sockets have none (servers): a lookup, without the
             // delete's lock.
+            // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
             let sk: u64 = unsafe { tp_field(ctx, SS_SKADDR) };
             // SAFETY: read-only lookup.
             if unsafe { TCP_CONNS.get(&sk) }.is_some() {
@@ -100,6 +104,7 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
         }
         return Ok(());
     }
+    // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
     let sk: u64 = unsafe { tp_field(ctx, SS_SKADDR) };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -154,16 +159,23 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
     let mut ev = TcpEvent::default();
     ev.hdr.kind = EventKind::Tcp as u32;
     ev.hdr.ktime_ns = now;
+    // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
     ev.family = unsafe { tp_field(ctx, SS_FAMILY) };
+    // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
     ev.sport = unsafe { tp_field(ctx, SS_SPORT) };
+    // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
     ev.dport = unsafe { tp_field(ctx, SS_DPORT) };
     if ev.family == AF_INET {
+        // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
         let s: [u8; 4] = unsafe { tp_field(ctx, SS_SADDR) };
+        // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
         let d: [u8; 4] = unsafe { tp_field(ctx, SS_DADDR) };
         ev.saddr[..4].copy_from_slice(&s);
         ev.daddr[..4].copy_from_slice(&d);
     } else {
+        // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
         ev.saddr = unsafe { tp_field(ctx, SS_SADDR6) };
+        // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
         ev.daddr = unsafe { tp_field(ctx, SS_DADDR6) };
     }
     ev.skaddr = sk;

@@ -5,13 +5,12 @@
 //! events) → `proctable` (process tree, exec identity) → `analysis` (toolchain
 //! resolution, findings) → `output` (live lines, JSON, trace report).
 
+pub use agent_parse::{btf, buildinfo, dns, scrub, tls};
+
 pub mod analysis;
-pub mod btf;
-pub mod buildinfo;
 pub mod check;
 pub mod collector;
 pub mod config;
-pub mod dns;
 pub mod elevate;
 pub mod event;
 pub mod fsdiag;
@@ -31,9 +30,7 @@ pub mod proctable;
 pub mod pyenv;
 
 pub mod run;
-pub mod scrub;
 pub mod teardown;
-pub mod tls;
 pub mod tlslib;
 pub mod traced;
 pub mod tracefs;

@@ -62,12 +62,6 @@ pub struct KernelInfo {
     aya_btf: std::cell::OnceCell<Result<aya::Btf, String>>,
 }
 
-impl std::fmt::Debug for Btf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Btf")
-    }
-}
-
 /// cgroup v2 mount point from /proc/self/mounts text (hybrid hierarchies put it
 /// at /sys/fs/cgroup/unified; never assume /sys/fs/cgroup).
 pub fn cgroup2_in_mounts(mounts: &str) -> Option<PathBuf> {

@@ -1,9 +1,7 @@
 //! The DNS message parser (names, compression pointers, answers) on arbitrary bytes.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../agent/src/dns.rs"]
-mod dns;
+use agent_parse::dns;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(m) = dns::parse(data) {

@@ -35,9 +35,9 @@ pub fn agent_bin() -> PathBuf {
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "integration tests load BPF programs: run them as root (cargo xtask test does)"
     );
 }

@@ -50,7 +50,8 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only these targets (default: all: tls_handshake, dns_message).
+        /// Only these targets (default: all: tls_handshake, dns_message,
+        /// go_buildinfo, btf, scrub).
         targets: Vec<String>,
     },
     /// fmt, clippy (both sides), unit tests, then the root integration tests.
@@ -358,6 +359,39 @@ fn install(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+const FUZZ_TARGETS: &[&str] = &[
+    "tls_handshake",
+    "dns_message",
+    "go_buildinfo",
+    "btf",
+    "scrub",
+];
+
+/// Seeds made on this machine (not committed): a Go build-info ELF, the
+/// head of the running kernel's BTF, command lines with secrets.
+fn machine_seeds(corpus_root: &std::path::Path) -> Result<()> {
+    let write = |t: &str, name: &str, b: &[u8]| -> Result<()> {
+        let d = corpus_root.join(t);
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join(name), b)?;
+        Ok(())
+    };
+    write(
+        "go_buildinfo",
+        "fake_go",
+        &agent_parse::buildinfo::tests::fake_go_elf("go1.22.3", "cmd/go"),
+    )?;
+    if let Ok(b) = std::fs::read("/sys/kernel/btf/vmlinux") {
+        write("btf", "vmlinux_head", &b[..b.len().min(4096)])?;
+    }
+    write(
+        "scrub",
+        "argv",
+        b"\x00curl -u alice:pw -H 'Authorization: Bearer x' https://u:p@h/?token=t GITHUB_TOKEN=y",
+    )?;
+    Ok(())
+}
+
 /// `cargo fuzz run` each target for `seconds` with the pinned nightly
 /// (libFuzzer needs the sanitizer flags only a nightly accepts).
 fn fuzz(seconds: u64, targets: Vec<String>) -> Result<()> {
@@ -371,11 +405,12 @@ fn fuzz(seconds: u64, targets: Vec<String>) -> Result<()> {
             .arg(&tools))?;
     }
     let targets = if targets.is_empty() {
-        vec!["tls_handshake".to_string(), "dns_message".to_string()]
+        FUZZ_TARGETS.iter().map(|s| s.to_string()).collect()
     } else {
         targets
     };
     let dir = toolchain::workspace_root().join("fuzz");
+    machine_seeds(&dir.join("corpus"))?;
     for t in targets {
         eprintln!("xtask: fuzzing {t} for {seconds} s");
         let corpus = dir.join("corpus").join(&t);

@@ -385,12 +385,21 @@ pub fn go_func_offset(bytes: &[u8], name: &str) -> Option<u64> {
     None
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Builders of test inputs, also for the agent's own unit tests.
+#[cfg(any(test, feature = "test-support"))]
+#[cfg_attr(
+    not(test),
+    allow(
+        dead_code,
+        unused_imports,
+        reason = "built for the agent's tests: only the builders are used there"
+    )
+)]
+pub mod tests {
     use super::*;
 
     /// A minimal ELF (no sections, no segments) holding a 1.18+ buildinfo blob.
-    pub(crate) fn fake_go_elf(version: &str, path: &str) -> Vec<u8> {
+    pub fn fake_go_elf(version: &str, path: &str) -> Vec<u8> {
         let mut b = vec![0u8; 64];
         b[..4].copy_from_slice(b"\x7fELF");
         b[4] = 2;

@@ -244,8 +244,17 @@ pub fn qtype_name(t: u16) -> String {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Builders of test inputs, also for the agent's own unit tests.
+#[cfg(any(test, feature = "test-support"))]
+#[cfg_attr(
+    not(test),
+    allow(
+        dead_code,
+        unused_imports,
+        reason = "built for the agent's tests: only the builders are used there"
+    )
+)]
+pub mod tests {
     use super::*;
 
     /// A query or response for `name` with the given answers (A records).

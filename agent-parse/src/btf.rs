@@ -233,6 +233,12 @@ impl Btf {
     }
 }
 
+impl std::fmt::Debug for Btf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Btf")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -632,6 +632,7 @@ impl Handshake {
 /// bit 6 says the capture was cut short (the segment is longer on the wire),
 /// the low 6 bits give its length; all ones rewinds the sequence (a
 /// retransmit overlapping what was seen).
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_feed(data: &[u8]) {
     let mut hs = Handshake::default();
     let mut seq = [0u32; 2];
@@ -660,8 +661,17 @@ pub fn fuzz_feed(data: &[u8]) {
     let _ = parse_server_hello(data);
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Builders of test inputs, also for the agent's own unit tests.
+#[cfg(any(test, feature = "test-support"))]
+#[cfg_attr(
+    not(test),
+    allow(
+        dead_code,
+        unused_imports,
+        reason = "built for the agent's tests: only the builders are used there"
+    )
+)]
+pub mod tests {
     use super::*;
 
     /// A ClientHello record with the given versions, SNI and ALPN.

@@ -1,0 +1,43 @@
+//! The secret scrubber on arbitrary text, with the invariant that a planted
+//! marker never survives: the input is split at its first NUL into a
+//! "shape" and the rest; the marker is planted in every secret position the
+//! shape's byte selects (URL password, option value, header credential,
+//! NAME=value, query parameter), among arbitrary words.
+#![no_main]
+
+use agent_parse::scrub;
+
+const MARK: &str = "Zx9SECRETq";
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    // Never panics on anything.
+    let _ = scrub::value(&text);
+    let words: Vec<String> = text.split(' ').map(str::to_string).collect();
+    let _ = scrub::scrub_argv(&words);
+    // Planted: arbitrary text around one secret of a chosen form.
+    let (shape, around) = match data.split_first() {
+        Some((s, rest)) => (*s, String::from_utf8_lossy(rest).replace(MARK, "")),
+        None => return,
+    };
+    let around: String = around.chars().filter(|c| !c.is_whitespace()).take(40).collect();
+    // A password holds no raw `?`, `#` or `/` (RFC 3986 wants them
+    // %-encoded; a "password" with `://` reads as a nested URL, documented).
+    let pw: String = around.chars().filter(|c| !"?#/".contains(*c)).collect();
+    let planted = match shape % 8 {
+        0 => format!("https://u:{pw}{MARK}@host/p"),
+        1 => format!("--password={MARK}"),
+        2 => format!("-H Authorization: Bearer {MARK}"),
+        3 => format!("GITHUB_TOKEN={MARK}"),
+        4 => format!("https://h/x?access_token={MARK}&a={around}"),
+        5 => format!("curl -u {around}:{MARK} h"),
+        6 => format!("--token {MARK}"),
+        _ => format!("http.extraHeader=Authorization: Basic {MARK}"),
+    };
+    let line = format!("{around} {planted} {around}");
+    let out = scrub::value(&line);
+    assert!(!out.contains(MARK), "{line:?} -> {out:?}");
+    let argv: Vec<String> = line.split(' ').map(str::to_string).collect();
+    let out = scrub::scrub_argv(&argv).join(" ");
+    assert!(!out.contains(MARK), "argv {argv:?} -> {out:?}");
+});
