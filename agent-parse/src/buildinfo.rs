@@ -36,14 +36,19 @@ pub enum BuildInfoError {
     Malformed(&'static str),
 }
 
+// Checked readers: every offset comes from the file (an `e_shoff` near
+// 2^64 must be "absent", not an overflow).
+fn bytes_at<const N: usize>(b: &[u8], o: usize) -> Option<[u8; N]> {
+    b.get(o..o.checked_add(N)?)?.try_into().ok()
+}
 fn u16le(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(bytes_at(b, o)?))
 }
 fn u32le(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(bytes_at(b, o)?))
 }
 fn u64le(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(bytes_at(b, o)?))
 }
 
 struct Elf<'a> {
@@ -83,9 +88,9 @@ impl<'a> Elf<'a> {
                 let o = (shoff as usize).checked_add(i.checked_mul(shentsize as usize)?)?;
                 Some(Section {
                     name_off: u32le(b, o)?,
-                    addr: u64le(b, o + 0x10)?,
-                    offset: u64le(b, o + 0x18)?,
-                    size: u64le(b, o + 0x20)?,
+                    addr: u64le(b, o.checked_add(0x10)?)?,
+                    offset: u64le(b, o.checked_add(0x18)?)?,
+                    size: u64le(b, o.checked_add(0x20)?)?,
                 })
             })
             .collect()
@@ -128,9 +133,9 @@ impl<'a> Elf<'a> {
             if u32le(b, o)? != 1 {
                 continue; // PT_LOAD
             }
-            let off = u64le(b, o + 8)?;
-            let vaddr = u64le(b, o + 0x10)?;
-            let filesz = u64le(b, o + 0x20)?;
+            let off = u64le(b, o.checked_add(8)?)?;
+            let vaddr = u64le(b, o.checked_add(0x10)?)?;
+            let filesz = u64le(b, o.checked_add(0x20)?)?;
             if va >= vaddr && va < vaddr.checked_add(filesz)? {
                 return Some((off.checked_add(va - vaddr)?, vaddr + filesz - va));
             }
@@ -330,9 +335,9 @@ pub fn read_image(f: &std::fs::File, size: u64, sections: &[&str]) -> Option<Vec
                 usize::try_from(phoff.checked_add(i.checked_mul(u64::from(phentsize))?)?).ok()?;
             let (Some(kind), Some(flags), Some(off), Some(filesz)) = (
                 u32le(&img, o),
-                u32le(&img, o + 4),
-                u64le(&img, o + 8),
-                u64le(&img, o + 0x20),
+                u32le(&img, o.checked_add(4)?),
+                u64le(&img, o.checked_add(8)?),
+                u64le(&img, o.checked_add(0x20)?),
             ) else {
                 continue;
             };
@@ -359,7 +364,7 @@ pub fn go_func_offset(bytes: &[u8], name: &str) -> Option<u64> {
     if ptr != 8 {
         return None;
     }
-    let word = |i: usize| u64le(tab, 8 + i * 8);
+    let word = |i: usize| u64le(tab, i.checked_mul(8)?.checked_add(8)?);
     let nfunc = word(0)? as usize;
     // textStart is filled in at load time by some linkers (0 in the file):
     // entry offsets are then from the start of .text (runtime.text).
@@ -372,8 +377,8 @@ pub fn go_func_offset(bytes: &[u8], name: &str) -> Option<u64> {
     let names = tab.get(funcname_off..)?;
     let ftab = tab.get(ftab_off..)?;
     for i in 0..nfunc {
-        let entry_off = u32le(ftab, i * 8)?;
-        let func_off = u32le(ftab, i * 8 + 4)? as usize;
+        let entry_off = u32le(ftab, i.checked_mul(8)?)?;
+        let func_off = u32le(ftab, i.checked_mul(8)?.checked_add(4)?)? as usize;
         // _func: entryOff u32, nameOff i32, ...
         let name_off = u32le(ftab, func_off.checked_add(4)?)? as usize;
         let n = names.get(name_off..)?;

@@ -120,9 +120,15 @@ pub fn reexec(args: &[OsString]) -> Result<i32, ElevateError> {
         .map(OsString::from)
         .collect();
     let retype = shell_words(&shown);
-    let tool = find_tool("sudo", path.as_deref())
-        .map(|p| ("sudo", p))
-        .or_else(|| find_tool("doas", path.as_deref()).map(|p| ("doas", p)))
+    // sudo first, then doas; `AGENT_ELEVATE=doas` (or `sudo`) picks one.
+    let order: &[&'static str] = match std::env::var("AGENT_ELEVATE").as_deref() {
+        Ok("doas") => &["doas"],
+        Ok("sudo") => &["sudo"],
+        _ => &["sudo", "doas"],
+    };
+    let tool = order
+        .iter()
+        .find_map(|t| find_tool(t, path.as_deref()).map(|p| (*t, p)))
         .ok_or_else(|| ElevateError::NoTool(retype.clone()))?;
     let terminal = std::fs::File::open("/dev/tty").is_ok() || std::io::stdin().is_terminal();
     let mut cmd = Command::new(&tool.1);

@@ -352,10 +352,9 @@ impl Probe<'_> {
             match &found {
                 None if is_sudo => found = Some((pid, st.clone())),
                 None => {
-                    // Only our direct parent can be our own unprivileged copy
-                    // (doas execs us, leaving no process between).
-                    if pid == me.ppid
-                        && st.uid[0] != 0
+                    // Our own unprivileged copy that ran doas (doas built
+                    // with PAM stays between us as a waiting parent).
+                    if st.uid[0] != 0
                         && self.self_exe.is_some()
                         && self.exe_id(pid) == self.self_exe
                     {
@@ -382,6 +381,7 @@ impl Probe<'_> {
 /// Programs that run the next one without being a place a user works in.
 const WRAPPERS: &[&str] = &[
     "env", "nice", "ionice", "timeout", "time", "setpriv", "stdbuf", "chrt", "taskset", "unshare",
+    "doas",
 ];
 
 /// Find who invoked the agent (see the module doc), or take `--user`.

@@ -179,6 +179,12 @@ fn main() -> ExitCode {
         // sudo's env_reset dropped the settings the user typed for us.
         agent::elevate::adopt_settings(&invoker.env);
     }
+    if cli.elevated && matches!(invoker.source, agent::invoker::Source::SelfElevated { .. }) {
+        // Through doas our unprivileged copy waits as our parent: if it goes
+        // (its terminal closed, it was killed), we stop as on SIGTERM.
+        // SAFETY: prctl with an integer argument only.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    }
     let needs_bpf = match &cli.cmd {
         None | Some(Cmd::Trace { .. }) => true,
         Some(Cmd::Check { probe }) => *probe,

@@ -152,6 +152,16 @@ fn as_user(u: &User, env: &[(String, String)], argv: &[&str]) -> Command {
 const PROBE: &str = "echo PATH=$PATH; echo HOME=$HOME; echo USER=$USER; echo GROUPS=$(id -G); echo WHICH=$(command -v go); go version; umask; env | sed 's/^/ENV /'";
 
 fn check_users_world(u: &User, env_bin: &std::path::Path, stdout: &str, records: &str) {
+    check_users_world_from(u, env_bin, stdout, records, "sudo")
+}
+
+fn check_users_world_from(
+    u: &User,
+    env_bin: &std::path::Path,
+    stdout: &str,
+    records: &str,
+    source: &str,
+) {
     let line = |k: &str| {
         stdout
             .lines()
@@ -193,7 +203,7 @@ fn check_users_world(u: &User, env_bin: &std::path::Path, stdout: &str, records:
     let report = recs.last().unwrap();
     assert_eq!(report["type"], "trace_report");
     assert_eq!(report["run_as"]["uid"], u.uid);
-    assert_eq!(report["run_as"]["source"], "sudo", "{report}");
+    assert_eq!(report["run_as"]["source"], source, "{report}");
     // HOME is the user's: no fault the agent's own HOME would cause.
     for f in recs.iter().filter(|r| r["type"] == "finding") {
         assert_ne!(f["code"], "fs.permission_denied", "false finding: {f}");
@@ -611,4 +621,62 @@ fn ctrl_c_in_a_real_terminal_stops_the_command_and_gives_the_report() {
         )),
         "the report:\n{screen}"
     );
+}
+
+#[test]
+fn trace_elevating_through_doas_hands_the_environment_over_too() {
+    let u = user();
+    assert!(
+        std::path::Path::new("/usr/bin/doas").is_file(),
+        "doas missing (apt-get install opendoas; .ci/run does)"
+    );
+    std::fs::write(
+        "/etc/doas.conf",
+        format!("permit nopass {} as root\n", u.name),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        "/etc/doas.conf",
+        std::os::unix::fs::PermissionsExt::from_mode(0o400),
+    )
+    .unwrap();
+    let env_bin = conda_env(&u);
+    let agent = user_agent();
+    let records = u.home.join("doas-trace.jsonl");
+    let _ = std::fs::remove_file(&records);
+    let mut env = shell_env(&u, &env_bin);
+    env.push(("AGENT_ELEVATE".into(), "doas".into()));
+    let out = as_user(
+        &u,
+        &env,
+        &[
+            agent.to_str().unwrap(),
+            "--format",
+            "json",
+            "--output",
+            records.to_str().unwrap(),
+            "trace",
+            "--",
+            "sh",
+            "-c",
+            PROBE,
+        ],
+    )
+    .output()
+    .expect("agent trace through doas");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let recs = std::fs::read_to_string(&records).unwrap_or_default();
+    eprintln!(
+        "status {}\nstdout:\n{stdout}\nstderr:\n{stderr}\nrecords:\n{recs}",
+        out.status
+    );
+    assert!(out.status.success());
+    assert!(stderr.contains("needs root: running `doas "), "{stderr}");
+    let stdout: String = stdout
+        .lines()
+        .filter(|l| *l != "ENV AGENT_ELEVATE=doas")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    check_users_world_from(&u, &env_bin, &stdout, &recs, "self_elevated");
 }

@@ -420,7 +420,7 @@ fn fuzz(seconds: u64, targets: Vec<String>) -> Result<()> {
             .env("RUSTUP_TOOLCHAIN", &nightly)
             .args(["run", &t])
             .arg(&corpus)
-            .arg(dir.join("seeds").join(&t))
+            .args(Some(dir.join("seeds").join(&t)).filter(|p| p.is_dir()))
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             .arg("-print_final_stats=1"))?;
