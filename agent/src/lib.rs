@@ -26,6 +26,7 @@ pub mod netdiag;
 pub mod otlp;
 pub mod output;
 pub mod pathres;
+pub mod privs;
 pub mod proctable;
 pub mod pyenv;
 

@@ -347,6 +347,10 @@ fn main() -> ExitCode {
         cmd => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                // Capabilities are per thread: workers apply a drop when
+                // they next park or unpark (see agent::privs).
+                .on_thread_park(agent::privs::on_thread_hook)
+                .on_thread_unpark(agent::privs::on_thread_hook)
                 .enable_all()
                 .build()
             {

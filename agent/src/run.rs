@@ -465,6 +465,14 @@ async fn shutdown_signal() {
     }
 }
 
+fn drop_privileges(extra: &[u32]) {
+    let keep = crate::privs::runtime_set(extra);
+    match crate::privs::drop_to(keep) {
+        Ok(()) => tracing::debug!("capabilities dropped to {keep:#x}"),
+        Err(e) => tracing::warn!("could not drop capabilities after start-up: {e}"),
+    }
+}
+
 /// `agent` (live). Returns the process exit code.
 pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     let (mut collector, mut rx) = Collector::start(&opts.collector_options(), 65_536)?;
@@ -490,6 +498,8 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     if let Some(addr) = &opts.health_addr {
         crate::health::serve(addr, health.clone()).await?;
     }
+    // Attached, health port bound: keep only what the running agent uses.
+    drop_privileges(&[]);
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_lost = 0;
     let mut lines = output::Lines::default();
@@ -674,6 +684,9 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     let mut traced =
         crate::traced::spawn(argv, &inv).map_err(|e| anyhow::anyhow!("agent trace: {e}"))?;
     let root = traced.pid;
+    // Attached and the command started as its user: keep only what the
+    // running agent uses, and KILL to signal the command's group.
+    drop_privileges(&[crate::privs::CAP_KILL]);
     // The whole traced tree is "toolchain": file faults of e.g. `make` count
     // too. The kernel tracked it at fork already; this is belt and braces.
     collector.track(root);

@@ -350,3 +350,33 @@ pub fn start_live_agent(out_file: &std::path::Path) -> std::process::Child {
     });
     agent
 }
+
+/// A login account `name` (created once, home under /home, `/bin/sh`),
+/// member of `groups` (created too); returns its home.
+pub fn ensure_user(name: &str, groups: &[&str]) -> PathBuf {
+    require_root();
+    for g in groups {
+        let known = Command::new("getent")
+            .args(["group", g])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !known {
+            let st = Command::new("groupadd").arg(g).status().expect("groupadd");
+            assert!(st.success(), "groupadd {g}");
+        }
+    }
+    let exists = Command::new("id")
+        .arg(name)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        let mut c = Command::new("useradd");
+        c.args(["-m", "-s", "/bin/sh"]);
+        if !groups.is_empty() {
+            c.args(["-G", &groups.join(",")]);
+        }
+        let st = c.arg(name).status().expect("useradd");
+        assert!(st.success(), "useradd {name}");
+    }
+    PathBuf::from(format!("/home/{name}"))
+}

@@ -13,21 +13,7 @@ use agent_tests::{agent_bin, json_lines, require_root, scratch};
 const USER: &str = "agenthostile";
 
 fn user_home() -> std::path::PathBuf {
-    require_root();
-    if !Command::new("id")
-        .arg(USER)
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        let st = Command::new("useradd")
-            .args(["-m", "-s", "/bin/sh", USER])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    std::path::PathBuf::from(format!("/home/{USER}"))
+    agent_tests::ensure_user(USER, &[])
 }
 
 fn as_user(script: &str) -> std::process::ExitStatus {

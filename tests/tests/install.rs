@@ -51,15 +51,7 @@ fn prepare() -> (u32, u32, PathBuf) {
         Path::new("/usr/bin/sudo").is_file(),
         "sudo missing (.ci/run installs it)"
     );
-    if !Command::new("id")
-        .arg(USER)
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        sh(&format!("useradd -m -s /bin/sh {USER}"));
-    }
+    agent_tests::ensure_user(USER, &[]);
     std::fs::write(
         "/etc/sudoers.d/agent-install-test",
         format!("{USER} ALL=(ALL) NOPASSWD: ALL\n"),

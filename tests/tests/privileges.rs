@@ -173,3 +173,71 @@ fn without_perfmon_check_says_which_signals_are_lost() {
     assert_eq!(hook("tracepoint"), false);
     let _ = json_lines("");
 }
+
+/// A `Cap*:` field of a `/proc/.../status` text.
+fn cap_field(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(u64::MAX)
+}
+
+#[test]
+fn once_attached_every_thread_keeps_only_the_capabilities_it_uses() {
+    require_root();
+    let out = scratch("capdrop").join("records.jsonl");
+    let mut agent = agent_tests::start_live_agent(&out);
+    // Workers drop when they next park or unpark: give them a moment.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let want: u64 = (1 << 39) | (1 << 38) | (1 << 19) | (1 << 2);
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", agent.id()))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(tasks.len() >= 3, "main and workers");
+    for t in &tasks {
+        let st = std::fs::read_to_string(t.path().join("status")).unwrap();
+        let name = st.lines().next().unwrap_or("").to_string();
+        for f in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            assert_eq!(
+                cap_field(&st, f),
+                want,
+                "{name} {f} {:#x} (want BPF, PERFMON, SYS_PTRACE, DAC_READ_SEARCH)",
+                cap_field(&st, f)
+            );
+        }
+        assert_eq!(cap_field(&st, "CapInh:"), 0, "{name}");
+        assert!(st.contains("NoNewPrivs:\t1"), "{name}: no_new_privs");
+    }
+    eprintln!(
+        "{} threads, each CapEff = CapPrm = CapBnd = {want:#018x}, NoNewPrivs 1",
+        tasks.len()
+    );
+    // What it still does with them: read a binary's build info, attach a
+    // uprobe to a Go program it sees for the first time.
+    let go = Command::new("/usr/lib/go-1.19/bin/go")
+        .arg("version")
+        .output()
+        .unwrap();
+    assert!(go.status.success());
+    let t = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let lines = json_lines(&text);
+        if let Some(e) = of_type(&lines, "exec")
+            .into_iter()
+            .find(|e| e["exe"] == "/usr/lib/go-1.19/bin/go")
+        {
+            assert_eq!(e["identity"]["go_version"], "go1.19.8", "{e}");
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 10,
+            "no go exec after the drop:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    agent_tests::signal(agent.id(), "-INT");
+    assert!(agent.wait().unwrap().success());
+}

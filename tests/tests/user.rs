@@ -33,32 +33,7 @@ fn user() -> User {
         "sudo missing (apt-get install sudo; .ci/run does)"
     );
     let (name, group) = ("agentdev", "agentlab");
-    if Command::new("getent")
-        .args(["group", group])
-        .output()
-        .is_ok_and(|o| !o.status.success())
-    {
-        assert!(
-            Command::new("groupadd")
-                .arg(group)
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-    if !Command::new("id")
-        .arg(name)
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        let st = Command::new("useradd")
-            .args(["-m", "-s", "/bin/sh", "-G", group, name])
-            .status()
-            .expect("useradd");
-        assert!(st.success(), "useradd {name}");
-    }
+    agent_tests::ensure_user(name, &[group]);
     std::fs::write(
         "/etc/sudoers.d/agent-tests",
         format!("{name} ALL=(ALL) NOPASSWD: ALL\n"),
@@ -257,20 +232,19 @@ fn trace_under_sudo_runs_the_command_in_the_users_own_world() {
     assert_eq!(owner_of(&records), u.uid, "--output created as the user");
 }
 
-#[test]
-fn trace_typed_without_sudo_elevates_itself_and_hands_the_environment_over() {
-    let u = user();
-    let env_bin = conda_env(&u);
+/// `agent trace -- sh -c PROBE` typed by the user without root, with
+/// `setting` (one of the agent's own variables) in their shell: it elevates
+/// through `tool`, says so in one line, and the command runs in the user's
+/// world (the setting too: the user had it). Returns the agent's stderr.
+fn self_elevated_trace(u: &User, setting: (&str, &str), tool: &str, source: &str) -> String {
+    let env_bin = conda_env(u);
     let agent = user_agent();
-    let records = u.home.join("self-trace.jsonl");
+    let records = u.home.join(format!("{tool}-self-trace.jsonl"));
     let _ = std::fs::remove_file(&records);
-    let mut env = shell_env(&u, &env_bin);
-    // A setting of the agent in the user's shell: the elevated agent uses it
-    // (sudo's env_reset would have dropped it), the command gets it too
-    // because the user had it.
-    env.push(("AGENT_LOG".into(), "warn".into()));
+    let mut env = shell_env(u, &env_bin);
+    env.push((setting.0.into(), setting.1.into()));
     let out = as_user(
-        &u,
+        u,
         &env,
         &[
             agent.to_str().unwrap(),
@@ -288,7 +262,7 @@ fn trace_typed_without_sudo_elevates_itself_and_hands_the_environment_over() {
     .output()
     .expect("agent trace as the user");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let recs = std::fs::read_to_string(&records).unwrap_or_default();
     eprintln!(
         "status {}\nstdout:\n{stdout}\nstderr:\n{stderr}\nrecords:\n{recs}",
@@ -296,19 +270,26 @@ fn trace_typed_without_sudo_elevates_itself_and_hands_the_environment_over() {
     );
     assert!(out.status.success());
     assert!(
-        stderr.contains("needs root: running `sudo "),
+        stderr.contains(&format!("needs root: running `{tool} ")),
         "one line says it elevates: {stderr}"
     );
-    // The environment travelled through sudo's own environment, not argv.
+    // The environment travelled through the tool's own process, not argv.
     assert!(!stderr.contains("miniconda3/envs/go-dev/bin:"), "{stderr}");
     assert!(!stderr.contains("--elevated"), "{stderr}");
-    // The user's own AGENT_LOG is theirs to keep; the rest as under sudo.
-    let stdout_wo_agent_log: String = stdout
+    let own = format!("ENV {}={}", setting.0, setting.1);
+    let stdout: String = stdout
         .lines()
-        .filter(|l| *l != "ENV AGENT_LOG=warn")
+        .filter(|l| *l != own)
         .map(|l| format!("{l}\n"))
         .collect();
-    check_users_world(&u, &env_bin, &stdout_wo_agent_log, &recs);
+    check_users_world_from(u, &env_bin, &stdout, &recs, source);
+    stderr
+}
+
+#[test]
+fn trace_typed_without_sudo_elevates_itself_and_hands_the_environment_over() {
+    // AGENT_LOG: the elevated agent uses it though sudo's env_reset dropped it.
+    self_elevated_trace(&user(), ("AGENT_LOG", "warn"), "sudo", "sudo");
 }
 
 #[test]
@@ -640,43 +621,5 @@ fn trace_elevating_through_doas_hands_the_environment_over_too() {
         std::os::unix::fs::PermissionsExt::from_mode(0o400),
     )
     .unwrap();
-    let env_bin = conda_env(&u);
-    let agent = user_agent();
-    let records = u.home.join("doas-trace.jsonl");
-    let _ = std::fs::remove_file(&records);
-    let mut env = shell_env(&u, &env_bin);
-    env.push(("AGENT_ELEVATE".into(), "doas".into()));
-    let out = as_user(
-        &u,
-        &env,
-        &[
-            agent.to_str().unwrap(),
-            "--format",
-            "json",
-            "--output",
-            records.to_str().unwrap(),
-            "trace",
-            "--",
-            "sh",
-            "-c",
-            PROBE,
-        ],
-    )
-    .output()
-    .expect("agent trace through doas");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let recs = std::fs::read_to_string(&records).unwrap_or_default();
-    eprintln!(
-        "status {}\nstdout:\n{stdout}\nstderr:\n{stderr}\nrecords:\n{recs}",
-        out.status
-    );
-    assert!(out.status.success());
-    assert!(stderr.contains("needs root: running `doas "), "{stderr}");
-    let stdout: String = stdout
-        .lines()
-        .filter(|l| *l != "ENV AGENT_ELEVATE=doas")
-        .map(|l| format!("{l}\n"))
-        .collect();
-    check_users_world_from(&u, &env_bin, &stdout, &recs, "self_elevated");
+    self_elevated_trace(&u, ("AGENT_ELEVATE", "doas"), "doas", "self_elevated");
 }
