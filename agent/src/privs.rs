@@ -46,7 +46,9 @@ pub enum PrivsError {
 /// `/proc/<pid>/root` (DAC_READ_SEARCH, SYS_PTRACE); SYS_RESOURCE on kernels
 /// before 5.11 (memlock); SYS_ADMIN where there is no CAP_BPF (before 5.8).
 /// `extra`: what a mode needs besides (KILL, to signal a traced command's
-/// group owned by its user).
+/// group owned by its user; SYS_ADMIN while uprobes may still be attached:
+/// `perf_event_open` of a uprobe failed with EACCES with PERFMON alone on
+/// kernel 6.18).
 pub fn runtime_set(extra: &[u32]) -> u64 {
     let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()

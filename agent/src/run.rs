@@ -465,11 +465,34 @@ async fn shutdown_signal() {
     }
 }
 
+/// Capabilities a mode needs beyond the runtime set: uprobes attached later
+/// (Go programs and libssl copies seen after start-up) need CAP_SYS_ADMIN
+/// for `perf_event_open` here (measured: EACCES with CAP_PERFMON alone).
+fn uprobe_caps(c: &Collector) -> Vec<u32> {
+    let uprobes = c
+        .attached
+        .iter()
+        .any(|a| a.signal == "tls_uprobes" && matches!(a.choice, Choice::Active { .. }));
+    if uprobes {
+        vec![crate::privs::CAP_SYS_ADMIN]
+    } else {
+        Vec::new()
+    }
+}
+
 fn drop_privileges(extra: &[u32]) {
     let keep = crate::privs::runtime_set(extra);
     match crate::privs::drop_to(keep) {
         Ok(()) => tracing::debug!("capabilities dropped to {keep:#x}"),
         Err(e) => tracing::warn!("could not drop capabilities after start-up: {e}"),
+    }
+    // Wake the workers now (each applies the drop when it runs a task or
+    // parks) rather than at the next event or tick.
+    for i in 0..8u64 {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1 + i)).await;
+            crate::privs::on_thread_hook();
+        });
     }
 }
 
@@ -499,7 +522,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         crate::health::serve(addr, health.clone()).await?;
     }
     // Attached, health port bound: keep only what the running agent uses.
-    drop_privileges(&[]);
+    drop_privileges(&uprobe_caps(&collector));
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_lost = 0;
     let mut lines = output::Lines::default();
@@ -686,7 +709,9 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     let root = traced.pid;
     // Attached and the command started as its user: keep only what the
     // running agent uses, and KILL to signal the command's group.
-    drop_privileges(&[crate::privs::CAP_KILL]);
+    let mut extra = uprobe_caps(&collector);
+    extra.push(crate::privs::CAP_KILL);
+    drop_privileges(&extra);
     // The whole traced tree is "toolchain": file faults of e.g. `make` count
     // too. The kernel tracked it at fork already; this is belt and braces.
     collector.track(root);
