@@ -40,9 +40,7 @@ pub enum ElevateError {
     },
 }
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+use crate::privs::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN};
 
 /// True when this process cannot load and attach BPF programs: not root and
 /// without CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in its effective set.

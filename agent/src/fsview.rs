@@ -224,23 +224,6 @@ pub fn read_capped(path: &Path, max: usize) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// `len` bytes at `off` of `f` (fewer at its end).
-pub fn pread(f: &std::fs::File, off: u64, len: usize) -> Option<Vec<u8>> {
-    use std::os::unix::fs::FileExt as _;
-    let mut buf = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match f.read_at(&mut buf[got..], off.checked_add(got as u64)?) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    buf.truncate(got);
-    Some(buf)
-}
-
 /// The kernel's resolution of `p` on the host: an `O_PATH` handle on what it
 /// names, and that handle's path. `None` when it does not resolve (or the
 /// file was deleted meanwhile).

@@ -174,16 +174,8 @@ pub fn parse_environ(block: &[u8]) -> Vec<(OsString, OsString)> {
         .collect()
 }
 
-/// Read at most `cap` bytes of a file (the files here are /proc entries).
-fn read_capped(path: &Path, cap: u64) -> Option<Vec<u8>> {
-    use std::io::Read as _;
-    let f = std::fs::File::open(path).ok()?;
-    let mut buf = Vec::new();
-    f.take(cap).read_to_end(&mut buf).ok()?;
-    Some(buf)
-}
-
-const ENVIRON_CAP: u64 = 4 << 20;
+/// More than the kernel lets execve pass.
+const ENVIRON_CAP: usize = 4 << 20;
 
 /// An account from the password database.
 #[derive(Debug, Clone)]
@@ -313,7 +305,7 @@ pub struct Probe<'a> {
 
 impl Probe<'_> {
     fn status(&self, pid: u32) -> Option<Status> {
-        let b = read_capped(
+        let b = crate::fsview::read_capped(
             &self.proc_root.join(pid.to_string()).join("status"),
             64 << 10,
         )?;
@@ -417,7 +409,7 @@ pub fn find(
     }
     if let Some((pid, st, source)) = p.elevating_ancestor() {
         let dir = p.proc_root.join(pid.to_string());
-        let env = read_capped(&dir.join("environ"), ENVIRON_CAP)
+        let env = crate::fsview::read_capped(&dir.join("environ"), ENVIRON_CAP)
             .map(|b| parse_environ(&b))
             .unwrap_or_default();
         let uid = st.uid[0];

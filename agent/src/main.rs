@@ -147,9 +147,7 @@ struct ScrubbedStderr;
 impl std::io::Write for ScrubbedStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        let text = agent::scrub::value(&text);
-        let text = agent::output::terminal_safe(&text);
-        std::io::stderr().write_all(text.as_bytes())?;
+        std::io::stderr().write_all(agent::output::text_safe(&text).as_bytes())?;
         Ok(buf.len())
     }
 

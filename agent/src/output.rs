@@ -130,11 +130,17 @@ pub fn set_format(f: Format) {
 /// serialised by [`json_line`]), control characters made harmless.
 fn safe(s: &str) -> std::borrow::Cow<'_, str> {
     match FORMAT.get().copied().unwrap_or(Format::Text) {
-        Format::Text => match crate::scrub::value(s) {
-            std::borrow::Cow::Borrowed(b) => terminal_safe(b),
-            std::borrow::Cow::Owned(o) => std::borrow::Cow::Owned(terminal_safe(&o).into_owned()),
-        },
+        Format::Text => text_safe(s),
         Format::Json => json_safe(s),
+    }
+}
+
+/// A line of text for a person (records, the report, logs): scrubbed, then
+/// [`terminal_safe`].
+pub fn text_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    match crate::scrub::value(s) {
+        std::borrow::Cow::Borrowed(b) => terminal_safe(b),
+        std::borrow::Cow::Owned(o) => std::borrow::Cow::Owned(terminal_safe(&o).into_owned()),
     }
 }
 

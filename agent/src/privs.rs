@@ -50,21 +50,25 @@ pub enum PrivsError {
 /// `perf_event_open` of a uprobe failed with EACCES with PERFMON alone on
 /// kernel 6.18).
 pub fn runtime_set(extra: &[u32]) -> u64 {
-    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
     let mut keep = [CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_PERFMON, CAP_BPF]
         .iter()
         .chain(extra)
         .fold(0u64, |m, c| m | (1 << c));
-    if last_cap < CAP_BPF {
+    if cap_last_cap() < CAP_BPF {
         keep |= 1 << CAP_SYS_ADMIN;
     }
     if kernel_before(5, 11) {
         keep |= 1 << CAP_SYS_RESOURCE;
     }
     keep
+}
+
+/// The highest capability this kernel knows.
+fn cap_last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
 }
 
 fn kernel_before(major: u32, minor: u32) -> bool {
@@ -132,11 +136,7 @@ fn apply(keep: u64) -> Result<(), PrivsError> {
     let permitted = capget()?;
     let keep = keep & permitted;
     // The bounding set first: dropping from it needs CAP_SETPCAP, still ours.
-    let last_cap: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
-    for c in 0..=last_cap.min(63) {
+    for c in 0..=cap_last_cap().min(63) {
         if keep & (1 << c) == 0 {
             // EINVAL for a cap the kernel lacks: nothing to drop.
             let _ = prctl("PR_CAPBSET_DROP", libc::PR_CAPBSET_DROP, c as libc::c_ulong);

@@ -608,6 +608,14 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
 /// handed it before its group is killed.
 const TRACE_KILL_GRACE: Duration = Duration::from_secs(3);
 
+/// Until `t`, or for ever when there is none.
+async fn sleep_until_some(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// SIGINT, SIGTERM and SIGHUP as one stream (`agent trace` forwards them).
 struct TermSignals {
     int: Option<tokio::signal::unix::Signal>,
@@ -738,22 +746,13 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
         if status.is_some() {
-            let now = tokio::time::Instant::now();
-            let cap = now + Duration::from_millis(if root_exit_seen { 150 } else { 1500 });
-            let d = *drain_until.get_or_insert(cap);
-            if root_exit_seen && d > cap {
-                drain_until = Some(cap);
-            }
+            let ms = if root_exit_seen { 150 } else { 1500 };
+            let cap = tokio::time::Instant::now() + Duration::from_millis(ms);
+            // Set once the command is done; only ever brought forward.
+            drain_until = Some(drain_until.map_or(cap, |d| d.min(cap)));
         }
-        let drain_deadline = drain_until;
-        let kill_deadline = kill_at;
         tokio::select! {
-            _ = async {
-                match drain_deadline {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            } => break,
+            _ = sleep_until_some(drain_until) => break,
             ev = rx.recv() => {
                 let Some(ev) = ev else {
                     if status.is_some() { break } else { continue }
@@ -788,12 +787,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
                 interrupted_by.get_or_insert(sig);
                 kill_at.get_or_insert_with(|| tokio::time::Instant::now() + TRACE_KILL_GRACE);
             }
-            _ = async {
-                match kill_deadline {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            }, if status.is_none() => {
+            _ = sleep_until_some(kill_at), if status.is_none() => {
                 traced.signal_group(libc::SIGKILL);
                 kill_at = None;
             }

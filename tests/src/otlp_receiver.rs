@@ -158,3 +158,27 @@ pub fn serve_http(listener: tokio::net::TcpListener, r: Received) -> tokio::task
         }
     })
 }
+
+/// Serve a receiver (`protocol` "grpc", else HTTP/protobuf) on a free
+/// loopback port while `run(endpoint)` runs on a blocking thread; returns
+/// what `run` returned and what the receiver got.
+pub fn while_receiving<T: Send + 'static>(
+    protocol: &str,
+    run: impl FnOnce(String) -> T + Send + 'static,
+) -> (T, Received) {
+    let grpc = protocol == "grpc";
+    crate::rt().block_on(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
+        let r = Received::default();
+        let _server = if grpc {
+            serve_grpc(l, r.clone())
+        } else {
+            serve_http(l, r.clone())
+        };
+        let out = tokio::task::spawn_blocking(move || run(endpoint))
+            .await
+            .unwrap();
+        (out, r)
+    })
+}

@@ -55,13 +55,28 @@ fn failed_exec_has_errno_and_the_name_asked_for() {
     rt().block_on(async {
         let mut live = Live::start();
         let missing = format!("/nonexistent-{}/tool", std::process::id());
-        let err = Command::new(&missing).spawn().expect_err("must fail");
+        let err = Command::new(&missing)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("GOROOT", "/opt/go")
+            .env("SECRET_TOKEN", "hunter2")
+            .env("PATHX", "not-path")
+            .spawn()
+            .expect_err("must fail");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
         let e = live.exec_named(&missing).await;
         assert_eq!(e.errno, libc::ENOENT);
         assert_eq!(e.exe, "");
         assert_eq!(e.argv, vec![missing.clone()]);
         assert_eq!(e.ppid, std::process::id());
+        // The caller's environment, read from its live memory: only the
+        // allow-listed entries, each the value that was checked.
+        let mut names: Vec<&str> = e.env.iter().map(|(k, _)| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["GOROOT", "PATH"], "env {:?}", e.env);
+        assert_eq!(e.env_var("GOROOT"), Some("/opt/go"));
+        assert_eq!(e.env_var("PATH"), Some("/usr/bin:/bin"));
+        assert!(!e.env_truncated);
     });
 }
 

@@ -9,7 +9,7 @@ use std::{
 
 use agent_tests::{
     agent_bin,
-    otlp_receiver::{Received, serve_grpc, serve_http},
+    otlp_receiver::{Received, serve_http, while_receiving},
     proc_status_kib, require_root, rt, scratch, signal,
 };
 use opentelemetry_proto::tonic::{
@@ -133,26 +133,15 @@ fn check_trace(r: &Received) {
 /// Serve a receiver on a free port, trace the command tree with export to it.
 fn export_to(protocol: &'static str) -> Received {
     require_root();
-    rt().block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let r = Received::default();
-        let _server = match protocol {
-            "grpc" => serve_grpc(l, r.clone()),
-            _ => serve_http(l, r.clone()),
-        };
-        let out = tokio::task::spawn_blocking(move || {
-            trace_with_export(protocol, &format!("http://127.0.0.1:{port}"))
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        r
-    })
+    let (out, r) = while_receiving(protocol, move |endpoint| {
+        trace_with_export(protocol, &endpoint)
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r
 }
 
 #[test]

@@ -6,11 +6,7 @@
 
 use std::process::Command;
 
-use agent_tests::{
-    agent_bin, json_lines,
-    otlp_receiver::{Received, serve_grpc},
-    require_root, rt, scratch,
-};
+use agent_tests::{agent_bin, json_lines, otlp_receiver::while_receiving, require_root, scratch};
 
 /// Each command fails fast on loopback (port 1 refuses); none prints a marker.
 fn script(dir: &std::path::Path) -> String {
@@ -50,34 +46,25 @@ fn no_planted_secret_reaches_any_sink() {
     let cmd = script(&dir);
     let records = dir.join("records.jsonl");
     // JSON records + OTLP (gRPC) in one run.
-    let received = rt().block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let r = Received::default();
-        let _server = serve_grpc(l, r.clone());
+    let (out, received) = {
         let (cmd, records) = (cmd.clone(), records.clone());
-        let out = tokio::task::spawn_blocking(move || {
+        while_receiving("grpc", move |endpoint: String| {
             Command::new(agent_bin())
                 .args(["--format", "json", "--output"])
                 .arg(&records)
-                .args(["--otlp-protocol", "grpc", "--otlp-endpoint"])
-                .arg(format!("http://127.0.0.1:{port}"))
+                .args(["--otlp-protocol", "grpc", "--otlp-endpoint", &endpoint])
                 .args(["trace", "--", "/bin/sh", "-c", &cmd])
-                .env("PATH", "/usr/bin:/bin")
                 .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
                 .output()
                 .expect("agent trace")
         })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_clean("stderr (json run)", &String::from_utf8_lossy(&out.stderr));
-        r
-    });
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_clean("stderr (json run)", &String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&records).unwrap();
     assert_clean("JSON records", &text);
     let spans = received.spans();
@@ -121,7 +108,6 @@ fn no_planted_secret_reaches_any_sink() {
     // Text: the live lines of every exec and the report, with debug logs.
     let out = Command::new(agent_bin())
         .args(["--all-execs", "trace", "--", "/bin/sh", "-c", &cmd])
-        .env("PATH", "/usr/bin:/bin")
         .env("AGENT_LOG", "debug")
         .output()
         .expect("agent trace (text)");

@@ -394,23 +394,30 @@ fn output_symlink_planted_by_the_user_is_refused() {
         ("HOME".to_string(), u.home.display().to_string()),
         ("PATH".to_string(), "/usr/bin:/bin".to_string()),
     ];
-    let out = as_user(
-        &u,
-        &env,
-        &[
-            "sudo",
-            agent.to_str().unwrap(),
-            "--output",
-            link.to_str().unwrap(),
-            "trace",
-            "--",
-            "true",
-        ],
-    )
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // `sudo agent --output <output> trace -- true`: exit code and stderr.
+    let with_output = |output: &std::path::Path| {
+        let out = as_user(
+            &u,
+            &env,
+            &[
+                "sudo",
+                agent.to_str().unwrap(),
+                "--output",
+                output.to_str().unwrap(),
+                "trace",
+                "--",
+                "true",
+            ],
+        )
+        .output()
+        .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = with_output(&link);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's\n");
     // A place the user cannot write is refused too, though the agent is root.
@@ -421,23 +428,8 @@ fn output_symlink_planted_by_the_user_is_refused() {
     )
     .unwrap();
     let target = forbidden.join("x.jsonl");
-    let out = as_user(
-        &u,
-        &env,
-        &[
-            "sudo",
-            agent.to_str().unwrap(),
-            "--output",
-            target.to_str().unwrap(),
-            "trace",
-            "--",
-            "true",
-        ],
-    )
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = with_output(&target);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("Permission denied"), "{err}");
     assert!(!target.exists());
 }

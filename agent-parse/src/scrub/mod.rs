@@ -55,7 +55,12 @@ pub fn argv_mode() -> ArgvMode {
 
 /// A command line for a sink, under the `--argv` mode.
 pub fn argv(args: &[String]) -> Vec<String> {
-    match argv_mode() {
+    argv_as(argv_mode(), args)
+}
+
+/// A command line under `mode`.
+pub fn argv_as(mode: ArgvMode, args: &[String]) -> Vec<String> {
+    match mode {
         ArgvMode::Full => args.to_vec(),
         ArgvMode::None => args.iter().take(1).map(|a| value(a).into_owned()).collect(),
         ArgvMode::Scrubbed => scrub_argv(args),
