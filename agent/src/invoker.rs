@@ -49,17 +49,6 @@ pub enum Source {
 }
 
 impl Source {
-    /// Whether the environment is the user's own (not made up from passwd).
-    pub fn exact_environment(&self) -> bool {
-        matches!(
-            self,
-            Source::Sudo { .. }
-                | Source::SelfElevated { .. }
-                | Source::RootLogin
-                | Source::Unprivileged
-        )
-    }
-
     /// One phrase for the report: "sudo (pid 123) …".
     pub fn describe(&self) -> String {
         match self {

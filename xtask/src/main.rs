@@ -162,11 +162,13 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    euid() == 0
+}
+
+/// The pinned toolchains and bpf-linker, then the release agent.
+fn build_release() -> Result<()> {
+    toolchain::setup()?;
+    run(cargo_with_linker()?.args(["build", "--release", "-p", "agent"]))
 }
 
 fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
@@ -299,7 +301,7 @@ fn install(dir: &std::path::Path) -> Result<()> {
     let root = toolchain::workspace_root();
     // `sudo cargo xtask install` in a user's checkout would leave root-owned
     // files in their target/ and caches: refuse, and say what to type.
-    if euid() == 0
+    if is_root()
         && let Some(owner) = std::fs::metadata(&root).ok().map(|m| m.uid())
         && owner != 0
         && std::env::var_os("SUDO_UID").is_some()
@@ -308,8 +310,7 @@ fn install(dir: &std::path::Path) -> Result<()> {
             "run `cargo xtask install` as yourself, not through sudo: it builds as you and asks sudo only to copy the binary"
         );
     }
-    toolchain::setup()?;
-    run(cargo_with_linker()?.args(["build", "--release", "-p", "agent"]))?;
+    build_release()?;
     let src = root.join("target/release/agent");
     let dst = dir.join("agent");
     if writable(dir) {
@@ -435,16 +436,12 @@ fn main() -> Result<()> {
             eprintln!("xtask: ready; bpf-linker at {}", linker.display());
             Ok(())
         }
-        Cmd::Build => {
-            toolchain::setup()?;
-            run(cargo_with_linker()?.args(["build", "--release", "-p", "agent"]))
-        }
+        Cmd::Build => build_release(),
         Cmd::Install { dir } => install(std::path::Path::new(&dir)),
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
         Cmd::Fuzz { seconds, targets } => fuzz(seconds, targets),
         Cmd::Bench { reps, only } => {
-            toolchain::setup()?;
-            run(cargo_with_linker()?.args(["build", "--release", "-p", "agent"]))?;
+            build_release()?;
             bench::bench(reps, &only)
         }
     }
