@@ -32,7 +32,9 @@ pub const DEFAULT_ENV_ALLOW: &[&str] = &[
     "GOTOOLCHAIN",
     "GOFLAGS",
     "GOPROXY",
+    "GOSUMDB",
     "GONOSUMDB",
+    "GONOPROXY",
     "GOPRIVATE",
     "GOWORK",
     "GO111MODULE",
@@ -46,6 +48,13 @@ pub const DEFAULT_ENV_ALLOW: &[&str] = &[
     "VIRTUAL_ENV",
     "PYTHONPATH",
     "PYTHONHOME",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PYENV_VERSION",
+    "PYENV_ROOT",
+    "GOENV_VERSION",
+    "RBENV_VERSION",
+    "NODENV_VERSION",
     "LD_LIBRARY_PATH",
     "HTTP_PROXY",
     "HTTPS_PROXY",
@@ -83,7 +92,7 @@ impl CollectorOptions {
     pub fn defaults() -> Self {
         Self {
             env_allow: DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect(),
-            tools: crate::analysis::AnalysisConfig::default().tools,
+            tools: crate::toolchain::AnalysisConfig::default().tools,
             tcp_quiet_ns: DEFAULT_TCP_QUIET_NS,
             track_own_children: false,
         }

@@ -11,11 +11,11 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde_json::json;
 
 use crate::{
-    analysis::{Finding, Severity, errno_name},
+    finding::{Finding, Severity, errno_name},
     event::FsFault,
     fsview::{FsView, basename, join, parent},
     proctable::ProcTable,
-    pyenv::{self, PyEnv},
+    toolchain::pyenv::{self, PyEnv},
 };
 
 /// Why access is refused at a place.
@@ -226,6 +226,7 @@ impl FsAnalyzer {
             }
         };
         let role = role(env, &fs, &place).or_else(|| role(env, &fs, &path));
+        let (cause, fix) = cause_and_fix(f, env, &path, &place, &detail, blocker.as_ref(), role.as_deref());
         let key = format!("{code}|{}|{name}|{place}|{}", f.uid, f.errno);
         let p = self.pending.entry(key).or_insert_with(|| Pending {
             finding: Finding {
@@ -241,6 +242,8 @@ impl FsAnalyzer {
                         .map(|r| format!("; it is {r}"))
                         .unwrap_or_default()
                 ),
+                cause,
+                fix,
                 evidence: [
                     ("exe", json!(exe)),
                     ("path", json!(path)),
@@ -293,6 +296,71 @@ impl FsAnalyzer {
                 (p.finding, p.first_ns)
             })
             .collect()
+    }
+}
+
+/// What decided a file-access finding and what to type.
+fn cause_and_fix(
+    f: &FsFault,
+    env: &[(String, String)],
+    path: &str,
+    place: &str,
+    detail: &str,
+    blocker: Option<&Blocker>,
+    role: Option<&str>,
+) -> (String, String) {
+    // `GOCACHE (/x)` → `GOCACHE` when the role is a variable's directory.
+    let var = role
+        .and_then(|r| r.split_once(" ("))
+        .map(|(v, _)| v)
+        .filter(|v| v.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+    let home = env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| v.trim_end_matches('/'))
+        .filter(|h| h.len() > 1);
+    let in_home = |p: &str| home.is_some_and(|h| p == h || p.starts_with(&format!("{h}/")));
+    let redirect = |var: &str| {
+        format!(
+            "export {var}=<a directory you own> (e.g. {}/{})",
+            home.unwrap_or("$HOME"),
+            match var {
+                "GOCACHE" => ".cache/go-build",
+                "GOMODCACHE" => "go/pkg/mod",
+                _ => "go",
+            }
+        )
+    };
+    if f.errno == libc::EROFS {
+        let fix = match var {
+            Some(v) => redirect(v),
+            None => format!("write somewhere writable, or remount it: mount -o remount,rw {place}"),
+        };
+        return (detail.to_string(), fix);
+    }
+    match blocker {
+        Some(b) => {
+            let cause = format!(
+                "{} is owned by uid {}:gid {} with mode {:o}; uid {} (gid {}) lacks {} permission there",
+                b.path, b.uid, b.gid, b.mode, f.uid, f.gid, b.needs
+            );
+            let fix = if b.uid != f.uid && in_home(&b.path) {
+                // The classic: a cache in the user's home created by `sudo go …`.
+                format!("sudo chown -R $(id -u):$(id -g) {}", b.path)
+            } else if let Some(v) = var {
+                redirect(v)
+            } else {
+                format!(
+                    "ask the owner of {} for {} permission (or run as a user who has it)",
+                    b.path, b.needs
+                )
+            };
+            (cause, fix)
+        }
+        None => (
+            "the permission bits allow it: an ACL, an LSM (AppArmor/SELinux), an immutable flag, or the file changed since".to_string(),
+            format!("check getfacl {place}, lsattr {path} and the kernel log for LSM denials (journalctl -k | grep -i denied)"),
+        ),
     }
 }
 

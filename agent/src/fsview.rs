@@ -195,6 +195,23 @@ impl FsView {
         self.read_head(p, max)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
+
+    /// The nearest regular file `name` in `dir` or a directory above it, as
+    /// tools find `go.mod` or `.python-version` (at most 64 levels).
+    pub fn find_up(&self, dir: &str, name: &str) -> Option<String> {
+        let mut d = dir.trim_end_matches('/');
+        for _ in 0..64 {
+            let p = join(if d.is_empty() { "/" } else { d }, name);
+            if self.stat(&p).is_some_and(|m| m.is_file) {
+                return Some(p);
+            }
+            if d.is_empty() || d == "/" {
+                return None;
+            }
+            d = parent(d)?;
+        }
+        None
+    }
 }
 
 /// Open `path` for reading the way a root agent must open what users

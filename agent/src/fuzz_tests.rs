@@ -150,7 +150,7 @@ fn text_formats() {
         let _ = crate::netdiag::proxy_host_port(&s);
     });
     run(b"#!/opt/conda/envs/a/bin/python3 -u\nimport x", 8, |b| {
-        let _ = crate::pyenv::parse_shebang(b);
+        let _ = crate::toolchain::pyenv::parse_shebang(b);
     });
 }
 

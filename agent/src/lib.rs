@@ -2,16 +2,17 @@
 //! integration tests drive the same code the binary runs.
 //!
 //! Pipeline (see docs/architecture.md): `loader` + `collector` (kernel → decoded
-//! events) → `proctable` (process tree, exec identity) → `analysis` (toolchain
-//! resolution, findings) → `output` (live lines, JSON, trace report).
+//! events) → `proctable` (process tree, exec identity) → `toolchain`, `netdiag`,
+//! `wirediag`, `fsdiag` (findings, see `finding`) → `output` (live lines, JSON, trace report).
 
 pub use agent_parse::{btf, buildinfo, dns, scrub, tls};
 
-pub mod analysis;
+pub mod finding;
 pub mod check;
 pub mod collector;
 pub mod config;
 pub mod elevate;
+pub mod endpoints;
 pub mod event;
 pub mod fsdiag;
 pub mod fsview;
@@ -25,13 +26,13 @@ pub mod loader;
 pub mod netdiag;
 pub mod otlp;
 pub mod output;
-pub mod pathres;
 pub mod privs;
 pub mod proctable;
-pub mod pyenv;
 
+pub mod report;
 pub mod run;
 pub mod teardown;
+pub mod toolchain;
 pub mod tlslib;
 pub mod traced;
 pub mod tracefs;

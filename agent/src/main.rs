@@ -3,7 +3,7 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use agent::{
-    analysis::AnalysisConfig,
+    toolchain::AnalysisConfig,
     collector::DEFAULT_ENV_ALLOW,
     output::Format,
     run::{self, RunOptions},
@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 enum FormatArg {
     Text,
     Json,
+    /// `agent trace` only: the report as Markdown (CI job summaries).
+    Markdown,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -223,8 +225,9 @@ fn main() -> ExitCode {
     let format = match (cli.format, file.format.as_deref()) {
         (Some(FormatArg::Json), _) | (None, Some("json")) => Format::Json,
         (Some(FormatArg::Text), _) | (None, Some("text") | None) => Format::Text,
+        (Some(FormatArg::Markdown), _) | (None, Some("markdown")) => Format::Markdown,
         (None, Some(other)) => {
-            eprintln!("agent: config: format = {other:?}: use \"text\" or \"json\"");
+            eprintln!("agent: config: format = {other:?}: use \"text\", \"json\" or \"markdown\"");
             return ExitCode::from(1);
         }
     };
@@ -233,6 +236,10 @@ fn main() -> ExitCode {
         (Some(ColorArg::Never), _) | (None, Some("never")) => false,
         _ => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
+    if format == Format::Markdown && !matches!(cli.cmd, Some(Cmd::Trace { .. }) | Some(Cmd::Check { .. })) {
+        eprintln!("agent: --format markdown is for `agent trace` reports (live mode prints text or json)");
+        return ExitCode::from(2);
+    }
     agent::output::set_format(format);
     let argv_mode = match (cli.argv, file.argv.as_deref()) {
         (Some(ArgvArg::Full), _) | (None, Some("full")) => agent::scrub::ArgvMode::Full,
@@ -334,7 +341,9 @@ fn main() -> ExitCode {
                     Ok(s) => println!("{s}"),
                     Err(e) => eprintln!("agent: {e}"),
                 },
-                Format::Text => print!("{}", agent::check::render_text(&report, color)),
+                Format::Text | Format::Markdown => {
+                    print!("{}", agent::check::render_text(&report, color))
+                }
             }
             if report.usable {
                 ExitCode::SUCCESS

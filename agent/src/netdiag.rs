@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
-    analysis::{Finding, Severity, errno_name},
+    finding::{Finding, Severity, errno_name},
     event::{Tcp, TcpPhase},
     fsview::basename,
     proctable::ProcTable,
@@ -159,7 +159,7 @@ pub struct NetAnalyzer {
     cfg: NetConfig,
     /// EWMA of set-up latency (ns) and sample count per destination.
     baseline: HashMap<SocketAddr, (f64, u32)>,
-    reported: crate::analysis::Dedup,
+    reported: crate::finding::Dedup,
 }
 
 /// Everything known about one outcome, for output and findings.
@@ -169,6 +169,8 @@ pub struct ConnReport {
     /// Resolved binary of the connecting process, if known.
     pub exe: Option<String>,
     pub proxy: Option<ProxyInForce>,
+    /// The setting that named the destination (GOPROXY, …), when not a proxy.
+    pub endpoint: Option<crate::endpoints::EndpointSource>,
     pub findings: Vec<Finding>,
 }
 
@@ -202,14 +204,40 @@ impl NetAnalyzer {
                 }
             });
         let proxy = exec.and_then(|e| proxy_in_force(&e.env, t.dst, t.dport));
+        // Through a proxy the destination is the proxy; otherwise the
+        // setting that named it, if any.
+        let endpoint = match &proxy {
+            Some(p) if p.is_destination => None,
+            _ => exec.and_then(|e| {
+                crate::endpoints::source_of(&e.exe, &e.env, &e.argv, t.dst, t.dport, host)
+            }),
+        };
         let dst = SocketAddr::new(t.dst, t.dport);
         let shown = match host {
             Some(h) => format!("{h} ({dst})"),
             None => dst.to_string(),
         };
-        let proxy_note = match &proxy {
-            Some(p) if p.is_destination => format!(" (your {})", p.variable),
+        let proxy_note = match (&proxy, &endpoint) {
+            (Some(p), _) if p.is_destination => format!(" (your {})", p.variable),
+            (_, Some(src)) => format!(" ({})", src.note()),
             _ => String::new(),
+        };
+        // The setting that sent the connection there, for `cause` and `fix`.
+        let setting = match (&proxy, &endpoint) {
+            (Some(p), _) if p.is_destination => Some((
+                format!("{}={} in the environment", p.variable, p.url),
+                p.variable.clone(),
+            )),
+            (_, Some(src)) => Some((src.describe(), src.variable.clone())),
+            _ => None,
+        };
+        let via = |what: String| match &setting {
+            Some((d, _)) => format!("{what}; the destination came from {d}"),
+            None => what,
+        };
+        let or_setting = |what: String| match &setting {
+            Some((_, var)) if !var.contains(' ') => format!("{what}, or point {var} at a server that works"),
+            _ => what,
         };
         let proxy_tail = match &proxy {
             Some(p) if !p.is_destination => format!("; {}={} was set", p.variable, p.url),
@@ -244,14 +272,44 @@ impl NetAnalyzer {
                 "proxy".into(),
                 serde_json::to_value(&proxy).unwrap_or(Value::Null),
             );
+            m.insert(
+                "endpoint_from".into(),
+                serde_json::to_value(&endpoint).unwrap_or(Value::Null),
+            );
             m
         };
+        let ip = t.dst;
+        let port = t.dport;
         let mut push = |code: &'static str, severity, summary: String| {
+            let (cause, fix) = match code {
+                "net.connect_refused" => (
+                    via(format!("{dst} answered the SYN with a TCP reset: nothing listens on port {port} there, or a firewall rejects it")),
+                    or_setting(format!("start the server on {dst} (check with ss -ltn there) or open port {port} in its firewall")),
+                ),
+                "net.connect_timeout" => (
+                    via(format!("{syns} SYN{} to {dst} got no answer: a firewall drops them, or the host is down or unrouted", if syns == 1 { "" } else { "s" })),
+                    or_setting(format!("check the route and firewall to {dst}: nc -vz -w 3 {ip} {port}")),
+                ),
+                "net.unreachable" => (
+                    via(format!("an ICMP {} came back for {dst}", errno_name(t.err))),
+                    or_setting(format!("check the route to {ip} (ip route get {ip}) and firewall rules that reject")),
+                ),
+                "net.syn_retransmit" => (
+                    via(format!("{} SYN{} to {dst} went unanswered before one got through", t.syn_retrans, if t.syn_retrans == 1 { "" } else { "s" })),
+                    format!("look for packet loss on the path (mtr {ip}) or a full accept queue at the server (ss -ltn: Recv-Q)"),
+                ),
+                _ => (
+                    via(format!("the TCP handshake with {dst} took{took}")),
+                    format!("measure the path latency to {ip} (mtr {ip}); a loaded server answers SYNs late"),
+                ),
+            };
             findings.push(Finding {
                 code,
                 severity,
                 pid: t.tgid,
                 summary,
+                cause,
+                fix,
                 evidence: evidence(),
             });
         };
@@ -330,6 +388,7 @@ impl NetAnalyzer {
             outcome,
             exe,
             proxy,
+            endpoint,
             findings,
         })
     }

@@ -8,7 +8,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::{
-    analysis::{ExecAnalysis, Finding, Severity, errno_name},
+    finding::{Finding, Severity, errno_name},
+    toolchain::ExecAnalysis,
     event::{Exec, Exit, Tcp},
     netdiag::{ConnReport, Outcome},
 };
@@ -17,6 +18,8 @@ use crate::{
 pub enum Format {
     Text,
     Json,
+    /// The `agent trace` report as Markdown (records stay text).
+    Markdown,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -130,7 +133,7 @@ pub fn set_format(f: Format) {
 /// serialised by [`json_line`]), control characters made harmless.
 fn safe(s: &str) -> std::borrow::Cow<'_, str> {
     match FORMAT.get().copied().unwrap_or(Format::Text) {
-        Format::Text => text_safe(s),
+        Format::Text | Format::Markdown => text_safe(s),
         Format::Json => json_safe(s),
     }
 }
@@ -348,6 +351,12 @@ pub fn exec_json(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> Value {
         if !a.pod.is_empty() {
             v["pod"] = serde_json::to_value(&a.pod).unwrap_or(Value::Null);
         }
+        if let Some(shim) = &a.shim {
+            v["shim"] = serde_json::to_value(shim).unwrap_or(Value::Null);
+        }
+        if !a.shadows.is_empty() {
+            v["shadows"] = serde_json::to_value(&a.shadows).unwrap_or(Value::Null);
+        }
     }
     v
 }
@@ -362,7 +371,7 @@ pub fn exec_text(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> String {
         cmd = "(arguments missed)".into();
     }
     let (tag, tail) = if e.ok() {
-        let id = a.map(|a| a.identity.label()).unwrap_or_default();
+        let id = a.map(ExecAnalysis::label).unwrap_or_default();
         let id = if id.is_empty() {
             String::new()
         } else {
@@ -495,11 +504,25 @@ pub fn finding_json(style: &Style, f: &Finding, ktime_ns: u64) -> Value {
         "severity": f.severity,
         "pid": f.pid,
         "summary": f.summary,
+        "cause": f.cause,
+        "fix": f.fix,
         "evidence": f.evidence,
     })
 }
 
+/// A finding for a person: its line, then what caused it and the fix.
 pub fn finding_text(style: &Style, f: &Finding, ktime_ns: u64) -> String {
+    let mut s = finding_head(style, f, ktime_ns);
+    for (label, v) in [("cause", &f.cause), ("fix", &f.fix)] {
+        if !v.is_empty() {
+            s.push_str(&format!("\n{:19}{label}: {v}", ""));
+        }
+    }
+    s
+}
+
+/// The finding's one line: time, severity, pid, code, summary.
+pub fn finding_head(style: &Style, f: &Finding, ktime_ns: u64) -> String {
     let sev = match f.severity {
         Severity::Error => paint(style, "1;31", "error"),
         Severity::Warning => paint(style, "1;33", "warn "),

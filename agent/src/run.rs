@@ -5,7 +5,6 @@
 //! Owns: the consumer loop, selection of what is shown, the trace report.
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -13,7 +12,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    analysis::{AnalysisConfig, Analyzer, ExecAnalysis, Finding},
+    finding::Finding,
+    toolchain::{AnalysisConfig, Analyzer, ExecAnalysis},
     collector::Collector,
     event::{Event, Exec, Exit, Tcp},
     fsview::basename,
@@ -652,28 +652,6 @@ impl TermSignals {
     }
 }
 
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGKILL => "SIGKILL",
-        _ => "a signal",
-    }
-}
-
-/// The `run_as` object of the JSON trace report.
-pub fn run_as_json(i: &crate::invoker::Invoker) -> Value {
-    json!({
-        "user": i.user,
-        "uid": i.uid,
-        "gid": i.gid,
-        "groups": i.groups,
-        "source": i.source.name(),
-        "environment": i.source.describe(),
-    })
-}
-
 /// What `agent trace` collected about one command tree.
 #[derive(Debug, Default)]
 pub struct TraceResult {
@@ -842,195 +820,12 @@ pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
                     print_line(&line);
                 }
             }
-            let findings: Vec<Value> = r
-                .outputs
-                .iter()
-                .filter_map(|o| match o {
-                    Output::Finding { finding, ktime_ns } => {
-                        Some(output::finding_json(&style, finding, *ktime_ns))
-                    }
-                    _ => None,
-                })
-                .collect();
-            print_line(&output::json_line(json!({
-                "type": "trace_report",
-                "command": crate::scrub::argv(&argv),
-                "pid": r.root_pid,
-                "exit_code": r.exit_code,
-                "run_as": r.run_as.as_ref().map(run_as_json),
-                "interrupted_by": r.interrupted_by.map(signal_name),
-                "findings": findings,
-                "stats": r.lost,
-            })));
+            print_line(&output::json_line(crate::report::json(&style, &r, &argv)));
         }
-        Format::Text => {
-            let text = trace_report_text(&style, &r, &argv);
-            output::emit_report(&text);
-        }
+        Format::Text => output::emit_report(&crate::report::text(&style, &r, &argv)),
+        Format::Markdown => output::emit_report(&crate::report::markdown(&r, &argv)),
     }
     Ok(r.exit_code)
-}
-
-/// The human report: process tree with resolved binaries, then findings.
-pub fn trace_report_text(style: &Style, r: &TraceResult, argv: &[String]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let mut execs: BTreeMap<u32, Vec<(&Arc<Exec>, &ExecAnalysis)>> = BTreeMap::new();
-    let mut exits: BTreeMap<u32, (&Exit, Option<u64>)> = BTreeMap::new();
-    let mut parent: BTreeMap<u32, u32> = BTreeMap::new();
-    let mut findings = Vec::new();
-    let mut conns = Vec::new();
-    for o in &r.outputs {
-        match o {
-            Output::Exec { exec, analysis } if exec.ok() => {
-                parent.entry(exec.tgid).or_insert(exec.ppid);
-                execs.entry(exec.tgid).or_default().push((exec, analysis));
-            }
-            Output::Exit {
-                exit, duration_ns, ..
-            } => {
-                exits.insert(exit.tgid, (exit, *duration_ns));
-            }
-            Output::Finding { finding, .. } => findings.push(finding),
-            Output::Tcp { tcp, report, .. } => conns.push((tcp, report)),
-            _ => {}
-        }
-    }
-    let who = match &r.run_as {
-        Some(i) if i.uid == 0 => " ran as root and".to_string(),
-        Some(i) => format!(" ran as {} (uid {}) and", i.user, i.uid),
-        None => String::new(),
-    };
-    let interrupted = r
-        .interrupted_by
-        .map(|sig| format!(", after the agent handed it {}", signal_name(sig)))
-        .unwrap_or_default();
-    let _ = writeln!(
-        s,
-        "\nagent trace: `{}`{who} exited {}{interrupted} ({} process{})",
-        crate::scrub::argv(argv).join(" "),
-        r.exit_code,
-        execs.len(),
-        if execs.len() == 1 { "" } else { "es" }
-    );
-    if let Some(i) = &r.run_as {
-        let _ = writeln!(s, "environment: {}", i.source.describe());
-    }
-    let _ = writeln!(s, "process tree:");
-    fn walk(
-        s: &mut String,
-        pid: u32,
-        depth: usize,
-        execs: &BTreeMap<u32, Vec<(&Arc<Exec>, &ExecAnalysis)>>,
-        exits: &BTreeMap<u32, (&Exit, Option<u64>)>,
-        parent: &BTreeMap<u32, u32>,
-        seen: &mut std::collections::HashSet<u32>,
-    ) {
-        use std::fmt::Write as _;
-        if depth > 32 || !seen.insert(pid) {
-            return;
-        }
-        if let Some(list) = execs.get(&pid) {
-            for (e, a) in list {
-                let id = a.identity.label();
-                let id = if id.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{id}]")
-                };
-                let cmd: Vec<String> = crate::scrub::argv(&e.argv);
-                let _ = writeln!(
-                    s,
-                    "{:indent$}{pid} {} → {}{id}",
-                    "",
-                    cmd.join(" "),
-                    e.exe,
-                    indent = 2 + depth * 2
-                );
-            }
-            if let Some((x, d)) = exits.get(&pid) {
-                let how = match (x.status(), x.signal()) {
-                    (Some(c), _) => format!("exit {c}"),
-                    (None, Some(sig)) => format!("signal {sig}"),
-                    _ => "exit ?".into(),
-                };
-                let _ = writeln!(
-                    s,
-                    "{:indent$}  {how}{}",
-                    "",
-                    d.map(|d| format!(" after {:.3}s", d as f64 / 1e9))
-                        .unwrap_or_default(),
-                    indent = 2 + depth * 2
-                );
-            }
-        }
-        let kids: Vec<u32> = parent
-            .iter()
-            .filter(|(_, p)| **p == pid)
-            .map(|(c, _)| *c)
-            .collect();
-        for k in kids {
-            walk(s, k, depth + 1, execs, exits, parent, seen);
-        }
-    }
-    let roots: Vec<u32> = execs
-        .keys()
-        .copied()
-        .filter(|p| !parent.get(p).is_some_and(|pp| execs.contains_key(pp)))
-        .collect();
-    let mut seen = std::collections::HashSet::new();
-    for root in roots {
-        walk(&mut s, root, 0, &execs, &exits, &parent, &mut seen);
-    }
-    if !conns.is_empty() {
-        let _ = writeln!(s, "connections:");
-        for (t, rep) in &conns {
-            let _ = writeln!(
-                s,
-                "  {}",
-                output::tcp_text(
-                    &Style {
-                        color: false,
-                        ..*style
-                    },
-                    t,
-                    rep
-                )
-                .split_once(' ')
-                .map(|x| x.1)
-                .unwrap_or("")
-            );
-        }
-    }
-    if findings.is_empty() {
-        let _ = writeln!(s, "findings: none");
-    } else {
-        let _ = writeln!(s, "findings:");
-        for f in findings {
-            let _ = writeln!(
-                s,
-                "  {}",
-                output::finding_text(&Style { ..*style }, f, 0)
-                    .split_once(' ')
-                    .map(|x| x.1)
-                    .unwrap_or("")
-            );
-            for (k, v) in &f.evidence {
-                let v = match v {
-                    Value::String(x) => x.clone(),
-                    other => other.to_string(),
-                };
-                let _ = writeln!(s, "      {k}: {v}");
-            }
-        }
-    }
-    let lost = &r.lost["lost"];
-    let _ = writeln!(
-        s,
-        "events: {} received, lost: {lost}",
-        r.lost["events_received"]
-    );
-    s
 }
 
 /// Channel receiver type used by tests that drive the pipeline themselves.

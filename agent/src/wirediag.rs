@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    analysis::{Dedup, Finding, Severity},
+    finding::{Dedup, Finding, Severity},
     dns,
     event::{Wire, WireKind},
     fsview::basename,
@@ -107,6 +107,8 @@ pub struct TlsReport {
     pub end_ns: u64,
     /// CA-bundle variables in the owner's environment.
     pub ca_env: Vec<(String, String)>,
+    /// The setting that named the server (GOPROXY, PIP_INDEX_URL, …).
+    pub endpoint: Option<crate::endpoints::EndpointSource>,
     /// What the owner's TLS library said (uprobes): e.g.
     /// `openssl_verify_result: self-signed certificate`.
     pub library: Vec<(String, String)>,
@@ -374,7 +376,18 @@ impl WireAnalyzer {
             .filter_map(|(k, v, _, aux)| crate::tlslib::describe(k, v, aux))
             .map(|(k, v)| (k.to_string(), v))
             .collect();
+        let endpoint = exec.and_then(|e| {
+            crate::endpoints::source_of(
+                &e.exe,
+                &e.env,
+                &e.argv,
+                c.server.ip(),
+                c.server.port(),
+                ch.sni.as_deref().or_else(|| self.name_for(c.owner_tgid, c.server.ip())),
+            )
+        });
         let mut r = TlsReport {
+            endpoint,
             library,
             owner,
             local: c.local,
@@ -405,6 +418,10 @@ impl WireAnalyzer {
         let host = match &r.sni {
             Some(s) => format!("{} ({s})", r.server),
             None => r.server.to_string(),
+        };
+        let host = match &r.endpoint {
+            Some(src) => format!("{host} ({})", src.note()),
+            None => host,
         };
         let offered = if r.offered.is_empty() {
             "?".to_string()
@@ -593,12 +610,20 @@ impl WireAnalyzer {
         if !self.reported.first(key, r.end_ns) {
             return Vec::new();
         }
+        let (cause, fix) = tls_cause_and_fix(code, r, lib_cert.as_deref(), &ca_note);
+        let mut e = evidence();
+        e.insert(
+            "endpoint_from".into(),
+            serde_json::to_value(&r.endpoint).unwrap_or(Value::Null),
+        );
         vec![Finding {
             code,
             severity,
             pid: r.owner.pid,
             summary,
-            evidence: evidence(),
+            cause,
+            fix,
+            evidence: e,
         }]
     }
 
@@ -768,11 +793,14 @@ impl WireAnalyzer {
         m.insert("attempts".into(), json!(r.attempts));
         m.insert("duration_ms".into(), json!(took));
         m.insert("addresses".into(), json!(r.addresses));
+        let (cause, fix) = dns_cause_and_fix(code, r);
         vec![Finding {
             code,
             severity,
             pid: r.owner.pid,
             summary,
+            cause,
+            fix,
             evidence: m,
         }]
     }
@@ -871,6 +899,113 @@ impl WireAnalyzer {
             out.push(WireOutput::Dns(Box::new(r)));
         }
         out
+    }
+}
+
+/// What decided a TLS finding and what to type.
+fn tls_cause_and_fix(
+    code: &str,
+    r: &TlsReport,
+    lib_cert: Option<&str>,
+    ca_note: &str,
+) -> (String, String) {
+    let sni = r.sni.clone().unwrap_or_else(|| r.server.ip().to_string());
+    let probe = format!(
+        "openssl s_client -connect {} -servername {sni} </dev/null",
+        r.server
+    );
+    let from = r
+        .endpoint
+        .as_ref()
+        .map(|s| format!("; the server came from {}", s.describe()))
+        .unwrap_or_default();
+    match code {
+        "tls.untrusted_certificate" => (
+            format!(
+                "{}; {ca_note}{from}",
+                lib_cert.unwrap_or("the client refused the server's certificate")
+            ),
+            if r.ca_env.is_empty() {
+                format!(
+                    "trust the CA that signed {sni}'s certificate: copy it to /usr/local/share/ca-certificates/ and run update-ca-certificates, or export SSL_CERT_FILE=/path/to/ca.pem (see the chain with {probe})"
+                )
+            } else {
+                format!(
+                    "point the CA variable at a bundle that holds the CA of {sni}'s certificate (see the chain with {probe})"
+                )
+            },
+        ),
+        "tls.version_mismatch" => (
+            format!(
+                "the client offers {} and the server {}{from}",
+                if r.offered.is_empty() {
+                    "?".to_string()
+                } else {
+                    r.offered.join(", ")
+                },
+                r.version
+                    .as_deref()
+                    .map(|v| format!("chose {v}"))
+                    .unwrap_or_else(|| "accepts none of them".into())
+            ),
+            format!(
+                "enable a version both support (TLS 1.2 or 1.3) on the server, or the client's minimum/maximum version setting; check with {probe} -tls1_2"
+            ),
+        ),
+        "tls.slow_handshake" => (
+            format!(
+                "the handshake took {:.0} ms{from}",
+                r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6
+            ),
+            format!("time it from here with {probe}; a slow server or OCSP/CRL fetch on its side is usual"),
+        ),
+        _ => (
+            format!(
+                "{}{from}",
+                match &r.verdict {
+                    Verdict::NotTls { .. } => "the server does not speak TLS on this port".to_string(),
+                    Verdict::Closed { reset: true, .. } => "the connection was reset during the handshake".to_string(),
+                    Verdict::Closed { .. } => "the connection was closed during the handshake".to_string(),
+                    _ => "a TLS alert ended the handshake".to_string(),
+                }
+            ),
+            format!("reproduce it with {probe} and compare with the client's settings"),
+        ),
+    }
+}
+
+/// What decided a DNS finding and what to type.
+fn dns_cause_and_fix(code: &str, r: &DnsReport) -> (String, String) {
+    let dig = format!("dig @{} {} {}", r.server.ip(), r.name, r.qtype);
+    match code {
+        "net.dns_failure" => match r.rcode.as_deref() {
+            Some("NXDOMAIN") => (
+                format!("resolver {} says {} does not exist (NXDOMAIN)", r.server, r.name),
+                format!("check the name for a typo and the search domains in /etc/resolv.conf ({dig})"),
+            ),
+            other => (
+                format!(
+                    "resolver {} answered {} for {}",
+                    r.server,
+                    other.unwrap_or("an error"),
+                    r.name
+                ),
+                format!("the resolver cannot answer: check its upstream or the nameserver lines in /etc/resolv.conf ({dig})"),
+            ),
+        },
+        "net.dns_timeout" => (
+            format!(
+                "resolver {} did not answer {} attempt{}",
+                r.server,
+                r.attempts,
+                if r.attempts == 1 { "" } else { "s" }
+            ),
+            format!("check that the resolver is reachable and the nameserver lines in /etc/resolv.conf ({dig})"),
+        ),
+        _ => (
+            format!("resolver {} answered late", r.server),
+            format!("time the resolver ({dig}); a slow upstream or a dropped first attempt is usual"),
+        ),
     }
 }
 

@@ -122,7 +122,7 @@ impl Registry {
                     self.add(
                         "agent.exec.failures",
                         "{exec}",
-                        vec![("errno", crate::analysis::errno_name(exec.errno))],
+                        vec![("errno", crate::finding::errno_name(exec.errno))],
                         1,
                     );
                 }

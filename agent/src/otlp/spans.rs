@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 
 use super::model::{kv_bool, kv_int, kv_json, kv_str, kv_str_array};
 use crate::{
-    analysis::Finding, fsview::basename, netdiag::Outcome, proctable::ProcTable, run::Output,
+    finding::Finding, fsview::basename, netdiag::Outcome, proctable::ProcTable, run::Output,
 };
 
 /// Random ids without a dependency: splitmix64 seeded from the clock, pid and /dev/urandom.
@@ -77,6 +77,8 @@ pub fn finding_event(f: &Finding, time: u64) -> SpanEvent {
         kv_str("agent.finding.code", f.code),
         kv_str("agent.finding.severity", f.severity.name()),
         kv_str("agent.finding.summary", f.summary.clone()),
+        kv_str("agent.finding.cause", f.cause.clone()),
+        kv_str("agent.finding.fix", f.fix.clone()),
     ];
     for (k, v) in &f.evidence {
         let v = match v {
@@ -282,7 +284,7 @@ impl SpanBuilder {
                 ];
                 let mut status = None;
                 if failed {
-                    let err = crate::analysis::errno_name(tcp.err);
+                    let err = crate::finding::errno_name(tcp.err);
                     attributes.push(kv_str("error.type", err.clone()));
                     status = Some(Status {
                         message: format!("connect {}: {err}", report.outcome.name()),

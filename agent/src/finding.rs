@@ -1,0 +1,105 @@
+//! What every signal produces: a finding with a stable code, its severity,
+//! the evidence, the cause that decided it and a fix a person can run.
+//!
+//! Owns: the `Finding` type, severities, per-key de-duplication, errno names.
+//! Must not: decide findings (each signal's analyzer does) or print them.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// Reports each key at most once per minute (bounded memory).
+#[derive(Default)]
+pub struct Dedup(HashMap<String, u64>);
+
+impl Dedup {
+    const WINDOW_NS: u64 = 60_000_000_000;
+
+    /// True when `key` was not reported in the last minute before `now` (ns).
+    pub fn first(&mut self, key: String, now: u64) -> bool {
+        if self.0.len() > 10_000 {
+            self.0
+                .retain(|_, t| now.saturating_sub(*t) < Self::WINDOW_NS);
+        }
+        match self.0.get(&key) {
+            Some(t) if now.saturating_sub(*t) < Self::WINDOW_NS => false,
+            _ => {
+                self.0.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
+/// A diagnosis.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// Stable code, e.g. `path.shadowed` (documented in docs/findings.md).
+    pub code: &'static str,
+    pub severity: Severity,
+    /// The process it concerns.
+    pub pid: u32,
+    /// One line a person can act on.
+    pub summary: String,
+    /// The setting, file or observation that decided it, with its value and
+    /// where it was set when knowable (`GOROOT=/usr/local/go in the
+    /// environment`, `go 1.27 in /src/x/go.mod`).
+    pub cause: String,
+    /// One command or edit a person can run to fix it. Never applied by the agent.
+    pub fix: String,
+    /// Structured evidence.
+    pub evidence: Map<String, Value>,
+}
+
+/// Evidence from `(key, value)` pairs.
+pub fn evidence(pairs: &[(&str, Value)]) -> Map<String, Value> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), v.clone()))
+        .collect()
+}
+
+/// `ENOENT`-style name of an errno.
+pub fn errno_name(e: i32) -> String {
+    match e {
+        libc::ENOENT => "ENOENT".into(),
+        libc::EACCES => "EACCES".into(),
+        libc::ENOEXEC => "ENOEXEC".into(),
+        libc::EPERM => "EPERM".into(),
+        libc::ENOTDIR => "ENOTDIR".into(),
+        libc::E2BIG => "E2BIG".into(),
+        libc::ETXTBSY => "ETXTBSY".into(),
+        libc::ELOOP => "ELOOP".into(),
+        libc::ENAMETOOLONG => "ENAMETOOLONG".into(),
+        libc::EISDIR => "EISDIR".into(),
+        libc::ENOMEM => "ENOMEM".into(),
+        libc::EROFS => "EROFS".into(),
+        libc::ECONNREFUSED => "ECONNREFUSED".into(),
+        libc::ETIMEDOUT => "ETIMEDOUT".into(),
+        libc::EHOSTUNREACH => "EHOSTUNREACH".into(),
+        libc::ENETUNREACH => "ENETUNREACH".into(),
+        libc::ECONNRESET => "ECONNRESET".into(),
+        libc::ECONNABORTED => "ECONNABORTED".into(),
+        other => format!("errno {other}"),
+    }
+}
+
