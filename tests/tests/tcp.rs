@@ -275,3 +275,98 @@ fn live_mode_reports_toolchain_trees_and_failures_and_counts_the_rest() {
         "{stats}"
     );
 }
+
+/// `go mod download` against a GOPROXY that refuses, and one that drops
+/// SYNs: the finding names GOPROXY as where the address came from, with the
+/// setting as the cause and a fix; the report opens with it, in JSON and in
+/// Markdown.
+#[test]
+fn goproxy_failures_name_goproxy_with_cause_and_fix() {
+    let lab = NetLab::new("goproxy");
+    let gob = agent_tests::gobin_root();
+    let dir = agent_tests::scratch("goproxy");
+    let m = dir.join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(
+        m.join("go.mod"),
+        "module example.com/m\n\ngo 1.21\n\nrequire example.com/dep v1.0.0\n",
+    )
+    .unwrap();
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", gob.join("bin").display());
+    let cmd = format!("cd {} && go mod download", m.display());
+    let cache = dir.join("cache").display().to_string();
+    let modcache = dir.join("modcache").display().to_string();
+    for (port, code, note) in [
+        (PORT_RESET, "net.connect_refused", "refused"),
+        (PORT_DROP, "net.connect_timeout", "timed out"),
+    ] {
+        let goproxy = format!("http://{}:{port}", lab.srv_ip);
+        let lines = trace_json(
+            &lab.in_client(&["sh", "-c", &cmd]),
+            &[
+                ("PATH", &path),
+                ("GOPROXY", &goproxy),
+                ("GOSUMDB", "off"),
+                ("GOFLAGS", "-mod=mod"),
+                ("GOTOOLCHAIN", "local"),
+                ("GOCACHE", &cache),
+                ("GOMODCACHE", &modcache),
+            ],
+        );
+        let f = of_type(&lines, "finding")
+            .into_iter()
+            .find(|f| f["code"] == code)
+            .unwrap_or_else(|| panic!("no {code}: {:#?}", of_type(&lines, "finding")));
+        let summary = f["summary"].as_str().unwrap();
+        assert!(
+            summary.starts_with(&format!("go → {}:{port} (your GOPROXY) {note}", lab.srv_ip)),
+            "{summary}"
+        );
+        assert_eq!(f["evidence"]["endpoint_from"]["variable"], "GOPROXY");
+        assert!(
+            f["cause"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("the destination came from GOPROXY={goproxy} in the environment")),
+            "{f:#}"
+        );
+        assert!(
+            f["fix"].as_str().unwrap().ends_with("or point GOPROXY at a server that works"),
+            "{f:#}"
+        );
+        let report = lines.last().unwrap();
+        assert_eq!(report["verdict"][0]["code"], code, "{report:#}");
+    }
+    // The same report as Markdown, for a CI job summary.
+    let out = dir.join("summary.md");
+    let goproxy = format!("http://{}:{PORT_RESET}", lab.srv_ip);
+    let st = std::process::Command::new(agent_tests::agent_bin())
+        .args(["--format", "markdown", "--output"])
+        .arg(&out)
+        .arg("trace")
+        .arg("--")
+        .args(lab.in_client(&["sh", "-c", &cmd]))
+        .env("PATH", &path)
+        .env("GOPROXY", &goproxy)
+        .env("GOSUMDB", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOCACHE", &cache)
+        .env("GOMODCACHE", &modcache)
+        .status()
+        .expect("agent trace --format markdown");
+    assert!(!st.success(), "go mod download should fail");
+    let md = std::fs::read_to_string(&out).expect("markdown report");
+    let lines: Vec<&str> = md.lines().collect();
+    assert!(lines[0].starts_with("### agent trace: \\`ip netns exec"), "{md}");
+    assert!(lines[2].starts_with("**Verdict:** 1 problem"), "{md}");
+    assert!(
+        lines[4].starts_with(&format!(
+            "- 🔴 **error** net.connect\\_refused: go → {}:{PORT_RESET} (your GOPROXY) refused",
+            lab.srv_ip
+        )),
+        "{md}"
+    );
+    assert!(lines[5].starts_with("  - fix: "), "{md}");
+    assert!(md.contains("<details><summary>Process tree</summary>"), "{md}");
+    std::fs::remove_dir_all(dir).ok();
+}

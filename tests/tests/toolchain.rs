@@ -374,3 +374,235 @@ fn the_same_toolchain_with_a_different_gopath_is_env_diverged() {
     assert_eq!(f["evidence"]["previous_value"], "/tmp/gp-a");
     assert_eq!(codes(&lines), vec!["env.diverged"]);
 }
+
+/// `major.minor` of a `goX.Y.Z` version.
+fn minor_of(v: &str) -> String {
+    let v = v.trim_start_matches("go");
+    let mut it = v.split('.');
+    format!("{}.{}", it.next().unwrap_or("1"), it.next().unwrap_or("0"))
+}
+
+/// Warnings and errors only: what the verdict counts.
+fn problems(lines: &[Value]) -> Vec<String> {
+    findings(lines)
+        .into_iter()
+        .filter(|f| f["severity"] != "info")
+        .map(|f| format!("{}: {}", f["code"], f["summary"]))
+        .collect()
+}
+
+/// The pyenv of this machine (the image has one for root).
+fn pyenv_root() -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    assert!(
+        root.join("shims/python3").is_file(),
+        "pyenv with shims expected at {} on this machine kind",
+        root.display()
+    );
+    root
+}
+
+/// The clean corpus: set-ups the tools' own docs recommend, each a real run
+/// through `agent trace`; none may give a warning or an error.
+#[test]
+fn the_clean_corpus_is_silent() {
+    let dir = scratch("clean");
+    let gob = agent_tests::gobin_root();
+    let new_v = gobin_version(&gob);
+    // A small module the winner satisfies.
+    let m = dir.join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(m.join("go.mod"), "module example.com/m\n\ngo 1.21\n").unwrap();
+    std::fs::write(
+        m.join("main.go"),
+        "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hi\") }\n",
+    )
+    .unwrap();
+    // A venv with its real pip.
+    let st = Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(dir.join("venv"))
+        .status()
+        .expect("python3 -m venv");
+    assert!(st.success(), "python3 -m venv (Debian python3-venv)");
+    // A conda-style env whose python is the system's.
+    let env = conda_env(&dir.join("conda"), "dev");
+    symlink("/usr/bin/python3", env.join("bin/python3")).unwrap();
+    let pyenv = pyenv_root();
+
+    let official_first = format!("{}:/usr/lib/go-1.19/bin:/usr/bin:/bin", gob.join("bin").display());
+    let gobs = gob.display().to_string();
+    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+        (
+            "official Go first, distro Go later, GOROOT unset",
+            "go version && go env GOROOT".into(),
+            vec![("PATH", official_first.clone())],
+        ),
+        (
+            "official Go first, distro Go later, GOROOT set to it",
+            "go version".into(),
+            vec![("PATH", official_first.clone()), ("GOROOT", gobs.clone())],
+        ),
+        (
+            "GOTOOLCHAIN=local",
+            "go version".into(),
+            vec![("PATH", official_first.clone()), ("GOTOOLCHAIN", "local".into())],
+        ),
+        (
+            "go build of a small module whose go.mod the winner satisfies",
+            format!("cd {} && go build -o /dev/null .", m.display()),
+            vec![("PATH", official_first.clone())],
+        ),
+        (
+            "a venv activated, running python and pip",
+            "python -c pass && pip --version".into(),
+            vec![
+                ("PATH", format!("{}/bin:/usr/bin:/bin", dir.join("venv").display())),
+                ("VIRTUAL_ENV", dir.join("venv").display().to_string()),
+            ],
+        ),
+        (
+            "a conda-style env activated, running its python",
+            "python3 -c pass".into(),
+            vec![
+                ("PATH", format!("{}/bin:/usr/bin:/bin", env.display())),
+                ("CONDA_PREFIX", env.display().to_string()),
+                ("CONDA_DEFAULT_ENV", "dev".into()),
+            ],
+        ),
+        (
+            "pyenv shims first on PATH",
+            "python3 -c pass && pip --version".into(),
+            vec![(
+                "PATH",
+                format!("{}/shims:{}/bin:/usr/bin:/bin", pyenv.display(), pyenv.display()),
+            )],
+        ),
+    ];
+    let mut failures = Vec::new();
+    let mut outcomes = Vec::new();
+    for (name, cmd, env) in &cases {
+        let lines = trace(cmd, env);
+        let p = problems(&lines);
+        let report = lines.last().unwrap();
+        outcomes.push(format!(
+            "{name}: exit {}, {} finding(s), verdict {}",
+            report["exit_code"],
+            findings(&lines).len(),
+            report["verdict"]
+        ));
+        if !p.is_empty() || report["exit_code"] != 0 {
+            failures.push(format!("{name}: exit {} {p:#?}", report["exit_code"]));
+        }
+        assert_eq!(report["verdict"], serde_json::json!([]), "{name}");
+        if name.starts_with("pyenv") {
+            // The shim says what it picked, and why.
+            let shim = lines
+                .iter()
+                .find(|l| l["type"] == "exec" && l["shim"]["manager"] == "pyenv")
+                .unwrap_or_else(|| panic!("no exec record with a pyenv shim: {lines:#?}"));
+            let out = Command::new(pyenv.join("bin/pyenv"))
+                .arg("version-name")
+                .env("PYENV_ROOT", &pyenv)
+                .current_dir("/tmp")
+                .output()
+                .expect("pyenv version-name");
+            assert_eq!(
+                shim["shim"]["version"],
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "{shim:#}"
+            );
+            assert!(shim["shim"]["set_by"].is_string(), "{shim:#}");
+        }
+        if name.starts_with("official Go first, distro Go later, GOROOT unset") {
+            // The distro Go is context of the exec record, not a finding.
+            let exec = lines
+                .iter()
+                .find(|l| l["type"] == "exec" && l["argv"][0] == "go")
+                .expect("go exec");
+            assert_eq!(exec["identity"]["go_version"], new_v.as_str());
+            assert_eq!(exec["shadows"][0]["path"], "/usr/lib/go-1.19/bin/go");
+        }
+    }
+    eprintln!("clean corpus:\n  {}", outcomes.join("\n  "));
+    assert!(failures.is_empty(), "{failures:#?}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The clean corpus's broken twins: each gives the right code, with the
+/// setting that caused it and a fix.
+#[test]
+fn broken_twins_are_caught_with_cause_and_fix() {
+    let dir = scratch("twins");
+    let gob = agent_tests::gobin_root();
+    let new_v = gobin_version(&gob);
+    // Distro Go first while go.mod needs the newer one.
+    let m = dir.join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    let need = minor_of(&new_v);
+    std::fs::write(m.join("go.mod"), format!("module example.com/m\n\ngo {need}\n")).unwrap();
+    std::fs::write(m.join("main.go"), "package main\n\nfunc main() {}\n").unwrap();
+    let lines = trace(
+        &format!("cd {} && go build -o /dev/null .", m.display()),
+        &[(
+            "PATH",
+            format!("/usr/lib/go-1.19/bin:{}:/usr/bin:/bin", gob.join("bin").display()),
+        )],
+    );
+    let f = finding(&lines, "path.shadowed");
+    assert_eq!(f["severity"], "warning");
+    assert_eq!(
+        f["cause"].as_str().unwrap().split(", but").next().unwrap(),
+        format!("go {need} in {}/go.mod needs Go {need} or newer", m.display())
+    );
+    assert!(
+        f["cause"].as_str().unwrap().contains("/usr/lib/go-1.19/bin is PATH entry 1 of 4"),
+        "{f:#}"
+    );
+    assert_eq!(
+        f["fix"],
+        format!("export PATH={}:$PATH", gob.join("bin").display()).as_str()
+    );
+    let report = lines.last().unwrap();
+    assert_eq!(report["verdict"][0]["code"], "path.shadowed", "{report:#}");
+
+    // Venv A's pip run by path while venv B is active.
+    for (v, pip) in [("A", true), ("B", false)] {
+        let mut c = Command::new("/usr/bin/python3");
+        c.args(["-m", "venv"]);
+        if !pip {
+            c.arg("--without-pip");
+        }
+        assert!(c.arg(dir.join(v)).status().expect("venv").success());
+    }
+    let a_pip = dir.join("A/bin/pip").display().to_string();
+    let lines = trace(
+        &format!("{a_pip} --version"),
+        &[
+            ("PATH", format!("{}/bin:/usr/bin:/bin", dir.join("B").display())),
+            ("VIRTUAL_ENV", dir.join("B").display().to_string()),
+        ],
+    );
+    let f = finding(&lines, "conda.env_mismatch");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("the active env is the venv {}", dir.join("B").display())),
+        "{f:#}"
+    );
+    assert!(
+        f["cause"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("VIRTUAL_ENV={} in the environment", dir.join("B").display())),
+        "{f:#}"
+    );
+    assert_eq!(
+        f["fix"],
+        format!("source {}/bin/activate", dir.join("A").display()).as_str()
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -14,6 +14,8 @@ pub mod pathres;
 pub mod pyenv;
 pub mod rules;
 pub mod shims;
+#[cfg(test)]
+mod rule_tests;
 
 use crate::{
     buildinfo::{self, BuildInfo},
