@@ -73,11 +73,7 @@ fn is_go(exe: &str) -> bool {
 
 /// Every server the process's settings name.
 fn named(exe: &str, env: &[(String, String)], argv: &[String]) -> Vec<Named> {
-    let get = |k: &str| {
-        env.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let mut out = Vec::new();
     let mut url = |variable: &'static str, value: &str, u: &str, default: bool| {
         if let Some((host, port)) = url_target(u) {
@@ -113,7 +109,10 @@ fn named(exe: &str, env: &[(String, String)], argv: &[String]) -> Vec<Named> {
             // `name[+key] [url]`: the URL when given, else https://name.
             let mut w = v.split_whitespace();
             let name = w.next().unwrap_or("").split('+').next().unwrap_or("");
-            let target = w.next().map(str::to_string).unwrap_or(format!("https://{name}"));
+            let target = w
+                .next()
+                .map(str::to_string)
+                .unwrap_or(format!("https://{name}"));
             url("GOSUMDB", v, &target, false);
         }
         _ if go => url("GOSUMDB", "sum.golang.org", "https://sum.golang.org", true),
@@ -258,23 +257,80 @@ mod tests {
             s.describe(),
             "GOPROXY=https://10.0.0.5,https://proxy.corp:8443|direct in the environment"
         );
-        let s = source_of("/usr/bin/go", &e, &[], ip("10.9.9.9"), 8443, Some("Proxy.Corp.")).unwrap();
+        let s = source_of(
+            "/usr/bin/go",
+            &e,
+            &[],
+            ip("10.9.9.9"),
+            8443,
+            Some("Proxy.Corp."),
+        )
+        .unwrap();
         assert_eq!(s.variable, "GOPROXY");
         // Right host, wrong port; wrong host; `direct` and `off` name nothing.
-        assert_eq!(source_of("/usr/bin/go", &e, &[], ip("10.9.9.9"), 443, Some("proxy.corp")), None);
-        assert_eq!(source_of("/usr/bin/go", &e, &[], ip("10.0.0.6"), 443, None), None);
+        assert_eq!(
+            source_of(
+                "/usr/bin/go",
+                &e,
+                &[],
+                ip("10.9.9.9"),
+                443,
+                Some("proxy.corp")
+            ),
+            None
+        );
+        assert_eq!(
+            source_of("/usr/bin/go", &e, &[], ip("10.0.0.6"), 443, None),
+            None
+        );
         let off = env(&[("GOPROXY", "off"), ("GOSUMDB", "off")]);
-        assert_eq!(source_of("/usr/bin/go", &off, &[], ip("10.0.0.5"), 443, Some("proxy.golang.org")), None);
+        assert_eq!(
+            source_of(
+                "/usr/bin/go",
+                &off,
+                &[],
+                ip("10.0.0.5"),
+                443,
+                Some("proxy.golang.org")
+            ),
+            None
+        );
     }
 
     #[test]
     fn go_defaults_only_for_go() {
-        let s = source_of("/usr/local/go/bin/go", &[], &[], ip("142.250.1.1"), 443, Some("proxy.golang.org")).unwrap();
+        let s = source_of(
+            "/usr/local/go/bin/go",
+            &[],
+            &[],
+            ip("142.250.1.1"),
+            443,
+            Some("proxy.golang.org"),
+        )
+        .unwrap();
         assert!(s.default);
         assert_eq!(s.note(), "Go's default GOPROXY");
-        let s = source_of("/x/go1.22.1", &[], &[], ip("1.1.1.1"), 443, Some("sum.golang.org")).unwrap();
+        let s = source_of(
+            "/x/go1.22.1",
+            &[],
+            &[],
+            ip("1.1.1.1"),
+            443,
+            Some("sum.golang.org"),
+        )
+        .unwrap();
         assert_eq!(s.variable, "GOSUMDB");
-        assert_eq!(source_of("/usr/bin/curl", &[], &[], ip("1.1.1.1"), 443, Some("proxy.golang.org")), None);
+        assert_eq!(
+            source_of(
+                "/usr/bin/curl",
+                &[],
+                &[],
+                ip("1.1.1.1"),
+                443,
+                Some("proxy.golang.org")
+            ),
+            None
+        );
     }
 
     #[test]
@@ -283,22 +339,96 @@ mod tests {
             ("GOSUMDB", "sum.corp+abc123 https://sumdb.corp:9443"),
             ("GOPRIVATE", "github.com/corp/*,*.internal.example"),
             ("PIP_INDEX_URL", "https://user:s3cret@pypi.corp/simple"),
-            ("PIP_EXTRA_INDEX_URL", "https://a.example/simple https://b.example/simple"),
+            (
+                "PIP_EXTRA_INDEX_URL",
+                "https://a.example/simple https://b.example/simple",
+            ),
         ]);
         let go = "/usr/bin/go";
-        assert_eq!(source_of(go, &e, &[], ip("1.2.3.4"), 9443, Some("sumdb.corp")).unwrap().variable, "GOSUMDB");
-        assert_eq!(source_of(go, &e, &[], ip("1.2.3.4"), 443, Some("github.com")).unwrap().variable, "GOPRIVATE");
-        assert_eq!(source_of(go, &e, &[], ip("1.2.3.4"), 22, Some("git.internal.example")).unwrap().variable, "GOPRIVATE");
-        let pip = source_of("/usr/bin/python3", &e, &[], ip("1.2.3.4"), 443, Some("pypi.corp")).unwrap();
+        assert_eq!(
+            source_of(go, &e, &[], ip("1.2.3.4"), 9443, Some("sumdb.corp"))
+                .unwrap()
+                .variable,
+            "GOSUMDB"
+        );
+        assert_eq!(
+            source_of(go, &e, &[], ip("1.2.3.4"), 443, Some("github.com"))
+                .unwrap()
+                .variable,
+            "GOPRIVATE"
+        );
+        assert_eq!(
+            source_of(go, &e, &[], ip("1.2.3.4"), 22, Some("git.internal.example"))
+                .unwrap()
+                .variable,
+            "GOPRIVATE"
+        );
+        let pip = source_of(
+            "/usr/bin/python3",
+            &e,
+            &[],
+            ip("1.2.3.4"),
+            443,
+            Some("pypi.corp"),
+        )
+        .unwrap();
         assert_eq!(pip.variable, "PIP_INDEX_URL");
         assert!(!pip.value.contains("s3cret"), "{}", pip.value);
-        assert_eq!(source_of("/usr/bin/pip", &e, &[], ip("1.2.3.4"), 443, Some("b.example")).unwrap().variable, "PIP_EXTRA_INDEX_URL");
-        let argv: Vec<String> = ["git", "clone", "git@gitlab.corp:team/x.git"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(source_of("/usr/bin/git", &[], &argv, ip("1.2.3.4"), 22, Some("gitlab.corp")).unwrap().variable, "git remote in argv");
-        let argv: Vec<String> = ["git", "fetch", "https://tok@github.com/x/y"].iter().map(|s| s.to_string()).collect();
-        let g = source_of("/usr/bin/git", &[], &argv, ip("1.2.3.4"), 443, Some("github.com")).unwrap();
+        assert_eq!(
+            source_of(
+                "/usr/bin/pip",
+                &e,
+                &[],
+                ip("1.2.3.4"),
+                443,
+                Some("b.example")
+            )
+            .unwrap()
+            .variable,
+            "PIP_EXTRA_INDEX_URL"
+        );
+        let argv: Vec<String> = ["git", "clone", "git@gitlab.corp:team/x.git"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            source_of(
+                "/usr/bin/git",
+                &[],
+                &argv,
+                ip("1.2.3.4"),
+                22,
+                Some("gitlab.corp")
+            )
+            .unwrap()
+            .variable,
+            "git remote in argv"
+        );
+        let argv: Vec<String> = ["git", "fetch", "https://tok@github.com/x/y"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let g = source_of(
+            "/usr/bin/git",
+            &[],
+            &argv,
+            ip("1.2.3.4"),
+            443,
+            Some("github.com"),
+        )
+        .unwrap();
         assert!(!g.value.contains("tok@"), "{}", g.value);
         // Not git: argv is not a remote.
-        assert_eq!(source_of("/usr/bin/curl", &[], &argv[1..], ip("1.2.3.4"), 443, Some("github.com")), None);
+        assert_eq!(
+            source_of(
+                "/usr/bin/curl",
+                &[],
+                &argv[1..],
+                ip("1.2.3.4"),
+                443,
+                Some("github.com")
+            ),
+            None
+        );
     }
 }

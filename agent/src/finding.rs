@@ -102,4 +102,3 @@ pub fn errno_name(e: i32) -> String {
         other => format!("errno {other}"),
     }
 }
-

@@ -11,8 +11,8 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde_json::json;
 
 use crate::{
-    finding::{Finding, Severity, errno_name},
     event::FsFault,
+    finding::{Finding, Severity, errno_name},
     fsview::{FsView, basename, join, parent},
     proctable::ProcTable,
     toolchain::pyenv::{self, PyEnv},
@@ -226,7 +226,15 @@ impl FsAnalyzer {
             }
         };
         let role = role(env, &fs, &place).or_else(|| role(env, &fs, &path));
-        let (cause, fix) = cause_and_fix(f, env, &path, &place, &detail, blocker.as_ref(), role.as_deref());
+        let (cause, fix) = cause_and_fix(
+            f,
+            env,
+            &path,
+            &place,
+            &detail,
+            blocker.as_ref(),
+            role.as_deref(),
+        );
         let key = format!("{code}|{}|{name}|{place}|{}", f.uid, f.errno);
         let p = self.pending.entry(key).or_insert_with(|| Pending {
             finding: Finding {

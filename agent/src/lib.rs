@@ -7,13 +7,13 @@
 
 pub use agent_parse::{btf, buildinfo, dns, scrub, tls};
 
-pub mod finding;
 pub mod check;
 pub mod collector;
 pub mod config;
 pub mod elevate;
 pub mod endpoints;
 pub mod event;
+pub mod finding;
 pub mod fsdiag;
 pub mod fsview;
 #[cfg(test)]
@@ -32,8 +32,8 @@ pub mod proctable;
 pub mod report;
 pub mod run;
 pub mod teardown;
-pub mod toolchain;
 pub mod tlslib;
+pub mod toolchain;
 pub mod traced;
 pub mod tracefs;
 pub mod wirediag;

@@ -3,10 +3,10 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use agent::{
-    toolchain::AnalysisConfig,
     collector::DEFAULT_ENV_ALLOW,
     output::Format,
     run::{self, RunOptions},
+    toolchain::AnalysisConfig,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -236,8 +236,12 @@ fn main() -> ExitCode {
         (Some(ColorArg::Never), _) | (None, Some("never")) => false,
         _ => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    if format == Format::Markdown && !matches!(cli.cmd, Some(Cmd::Trace { .. }) | Some(Cmd::Check { .. })) {
-        eprintln!("agent: --format markdown is for `agent trace` reports (live mode prints text or json)");
+    if format == Format::Markdown
+        && !matches!(cli.cmd, Some(Cmd::Trace { .. }) | Some(Cmd::Check { .. }))
+    {
+        eprintln!(
+            "agent: --format markdown is for `agent trace` reports (live mode prints text or json)"
+        );
         return ExitCode::from(2);
     }
     agent::output::set_format(format);

@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
-    finding::{Finding, Severity, errno_name},
     event::{Tcp, TcpPhase},
+    finding::{Finding, Severity, errno_name},
     fsview::basename,
     proctable::ProcTable,
     scrub::url::redact_urls,
@@ -236,7 +236,9 @@ impl NetAnalyzer {
             None => what,
         };
         let or_setting = |what: String| match &setting {
-            Some((_, var)) if !var.contains(' ') => format!("{what}, or point {var} at a server that works"),
+            Some((_, var)) if !var.contains(' ') => {
+                format!("{what}, or point {var} at a server that works")
+            }
             _ => what,
         };
         let proxy_tail = match &proxy {
@@ -283,24 +285,43 @@ impl NetAnalyzer {
         let mut push = |code: &'static str, severity, summary: String| {
             let (cause, fix) = match code {
                 "net.connect_refused" => (
-                    via(format!("{dst} answered the SYN with a TCP reset: nothing listens on port {port} there, or a firewall rejects it")),
-                    or_setting(format!("start the server on {dst} (check with ss -ltn there) or open port {port} in its firewall")),
+                    via(format!(
+                        "{dst} answered the SYN with a TCP reset: nothing listens on port {port} there, or a firewall rejects it"
+                    )),
+                    or_setting(format!(
+                        "start the server on {dst} (check with ss -ltn there) or open port {port} in its firewall"
+                    )),
                 ),
                 "net.connect_timeout" => (
-                    via(format!("{syns} SYN{} to {dst} got no answer: a firewall drops them, or the host is down or unrouted", if syns == 1 { "" } else { "s" })),
-                    or_setting(format!("check the route and firewall to {dst}: nc -vz -w 3 {ip} {port}")),
+                    via(format!(
+                        "{syns} SYN{} to {dst} got no answer: a firewall drops them, or the host is down or unrouted",
+                        if syns == 1 { "" } else { "s" }
+                    )),
+                    or_setting(format!(
+                        "check the route and firewall to {dst}: nc -vz -w 3 {ip} {port}"
+                    )),
                 ),
                 "net.unreachable" => (
                     via(format!("an ICMP {} came back for {dst}", errno_name(t.err))),
-                    or_setting(format!("check the route to {ip} (ip route get {ip}) and firewall rules that reject")),
+                    or_setting(format!(
+                        "check the route to {ip} (ip route get {ip}) and firewall rules that reject"
+                    )),
                 ),
                 "net.syn_retransmit" => (
-                    via(format!("{} SYN{} to {dst} went unanswered before one got through", t.syn_retrans, if t.syn_retrans == 1 { "" } else { "s" })),
-                    format!("look for packet loss on the path (mtr {ip}) or a full accept queue at the server (ss -ltn: Recv-Q)"),
+                    via(format!(
+                        "{} SYN{} to {dst} went unanswered before one got through",
+                        t.syn_retrans,
+                        if t.syn_retrans == 1 { "" } else { "s" }
+                    )),
+                    format!(
+                        "look for packet loss on the path (mtr {ip}) or a full accept queue at the server (ss -ltn: Recv-Q)"
+                    ),
                 ),
                 _ => (
                     via(format!("the TCP handshake with {dst} took{took}")),
-                    format!("measure the path latency to {ip} (mtr {ip}); a loaded server answers SYNs late"),
+                    format!(
+                        "measure the path latency to {ip} (mtr {ip}); a loaded server answers SYNs late"
+                    ),
                 ),
             };
             findings.push(Finding {

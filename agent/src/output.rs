@@ -8,10 +8,10 @@
 use serde_json::{Map, Value, json};
 
 use crate::{
-    finding::{Finding, Severity, errno_name},
-    toolchain::ExecAnalysis,
     event::{Exec, Exit, Tcp},
+    finding::{Finding, Severity, errno_name},
     netdiag::{ConnReport, Outcome},
+    toolchain::ExecAnalysis,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -70,7 +70,7 @@ pub fn verdict<'a>(findings: &[&'a Finding]) -> Vec<Problem<'a>> {
         }
     }
     // Stable: equal severities keep their order.
-    out.sort_by(|a, b| b.finding.severity.cmp(&a.finding.severity));
+    out.sort_by_key(|p| std::cmp::Reverse(p.finding.severity));
     out
 }
 
@@ -448,7 +448,11 @@ mod tests {
         let got: Vec<(&str, usize)> = v.iter().map(|p| (p.finding.code, p.count)).collect();
         assert_eq!(
             got,
-            vec![("net.connect_timeout", 1), ("path.shadowed", 2), ("env.diverged", 1)]
+            vec![
+                ("net.connect_timeout", 1),
+                ("path.shadowed", 2),
+                ("env.diverged", 1)
+            ]
         );
         assert_eq!(verdict_line(&v, 1), "3 problems (1 note below)");
         assert_eq!(verdict_line(&[], 0), "no problems found");
@@ -486,9 +490,15 @@ mod tests {
         };
         let md = markdown(&r, &["go".into(), "get".into(), "[x](y)".into()]);
         let lines: Vec<&str> = md.lines().collect();
-        assert!(lines[0].starts_with("### agent trace: \\`go get \\[x\\](y)\\`"), "{md}");
+        assert!(
+            lines[0].starts_with("### agent trace: \\`go get \\[x\\](y)\\`"),
+            "{md}"
+        );
         assert_eq!(lines[2], "**Verdict:** 1 problem (1 note below)");
-        assert!(lines[4].starts_with("- 🔴 **error** net.connect\\_refused: "), "{md}");
+        assert!(
+            lines[4].starts_with("- 🔴 **error** net.connect\\_refused: "),
+            "{md}"
+        );
         assert_eq!(lines[5], "  - fix: start it");
         assert!(md.contains("~~~~text\n~~~~"), "{md}");
         assert!(md.contains("#### Findings"), "{md}");
@@ -503,7 +513,10 @@ mod tests {
         );
         let t: Vec<&str> = text.lines().collect();
         assert_eq!(t[2], "verdict: 1 problem (1 note below)");
-        assert!(t[3].starts_with("  error   net.connect_refused  "), "{text}");
+        assert!(
+            t[3].starts_with("  error   net.connect_refused  "),
+            "{text}"
+        );
         assert_eq!(t[4], "          fix: start it");
     }
 }

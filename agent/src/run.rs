@@ -12,15 +12,15 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    finding::Finding,
-    toolchain::{AnalysisConfig, Analyzer, ExecAnalysis},
     collector::Collector,
     event::{Event, Exec, Exit, Tcp},
+    finding::Finding,
     fsview::basename,
     hooks::Choice,
     netdiag::{ConnReport, NetAnalyzer, NetConfig},
     output::{self, Format, Style},
     proctable::ProcTable,
+    toolchain::{AnalysisConfig, Analyzer, ExecAnalysis},
     wirediag::{DnsReport, TlsReport, WireAnalyzer, WireConfig, WireOutput},
 };
 
@@ -99,7 +99,7 @@ fn start_otlp(opts: &RunOptions, offset: i128) -> anyhow::Result<Option<crate::o
 pub enum Output {
     Exec {
         exec: Arc<Exec>,
-        analysis: ExecAnalysis,
+        analysis: Box<ExecAnalysis>,
     },
     Exit {
         exit: Exit,
@@ -255,7 +255,7 @@ impl Pipeline {
                 let findings = analysis.findings.clone();
                 out.push(Output::Exec {
                     exec: e.clone(),
-                    analysis,
+                    analysis: Box::new(analysis),
                 });
                 for f in findings {
                     out.push(Output::Finding {

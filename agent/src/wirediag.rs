@@ -15,9 +15,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    finding::{Dedup, Finding, Severity},
     dns,
     event::{Wire, WireKind},
+    finding::{Dedup, Finding, Severity},
     fsview::basename,
     proctable::ProcTable,
     scrub::url::redact_urls,
@@ -383,7 +383,9 @@ impl WireAnalyzer {
                 &e.argv,
                 c.server.ip(),
                 c.server.port(),
-                ch.sni.as_deref().or_else(|| self.name_for(c.owner_tgid, c.server.ip())),
+                ch.sni
+                    .as_deref()
+                    .or_else(|| self.name_for(c.owner_tgid, c.server.ip())),
             )
         });
         let mut r = TlsReport {
@@ -957,15 +959,20 @@ fn tls_cause_and_fix(
                 "the handshake took {:.0} ms{from}",
                 r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6
             ),
-            format!("time it from here with {probe}; a slow server or OCSP/CRL fetch on its side is usual"),
+            format!(
+                "time it from here with {probe}; a slow server or OCSP/CRL fetch on its side is usual"
+            ),
         ),
         _ => (
             format!(
                 "{}{from}",
                 match &r.verdict {
-                    Verdict::NotTls { .. } => "the server does not speak TLS on this port".to_string(),
-                    Verdict::Closed { reset: true, .. } => "the connection was reset during the handshake".to_string(),
-                    Verdict::Closed { .. } => "the connection was closed during the handshake".to_string(),
+                    Verdict::NotTls { .. } =>
+                        "the server does not speak TLS on this port".to_string(),
+                    Verdict::Closed { reset: true, .. } =>
+                        "the connection was reset during the handshake".to_string(),
+                    Verdict::Closed { .. } =>
+                        "the connection was closed during the handshake".to_string(),
                     _ => "a TLS alert ended the handshake".to_string(),
                 }
             ),
@@ -980,8 +987,13 @@ fn dns_cause_and_fix(code: &str, r: &DnsReport) -> (String, String) {
     match code {
         "net.dns_failure" => match r.rcode.as_deref() {
             Some("NXDOMAIN") => (
-                format!("resolver {} says {} does not exist (NXDOMAIN)", r.server, r.name),
-                format!("check the name for a typo and the search domains in /etc/resolv.conf ({dig})"),
+                format!(
+                    "resolver {} says {} does not exist (NXDOMAIN)",
+                    r.server, r.name
+                ),
+                format!(
+                    "check the name for a typo and the search domains in /etc/resolv.conf ({dig})"
+                ),
             ),
             other => (
                 format!(
@@ -990,7 +1002,9 @@ fn dns_cause_and_fix(code: &str, r: &DnsReport) -> (String, String) {
                     other.unwrap_or("an error"),
                     r.name
                 ),
-                format!("the resolver cannot answer: check its upstream or the nameserver lines in /etc/resolv.conf ({dig})"),
+                format!(
+                    "the resolver cannot answer: check its upstream or the nameserver lines in /etc/resolv.conf ({dig})"
+                ),
             ),
         },
         "net.dns_timeout" => (
@@ -1000,11 +1014,15 @@ fn dns_cause_and_fix(code: &str, r: &DnsReport) -> (String, String) {
                 r.attempts,
                 if r.attempts == 1 { "" } else { "s" }
             ),
-            format!("check that the resolver is reachable and the nameserver lines in /etc/resolv.conf ({dig})"),
+            format!(
+                "check that the resolver is reachable and the nameserver lines in /etc/resolv.conf ({dig})"
+            ),
         ),
         _ => (
             format!("resolver {} answered late", r.server),
-            format!("time the resolver ({dig}); a slow upstream or a dropped first attempt is usual"),
+            format!(
+                "time the resolver ({dig}); a slow upstream or a dropped first attempt is usual"
+            ),
         ),
     }
 }

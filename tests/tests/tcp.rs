@@ -292,7 +292,10 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
         "module example.com/m\n\ngo 1.21\n\nrequire example.com/dep v1.0.0\n",
     )
     .unwrap();
-    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", gob.join("bin").display());
+    let path = format!(
+        "{}:/usr/sbin:/usr/bin:/sbin:/bin",
+        gob.join("bin").display()
+    );
     let cmd = format!("cd {} && go mod download", m.display());
     let cache = dir.join("cache").display().to_string();
     let modcache = dir.join("modcache").display().to_string();
@@ -324,14 +327,16 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
         );
         assert_eq!(f["evidence"]["endpoint_from"]["variable"], "GOPROXY");
         assert!(
-            f["cause"]
-                .as_str()
-                .unwrap()
-                .ends_with(&format!("the destination came from GOPROXY={goproxy} in the environment")),
+            f["cause"].as_str().unwrap().ends_with(&format!(
+                "the destination came from GOPROXY={goproxy} in the environment"
+            )),
             "{f:#}"
         );
         assert!(
-            f["fix"].as_str().unwrap().ends_with("or point GOPROXY at a server that works"),
+            f["fix"]
+                .as_str()
+                .unwrap()
+                .ends_with("or point GOPROXY at a server that works"),
             "{f:#}"
         );
         let report = lines.last().unwrap();
@@ -357,7 +362,10 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
     assert!(!st.success(), "go mod download should fail");
     let md = std::fs::read_to_string(&out).expect("markdown report");
     let lines: Vec<&str> = md.lines().collect();
-    assert!(lines[0].starts_with("### agent trace: \\`ip netns exec"), "{md}");
+    assert!(
+        lines[0].starts_with("### agent trace: \\`ip netns exec"),
+        "{md}"
+    );
     assert!(lines[2].starts_with("**Verdict:** 1 problem"), "{md}");
     assert!(
         lines[4].starts_with(&format!(
@@ -367,6 +375,9 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
         "{md}"
     );
     assert!(lines[5].starts_with("  - fix: "), "{md}");
-    assert!(md.contains("<details><summary>Process tree</summary>"), "{md}");
+    assert!(
+        md.contains("<details><summary>Process tree</summary>"),
+        "{md}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }

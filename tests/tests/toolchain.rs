@@ -404,6 +404,9 @@ fn pyenv_root() -> PathBuf {
     root
 }
 
+/// (what it is, the command, its environment)
+type CorpusCase = (&'static str, String, Vec<(&'static str, String)>);
+
 /// The clean corpus: set-ups the tools' own docs recommend, each a real run
 /// through `agent trace`; none may give a warning or an error.
 #[test]
@@ -432,9 +435,12 @@ fn the_clean_corpus_is_silent() {
     symlink("/usr/bin/python3", env.join("bin/python3")).unwrap();
     let pyenv = pyenv_root();
 
-    let official_first = format!("{}:/usr/lib/go-1.19/bin:/usr/bin:/bin", gob.join("bin").display());
+    let official_first = format!(
+        "{}:/usr/lib/go-1.19/bin:/usr/bin:/bin",
+        gob.join("bin").display()
+    );
     let gobs = gob.display().to_string();
-    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+    let cases: Vec<CorpusCase> = vec![
         (
             "official Go first, distro Go later, GOROOT unset",
             "go version && go env GOROOT".into(),
@@ -448,7 +454,10 @@ fn the_clean_corpus_is_silent() {
         (
             "GOTOOLCHAIN=local",
             "go version".into(),
-            vec![("PATH", official_first.clone()), ("GOTOOLCHAIN", "local".into())],
+            vec![
+                ("PATH", official_first.clone()),
+                ("GOTOOLCHAIN", "local".into()),
+            ],
         ),
         (
             "go build of a small module whose go.mod the winner satisfies",
@@ -459,7 +468,10 @@ fn the_clean_corpus_is_silent() {
             "a venv activated, running python and pip",
             "python -c pass && pip --version".into(),
             vec![
-                ("PATH", format!("{}/bin:/usr/bin:/bin", dir.join("venv").display())),
+                (
+                    "PATH",
+                    format!("{}/bin:/usr/bin:/bin", dir.join("venv").display()),
+                ),
                 ("VIRTUAL_ENV", dir.join("venv").display().to_string()),
             ],
         ),
@@ -477,7 +489,11 @@ fn the_clean_corpus_is_silent() {
             "python3 -c pass && pip --version".into(),
             vec![(
                 "PATH",
-                format!("{}/shims:{}/bin:/usr/bin:/bin", pyenv.display(), pyenv.display()),
+                format!(
+                    "{}/shims:{}/bin:/usr/bin:/bin",
+                    pyenv.display(),
+                    pyenv.display()
+                ),
             )],
         ),
     ];
@@ -542,23 +558,36 @@ fn broken_twins_are_caught_with_cause_and_fix() {
     let m = dir.join("m");
     std::fs::create_dir_all(&m).unwrap();
     let need = minor_of(&new_v);
-    std::fs::write(m.join("go.mod"), format!("module example.com/m\n\ngo {need}\n")).unwrap();
+    std::fs::write(
+        m.join("go.mod"),
+        format!("module example.com/m\n\ngo {need}\n"),
+    )
+    .unwrap();
     std::fs::write(m.join("main.go"), "package main\n\nfunc main() {}\n").unwrap();
     let lines = trace(
         &format!("cd {} && go build -o /dev/null .", m.display()),
         &[(
             "PATH",
-            format!("/usr/lib/go-1.19/bin:{}:/usr/bin:/bin", gob.join("bin").display()),
+            format!(
+                "/usr/lib/go-1.19/bin:{}:/usr/bin:/bin",
+                gob.join("bin").display()
+            ),
         )],
     );
     let f = finding(&lines, "path.shadowed");
     assert_eq!(f["severity"], "warning");
     assert_eq!(
         f["cause"].as_str().unwrap().split(", but").next().unwrap(),
-        format!("go {need} in {}/go.mod needs Go {need} or newer", m.display())
+        format!(
+            "go {need} in {}/go.mod needs Go {need} or newer",
+            m.display()
+        )
     );
     assert!(
-        f["cause"].as_str().unwrap().contains("/usr/lib/go-1.19/bin is PATH entry 1 of 4"),
+        f["cause"]
+            .as_str()
+            .unwrap()
+            .contains("/usr/lib/go-1.19/bin is PATH entry 1 of 4"),
         "{f:#}"
     );
     assert_eq!(
@@ -581,23 +610,26 @@ fn broken_twins_are_caught_with_cause_and_fix() {
     let lines = trace(
         &format!("{a_pip} --version"),
         &[
-            ("PATH", format!("{}/bin:/usr/bin:/bin", dir.join("B").display())),
+            (
+                "PATH",
+                format!("{}/bin:/usr/bin:/bin", dir.join("B").display()),
+            ),
             ("VIRTUAL_ENV", dir.join("B").display().to_string()),
         ],
     );
     let f = finding(&lines, "conda.env_mismatch");
     assert!(
-        f["summary"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("the active env is the venv {}", dir.join("B").display())),
+        f["summary"].as_str().unwrap().contains(&format!(
+            "the active env is the venv {}",
+            dir.join("B").display()
+        )),
         "{f:#}"
     );
     assert!(
-        f["cause"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("VIRTUAL_ENV={} in the environment", dir.join("B").display())),
+        f["cause"].as_str().unwrap().starts_with(&format!(
+            "VIRTUAL_ENV={} in the environment",
+            dir.join("B").display()
+        )),
         "{f:#}"
     );
     assert_eq!(

@@ -220,7 +220,11 @@ mod tests {
         let d = tempdir("gomod");
         std::fs::create_dir_all(d.join("ws/mod/sub")).unwrap();
         std::fs::write(d.join("ws/go.work"), "go 1.23\n").unwrap();
-        std::fs::write(d.join("ws/mod/go.mod"), "module m\ngo 1.21\ntoolchain go1.22.4\n").unwrap();
+        std::fs::write(
+            d.join("ws/mod/go.mod"),
+            "module m\ngo 1.21\ntoolchain go1.22.4\n",
+        )
+        .unwrap();
         let fs = FsView::host();
         let cwd = d.join("ws/mod/sub").display().to_string();
         let none = |_: &str| None;

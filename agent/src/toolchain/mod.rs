@@ -12,10 +12,10 @@ use serde::Serialize;
 pub mod gomod;
 pub mod pathres;
 pub mod pyenv;
-pub mod rules;
-pub mod shims;
 #[cfg(test)]
 mod rule_tests;
+pub mod rules;
+pub mod shims;
 
 use crate::{
     buildinfo::{self, BuildInfo},
@@ -207,7 +207,6 @@ fn is_python_name(n: &str) -> bool {
     n == "python" || n.starts_with("python3") || n.starts_with("python2") || n.starts_with("pip")
 }
 
-
 impl Analyzer {
     pub fn new(cfg: AnalysisConfig) -> Self {
         Self {
@@ -368,7 +367,6 @@ impl Analyzer {
         out
     }
 }
-
 
 /// The GOROOT a `go` command binary belongs to: `<root>/bin/go` with
 /// `<root>/pkg/tool` or `<root>/src/runtime` present (as cmd/go decides).

@@ -49,7 +49,10 @@ impl Case {
         let mut e = exec(PID, 1, self.t, exe);
         e.argv = vec![argv0.to_string()];
         e.filename = exe.to_string();
-        e.env = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        e.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let e = Arc::new(e);
         // Each run is a new process: no earlier exec of this pid to switch from.
         self.table = ProcTable::default();
@@ -100,8 +103,17 @@ fn pip_of_one_venv_under_another_is_caught_and_its_own_is_not() {
     let r = c.run(&pip, "pip", &[path.clone(), ("VIRTUAL_ENV", c.p("B"))]);
     assert_eq!(codes(&r), ["conda.env_mismatch"]);
     let f = &r.findings[0];
-    assert!(f.summary.contains(&format!("venv {}", c.p("A"))), "{}", f.summary);
-    assert!(f.cause.starts_with(&format!("VIRTUAL_ENV={} in the environment", c.p("B"))), "{}", f.cause);
+    assert!(
+        f.summary.contains(&format!("venv {}", c.p("A"))),
+        "{}",
+        f.summary
+    );
+    assert!(
+        f.cause
+            .starts_with(&format!("VIRTUAL_ENV={} in the environment", c.p("B"))),
+        "{}",
+        f.cause
+    );
     assert_eq!(f.fix, format!("source {}/bin/activate", c.p("A")));
     // Its own venv active, or none at all (running a venv's bin by path is
     // how venvs are used without activation): silent.
@@ -129,18 +141,35 @@ fn a_script_whose_interpreter_is_another_envs_is_caught() {
     let r = c.run(
         &tool,
         "lint",
-        &[("CONDA_PREFIX", x.display().to_string()), ("CONDA_DEFAULT_ENV", "x".into())],
+        &[
+            ("CONDA_PREFIX", x.display().to_string()),
+            ("CONDA_DEFAULT_ENV", "x".into()),
+        ],
     );
     assert_eq!(codes(&r), ["conda.env_mismatch"]);
-    assert!(r.findings[0].summary.contains("the active env is x"), "{}", r.findings[0].summary);
+    assert!(
+        r.findings[0].summary.contains("the active env is x"),
+        "{}",
+        r.findings[0].summary
+    );
     // y active: what it acts on is the active env.
     let r = c.run(&tool, "lint", &[("CONDA_PREFIX", y.display().to_string())]);
     assert!(codes(&r).is_empty());
     // Env x's own pip with y's interpreter: the entry point itself is wrong.
-    exe(&x.join("bin/pip"), &format!("#!{}/bin/python3\n", y.display()));
+    exe(
+        &x.join("bin/pip"),
+        &format!("#!{}/bin/python3\n", y.display()),
+    );
     let r = c.run(&x.join("bin/pip").display().to_string(), "pip", &[]);
     assert_eq!(codes(&r), ["conda.env_mismatch"]);
-    assert_eq!(r.findings[0].cause, format!("#!{}/bin/python3 in {}", y.display(), x.join("bin/pip").display()));
+    assert_eq!(
+        r.findings[0].cause,
+        format!(
+            "#!{}/bin/python3 in {}",
+            y.display(),
+            x.join("bin/pip").display()
+        )
+    );
 }
 
 #[test]
@@ -153,11 +182,20 @@ fn python_shadowing_needs_an_active_env_the_winner_is_not() {
     let sys = c.p("usr/bin/python3");
     // The system python first while venv v is active: v's is hidden.
     let path = format!("{}:{}", c.p("usr/bin"), c.p("v/bin"));
-    let r = c.run(&sys, "python3", &[("PATH", path.clone()), ("VIRTUAL_ENV", c.p("v"))]);
+    let r = c.run(
+        &sys,
+        "python3",
+        &[("PATH", path.clone()), ("VIRTUAL_ENV", c.p("v"))],
+    );
     assert_eq!(codes(&r), ["path.shadowed"]);
     let f = &r.findings[0];
     assert_eq!(f.fix, format!("export PATH={}:$PATH", c.p("v/bin")));
-    assert!(f.cause.contains(&format!("VIRTUAL_ENV={} is active", c.p("v"))), "{}", f.cause);
+    assert!(
+        f.cause
+            .contains(&format!("VIRTUAL_ENV={} is active", c.p("v"))),
+        "{}",
+        f.cause
+    );
     assert!(f.cause.contains("PATH entry 1 of 2"), "{}", f.cause);
     // Nothing active: shadowing alone is how PATH works; kept as context.
     let r = c.run(&sys, "python3", &[("PATH", path)]);
@@ -197,7 +235,11 @@ fn a_shim_first_is_never_shadowing_and_says_what_it_picks() {
     assert_eq!(s.manager, "pyenv");
     assert_eq!(s.version.as_deref(), Some("3.12.1"));
     assert_eq!(s.target, Some(c.p(".pyenv/versions/3.12.1/bin/python3")));
-    assert!(r.label().contains("pyenv shim → 3.12.1, set by "), "{}", r.label());
+    assert!(
+        r.label().contains("pyenv shim → 3.12.1, set by "),
+        "{}",
+        r.label()
+    );
 }
 
 /// The two real Go installations of this machine kind.
@@ -234,14 +276,31 @@ fn go_shadowing_needs_goroot_or_go_mod_evidence() {
     }
     // Distro Go first, GOROOT naming the newer one: both problems.
     let broken = format!("{old}/bin:{new}/bin");
-    let r = c.run(&old_go, "go", &[("PATH", broken.clone()), ("GOROOT", new.clone())]);
+    let r = c.run(
+        &old_go,
+        "go",
+        &[("PATH", broken.clone()), ("GOROOT", new.clone())],
+    );
     let mut got = codes(&r);
     got.sort();
     assert_eq!(got, ["go.goroot_mismatch", "path.shadowed"]);
-    let s = r.findings.iter().find(|f| f.code == "path.shadowed").unwrap();
-    assert!(s.cause.starts_with(&format!("GOROOT={new} in the environment")), "{}", s.cause);
+    let s = r
+        .findings
+        .iter()
+        .find(|f| f.code == "path.shadowed")
+        .unwrap();
+    assert!(
+        s.cause
+            .starts_with(&format!("GOROOT={new} in the environment")),
+        "{}",
+        s.cause
+    );
     assert_eq!(s.fix, format!("export PATH={new}/bin:$PATH"));
-    let g = r.findings.iter().find(|f| f.code == "go.goroot_mismatch").unwrap();
+    let g = r
+        .findings
+        .iter()
+        .find(|f| f.code == "go.goroot_mismatch")
+        .unwrap();
     assert_eq!(g.cause, format!("GOROOT={new} in the environment"));
     assert!(g.fix.starts_with("unset GOROOT"), "{}", g.fix);
     // Distro Go first, nothing asking for more: silent.
@@ -270,7 +329,10 @@ fn go_shadowing_needs_goroot_or_go_mod_evidence() {
     let r = c.run(
         &new_go,
         "go",
-        &[("PATH", format!("{new}/bin")), ("GOTOOLCHAIN", "local".into())],
+        &[
+            ("PATH", format!("{new}/bin")),
+            ("GOTOOLCHAIN", "local".into()),
+        ],
     );
     assert_eq!(codes(&r), ["go.version_too_old"]);
     assert_eq!(r.findings[0].severity, crate::finding::Severity::Error);
@@ -297,6 +359,12 @@ fn env_diverged_says_what_differed_and_how_to_fix_it() {
     let r = c.analyzer.on_exec(&c.table, &e);
     assert_eq!(codes(&r), ["env.diverged"]);
     let f = &r.findings[0];
-    assert!(f.cause.starts_with("GOPROXY=off in this run's environment; GOPROXY=https://proxy.corp in pid 4242's"), "{}", f.cause);
+    assert!(
+        f.cause.starts_with(
+            "GOPROXY=off in this run's environment; GOPROXY=https://proxy.corp in pid 4242's"
+        ),
+        "{}",
+        f.cause
+    );
     assert_eq!(f.fix, "export GOPROXY=https://proxy.corp");
 }

@@ -38,10 +38,7 @@ impl PathContext {
     fn position(&self, path: &str) -> String {
         let dir = parent(path).unwrap_or("/");
         let entries: Vec<&str> = self.path_var.split(':').collect();
-        match entries
-            .iter()
-            .position(|e| e.trim_end_matches('/') == dir)
-        {
+        match entries.iter().position(|e| e.trim_end_matches('/') == dir) {
             Some(i) => format!("{dir} is PATH entry {} of {}", i + 1, entries.len()),
             None => format!("{dir} is on PATH"),
         }
@@ -130,8 +127,7 @@ pub fn origin_of_cgroup(text: &str) -> Option<Origin> {
     let user = path.contains("/user@");
     let unit = path
         .split('/')
-        .filter(|c| c.ends_with(".service") && !c.starts_with("user@"))
-        .next_back()?;
+        .rfind(|c| c.ends_with(".service") && !c.starts_with("user@"))?;
     Some(Origin {
         unit: unit.to_string(),
         user,
@@ -282,7 +278,8 @@ impl Analyzer {
             cause: format!(
                 "{why}, but {} and {} comes later",
                 p.position(&win.path),
-                p.position(&first.path).replace(" is PATH entry", " is entry"),
+                p.position(&first.path)
+                    .replace(" is PATH entry", " is entry"),
             ),
             fix: path_fix(&first_dir),
             evidence: ev(&[
@@ -728,7 +725,10 @@ impl Analyzer {
                     Some(o) if o.user => format!(
                         "set it in the unit: systemctl --user edit {} (Environment={}), or systemctl --user import-environment {var} from your shell",
                         o.unit,
-                        before.as_deref().map(|b| format!("{var}={b}")).unwrap_or_else(|| format!("{var}=")),
+                        before
+                            .as_deref()
+                            .map(|b| format!("{var}={b}"))
+                            .unwrap_or_else(|| format!("{var}=")),
                     ),
                     Some(o) => format!(
                         "set it in the unit: systemctl edit {} (Environment= or EnvironmentFile=)",
@@ -838,7 +838,9 @@ impl Analyzer {
                 Some((f, libc::ENOEXEC)) => format!(
                     "{f} is not a program this kernel runs: rebuild it for this machine, or give the script a #! line"
                 ),
-                Some((f, _)) => format!("check {f} (exists? right architecture? its #! interpreter present?)"),
+                Some((f, _)) => {
+                    format!("check {f} (exists? right architecture? its #! interpreter present?)")
+                }
                 None => String::new(),
             };
             (

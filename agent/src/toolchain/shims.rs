@@ -97,7 +97,6 @@ pub fn manager_of_dir(fs: &FsView, dir: &str) -> Option<&'static str> {
     }
 }
 
-
 /// First version named in a version file (`3.12.1`; `#` comment lines
 /// skipped; in a variable, versions are separated by `:`).
 fn first_version(text: &str) -> Option<String> {
@@ -142,7 +141,10 @@ pub fn resolve(
         (Some(v), f)
     } else {
         let global = join(root, "version");
-        match fs.read_to_string(&global, 4096).and_then(|t| first_version(&t)) {
+        match fs
+            .read_to_string(&global, 4096)
+            .and_then(|t| first_version(&t))
+        {
             Some(v) => (Some(v), format!("{global} (global)")),
             None => (
                 Some("system".into()),
@@ -213,7 +215,12 @@ mod tests {
         std::fs::write(root.join("version"), "3.11.7\n").unwrap();
         let s = resolve(&fs, &shim, Some(&cwd), envf(vec![])).unwrap();
         assert_eq!(s.version.as_deref(), Some("3.11.7"));
-        assert!(s.set_by.as_deref().unwrap().ends_with(".pyenv/version (global)"));
+        assert!(
+            s.set_by
+                .as_deref()
+                .unwrap()
+                .ends_with(".pyenv/version (global)")
+        );
         assert!(s.target.unwrap().ends_with("versions/3.11.7/bin/python3"));
         // A .python-version above the working directory wins over it.
         std::fs::write(d.join("src/x/.python-version"), "# pinned\n3.12.1\n").unwrap();
@@ -243,7 +250,15 @@ mod tests {
     #[test]
     fn other_managers_are_recognised_and_plain_dirs_are_not() {
         let d = tempdir("shimdirs");
-        for sub in [".asdf/shims", "share/mise/shims", ".volta/bin", "conda/condabin", "conda/conda-meta", "usr/bin", "x/shims"] {
+        for sub in [
+            ".asdf/shims",
+            "share/mise/shims",
+            ".volta/bin",
+            "conda/condabin",
+            "conda/conda-meta",
+            "usr/bin",
+            "x/shims",
+        ] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
         let fs = FsView::host();
