@@ -34,13 +34,26 @@ pub(super) struct PathContext {
 }
 
 impl PathContext {
-    /// `/usr/bin is PATH entry 2 of 7`.
-    fn position(&self, path: &str) -> String {
+    /// (1-based PATH entry, number of entries) of `path`'s directory.
+    fn entry(&self, path: &str) -> Option<(usize, usize)> {
         let dir = parent(path).unwrap_or("/");
         let entries: Vec<&str> = self.path_var.split(':').collect();
-        match entries.iter().position(|e| e.trim_end_matches('/') == dir) {
-            Some(i) => format!("{dir} is PATH entry {} of {}", i + 1, entries.len()),
-            None => format!("{dir} is on PATH"),
+        entries
+            .iter()
+            .position(|e| e.trim_end_matches('/') == dir)
+            .map(|i| (i + 1, entries.len()))
+    }
+
+    /// `PATH entry 1 of 7 (/usr/bin) comes before entry 3 (/usr/local/go/bin)`.
+    fn order(&self, winner: &str, later: &str) -> String {
+        let dir = |p: &str| parent(p).unwrap_or("/").to_string();
+        match (self.entry(winner), self.entry(later)) {
+            (Some((w, n)), Some((l, _))) => format!(
+                "PATH entry {w} of {n} ({}) comes before entry {l} ({})",
+                dir(winner),
+                dir(later)
+            ),
+            _ => format!("{} comes before {} on PATH", dir(winner), dir(later)),
         }
     }
 }
@@ -275,12 +288,7 @@ impl Analyzer {
                 first.path,
                 paren(&first_id.label()),
             ),
-            cause: format!(
-                "{why}, but {} and {} comes later",
-                p.position(&win.path),
-                p.position(&first.path)
-                    .replace(" is PATH entry", " is entry"),
-            ),
+            cause: format!("{why}, but {}", p.order(&win.path, &first.path)),
             fix: path_fix(&first_dir),
             evidence: ev(&[
                 ("name", json!(p.name)),
