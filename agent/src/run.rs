@@ -189,7 +189,7 @@ impl Pipeline {
                 .any(|a| self.analysed.contains(a))
     }
 
-    fn push_wire(&self, w: WireOutput, out: &mut Vec<Output>) {
+    fn push_wire(&mut self, w: WireOutput, out: &mut Vec<Output>) {
         let (findings, at) = match &w {
             WireOutput::Tls(r) => (r.findings.clone(), r.end_ns),
             WireOutput::Dns(r) => (r.findings.clone(), r.end_ns),
@@ -205,10 +205,17 @@ impl Pipeline {
             }
         }
         for finding in findings {
+            let download = self.analyzer.toolchain_download_failed(&finding, at);
             out.push(Output::Finding {
                 finding,
                 ktime_ns: at,
             });
+            if let Some(d) = download {
+                out.push(Output::Finding {
+                    finding: d,
+                    ktime_ns: at,
+                });
+            }
         }
     }
 
@@ -238,10 +245,17 @@ impl Pipeline {
                         analysed,
                     });
                     for f in findings {
+                        let download = self.analyzer.toolchain_download_failed(&f, t.ktime_ns);
                         out.push(Output::Finding {
                             finding: f,
                             ktime_ns: t.ktime_ns,
                         });
+                        if let Some(d) = download {
+                            out.push(Output::Finding {
+                                finding: d,
+                                ktime_ns: t.ktime_ns,
+                            });
+                        }
                     }
                 }
             }
@@ -270,6 +284,7 @@ impl Pipeline {
                 }
                 let p = self.table.get(x.tgid).cloned();
                 self.table.on_exit(&x);
+                self.analyzer.forget_process(x.tgid);
                 for f in self.analyzer.on_exit(&self.table, &x) {
                     out.push(Output::Finding {
                         finding: f,

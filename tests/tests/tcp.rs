@@ -342,6 +342,43 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
         let report = lines.last().unwrap();
         assert_eq!(report["verdict"][0]["code"], code, "{report:#}");
     }
+    // A go.mod that needs a newer Go: go (1.21+, GOTOOLCHAIN unset) tries to
+    // download that toolchain from the refusing GOPROXY.
+    let newer = dir.join("newer");
+    std::fs::create_dir_all(&newer).unwrap();
+    std::fs::write(newer.join("go.mod"), "module example.com/n\n\ngo 1.99\n").unwrap();
+    let goproxy = format!("http://{}:{PORT_RESET}", lab.srv_ip);
+    let lines = trace_json(
+        &lab.in_client(&["sh", "-c", &format!("cd {} && go version", newer.display())]),
+        &[
+            ("PATH", &path),
+            ("GOPROXY", &goproxy),
+            ("GOSUMDB", "off"),
+            ("GOCACHE", &cache),
+            ("GOMODCACHE", &modcache),
+        ],
+    );
+    let f = of_type(&lines, "finding")
+        .into_iter()
+        .find(|f| f["code"] == "go.toolchain_download_failed")
+        .unwrap_or_else(|| {
+            panic!(
+                "no go.toolchain_download_failed: {:#?}",
+                of_type(&lines, "finding")
+            )
+        });
+    let summary = f["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!(
+            "tried to switch to go1.99 (because of go 1.99 in {}/go.mod) and the download from GOPROXY {goproxy} failed: go → {}:{PORT_RESET} (your GOPROXY) refused",
+            newer.display(),
+            lab.srv_ip
+        )),
+        "{summary}"
+    );
+    assert_eq!(f["severity"], "error");
+    assert!(f["fix"].as_str().unwrap().contains("GOPROXY"), "{f:#}");
+
     // The same report as Markdown, for a CI job summary.
     let out = dir.join("summary.md");
     let goproxy = format!("http://{}:{PORT_RESET}", lab.srv_ip);

@@ -188,6 +188,8 @@ pub struct Analyzer {
     /// Identities of host files by path and file, for `IDENTITY_TTL`.
     identities: HashMap<(String, FileKey), (std::time::Instant, Identity)>,
     env_seen: HashMap<(u32, String), EnvSeen>,
+    /// `go` processes about to download another toolchain, by pid.
+    switching: HashMap<u32, rules::Switch>,
     reported: crate::finding::Dedup,
 }
 
@@ -359,6 +361,7 @@ impl Analyzer {
             self.rule_path_shadowed(&fs, e, &out, p, &go_lines, &mut f);
         }
         self.rule_go_version_required(e, &out, path.as_ref(), &go_lines, &mut f);
+        self.note_switch(e, &out.identity, &go_lines);
         self.rule_goroot_mismatch(&fs, e, &out.identity, &mut f);
         self.rule_toolchain_switch(table, e, &out.identity, &go_lines, &mut f);
         self.rule_env_mismatch(&fs, e, &out.identity, &mut f);

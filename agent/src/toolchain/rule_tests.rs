@@ -376,3 +376,71 @@ fn env_diverged_says_what_differed_and_how_to_fix_it() {
     );
     assert_eq!(f.fix, "export GOPROXY=https://proxy.corp");
 }
+
+#[test]
+fn a_failed_goproxy_fetch_of_a_switching_go_is_the_toolchain_download() {
+    let (_, new) = real_gos();
+    let mut c = Case::new("rules-download");
+    let new_go = format!("{new}/bin/go");
+    let refused = |pid: u32, var: &str| crate::finding::Finding {
+        code: "net.connect_refused",
+        severity: crate::finding::Severity::Error,
+        pid,
+        summary: "go → 10.0.0.5:443 (your GOPROXY) refused (TCP reset)".into(),
+        cause: "10.0.0.5:443 answered the SYN with a TCP reset".into(),
+        fix: "start it".into(),
+        evidence: crate::finding::evidence(&[(
+            "endpoint_from",
+            serde_json::json!({"variable": var, "value": "https://10.0.0.5", "default": false}),
+        )]),
+    };
+    // go.mod satisfied: no switch, the refusal is only a network finding.
+    std::fs::write(c.dir.join("cwd/go.mod"), "module m\n\ngo 1.21\n").unwrap();
+    c.run(&new_go, "go", &[("PATH", format!("{new}/bin"))]);
+    assert!(
+        c.analyzer
+            .toolchain_download_failed(&refused(PID, "GOPROXY"), c.t)
+            .is_none()
+    );
+    // go.mod needs 1.99: go switches, and its GOPROXY fetch failing is the download.
+    std::fs::write(c.dir.join("cwd/go.mod"), "module m\n\ngo 1.99\n").unwrap();
+    c.run(&new_go, "go", &[("PATH", format!("{new}/bin"))]);
+    assert!(
+        c.analyzer
+            .toolchain_download_failed(&refused(PID, "PIP_INDEX_URL"), c.t)
+            .is_none()
+    );
+    assert!(
+        c.analyzer
+            .toolchain_download_failed(&refused(PID + 1, "GOPROXY"), c.t)
+            .is_none()
+    );
+    let d = c
+        .analyzer
+        .toolchain_download_failed(&refused(PID, "GOPROXY"), c.t)
+        .expect("download finding");
+    assert_eq!(d.code, "go.toolchain_download_failed");
+    assert!(
+        d.summary.contains(&format!(
+            "tried to switch to go1.99 (because of go 1.99 in {}) and the download from GOPROXY https://10.0.0.5 failed: go → 10.0.0.5:443",
+            c.p("cwd/go.mod")
+        )),
+        "{}",
+        d.summary
+    );
+    // GOTOOLCHAIN=local: no switch, no download.
+    c.run(
+        &new_go,
+        "go",
+        &[
+            ("PATH", format!("{new}/bin")),
+            ("GOTOOLCHAIN", "local".into()),
+        ],
+    );
+    c.analyzer.forget_process(PID);
+    assert!(
+        c.analyzer
+            .toolchain_download_failed(&refused(PID, "GOPROXY"), c.t + 1)
+            .is_none()
+    );
+}

@@ -147,7 +147,117 @@ pub fn origin_of_cgroup(text: &str) -> Option<Origin> {
     })
 }
 
+/// A `go` that will switch to another toolchain, and why.
+#[derive(Clone, Debug)]
+pub struct Switch {
+    /// `go1.99.0`.
+    pub to: String,
+    /// `go 1.99 in /src/m/go.mod`, `GOTOOLCHAIN=go1.99.0 in the environment`.
+    pub because: String,
+    /// The running toolchain's version.
+    pub from: String,
+}
+
 impl Analyzer {
+    /// Remember a `go` that will download another toolchain (Go >= 1.21
+    /// switching for its go.mod / go.work or GOTOOLCHAIN), so a failed
+    /// fetch from GOPROXY is explained as that download.
+    pub(super) fn note_switch(&mut self, e: &Exec, id: &Identity, go_lines: &[gomod::Line]) {
+        let (true, Some(have)) = (id.is_go_command, go_version_of(id)) else {
+            return;
+        };
+        let forced = e
+            .env_var("GOTOOLCHAIN")
+            .map(|t| t.split('+').next().unwrap_or(t))
+            .filter(|t| t.starts_with("go1"))
+            .and_then(|t| GoVersion::parse(t).map(|v| (t.to_string(), v)));
+        let sw = match forced {
+            Some((t, v)) if v != have => Some(Switch {
+                to: t.clone(),
+                because: format!("GOTOOLCHAIN={t} in the environment"),
+                from: id.go_version.clone().unwrap_or_default(),
+            }),
+            Some(_) => None,
+            None if can_switch(&have, e) => {
+                let (go, tc) = gomod::strictest(go_lines);
+                [go, tc]
+                    .into_iter()
+                    .flatten()
+                    .filter(|l| l.version > have)
+                    .max_by(|a, b| a.version.cmp(&b.version))
+                    .map(|l| Switch {
+                        to: format!("go{}", l.version),
+                        because: l.describe(),
+                        from: id.go_version.clone().unwrap_or_default(),
+                    })
+            }
+            None => None,
+        };
+        if self.switching.len() >= 4096 {
+            self.switching.clear();
+        }
+        match sw {
+            Some(s) => {
+                self.switching.insert(e.tgid, s);
+            }
+            None => {
+                self.switching.remove(&e.tgid);
+            }
+        }
+    }
+
+    /// `go.toolchain_download_failed`: a network or TLS failure of a `go`
+    /// that was switching toolchains, towards its GOPROXY.
+    pub fn toolchain_download_failed(&mut self, f: &Finding, now: u64) -> Option<Finding> {
+        if !(f.code.starts_with("net.") || f.code.starts_with("tls."))
+            || f.severity < Severity::Error
+        {
+            return None;
+        }
+        let sw = self.switching.get(&f.pid)?.clone();
+        let src = f.evidence.get("endpoint_from")?;
+        if src.get("variable").and_then(Value::as_str) != Some("GOPROXY") {
+            return None;
+        }
+        let proxy = src
+            .get("value")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        if !self.once(
+            format!("go.toolchain_download_failed|{}|{}", f.pid, sw.to),
+            now,
+        ) {
+            return None;
+        }
+        Some(Finding {
+            code: "go.toolchain_download_failed",
+            severity: Severity::Error,
+            pid: f.pid,
+            summary: format!(
+                "go {} tried to switch to {} (because of {}) and the download from GOPROXY {proxy} failed: {}",
+                sw.from, sw.to, sw.because, f.summary
+            ),
+            cause: format!("{}; {}", sw.because, f.cause),
+            fix: format!(
+                "point GOPROXY at a proxy that serves golang.org/toolchain (go env -w GOPROXY=https://proxy.golang.org,direct), or install {} and put it first on PATH",
+                sw.to
+            ),
+            evidence: ev(&[
+                ("from_version", json!(sw.from)),
+                ("to_version", json!(sw.to)),
+                ("reason", json!(sw.because)),
+                ("GOPROXY", json!(proxy)),
+                ("network_finding", json!(f.code)),
+            ]),
+        })
+    }
+
+    /// A process is gone: forget its pending switch.
+    pub fn forget_process(&mut self, tgid: u32) {
+        self.switching.remove(&tgid);
+    }
+
     /// PATH resolution for a bare command name: the shim it was, if one,
     /// and the later candidates it hid (kept as context in the exec record).
     pub(super) fn path_context(
