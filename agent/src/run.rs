@@ -518,6 +518,29 @@ fn probe_reachable(c: &mut Collector, argv: &[String], inv: &crate::invoker::Inv
     );
 }
 
+/// Live mode, at start-up: the crypto/tls probe on every Go toolchain known
+/// on the host (see [`crate::tlslib::host_go_dirs`]), so a `go` the agent
+/// has not seen run yet is probed on its first run.
+fn probe_host_go(c: &mut Collector, proc_root: &std::path::Path) {
+    if uprobe_caps(c).is_empty() {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let mut n = 0;
+    for d in crate::tlslib::host_go_dirs(proc_root) {
+        let go = d.join("go");
+        if go.is_file() && crate::tlslib::is_go_program(&go) {
+            c.probe_go_file(&go);
+            n += 1;
+        }
+    }
+    tracing::debug!(
+        go = n,
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "probed the host's Go toolchains"
+    );
+}
+
 fn uprobe_caps(c: &Collector) -> Vec<u32> {
     let uprobes = c
         .attached
@@ -551,6 +574,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     let (mut collector, mut rx) = Collector::start(&opts.collector_options(), 65_536)?;
     let proc_root = opts.analysis.proc_root.clone();
     collector.probe_libssl(&proc_root);
+    probe_host_go(&mut collector, &proc_root);
     let mut ticks: u64 = 0;
     let json = opts.format == Format::Json;
     report_attach(&collector);

@@ -167,6 +167,62 @@ pub fn conda_envs() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Directories a live agent looks for Go toolchains in at start-up: every
+/// PATH entry and `$GOROOT/bin` of the processes running now (their
+/// environments, read bounded), the usual install places (`/usr/local/go`,
+/// `/usr/lib/go-*`), and conda envs' `bin/`.
+pub fn host_go_dirs(proc_root: &Path) -> Vec<PathBuf> {
+    const MAX_DIRS: usize = 512;
+    let mut dirs: Vec<PathBuf> = vec![PathBuf::from("/usr/local/go/bin")];
+    if let Ok(rd) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("go-"))
+                .map(|e| e.path().join("bin")),
+        );
+    }
+    dirs.extend(conda_envs().into_iter().map(|e| e.join("bin")));
+    let mut seen: HashSet<PathBuf> = dirs.iter().cloned().collect();
+    if let Ok(rd) = std::fs::read_dir(proc_root) {
+        for e in rd.flatten().take(65_536) {
+            if seen.len() >= MAX_DIRS {
+                break;
+            }
+            if !e
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
+                continue;
+            }
+            // A process's environment: 64 KiB is far more than PATH needs.
+            let Some(env) = crate::fsview::read_capped(&e.path().join("environ"), 64 * 1024) else {
+                continue;
+            };
+            for var in env.split(|&b| b == 0) {
+                let var = String::from_utf8_lossy(var);
+                let found: Vec<PathBuf> = if let Some(p) = var.strip_prefix("PATH=") {
+                    p.split(':')
+                        .filter(|d| d.starts_with('/'))
+                        .map(PathBuf::from)
+                        .collect()
+                } else if let Some(r) = var.strip_prefix("GOROOT=").filter(|r| r.starts_with('/')) {
+                    vec![Path::new(r).join("bin")]
+                } else {
+                    continue;
+                };
+                for d in found {
+                    if seen.len() < MAX_DIRS && seen.insert(d.clone()) {
+                        dirs.push(d);
+                    }
+                }
+            }
+        }
+    }
+    dirs
+}
+
 /// How long a directory that was looked at is not looked at again.
 const DIR_RECHECK: Duration = Duration::from_secs(30);
 /// Bound on the directories remembered (cleared when reached).
@@ -374,6 +430,35 @@ pub fn reachable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_go_dirs_come_from_running_processes_bounded() {
+        let d = crate::fsview::tests::tempdir("hostgo");
+        let proc = d.join("proc");
+        for (pid, env) in [
+            ("10", &b"HOME=/h\0PATH=/opt/a/bin:/usr/bin:rel\0GOROOT=/opt/go\0"[..]),
+            ("11", &b"PATH=/usr/bin:/opt/b/bin\0"[..]),
+            ("self", &b"PATH=/not/a/pid\0"[..]),
+        ] {
+            std::fs::create_dir_all(proc.join(pid)).unwrap();
+            std::fs::write(proc.join(pid).join("environ"), env).unwrap();
+        }
+        // An environ that is a FIFO is passed over, not waited on.
+        std::fs::create_dir_all(proc.join("12")).unwrap();
+        let c = std::ffi::CString::new(proc.join("12/environ").display().to_string()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let dirs = host_go_dirs(&proc);
+        for want in ["/usr/local/go/bin", "/opt/a/bin", "/usr/bin", "/opt/go/bin", "/opt/b/bin"] {
+            assert_eq!(
+                dirs.iter().filter(|p| *p == Path::new(want)).count(),
+                1,
+                "{want} once in {dirs:?}"
+            );
+        }
+        assert!(!dirs.iter().any(|p| p == Path::new("/not/a/pid") || p == Path::new("rel")));
+        std::fs::remove_dir_all(d).ok();
+    }
 
     #[test]
     fn what_a_command_can_reach_is_found_before_it_runs() {

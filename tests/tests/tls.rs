@@ -349,6 +349,57 @@ fn live_mode_reports_failed_handshakes_of_any_process() {
     assert_eq!(codes(&lines), vec!["tls.version_mismatch"]);
 }
 
+/// Live mode: the host's Go toolchains are probed at start-up, so the
+/// first run of Debian's `go` (never seen run by this agent) fetching from an
+/// untrusted GOPROXY has Go's own alert.
+#[test]
+fn live_mode_probes_the_hosts_go_toolchains_before_their_first_run() {
+    use std::process::{Command, Stdio};
+    let t = tls_lab("live-go");
+    let dir = agent_tests::scratch("live-go");
+    let m = dir.join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(
+        m.join("go.mod"),
+        "module example.com/m\n\ngo 1.19\n\nrequire example.com/dep v1.0.0\n",
+    )
+    .unwrap();
+    let out_file = dir.join("records.jsonl");
+    let mut agent = agent_tests::start_live_agent(&out_file);
+    let argv = t
+        .lab
+        .in_client(&["/usr/lib/go-1.19/bin/go", "mod", "download"]);
+    let st = Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(&m)
+        .env("GOPROXY", format!("https://{}:{ANY}", t.lab.srv_ip))
+        .env("GOSUMDB", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOMODCACHE", dir.join("modcache"))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert!(stderr.contains("x509"), "{stderr}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    agent_tests::signal(agent.id(), "-TERM");
+    agent.wait().unwrap();
+    let lines = agent_tests::json_lines(&std::fs::read_to_string(&out_file).unwrap());
+    let f: Vec<&Value> = findings_of(&lines, "tls.untrusted_certificate")
+        .into_iter()
+        .filter(|f| f["evidence"]["exe"] == "/usr/lib/go-1.19/bin/go")
+        .collect();
+    assert_eq!(f.len(), 1, "{lines:#?}");
+    assert_eq!(
+        f[0]["evidence"]["library"]["go_alert_sent"], "bad_certificate",
+        "{}",
+        f[0]
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// A Go program built without a symbol table (`-ldflags=-s -w`) is probed
 /// through its function table: its second run says which alert Go sent.
 #[test]
