@@ -37,13 +37,21 @@ pub const OSSL_PROBES: &[(&str, &str)] = &[
 pub const GO_PROGRAM: &str = "go_send_alert";
 pub const GO_SYMBOL: &str = "crypto/tls.(*Conn).sendAlertLocked";
 
-/// `libssl.so*` paths in `ldconfig -p` output.
-pub fn libssl_in_ldconfig(text: &str) -> Vec<PathBuf> {
-    text.lines()
-        .filter_map(|l| l.split_once(" => ").map(|(_, p)| p.trim()))
+/// `libssl.so*` paths in the loader's cache (`/etc/ld.so.cache`, read
+/// instead of spawning `ldconfig -p` as root): its string table holds every
+/// library's absolute path NUL-terminated, in both the old and the new
+/// (`glibc-ld.so.cache1.1`) format, so the paths are read from it directly.
+pub fn libssl_in_ld_cache(bytes: &[u8]) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = bytes
+        .split(|&b| b == 0)
+        .filter(|s| s.first() == Some(&b'/') && s.len() < 4096)
+        .filter_map(|s| std::str::from_utf8(s).ok())
         .filter(|p| is_libssl(p))
         .map(PathBuf::from)
-        .collect()
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// `libssl.so*` paths mapped in one `/proc/<pid>/maps`.
@@ -270,11 +278,9 @@ impl Targets {
 /// (through `/proc/<pid>/root`, so a container's own libssl is found too).
 pub fn libssl_candidates(proc_root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for ldconfig in ["/sbin/ldconfig", "/usr/sbin/ldconfig"] {
-        if let Ok(o) = std::process::Command::new(ldconfig).arg("-p").output() {
-            out.extend(libssl_in_ldconfig(&String::from_utf8_lossy(&o.stdout)));
-            break;
-        }
+    // Root-owned, but read like any file: bounded, never blocking.
+    if let Some(cache) = crate::fsview::read_capped(Path::new("/etc/ld.so.cache"), 16 << 20) {
+        out.extend(libssl_in_ld_cache(&cache));
     }
     if let Ok(rd) = std::fs::read_dir(proc_root) {
         for e in rd.flatten() {
@@ -436,7 +442,10 @@ mod tests {
         let d = crate::fsview::tests::tempdir("hostgo");
         let proc = d.join("proc");
         for (pid, env) in [
-            ("10", &b"HOME=/h\0PATH=/opt/a/bin:/usr/bin:rel\0GOROOT=/opt/go\0"[..]),
+            (
+                "10",
+                &b"HOME=/h\0PATH=/opt/a/bin:/usr/bin:rel\0GOROOT=/opt/go\0"[..],
+            ),
             ("11", &b"PATH=/usr/bin:/opt/b/bin\0"[..]),
             ("self", &b"PATH=/not/a/pid\0"[..]),
         ] {
@@ -449,14 +458,24 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         let dirs = host_go_dirs(&proc);
-        for want in ["/usr/local/go/bin", "/opt/a/bin", "/usr/bin", "/opt/go/bin", "/opt/b/bin"] {
+        for want in [
+            "/usr/local/go/bin",
+            "/opt/a/bin",
+            "/usr/bin",
+            "/opt/go/bin",
+            "/opt/b/bin",
+        ] {
             assert_eq!(
                 dirs.iter().filter(|p| *p == Path::new(want)).count(),
                 1,
                 "{want} once in {dirs:?}"
             );
         }
-        assert!(!dirs.iter().any(|p| p == Path::new("/not/a/pid") || p == Path::new("rel")));
+        assert!(
+            !dirs
+                .iter()
+                .any(|p| p == Path::new("/not/a/pid") || p == Path::new("rel"))
+        );
         std::fs::remove_dir_all(d).ok();
     }
 
@@ -520,12 +539,28 @@ mod tests {
     }
 
     #[test]
-    fn finds_libssl_in_ldconfig_and_maps() {
-        let ld = "\t12 libs found in cache `/etc/ld.so.cache'\n\tlibssl.so.3 (libc6,x86-64) => /lib/x86_64-linux-gnu/libssl.so.3\n\tlibcrypto.so.3 (libc6,x86-64) => /lib/x86_64-linux-gnu/libcrypto.so.3\n";
+    fn finds_libssl_in_the_loader_cache_and_maps() {
+        let ld = b"glibc-ld.so.cache1.1\x03\0\0\0junk\xff\0libssl.so.3\0/lib/x86_64-linux-gnu/libssl.so.3\0libcrypto.so.3\0/lib/x86_64-linux-gnu/libcrypto.so.3\0/lib/x86_64-linux-gnu/libssl.so.3\0";
         assert_eq!(
-            libssl_in_ldconfig(ld),
+            libssl_in_ld_cache(ld),
             vec![PathBuf::from("/lib/x86_64-linux-gnu/libssl.so.3")]
         );
+        // The machine's own cache agrees with what ldconfig -p prints.
+        if let Ok(cache) = std::fs::read("/etc/ld.so.cache")
+            && let Ok(o) = std::process::Command::new("/sbin/ldconfig")
+                .arg("-p")
+                .output()
+        {
+            let mut printed: Vec<PathBuf> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_once(" => ").map(|(_, p)| p.trim()))
+                .filter(|p| is_libssl(p))
+                .map(PathBuf::from)
+                .collect();
+            printed.sort();
+            printed.dedup();
+            assert_eq!(libssl_in_ld_cache(&cache), printed);
+        }
         let maps = "7f00-7f01 r--p 00000000 fe:01 123 /opt/conda/envs/x/lib/libssl.so.3\n7f01-7f02 r-xp 00001000 fe:01 123 /opt/conda/envs/x/lib/libssl.so.3\n7f02-7f03 rw-p 00000000 00:00 0 \n7f03-7f04 r-xp 0 fe:01 9 /usr/lib/libc.so.6\n";
         assert_eq!(
             libssl_in_maps(maps),
