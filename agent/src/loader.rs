@@ -254,6 +254,7 @@ pub fn require_privileges() -> Result<(), LoadError> {
 pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
     require_privileges()?;
     bump_memlock();
+    bump_nofile();
     let mut loader = EbpfLoader::new();
     loader
         .override_global(globals::AGENT_TGID, &g.agent_tgid, true)
@@ -304,6 +305,29 @@ fn bump_memlock() {
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
     if ret != 0 {
         tracing::debug!("raising RLIMIT_MEMLOCK failed (fine on kernels with memcg accounting)");
+    }
+}
+
+/// Every uprobe and tracepoint link holds a file descriptor: a node with
+/// many Go toolchains and libssl copies needs more than the usual soft
+/// limit of 1024. Soft is raised to the hard limit (a traced command gets
+/// the limits the agent started with back: `traced`).
+fn bump_nofile() {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } != 0 {
+        return;
+    }
+    if rlim.rlim_cur < rlim.rlim_max {
+        let before = rlim.rlim_cur;
+        rlim.rlim_cur = rlim.rlim_max;
+        // SAFETY: valid pointer to an initialised rlimit for the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) } == 0 {
+            tracing::debug!(from = before, to = rlim.rlim_cur, "RLIMIT_NOFILE raised");
+        }
     }
 }
 

@@ -221,6 +221,17 @@ fn once_attached_every_thread_keeps_only_the_capabilities_it_uses() {
         .flatten()
         .collect();
     assert!(tasks.len() >= 3, "main and workers");
+    // Room for a link per uprobe: the soft open-files limit is the hard one.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.id())).unwrap();
+    let nofile: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files")
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(nofile[0], nofile[1], "soft = hard: {nofile:?}");
     for t in &tasks {
         let st = std::fs::read_to_string(t.path().join("status")).unwrap();
         let name = st.lines().next().unwrap_or("").to_string();
