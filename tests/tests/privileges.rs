@@ -187,7 +187,24 @@ fn cap_field(status: &str, field: &str) -> u64 {
 fn once_attached_every_thread_keeps_only_the_capabilities_it_uses() {
     require_root();
     let out = scratch("capdrop").join("records.jsonl");
+    // Started with the usual soft open-files limit of a login (1024): the
+    // agent raises it for itself.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer; then a valid pointer to an initialised rlimit.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let low = libc::rlimit {
+            rlim_cur: lim.rlim_cur.min(1024),
+            rlim_max: lim.rlim_max,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &low);
+    }
     let mut agent = agent_tests::start_live_agent(&out);
+    // SAFETY: as above; the test's own limit back.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     // Killed however the test ends (a failed assertion must not leave it running).
     struct Kill(u32);
     impl Drop for Kill {
