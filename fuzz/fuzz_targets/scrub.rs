@@ -17,10 +17,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = scrub::scrub_argv(&words);
     // Planted: arbitrary text around one secret of a chosen form.
     let (shape, around) = match data.split_first() {
-        Some((s, rest)) => (*s, String::from_utf8_lossy(rest).replace(MARK, "")),
+        Some((s, rest)) => (*s, String::from_utf8_lossy(rest).into_owned()),
         None => return,
     };
-    let around: String = around.chars().filter(|c| !c.is_whitespace()).take(40).collect();
+    // The text around holds no marker of its own: removed after the
+    // whitespace is (removing either can join a new marker, so repeat).
+    let mut around: String = around.chars().filter(|c| !c.is_whitespace()).take(40).collect();
+    while around.contains(MARK) {
+        around = around.replace(MARK, "");
+    }
     // A password holds no raw `?`, `#` or `/` (RFC 3986 wants them
     // %-encoded; a "password" with `://` reads as a nested URL, documented).
     let pw: String = around.chars().filter(|c| !"?#/".contains(*c)).collect();

@@ -147,35 +147,47 @@ pub fn value(s: &str) -> Cow<'_, str> {
 }
 
 /// One word, given what the word before made of it: the word as it may
-/// leave, and what it makes of the next.
+/// leave, and what it makes of the next (a word masked as a value still
+/// makes the next one secret when it is itself an option or a header
+/// name: `-H 'Authorization:' http.extraHeader=Authorization: Basic X`).
 fn step<'a>(w: &'a str, this: Next, prog: &str) -> (Cow<'a, str>, Next) {
     let (open, core, close) = unquote(w);
     match this {
         Next::Keep => (scrub_word(w, prog), flag_takes_secret(w)),
-        Next::Secret => (Cow::Owned(format!("{open}{MASK}{close}")), Next::Keep),
+        Next::Secret => (
+            Cow::Owned(format!("{open}{MASK}{close}")),
+            flag_takes_secret(w),
+        ),
         Next::AfterColon => match core.split_once(':') {
             Some((user, _)) => (
                 Cow::Owned(format!("{open}{user}:{MASK}{close}")),
-                Next::Keep,
+                flag_takes_secret(w),
             ),
-            None => (scrub_word(w, prog), Next::Keep),
+            None => (scrub_word(w, prog), flag_takes_secret(w)),
         },
         // `-H 'Authorization: Bearer X'` (one word) or `-H Authorization:` `…`.
         Next::Header => (scrub_header(w), flag_takes_secret(w)),
         Next::EnvAssign => match core.split_once('=') {
             Some((name, v)) if secret_name(name) && !v.is_empty() => (
                 Cow::Owned(format!("{open}{name}={MASK}{close}")),
-                Next::Keep,
+                flag_takes_secret(w),
             ),
-            _ => (scrub_word(w, prog), Next::Keep),
+            _ => (scrub_word(w, prog), flag_takes_secret(w)),
         },
         Next::AfterScheme if is_scheme(core) => (Cow::Borrowed(w), Next::Secret),
-        Next::AfterScheme => (Cow::Owned(format!("{open}{MASK}{close}")), Next::Keep),
+        Next::AfterScheme => (
+            Cow::Owned(format!("{open}{MASK}{close}")),
+            flag_takes_secret(w),
+        ),
         Next::Cookie => {
             let more = w.trim_end_matches(['"', '\'']).ends_with(';');
             (
                 Cow::Owned(format!("{open}{MASK}{close}")),
-                if more { Next::Cookie } else { Next::Keep },
+                if more {
+                    Next::Cookie
+                } else {
+                    flag_takes_secret(w)
+                },
             )
         }
     }
