@@ -127,6 +127,16 @@ impl<'a> Gathered<'a> {
         }
     }
 
+    /// The verdict's problems, and how many info notes there are besides.
+    fn verdict(&self) -> (Vec<Problem<'a>>, usize) {
+        let notes = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Info)
+            .count();
+        (verdict(&self.findings), notes)
+    }
+
     /// The process tree, one line per exec and one per exit, indented.
     fn tree_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
@@ -219,12 +229,7 @@ pub fn text(style: &Style, r: &TraceResult, argv: &[String]) -> String {
     let g = Gathered::of(r);
     let mut s = String::new();
     let _ = writeln!(s, "\n{}", headline(r, argv, g.execs.len()));
-    let problems = verdict(&g.findings);
-    let notes = g
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Info)
-        .count();
+    let (problems, notes) = g.verdict();
     let _ = writeln!(s, "verdict: {}", verdict_line(&problems, notes));
     for p in &problems {
         let f = p.finding;
@@ -360,12 +365,7 @@ fn fenced(s: &str) -> String {
 pub fn markdown(r: &TraceResult, argv: &[String]) -> String {
     let g = Gathered::of(r);
     let mut s = String::new();
-    let problems = verdict(&g.findings);
-    let notes = g
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Info)
-        .count();
+    let (problems, notes) = g.verdict();
     let _ = writeln!(s, "### {}\n", md_escape(&headline(r, argv, g.execs.len())));
     let _ = writeln!(s, "**Verdict:** {}\n", verdict_line(&problems, notes));
     for p in &problems {

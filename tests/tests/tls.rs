@@ -436,43 +436,21 @@ fn stripped_go_programs_are_probed_too() {
 #[test]
 fn go_mod_download_from_an_untrusted_goproxy_first_run() {
     let t = tls_lab("goproxy-tls");
-    let gob = agent_tests::gobin_root();
-    let dir = agent_tests::scratch("goproxy-tls");
-    let m = dir.join("m");
-    std::fs::create_dir_all(&m).unwrap();
-    std::fs::write(
-        m.join("go.mod"),
-        "module example.com/m\n\ngo 1.21\n\nrequire example.com/dep v1.0.0\n",
-    )
-    .unwrap();
+    let g = agent_tests::GoModule::new("goproxy-tls");
     let goproxy = format!("https://{}:{ANY}", t.lab.srv_ip);
-    let path = format!(
-        "{}:/usr/sbin:/usr/bin:/sbin:/bin",
-        gob.join("bin").display()
-    );
-    let cache = dir.join("cache").display().to_string();
-    let modcache = dir.join("modcache").display().to_string();
     let lines = trace_json(
-        &t.lab.in_client(&[
-            "sh",
-            "-c",
-            &format!("cd {} && go mod download", m.display()),
-        ]),
-        &[
-            ("PATH", &path),
-            ("GOPROXY", &goproxy),
-            ("GOSUMDB", "off"),
-            ("GOFLAGS", "-mod=mod"),
-            ("GOTOOLCHAIN", "local"),
-            ("GOCACHE", &cache),
-            ("GOMODCACHE", &modcache),
-        ],
+        &t.lab.in_client(&["sh", "-c", &g.download_cmd()]),
+        &g.env(&goproxy),
     );
     let f = findings_of(&lines, "tls.untrusted_certificate");
     assert_eq!(f.len(), 1, "{:?}", codes(&lines));
     assert_eq!(
         f[0]["evidence"]["exe"],
-        gob.join("bin/go").display().to_string().as_str()
+        agent_tests::gobin_root()
+            .join("bin/go")
+            .display()
+            .to_string()
+            .as_str()
     );
     assert_eq!(
         f[0]["evidence"]["library"]["go_alert_sent"], "bad_certificate",
@@ -490,7 +468,7 @@ fn go_mod_download_from_an_untrusted_goproxy_first_run() {
         s.contains("Go crypto/tls sent alert bad_certificate"),
         "{s}"
     );
-    std::fs::remove_dir_all(dir).ok();
+    std::fs::remove_dir_all(&g.dir).ok();
 }
 
 /// A libssl of its own that a program loads with `dlopen` (Python's `import
