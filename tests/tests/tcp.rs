@@ -327,11 +327,11 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
     let lines = trace_json(
         &lab.in_client(&["sh", "-c", &format!("cd {} && go version", newer.display())]),
         &[
-            ("PATH", &path),
+            ("PATH", path),
             ("GOPROXY", &goproxy),
             ("GOSUMDB", "off"),
-            ("GOCACHE", &cache),
-            ("GOMODCACHE", &modcache),
+            ("GOCACHE", cache),
+            ("GOMODCACHE", modcache),
         ],
     );
     let f = of_type(&lines, "finding")
