@@ -364,12 +364,12 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
         .arg("trace")
         .arg("--")
         .args(lab.in_client(&["sh", "-c", &cmd]))
-        .env("PATH", &path)
+        .env("PATH", path)
         .env("GOPROXY", &goproxy)
         .env("GOSUMDB", "off")
         .env("GOTOOLCHAIN", "local")
-        .env("GOCACHE", &cache)
-        .env("GOMODCACHE", &modcache)
+        .env("GOCACHE", cache)
+        .env("GOMODCACHE", modcache)
         .status()
         .expect("agent trace --format markdown");
     assert!(!st.success(), "go mod download should fail");
