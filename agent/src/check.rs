@@ -123,7 +123,7 @@ fn environment_items(kernel: &KernelInfo) -> Vec<Item> {
 /// and capabilities. Not usable only on a real absence (neither BTF nor
 /// tracefs in this kernel: no tracing hook could attach).
 pub fn run_unprivileged(probe_asked: bool) -> Report {
-    let kernel = KernelInfo::gather();
+    let kernel = KernelInfo::gather(false);
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -173,7 +173,7 @@ fn capability_items(caps: u64) -> Vec<Item> {
 }
 
 pub fn run() -> Report {
-    let kernel = KernelInfo::gather();
+    let kernel = KernelInfo::gather(false);
     let globals = Globals::compute(&kernel);
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };

@@ -162,7 +162,7 @@ impl Collector {
         channel: usize,
     ) -> Result<(Collector, EventRx), LoadError> {
         let env_allow = &opts.env_allow;
-        let kernel = KernelInfo::gather();
+        let kernel = KernelInfo::gather(true);
         let mut globals = Globals::compute(&kernel);
         globals.tcp_quiet_ns = opts.tcp_quiet_ns;
         globals.track_agent_children = u32::from(opts.track_own_children);

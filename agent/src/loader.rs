@@ -81,13 +81,21 @@ impl KernelInfo {
             .map_err(Clone::clone)
     }
 
-    pub fn gather() -> Self {
+    /// What the kernel offers. `mount_tracefs`: mount tracefs when it is
+    /// absent (the agent needs it to attach tracepoints); `agent check`
+    /// passes false, a check changes nothing on the machine.
+    pub fn gather(mount_tracefs: bool) -> Self {
         let mut k = KernelInfo::default();
         match Btf::from_sys_fs() {
             Ok(b) => k.btf = Some(b),
             Err(e) => k.btf_error = Some(e.to_string()),
         }
-        match tracefs::ensure_mounted() {
+        let found = if mount_tracefs {
+            tracefs::ensure_mounted()
+        } else {
+            tracefs::find()
+        };
+        match found {
             Ok(p) => k.tracefs = Some(p),
             Err(e) => k.tracefs_error = Some(e.to_string()),
         }

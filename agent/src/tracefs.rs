@@ -14,6 +14,11 @@ pub enum TracefsError {
          run `mount -t tracefs nodev /sys/kernel/tracing` as root"
     )]
     NotMounted(std::io::Error),
+    #[error(
+        "tracefs is not mounted (the agent mounts it when it starts); \
+         to mount it yourself: mount -t tracefs nodev /sys/kernel/tracing"
+    )]
+    Absent,
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,
@@ -38,6 +43,12 @@ pub fn find_in_mounts(mounts: &str) -> Option<PathBuf> {
         }
     }
     debugfs.filter(|p| p.join("events").is_dir())
+}
+
+/// Where tracefs is mounted, without mounting it.
+pub fn find() -> Result<PathBuf, TracefsError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    find_in_mounts(&mounts).ok_or(TracefsError::Absent)
 }
 
 /// Find tracefs; mount it at /sys/kernel/tracing if absent (needs CAP_SYS_ADMIN).
