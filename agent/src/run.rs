@@ -397,6 +397,13 @@ fn probe_tls_libraries(c: &mut Collector, o: &Output, proc_root: &std::path::Pat
     {
         if analysis.identity.go_version.is_some() {
             c.probe_go(exec.tgid, &exec.exe, proc_root);
+            // From the exec in the kernel to the probe in place (the first
+            // run of a program races its first handshake against this).
+            tracing::debug!(
+                exe = %exec.exe,
+                ms = crate::collector::boot_ns().saturating_sub(exec.ktime_ns) as f64 / 1e6,
+                "Go program seen: exec to probe attached"
+            );
         }
         let n = c.probe_libssl_near(exec, proc_root);
         if n > 0 {
