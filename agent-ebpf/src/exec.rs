@@ -36,7 +36,7 @@ use aya_ebpf::{
 
 use crate::{
     AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, MM_START_STACK_OFF, TASK_EXIT_CODE_OFF,
-    TASK_MM_OFF, TOOLS, TRACK_AGENT_CHILDREN, TRACKED, count_lost, current_task, emit, is_tracked,
+    TASK_MM_OFF, TOOLS, TRACK_AGENT_CHILDREN, TRACKED, count_lost, current_task, emit, emit_now, is_tracked,
     parent_tgid, tp_field,
 };
 
@@ -559,9 +559,9 @@ fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
     ev.fixed.flags |= flags;
 }
 
-/// Send the used prefix of `ev` to userspace.
+/// Send the used prefix of `ev` to userspace (`now`: wake the reader).
 #[inline(always)]
-fn output_exec(ev: &ExecEvent) {
+fn output_exec(ev: &ExecEvent, now: bool) {
     let mut used = ev.fixed.argv_len as usize + ev.fixed.env_len as usize;
     if used > DATA_LEN + ARG_LEN {
         used = DATA_LEN + ARG_LEN;
@@ -569,7 +569,11 @@ fn output_exec(ev: &ExecEvent) {
     let len = core::mem::size_of::<ExecFixed>() + used;
     // SAFETY: `len` <= size_of::<ExecEvent>(), and `ev` points to that many readable bytes.
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const ExecEvent as *const u8, len) };
-    emit(bytes);
+    if now {
+        emit_now(bytes);
+    } else {
+        emit(bytes);
+    }
 }
 
 #[inline(always)]
@@ -610,7 +614,7 @@ fn finish_failed(ev: &mut ExecEvent, ret: i64) {
     // SAFETY: helper without preconditions.
     ev.fixed.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.fixed.hdr.ppid = parent_tgid(current_task());
-    output_exec(ev);
+    output_exec(ev, false);
 }
 
 #[inline(always)]
@@ -684,14 +688,17 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     if n < 0 {
         f.exe[0] = 0;
     }
-    output_exec(ev);
+    // After exec, comm is the new program's name: a tool starts a tracked
+    // tree, and its exec wakes the reader (its TLS probe is attached from
+    // userspace before its first handshake, not after the next drain).
+    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    // SAFETY: read-only lookup.
+    let tool = unsafe { TOOLS.get(&comm) }.is_some();
+    output_exec(ev, tool || is_tracked(tgid));
     if full {
         let _ = EXEC_INFLIGHT_FULL.remove(&old_pid);
     }
-    // After exec, comm is the new program's name: a tool starts a tracked tree.
-    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
-    // SAFETY: read-only lookup.
-    if unsafe { TOOLS.get(&comm) }.is_some() {
+    if tool {
         let _ = TRACKED.insert(&tgid, &1, 0);
     }
     Ok(())

@@ -120,7 +120,20 @@ pub(crate) fn wake_flags() -> u64 {
 /// Write `data` to the events ring buffer, counting a loss when it is full.
 #[inline(always)]
 pub(crate) fn emit<T: ?Sized>(data: &T) {
-    if EVENTS.output(data, wake_flags()).is_err() {
+    emit_flags(data, wake_flags());
+}
+
+/// [`emit`] waking the reader at once: userspace acts on this record
+/// before its program gets far (a toolchain's exec: its TLS probe goes on
+/// before its first handshake).
+#[inline(always)]
+pub(crate) fn emit_now<T: ?Sized>(data: &T) {
+    emit_flags(data, BPF_RB_FORCE_WAKEUP);
+}
+
+#[inline(always)]
+fn emit_flags<T: ?Sized>(data: &T, flags: u64) {
+    if EVENTS.output(data, flags).is_err() {
         count_lost(LostCause::RingFull);
     }
 }
