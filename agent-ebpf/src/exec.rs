@@ -36,8 +36,8 @@ use aya_ebpf::{
 
 use crate::{
     AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, MM_START_STACK_OFF, TASK_EXIT_CODE_OFF,
-    TASK_MM_OFF, TOOLS, TRACK_AGENT_CHILDREN, TRACKED, count_lost, current_task, emit, emit_now, is_tracked,
-    parent_tgid, tp_field,
+    TASK_MM_OFF, TOOLS, TRACK_AGENT_CHILDREN, TRACKED, count_lost, current_task, emit, emit_now,
+    is_tracked, parent_tgid, tp_field,
 };
 
 /// Allow-listed `NAME=` prefixes, filled by userspace before attach.

@@ -266,7 +266,9 @@ pub fn parse(bytes: &[u8]) -> Result<BuildInfo, BuildInfoError> {
 /// Sections [`parse`] reads (pre-1.18 binaries point into the data ones).
 pub const BUILDINFO_SECTIONS: &[&str] = &[".go.buildinfo", ".noptrdata", ".data", ".rodata"];
 /// Sections [`go_func_offset`] reads.
-pub const PCLNTAB_SECTIONS: &[&str] = &[".gopclntab"];
+/// `.gopclntab`; in PIE (and other relro) builds Go names it
+/// `.data.rel.ro.gopclntab`.
+pub const PCLNTAB_SECTIONS: &[&str] = &[".gopclntab", ".data.rel.ro.gopclntab"];
 
 /// Largest file taken for a sparse image, and most bytes read into one.
 const IMAGE_MAX_FILE: u64 = 4 << 30;
@@ -354,7 +356,9 @@ pub fn read_image(f: &std::fs::File, size: u64, sections: &[&str]) -> Option<Vec
 /// stripped (`-ldflags=-s`). Go 1.18+ layout; `None` when absent or older.
 pub fn go_func_offset(bytes: &[u8], name: &str) -> Option<u64> {
     let elf = Elf::parse(bytes).ok()?;
-    let tab = elf.section_data(".gopclntab")?;
+    let tab = PCLNTAB_SECTIONS
+        .iter()
+        .find_map(|name| elf.section_data(name))?;
     // 0xfffffff0: Go 1.18–1.19, 0xfffffff1: Go 1.20+ (same header layout).
     let magic = u32le(tab, 0)?;
     if magic != 0xffff_fff0 && magic != 0xffff_fff1 {
