@@ -444,3 +444,25 @@ fn a_failed_goproxy_fetch_of_a_switching_go_is_the_toolchain_download() {
             .is_none()
     );
 }
+
+/// A process gone before its exec is analysed: its parent's working
+/// directory (inherited at fork) is where its go.mod is looked for.
+#[test]
+fn a_gone_process_uses_its_parents_working_directory() {
+    let (old, new) = real_gos();
+    let mut c = Case::new("rules-cwd");
+    std::fs::write(c.dir.join("cwd/go.mod"), "module m\n\ngo 1.22\n").unwrap();
+    // The process's own /proc entry is gone; its parent (the shell) is there.
+    std::fs::remove_file(c.dir.join(format!("proc/{PID}/cwd"))).unwrap();
+    std::fs::create_dir_all(c.dir.join("proc/77")).unwrap();
+    symlink(c.dir.join("cwd"), c.dir.join("proc/77/cwd")).unwrap();
+    c.t += 61_000_000_000;
+    let mut e = exec(PID, 77, c.t, &format!("{old}/bin/go"));
+    e.argv = vec!["go".into()];
+    e.env = vec![("PATH".into(), format!("{old}/bin:{new}/bin"))];
+    let e = Arc::new(e);
+    c.table.on_exec(e.clone());
+    let r = c.analyzer.on_exec(&c.table, &e);
+    assert_eq!(r.cwd, Some(c.p("cwd")));
+    assert_eq!(codes(&r), ["path.shadowed"]);
+}
