@@ -165,7 +165,7 @@ fn trace_runs_the_command_as_the_sudo_user() {
 }
 
 #[test]
-fn missing_tracefs_is_mounted_by_the_agent() {
+fn missing_tracefs_is_reported_by_check_and_mounted_by_the_agent() {
     require_root();
     let mounted = || {
         std::fs::read_to_string("/proc/self/mounts")
@@ -189,15 +189,20 @@ fn missing_tracefs_is_mounted_by_the_agent() {
         assert!(st.success(), "umount {target}");
     }
     assert!(!mounted());
-    let (status, out, err) = run_agent(&["check", "--format", "json"]);
+    // `agent check` changes nothing: it says tracefs is absent and how to mount it.
+    let (_, out, err) = run_agent(&["check", "--format", "json"]);
+    let still_absent = !mounted();
+    // The agent itself mounts it when it starts.
+    let (trace_status, _, trace_err) = run_agent(&["trace", "--", "true"]);
+    let mounted_by_agent = mounted();
     // Whatever happens, leave tracefs mounted for the rest of the suite.
     if !mounted() {
         let _ = Command::new("mount")
             .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
             .status();
     }
-    assert!(status.success(), "{err}");
-    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
     let tracefs = r["environment"]
         .as_array()
         .unwrap()
@@ -205,9 +210,20 @@ fn missing_tracefs_is_mounted_by_the_agent() {
         .find(|e| e["name"] == "tracefs")
         .unwrap()
         .clone();
-    assert_eq!(tracefs["ok"], true, "{tracefs}");
-    assert_eq!(tracefs["detail"], "/sys/kernel/tracing");
-    assert!(mounted(), "the agent mounted tracefs");
+    assert_eq!(tracefs["ok"], false, "{tracefs}");
+    assert!(
+        tracefs["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mount -t tracefs nodev /sys/kernel/tracing"),
+        "{tracefs}"
+    );
+    assert!(still_absent, "agent check mounted tracefs");
+    assert!(trace_status.success(), "{trace_err}");
+    assert!(
+        mounted_by_agent,
+        "the agent mounted tracefs when it started"
+    );
 }
 
 /// How many loaded BPF programs are named `name`.
