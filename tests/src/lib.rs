@@ -287,24 +287,38 @@ pub fn go_build(go: &std::path::Path, tag: &str, source: &str) -> PathBuf {
 pub fn go_build_with(go: &std::path::Path, tag: &str, source: &str, flags: &[&str]) -> PathBuf {
     let dir = scratch(tag);
     std::fs::write(dir.join("main.go"), source).expect("write main.go");
-    let out = Command::new(go)
+    go_build_in(go, &dir, "prog", &dir.join("cache"), flags)
+}
+
+/// `go build <flags> -o <dir>/<out> main.go` in `dir` (GOPATH mode, the
+/// local toolchain, HOME and GOPATH in `dir`, build cache `cache`: builds
+/// that share one reuse the standard library's objects).
+pub fn go_build_in(
+    go: &std::path::Path,
+    dir: &std::path::Path,
+    out: &str,
+    cache: &std::path::Path,
+    flags: &[&str],
+) -> PathBuf {
+    let st = Command::new(go)
         .arg("build")
         .args(flags)
-        .args(["-o", "prog", "main.go"])
-        .current_dir(&dir)
-        .env("HOME", &dir)
-        .env("GOCACHE", dir.join("cache"))
+        .args(["-o", out, "main.go"])
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("GOCACHE", cache)
         .env("GOPATH", dir.join("gopath"))
         .env("GO111MODULE", "off")
         .env("GOTOOLCHAIN", "local")
         .output()
         .expect("go build");
     assert!(
-        out.status.success(),
-        "go build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        st.status.success(),
+        "go build {flags:?} with {} failed: {}",
+        go.display(),
+        String::from_utf8_lossy(&st.stderr)
     );
-    dir.join("prog")
+    dir.join(out)
 }
 
 /// Findings with `code`.

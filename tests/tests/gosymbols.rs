@@ -37,25 +37,12 @@ fn crypto_tls_is_found_in_every_build_mode_of_both_go_versions() {
             .unwrap_or("?")
             .to_string();
         for (mode, flags) in modes {
-            let out = dir.join(format!("prog-{v}-{mode}"));
-            let st = Command::new(go)
-                .arg("build")
-                .args(flags)
-                .arg("-o")
-                .arg(&out)
-                .arg("main.go")
-                .current_dir(&dir)
-                .env("HOME", &dir)
-                .env("GOCACHE", dir.join(format!("cache-{v}")))
-                .env("GOPATH", dir.join("gopath"))
-                .env("GO111MODULE", "off")
-                .env("GOTOOLCHAIN", "local")
-                .output()
-                .expect("go build");
-            assert!(
-                st.status.success(),
-                "{v} {mode}: {}",
-                String::from_utf8_lossy(&st.stderr)
+            let out = agent_tests::go_build_in(
+                go,
+                &dir,
+                &format!("prog-{v}-{mode}"),
+                &dir.join(format!("cache-{v}")),
+                flags,
             );
             assert!(tlslib::is_go_program(&out), "{v} {mode}: build info");
             let off = offset(&out);
