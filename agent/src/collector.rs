@@ -71,6 +71,10 @@ pub const DEFAULT_ENV_ALLOW: &[&str] = &[
     "SSL_CERT_DIR",
     "REQUESTS_CA_BUNDLE",
     "HOME",
+    // W3C trace context (OpenTelemetry's environment carrier): a span's
+    // parent when the process runs inside an instrumented CI job.
+    "TRACEPARENT",
+    "TRACESTATE",
 ];
 
 /// What the collector loads and how.

@@ -136,6 +136,10 @@ enum Cmd {
         /// With --user: also pass these variables of yours (comma-separated).
         #[arg(long, value_delimiter = ',')]
         keep_env: Vec<String>,
+        /// With OTLP export on, do not give the command TRACEPARENT of its
+        /// span (OTel-instrumented programs then start traces of their own).
+        #[arg(long)]
+        no_traceparent: bool,
         /// The command and its arguments, after `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
@@ -290,7 +294,12 @@ fn main() -> ExitCode {
         otlp_endpoint.as_deref(),
         otlp_protocol.as_deref(),
     ) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let (Some(c), Some(Cmd::Trace { no_traceparent, .. })) = (c.as_mut(), &cli.cmd) {
+                c.inject_traceparent = !no_traceparent;
+            }
+            c
+        }
         Err(e) => {
             eprintln!("agent: {e}");
             return ExitCode::from(1);

@@ -82,13 +82,23 @@ impl RunOptions {
 /// Shutdown must finish within 2 s even with the endpoint down.
 const OTLP_SHUTDOWN: Duration = Duration::from_millis(600);
 
-fn start_otlp(opts: &RunOptions, offset: i128) -> anyhow::Result<Option<crate::otlp::Otlp>> {
+/// Start the exporter (after privileges are dropped: its threads inherit them).
+fn start_otlp(
+    opts: &RunOptions,
+    offset: i128,
+    root: Option<(u32, crate::otlp::RootSpan)>,
+) -> anyhow::Result<Option<crate::otlp::Otlp>> {
     match &opts.otlp {
         None => Ok(None),
         Some(cfg) => {
-            let o = crate::otlp::Otlp::start(cfg.clone(), offset)
+            let o = crate::otlp::Otlp::start(cfg, offset, root)
                 .map_err(|e| anyhow::anyhow!("OTLP exporter: {e}"))?;
-            tracing::info!(endpoint = %cfg.traces_endpoint, "exporting OTLP");
+            tracing::info!(
+                traces = %cfg.traces.endpoint,
+                metrics = %cfg.metrics.endpoint,
+                protocol = cfg.traces.protocol.name(),
+                "exporting OTLP"
+            );
             Ok(Some(o))
         }
     }
@@ -591,7 +601,6 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         clock_offset_ns: collector.clock_offset_ns,
     };
     let mut pipeline = Pipeline::new(analysis_config(&opts), opts.net.clone(), opts.wire.clone());
-    let mut otlp = start_otlp(&opts, collector.clock_offset_ns)?;
     let health = crate::health::Health::new(
         collector
             .attached
@@ -604,6 +613,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     }
     // Attached, health port bound: keep only what the running agent uses.
     drop_privileges(&uprobe_caps(&collector));
+    let mut otlp = start_otlp(&opts, collector.clock_offset_ns, None)?;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_lost = 0;
     let mut lines = output::Lines::default();
@@ -770,6 +780,22 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         )?,
     };
     probe_reachable(&mut collector, argv, &inv);
+    // With export on, the command's span is reserved now, so that the
+    // command gets TRACEPARENT naming it (OTel-instrumented children join
+    // our trace); a TRACEPARENT the user's environment has (a CI job's
+    // span) becomes its parent.
+    let mut inv = inv;
+    let root_span = opts.otlp.as_ref().map(|cfg| {
+        let env = utf8_env(&inv.env);
+        let root = crate::otlp::RootSpan::new(&env);
+        if cfg.inject_traceparent {
+            inv.env
+                .retain(|(k, _)| k != "TRACEPARENT" && k != "TRACESTATE");
+            inv.env
+                .extend(root.env().into_iter().map(|(k, v)| (k.into(), v.into())));
+        }
+        root
+    });
     // Before the command starts: from now on a signal goes to it, not to us.
     let mut sigs = TermSignals::new();
     let mut traced =
@@ -793,7 +819,11 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         opts.net.clone(),
         opts.wire.clone(),
     );
-    let mut otlp = start_otlp(opts, collector.clock_offset_ns)?;
+    let mut otlp = start_otlp(
+        opts,
+        collector.clock_offset_ns,
+        root_span.map(|r| (root, r)),
+    )?;
     let mut outputs = Vec::new();
     let mut in_tree = std::collections::HashSet::from([root]);
     let mut status = None;
@@ -885,6 +915,12 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         run_as: Some(inv),
         interrupted_by,
     })
+}
+
+fn utf8_env(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> Vec<(String, String)> {
+    env.iter()
+        .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v.to_str()?.to_string())))
+        .collect()
 }
 
 /// `agent trace -- cmd`: print the report, return the command's exit code.

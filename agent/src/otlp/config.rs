@@ -1,5 +1,12 @@
-//! OTLP exporter configuration from the standard OpenTelemetry variables and
-//! the agent's flags (flags win).
+//! What the OpenTelemetry SDK does not decide for us: whether export is on
+//! at all (the SDK would default to localhost), the agent's own flags and
+//! config file over the standard variables, one resolved endpoint per signal
+//! (so the TLS settings and the start-up line match what is used), and the
+//! certificate variables, which opentelemetry-otlp 0.33 does not read.
+//!
+//! Headers, timeouts, compression and `OTEL_BSP_*` are read by the SDK
+//! itself from the same variables; this module only checks the values the
+//! SDK would otherwise ignore with a log line we would not see.
 
 use std::time::Duration;
 
@@ -9,138 +16,232 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// PEM files for TLS, read at start (before privileges are dropped).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `..._CERTIFICATE`: trusted CA(s) besides the system roots.
+    pub ca: Option<(String, Vec<u8>)>,
+    /// `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY`: mutual TLS.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signal {
+    /// `traces` or `metrics`.
+    pub name: &'static str,
+    /// The URL requests go to: `.../v1/traces` for HTTP, the base for gRPC.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    /// `..._TIMEOUT`: per export, retries included (the SDK's 10 s by default).
+    pub timeout: Duration,
+    pub tls: TlsFiles,
+}
+
+impl Signal {
+    pub fn https(&self) -> bool {
+        self.endpoint.starts_with("https://")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtlpConfig {
-    /// Full URL the traces go to (`.../v1/traces` for HTTP, the base for gRPC).
-    pub traces_endpoint: String,
-    pub metrics_endpoint: String,
-    pub protocol: Protocol,
-    pub headers: Vec<(String, String)>,
-    pub timeout: Duration,
-    pub service_name: String,
-    /// From OTEL_RESOURCE_ATTRIBUTES.
-    pub resource: Vec<(String, String)>,
+    pub traces: Signal,
+    pub metrics: Signal,
+    /// `OTEL_METRIC_EXPORT_INTERVAL`, or ours (the SDK's is 60 s).
     pub metrics_interval: Duration,
+    /// `OTEL_BSP_SCHEDULE_DELAY`, or ours (the SDK's is 5 s).
+    pub span_delay: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`, or ours: spans waiting for export.
+    pub queue_cap: usize,
+    /// `agent trace` puts TRACEPARENT of the command's span into its
+    /// environment (`--no-traceparent` turns it off).
+    pub inject_traceparent: bool,
 }
+
+/// Spans waiting for export at most (each is ~1–2 KiB: ~16 MiB at worst).
+pub const QUEUE_CAP: usize = 8192;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("OTEL_EXPORTER_OTLP_PROTOCOL={0:?}: use grpc or http/protobuf")]
-    Protocol(String),
-    #[error(
-        "OTLP endpoint {0:?}: only http:// endpoints are supported (plain text; put a collector next to the agent for TLS)"
-    )]
+    #[error("{0}={1:?}: use grpc or http/protobuf")]
+    Protocol(String, String),
+    #[error("OTLP endpoint {0:?}: use an http:// or https:// URL")]
     Scheme(String),
-}
-
-/// Percent-decoding for header values (`OTEL_EXPORTER_OTLP_HEADERS` is URL-encoded).
-fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `k1=v1,k2=v2` lists (headers, resource attributes).
-pub fn parse_kv_list(s: &str) -> Vec<(String, String)> {
-    s.split(',')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            let k = k.trim();
-            (!k.is_empty()).then(|| (pct_decode(k), pct_decode(v.trim())))
-        })
-        .collect()
+    #[error("{0}={1:?}: use gzip or none")]
+    Compression(String, String),
+    #[error("{0}={1:?}: {2}")]
+    File(String, String, String),
+    #[error("{0} is set but {1} is not: mutual TLS needs both")]
+    ClientPair(String, String),
+    #[error("{0}={1:?}: not a number of milliseconds")]
+    Number(String, String),
 }
 
 impl OtlpConfig {
-    /// `None` when no endpoint is configured (export off: the agent prints locally).
+    /// `None` when no endpoint is configured (export off: the agent prints
+    /// locally). `flag_endpoint` (flag or config file) replaces
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; `flag_protocol` every protocol variable.
     pub fn from_env_and_flags(
         get: impl Fn(&str) -> Option<String>,
         flag_endpoint: Option<&str>,
         flag_protocol: Option<&str>,
     ) -> Result<Option<Self>, ConfigError> {
-        let nonempty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        Self::resolve(&get, flag_endpoint, flag_protocol, &|p| {
+            std::fs::read(p).map_err(|e| e.to_string())
+        })
+    }
+
+    fn resolve(
+        get: &dyn Fn(&str) -> Option<String>,
+        flag_endpoint: Option<&str>,
+        flag_protocol: Option<&str>,
+        read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let nonempty = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         let base = flag_endpoint
             .map(str::to_string)
             .or_else(|| nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        let traces_env = nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-        let metrics_env = nonempty("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
-        if base.is_none() && traces_env.is_none() && metrics_env.is_none() {
+        let specific = |s: &str| nonempty(&format!("OTEL_EXPORTER_OTLP_{s}_ENDPOINT"));
+        if base.is_none() && specific("TRACES").is_none() && specific("METRICS").is_none() {
             return Ok(None);
         }
-        let proto = flag_protocol
-            .map(str::to_string)
-            .or_else(|| nonempty("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            .unwrap_or_else(|| "http/protobuf".into());
-        let protocol = match proto.trim() {
-            "grpc" => Protocol::Grpc,
-            "http/protobuf" => Protocol::HttpProtobuf,
-            other => return Err(ConfigError::Protocol(other.into())),
+        // Per signal first, then the generic variable (the spec's order).
+        let var = |signal: &str, what: &str| -> Option<(String, String)> {
+            [
+                format!("OTEL_EXPORTER_OTLP_{signal}_{what}"),
+                format!("OTEL_EXPORTER_OTLP_{what}"),
+            ]
+            .into_iter()
+            .find_map(|k| nonempty(&k).map(|v| (k, v)))
         };
-        let signal_url = |specific: Option<String>, path: &str| -> String {
-            match (specific, &base) {
-                // A signal-specific endpoint is used as is.
-                (Some(s), _) => s,
-                (None, Some(b)) => match protocol {
-                    Protocol::Grpc => b.clone(),
-                    Protocol::HttpProtobuf => format!("{}/{path}", b.trim_end_matches('/')),
+        let signal = |upper: &'static str, name: &'static str| -> Result<Signal, ConfigError> {
+            let protocol = match flag_protocol {
+                Some(p) => parse_protocol("--otlp-protocol", p)?,
+                None => match var(upper, "PROTOCOL") {
+                    Some((k, v)) => parse_protocol(&k, &v)?,
+                    None => Protocol::HttpProtobuf,
                 },
+            };
+            let insecure =
+                var(upper, "INSECURE").is_some_and(|(_, v)| v.eq_ignore_ascii_case("true"));
+            let endpoint = match (specific(upper), &base) {
+                // A signal's own endpoint is used as is (unless a flag names one).
+                (Some(s), _) if flag_endpoint.is_none() => with_scheme(&s, protocol, insecure)?,
+                (_, Some(b)) => {
+                    let b = with_scheme(b, protocol, insecure)?;
+                    match protocol {
+                        Protocol::Grpc => b,
+                        Protocol::HttpProtobuf => format!("{}/v1/{name}", b.trim_end_matches('/')),
+                    }
+                }
+                (Some(s), None) => with_scheme(&s, protocol, insecure)?,
                 (None, None) => String::new(),
+            };
+            if let Some((k, v)) = var(upper, "COMPRESSION")
+                && !matches!(v.to_ascii_lowercase().as_str(), "gzip" | "none")
+            {
+                return Err(ConfigError::Compression(k, v));
+            }
+            let file = |what: &str| -> Result<Option<(String, Vec<u8>)>, ConfigError> {
+                var(upper, what)
+                    .map(|(k, path)| match read(&path) {
+                        Ok(b) => Ok((path, b)),
+                        Err(e) => Err(ConfigError::File(k, path, e)),
+                    })
+                    .transpose()
+            };
+            let ca = file("CERTIFICATE")?;
+            let client = match (file("CLIENT_CERTIFICATE")?, file("CLIENT_KEY")?) {
+                (Some((_, c)), Some((_, k))) => Some((c, k)),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(ConfigError::ClientPair(
+                        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE".into(),
+                        "OTEL_EXPORTER_OTLP_CLIENT_KEY".into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::ClientPair(
+                        "OTEL_EXPORTER_OTLP_CLIENT_KEY".into(),
+                        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE".into(),
+                    ));
+                }
+            };
+            let timeout = match var(upper, "TIMEOUT") {
+                None => Duration::from_secs(10),
+                Some((k, v)) => v
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| ConfigError::Number(k, v))?,
+            };
+            Ok(Signal {
+                name,
+                endpoint,
+                protocol,
+                timeout,
+                tls: TlsFiles { ca, client },
+            })
+        };
+        let ms = |k: &str, default: u64| -> Result<Duration, ConfigError> {
+            match nonempty(k) {
+                None => Ok(Duration::from_millis(default)),
+                Some(v) => v
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| ConfigError::Number(k.into(), v)),
             }
         };
-        let traces_endpoint = signal_url(traces_env, "v1/traces");
-        let metrics_endpoint = signal_url(metrics_env, "v1/metrics");
-        for e in [&traces_endpoint, &metrics_endpoint] {
-            if !e.is_empty() && !e.starts_with("http://") {
-                return Err(ConfigError::Scheme(e.clone()));
-            }
-        }
-        let timeout = nonempty("OTEL_EXPORTER_OTLP_TIMEOUT")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .unwrap_or(Duration::from_secs(5));
-        let resource = nonempty("OTEL_RESOURCE_ATTRIBUTES")
-            .map(|s| parse_kv_list(&s))
-            .unwrap_or_default();
-        let service_name = nonempty("OTEL_SERVICE_NAME")
-            .or_else(|| {
-                resource
-                    .iter()
-                    .find(|(k, _)| k == "service.name")
-                    .map(|(_, v)| v.clone())
-            })
-            .unwrap_or_else(|| "agent".into());
-        let metrics_interval = nonempty("OTEL_METRIC_EXPORT_INTERVAL")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .unwrap_or(Duration::from_secs(10));
+        let queue_cap = match nonempty("OTEL_BSP_MAX_QUEUE_SIZE") {
+            None => QUEUE_CAP,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ConfigError::Number("OTEL_BSP_MAX_QUEUE_SIZE".into(), v))?,
+        };
         Ok(Some(OtlpConfig {
-            traces_endpoint,
-            metrics_endpoint,
-            protocol,
-            headers: nonempty("OTEL_EXPORTER_OTLP_HEADERS")
-                .map(|s| parse_kv_list(&s))
-                .unwrap_or_default(),
-            timeout,
-            service_name,
-            resource,
-            metrics_interval,
+            traces: signal("TRACES", "traces")?,
+            metrics: signal("METRICS", "metrics")?,
+            metrics_interval: ms("OTEL_METRIC_EXPORT_INTERVAL", 10_000)?,
+            span_delay: ms("OTEL_BSP_SCHEDULE_DELAY", 1_000)?,
+            queue_cap,
+            inject_traceparent: true,
         }))
     }
+}
+
+fn parse_protocol(var: &str, v: &str) -> Result<Protocol, ConfigError> {
+    match v.trim() {
+        "grpc" => Ok(Protocol::Grpc),
+        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        other => Err(ConfigError::Protocol(var.into(), other.into())),
+    }
+}
+
+/// The spec: a gRPC endpoint without a scheme is `https://` unless
+/// `..._INSECURE=true`; HTTP endpoints must carry their scheme.
+fn with_scheme(e: &str, protocol: Protocol, insecure: bool) -> Result<String, ConfigError> {
+    if e.starts_with("http://") || e.starts_with("https://") {
+        return Ok(e.to_string());
+    }
+    if protocol == Protocol::Grpc && !e.contains("://") {
+        let scheme = if insecure { "http" } else { "https" };
+        return Ok(format!("{scheme}://{e}"));
+    }
+    Err(ConfigError::Scheme(e.to_string()))
 }
 
 #[cfg(test)]
@@ -156,89 +257,158 @@ mod tests {
         move |k| m.get(k).cloned()
     }
 
+    fn files(p: &str) -> Result<Vec<u8>, String> {
+        match p {
+            "/ca.pem" => Ok(b"CA".to_vec()),
+            "/c.pem" => Ok(b"CERT".to_vec()),
+            "/k.pem" => Ok(b"KEY".to_vec()),
+            _ => Err("No such file or directory (os error 2)".into()),
+        }
+    }
+
+    fn cfg(
+        pairs: &[(&str, &str)],
+        flag: Option<&str>,
+        proto: Option<&str>,
+    ) -> Result<Option<OtlpConfig>, ConfigError> {
+        OtlpConfig::resolve(&env(pairs), flag, proto, &files)
+    }
+
     #[test]
     fn off_without_an_endpoint() {
         assert_eq!(
-            OtlpConfig::from_env_and_flags(env(&[]), None, None),
+            cfg(&[("OTEL_EXPORTER_OTLP_HEADERS", "a=b")], None, None),
             Ok(None)
         );
     }
 
     #[test]
     fn http_paths_grpc_base_and_flags_win() {
-        let c = OtlpConfig::from_env_and_flags(
-            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]),
+        let c = cfg(
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")],
             None,
             None,
         )
         .unwrap()
         .unwrap();
-        assert_eq!(c.protocol, Protocol::HttpProtobuf);
-        assert_eq!(c.traces_endpoint, "http://c:4318/v1/traces");
-        assert_eq!(c.metrics_endpoint, "http://c:4318/v1/metrics");
-        let c = OtlpConfig::from_env_and_flags(
-            env(&[
+        assert_eq!(c.traces.protocol, Protocol::HttpProtobuf);
+        assert_eq!(c.traces.endpoint, "http://c:4318/v1/traces");
+        assert_eq!(c.metrics.endpoint, "http://c:4318/v1/metrics");
+        assert_eq!(c.metrics_interval, Duration::from_secs(10));
+        let c = cfg(
+            &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-            ]),
-            Some("http://g:4317"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://t:4318/v1/traces",
+                ),
+            ],
+            Some("https://g:4317"),
             Some("grpc"),
         )
         .unwrap()
         .unwrap();
         assert_eq!(
-            (c.protocol, c.traces_endpoint.as_str()),
-            (Protocol::Grpc, "http://g:4317")
+            (c.traces.protocol, c.traces.endpoint.as_str()),
+            (Protocol::Grpc, "https://g:4317")
         );
+        assert!(c.traces.https());
     }
 
     #[test]
-    fn headers_resource_and_service_name() {
-        let c = OtlpConfig::from_env_and_flags(
-            env(&[
+    fn per_signal_variables_come_first() {
+        let c = cfg(
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otlp.example.com"),
                 (
-                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                    "http://t:4318/v1/traces",
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    "https://m.example.com/otlp/v1/metrics",
                 ),
-                (
-                    "OTEL_EXPORTER_OTLP_HEADERS",
-                    "authorization=Bearer%20abc,x-tenant=a",
-                ),
-                (
-                    "OTEL_RESOURCE_ATTRIBUTES",
-                    "service.name=node-agent,deployment.environment=ci",
-                ),
-            ]),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+                ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", "/c.pem"),
+                ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", "/k.pem"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ],
             None,
             None,
         )
         .unwrap()
         .unwrap();
-        assert_eq!(c.headers[0], ("authorization".into(), "Bearer abc".into()));
-        assert_eq!(c.service_name, "node-agent");
-        assert_eq!(c.metrics_endpoint, "");
+        assert_eq!(c.traces.protocol, Protocol::Grpc);
+        assert_eq!(c.traces.endpoint, "https://otlp.example.com");
+        assert_eq!(c.metrics.protocol, Protocol::HttpProtobuf);
+        assert_eq!(c.metrics.endpoint, "https://m.example.com/otlp/v1/metrics");
+        assert_eq!(
+            c.traces.tls.ca.as_ref().map(|c| c.1.as_slice()),
+            Some(&b"CA"[..])
+        );
+        assert_eq!(c.traces.tls.client, None);
+        assert_eq!(
+            c.metrics.tls.client,
+            Some((b"CERT".to_vec(), b"KEY".to_vec()))
+        );
+    }
+
+    #[test]
+    fn grpc_without_a_scheme_is_tls_unless_insecure() {
+        let c = cfg(
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "true"),
+            ],
+            None,
+            None,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.traces.endpoint, "https://collector:4317");
+        assert_eq!(c.metrics.endpoint, "http://collector:4317");
     }
 
     #[test]
     fn bad_values_are_clear_errors() {
-        assert!(matches!(
-            OtlpConfig::from_env_and_flags(
-                env(&[
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
-                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")
-                ]),
-                None,
-                None
-            ),
-            Err(ConfigError::Protocol(_))
-        ));
-        assert!(matches!(
-            OtlpConfig::from_env_and_flags(
-                env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c")]),
-                None,
-                None
-            ),
-            Err(ConfigError::Scheme(_))
-        ));
+        let e = |pairs: &[(&str, &str)]| cfg(pairs, None, None).unwrap_err().to_string();
+        assert_eq!(
+            e(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")
+            ]),
+            "OTEL_EXPORTER_OTLP_PROTOCOL=\"thrift\": use grpc or http/protobuf"
+        );
+        assert!(
+            e(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "unix:///run/otel.sock")])
+                .contains("http:// or https://")
+        );
+        assert!(
+            e(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")
+            ])
+            .contains("use gzip or none")
+        );
+        assert_eq!(
+            e(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nope.pem")
+            ]),
+            "OTEL_EXPORTER_OTLP_CERTIFICATE=\"/nope.pem\": No such file or directory (os error 2)"
+        );
+        assert!(
+            e(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c"),
+                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/k.pem")
+            ])
+            .contains("mutual TLS needs both")
+        );
+        assert!(
+            e(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "10s")
+            ])
+            .contains("not a number")
+        );
     }
 }

@@ -1,423 +1,355 @@
-//! Sending OTLP requests: gRPC (tonic) or HTTP/protobuf (a small HTTP/1.1
-//! client), behind a bounded queue that drops the oldest spans first,
-//! retries with backoff, counts every drop, and never makes shutdown wait
-//! longer than its deadline.
+//! The OTLP exporters (opentelemetry-otlp: tonic or HTTP/protobuf, TLS,
+//! headers, compression, timeouts, retries with backoff and jitter) and the
+//! little the SDK does not do for us:
+//! - TLS from the certificate variables (opentelemetry-otlp 0.33 does not
+//!   read `OTEL_EXPORTER_OTLP_CERTIFICATE` and the client pair);
+//! - counting: the SDK's batch processor counts its drops privately and
+//!   logs them only at shutdown, so an admission wrapper keeps its queue
+//!   from ever filling (dropping and counting before it would), and
+//!   exporter wrappers count what was sent, what failed and what was still
+//!   in flight at shutdown, for the agent's self-metrics and `stats`;
+//! - one log line per distinct export error and interval, with a hint
+//!   when it is a certificate problem (the SDK's internal logs are off).
 
 use std::{
-    collections::VecDeque,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use opentelemetry_proto::tonic::{
-    collector::{
-        metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
-        trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    },
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+use opentelemetry::Context;
+use opentelemetry_otlp::{
+    RetryPolicy, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+    tonic_types::transport::{Certificate, ClientTlsConfig, Identity},
 };
-use prost::Message as _;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    sync::Notify,
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    metrics::{Temporality, data::ResourceMetrics, exporter::PushMetricExporter},
+    trace::{SpanData, SpanExporter, SpanProcessor},
 };
 
-use super::config::{OtlpConfig, Protocol};
+use super::config::{Protocol, Signal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("connecting to {0}: {1}")]
-    Connect(String, String),
-    #[error("{0} answered {1}")]
-    Status(String, String),
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Other(String),
+    #[error("{signal} exporter for {endpoint}: {source}")]
+    Build {
+        signal: &'static str,
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("{signal} exporter: {what}: {why}")]
+    Tls {
+        signal: &'static str,
+        what: &'static str,
+        why: String,
+    },
+    #[error("starting the HTTP client: {0}")]
+    Thread(String),
 }
 
-/// Export counters (agent self-metrics).
+/// Export counters (agent self-metrics and the JSON `stats` line).
 #[derive(Debug, Default)]
 pub struct ExportStats {
     pub spans_exported: AtomicU64,
+    /// Refused by the full queue, lost with a failed export, or not sent by shutdown.
     pub spans_dropped: AtomicU64,
+    pub export_failures: AtomicU64,
     pub metric_points_exported: AtomicU64,
     pub metric_exports_failed: AtomicU64,
-    pub export_failures: AtomicU64,
+    /// Ended spans not yet handed to the exporter.
     pub queue_depth: AtomicU64,
+    /// Spans in the export under way.
+    pub inflight: AtomicU64,
 }
 
-/// Maximum spans waiting; beyond it the oldest are dropped.
-pub const QUEUE_CAP: usize = 8192;
-const BATCH: usize = 512;
-const BACKOFF_MAX: Duration = Duration::from_secs(15);
-
-pub struct Transport {
-    cfg: OtlpConfig,
-    grpc: Option<tonic::transport::Channel>,
+impl ExportStats {
+    /// At shutdown: what the processor did not get out is dropped, and an
+    /// export still waiting on the endpoint is a failure.
+    pub fn settle(&self) {
+        let left = self.queue_depth.swap(0, Ordering::Relaxed);
+        let inflight = self.inflight.swap(0, Ordering::Relaxed);
+        self.spans_dropped
+            .fetch_add(left + inflight, Ordering::Relaxed);
+        if inflight > 0 {
+            self.export_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
-fn split_http_url(url: &str) -> Result<(String, String), ExportError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ExportError::Other(format!("not an http:// URL: {url}")))?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let hostport = if hostport.contains(':') || hostport.starts_with('[') && hostport.contains("]:")
-    {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    Ok((hostport, path.to_string()))
+/// At most one line per distinct error per minute.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    last: Mutex<Option<(String, Instant)>>,
 }
 
-impl Transport {
-    pub fn new(cfg: OtlpConfig) -> Result<Self, ExportError> {
-        let grpc = match cfg.protocol {
-            Protocol::Grpc => {
-                let ep = tonic::transport::Endpoint::from_shared(cfg.traces_endpoint.clone())
-                    .map_err(|e| {
-                        ExportError::Other(format!("endpoint {}: {e}", cfg.traces_endpoint))
-                    })?
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(cfg.timeout);
-                Some(ep.connect_lazy())
-            }
-            Protocol::HttpProtobuf => None,
+impl ErrorLog {
+    pub fn report(&self, what: &str, endpoint: &str, err: &str) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
         };
-        Ok(Self { cfg, grpc })
-    }
-
-    fn with_headers<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        for (k, v) in &self.cfg.headers {
-            if let (Ok(k), Ok(v)) = (
-                k.to_ascii_lowercase()
-                    .parse::<tonic::metadata::MetadataKey<_>>(),
-                v.parse(),
-            ) {
-                req.metadata_mut().insert(k, v);
-            }
+        if let Some((m, t)) = last.as_ref()
+            && m == err
+            && t.elapsed() < Duration::from_secs(60)
+        {
+            return;
         }
-        req
-    }
-
-    async fn http_post(&self, url: &str, body: Vec<u8>) -> Result<(), ExportError> {
-        let (hostport, path) = split_http_url(url)?;
-        let work = async {
-            let mut s = tokio::net::TcpStream::connect(&hostport)
-                .await
-                .map_err(|e| ExportError::Connect(hostport.clone(), e.to_string()))?;
-            let mut head = format!(
-                "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n",
-                body.len()
-            );
-            for (k, v) in &self.cfg.headers {
-                head.push_str(&format!("{k}: {v}\r\n"));
-            }
-            head.push_str("\r\n");
-            s.write_all(head.as_bytes())
-                .await
-                .map_err(|e| ExportError::Other(e.to_string()))?;
-            s.write_all(&body)
-                .await
-                .map_err(|e| ExportError::Other(e.to_string()))?;
-            let mut resp = Vec::new();
-            let mut buf = [0u8; 1024];
-            // The status line is all we need.
-            while !resp.windows(2).any(|w| w == b"\r\n") && resp.len() < 8192 {
-                let n = s
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| ExportError::Other(e.to_string()))?;
-                if n == 0 {
-                    break;
-                }
-                resp.extend_from_slice(&buf[..n]);
-            }
-            let line = String::from_utf8_lossy(&resp);
-            let status = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            if status.starts_with('2') {
-                Ok(())
-            } else {
-                Err(ExportError::Status(
-                    url.to_string(),
-                    format!("HTTP {status}"),
-                ))
-            }
+        *last = Some((err.to_string(), Instant::now()));
+        let hint = if err.contains("certificate") || err.contains("UnknownIssuer") {
+            " (is the collector's CA in OTEL_EXPORTER_OTLP_CERTIFICATE?)"
+        } else {
+            ""
         };
-        tokio::time::timeout(self.cfg.timeout, work)
-            .await
-            .map_err(|_| ExportError::Timeout(self.cfg.timeout))?
-    }
-
-    pub async fn send_traces(&self, req: ExportTraceServiceRequest) -> Result<(), ExportError> {
-        match &self.grpc {
-            Some(ch) => {
-                let mut c = TraceServiceClient::new(ch.clone());
-                c.export(self.with_headers(req))
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| {
-                        ExportError::Status(
-                            self.cfg.traces_endpoint.clone(),
-                            s.message().to_string(),
-                        )
-                    })
-            }
-            None => {
-                self.http_post(&self.cfg.traces_endpoint, req.encode_to_vec())
-                    .await
-            }
-        }
-    }
-
-    pub async fn send_metrics(&self, req: ExportMetricsServiceRequest) -> Result<(), ExportError> {
-        if self.cfg.metrics_endpoint.is_empty() {
-            return Ok(());
-        }
-        match &self.grpc {
-            Some(ch) => {
-                let mut c = MetricsServiceClient::new(ch.clone());
-                c.export(self.with_headers(req))
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| {
-                        ExportError::Status(
-                            self.cfg.metrics_endpoint.clone(),
-                            s.message().to_string(),
-                        )
-                    })
-            }
-            None => {
-                self.http_post(&self.cfg.metrics_endpoint, req.encode_to_vec())
-                    .await
-            }
-        }
+        tracing::warn!("OTLP: exporting {what} to {endpoint} failed: {err}{hint}");
     }
 }
 
-/// The span queue shared by the builder (producer) and the exporter task.
-#[derive(Default)]
-pub struct SpanQueue {
-    q: Mutex<VecDeque<Span>>,
-    /// The batch being sent: reclaimed if the exporter is stopped mid-send.
-    inflight: Mutex<Vec<Span>>,
-    notify: Notify,
-    pub stats: ExportStats,
+/// Bounds the batch processor's queue from outside (see the module note).
+#[derive(Debug)]
+pub struct Admission<P> {
+    pub inner: P,
+    pub stats: Arc<ExportStats>,
+    pub cap: u64,
+    pub warned: std::sync::atomic::AtomicBool,
 }
 
-impl SpanQueue {
-    pub fn push(&self, s: Span) {
-        let Ok(mut q) = self.q.lock() else { return };
-        if q.len() >= QUEUE_CAP {
-            q.pop_front();
+impl<P: SpanProcessor> SpanProcessor for Admission<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.stats.queue_depth.load(Ordering::Relaxed) >= self.cap {
             self.stats.spans_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        q.push_back(s);
-        self.stats
-            .queue_depth
-            .store(q.len() as u64, Ordering::Relaxed);
-        if q.len() >= BATCH {
-            self.notify.notify_one();
-        }
-    }
-
-    fn take(&self, n: usize) -> Vec<Span> {
-        let Ok(mut q) = self.q.lock() else {
-            return Vec::new();
-        };
-        let k = n.min(q.len());
-        let v: Vec<Span> = q.drain(..k).collect();
-        self.stats
-            .queue_depth
-            .store(q.len() as u64, Ordering::Relaxed);
-        v
-    }
-
-    /// Put a batch back at the head after a failed export (oldest first stays first).
-    fn give_back(&self, mut batch: Vec<Span>) {
-        let Ok(mut q) = self.q.lock() else { return };
-        while q.len() + batch.len() > QUEUE_CAP && !batch.is_empty() {
-            batch.remove(0);
-            self.stats.spans_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        for s in batch.into_iter().rev() {
-            q.push_front(s);
-        }
-        self.stats
-            .queue_depth
-            .store(q.len() as u64, Ordering::Relaxed);
-    }
-
-    fn set_inflight(&self, b: &[Span]) {
-        if let Ok(mut f) = self.inflight.lock() {
-            *f = b.to_vec();
-        }
-    }
-
-    fn clear_inflight(&self) {
-        if let Ok(mut f) = self.inflight.lock() {
-            f.clear();
-        }
-    }
-
-    /// Put a batch whose send was interrupted back at the head of the queue.
-    pub fn reclaim_inflight(&self) {
-        let b = self
-            .inflight
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default();
-        if !b.is_empty() {
-            self.give_back(b);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.q.lock().map(|q| q.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-pub fn traces_request(resource: &Resource, spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(super::model::scope()),
-                spans,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
-    }
-}
-
-/// The exporter loop: batches every second (or at BATCH spans), retries
-/// with exponential backoff, logs failures at most once per 30 s.
-pub async fn run_span_exporter(
-    transport: Arc<Transport>,
-    queue: Arc<SpanQueue>,
-    resource: Resource,
-    stop: Arc<Notify>,
-) {
-    let mut backoff = Duration::from_millis(500);
-    let mut last_log: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = queue.notify.notified() => {}
-            _ = stop.notified() => return,
-        }
-        loop {
-            let batch = queue.take(BATCH);
-            if batch.is_empty() {
-                break;
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    cap = self.cap,
+                    "OTLP: span queue full (endpoint down or too slow): dropping spans, counted in stats"
+                );
             }
-            let n = batch.len() as u64;
-            queue.set_inflight(&batch);
-            let sent = transport
-                .send_traces(traces_request(&resource, batch.clone()))
-                .await;
-            queue.clear_inflight();
-            match sent {
-                Ok(()) => {
-                    queue.stats.spans_exported.fetch_add(n, Ordering::Relaxed);
-                    backoff = Duration::from_millis(500);
-                }
-                Err(e) => {
-                    queue.stats.export_failures.fetch_add(1, Ordering::Relaxed);
-                    if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                        tracing::warn!(error = %e, queued = queue.len() + batch.len(), dropped = queue.stats.spans_dropped.load(Ordering::Relaxed), "OTLP trace export failed; retrying with backoff");
-                        last_log = Some(tokio::time::Instant::now());
-                    }
-                    queue.give_back(batch);
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.notified() => return,
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    break;
-                }
-            }
+            return;
         }
+        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
-/// Last attempt at shutdown: whatever fits before `deadline`; every span
-/// not confirmed sent by then is counted as dropped.
-pub async fn flush(
-    transport: &Transport,
-    queue: &SpanQueue,
-    resource: &Resource,
-    deadline: Duration,
-) {
-    let pending = queue.take(usize::MAX);
-    let total = pending.len() as u64;
-    let sent = AtomicU64::new(0);
-    let work = async {
-        for chunk in pending.chunks(BATCH) {
-            if transport
-                .send_traces(traces_request(resource, chunk.to_vec()))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        }
-    };
-    let _ = tokio::time::timeout(deadline, work).await;
-    let sent = sent.load(Ordering::Relaxed);
-    queue
-        .stats
-        .spans_exported
-        .fetch_add(sent, Ordering::Relaxed);
-    queue
-        .stats
-        .spans_dropped
-        .fetch_add(total - sent, Ordering::Relaxed);
+/// Counts what the span exporter sent and lost.
+#[derive(Debug)]
+pub struct CountingSpans<E> {
+    pub inner: E,
+    pub stats: Arc<ExportStats>,
+    pub log: Arc<ErrorLog>,
+    pub endpoint: String,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queue_drops_the_oldest_and_counts() {
-        let q = SpanQueue::default();
-        for i in 0..(QUEUE_CAP + 10) {
-            q.push(Span {
-                name: i.to_string(),
-                ..Default::default()
+impl<E: SpanExporter> SpanExporter for CountingSpans<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let s = &self.stats;
+        // saturating: spans from before a processor restart are not counted twice.
+        let _ = s
+            .queue_depth
+            .try_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
             });
+        s.inflight.store(n, Ordering::Relaxed);
+        let r = self.inner.export(batch).await;
+        s.inflight.store(0, Ordering::Relaxed);
+        match &r {
+            Ok(()) => {
+                s.spans_exported.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                s.spans_dropped.fetch_add(n, Ordering::Relaxed);
+                s.export_failures.fetch_add(1, Ordering::Relaxed);
+                self.log.report("spans", &self.endpoint, &e.to_string());
+            }
         }
-        assert_eq!(q.len(), QUEUE_CAP);
-        assert_eq!(q.stats.spans_dropped.load(Ordering::Relaxed), 10);
-        let first = q.take(1);
-        assert_eq!(first[0].name, "10");
-        q.give_back(first);
-        assert_eq!(q.take(1)[0].name, "10");
+        r
     }
 
-    #[test]
-    fn http_urls() {
-        assert_eq!(
-            split_http_url("http://c:4318/v1/traces").unwrap(),
-            ("c:4318".into(), "/v1/traces".into())
-        );
-        assert_eq!(split_http_url("http://c/v1/traces").unwrap().0, "c:80");
-        assert!(split_http_url("https://c").is_err());
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
     }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Counts what the metric exporter sent and lost.
+pub struct CountingMetrics<E> {
+    pub inner: E,
+    pub stats: Arc<ExportStats>,
+    pub log: Arc<ErrorLog>,
+    pub endpoint: String,
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for CountingMetrics<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let points: u64 = metrics
+            .scope_metrics()
+            .map(|s| s.metrics().count() as u64)
+            .sum();
+        let r = self.inner.export(metrics).await;
+        match &r {
+            Ok(()) => {
+                self.stats
+                    .metric_points_exported
+                    .fetch_add(points, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Cumulative: the next interval carries the same totals.
+                self.stats
+                    .metric_exports_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log.report("metrics", &self.endpoint, &e.to_string());
+            }
+        }
+        r
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
+/// The SDK's recommended backoff, with more attempts: an endpoint that is
+/// down for a few seconds loses nothing (the export timeout still bounds
+/// each batch), and one that comes back is used within ~2 s.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::recommended()
+        .with_max_retries(16)
+        .with_initial_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_jitter(Duration::from_millis(200))
+}
+
+fn tls_err(s: &Signal, what: &'static str, why: impl std::fmt::Display) -> ExportError {
+    ExportError::Tls {
+        signal: s.name,
+        what,
+        why: why.to_string(),
+    }
+}
+
+/// tonic's TLS: the system roots, plus the configured CA and client pair.
+fn tonic_tls(s: &Signal) -> ClientTlsConfig {
+    let mut t = ClientTlsConfig::new().with_native_roots();
+    if let Some((_, ca)) = &s.tls.ca {
+        t = t.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = &s.tls.client {
+        t = t.identity(Identity::from_pem(cert, key));
+    }
+    t
+}
+
+/// The blocking HTTP client (rustls with the platform's roots, plus the
+/// configured CA and client pair). Built on a thread of its own: reqwest's
+/// blocking client starts a runtime, which must not happen on a runtime
+/// worker (the SDK does the same for its default client).
+fn http_client(s: &Signal) -> Result<reqwest::blocking::Client, ExportError> {
+    let mut b = reqwest::blocking::Client::builder().timeout(s.timeout);
+    if let Some((path, ca)) = &s.tls.ca {
+        let certs = reqwest::Certificate::from_pem_bundle(ca)
+            .map_err(|e| tls_err(s, "OTEL_EXPORTER_OTLP_CERTIFICATE", format!("{path}: {e}")))?;
+        b = b.tls_certs_merge(certs);
+    }
+    if let Some((cert, key)) = &s.tls.client {
+        let mut pem = cert.clone();
+        pem.push(b'\n');
+        pem.extend_from_slice(key);
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| tls_err(s, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE/KEY", e))?;
+        b = b.identity(id);
+    }
+    let name = s.name;
+    std::thread::Builder::new()
+        .name("otlp-http-init".into())
+        .spawn(move || b.build())
+        .map_err(|e| ExportError::Thread(e.to_string()))?
+        .join()
+        .map_err(|_| ExportError::Thread("panicked".into()))?
+        .map_err(|e| ExportError::Tls {
+            signal: name,
+            what: "HTTP client",
+            why: e.to_string(),
+        })
+}
+
+fn build_err(
+    s: &Signal,
+) -> impl FnOnce(opentelemetry_otlp::ExporterBuildError) -> ExportError + '_ {
+    move |source| ExportError::Build {
+        signal: s.name,
+        endpoint: s.endpoint.clone(),
+        source,
+    }
+}
+
+/// The same settings for both signals' builders (they are distinct types).
+macro_rules! exporter {
+    ($builder:expr, $s:expr) => {{
+        let s: &Signal = $s;
+        match s.protocol {
+            Protocol::Grpc => {
+                let mut b = $builder
+                    .with_tonic()
+                    .with_endpoint(&s.endpoint)
+                    .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+                    .with_timeout(s.timeout)
+                    .with_retry_policy(retry_policy());
+                if s.https() {
+                    b = b.with_tls_config(tonic_tls(s));
+                }
+                b.build().map_err(build_err(s))
+            }
+            Protocol::HttpProtobuf => $builder
+                .with_http()
+                .with_endpoint(&s.endpoint)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(s.timeout)
+                .with_retry_policy(retry_policy())
+                .with_http_client(http_client(s)?)
+                .build()
+                .map_err(build_err(s)),
+        }
+    }};
+}
+
+pub fn span_exporter(s: &Signal) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
+    exporter!(opentelemetry_otlp::SpanExporter::builder(), s)
+}
+
+pub fn metric_exporter(s: &Signal) -> Result<opentelemetry_otlp::MetricExporter, ExportError> {
+    exporter!(opentelemetry_otlp::MetricExporter::builder(), s)
 }

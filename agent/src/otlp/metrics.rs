@@ -1,31 +1,16 @@
-//! Metric aggregation (cumulative counters and explicit-bucket histograms)
-//! and their OTLP form. Labels come from small fixed sets (toolchain kind,
-//! outcome, errno name, finding code): never pids, paths or argv.
+//! The agent's metrics as OpenTelemetry SDK instruments (cumulative
+//! counters, explicit-bucket histograms, gauges for self-metrics). Labels
+//! come from small fixed sets (toolchain kind, outcome, errno name, finding
+//! code): never pids, paths or argv, so cardinality stays far below the
+//! SDK's per-metric limit (2000 series; beyond it, an overflow series).
 
-use std::collections::BTreeMap;
-
-use opentelemetry_proto::tonic::{
-    collector::metrics::v1::ExportMetricsServiceRequest,
-    metrics::v1::{
-        AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
-        ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
-    },
-    resource::v1::Resource,
+use opentelemetry::{
+    KeyValue,
+    metrics::{Counter, Gauge, Histogram, Meter},
 };
 
 use super::model::kv_str;
 use crate::{fsview::basename, netdiag::Outcome, run::Output};
-
-type Labels = Vec<(&'static str, String)>;
-
-struct Hist {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-    min: f64,
-    max: f64,
-}
 
 /// Seconds: from 100 µs to 2 min.
 const DURATION_BOUNDS: &[f64] = &[
@@ -33,11 +18,67 @@ const DURATION_BOUNDS: &[f64] = &[
     120.0,
 ];
 
-#[derive(Default)]
-pub struct Registry {
-    counters: BTreeMap<(&'static str, Labels), (u64, &'static str)>,
-    gauges: BTreeMap<(&'static str, Labels), (f64, &'static str)>,
-    hists: BTreeMap<(&'static str, Labels), (Hist, &'static str)>,
+pub struct Instruments {
+    exec_count: Counter<u64>,
+    exec_failures: Counter<u64>,
+    process_duration: Histogram<f64>,
+    tcp_duration: Histogram<f64>,
+    tcp_failures: Counter<u64>,
+    syn_retransmits: Counter<u64>,
+    dns_duration: Histogram<f64>,
+    dns_failures: Counter<u64>,
+    tls_duration: Histogram<f64>,
+    tls_failures: Counter<u64>,
+    findings: Counter<u64>,
+    /// Self-metrics: cumulative values the agent keeps, set each tick.
+    pub events_received: Gauge<f64>,
+    pub events_lost: Gauge<f64>,
+    pub decode_errors: Gauge<f64>,
+    pub tcp_unreported: Gauge<f64>,
+    pub export_spans: Gauge<f64>,
+    pub export_points: Gauge<f64>,
+    pub queue_depth: Gauge<f64>,
+    pub open_spans: Gauge<f64>,
+}
+
+fn l(k: &'static str, v: impl Into<String>) -> KeyValue {
+    kv_str(k, v)
+}
+
+impl Instruments {
+    pub fn new(m: &Meter) -> Self {
+        let counter =
+            |name: &'static str, unit: &'static str| m.u64_counter(name).with_unit(unit).build();
+        let hist = |name: &'static str| {
+            m.f64_histogram(name)
+                .with_unit("s")
+                .with_boundaries(DURATION_BOUNDS.to_vec())
+                .build()
+        };
+        let gauge =
+            |name: &'static str, unit: &'static str| m.f64_gauge(name).with_unit(unit).build();
+        Self {
+            exec_count: counter("agent.exec.count", "{exec}"),
+            exec_failures: counter("agent.exec.failures", "{exec}"),
+            process_duration: hist("agent.process.duration"),
+            tcp_duration: hist("agent.tcp.connect.duration"),
+            tcp_failures: counter("agent.tcp.connect.failures", "{connection}"),
+            syn_retransmits: counter("agent.tcp.syn_retransmits", "{segment}"),
+            dns_duration: hist("agent.dns.lookup.duration"),
+            dns_failures: counter("agent.dns.failures", "{lookup}"),
+            tls_duration: hist("agent.tls.handshake.duration"),
+            tls_failures: counter("agent.tls.failures", "{handshake}"),
+            findings: counter("agent.findings", "{finding}"),
+            events_received: gauge("agent.events.received", "{event}"),
+            events_lost: gauge("agent.events.lost", "{event}"),
+            decode_errors: gauge("agent.events.decode_errors", "{event}"),
+            tcp_unreported: gauge("agent.tcp.connect.unreported", "{connection}"),
+            export_spans: gauge("agent.export.spans", "{span}"),
+            export_points: gauge("agent.export.metric_points", "{point}"),
+            queue_depth: gauge("agent.export.queue_depth", "{span}"),
+            open_spans: gauge("agent.processes.open_spans", "{span}"),
+        }
+    }
 }
 
 /// Bounded toolchain label.
@@ -54,53 +95,8 @@ pub fn toolchain_kind(exe: &str) -> &'static str {
     }
 }
 
-impl Registry {
-    pub fn add(&mut self, name: &'static str, unit: &'static str, labels: Labels, n: u64) {
-        self.counters.entry((name, labels)).or_insert((0, unit)).0 += n;
-    }
-
-    pub fn set(&mut self, name: &'static str, unit: &'static str, labels: Labels, v: f64) {
-        self.gauges.insert((name, labels), (v, unit));
-    }
-
-    pub fn record(&mut self, name: &'static str, labels: Labels, v: f64) {
-        let (h, _) = self.hists.entry((name, labels)).or_insert((
-            Hist {
-                bounds: DURATION_BOUNDS,
-                counts: vec![0; DURATION_BOUNDS.len() + 1],
-                sum: 0.0,
-                count: 0,
-                min: f64::INFINITY,
-                max: 0.0,
-            },
-            "s",
-        ));
-        let i = h
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(h.bounds.len());
-        h.counts[i] += 1;
-        h.sum += v;
-        h.count += 1;
-        h.min = h.min.min(v);
-        h.max = h.max.max(v);
-    }
-
-    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.counters
-            .iter()
-            .filter(|((n, l), _)| {
-                *n == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
-            })
-            .map(|(_, (c, _))| *c)
-            .sum()
-    }
-
-    pub fn observe(&mut self, o: &Output) {
+impl Instruments {
+    pub fn observe(&self, o: &Output) {
         match o {
             Output::Exec { exec, analysis } => {
                 let kind = if exec.ok() {
@@ -108,23 +104,17 @@ impl Registry {
                 } else {
                     "other"
                 };
-                self.add(
-                    "agent.exec.count",
-                    "{exec}",
-                    vec![
-                        ("toolchain", kind.into()),
-                        ("outcome", if exec.ok() { "ok" } else { "failed" }.into()),
-                        ("analysed", analysis.analysed.to_string()),
-                    ],
+                self.exec_count.add(
                     1,
+                    &[
+                        l("toolchain", kind),
+                        l("outcome", if exec.ok() { "ok" } else { "failed" }),
+                        l("analysed", analysis.analysed.to_string()),
+                    ],
                 );
                 if !exec.ok() {
-                    self.add(
-                        "agent.exec.failures",
-                        "{exec}",
-                        vec![("errno", crate::finding::errno_name(exec.errno))],
-                        1,
-                    );
+                    self.exec_failures
+                        .add(1, &[l("errno", crate::finding::errno_name(exec.errno))]);
                 }
             }
             Output::Exit {
@@ -133,35 +123,20 @@ impl Registry {
                 analysed: true,
                 ..
             } => {
-                self.record(
-                    "agent.process.duration",
-                    vec![("toolchain", toolchain_kind(name).into())],
-                    *d as f64 / 1e9,
-                );
+                self.process_duration
+                    .record(*d as f64 / 1e9, &[l("toolchain", toolchain_kind(name))]);
             }
             Output::Tcp { tcp, report, .. } => {
+                let outcome = l("outcome", report.outcome.name());
                 if let Some(d) = tcp.duration_ns() {
-                    self.record(
-                        "agent.tcp.connect.duration",
-                        vec![("outcome", report.outcome.name().into())],
-                        d as f64 / 1e9,
-                    );
+                    self.tcp_duration.record(d as f64 / 1e9, &[outcome]);
                 }
                 if !matches!(report.outcome, Outcome::Established | Outcome::Cancelled) {
-                    self.add(
-                        "agent.tcp.connect.failures",
-                        "{connection}",
-                        vec![("reason", report.outcome.name().into())],
-                        1,
-                    );
+                    self.tcp_failures
+                        .add(1, &[l("reason", report.outcome.name())]);
                 }
                 if tcp.syn_retrans > 0 {
-                    self.add(
-                        "agent.tcp.syn_retransmits",
-                        "{segment}",
-                        vec![],
-                        tcp.syn_retrans as u64,
-                    );
+                    self.syn_retransmits.add(tcp.syn_retrans as u64, &[]);
                 }
             }
             Output::Dns { report, .. } => {
@@ -170,136 +145,34 @@ impl Registry {
                 } else {
                     report.rcode.clone().unwrap_or_default()
                 };
-                self.record(
-                    "agent.dns.lookup.duration",
-                    vec![("rcode", rcode.clone())],
+                self.dns_duration.record(
                     report.end_ns.saturating_sub(report.start_ns) as f64 / 1e9,
+                    &[l("rcode", rcode.clone())],
                 );
                 if rcode != "NOERROR" {
-                    self.add("agent.dns.failures", "{lookup}", vec![("rcode", rcode)], 1);
+                    self.dns_failures.add(1, &[l("rcode", rcode)]);
                 }
             }
             Output::Tls { report, .. } => {
                 let result = crate::tls::verdict_reason(&report.verdict);
                 let ok = result == "completed";
-                self.record(
-                    "agent.tls.handshake.duration",
-                    vec![("result", if ok { "completed" } else { "failed" }.into())],
+                self.tls_duration.record(
                     report.end_ns.saturating_sub(report.start_ns) as f64 / 1e9,
+                    &[l("result", if ok { "completed" } else { "failed" })],
                 );
                 if !ok {
-                    self.add(
-                        "agent.tls.failures",
-                        "{handshake}",
-                        vec![("reason", result)],
-                        1,
-                    );
+                    self.tls_failures.add(1, &[l("reason", result)]);
                 }
             }
-            Output::Finding { finding, .. } => self.add(
-                "agent.findings",
-                "{finding}",
-                vec![
-                    ("code", finding.code.into()),
-                    ("severity", finding.severity.name().into()),
-                ],
+            Output::Finding { finding, .. } => self.findings.add(
                 1,
+                &[
+                    l("code", finding.code),
+                    l("severity", finding.severity.name()),
+                ],
             ),
             _ => {}
         }
-    }
-
-    pub fn request(
-        &self,
-        resource: &Resource,
-        start_ns: u64,
-        now_ns: u64,
-    ) -> ExportMetricsServiceRequest {
-        let attrs = |l: &Labels| {
-            l.iter()
-                .map(|(k, v)| kv_str(k, v.clone()))
-                .collect::<Vec<_>>()
-        };
-        let mut metrics: BTreeMap<&'static str, Metric> = BTreeMap::new();
-        for ((name, labels), (v, unit)) in &self.counters {
-            let m = metrics.entry(name).or_insert_with(|| Metric {
-                name: (*name).into(),
-                unit: (*unit).into(),
-                data: Some(Data::Sum(Sum {
-                    data_points: vec![],
-                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                    is_monotonic: true,
-                })),
-                ..Default::default()
-            });
-            if let Some(Data::Sum(s)) = &mut m.data {
-                s.data_points.push(NumberDataPoint {
-                    attributes: attrs(labels),
-                    start_time_unix_nano: start_ns,
-                    time_unix_nano: now_ns,
-                    value: Some(number_data_point::Value::AsInt(*v as i64)),
-                    ..Default::default()
-                });
-            }
-        }
-        for ((name, labels), (v, unit)) in &self.gauges {
-            let m = metrics.entry(name).or_insert_with(|| Metric {
-                name: (*name).into(),
-                unit: (*unit).into(),
-                data: Some(Data::Gauge(Gauge {
-                    data_points: vec![],
-                })),
-                ..Default::default()
-            });
-            if let Some(Data::Gauge(g)) = &mut m.data {
-                g.data_points.push(NumberDataPoint {
-                    attributes: attrs(labels),
-                    time_unix_nano: now_ns,
-                    value: Some(number_data_point::Value::AsDouble(*v)),
-                    ..Default::default()
-                });
-            }
-        }
-        for ((name, labels), (h, unit)) in &self.hists {
-            let m = metrics.entry(name).or_insert_with(|| Metric {
-                name: (*name).into(),
-                unit: (*unit).into(),
-                data: Some(Data::Histogram(Histogram {
-                    data_points: vec![],
-                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                })),
-                ..Default::default()
-            });
-            if let Some(Data::Histogram(hh)) = &mut m.data {
-                hh.data_points.push(HistogramDataPoint {
-                    attributes: attrs(labels),
-                    start_time_unix_nano: start_ns,
-                    time_unix_nano: now_ns,
-                    count: h.count,
-                    sum: Some(h.sum),
-                    bucket_counts: h.counts.clone(),
-                    explicit_bounds: h.bounds.to_vec(),
-                    min: Some(h.min),
-                    max: Some(h.max),
-                    ..Default::default()
-                });
-            }
-        }
-        ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                resource: Some(resource.clone()),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(super::model::scope()),
-                    metrics: metrics.into_values().collect(),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
-    }
-
-    pub fn points(&self) -> u64 {
-        (self.counters.len() + self.gauges.len() + self.hists.len()) as u64
     }
 }
 
@@ -313,42 +186,5 @@ mod tests {
         assert_eq!(toolchain_kind("/x/bin/go1.22.0"), "go");
         assert_eq!(toolchain_kind("/opt/conda/bin/python3.11"), "python");
         assert_eq!(toolchain_kind("/usr/bin/make"), "other");
-    }
-
-    #[test]
-    fn histograms_and_counters_become_otlp() {
-        let mut r = Registry::default();
-        r.record(
-            "agent.tcp.connect.duration",
-            vec![("outcome", "established".into())],
-            0.002,
-        );
-        r.record(
-            "agent.tcp.connect.duration",
-            vec![("outcome", "established".into())],
-            3.0,
-        );
-        r.add(
-            "agent.findings",
-            "{finding}",
-            vec![("code", "net.connect_refused".into())],
-            2,
-        );
-        let req = r.request(&Resource::default(), 1, 2);
-        let ms = &req.resource_metrics[0].scope_metrics[0].metrics;
-        assert_eq!(ms.len(), 2);
-        let h = ms
-            .iter()
-            .find(|m| m.name == "agent.tcp.connect.duration")
-            .unwrap();
-        let Some(Data::Histogram(h)) = &h.data else {
-            panic!()
-        };
-        assert_eq!(h.data_points[0].count, 2);
-        assert_eq!(h.data_points[0].bucket_counts.iter().sum::<u64>(), 2);
-        assert_eq!(
-            r.counter("agent.findings", &[("code", "net.connect_refused")]),
-            2
-        );
     }
 }

@@ -1,9 +1,11 @@
 //! OTLP export of traces and metrics (to an OpenTelemetry Collector, Tempo,
-//! Jaeger, ...). Off unless an endpoint is configured.
+//! Jaeger, Grafana Cloud...) through the OpenTelemetry SDK. Off unless an
+//! endpoint is configured.
 //!
-//! Owns: turning outputs into spans and metrics and shipping them without
-//! ever slowing the kernel → user pipeline: span building is synchronous and
-//! cheap; sending happens in background tasks behind a bounded queue.
+//! Owns: turning outputs into spans and metrics without ever slowing the
+//! kernel → user pipeline. Span building is synchronous and cheap; ended
+//! spans go to the SDK's batch processor (its own thread, a bounded queue)
+//! and metrics to its periodic reader (its own thread).
 
 pub mod config;
 pub mod export;
@@ -12,173 +14,128 @@ pub mod model;
 pub mod spans;
 
 use std::{
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use tokio::sync::Notify;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::{
+    metrics::{PeriodicReader, SdkMeterProvider},
+    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
+};
 
 pub use config::{OtlpConfig, Protocol};
-use export::{SpanQueue, Transport};
+use export::{Admission, CountingMetrics, CountingSpans, ErrorLog, ExportError, ExportStats};
+pub use spans::RootSpan;
 
 use crate::{collector::Collector, proctable::ProcTable, run::Output};
 
 pub struct Otlp {
     builder: spans::SpanBuilder,
-    queue: Arc<SpanQueue>,
-    registry: Arc<Mutex<metrics::Registry>>,
-    transport: Arc<Transport>,
-    resource: Resource,
-    stop: Arc<Notify>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    start_unix_ns: u64,
-}
-
-fn now_unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    instruments: metrics::Instruments,
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+    stats: Arc<ExportStats>,
 }
 
 impl Otlp {
-    /// Start the exporter tasks (inside a tokio runtime).
-    pub fn start(cfg: OtlpConfig, clock_offset_ns: i128) -> Result<Self, export::ExportError> {
-        let resource = model::resource(&cfg.service_name, &cfg.resource);
-        let interval = cfg.metrics_interval;
-        let transport = Arc::new(Transport::new(cfg)?);
-        let queue = Arc::new(SpanQueue::default());
-        let registry = Arc::new(Mutex::new(metrics::Registry::default()));
-        let stop = Arc::new(Notify::new());
-        let start_unix_ns = now_unix_ns();
-        let mut tasks = vec![tokio::spawn(export::run_span_exporter(
-            transport.clone(),
-            queue.clone(),
-            resource.clone(),
-            stop.clone(),
-        ))];
-        {
-            let (t, r, res, q, stop) = (
-                transport.clone(),
-                registry.clone(),
-                resource.clone(),
-                queue.clone(),
-                stop.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = stop.notified() => return,
-                    }
-                    let req = match r.lock() {
-                        Ok(reg) => reg.request(&res, start_unix_ns, now_unix_ns()),
-                        Err(_) => return,
-                    };
-                    let points = req
-                        .resource_metrics
-                        .iter()
-                        .flat_map(|rm| &rm.scope_metrics)
-                        .map(|sm| sm.metrics.len() as u64)
-                        .sum::<u64>();
-                    match tokio::time::timeout(Duration::from_secs(5), t.send_metrics(req)).await {
-                        Ok(Ok(())) => {
-                            q.stats
-                                .metric_points_exported
-                                .fetch_add(points, Ordering::Relaxed);
-                        }
-                        _ => {
-                            // Cumulative: the next interval carries the same totals.
-                            q.stats
-                                .metric_exports_failed
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }));
+    /// Start the SDK's providers and exporters (inside the tokio runtime:
+    /// the gRPC channel lives on it). Call after privileges are dropped:
+    /// the SDK's threads inherit the caller's capabilities.
+    /// `root`: `agent trace`'s command pid and the span reserved for it.
+    pub fn start(
+        cfg: &OtlpConfig,
+        clock_offset_ns: i128,
+        root: Option<(u32, RootSpan)>,
+    ) -> Result<Self, ExportError> {
+        // One crypto provider for tonic and reqwest (ring); an error only
+        // means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let resource = model::resource();
+        let stats = Arc::new(ExportStats::default());
+        let log = Arc::new(ErrorLog::default());
+        let spans = CountingSpans {
+            inner: export::span_exporter(&cfg.traces)?,
+            stats: stats.clone(),
+            log: log.clone(),
+            endpoint: cfg.traces.endpoint.clone(),
+        };
+        // OTEL_BSP_* are read by the SDK; ours where they are unset.
+        let mut batch = BatchConfigBuilder::default().with_max_queue_size(cfg.queue_cap);
+        if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
+            batch = batch.with_scheduled_delay(cfg.span_delay);
         }
+        let processor = Admission {
+            inner: BatchSpanProcessor::builder(spans)
+                .with_batch_config(batch.build())
+                .build(),
+            stats: stats.clone(),
+            cap: cfg.queue_cap as u64,
+            warned: Default::default(),
+        };
+        let ids = spans::Ids::default();
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_id_generator(ids.clone())
+            .with_resource(resource.clone())
+            .build();
+        let tracer = {
+            use opentelemetry::trace::TracerProvider as _;
+            tracer_provider.tracer_with_scope(model::scope())
+        };
+        let reader = PeriodicReader::builder(CountingMetrics {
+            inner: export::metric_exporter(&cfg.metrics)?,
+            stats: stats.clone(),
+            log,
+            endpoint: cfg.metrics.endpoint.clone(),
+        })
+        .with_interval(cfg.metrics_interval)
+        .build();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_reader(reader)
+            .with_resource(resource)
+            .build();
+        let instruments =
+            metrics::Instruments::new(&meter_provider.meter_with_scope(model::scope()));
         Ok(Self {
-            builder: spans::SpanBuilder::new(clock_offset_ns),
-            queue,
-            registry,
-            transport,
-            resource,
-            stop,
-            tasks,
-            start_unix_ns,
+            builder: spans::SpanBuilder::new(tracer, ids, clock_offset_ns, root),
+            instruments,
+            tracer_provider,
+            meter_provider,
+            stats,
         })
     }
 
     pub fn observe(&mut self, o: &Output, table: &ProcTable) {
-        if let Ok(mut r) = self.registry.lock() {
-            r.observe(o);
-        }
-        for s in self.builder.observe(o, table) {
-            self.queue.push(s);
-        }
+        self.instruments.observe(o);
+        self.builder.observe(o, table);
     }
 
     /// Self-metrics from the collector and the exporter.
     pub fn update_self(&self, c: &Collector) {
-        let Ok(mut r) = self.registry.lock() else {
-            return;
-        };
-        let st = &self.queue.stats;
-        r.set(
-            "agent.events.received",
-            "{event}",
-            vec![],
-            c.stats.received.load(Ordering::Relaxed) as f64,
-        );
-        for (cause, n) in c.lost() {
-            r.set(
-                "agent.events.lost",
-                "{event}",
-                vec![("cause", cause.name().into())],
-                n as f64,
-            );
+        let i = &self.instruments;
+        let st = &self.stats;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+        i.events_received.record(n(&c.stats.received), &[]);
+        for (cause, lost) in c.lost() {
+            i.events_lost
+                .record(lost as f64, &[model::kv_str("cause", cause.name())]);
         }
-        r.set(
-            "agent.events.decode_errors",
-            "{event}",
-            vec![],
-            c.stats.decode_errors.load(Ordering::Relaxed) as f64,
+        i.decode_errors.record(n(&c.stats.decode_errors), &[]);
+        i.tcp_unreported.record(c.tcp_quiet() as f64, &[]);
+        i.export_spans.record(
+            n(&st.spans_exported),
+            &[model::kv_str("result", "exported")],
         );
-        r.set(
-            "agent.export.spans",
-            "{span}",
-            vec![("result", "exported".into())],
-            st.spans_exported.load(Ordering::Relaxed) as f64,
-        );
-        r.set(
-            "agent.export.spans",
-            "{span}",
-            vec![("result", "dropped".into())],
-            st.spans_dropped.load(Ordering::Relaxed) as f64,
-        );
-        r.set(
-            "agent.export.metric_points",
-            "{point}",
-            vec![],
-            st.metric_points_exported.load(Ordering::Relaxed) as f64,
-        );
-        r.set(
-            "agent.export.queue_depth",
-            "{span}",
-            vec![],
-            st.queue_depth.load(Ordering::Relaxed) as f64,
-        );
-        r.set(
-            "agent.processes.open_spans",
-            "{span}",
-            vec![],
-            self.builder.open_count() as f64,
-        );
+        i.export_spans
+            .record(n(&st.spans_dropped), &[model::kv_str("result", "dropped")]);
+        i.export_points.record(n(&st.metric_points_exported), &[]);
+        i.queue_depth.record(n(&st.queue_depth), &[]);
+        i.open_spans.record(self.builder.open_count() as f64, &[]);
     }
 
     pub fn stats_json(&self) -> serde_json::Value {
-        let st = &self.queue.stats;
+        let st = &self.stats;
         serde_json::json!({
             "spans_exported": st.spans_exported.load(Ordering::Relaxed),
             "spans_dropped": st.spans_dropped.load(Ordering::Relaxed),
@@ -189,30 +146,24 @@ impl Otlp {
         })
     }
 
-    /// Close open spans, try to send what is queued and the final metrics,
-    /// all within `deadline` whatever the endpoint does.
+    /// End open spans, then let the SDK flush and shut down, all within
+    /// `deadline` whatever the endpoint does (its shutdown waits with a
+    /// timeout; an export stuck on a black hole is abandoned).
     pub async fn shutdown(mut self, deadline: Duration) -> serde_json::Value {
-        let t0 = tokio::time::Instant::now();
-        for s in self.builder.close_all(now_unix_ns()) {
-            self.queue.push(s);
-        }
-        self.stop.notify_waiters();
-        for t in self.tasks.drain(..) {
-            t.abort();
-            let _ = t.await;
-        }
-        self.queue.reclaim_inflight();
-        let half = deadline / 2;
-        export::flush(&self.transport, &self.queue, &self.resource, half).await;
-        let left = deadline.saturating_sub(t0.elapsed());
-        let req = match self.registry.lock() {
-            Ok(r) => Some(r.request(&self.resource, self.start_unix_ns, now_unix_ns())),
-            Err(_) => None,
-        };
-        if let Some(req) = req {
-            let _ = tokio::time::timeout(left, self.transport.send_metrics(req)).await;
-        }
-        let dropped = self.queue.stats.spans_dropped.load(Ordering::Relaxed);
+        self.builder.close_all();
+        let (tp, mp) = (self.tracer_provider.clone(), self.meter_provider.clone());
+        let t0 = std::time::Instant::now();
+        // The SDK's shutdown blocks (it waits on its threads), and dropping
+        // the HTTP exporters joins their client threads: off the workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            let traces = tp.shutdown_with_timeout(deadline * 3 / 5);
+            let left = deadline.saturating_sub(t0.elapsed());
+            let metrics = mp.shutdown_with_timeout(left.max(Duration::from_millis(50)));
+            tracing::debug!(?traces, ?metrics, "OTLP shut down");
+        })
+        .await;
+        self.stats.settle();
+        let dropped = self.stats.spans_dropped.load(Ordering::Relaxed);
         if dropped > 0 {
             tracing::warn!(dropped, "OTLP: spans dropped (endpoint down or too slow)");
         }

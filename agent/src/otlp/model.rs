@@ -1,89 +1,69 @@
-//! Attribute helpers, resource and scope for OTLP messages.
+//! Attribute helpers, scope and resource. Every string that leaves through
+//! OTLP is made here (span and event attributes, resource, metric labels),
+//! so it is scrubbed here.
 
-use opentelemetry_proto::tonic::{
-    common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value},
-    resource::v1::Resource,
+use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
+use opentelemetry_sdk::{
+    Resource,
+    resource::{EnvResourceDetector, ResourceDetector, TelemetryResourceDetector},
 };
+use opentelemetry_semantic_conventions::attribute as semconv;
 
-/// A string attribute. Every string that leaves through OTLP is made here
-/// (span and event attributes, resource, metrics), so it is scrubbed here.
-pub fn kv_str(k: &str, v: impl Into<String>) -> KeyValue {
+/// A string attribute, scrubbed of secrets.
+pub fn kv_str(k: &'static str, v: impl Into<String>) -> KeyValue {
     let v: String = v.into();
     let v = match crate::scrub::value(&v) {
         std::borrow::Cow::Borrowed(_) => v,
         std::borrow::Cow::Owned(o) => o,
     };
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(v)),
-        }),
-        ..Default::default()
-    }
+    KeyValue::new(k, v)
 }
 
-pub fn kv_int(k: &str, v: i64) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(Value::IntValue(v)),
-        }),
-        ..Default::default()
-    }
+/// A string attribute with a key made at run time (evidence keys).
+pub fn kv_string(k: String, v: &str) -> KeyValue {
+    KeyValue::new(k, crate::scrub::value(v).into_owned())
 }
 
-pub fn kv_bool(k: &str, v: bool) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(Value::BoolValue(v)),
-        }),
-        ..Default::default()
-    }
+pub fn kv_int(k: &'static str, v: i64) -> KeyValue {
+    KeyValue::new(k, v)
 }
 
-pub fn kv_str_array(k: &str, v: &[String]) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(Value::ArrayValue(ArrayValue {
-                values: v
-                    .iter()
-                    .map(|s| AnyValue {
-                        value: Some(Value::StringValue(crate::scrub::value(s).into_owned())),
-                    })
-                    .collect(),
-            })),
-        }),
-        ..Default::default()
-    }
+pub fn kv_bool(k: &'static str, v: bool) -> KeyValue {
+    KeyValue::new(k, v)
+}
+
+pub fn kv_str_array(k: &'static str, v: &[String]) -> KeyValue {
+    let values: Vec<StringValue> = v
+        .iter()
+        .map(|s| crate::scrub::value(s).into_owned().into())
+        .collect();
+    KeyValue::new(k, Value::Array(Array::String(values)))
 }
 
 /// A JSON value as an attribute: strings and numbers natively, the rest as JSON text.
-pub fn kv_json(k: &str, v: &serde_json::Value) -> Option<KeyValue> {
+pub fn kv_json(k: String, v: &serde_json::Value) -> Option<KeyValue> {
     Some(match v {
         serde_json::Value::Null => return None,
-        serde_json::Value::String(s) => kv_str(k, s.clone()),
-        serde_json::Value::Bool(b) => kv_bool(k, *b),
+        serde_json::Value::String(s) => kv_string(k, s),
+        serde_json::Value::Bool(b) => KeyValue::new(k, *b),
         serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => kv_int(k, i),
-            None => kv_str(k, n.to_string()),
+            Some(i) => KeyValue::new(k, i),
+            None => kv_string(k, &n.to_string()),
         },
-        other => kv_str(k, other.to_string()),
+        other => kv_string(k, &other.to_string()),
     })
 }
 
 pub fn scope() -> InstrumentationScope {
-    InstrumentationScope {
-        name: "agent".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        attributes: Vec::new(),
-        dropped_attributes_count: 0,
-    }
+    InstrumentationScope::builder("agent")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
 }
 
-/// Resource: host, OS, node, service, agent version, plus OTEL_RESOURCE_ATTRIBUTES.
-pub fn resource(service_name: &str, extra: &[(String, String)]) -> Resource {
+/// Resource: service, agent version, host, OS, node, the agent's own
+/// container; then `OTEL_RESOURCE_ATTRIBUTES` (the SDK's detector) over
+/// them, and `OTEL_SERVICE_NAME` over everything, as the spec orders.
+pub fn resource() -> Resource {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -93,32 +73,34 @@ pub fn resource(service_name: &str, extra: &[(String, String)]) -> Resource {
         other => other,
     };
     let mut attrs = vec![
-        kv_str("service.name", service_name),
-        kv_str("service.version", env!("CARGO_PKG_VERSION")),
-        kv_str("host.name", host),
-        kv_str("host.arch", arch),
-        kv_str("os.type", "linux"),
+        kv_str(semconv::SERVICE_NAME, "agent"),
+        kv_str(semconv::SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
+        kv_str(semconv::HOST_NAME, host),
+        kv_str(semconv::HOST_ARCH, arch),
+        kv_str(semconv::OS_TYPE, "linux"),
     ];
     if let Ok(node) = std::env::var("NODE_NAME")
         && !node.is_empty()
     {
-        attrs.push(kv_str("k8s.node.name", node));
+        attrs.push(kv_str(semconv::K8S_NODE_NAME, node));
     }
     if let Some(id) = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
         .and_then(|c| crate::k8s::container_id(&c))
     {
-        attrs.push(kv_str("container.id", id));
+        attrs.push(kv_str(semconv::CONTAINER_ID, id));
     }
-    for (k, v) in extra {
-        if k != "service.name" {
-            attrs.retain(|a| &a.key != k);
-            attrs.push(kv_str(k, v.clone()));
-        }
+    let detectors: [Box<dyn ResourceDetector>; 2] = [
+        Box::new(TelemetryResourceDetector),
+        Box::new(EnvResourceDetector::new()),
+    ];
+    let mut b = Resource::builder_empty()
+        .with_attributes(attrs)
+        .with_detectors(&detectors);
+    if let Ok(name) = std::env::var("OTEL_SERVICE_NAME")
+        && !name.trim().is_empty()
+    {
+        b = b.with_service_name(name.trim().to_string());
     }
-    Resource {
-        attributes: attrs,
-        dropped_attributes_count: 0,
-        entity_refs: Vec::new(),
-    }
+    b.build()
 }

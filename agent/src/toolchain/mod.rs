@@ -118,6 +118,9 @@ const NOT_COMPARED: &[&str] = &[
     "GOENV_VERSION",
     "RBENV_VERSION",
     "NODENV_VERSION",
+    // Trace context: every instrumented step sets its own.
+    "TRACEPARENT",
+    "TRACESTATE",
 ];
 
 /// Is `name` compared by `env.diverged`? (The default allow-list minus NOT_COMPARED.)
