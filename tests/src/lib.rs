@@ -4,6 +4,7 @@
 //! Tests share kernel state: run them with `--test-threads=1` (xtask does).
 //! They panic with context rather than return errors, so failures show where.
 
+pub mod certs;
 pub mod netlab;
 pub mod otlp_receiver;
 

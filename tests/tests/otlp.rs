@@ -8,8 +8,8 @@ use std::{
 };
 
 use agent_tests::{
-    agent_bin,
-    otlp_receiver::{Received, serve_http, while_receiving},
+    agent_bin, certs,
+    otlp_receiver::{Received, Serve, serve_http, while_receiving, while_receiving_with},
     proc_status_kib, require_root, rt, scratch, signal,
 };
 use opentelemetry_proto::tonic::{
@@ -29,21 +29,87 @@ fn attr(s: &Span, k: &str) -> Option<String> {
         })
 }
 
+/// The tree the export tests trace: Go, then a refused TCP connect.
+const TREE: &str = "go version >/dev/null; python3 -c \"import socket\ntry: socket.create_connection(('127.0.0.1', 1))\nexcept OSError: pass\"";
+
 /// `agent trace` a tree that runs Go and gets a refused TCP connect.
 fn trace_with_export(protocol: &str, endpoint: &str) -> std::process::Output {
-    Command::new(agent_bin())
+    trace_with(protocol, endpoint, TREE, &[], &[]).0
+}
+
+/// `agent trace [flags] -- sh -c script` with export to `endpoint`, and `env` besides.
+fn trace_with(
+    protocol: &str,
+    endpoint: &str,
+    script: &str,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Output, String) {
+    let records = scratch("otlp").join("records.jsonl");
+    let out = Command::new(agent_bin())
         .args(["--format", "json", "--output"])
-        .arg(scratch("otlp").join("records.jsonl"))
-        .args(["trace", "--", "/bin/sh", "-c"])
-        .arg("go version >/dev/null; python3 -c \"import socket\ntry: socket.create_connection(('127.0.0.1', 1))\nexcept OSError: pass\"")
+        .arg(&records)
+        .arg("trace")
+        .args(flags)
+        .args(["--", "/bin/sh", "-c", script])
         .env("PATH", "/usr/lib/go-1.19/bin:/usr/bin:/bin")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         .env("OTEL_SERVICE_NAME", "agent-test")
         .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
         .env("NODE_NAME", "node-a")
+        .envs(env.iter().copied())
         .output()
-        .expect("agent trace")
+        .expect("agent trace");
+    (out, std::fs::read_to_string(&records).unwrap_or_default())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const TOKEN: &str = "s3cr3t-otlp-token-4711";
+
+/// Export over TLS to a receiver with a private CA that requires a bearer
+/// token, gzip on; returns the receiver and the agent's stderr.
+fn export_over_tls(protocol: &'static str, tag: &str) -> (Received, String) {
+    require_root();
+    let pki = certs::make(&scratch(tag), "otlp");
+    let how = Serve {
+        tls: Some((pki.server_cert.clone(), pki.server_key.clone())),
+        require: Some(("authorization".into(), format!("Bearer {TOKEN}"))),
+    };
+    let ca = pki.ca_pem.to_string_lossy().into_owned();
+    let ((out, records), r) = while_receiving_with(protocol, how, move |endpoint| {
+        assert!(endpoint.starts_with("https://"));
+        trace_with(
+            protocol,
+            &endpoint,
+            TREE,
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+                // URL-encoded, as the spec has it.
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    &format!("authorization=Bearer%20{TOKEN}"),
+                ),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ],
+        )
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(*r.refused.lock().unwrap(), 0, "every request had the token");
+    assert!(
+        !stderr.contains(TOKEN),
+        "the token stays out of the logs: {stderr}"
+    );
+    assert!(
+        !records.contains(TOKEN),
+        "the token stays out of the records"
+    );
+    (r, stderr)
 }
 
 fn check_trace(r: &Received) {
@@ -277,4 +343,144 @@ fn exporter_down_then_back_and_shutdown_stays_fast() {
         assert!(export["spans_dropped"].as_u64().unwrap() >= 5, "{export}");
         drop(hole);
     });
+}
+
+#[test]
+fn grpc_over_tls_with_a_private_ca_and_a_required_bearer_token() {
+    let (r, _) = export_over_tls("grpc", "otlp-tls-grpc");
+    check_trace(&r);
+    assert!(!r.metric_names().is_empty(), "metrics over gRPC/TLS");
+    let enc = r.header_values("grpc-encoding");
+    assert!(
+        !enc.is_empty() && enc.iter().all(|e| e == "gzip"),
+        "gzip: {enc:?}"
+    );
+}
+
+#[test]
+fn http_protobuf_over_tls_with_gzip_bodies_and_a_required_header() {
+    let (r, _) = export_over_tls("http/protobuf", "otlp-tls-http");
+    check_trace(&r);
+    assert!(!r.metric_names().is_empty(), "metrics over HTTPS");
+    let enc = r.header_values("content-encoding");
+    let n = r.headers.lock().unwrap().len();
+    assert!(
+        n >= 2 && enc.len() == n && enc.iter().all(|e| e == "gzip"),
+        "gzip bodies: {enc:?} of {n}"
+    );
+}
+
+#[test]
+fn a_wrong_ca_is_one_clear_error_line_and_the_command_still_runs() {
+    require_root();
+    let right = certs::make(&scratch("otlp-wrong-ca"), "right");
+    let wrong = certs::make(&scratch("otlp-wrong-ca"), "wrong");
+    let how = Serve {
+        tls: Some((right.server_cert.clone(), right.server_key.clone())),
+        require: None,
+    };
+    let ca = wrong.ca_pem.to_string_lossy().into_owned();
+    let ((out, records), r) = while_receiving_with("grpc", how, move |endpoint| {
+        trace_with(
+            "grpc",
+            &endpoint,
+            "go version; echo still-here",
+            &[],
+            &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca)],
+        )
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the command's exit code: {stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("still-here"));
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("OTLP")).collect();
+    eprintln!("{lines:#?}");
+    assert_eq!(lines.len(), 1, "one line about the export: {stderr}");
+    assert!(
+        lines[0].contains("certificate") && lines[0].contains("OTEL_EXPORTER_OTLP_CERTIFICATE"),
+        "says what is wrong and where to fix it: {}",
+        lines[0]
+    );
+    assert!(r.spans().is_empty());
+    assert!(
+        records.contains("\"type\":\"trace_report\""),
+        "the report still came"
+    );
+}
+
+const CI_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CI_SPAN: &str = "00f067aa0ba902b7";
+
+#[test]
+fn a_traceparent_in_the_commands_environment_parents_its_span() {
+    require_root();
+    let tp = format!("00-{CI_TRACE}-{CI_SPAN}-01");
+    let (out, r) = while_receiving("http/protobuf", move |endpoint| {
+        trace_with(
+            "http/protobuf",
+            &endpoint,
+            TREE,
+            &[],
+            &[("TRACEPARENT", &tp)],
+        )
+        .0
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spans = r.spans();
+    let sh = spans.iter().find(|s| s.name == "sh").expect("sh span");
+    assert_eq!(hex(&sh.trace_id), CI_TRACE, "the CI job's trace");
+    assert_eq!(hex(&sh.parent_span_id), CI_SPAN, "under the CI job's span");
+    assert!(
+        spans.iter().all(|s| hex(&s.trace_id) == CI_TRACE),
+        "the whole tree"
+    );
+}
+
+#[test]
+fn the_command_gets_traceparent_of_its_own_span_unless_told_not_to() {
+    require_root();
+    let dir = scratch("otlp-inject");
+    let file = dir.join("tp.txt");
+    let script = format!(
+        "python3 -c 'import os; open(\"{}\", \"w\").write(os.environ.get(\"TRACEPARENT\", \"unset\"))'",
+        file.display()
+    );
+    let s2 = script.clone();
+    let (out, r) = while_receiving("http/protobuf", move |endpoint| {
+        trace_with("http/protobuf", &endpoint, &s2, &[], &[]).0
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tp = std::fs::read_to_string(&file).unwrap();
+    let spans = r.spans();
+    let sh = spans.iter().find(|s| s.name == "sh").expect("sh span");
+    let py = spans
+        .iter()
+        .find(|s| s.name.starts_with("python3"))
+        .expect("python span");
+    // The child printing it sees its parent's span: the traced command's.
+    assert_eq!(
+        tp,
+        format!("00-{}-{}-01", hex(&sh.trace_id), hex(&sh.span_id))
+    );
+    assert_eq!(py.parent_span_id, sh.span_id);
+    // Opted out: the user's environment as it was.
+    let (out, _) = while_receiving("http/protobuf", move |endpoint| {
+        trace_with(
+            "http/protobuf",
+            &endpoint,
+            &script,
+            &["--no-traceparent"],
+            &[],
+        )
+        .0
+    });
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "unset");
 }

@@ -80,24 +80,27 @@ impl ExportStats {
     }
 }
 
-/// At most one line per distinct error per minute.
+/// At most one line per minute for all export errors (a broken endpoint
+/// fails every batch of both signals the same way).
 #[derive(Debug, Default)]
 pub struct ErrorLog {
-    last: Mutex<Option<(String, Instant)>>,
+    last: Mutex<Option<Instant>>,
 }
 
 impl ErrorLog {
+    /// Has an export error been logged?
+    pub fn said(&self) -> bool {
+        self.last.lock().is_ok_and(|l| l.is_some())
+    }
+
     pub fn report(&self, what: &str, endpoint: &str, err: &str) {
         let Ok(mut last) = self.last.lock() else {
             return;
         };
-        if let Some((m, t)) = last.as_ref()
-            && m == err
-            && t.elapsed() < Duration::from_secs(60)
-        {
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
             return;
         }
-        *last = Some((err.to_string(), Instant::now()));
+        *last = Some(Instant::now());
         let hint = if err.contains("certificate") || err.contains("UnknownIssuer") {
             " (is the collector's CA in OTEL_EXPORTER_OTLP_CERTIFICATE?)"
         } else {
@@ -314,6 +317,67 @@ fn build_err(
         endpoint: s.endpoint.clone(),
         source,
     }
+}
+
+/// Connect to an `https://` endpoint and complete a TLS handshake with the
+/// exporter's trust settings, once at start. Not the SDK's job, and it
+/// cannot be: it classifies a certificate failure as retryable, so the
+/// error surfaces only when the export timeout (10 s) runs out, or never
+/// when `agent trace` ends first. rustls verifies; this only connects.
+pub async fn probe_tls(s: Signal) -> Result<(), String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
+    let rest = s.endpoint.strip_prefix("https://").unwrap_or(&s.endpoint);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {
+            (h, p.parse::<u16>().unwrap_or(443))
+        }
+        _ => (hostport, 443),
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some((path, pem)) = &s.tls.ca {
+        let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("OTEL_EXPORTER_OTLP_CERTIFICATE {path}: {e}"))?;
+        roots.add_parsable_certificates(certs);
+    }
+    let b = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut cfg = match &s.tls.client {
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key)
+                .map_err(|e| format!("OTEL_EXPORTER_OTLP_CLIENT_KEY: {e}"))?;
+            b.with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => b.with_no_client_auth(),
+    };
+    // What the exporters offer: gRPC servers insist on h2.
+    cfg.alpn_protocols = match s.protocol {
+        Protocol::Grpc => vec![b"h2".to_vec()],
+        Protocol::HttpProtobuf => vec![b"http/1.1".to_vec()],
+    };
+    let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .map(drop)
+            .map_err(|e| format!("TLS handshake: {e}"))
+    };
+    tokio::time::timeout(s.timeout.min(Duration::from_secs(5)), connect)
+        .await
+        .map_err(|_| "no answer (timed out)".to_string())?
 }
 
 /// The same settings for both signals' builders (they are distinct types).

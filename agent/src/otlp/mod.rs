@@ -53,6 +53,9 @@ pub struct Otlp {
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
     stats: Arc<ExportStats>,
+    log: Arc<ErrorLog>,
+    /// Start-up TLS checks of https:// endpoints, still running.
+    probes: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Otlp {
@@ -103,7 +106,7 @@ impl Otlp {
         let reader = PeriodicReader::builder(CountingMetrics {
             inner: export::metric_exporter(&cfg.metrics)?,
             stats: stats.clone(),
-            log,
+            log: log.clone(),
             endpoint: cfg.metrics.endpoint.clone(),
         })
         .with_interval(cfg.metrics_interval)
@@ -114,12 +117,37 @@ impl Otlp {
             .build();
         let instruments =
             metrics::Instruments::new(&meter_provider.meter_with_scope(model::scope()));
+        // One check per distinct https:// endpoint.
+        let mut probes = Vec::new();
+        let mut seen = Vec::new();
+        for s in [&cfg.traces, &cfg.metrics] {
+            // scheme://host:port
+            let origin: String = s
+                .endpoint
+                .splitn(4, '/')
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("/");
+            if s.https() && !seen.contains(&origin) {
+                seen.push(origin);
+                let (s, log) = (s.clone(), log.clone());
+                probes.push(tokio::spawn(async move {
+                    let endpoint = s.endpoint.clone();
+                    match export::probe_tls(s).await {
+                        Ok(()) => tracing::debug!(%endpoint, "OTLP: TLS handshake ok"),
+                        Err(e) => log.report("telemetry", &endpoint, &e),
+                    }
+                }));
+            }
+        }
         Ok(Self {
             builder: spans::SpanBuilder::new(tracer, ids, clock_offset_ns, root),
             instruments,
             tracer_provider,
             meter_provider,
             stats,
+            log,
+            probes,
         })
     }
 
@@ -169,15 +197,22 @@ impl Otlp {
     pub async fn shutdown(mut self, deadline: Duration) -> serde_json::Value {
         self.builder.close_all();
         let until = tokio::time::Instant::now() + deadline;
+        for p in self.probes.drain(..) {
+            let _ = tokio::time::timeout_at(until, p).await;
+        }
         // Each provider's shutdown blocks on its thread, on a thread of its
         // own, both at once, and we wait for them with our own deadline:
         // opentelemetry_sdk 0.33's SdkMeterProvider::shutdown_with_timeout
         // ignores its timeout (the periodic reader waits 5 s, hard-coded;
         // measured: 5.4 s to stop with the endpoint black-holed).
         let tp = self.tracer_provider.clone();
-        let traces = off_thread("otlp-shutdown-t", move || tp.shutdown_with_timeout(deadline));
+        let traces = off_thread("otlp-shutdown-t", move || {
+            tp.shutdown_with_timeout(deadline)
+        });
         let mp = self.meter_provider.clone();
-        let metrics = off_thread("otlp-shutdown-m", move || mp.shutdown_with_timeout(deadline));
+        let metrics = off_thread("otlp-shutdown-m", move || {
+            mp.shutdown_with_timeout(deadline)
+        });
         for (what, rx) in [("traces", traces), ("metrics", metrics)] {
             match tokio::time::timeout_at(until, rx).await {
                 Ok(Ok(r)) => tracing::debug!(what, ?r, "OTLP shut down"),
@@ -186,7 +221,8 @@ impl Otlp {
         }
         self.stats.settle();
         let dropped = self.stats.spans_dropped.load(Ordering::Relaxed);
-        if dropped > 0 {
+        // After an export error was logged, the count is in the stats only.
+        if dropped > 0 && !self.log.said() {
             tracing::warn!(dropped, "OTLP: spans dropped (endpoint down or too slow)");
         }
         self.stats_json()

@@ -1,0 +1,100 @@
+//! Test certificate authorities and server certificates, made with the
+//! `openssl` command (as an operator would make a private CA).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// A CA and a server certificate it signed for 127.0.0.1 and localhost.
+pub struct TestPki {
+    pub ca_pem: PathBuf,
+    pub server_cert: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Make a CA named `name` in `dir` and a server certificate under it.
+pub fn make(dir: &Path, name: &str) -> TestPki {
+    std::fs::create_dir_all(dir).unwrap();
+    let f = |s: &str| format!("{name}-{s}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &f("ca.key"),
+            "-out",
+            &f("ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &f("server.key"),
+            "-out",
+            &f("server.csr"),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join(f("ext.cnf")),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &f("server.csr"),
+            "-CA",
+            &f("ca.pem"),
+            "-CAkey",
+            &f("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &f("server.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &f("ext.cnf"),
+        ],
+    );
+    TestPki {
+        ca_pem: dir.join(f("ca.pem")),
+        server_cert: std::fs::read(dir.join(f("server.pem"))).unwrap(),
+        server_key: std::fs::read(dir.join(f("server.key"))).unwrap(),
+    }
+}
