@@ -26,10 +26,11 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// Make a CA named `name` in `dir` and a server certificate under it.
-pub fn make(dir: &Path, name: &str) -> TestPki {
+/// A self-signed certificate for `cn` with `subjectAltName` `san`
+/// (`DNS:x,IP:y`) in `dir`: (certificate, key) paths.
+pub fn self_signed(dir: &Path, cn: &str, san: &str) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
-    let f = |s: &str| format!("{name}-{s}");
+    let (cert, key) = (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}.key")));
     openssl(
         dir,
         &[
@@ -40,16 +41,27 @@ pub fn make(dir: &Path, name: &str) -> TestPki {
             "-pkeyopt",
             "ec_paramgen_curve:prime256v1",
             "-nodes",
-            "-keyout",
-            &f("ca.key"),
-            "-out",
-            &f("ca.pem"),
             "-days",
             "2",
             "-subj",
-            &format!("/CN={name} test CA"),
+            &format!("/CN={cn}"),
+            "-addext",
+            &format!("subjectAltName={san}"),
+            "-keyout",
+            &key.to_string_lossy(),
+            "-out",
+            &cert.to_string_lossy(),
         ],
     );
+    (cert, key)
+}
+
+/// Make a CA named `name` in `dir` and a server certificate under it.
+pub fn make(dir: &Path, name: &str) -> TestPki {
+    std::fs::create_dir_all(dir).unwrap();
+    let f = |s: &str| format!("{name}-{s}");
+    let (ca_pem, ca_key) = self_signed(dir, &format!("{name}-ca"), &format!("DNS:{name}-ca"));
+    let (ca, cakey) = (ca_pem.to_string_lossy(), ca_key.to_string_lossy());
     openssl(
         dir,
         &[
@@ -80,9 +92,9 @@ pub fn make(dir: &Path, name: &str) -> TestPki {
             "-in",
             &f("server.csr"),
             "-CA",
-            &f("ca.pem"),
+            &ca,
             "-CAkey",
-            &f("ca.key"),
+            &cakey,
             "-CAcreateserial",
             "-out",
             &f("server.pem"),
@@ -93,7 +105,7 @@ pub fn make(dir: &Path, name: &str) -> TestPki {
         ],
     );
     TestPki {
-        ca_pem: dir.join(f("ca.pem")),
+        ca_pem: ca_pem.clone(),
         server_cert: std::fs::read(dir.join(f("server.pem"))).unwrap(),
         server_key: std::fs::read(dir.join(f("server.key"))).unwrap(),
     }

@@ -20,27 +20,8 @@ struct TlsLab {
 fn tls_lab(tag: &str) -> TlsLab {
     let mut lab = NetLab::new(tag);
     let dir = agent_tests::scratch("tls-cert");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let st = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={SNI}")])
-        .arg("-addext")
-        .arg(format!("subjectAltName=DNS:{SNI},IP:{}", lab.srv_ip))
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl req");
-    assert!(st.success());
+    let (cert, key) =
+        agent_tests::certs::self_signed(&dir, SNI, &format!("DNS:{SNI},IP:{}", lab.srv_ip));
     let (c, k) = (cert.display().to_string(), key.display().to_string());
     for (port, limit) in [(ONLY_13, "-tls1_3"), (ONLY_12, "-tls1_2"), (ANY, "")] {
         let port = port.to_string();
