@@ -9,6 +9,7 @@ use std::{
 /// A CA and a server certificate it signed for 127.0.0.1 and localhost.
 pub struct TestPki {
     pub ca_pem: PathBuf,
+    pub ca_key: PathBuf,
     pub server_cert: Vec<u8>,
     pub server_key: Vec<u8>,
 }
@@ -106,7 +107,59 @@ pub fn make(dir: &Path, name: &str) -> TestPki {
     );
     TestPki {
         ca_pem: ca_pem.clone(),
+        ca_key: ca_key.clone(),
         server_cert: std::fs::read(dir.join(f("server.pem"))).unwrap(),
         server_key: std::fs::read(dir.join(f("server.key"))).unwrap(),
     }
+}
+
+/// A client certificate (for mutual TLS) signed by `pki`'s CA, in `dir`:
+/// (certificate, key) paths.
+pub fn client(dir: &Path, pki: &TestPki, cn: &str) -> (PathBuf, PathBuf) {
+    let (cert, key, csr, ext) = (
+        dir.join(format!("{cn}.pem")),
+        dir.join(format!("{cn}.key")),
+        dir.join(format!("{cn}.csr")),
+        dir.join(format!("{cn}.cnf")),
+    );
+    let p = |x: &PathBuf| x.to_string_lossy().into_owned();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &p(&key),
+            "-out",
+            &p(&csr),
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    std::fs::write(&ext, "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&pki.ca_pem),
+            "-CAkey",
+            &p(&pki.ca_key),
+            "-CAcreateserial",
+            "-out",
+            &p(&cert),
+            "-days",
+            "2",
+            "-extfile",
+            &p(&ext),
+        ],
+    );
+    (cert, key)
 }

@@ -31,6 +31,8 @@ pub struct Serve {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// (lower-case name, value) every request must carry.
     pub require: Option<(String, String)>,
+    /// Mutual TLS: clients must show a certificate this CA (PEM) signed.
+    pub client_ca: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Default)]
@@ -152,17 +154,34 @@ impl MetricsService for Received {
     }
 }
 
-fn acceptor(cert: &[u8], key: &[u8], alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+fn acceptor(
+    cert: &[u8],
+    key: &[u8],
+    client_ca: Option<&[u8]>,
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
     let _ = rustls::crypto::ring::default_provider().install_default();
     let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<_, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(key).unwrap();
-    let mut cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+    let b = rustls::ServerConfig::builder();
+    let b = match client_ca {
+        None => b.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            b.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .unwrap(),
+            )
+        }
+    };
+    let mut cfg = b.with_single_cert(chain, key).unwrap();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
@@ -192,7 +211,7 @@ pub fn serve_grpc_with(
             }
             Some((cert, key)) => {
                 // TLS in front (as a collector's would be), h2 inside.
-                let tls = acceptor(&cert, &key, &[b"h2"]);
+                let tls = acceptor(&cert, &key, how.client_ca.as_deref(), &[b"h2"]);
                 let incoming = async_stream_of(listener, tls);
                 let _ = router.serve_with_incoming(incoming).await;
             }
@@ -234,7 +253,10 @@ pub fn serve_http_with(
     how: Serve,
 ) -> tokio::task::JoinHandle<()> {
     r.require = how.require.clone();
-    let tls = how.tls.map(|(c, k)| acceptor(&c, &k, &[b"http/1.1"]));
+    let client_ca = how.client_ca.clone();
+    let tls = how
+        .tls
+        .map(|(c, k)| acceptor(&c, &k, client_ca.as_deref(), &[b"http/1.1"]));
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let (r, tls) = (r.clone(), tls.clone());

@@ -88,6 +88,7 @@ fn export_over_tls_trusting(
     let how = Serve {
         tls: Some((pki.server_cert.clone(), pki.server_key.clone())),
         require: Some(("authorization".into(), format!("Bearer {TOKEN}"))),
+        client_ca: None,
     };
     let ca = pki.ca_pem.to_string_lossy().into_owned();
     let ((out, records), r) = while_receiving_with(protocol, how, move |endpoint| {
@@ -393,6 +394,7 @@ fn a_wrong_ca_is_one_clear_error_line_and_the_command_still_runs() {
     let how = Serve {
         tls: Some((right.server_cert.clone(), right.server_key.clone())),
         require: None,
+        client_ca: None,
     };
     let ca = wrong.ca_pem.to_string_lossy().into_owned();
     let ((out, records), r) = while_receiving_with("grpc", how, move |endpoint| {
@@ -507,5 +509,58 @@ fn https_with_the_system_roots_needs_no_certificate_setting() {
     for protocol in ["grpc", "http/protobuf"] {
         let (r, _) = export_over_tls_trusting(protocol, "otlp-tls-system", "SSL_CERT_FILE");
         check_trace(&r);
+    }
+}
+
+#[test]
+fn mutual_tls_with_a_client_certificate_and_key() {
+    require_root();
+    let dir = scratch("otlp-mtls");
+    let pki = certs::make(&dir, "mtls");
+    let (cert, key) = certs::client(&dir, &pki, "agent-client");
+    let how = || Serve {
+        tls: Some((pki.server_cert.clone(), pki.server_key.clone())),
+        require: None,
+        client_ca: Some(std::fs::read(&pki.ca_pem).unwrap()),
+    };
+    let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let (ca, cert, key) = (s(&pki.ca_pem), s(&cert), s(&key));
+    for protocol in ["grpc", "http/protobuf"] {
+        let (ca1, cert, key) = (ca.clone(), cert.clone(), key.clone());
+        let ((out, _), r) = while_receiving_with(protocol, how(), move |endpoint| {
+            trace_with(
+                protocol,
+                &endpoint,
+                TREE,
+                &[],
+                &[
+                    ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca1),
+                    ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert),
+                    ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &key),
+                ],
+            )
+        });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_trace(&r);
+        // Without the client pair the receiver lets nothing in.
+        let ca = ca.clone();
+        let ((out, _), r) = while_receiving_with(protocol, how(), move |endpoint| {
+            trace_with(
+                protocol,
+                &endpoint,
+                "go version",
+                &[],
+                &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca)],
+            )
+        });
+        assert!(out.status.success());
+        assert!(
+            r.spans().is_empty(),
+            "{protocol}: no client certificate, no spans"
+        );
     }
 }
