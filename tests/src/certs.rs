@@ -57,72 +57,20 @@ pub fn self_signed(dir: &Path, cn: &str, san: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// Make a CA named `name` in `dir` and a server certificate under it.
-pub fn make(dir: &Path, name: &str) -> TestPki {
-    std::fs::create_dir_all(dir).unwrap();
-    let f = |s: &str| format!("{name}-{s}");
-    let (ca_pem, ca_key) = self_signed(dir, &format!("{name}-ca"), &format!("DNS:{name}-ca"));
-    let (ca, cakey) = (ca_pem.to_string_lossy(), ca_key.to_string_lossy());
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &f("server.key"),
-            "-out",
-            &f("server.csr"),
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(
-        dir.join(f("ext.cnf")),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &f("server.csr"),
-            "-CA",
-            &ca,
-            "-CAkey",
-            &cakey,
-            "-CAcreateserial",
-            "-out",
-            &f("server.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &f("ext.cnf"),
-        ],
-    );
-    TestPki {
-        ca_pem: ca_pem.clone(),
-        ca_key: ca_key.clone(),
-        server_cert: std::fs::read(dir.join(f("server.pem"))).unwrap(),
-        server_key: std::fs::read(dir.join(f("server.key"))).unwrap(),
-    }
-}
-
-/// A client certificate (for mutual TLS) signed by `pki`'s CA, in `dir`:
-/// (certificate, key) paths.
-pub fn client(dir: &Path, pki: &TestPki, cn: &str) -> (PathBuf, PathBuf) {
-    let (cert, key, csr, ext) = (
-        dir.join(format!("{cn}.pem")),
-        dir.join(format!("{cn}.key")),
-        dir.join(format!("{cn}.csr")),
-        dir.join(format!("{cn}.cnf")),
-    );
-    let p = |x: &PathBuf| x.to_string_lossy().into_owned();
+/// A certificate for `cn` with the X.509 extensions `ext` (openssl
+/// extfile lines), signed by the CA (`ca_pem`, `ca_key`), in `dir` as
+/// `<file>.pem` and `<file>.key`: (certificate, key) paths.
+fn issue(
+    dir: &Path,
+    ca_pem: &Path,
+    ca_key: &Path,
+    file: &str,
+    cn: &str,
+    ext: &str,
+) -> (PathBuf, PathBuf) {
+    let path = |suffix: &str| dir.join(format!("{file}.{suffix}"));
+    let (cert, key, csr, cnf) = (path("pem"), path("key"), path("csr"), path("cnf"));
+    let p = |x: &Path| x.to_string_lossy().into_owned();
     openssl(
         dir,
         &[
@@ -140,7 +88,7 @@ pub fn client(dir: &Path, pki: &TestPki, cn: &str) -> (PathBuf, PathBuf) {
             &format!("/CN={cn}"),
         ],
     );
-    std::fs::write(&ext, "extendedKeyUsage=clientAuth\n").unwrap();
+    std::fs::write(&cnf, ext).unwrap();
     openssl(
         dir,
         &[
@@ -149,17 +97,50 @@ pub fn client(dir: &Path, pki: &TestPki, cn: &str) -> (PathBuf, PathBuf) {
             "-in",
             &p(&csr),
             "-CA",
-            &p(&pki.ca_pem),
+            &p(ca_pem),
             "-CAkey",
-            &p(&pki.ca_key),
+            &p(ca_key),
             "-CAcreateserial",
             "-out",
             &p(&cert),
             "-days",
             "2",
             "-extfile",
-            &p(&ext),
+            &p(&cnf),
         ],
     );
     (cert, key)
+}
+
+/// Make a CA named `name` in `dir` and a server certificate under it.
+pub fn make(dir: &Path, name: &str) -> TestPki {
+    std::fs::create_dir_all(dir).unwrap();
+    let (ca_pem, ca_key) = self_signed(dir, &format!("{name}-ca"), &format!("DNS:{name}-ca"));
+    let (cert, key) = issue(
+        dir,
+        &ca_pem,
+        &ca_key,
+        &format!("{name}-server"),
+        "127.0.0.1",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    );
+    TestPki {
+        server_cert: std::fs::read(cert).unwrap(),
+        server_key: std::fs::read(key).unwrap(),
+        ca_pem,
+        ca_key,
+    }
+}
+
+/// A client certificate (for mutual TLS) signed by `pki`'s CA, in `dir`:
+/// (certificate, key) paths.
+pub fn client(dir: &Path, pki: &TestPki, cn: &str) -> (PathBuf, PathBuf) {
+    issue(
+        dir,
+        &pki.ca_pem,
+        &pki.ca_key,
+        cn,
+        cn,
+        "extendedKeyUsage=clientAuth\n",
+    )
 }

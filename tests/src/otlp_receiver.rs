@@ -212,7 +212,7 @@ pub fn serve_grpc_with(
             Some((cert, key)) => {
                 // TLS in front (as a collector's would be), h2 inside.
                 let tls = acceptor(&cert, &key, how.client_ca.as_deref(), &[b"h2"]);
-                let incoming = async_stream_of(listener, tls);
+                let incoming = tls_incoming(listener, tls);
                 let _ = router.serve_with_incoming(incoming).await;
             }
         }
@@ -220,7 +220,7 @@ pub fn serve_grpc_with(
 }
 
 /// Accepted TLS connections as a stream; failed handshakes are skipped.
-fn async_stream_of(
+fn tls_incoming(
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
 ) -> tokio_stream::wrappers::ReceiverStream<
@@ -253,10 +253,9 @@ pub fn serve_http_with(
     how: Serve,
 ) -> tokio::task::JoinHandle<()> {
     r.require = how.require.clone();
-    let client_ca = how.client_ca.clone();
     let tls = how
         .tls
-        .map(|(c, k)| acceptor(&c, &k, client_ca.as_deref(), &[b"http/1.1"]));
+        .map(|(c, k)| acceptor(&c, &k, how.client_ca.as_deref(), &[b"http/1.1"]));
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let (r, tls) = (r.clone(), tls.clone());
