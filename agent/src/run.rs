@@ -786,8 +786,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     // span) becomes its parent.
     let mut inv = inv;
     let root_span = opts.otlp.as_ref().map(|cfg| {
-        let env = utf8_env(&inv.env);
-        let root = crate::otlp::RootSpan::new(&env);
+        let root = crate::otlp::RootSpan::new(&trace_context(&inv.env));
         if cfg.inject_traceparent {
             inv.env
                 .retain(|(k, _)| k != "TRACEPARENT" && k != "TRACESTATE");
@@ -917,8 +916,10 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     })
 }
 
-fn utf8_env(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> Vec<(String, String)> {
+/// TRACEPARENT and TRACESTATE of an environment (what the W3C carrier reads).
+fn trace_context(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> Vec<(String, String)> {
     env.iter()
+        .filter(|(k, _)| k == "TRACEPARENT" || k == "TRACESTATE")
         .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v.to_str()?.to_string())))
         .collect()
 }

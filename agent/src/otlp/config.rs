@@ -50,6 +50,25 @@ impl Signal {
     pub fn https(&self) -> bool {
         self.endpoint.starts_with("https://")
     }
+
+    /// Host (without IPv6 brackets) and port the endpoint connects to.
+    pub fn host_port(&self) -> (String, u16) {
+        let rest = self
+            .endpoint
+            .split_once("://")
+            .map_or(self.endpoint.as_str(), |(_, r)| r);
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let default = if self.https() { 443 } else { 80 };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => match p.parse::<u16>() {
+                Ok(p) => (h, p),
+                Err(_) => (hostport, default),
+            },
+            _ => (hostport, default),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host.to_string(), port)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -182,10 +201,7 @@ impl OtlpConfig {
             };
             let timeout = match var(upper, "TIMEOUT") {
                 None => Duration::from_secs(10),
-                Some((k, v)) => v
-                    .parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|_| ConfigError::Number(k, v))?,
+                Some((k, v)) => parse_ms(k, v)?,
             };
             Ok(Signal {
                 name,
@@ -198,10 +214,7 @@ impl OtlpConfig {
         let ms = |k: &str, default: u64| -> Result<Duration, ConfigError> {
             match nonempty(k) {
                 None => Ok(Duration::from_millis(default)),
-                Some(v) => v
-                    .parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|_| ConfigError::Number(k.into(), v)),
+                Some(v) => parse_ms(k.into(), v),
             }
         };
         let queue_cap = match nonempty("OTEL_BSP_MAX_QUEUE_SIZE") {
@@ -221,6 +234,13 @@ impl OtlpConfig {
             inject_traceparent: true,
         }))
     }
+}
+
+/// Milliseconds, as the OTEL_* duration variables are given.
+fn parse_ms(var: String, v: String) -> Result<Duration, ConfigError> {
+    v.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| ConfigError::Number(var, v))
 }
 
 fn parse_protocol(var: &str, v: &str) -> Result<Protocol, ConfigError> {
@@ -349,6 +369,27 @@ mod tests {
             c.metrics.tls.client,
             Some((b"CERT".to_vec(), b"KEY".to_vec()))
         );
+    }
+
+    #[test]
+    fn host_and_port_of_an_endpoint() {
+        let hp = |e: &str| {
+            Signal {
+                name: "traces",
+                endpoint: e.into(),
+                protocol: Protocol::Grpc,
+                timeout: Duration::from_secs(1),
+                tls: TlsFiles::default(),
+            }
+            .host_port()
+        };
+        assert_eq!(hp("https://c.example:4317"), ("c.example".into(), 4317));
+        assert_eq!(
+            hp("https://c.example/otlp/v1/traces"),
+            ("c.example".into(), 443)
+        );
+        assert_eq!(hp("https://[::1]:4318/v1/traces"), ("::1".into(), 4318));
+        assert_eq!(hp("http://10.0.0.5"), ("10.0.0.5".into(), 80));
     }
 
     #[test]

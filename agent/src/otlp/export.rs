@@ -8,7 +8,7 @@
 //!   from ever filling (dropping and counting before it would), and
 //!   exporter wrappers count what was sent, what failed and what was still
 //!   in flight at shutdown, for the agent's self-metrics and `stats`;
-//! - one log line per distinct export error and interval, with a hint
+//! - at most one log line a minute for all export errors, with a hint
 //!   when it is a certificate problem (the SDK's internal logs are off).
 
 use std::{
@@ -326,20 +326,15 @@ fn build_err(
 /// when `agent trace` ends first. rustls verifies; this only connects.
 pub async fn probe_tls(s: Signal) -> Result<(), String> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
-    let rest = s.endpoint.strip_prefix("https://").unwrap_or(&s.endpoint);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {
-            (h, p.parse::<u16>().unwrap_or(443))
-        }
-        _ => (hostport, 443),
-    };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let (host, port) = s.host_port();
+    // The system's trust store is files: read off the event loop.
+    let mut roots = tokio::task::spawn_blocking(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        roots
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     if let Some((path, pem)) = &s.tls.ca {
         let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<_, _>>()

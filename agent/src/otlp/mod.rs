@@ -80,11 +80,11 @@ impl Otlp {
             log: log.clone(),
             endpoint: cfg.traces.endpoint.clone(),
         };
-        // OTEL_BSP_* are read by the SDK; ours where they are unset.
-        let mut batch = BatchConfigBuilder::default().with_max_queue_size(cfg.queue_cap);
-        if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
-            batch = batch.with_scheduled_delay(cfg.span_delay);
-        }
+        // The other OTEL_BSP_* are read by the SDK; these two the config
+        // resolved (ours where they are unset).
+        let batch = BatchConfigBuilder::default()
+            .with_max_queue_size(cfg.queue_cap)
+            .with_scheduled_delay(cfg.span_delay);
         let processor = Admission {
             inner: BatchSpanProcessor::builder(spans)
                 .with_batch_config(batch.build())
@@ -121,13 +121,7 @@ impl Otlp {
         let mut probes = Vec::new();
         let mut seen = Vec::new();
         for s in [&cfg.traces, &cfg.metrics] {
-            // scheme://host:port
-            let origin: String = s
-                .endpoint
-                .splitn(4, '/')
-                .take(3)
-                .collect::<Vec<_>>()
-                .join("/");
+            let origin = s.host_port();
             if s.https() && !seen.contains(&origin) {
                 seen.push(origin);
                 let (s, log) = (s.clone(), log.clone());

@@ -40,20 +40,6 @@ pub fn kv_str_array(k: &'static str, v: &[String]) -> KeyValue {
     KeyValue::new(k, Value::Array(Array::String(values)))
 }
 
-/// A JSON value as an attribute: strings and numbers natively, the rest as JSON text.
-pub fn kv_json(k: String, v: &serde_json::Value) -> Option<KeyValue> {
-    Some(match v {
-        serde_json::Value::Null => return None,
-        serde_json::Value::String(s) => kv_string(k, s),
-        serde_json::Value::Bool(b) => KeyValue::new(k, *b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => KeyValue::new(k, i),
-            None => kv_string(k, &n.to_string()),
-        },
-        other => kv_string(k, &other.to_string()),
-    })
-}
-
 pub fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("agent")
         .with_version(env!("CARGO_PKG_VERSION"))

@@ -24,7 +24,7 @@ use opentelemetry_sdk::{
 };
 use opentelemetry_semantic_conventions::attribute as semconv;
 
-use super::model::{kv_bool, kv_int, kv_json, kv_str, kv_str_array};
+use super::model::{kv_bool, kv_int, kv_str, kv_str_array, kv_string};
 use crate::{
     finding::Finding, fsview::basename, netdiag::Outcome, proctable::ProcTable, run::Output,
 };
@@ -154,14 +154,13 @@ fn finding_attributes(f: &Finding) -> Vec<KeyValue> {
         kv_str("agent.finding.cause", f.cause.clone()),
         kv_str("agent.finding.fix", f.fix.clone()),
     ];
+    // Evidence as text: strings as they are, other values as JSON.
     for (k, v) in &f.evidence {
-        let v = match v {
-            serde_json::Value::String(s) => serde_json::Value::String(s.clone()),
-            other => serde_json::Value::String(other.to_string()),
-        };
-        if let Some(kv) = kv_json(format!("agent.evidence.{k}"), &v) {
-            attributes.push(kv);
-        }
+        let key = format!("agent.evidence.{k}");
+        attributes.push(match v {
+            serde_json::Value::String(s) => kv_string(key, s),
+            other => kv_string(key, &other.to_string()),
+        });
     }
     attributes
 }
