@@ -54,6 +54,16 @@ pub const EXEC_F_FILENAME_IS_EXE: u32 = 1 << 6;
 /// Flag: the new program's environment could not be read (unexpected stack
 /// layout or a fault): `env` is empty.
 pub const EXEC_F_ENV_FAULT: u32 = 1 << 7;
+/// Flag: a successful exec outside toolchain trees whose environment was not
+/// read, by policy (see [`TOOL_TRACK`]): `env` is empty because nobody asked.
+pub const EXEC_F_ENV_SKIPPED: u32 = 1 << 8;
+
+/// `TOOLS` map value: a toolchain command. Its exec reads the environment,
+/// starts a tracked tree (whose every exec reads it too) and wakes the reader.
+pub const TOOL_TRACK: u8 = 1;
+/// `TOOLS` map value: a network client whose findings cite its environment
+/// (proxies, CA files, index URLs): the environment is read, nothing tracked.
+pub const TOOL_ENV: u8 = 2;
 
 /// Bytes of a new program's environment strings copied in one read at
 /// `sched_process_exec` (power of two); entries beyond it are left out and

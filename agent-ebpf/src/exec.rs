@@ -17,10 +17,10 @@ use core::ffi::c_void;
 
 use agent_common::{
     ARG_LEN, ARGV_MAX, ARGV0_LEN, DATA_LEN, ENV_BLOCK, ENV_KEY_LEN, ENV_PREFIX_WORDS,
-    EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_FAULT, EXEC_F_ENV_TRUNCATED,
-    EXEC_F_EXECVEAT, EXEC_F_FILENAME_IS_EXE, EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER,
-    EXEC_SLOTS, EnvKey, EventKind, ExecEvent, ExecFixed, ExecStart, ExitEvent, FILENAME_LEN,
-    ForkEvent, LostCause, MAX_ARGS, MAX_ENV_SCAN,
+    EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_FAULT, EXEC_F_ENV_SKIPPED,
+    EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT, EXEC_F_FILENAME_IS_EXE, EXEC_F_FILENAME_TRUNCATED,
+    EXEC_F_NO_ENTER, EXEC_SLOTS, EnvKey, EventKind, ExecEvent, ExecFixed, ExecStart, ExitEvent,
+    FILENAME_LEN, ForkEvent, LostCause, MAX_ARGS, MAX_ENV_SCAN, TOOL_TRACK,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -35,9 +35,9 @@ use aya_ebpf::{
 };
 
 use crate::{
-    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, MM_START_STACK_OFF, TASK_EXIT_CODE_OFF,
-    TASK_MM_OFF, TOOLS, TRACK_AGENT_CHILDREN, TRACKED, count_lost, current_task, emit, emit_now,
-    is_tracked, parent_tgid, tp_field,
+    AGENT_TGID, ENV_ALL_EXECS, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, MM_START_STACK_OFF,
+    TASK_EXIT_CODE_OFF, TASK_MM_OFF, TOOLS, TRACK_AGENT_CHILDREN, TRACKED, count_lost,
+    current_task, emit, emit_now, is_tracked, parent_tgid, tp_field,
 };
 
 /// Allow-listed `NAME=` prefixes, filled by userspace before attach.
@@ -88,6 +88,8 @@ struct EnvScan {
     env_start: u64,
     env_end: u64,
     blen: u64,
+    /// Where the new program's `argv[0]` basename starts ([`tool_class`]).
+    a0_base: u64,
 }
 
 #[map]
@@ -630,7 +632,7 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     let loc: u32 = unsafe { tp_field(ctx, SCHED_EXEC_FILENAME_LOC) };
     let name_ptr = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
 
-    let (ev, full) = if mm_layout_known() {
+    let (ev, full, class) = if mm_layout_known() {
         let Some(ev) = scratch_event() else {
             return Err(0);
         };
@@ -654,12 +656,23 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
                 ARGV0_LEN,
             )
         };
-        read_new_image(ev);
-        (ev, false)
+        let layout = read_new_image(ev);
+        // The environment costs most of an exec's time here (two reads of
+        // up to 16 KiB and a scan of every entry): read it only where a
+        // rule or a span will look at it.
+        let class = tool_class(&bpf_get_current_comm().unwrap_or([0u8; 16]), ev);
+        if let Some(l) = layout {
+            if class != 0 || is_tracked(tgid) || ENV_ALL_EXECS.load() != 0 {
+                read_new_env(ev, l);
+            } else {
+                ev.fixed.flags |= EXEC_F_ENV_SKIPPED;
+            }
+        }
+        (ev, false, Some(class))
     } else {
         match EXEC_INFLIGHT_FULL.get_ptr_mut(&old_pid) {
             // SAFETY: map value pointer valid for this program's run.
-            Some(ev) => (unsafe { &mut *ev }, true),
+            Some(ev) => (unsafe { &mut *ev }, true, None),
             None => {
                 count_lost(LostCause::ExecNoEnter);
                 let Some(ev) = scratch_event() else {
@@ -667,7 +680,7 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
                 };
                 let start = ExecStart::empty(EXEC_F_NO_ENTER);
                 begin_event(ev, old_pid, tgid, &start);
-                (ev, false)
+                (ev, false, None)
             }
         }
     };
@@ -691,9 +704,9 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     // After exec, comm is the new program's name: a tool starts a tracked
     // tree, and its exec wakes the reader (its TLS probe is attached from
     // userspace before its first handshake, not after the next drain).
-    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
-    // SAFETY: read-only lookup.
-    let tool = unsafe { TOOLS.get(&comm) }.is_some();
+    let class =
+        class.unwrap_or_else(|| tool_class(&bpf_get_current_comm().unwrap_or([0u8; 16]), ev));
+    let tool = class == TOOL_TRACK;
     output_exec(ev, tool || is_tracked(tgid));
     if full {
         let _ = EXEC_INFLIGHT_FULL.remove(&old_pid);
@@ -702,6 +715,71 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
         let _ = TRACKED.insert(&tgid, &1, 0);
     }
     Ok(())
+}
+
+/// Bytes of the new program's `argv[0]` searched for its basename.
+const ARGV0_SCAN: usize = 128;
+
+/// What the agent wants of the program that just started, as the userspace
+/// analyser decides it (`Analyzer::is_tool`): [`TOOL_TRACK`] for a toolchain
+/// (its name, a `python*` or `go1.*` name, or a `#!` script whose
+/// interpreter, `argv[0]`, is one), [`agent_common::TOOL_ENV`] for a known
+/// network client, 0 for anything else.
+#[inline(always)]
+fn tool_class(comm: &[u8; 16], ev: &ExecEvent) -> u8 {
+    // SAFETY: read-only lookup.
+    if let Some(v) = unsafe { TOOLS.get(comm) } {
+        return *v;
+    }
+    if comm.starts_with(b"python") || comm.starts_with(b"go1.") {
+        return TOOL_TRACK;
+    }
+    // argv[0]'s basename, from the argv just copied into the event. Where
+    // it starts is kept in map memory, which the verifier does not track:
+    // in a register, every position of the last `/` would be a state of its
+    // own for every later iteration (and for the environment scan after).
+    let Some(scan) = ENV_VEC.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
+    let base_at = unsafe { &raw mut (*scan).a0_base };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(base_at, 0) };
+    let len = (ev.fixed.argv_len as usize).min(ARGV0_SCAN);
+    let mut end = 0usize;
+    while end < ARGV0_SCAN {
+        if end >= len {
+            break;
+        }
+        let b = ev.data[end & DATA_MASK];
+        if b == 0 {
+            break;
+        }
+        if b == b'/' {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(base_at, end as u64 + 1) };
+        }
+        end += 1;
+    }
+    // SAFETY: as above.
+    let base = unsafe { core::ptr::read_volatile(base_at) } as usize;
+    if end <= base || end - base > 15 {
+        return 0;
+    }
+    let mut key = [0u8; 16];
+    let mut j = 0usize;
+    while j < 15 {
+        if base + j >= end {
+            break;
+        }
+        key[j] = ev.data[(base + j) & DATA_MASK];
+        j += 1;
+    }
+    // SAFETY: read-only lookup.
+    match unsafe { TOOLS.get(&key) } {
+        Some(&TOOL_TRACK) => TOOL_TRACK,
+        _ => 0,
+    }
 }
 
 /// Whether a variable whose name starts with these two bytes (first byte
@@ -749,25 +827,35 @@ fn clamp(v: u64, max: usize) -> usize {
     if v > max as u64 { max } else { v as usize }
 }
 
-/// argv and allow-listed env of the program that just replaced the caller,
-/// from its new stack: `[argc][argv…][0][envp…][0] … strings`, with the
-/// strings at `mm->arg_start..arg_end` and `mm->env_start..env_end`.
+/// Where a new program's argv and environment are (from its `mm_struct`).
+#[derive(Clone, Copy)]
+struct Layout {
+    start_stack: u64,
+    arg_start: u64,
+    env_start: u64,
+    env_end: u64,
+}
+
+/// argv of the program that just replaced the caller, from its new stack:
+/// `[argc][argv…][0][envp…][0] … strings`, with the strings at
+/// `mm->arg_start..arg_end` and `mm->env_start..env_end`; where its
+/// environment is, for [`read_new_env`].
 #[inline(always)]
-fn read_new_image(ev: &mut ExecEvent) {
+fn read_new_image(ev: &mut ExecEvent) -> Option<Layout> {
     let task = current_task();
     let mm_off = TASK_MM_OFF.load() as usize;
     let ss_off = MM_START_STACK_OFF.load() as usize;
     // SAFETY: bpf_probe_read_kernel checks the address.
     let Ok(mm) = (unsafe { bpf_probe_read_kernel(task.add(mm_off) as *const *const u8) }) else {
         ev.fixed.flags |= EXEC_F_ARGV_FAULT | EXEC_F_ENV_FAULT;
-        return;
+        return None;
     };
     // start_stack, arg_start, arg_end, env_start, env_end (adjacent, checked by the loader).
     // SAFETY: as above.
     let Ok(r) = (unsafe { bpf_probe_read_kernel(mm.wrapping_add(ss_off) as *const [u64; 5]) })
     else {
         ev.fixed.flags |= EXEC_F_ARGV_FAULT | EXEC_F_ENV_FAULT;
-        return;
+        return None;
     };
     let [start_stack, arg_start, arg_end, env_start, env_end] = r;
 
@@ -784,17 +872,23 @@ fn read_new_image(ev: &mut ExecEvent) {
         ev.fixed.flags |= EXEC_F_ARGV_FAULT;
         ev.fixed.argv_len = 0;
     }
-    read_new_env(ev, start_stack, arg_start, env_start, env_end);
+    Some(Layout {
+        start_stack,
+        arg_start,
+        env_start,
+        env_end,
+    })
 }
 
+/// The allow-listed variables of the new program's environment, after argv.
 #[inline(always)]
-fn read_new_env(
-    ev: &mut ExecEvent,
-    start_stack: u64,
-    arg_start: u64,
-    env_start: u64,
-    env_end: u64,
-) {
+fn read_new_env(ev: &mut ExecEvent, l: Layout) {
+    let Layout {
+        start_stack,
+        arg_start,
+        env_start,
+        env_end,
+    } = l;
     let (Some(scan), Some(blk)) = (ENV_VEC.get_ptr_mut(0), ENV_STRINGS.get_ptr_mut(0)) else {
         count_lost(LostCause::Scratch);
         return;

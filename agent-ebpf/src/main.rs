@@ -34,7 +34,9 @@ pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_CA
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_COUNTERS, 0);
 
-/// Command names (`comm`, NUL padded) whose processes start a tracked tree.
+/// Command names (`comm`, NUL padded): [`agent_common::TOOL_TRACK`] for those
+/// whose processes start a tracked tree, [`agent_common::TOOL_ENV`] for
+/// network clients whose environment is read without tracking.
 #[map]
 pub(crate) static TOOLS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
 
@@ -47,6 +49,9 @@ pub(crate) static TRACKED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16
 pub(crate) static TCP_QUIET_NS: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 pub(crate) static TRACK_AGENT_CHILDREN: Global<u32> = Global::new(0);
+/// `--all-execs`: every exec's environment is read, not only toolchain trees'.
+#[unsafe(no_mangle)]
+pub(crate) static ENV_ALL_EXECS: Global<u32> = Global::new(0);
 
 /// Count one event handled in the kernel.
 #[inline(always)]

@@ -110,6 +110,7 @@ fn exec(tgid: u32, ppid: u32, ns: u64) -> Exec {
         env: vec![("PATH".into(), "/usr/local/go/bin:/usr/bin:/bin".into())],
         argv_truncated: false,
         env_truncated: false,
+        env_read: true,
         filename_truncated: false,
         no_enter: false,
         execveat: false,

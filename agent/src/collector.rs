@@ -89,7 +89,31 @@ pub struct CollectorOptions {
     pub tcp_quiet_ns: u64,
     /// Track the processes the agent itself starts (`agent trace`).
     pub track_own_children: bool,
+    /// Read every exec's environment (`--all-execs`), not only those of
+    /// toolchain trees and [`ENV_CLIENTS`].
+    pub env_all_execs: bool,
 }
+
+/// Network clients outside toolchain trees whose environment the kernel
+/// still reads: their connection and TLS findings cite proxies, CA files
+/// and index URLs from it. Every other untracked exec skips the
+/// environment (most of an exec's BPF time).
+pub const ENV_CLIENTS: &[&str] = &[
+    "curl",
+    "wget",
+    "git",
+    "git-remote-http",
+    "git-remote-https",
+    "openssl",
+    "node",
+    "npm",
+    "npx",
+    "cargo",
+    "rustup",
+    "apt",
+    "apt-get",
+    "ssh",
+];
 
 impl CollectorOptions {
     /// Defaults: built-in allow-list, default tools, 100 ms quiet threshold.
@@ -99,6 +123,7 @@ impl CollectorOptions {
             tools: crate::toolchain::AnalysisConfig::default().tools,
             tcp_quiet_ns: DEFAULT_TCP_QUIET_NS,
             track_own_children: false,
+            env_all_execs: false,
         }
     }
 }
@@ -170,13 +195,14 @@ impl Collector {
         let mut globals = Globals::compute(&kernel);
         globals.tcp_quiet_ns = opts.tcp_quiet_ns;
         globals.track_agent_children = u32::from(opts.track_own_children);
+        globals.env_all_execs = u32::from(opts.env_all_execs);
         let mut warnings = globals.warnings.clone();
         if let Some(e) = &kernel.tracefs_error {
             warnings.push(e.clone());
         }
         let mut ebpf = loader::open(&globals)?;
         let skipped = loader::set_env_allow(&mut ebpf, env_allow)?;
-        loader::set_tools(&mut ebpf, &opts.tools)?;
+        loader::set_tools(&mut ebpf, &opts.tools, ENV_CLIENTS)?;
         for s in skipped {
             warnings.push(format!(
                 "environment variable name {s:?} is longer than {} bytes: not captured",

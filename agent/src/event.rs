@@ -5,11 +5,11 @@
 //! Must not: interpret events (that is the process table and the rules).
 
 use agent_common::{
-    ARGV0_LEN, EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_FAULT, EXEC_F_ENV_TRUNCATED,
-    EXEC_F_EXECVEAT, EXEC_F_FILENAME_IS_EXE, EXEC_F_FILENAME_TRUNCATED, EXEC_F_NO_ENTER,
-    EventHeader, EventKind, ExecFixed, ExitEvent, ForkEvent, FsEvent, IPPROTO_TCP_U8,
-    TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED, TCP_PHASE_START, TcpEvent,
-    TlsLibEvent, WIRE_DIR_EGRESS, WIRE_KIND_DNS, WIRE_KIND_TLS, WireFixed,
+    ARGV0_LEN, EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_FAULT, EXEC_F_ENV_SKIPPED,
+    EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT, EXEC_F_FILENAME_IS_EXE, EXEC_F_FILENAME_TRUNCATED,
+    EXEC_F_NO_ENTER, EventHeader, EventKind, ExecFixed, ExitEvent, ForkEvent, FsEvent,
+    IPPROTO_TCP_U8, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED, TCP_PHASE_START,
+    TcpEvent, TlsLibEvent, WIRE_DIR_EGRESS, WIRE_KIND_DNS, WIRE_KIND_TLS, WireFixed,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -65,6 +65,9 @@ pub struct Exec {
     pub env: Vec<(String, String)>,
     pub argv_truncated: bool,
     pub env_truncated: bool,
+    /// The kernel read the environment: false for execs outside toolchain
+    /// trees, whose environment nothing uses (`env` is then empty).
+    pub env_read: bool,
     pub filename_truncated: bool,
     /// The call's entry was not seen (argv/env/filename unknown).
     pub no_enter: bool,
@@ -368,6 +371,7 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 argv_truncated: argv_cut
                     || f.flags & (EXEC_F_ARGV_TRUNCATED | EXEC_F_ARGV_FAULT) != 0,
                 env_truncated: f.flags & (EXEC_F_ENV_TRUNCATED | EXEC_F_ENV_FAULT) != 0,
+                env_read: f.flags & EXEC_F_ENV_SKIPPED == 0,
                 filename_truncated: f.flags & EXEC_F_FILENAME_TRUNCATED != 0,
                 no_enter: f.flags & EXEC_F_NO_ENTER != 0,
                 execveat: f.flags & EXEC_F_EXECVEAT != 0,

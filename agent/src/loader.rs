@@ -123,6 +123,7 @@ pub struct Globals {
     pub retrans_state: u32,
     pub tcp_quiet_ns: u64,
     pub track_agent_children: u32,
+    pub env_all_execs: u32,
     pub warnings: Vec<String>,
 }
 
@@ -279,7 +280,8 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
         .override_global(globals::RETRANS_SKADDR_OFF, &g.retrans_skaddr, true)
         .override_global(globals::RETRANS_STATE_OFF, &g.retrans_state, true)
         .override_global(globals::TCP_QUIET_NS, &g.tcp_quiet_ns, true)
-        .override_global(globals::TRACK_AGENT_CHILDREN, &g.track_agent_children, true);
+        .override_global(globals::TRACK_AGENT_CHILDREN, &g.track_agent_children, true)
+        .override_global(globals::ENV_ALL_EXECS, &g.env_all_execs, true);
     if g.task_mm != 0 {
         // Whole-event in-flight table only serves the no-BTF fallback (20 MiB otherwise).
         loader.map_max_entries("EXEC_INFLIGHT_FULL", 1);
@@ -824,20 +826,26 @@ pub fn set_env_allow(ebpf: &mut Ebpf, names: &[String]) -> Result<Vec<String>, L
     Ok(skipped)
 }
 
-/// Fill the tool-name map (`comm` is at most 15 bytes: longer names are cut as the kernel cuts them).
-pub fn set_tools(ebpf: &mut Ebpf, tools: &[String]) -> Result<(), LoadError> {
+/// Fill the tool-name map: `tools` start tracked trees, `clients` only get
+/// their environment read (`comm` is at most 15 bytes: longer names are cut
+/// as the kernel cuts them; a name in both lists is a tool).
+pub fn set_tools(ebpf: &mut Ebpf, tools: &[String], clients: &[&str]) -> Result<(), LoadError> {
     let map = ebpf.map_mut(TOOLS_MAP).ok_or(LoadError::NoMap("TOOLS"))?;
     let mut map: BpfHashMap<&mut MapData, [u8; 16], u8> =
         BpfHashMap::try_from(map).map_err(|e| LoadError::Map {
             name: "TOOLS",
             msg: e.to_string(),
         })?;
-    for t in tools {
+    let entries = clients
+        .iter()
+        .map(|c| (*c, agent_common::TOOL_ENV))
+        .chain(tools.iter().map(|t| (t.as_str(), agent_common::TOOL_TRACK)));
+    for (name, class) in entries {
         let mut key = [0u8; 16];
-        let b = t.as_bytes();
+        let b = name.as_bytes();
         let n = b.len().min(15);
         key[..n].copy_from_slice(&b[..n]);
-        map.insert(&key, &1, 0).map_err(|e| LoadError::Map {
+        map.insert(&key, &class, 0).map_err(|e| LoadError::Map {
             name: "TOOLS",
             msg: e.to_string(),
         })?;

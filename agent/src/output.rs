@@ -334,6 +334,7 @@ pub fn exec_json(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> Value {
         "caller_comm": e.comm,
         "argv_truncated": e.argv_truncated,
         "env_truncated": e.env_truncated,
+        "env_read": e.env_read,
         "filename_truncated": e.filename_truncated,
         "entry_missed": e.no_enter,
     });

@@ -229,6 +229,7 @@ pub(crate) mod tests_support {
             env: vec![],
             argv_truncated: false,
             env_truncated: false,
+            env_read: true,
             filename_truncated: false,
             no_enter: false,
             execveat: false,

@@ -68,6 +68,7 @@ impl RunOptions {
         crate::collector::CollectorOptions {
             env_allow: self.env_allow.clone(),
             tools: self.analysis.tools.clone(),
+            env_all_execs: self.all_execs || self.analysis.all,
             // With --all-execs / --analyse-all every connection is an event.
             tcp_quiet_ns: if self.all_execs || self.analysis.all {
                 0

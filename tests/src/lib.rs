@@ -58,11 +58,23 @@ pub struct Live {
 }
 
 impl Live {
+    /// The collector as `sudo agent` loads it by default.
     pub fn start() -> Self {
+        Self::start_with(&agent::collector::CollectorOptions::defaults())
+    }
+
+    /// As `sudo agent --all-execs` loads it: every exec's environment read.
+    pub fn start_all_execs() -> Self {
+        Self::start_with(&agent::collector::CollectorOptions {
+            env_all_execs: true,
+            ..agent::collector::CollectorOptions::defaults()
+        })
+    }
+
+    pub fn start_with(opts: &agent::collector::CollectorOptions) -> Self {
         require_root();
-        let (collector, rx) =
-            Collector::start(&agent::collector::CollectorOptions::defaults(), 65_536)
-                .unwrap_or_else(|e| panic!("starting the collector: {e}"));
+        let (collector, rx) = Collector::start(opts, 65_536)
+            .unwrap_or_else(|e| panic!("starting the collector: {e}"));
         Live { collector, rx }
     }
 

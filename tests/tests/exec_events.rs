@@ -8,7 +8,7 @@ use agent_tests::{Live, rt};
 #[test]
 fn exec_reports_exact_path_argv_and_only_allow_listed_env() {
     rt().block_on(async {
-        let mut live = Live::start();
+        let mut live = Live::start_all_execs();
         let e = live
             .exec_of(
                 Command::new("/bin/echo")
@@ -251,7 +251,7 @@ fn the_agent_does_not_see_itself_and_nothing_is_lost() {
 #[test]
 fn a_scripts_argv_is_the_callers_and_big_environments_are_flagged() {
     rt().block_on(async {
-        let mut live = Live::start();
+        let mut live = Live::start_all_execs();
         // A `#!` script runs as [interpreter, script, args]; the event
         // carries the argv the caller passed.
         let dir = std::env::temp_dir().join(format!("agent-script-{}", std::process::id()));
@@ -319,7 +319,7 @@ fn a_scripts_argv_is_the_callers_and_big_environments_are_flagged() {
 fn every_exec_carries_its_environment_whatever_the_stack_layout() {
     const N: usize = 600;
     rt().block_on(async {
-        let mut live = Live::start();
+        let mut live = Live::start_all_execs();
         let mut pids = std::collections::HashSet::new();
         for _ in 0..N {
             let mut child = Command::new("/bin/true")
@@ -355,5 +355,108 @@ fn every_exec_carries_its_environment_whatever_the_stack_layout() {
             "{} of {N} execs lost their environment",
             bad.len()
         );
+    });
+}
+
+/// By default the environment is read only where it is used: toolchain
+/// commands (by name, `python*`, or as a `#!` script's interpreter), their
+/// descendants, and the network clients whose findings cite it. Any other
+/// exec skips it, says so, and still carries its argv.
+#[test]
+fn the_environment_is_read_only_for_toolchains_their_trees_and_network_clients() {
+    rt().block_on(async {
+        let mut live = Live::start();
+        let dir = std::env::temp_dir().join(format!("agent-envpolicy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        use std::os::unix::fs::PermissionsExt;
+        let script = |name: &str, body: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, body).expect("write script");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            p
+        };
+        let python = std::path::PathBuf::from("/usr/bin/python3");
+        let py_tool = script("mytool", &format!("#!{}\n", python.display()));
+        let child_of_tool = script(
+            "child-of-tool",
+            &format!(
+                "#!{}\nimport subprocess\nsubprocess.run(['/bin/echo', 'from-python'])\n",
+                python.display()
+            ),
+        );
+        let with_env = |cmd: &mut Command| {
+            cmd.env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("GOROOT", "/opt/go")
+                .stdout(std::process::Stdio::null());
+        };
+
+        let mut c = Command::new("/bin/echo");
+        with_env(c.arg("plain"));
+        let e = live.exec_of(&mut c).await;
+        assert!(
+            !e.env_read,
+            "a plain exec skips the environment: {:?}",
+            e.env
+        );
+        assert!(e.env.is_empty() && !e.env_truncated);
+        assert_eq!(e.argv, vec!["/bin/echo", "plain"]);
+
+        let mut c = Command::new(&python);
+        with_env(c.args(["-c", "pass"]));
+        let e = live.exec_of(&mut c).await;
+        assert!(
+            e.env_read && e.env_var("GOROOT") == Some("/opt/go"),
+            "python3: {e:?}"
+        );
+
+        let mut c = Command::new(&py_tool);
+        with_env(&mut c);
+        let e = live.exec_of(&mut c).await;
+        assert!(
+            e.env_read && e.env_var("GOROOT") == Some("/opt/go"),
+            "#! python script: {e:?}"
+        );
+
+        let mut c = Command::new("curl");
+        with_env(c.arg("--version"));
+        let e = live.exec_of(&mut c).await;
+        assert!(
+            e.env_read && e.env_var("GOROOT") == Some("/opt/go"),
+            "curl: {e:?}"
+        );
+
+        // /bin/echo started by a python program: in the tracked tree.
+        let mut c = Command::new(&child_of_tool);
+        with_env(&mut c);
+        let parent = c.spawn().expect("spawn");
+        let ppid = parent.id();
+        let mut parent = parent;
+        parent.wait().expect("wait");
+        let (ev, _) = live
+            .until(
+                Duration::from_secs(10),
+                |e| matches!(e, Event::Exec(x) if x.ppid == ppid && x.exe == "/bin/echo"),
+            )
+            .await;
+        let Some(Event::Exec(e)) = ev else {
+            panic!("no exec of /bin/echo under the python script")
+        };
+        assert!(
+            e.env_read && e.env_var("GOROOT") == Some("/opt/go"),
+            "child of a tool: {e:?}"
+        );
+
+        let style = agent::output::Style {
+            format: agent::output::Format::Json,
+            color: false,
+            clock_offset_ns: 0,
+        };
+        let mut c = Command::new("/bin/true");
+        with_env(&mut c);
+        let e = live.exec_of(&mut c).await;
+        let j = agent::output::exec_json(&style, &e, None);
+        assert_eq!(j["env_read"], serde_json::json!(false), "{j}");
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }

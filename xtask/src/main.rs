@@ -44,6 +44,10 @@ enum Cmd {
         /// tls_handshake, tls_bulk), printed rather than written to docs/.
         #[arg(long)]
         only: Vec<String>,
+        /// ~2 minutes: the agent alone, BPF time per op and agent CPU per
+        /// event against docs/benchmarks.json; fails on a regression over 20 %.
+        #[arg(long)]
+        quick: bool,
     },
     /// Run the cargo-fuzz targets (fuzz/) for a while each; installs cargo-fuzz once.
     Fuzz {
@@ -440,9 +444,9 @@ fn main() -> Result<()> {
         Cmd::Install { dir } => install(std::path::Path::new(&dir)),
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
         Cmd::Fuzz { seconds, targets } => fuzz(seconds, targets),
-        Cmd::Bench { reps, only } => {
+        Cmd::Bench { reps, only, quick } => {
             build_release()?;
-            bench::bench(reps, &only)
+            bench::bench(reps, &only, quick)
         }
     }
 }
