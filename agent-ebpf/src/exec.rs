@@ -228,7 +228,11 @@ fn emit_exit(task: *const u8, group_dead: bool) {
         // SAFETY: bpf_probe_read_kernel checks the address.
         unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.unwrap_or(0)
     };
-    let _ = TRACKED.remove(&tgid);
+    // A delete takes the bucket's lock even for an absent key; the lookup
+    // is lock-free, and most exiting processes were never tracked.
+    if is_tracked(tgid) {
+        let _ = TRACKED.remove(&tgid);
+    }
     let mut ev = ExitEvent::default();
     ev.hdr.kind = EventKind::Exit as u32;
     ev.hdr.pid = id as u32;
@@ -662,6 +666,8 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
         // rule or a span will look at it.
         let class = tool_class(&bpf_get_current_comm().unwrap_or([0u8; 16]), ev);
         if let Some(l) = layout {
+            // (`is_tracked` is asked again after the scan: a flag kept in a
+            // register through it multiplies the states the verifier walks.)
             if class != 0 || is_tracked(tgid) || ENV_ALL_EXECS.load() != 0 {
                 read_new_env(ev, l);
             } else {
@@ -707,11 +713,12 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     let class =
         class.unwrap_or_else(|| tool_class(&bpf_get_current_comm().unwrap_or([0u8; 16]), ev));
     let tool = class == TOOL_TRACK;
-    output_exec(ev, tool || is_tracked(tgid));
+    let tracked = is_tracked(tgid);
+    output_exec(ev, tool || tracked);
     if full {
         let _ = EXEC_INFLIGHT_FULL.remove(&old_pid);
     }
-    if tool {
+    if tool && !tracked {
         let _ = TRACKED.insert(&tgid, &1, 0);
     }
     Ok(())
