@@ -20,7 +20,7 @@ use agent_common::{
     EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_FAULT, EXEC_F_ENV_SKIPPED,
     EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT, EXEC_F_FILENAME_IS_EXE, EXEC_F_FILENAME_TRUNCATED,
     EXEC_F_NO_ENTER, EXEC_SLOTS, EnvKey, EventKind, ExecEvent, ExecFixed, ExecStart, ExitEvent,
-    FILENAME_LEN, ForkEvent, LostCause, MAX_ARGS, MAX_ENV_SCAN, TOOL_TRACK,
+    FILENAME_LEN, ForkEvent, LostCause, MAX_ARGS, MAX_ENV_SCAN, TOOL_QUIET, TOOL_TRACK,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -90,6 +90,8 @@ struct EnvScan {
     blen: u64,
     /// Where the new program's `argv[0]` basename starts ([`tool_class`]).
     a0_base: u64,
+    /// [`decide`]'s answer, across the scan ([`park`]).
+    decision: u64,
 }
 
 #[map]
@@ -636,7 +638,7 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     let loc: u32 = unsafe { tp_field(ctx, SCHED_EXEC_FILENAME_LOC) };
     let name_ptr = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
 
-    let (ev, full, class) = if mm_layout_known() {
+    let (ev, full, parked) = if mm_layout_known() {
         let Some(ev) = scratch_event() else {
             return Err(0);
         };
@@ -664,17 +666,21 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
         // The environment costs most of an exec's time here (two reads of
         // up to 16 KiB and a scan of every entry): read it only where a
         // rule or a span will look at it.
-        let class = tool_class(&bpf_get_current_comm().unwrap_or([0u8; 16]), ev);
+        let d = decide(tgid, ev);
+        // Parked in map memory across the scan: kept in a register, each
+        // value of it would be walked through the scan by the verifier on
+        // its own, and the program grows past its 1M-instruction budget.
+        let Some(parked) = park(d) else {
+            return Err(0);
+        };
         if let Some(l) = layout {
-            // (`is_tracked` is asked again after the scan: a flag kept in a
-            // register through it multiplies the states the verifier walks.)
-            if class != 0 || is_tracked(tgid) || ENV_ALL_EXECS.load() != 0 {
+            if d & D_ENV != 0 || ENV_ALL_EXECS.load() != 0 {
                 read_new_env(ev, l);
             } else {
                 ev.fixed.flags |= EXEC_F_ENV_SKIPPED;
             }
         }
-        (ev, false, Some(class))
+        (ev, false, Some(parked))
     } else {
         match EXEC_INFLIGHT_FULL.get_ptr_mut(&old_pid) {
             // SAFETY: map value pointer valid for this program's run.
@@ -710,18 +716,67 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     // After exec, comm is the new program's name: a tool starts a tracked
     // tree, and its exec wakes the reader (its TLS probe is attached from
     // userspace before its first handshake, not after the next drain).
-    let class =
-        class.unwrap_or_else(|| tool_class(&bpf_get_current_comm().unwrap_or([0u8; 16]), ev));
-    let tool = class == TOOL_TRACK;
-    let tracked = is_tracked(tgid);
-    output_exec(ev, tool || tracked);
+    let d = match parked {
+        // SAFETY: our per-CPU scan slot, written by `park` in this run.
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) as u8,
+        None => decide(tgid, ev),
+    };
+    output_exec(ev, d & D_WAKE != 0);
     if full {
         let _ = EXEC_INFLIGHT_FULL.remove(&old_pid);
     }
-    if tool && !tracked {
+    if d & D_TRACK != 0 {
         let _ = TRACKED.insert(&tgid, &1, 0);
     }
     Ok(())
+}
+
+/// [`decide`]: start a tracked tree here.
+const D_TRACK: u8 = 1;
+/// [`decide`]: wake the reader for this exec.
+const D_WAKE: u8 = 2;
+/// [`decide`]: read the environment.
+const D_ENV: u8 = 4;
+
+/// What to do with the exec of the program that just started in `tgid`.
+/// After exec, comm is the new program's name: a tool starts a tracked tree
+/// and its exec wakes the reader (its TLS probe is attached from userspace
+/// before its first handshake, not after the next drain), as does any exec
+/// in a tracked tree but a quiet one (a compiler). The environment is read
+/// where a rule or a span looks at it: tools, clients, tracked trees.
+#[inline(always)]
+fn decide(tgid: u32, ev: &ExecEvent) -> u8 {
+    let class = tool_class(&bpf_get_current_comm().unwrap_or([0u8; 16]), ev);
+    let tracked = is_tracked(tgid);
+    let mut d = 0;
+    if class == TOOL_TRACK {
+        d |= D_WAKE | D_ENV;
+        if !tracked {
+            d |= D_TRACK;
+        }
+    }
+    if tracked {
+        d |= D_ENV;
+        if class != TOOL_QUIET {
+            d |= D_WAKE;
+        }
+    }
+    if class != 0 {
+        d |= D_ENV;
+    }
+    d
+}
+
+/// `d` stored in this CPU's scan slot; the slot's address, to read it back.
+#[inline(always)]
+fn park(d: u8) -> Option<*const u64> {
+    let scan = ENV_VEC.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
+    unsafe {
+        let at = &raw mut (*scan).decision;
+        core::ptr::write_volatile(at, d as u64);
+        Some(at as *const u64)
+    }
 }
 
 /// Bytes of the new program's `argv[0]` searched for its basename.

@@ -94,6 +94,16 @@ pub struct CollectorOptions {
     pub env_all_execs: bool,
 }
 
+/// Programs a build runs by the hundred, which make no TLS handshake: in a
+/// tracked tree their execs do not wake the reader (see
+/// [`agent_common::TOOL_QUIET`]); everything else about them is unchanged.
+pub const QUIET_TOOLS: &[&str] = &[
+    // Go's own tools ($GOROOT/pkg/tool/<os_arch>/).
+    "compile", "asm", "link", "cgo", "vet", "buildid", "pack", "cover",
+    // cgo's C toolchain.
+    "gcc", "cc", "cc1", "cc1plus", "as", "ld", "collect2", "ar", "clang",
+];
+
 /// Network clients outside toolchain trees whose environment the kernel
 /// still reads: their connection and TLS findings cite proxies, CA files
 /// and index URLs from it. Every other untracked exec skips the
@@ -202,7 +212,7 @@ impl Collector {
         }
         let mut ebpf = loader::open(&globals)?;
         let skipped = loader::set_env_allow(&mut ebpf, env_allow)?;
-        loader::set_tools(&mut ebpf, &opts.tools, ENV_CLIENTS)?;
+        loader::set_tools(&mut ebpf, &opts.tools, ENV_CLIENTS, QUIET_TOOLS)?;
         for s in skipped {
             warnings.push(format!(
                 "environment variable name {s:?} is longer than {} bytes: not captured",

@@ -827,9 +827,15 @@ pub fn set_env_allow(ebpf: &mut Ebpf, names: &[String]) -> Result<Vec<String>, L
 }
 
 /// Fill the tool-name map: `tools` start tracked trees, `clients` only get
-/// their environment read (`comm` is at most 15 bytes: longer names are cut
-/// as the kernel cuts them; a name in both lists is a tool).
-pub fn set_tools(ebpf: &mut Ebpf, tools: &[String], clients: &[&str]) -> Result<(), LoadError> {
+/// their environment read, `quiet` do not wake the reader (`comm` is at most
+/// 15 bytes: longer names are cut as the kernel cuts them; a name in
+/// `tools` is a tool whatever else lists it).
+pub fn set_tools(
+    ebpf: &mut Ebpf,
+    tools: &[String],
+    clients: &[&str],
+    quiet: &[&str],
+) -> Result<(), LoadError> {
     let map = ebpf.map_mut(TOOLS_MAP).ok_or(LoadError::NoMap("TOOLS"))?;
     let mut map: BpfHashMap<&mut MapData, [u8; 16], u8> =
         BpfHashMap::try_from(map).map_err(|e| LoadError::Map {
@@ -839,6 +845,7 @@ pub fn set_tools(ebpf: &mut Ebpf, tools: &[String], clients: &[&str]) -> Result<
     let entries = clients
         .iter()
         .map(|c| (*c, agent_common::TOOL_ENV))
+        .chain(quiet.iter().map(|q| (*q, agent_common::TOOL_QUIET)))
         .chain(tools.iter().map(|t| (t.as_str(), agent_common::TOOL_TRACK)));
     for (name, class) in entries {
         let mut key = [0u8; 16];

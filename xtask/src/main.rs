@@ -41,7 +41,7 @@ enum Cmd {
         #[arg(long, default_value_t = 9)]
         reps: usize,
         /// Only these workloads (exec_true, go_version, tcp_connect,
-        /// tls_handshake, tls_bulk), printed rather than written to docs/.
+        /// go_build, tls_handshake, tls_bulk), printed rather than written to docs/.
         #[arg(long)]
         only: Vec<String>,
         /// ~2 minutes: the agent alone, BPF time per op and agent CPU per
