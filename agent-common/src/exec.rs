@@ -65,10 +65,10 @@ pub const TOOL_TRACK: u8 = 1;
 /// (proxies, CA files, index URLs): the environment is read, nothing tracked.
 pub const TOOL_ENV: u8 = 2;
 /// `TOOLS` map value: a compiler, assembler or linker a toolchain runs by
-/// the hundred (`compile`, `asm`, `link`, `gcc`, …). In a tracked tree its
-/// exec is read like any other but does not wake the reader: the wakeup (a
-/// self-IPI, ~30 µs on a VM) is for programs that may make a TLS handshake
-/// before the next drain, and these make none.
+/// the hundred (`compile`, `asm`, `link`, `gcc`, …). Its exec neither wakes
+/// the reader (the wakeup, a self-IPI of ~20 µs on a VM, is for programs that
+/// may make a TLS handshake before the next drain; these make none) nor
+/// reads the environment (~7 µs; it is the parent's, where userspace looks).
 pub const TOOL_QUIET: u8 = 3;
 
 /// Bytes of a new program's environment strings copied in one read at

@@ -743,7 +743,8 @@ const D_ENV: u8 = 4;
 /// and its exec wakes the reader (its TLS probe is attached from userspace
 /// before its first handshake, not after the next drain), as does any exec
 /// in a tracked tree but a quiet one (a compiler). The environment is read
-/// where a rule or a span looks at it: tools, clients, tracked trees.
+/// where a rule or a span looks at it: tools, clients, tracked trees but
+/// their compilers.
 #[inline(always)]
 fn decide(tgid: u32, ev: &ExecEvent) -> u8 {
     let class = tool_class(&bpf_get_current_comm().unwrap_or([0u8; 16]), ev);
@@ -755,11 +756,13 @@ fn decide(tgid: u32, ev: &ExecEvent) -> u8 {
             d |= D_TRACK;
         }
     }
+    // A compiler's environment is its parent's (userspace looks there), and
+    // nothing reports on it: neither read nor woken for, tracked or not.
+    if class == TOOL_QUIET {
+        return d;
+    }
     if tracked {
-        d |= D_ENV;
-        if class != TOOL_QUIET {
-            d |= D_WAKE;
-        }
+        d |= D_ENV | D_WAKE;
     }
     if class != 0 {
         d |= D_ENV;

@@ -104,18 +104,27 @@ pub(crate) fn count_lost(cause: LostCause) {
     }
 }
 
-/// Pending bytes in the ring buffer above which a writer wakes the reader.
+/// Pending bytes in the ring buffer at which a writer wakes the reader.
 /// Below it no wakeup is sent: userspace drains on a short timer instead,
-/// which saves a wakeup (an IPI on many machines) per event.
+/// which saves a wakeup (a self-IPI, ~20 µs inside the program on a VM) per
+/// event.
 const WAKEUP_BYTES: u64 = 64 * 1024;
+/// Pending bytes past which every writer wakes the reader: it missed the
+/// wakeup at [`WAKEUP_BYTES`] and the ring (8 MiB) is half full.
+const URGENT_BYTES: u64 = (agent_common::EVENTS_RING_BYTES / 2) as u64;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Ring-buffer submit flags: wake the reader only when much is pending.
+/// Ring-buffer submit flags for a record of `len` bytes: wake the reader
+/// once, for the record that takes what is pending past [`WAKEUP_BYTES`]
+/// (an awake reader drains until the ring is empty; a wakeup per record
+/// while it is busy would only cost each writer an IPI), and again for
+/// every record while more than [`URGENT_BYTES`] wait.
 #[inline(always)]
-pub(crate) fn wake_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+pub(crate) fn wake_flags(len: u64) -> u64 {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if (pending < WAKEUP_BYTES && pending + len >= WAKEUP_BYTES) || pending >= URGENT_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -125,7 +134,7 @@ pub(crate) fn wake_flags() -> u64 {
 /// Write `data` to the events ring buffer, counting a loss when it is full.
 #[inline(always)]
 pub(crate) fn emit<T: ?Sized>(data: &T) {
-    emit_flags(data, wake_flags());
+    emit_flags(data, wake_flags(core::mem::size_of_val(data) as u64));
 }
 
 /// [`emit`] waking the reader at once: userspace acts on this record

@@ -353,7 +353,7 @@ fn capture<const N: usize>(ctx: &SkBuffContext, f: &mut WireFixed, payload: usiz
         f.saddr = ctx.load(8).unwrap_or([0; 16]);
         f.daddr = ctx.load(24).unwrap_or([0; 16]);
     }
-    let flags = wake_flags();
+    let flags = wake_flags(core::mem::size_of::<WireRecord<N>>() as u64);
     let Some(mut entry) = EVENTS.reserve::<WireRecord<N>>(0) else {
         count_lost(LostCause::RingFull);
         return;

@@ -94,9 +94,10 @@ pub struct CollectorOptions {
     pub env_all_execs: bool,
 }
 
-/// Programs a build runs by the hundred, which make no TLS handshake: in a
-/// tracked tree their execs do not wake the reader (see
-/// [`agent_common::TOOL_QUIET`]); everything else about them is unchanged.
+/// Programs a build runs by the hundred, which make no TLS handshake: their
+/// execs do not wake the reader and skip the environment, which is their
+/// parent's ([`crate::proctable::ProcTable::env_of`] looks there; see
+/// [`agent_common::TOOL_QUIET`]).
 pub const QUIET_TOOLS: &[&str] = &[
     // Go's own tools ($GOROOT/pkg/tool/<os_arch>/).
     "compile", "asm", "link", "cgo", "vet", "buildid", "pack", "cover",
@@ -516,8 +517,9 @@ fn spawn_reader(
         })?;
     tokio::spawn(async move {
         loop {
-            // The kernel side wakes us only when 64 KiB are pending; a short
-            // timer drains the rest, so an event waits at most DRAIN_TICK.
+            // The kernel side wakes us when 64 KiB become pending (and for a
+            // tool's exec); a short timer drains the rest, so an event waits
+            // at most DRAIN_TICK. Awake, we drain until the ring is empty.
             let mut batch = Vec::new();
             stats
                 .reader_beat

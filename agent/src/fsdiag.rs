@@ -190,7 +190,7 @@ impl FsAnalyzer {
         } else {
             basename(&exe).to_string()
         };
-        let env: &[(String, String)] = exec.map(|e| e.env.as_slice()).unwrap_or(&[]);
+        let env = table.env_of(f.tgid);
         let blocker = if f.errno == libc::EROFS {
             None
         } else {

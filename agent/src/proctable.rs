@@ -200,6 +200,17 @@ impl ProcTable {
         out
     }
 
+    /// The environment `tgid` runs with, as far as the kernel read it: its
+    /// own exec's, or, where that exec's environment was not read (a
+    /// compiler in a build), the nearest ancestor's it inherited.
+    pub fn env_of(&self, tgid: u32) -> &[(String, String)] {
+        std::iter::once(tgid)
+            .chain(self.ancestors(tgid))
+            .filter_map(|t| self.get(t)?.current())
+            .find(|e| e.env_read)
+            .map_or(&[], |e| e.env.as_slice())
+    }
+
     /// Is `tgid` the root or a descendant of it?
     pub fn in_tree(&self, tgid: u32, root: u32) -> bool {
         tgid == root || self.ancestors(tgid).contains(&root)
@@ -257,6 +268,24 @@ mod tests {
 
     fn exec(tgid: u32, ppid: u32, ns: u64, exe: &str) -> Arc<Exec> {
         Arc::new(tests_support::exec(tgid, ppid, ns, exe))
+    }
+
+    #[test]
+    fn a_compilers_environment_is_the_one_it_inherited() {
+        let mut t = ProcTable::default();
+        let mut go = tests_support::exec(30, 1, 1, "/usr/bin/go");
+        go.env = vec![("GOCACHE".into(), "/home/u/.cache/go-build".into())];
+        t.on_exec(Arc::new(go));
+        let mut compile =
+            tests_support::exec(31, 30, 2, "/usr/lib/go/pkg/tool/linux_amd64/compile");
+        compile.env_read = false;
+        t.on_exec(Arc::new(compile));
+        assert_eq!(t.env_of(31), t.env_of(30));
+        assert_eq!(t.env_of(31)[0].0, "GOCACHE");
+        // Its own, where it was read (even when empty).
+        t.on_exec(exec(32, 30, 3, "/bin/env-cleared"));
+        assert!(t.env_of(32).is_empty());
+        assert!(t.env_of(99).is_empty(), "unknown process");
     }
 
     #[test]

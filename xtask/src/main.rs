@@ -35,7 +35,8 @@ enum Cmd {
         #[arg(long, default_value = "/usr/local/bin")]
         dir: String,
     },
-    /// Overhead and capacity: bare vs agent vs bpftrace, interleaved (root).
+    /// Overhead and capacity: bare vs agent vs bpftrace and libbpf-tools
+    /// (execsnoop, tcplife, tcpstates; apt-get install libbpf-tools), interleaved (root).
     Bench {
         /// Repetitions per workload and mode (each run lasts 3 s).
         #[arg(long, default_value_t = 9)]
