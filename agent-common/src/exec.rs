@@ -54,8 +54,9 @@ pub const EXEC_F_FILENAME_IS_EXE: u32 = 1 << 6;
 /// Flag: the new program's environment could not be read (unexpected stack
 /// layout or a fault): `env` is empty.
 pub const EXEC_F_ENV_FAULT: u32 = 1 << 7;
-/// Flag: a successful exec outside toolchain trees whose environment was not
-/// read, by policy (see [`TOOL_TRACK`]): `env` is empty because nobody asked.
+/// Flag: a successful exec whose environment was not read, by policy (one
+/// outside toolchain trees, or a compiler: see [`TOOL_TRACK`], [`TOOL_QUIET`]):
+/// `env` is empty because nobody asked.
 pub const EXEC_F_ENV_SKIPPED: u32 = 1 << 8;
 
 /// `TOOLS` map value: a toolchain command. Its exec reads the environment,

@@ -86,6 +86,7 @@ pub mod globals {
     pub const TCP_QUIET_NS: &str = "TCP_QUIET_NS";
     /// 1: children the agent forks are tracked (`agent trace`: the traced command).
     pub const TRACK_AGENT_CHILDREN: &str = "TRACK_AGENT_CHILDREN";
+    /// 1: every successful exec's environment is read (`--all-execs`).
     pub const ENV_ALL_EXECS: &str = "ENV_ALL_EXECS";
 }
 

@@ -713,9 +713,6 @@ fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     if n < 0 {
         f.exe[0] = 0;
     }
-    // After exec, comm is the new program's name: a tool starts a tracked
-    // tree, and its exec wakes the reader (its TLS probe is attached from
-    // userspace before its first handshake, not after the next drain).
     let d = match parked {
         // SAFETY: our per-CPU scan slot, written by `park` in this run.
         Some(p) => (unsafe { core::ptr::read_volatile(p) }) as u8,
@@ -749,25 +746,17 @@ const D_ENV: u8 = 4;
 fn decide(tgid: u32, ev: &ExecEvent) -> u8 {
     let class = tool_class(&bpf_get_current_comm().unwrap_or([0u8; 16]), ev);
     let tracked = is_tracked(tgid);
-    let mut d = 0;
-    if class == TOOL_TRACK {
-        d |= D_WAKE | D_ENV;
-        if !tracked {
-            d |= D_TRACK;
-        }
+    match class {
+        TOOL_TRACK if tracked => D_WAKE | D_ENV,
+        TOOL_TRACK => D_WAKE | D_ENV | D_TRACK,
+        // A compiler's environment is its parent's (userspace looks there),
+        // and nothing reports on it: neither read nor woken for, tracked or not.
+        TOOL_QUIET => 0,
+        _ if tracked => D_WAKE | D_ENV,
+        0 => 0,
+        // A network client.
+        _ => D_ENV,
     }
-    // A compiler's environment is its parent's (userspace looks there), and
-    // nothing reports on it: neither read nor woken for, tracked or not.
-    if class == TOOL_QUIET {
-        return d;
-    }
-    if tracked {
-        d |= D_ENV | D_WAKE;
-    }
-    if class != 0 {
-        d |= D_ENV;
-    }
-    d
 }
 
 /// `d` stored in this CPU's scan slot; the slot's address, to read it back.
@@ -788,8 +777,9 @@ const ARGV0_SCAN: usize = 128;
 /// What the agent wants of the program that just started, as the userspace
 /// analyser decides it (`Analyzer::is_tool`): [`TOOL_TRACK`] for a toolchain
 /// (its name, a `python*` or `go1.*` name, or a `#!` script whose
-/// interpreter, `argv[0]`, is one), [`agent_common::TOOL_ENV`] for a known
-/// network client, 0 for anything else.
+/// interpreter, `argv[0]`, is one), else its own `TOOLS` value
+/// ([`agent_common::TOOL_ENV`] for a network client, [`TOOL_QUIET`] for a
+/// compiler), 0 for anything else.
 #[inline(always)]
 fn tool_class(comm: &[u8; 16], ev: &ExecEvent) -> u8 {
     // SAFETY: read-only lookup.

@@ -66,7 +66,8 @@ pub struct Exec {
     pub argv_truncated: bool,
     pub env_truncated: bool,
     /// The kernel read the environment: false for execs outside toolchain
-    /// trees, whose environment nothing uses (`env` is then empty).
+    /// trees and for compilers, whose environment nothing uses (`env` is then
+    /// empty; [`crate::proctable::ProcTable::env_of`] looks at the parents').
     pub env_read: bool,
     pub filename_truncated: bool,
     /// The call's entry was not seen (argv/env/filename unknown).

@@ -827,7 +827,8 @@ pub fn set_env_allow(ebpf: &mut Ebpf, names: &[String]) -> Result<Vec<String>, L
 }
 
 /// Fill the tool-name map: `tools` start tracked trees, `clients` only get
-/// their environment read, `quiet` do not wake the reader (`comm` is at most
+/// their environment read, `quiet` neither wake the reader nor get their
+/// environment read (`comm` is at most
 /// 15 bytes: longer names are cut as the kernel cuts them; a name in
 /// `tools` is a tool whatever else lists it).
 pub fn set_tools(
