@@ -17,11 +17,11 @@ use std::{
 };
 
 use agent::{
-    event::{Exec, Exit},
-    otlp::{Otlp, OtlpConfig},
-    proctable::ProcTable,
-    run::Output,
-    toolchain::ExecAnalysis,
+    app::run::Output,
+    events::{Exec, Exit},
+    process::table::ProcTable,
+    signal::exec::ExecAnalysis,
+    sink::otlp::{Otlp, OtlpConfig},
 };
 
 fn cpu_ns(who: libc::c_int) -> u64 {

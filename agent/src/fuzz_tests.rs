@@ -71,7 +71,7 @@ fn run(seed: &[u8], salt: u64, f: impl Fn(&[u8])) {
 
 #[test]
 fn ring_buffer_records() {
-    let exec = crate::event::tests::exec_record(
+    let exec = crate::events::tests::exec_record(
         "go",
         "/usr/bin/go",
         &["go", "build", "./..."],
@@ -79,13 +79,13 @@ fn ring_buffer_records() {
         0,
     );
     run(&exec, 1, |b| {
-        let _ = crate::event::decode(b);
+        let _ = crate::events::decode(b);
     });
     let mut tcp = vec![0u8; std::mem::size_of::<agent_common::TcpEvent>()];
     tcp[0] = agent_common::EventKind::Tcp as u8;
     tcp[72] = 2; // a phase somewhere in the record
     run(&tcp, 2, |b| {
-        let _ = crate::event::decode(b);
+        let _ = crate::events::decode(b);
     });
 }
 
@@ -119,7 +119,7 @@ fn kernel_btf() {
 fn text_formats() {
     let fmt = b"\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\n";
     run(fmt, 5, |b| {
-        let _ = crate::tracefs::field_offset_in(&String::from_utf8_lossy(b), "child_pid");
+        let _ = crate::bpf::tracefs::field_offset_in(&String::from_utf8_lossy(b), "child_pid");
     });
     let cfg = b"format = \"json\"\ntools = [\"go\"]\notlp_endpoint = \"http://c:4318\"\n";
     run(cfg, 6, |b| {
@@ -147,10 +147,10 @@ fn text_formats() {
             }
             rest = &tail[end..];
         }
-        let _ = crate::netdiag::proxy_host_port(&s);
+        let _ = crate::signal::tcp::proxy_host_port(&s);
     });
     run(b"#!/opt/conda/envs/a/bin/python3 -u\nimport x", 8, |b| {
-        let _ = crate::toolchain::pyenv::parse_shebang(b);
+        let _ = crate::process::pyenv::parse_shebang(b);
     });
 }
 
@@ -190,9 +190,9 @@ fn wire_records() {
     rec[0] = agent_common::EventKind::Wire as u8;
     rec.extend(crate::dns::tests::message(1, "x.test", 1, 0, &[]));
     run(&rec, 10, |b| {
-        if let Ok(crate::event::Event::Wire(w)) = crate::event::decode(b) {
-            let mut a = crate::wirediag::WireAnalyzer::default();
-            let table = crate::proctable::ProcTable::default();
+        if let Ok(crate::events::Event::Wire(w)) = crate::events::decode(b) {
+            let mut a = crate::signal::wire::WireAnalyzer::default();
+            let table = crate::process::table::ProcTable::default();
             let _ = a.on_wire(&table, &w);
             let _ = a.flush(&table, u64::MAX);
         }

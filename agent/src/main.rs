@@ -3,10 +3,10 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use agent::{
-    collector::DEFAULT_ENV_ALLOW,
-    output::Format,
-    run::{self, RunOptions},
-    toolchain::AnalysisConfig,
+    app::run::{self, RunOptions},
+    bpf::collector::DEFAULT_ENV_ALLOW,
+    signal::exec::AnalysisConfig,
+    sink::output::Format,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -153,7 +153,7 @@ struct ScrubbedStderr;
 impl std::io::Write for ScrubbedStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        std::io::stderr().write_all(agent::output::text_safe(&text).as_bytes())?;
+        std::io::stderr().write_all(agent::sink::output::text_safe(&text).as_bytes())?;
         Ok(buf.len())
     }
 
@@ -163,7 +163,7 @@ impl std::io::Write for ScrubbedStderr {
 }
 
 fn main() -> ExitCode {
-    agent::traced::save_initial_limits();
+    agent::app::traced::save_initial_limits();
     let cli = Cli::parse();
     // Who asked for us (sudo's caller, our own unprivileged copy, root).
     let proc_root = std::path::Path::new("/proc");
@@ -171,19 +171,27 @@ fn main() -> ExitCode {
         Some(Cmd::Trace { user, keep_env, .. }) => (user.as_deref(), keep_env.clone()),
         _ => (None, Vec::new()),
     };
-    let invoker =
-        match agent::invoker::find(&agent::invoker::probe_self(proc_root), user_flag, &keep_env) {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("agent: {e}");
-                return ExitCode::from(1);
-            }
-        };
-    if cli.elevated && !matches!(invoker.source, agent::invoker::Source::RootLogin) {
+    let invoker = match agent::process::invoker::find(
+        &agent::process::invoker::probe_self(proc_root),
+        user_flag,
+        &keep_env,
+    ) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.elevated && !matches!(invoker.source, agent::process::invoker::Source::RootLogin) {
         // sudo's env_reset dropped the settings the user typed for us.
-        agent::elevate::adopt_settings(&invoker.env);
+        agent::app::elevate::adopt_settings(&invoker.env);
     }
-    if cli.elevated && matches!(invoker.source, agent::invoker::Source::SelfElevated { .. }) {
+    if cli.elevated
+        && matches!(
+            invoker.source,
+            agent::process::invoker::Source::SelfElevated { .. }
+        )
+    {
         // Through doas our unprivileged copy waits as our parent: if it goes
         // (its terminal closed, it was killed), we stop as on SIGTERM.
         // SAFETY: prctl with an integer argument only.
@@ -193,9 +201,9 @@ fn main() -> ExitCode {
         None | Some(Cmd::Trace { .. }) => true,
         Some(Cmd::Check { probe }) => *probe,
     };
-    if needs_bpf && !cli.no_elevate && !cli.elevated && agent::elevate::needed() {
+    if needs_bpf && !cli.no_elevate && !cli.elevated && agent::app::elevate::needed() {
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        return match agent::elevate::reexec(&args) {
+        return match agent::app::elevate::reexec(&args) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
                 eprintln!("agent: {e}");
@@ -248,7 +256,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    agent::output::set_format(format);
+    agent::sink::output::set_format(format);
     let argv_mode = match (cli.argv, file.argv.as_deref()) {
         (Some(ArgvArg::Full), _) | (None, Some("full")) => agent::scrub::ArgvMode::Full,
         (Some(ArgvArg::None), _) | (None, Some("none")) => agent::scrub::ArgvMode::None,
@@ -263,7 +271,7 @@ fn main() -> ExitCode {
     agent::scrub::set_argv_mode(argv_mode);
     let output = cli.output.clone().or(file.output.clone());
     if let Some(p) = &output
-        && let Err(e) = agent::output::set_output_file(p, Some(&invoker))
+        && let Err(e) = agent::sink::output::set_output_file(p, Some(&invoker))
     {
         eprintln!("agent: cannot open --output {}: {e}", p.display());
         return ExitCode::from(1);
@@ -289,7 +297,7 @@ fn main() -> ExitCode {
             .then(|| file.otlp_protocol.clone())
             .flatten()
     });
-    let otlp = match agent::otlp::OtlpConfig::from_env_and_flags(
+    let otlp = match agent::sink::otlp::OtlpConfig::from_env_and_flags(
         |k| std::env::var(k).ok(),
         otlp_endpoint.as_deref(),
         otlp_protocol.as_deref(),
@@ -313,7 +321,7 @@ fn main() -> ExitCode {
         health_addr: cli.health_addr.clone().or(file.health_addr.clone()),
         k8s_api: cli.k8s_api.clone().or(file.k8s_api.clone()),
         net: {
-            let mut n = agent::netdiag::NetConfig::default();
+            let mut n = agent::signal::tcp::NetConfig::default();
             if let Some(ms) = cli.slow_connect_ms.or(file.slow_connect_ms) {
                 n.slow_abs_ns = ms.saturating_mul(1_000_000);
             }
@@ -323,7 +331,7 @@ fn main() -> ExitCode {
             n
         },
         wire: {
-            let mut w = agent::wirediag::WireConfig::default();
+            let mut w = agent::signal::wire::WireConfig::default();
             let ms = |v: Option<u64>, d: &mut u64| {
                 if let Some(v) = v {
                     *d = v.saturating_mul(1_000_000);
@@ -344,10 +352,10 @@ fn main() -> ExitCode {
     };
     match cli.cmd {
         Some(Cmd::Check { probe }) => {
-            let report = if agent::elevate::needed() {
-                agent::check::run_unprivileged(probe)
+            let report = if agent::app::elevate::needed() {
+                agent::app::check::run_unprivileged(probe)
             } else {
-                agent::check::run()
+                agent::app::check::run()
             };
             match format {
                 Format::Json => match serde_json::to_string_pretty(&report) {
@@ -355,7 +363,7 @@ fn main() -> ExitCode {
                     Err(e) => eprintln!("agent: {e}"),
                 },
                 Format::Text | Format::Markdown => {
-                    print!("{}", agent::check::render_text(&report, color))
+                    print!("{}", agent::app::check::render_text(&report, color))
                 }
             }
             if report.usable {
@@ -368,9 +376,9 @@ fn main() -> ExitCode {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 // Capabilities are per thread: workers apply a drop when
-                // they next park or unpark (see agent::privs).
-                .on_thread_park(agent::privs::on_thread_hook)
-                .on_thread_unpark(agent::privs::on_thread_hook)
+                // they next park or unpark (see agent::app::privs).
+                .on_thread_park(agent::app::privs::on_thread_hook)
+                .on_thread_unpark(agent::app::privs::on_thread_hook)
                 .enable_all()
                 .build()
             {
@@ -393,7 +401,7 @@ fn main() -> ExitCode {
                     1
                 }
             };
-            agent::teardown::exit(code)
+            agent::app::teardown::exit(code)
         }
     }
 }

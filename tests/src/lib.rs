@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::{collector::Collector, event::Event};
+use agent::{bpf::collector::Collector, events::Event};
 
 /// The `agent` binary built next to the test binaries (`cargo xtask test`
 /// builds it first).
@@ -45,7 +45,7 @@ pub fn require_root() {
 
 /// Default allow-list as owned strings.
 pub fn env_allow() -> Vec<String> {
-    agent::collector::DEFAULT_ENV_ALLOW
+    agent::bpf::collector::DEFAULT_ENV_ALLOW
         .iter()
         .map(|s| s.to_string())
         .collect()
@@ -54,24 +54,24 @@ pub fn env_allow() -> Vec<String> {
 /// A started collector and its event stream.
 pub struct Live {
     pub collector: Collector,
-    pub rx: agent::collector::EventRx,
+    pub rx: agent::bpf::collector::EventRx,
 }
 
 impl Live {
     /// The collector as `sudo agent` loads it by default.
     pub fn start() -> Self {
-        Self::start_with(&agent::collector::CollectorOptions::defaults())
+        Self::start_with(&agent::bpf::collector::CollectorOptions::defaults())
     }
 
     /// As `sudo agent --all-execs` loads it: every exec's environment read.
     pub fn start_all_execs() -> Self {
-        Self::start_with(&agent::collector::CollectorOptions {
+        Self::start_with(&agent::bpf::collector::CollectorOptions {
             env_all_execs: true,
-            ..agent::collector::CollectorOptions::defaults()
+            ..agent::bpf::collector::CollectorOptions::defaults()
         })
     }
 
-    pub fn start_with(opts: &agent::collector::CollectorOptions) -> Self {
+    pub fn start_with(opts: &agent::bpf::collector::CollectorOptions) -> Self {
         require_root();
         let (collector, rx) = Collector::start(opts, 65_536)
             .unwrap_or_else(|e| panic!("starting the collector: {e}"));
@@ -107,7 +107,7 @@ impl Live {
 
 impl Live {
     /// Run `cmd` to completion and return the exec event of its process.
-    pub async fn exec_of(&mut self, cmd: &mut Command) -> Box<agent::event::Exec> {
+    pub async fn exec_of(&mut self, cmd: &mut Command) -> Box<agent::events::Exec> {
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let pid = child.id();
         child.wait().expect("wait");
@@ -125,7 +125,7 @@ impl Live {
 
     /// The exec event whose `filename` (the name asked for) is `filename`:
     /// how a failed exec, which has no process of its own, is found.
-    pub async fn exec_named(&mut self, filename: &str) -> Box<agent::event::Exec> {
+    pub async fn exec_named(&mut self, filename: &str) -> Box<agent::events::Exec> {
         let (ev, _) = self
             .until(
                 Duration::from_secs(10),

@@ -2,7 +2,7 @@
 
 use std::{process::Command, time::Duration};
 
-use agent::event::Event;
+use agent::events::Event;
 use agent_tests::{Live, rt};
 
 #[test]
@@ -40,12 +40,12 @@ fn exec_reports_exact_path_argv_and_only_allow_listed_env() {
         assert_eq!(e.env_var("GOROOT"), Some("/opt/go"));
         assert!(!e.argv_truncated && !e.env_truncated && !e.no_enter);
         // Redaction happens at output.
-        let style = agent::output::Style {
-            format: agent::output::Format::Json,
+        let style = agent::sink::output::Style {
+            format: agent::sink::output::Format::Json,
             color: false,
             clock_offset_ns: 0,
         };
-        let j = agent::output::exec_json(&style, &e, None).to_string();
+        let j = agent::sink::output::exec_json(&style, &e, None).to_string();
         assert!(!j.contains("pw@") && j.contains("***@proxy:3128"), "{j}");
     });
 }
@@ -186,7 +186,7 @@ fn exit_codes_and_lineage_through_a_forking_shell() {
         let sh = child.id();
         let status = child.wait().expect("wait");
         assert_eq!(status.code(), Some(7));
-        let mut table = agent::proctable::ProcTable::default();
+        let mut table = agent::process::table::ProcTable::default();
         let mut exits = std::collections::HashMap::new();
         let mut true_pid = None;
         let _ = live
@@ -447,15 +447,15 @@ fn the_environment_is_read_only_for_toolchains_their_trees_and_network_clients()
             "child of a tool: {e:?}"
         );
 
-        let style = agent::output::Style {
-            format: agent::output::Format::Json,
+        let style = agent::sink::output::Style {
+            format: agent::sink::output::Format::Json,
             color: false,
             clock_offset_ns: 0,
         };
         let mut c = Command::new("/bin/true");
         with_env(&mut c);
         let e = live.exec_of(&mut c).await;
-        let j = agent::output::exec_json(&style, &e, None);
+        let j = agent::sink::output::exec_json(&style, &e, None);
         assert_eq!(j["env_read"], serde_json::json!(false), "{j}");
         let _ = std::fs::remove_dir_all(&dir);
     });

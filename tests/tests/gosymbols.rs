@@ -5,12 +5,12 @@
 
 use std::{path::Path, process::Command};
 
-use agent::{buildinfo, tlslib};
+use agent::{buildinfo, signal::tls::libs as tlslib};
 
 const CLIENT: &str = "package main\n\nimport (\n\t\"crypto/tls\"\n\t\"os\"\n)\n\nfunc main() {\n\tc, err := tls.Dial(\"tcp\", os.Args[1], &tls.Config{})\n\tif err == nil {\n\t\tc.Close()\n\t}\n}\n";
 
 fn offset(p: &Path) -> Option<u64> {
-    let (f, size) = agent::fsview::open_regular(p)?;
+    let (f, size) = agent::process::fsview::open_regular(p)?;
     let img = buildinfo::read_image(&f, size, buildinfo::PCLNTAB_SECTIONS)?;
     buildinfo::go_func_offset(&img, tlslib::GO_SYMBOL)
 }

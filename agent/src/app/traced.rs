@@ -1,0 +1,188 @@
+//! Starting the command of `agent trace` exactly as its user would have:
+//! their uid, gid and supplementary groups, environment, working directory,
+//! umask and resource limits, in a process group of its own that owns the
+//! terminal (so Ctrl-C reaches the command, and the agent lives on to print
+//! its report), and that dies with the agent.
+//!
+//! Owns: the fork/exec of the traced command and handing the terminal back.
+//! Must not: decide who the user is ([`crate::process::invoker`] does).
+
+use std::{ffi::CString, os::unix::ffi::OsStrExt as _, os::unix::process::CommandExt as _};
+
+use crate::process::invoker::{Invoker, Source};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("no command given (usage: agent trace -- <command> [args])")]
+    Empty,
+    #[error("cannot run {prog} as {user}: {source}")]
+    Exec {
+        prog: String,
+        user: String,
+        source: std::io::Error,
+    },
+}
+
+/// Resource limits as the agent found them, before it raised any.
+#[derive(Clone, Copy)]
+struct Limits {
+    memlock: libc::rlimit,
+    nofile: libc::rlimit,
+}
+
+static INITIAL_LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
+
+fn getrlimit(r: libc::__rlimit_resource_t) -> libc::rlimit {
+    let mut l = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `l` is a valid out-pointer for the call.
+    unsafe { libc::getrlimit(r, &mut l) };
+    l
+}
+
+/// Remember the limits the agent was started with (call first in main):
+/// the loader raises RLIMIT_MEMLOCK, and a traced command must not inherit it.
+pub fn save_initial_limits() {
+    let _ = INITIAL_LIMITS.set(Limits {
+        memlock: getrlimit(libc::RLIMIT_MEMLOCK),
+        nofile: getrlimit(libc::RLIMIT_NOFILE),
+    });
+}
+
+/// Supplementary groups of this process.
+pub fn current_groups() -> Vec<libc::gid_t> {
+    // SAFETY: a zero-size query returns the count only.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let mut g = vec![0; n.max(0) as usize];
+    // SAFETY: `g` has room for `n` entries.
+    let got = unsafe { libc::getgroups(n, g.as_mut_ptr()) };
+    g.truncate(got.max(0) as usize);
+    g
+}
+
+/// A terminal we hold in the foreground (stdin, stdout or stderr).
+fn foreground_tty() -> Option<libc::c_int> {
+    (0..3).find(|&fd| {
+        // SAFETY: isatty/tcgetpgrp/getpgrp only read state of an fd we own.
+        unsafe { libc::isatty(fd) == 1 && libc::tcgetpgrp(fd) == libc::getpgrp() }
+    })
+}
+
+/// Give the terminal's foreground to process group `pgid` (SIGTTOU ignored
+/// meanwhile: a background caller would otherwise be stopped).
+fn give_terminal(fd: libc::c_int, pgid: libc::pid_t) {
+    // SAFETY: signal disposition and tcsetpgrp on our own terminal fd; the
+    // previous disposition is restored right after.
+    unsafe {
+        let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        libc::tcsetpgrp(fd, pgid);
+        libc::signal(libc::SIGTTOU, old);
+    }
+}
+
+/// The running traced command.
+pub struct Traced {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    tty: Option<libc::c_int>,
+}
+
+impl Traced {
+    /// Send `sig` to the command's whole process group.
+    pub fn signal_group(&self, sig: libc::c_int) {
+        // SAFETY: kill has no memory preconditions; a negative pid names the group.
+        unsafe { libc::kill(-(self.pid as libc::pid_t), sig) };
+    }
+
+    /// Take the terminal back for the report.
+    pub fn reclaim_terminal(&mut self) {
+        if let Some(fd) = self.tty.take() {
+            // SAFETY: getpgrp has no preconditions.
+            give_terminal(fd, unsafe { libc::getpgrp() });
+        }
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        self.reclaim_terminal();
+    }
+}
+
+/// Start `argv` as `inv`.
+pub fn spawn(argv: &[String], inv: &Invoker) -> Result<Traced, SpawnError> {
+    let (prog, args) = argv.split_first().ok_or(SpawnError::Empty)?;
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args);
+    cmd.env_clear();
+    cmd.envs(inv.env.iter().map(|(k, v)| (k, v)));
+    // Its own process group: Ctrl-C on the terminal (given to it below) and
+    // the agent's forwarded SIGTERM/SIGHUP reach the whole command tree.
+    cmd.process_group(0);
+    // SAFETY: geteuid/getpid have no preconditions.
+    let (euid, parent) = unsafe { (libc::geteuid(), libc::getpid()) };
+    let change_ids = euid == 0 && !matches!(inv.source, Source::RootLogin | Source::Unprivileged);
+    let groups: Vec<libc::gid_t> = inv.groups.clone();
+    let (uid, gid) = (inv.uid, inv.gid);
+    let umask = inv.umask;
+    let cwd = inv
+        .cwd
+        .as_ref()
+        .and_then(|c| CString::new(c.as_os_str().as_bytes()).ok());
+    let limits = INITIAL_LIMITS.get().copied();
+    let tty = foreground_tty();
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = tty {
+                // Take the terminal from inside too, so the command never
+                // reads it from the background (the parent does the same).
+                let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::tcsetpgrp(fd, libc::getpid());
+                libc::signal(libc::SIGTTOU, old);
+            }
+            if let Some(l) = limits {
+                libc::setrlimit(libc::RLIMIT_MEMLOCK, &l.memlock);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &l.nofile);
+            }
+            if change_ids
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(m) = umask {
+                libc::umask(m as libc::mode_t);
+            }
+            // After the id change, which clears it: the command dies with us.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(129);
+            }
+            // As the user: a directory they cannot enter is their error.
+            if let Some(d) = &cwd
+                && libc::chdir(d.as_ptr()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = tokio::process::Command::from(cmd)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|source| SpawnError::Exec {
+            prog: prog.clone(),
+            user: inv.user.clone(),
+            source,
+        })?;
+    let pid = child.id().unwrap_or(0);
+    if let Some(fd) = tty {
+        give_terminal(fd, pid as libc::pid_t);
+    }
+    Ok(Traced { child, pid, tty })
+}

@@ -1,0 +1,10 @@
+//! What the agent knows about processes, shared by every signal: the
+//! process table, the filesystem as a process sees it, container and pod
+//! identity, who invoked the agent, the endpoints a process's settings name.
+
+pub mod endpoints;
+pub mod fsview;
+pub mod invoker;
+pub mod k8s;
+pub mod pyenv;
+pub mod table;

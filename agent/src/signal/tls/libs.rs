@@ -1,0 +1,611 @@
+//! Where the TLS-library uprobes go: every `libssl` on the machine that
+//! processes load (the system's, a conda env's own, ones loaded later with
+//! `dlopen`), and every Go program that runs, each attached once per file
+//! (device, inode) whatever its path.
+//!
+//! Owns: finding targets (ldconfig cache, `/proc/*/maps`, conda's list of
+//! environments, the library directories a starting program will load from)
+//! and remembering which are attached. Must not: interpret events
+//! (`wirediag` does).
+//!
+//! A program that loads libssl with `dlopen` (Python's `import ssl`) maps it
+//! tens of milliseconds after it starts: the agent looks for a libssl in the
+//! directories that program's loader will search (`<prefix>/lib` of a
+//! `<prefix>/bin/` program, which is where a conda env's RPATH points, and
+//! `LD_LIBRARY_PATH`) when it sees the exec, and a uprobe put on a file
+//! applies to processes that mapped it already.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use agent_common::{TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_RET, TLSLIB_OSSL_VERIFY};
+
+/// The OpenSSL probes: (program, function) on every libssl.
+/// `SSL_connect` and `SSL_accept` run the handshake through `SSL_do_handshake`
+/// (OpenSSL 1.1 and 3.x), so probing it covers all three with fewer probes:
+/// every probe costs a grace period when the agent detaches.
+pub const OSSL_PROBES: &[(&str, &str)] = &[
+    ("ossl_verify_result", "SSL_get_verify_result"),
+    ("ossl_hs_enter", "SSL_do_handshake"),
+    ("ossl_hs_exit", "SSL_do_handshake"),
+];
+/// The Go entry probe and the function it watches.
+pub const GO_PROGRAM: &str = "go_send_alert";
+pub const GO_SYMBOL: &str = "crypto/tls.(*Conn).sendAlertLocked";
+
+/// `libssl.so*` paths in the loader's cache (`/etc/ld.so.cache`, read
+/// instead of spawning `ldconfig -p` as root): its string table holds every
+/// library's absolute path NUL-terminated, in both the old and the new
+/// (`glibc-ld.so.cache1.1`) format, so the paths are read from it directly.
+pub fn libssl_in_ld_cache(bytes: &[u8]) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = bytes
+        .split(|&b| b == 0)
+        .filter(|s| s.first() == Some(&b'/') && s.len() < 4096)
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .filter(|p| is_libssl(p))
+        .map(PathBuf::from)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// `libssl.so*` paths mapped in one `/proc/<pid>/maps`.
+pub fn libssl_in_maps(text: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/') && is_libssl(p))
+        .map(PathBuf::from)
+        .collect();
+    v.dedup();
+    v
+}
+
+fn is_libssl(path: &str) -> bool {
+    Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libssl.so"))
+}
+
+/// X509 verification error names (`X509_V_ERR_*`) that clients hit most.
+pub fn x509_error_name(code: i64) -> String {
+    match code {
+        2 => "unable to get issuer certificate".into(),
+        9 => "certificate is not yet valid".into(),
+        10 => "certificate has expired".into(),
+        18 => "self-signed certificate".into(),
+        19 => "self-signed certificate in certificate chain".into(),
+        20 => "unable to get local issuer certificate".into(),
+        21 => "unable to verify the first certificate".into(),
+        23 => "certificate revoked".into(),
+        26 => "unsupported certificate purpose".into(),
+        62 => "hostname mismatch".into(),
+        64 => "IP address mismatch".into(),
+        other => format!("X509 verify error {other}"),
+    }
+}
+
+/// One thing a library said, for the finding's evidence.
+pub fn describe(kind: u32, value: i64, aux: u64) -> Option<(&'static str, String)> {
+    let ms = aux as f64 / 1e6;
+    match kind {
+        TLSLIB_OSSL_HS_DONE => Some(("openssl_handshake", format!("completed in {ms:.1} ms"))),
+        TLSLIB_OSSL_HS_RET => Some((
+            "openssl_handshake",
+            format!("SSL_do_handshake returned {value} after {ms:.1} ms"),
+        )),
+        TLSLIB_OSSL_VERIFY => Some(("openssl_verify_result", x509_error_name(value))),
+        TLSLIB_GO_ALERT => Some((
+            "go_alert_sent",
+            crate::tls::alert_name(value as u8).to_string(),
+        )),
+        _ => None,
+    }
+}
+
+/// Directories a program that `exe` names will load its libraries from,
+/// besides the loader's own: `<prefix>/lib` for a `<prefix>/bin/` program and
+/// every absolute `LD_LIBRARY_PATH` entry (from the exec's allow-listed
+/// environment).
+pub fn library_dirs(exe: &str, env: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(bin) = Path::new(exe).parent()
+        && bin.file_name().is_some_and(|n| n == "bin")
+        && let Some(prefix) = bin.parent()
+        && prefix != Path::new("/")
+    {
+        out.push(prefix.join("lib").display().to_string());
+    }
+    for (k, v) in env {
+        if k == "LD_LIBRARY_PATH" {
+            for d in v.split(':').filter(|d| d.starts_with('/')) {
+                let d = d.trim_end_matches('/').to_string();
+                if !d.is_empty() && !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `libssl.so*` files in one directory.
+pub fn libssl_in_dir(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_str().is_some_and(is_libssl))
+        .collect()
+}
+
+/// Conda environments listed in `environments.txt` (conda appends every env
+/// it creates, one path per line).
+pub fn conda_envs_in(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Every user's conda environments (`~/.conda/environments.txt` of root and
+/// of each home directory).
+pub fn conda_envs() -> Vec<PathBuf> {
+    let mut files = vec![PathBuf::from("/root/.conda/environments.txt")];
+    if let Ok(rd) = std::fs::read_dir("/home") {
+        files.extend(
+            rd.flatten()
+                .map(|e| e.path().join(".conda/environments.txt")),
+        );
+    }
+    files
+        .iter()
+        // Any user's file: a FIFO or a huge file planted there must neither
+        // block nor exhaust memory (1 MiB is ~10,000 environments).
+        .filter_map(|f| crate::process::fsview::read_capped(f, 1 << 20))
+        .flat_map(|t| conda_envs_in(&String::from_utf8_lossy(&t)))
+        .collect()
+}
+
+/// Directories a live agent looks for Go toolchains in at start-up: every
+/// PATH entry and `$GOROOT/bin` of the processes running now (their
+/// environments, read bounded), the usual install places (`/usr/local/go`,
+/// `/usr/lib/go-*`), and conda envs' `bin/`.
+pub fn host_go_dirs(proc_root: &Path) -> Vec<PathBuf> {
+    const MAX_DIRS: usize = 512;
+    let mut dirs: Vec<PathBuf> = vec![PathBuf::from("/usr/local/go/bin")];
+    if let Ok(rd) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("go-"))
+                .map(|e| e.path().join("bin")),
+        );
+    }
+    dirs.extend(conda_envs().into_iter().map(|e| e.join("bin")));
+    let mut seen: HashSet<PathBuf> = dirs.iter().cloned().collect();
+    if let Ok(rd) = std::fs::read_dir(proc_root) {
+        for e in rd.flatten().take(65_536) {
+            if seen.len() >= MAX_DIRS {
+                break;
+            }
+            if !e
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
+                continue;
+            }
+            // A process's environment: 64 KiB is far more than PATH needs.
+            let Some(env) =
+                crate::process::fsview::read_capped(&e.path().join("environ"), 64 * 1024)
+            else {
+                continue;
+            };
+            for var in env.split(|&b| b == 0) {
+                let var = String::from_utf8_lossy(var);
+                let found: Vec<PathBuf> = if let Some(p) = var.strip_prefix("PATH=") {
+                    p.split(':')
+                        .filter(|d| d.starts_with('/'))
+                        .map(PathBuf::from)
+                        .collect()
+                } else if let Some(r) = var.strip_prefix("GOROOT=").filter(|r| r.starts_with('/')) {
+                    vec![Path::new(r).join("bin")]
+                } else {
+                    continue;
+                };
+                for d in found {
+                    if seen.len() < MAX_DIRS && seen.insert(d.clone()) {
+                        dirs.push(d);
+                    }
+                }
+            }
+        }
+    }
+    dirs
+}
+
+/// How long a directory that was looked at is not looked at again.
+const DIR_RECHECK: Duration = Duration::from_secs(30);
+/// Bound on the directories remembered (cleared when reached).
+const DIRS_KEPT: usize = 4096;
+
+/// Files already probed, by (device, inode), and directories looked at lately.
+#[derive(Default)]
+pub struct Targets {
+    seen: HashSet<(u64, u64)>,
+    dirs: HashMap<String, Instant>,
+}
+
+impl Targets {
+    /// True the first time a file is offered (and it exists).
+    pub fn first(&mut self, path: &Path) -> bool {
+        match std::fs::metadata(path) {
+            Ok(m) => self.seen.insert((m.dev(), m.ino())),
+            Err(_) => false,
+        }
+    }
+
+    /// True when `dir` was not looked at in the last 30 s (and marks it).
+    pub fn dir_due(&mut self, dir: &str, now: Instant) -> bool {
+        if let Some(t) = self.dirs.get(dir)
+            && now.duration_since(*t) < DIR_RECHECK
+        {
+            return false;
+        }
+        if self.dirs.len() >= DIRS_KEPT {
+            self.dirs.clear();
+        }
+        self.dirs.insert(dir.to_string(), now);
+        true
+    }
+
+    /// Offer `path` again next time (its probe could not be attached).
+    pub fn forget(&mut self, path: &Path) {
+        if let Ok(m) = std::fs::metadata(path) {
+            self.seen.remove(&(m.dev(), m.ino()));
+        }
+    }
+}
+
+/// Every libssl the machine's loader knows and every one mapped right now
+/// (through `/proc/<pid>/root`, so a container's own libssl is found too).
+pub fn libssl_candidates(proc_root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    // Root-owned, but read like any file: bounded, never blocking.
+    if let Some(cache) =
+        crate::process::fsview::read_capped(Path::new("/etc/ld.so.cache"), 16 << 20)
+    {
+        out.extend(libssl_in_ld_cache(&cache));
+    }
+    if let Ok(rd) = std::fs::read_dir(proc_root) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(maps) = std::fs::read_to_string(proc_root.join(pid).join("maps")) else {
+                continue;
+            };
+            for p in libssl_in_maps(&maps) {
+                let rel = p.strip_prefix("/").unwrap_or(&p);
+                out.push(proc_root.join(pid).join("root").join(rel));
+            }
+        }
+    }
+    for env in conda_envs() {
+        out.extend(libssl_in_dir(&env.join("lib")));
+    }
+    out
+}
+
+/// What a command about to start can reach, for probing before it runs:
+/// the first time a Go program or a libssl is used is the run a person
+/// asks about.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reachable {
+    /// Go programs (build info checked): every `go` on PATH, `$GOROOT/bin/go`,
+    /// the toolchains `go` would switch to from the module cache, and the
+    /// programs the command line names.
+    pub go: Vec<PathBuf>,
+    /// Programs whose loader directories may hold a private libssl
+    /// (python*, curl, openssl, git, pip* on PATH, and those named).
+    pub libssl_users: Vec<String>,
+}
+
+/// Words of a command line that may name programs: each argument, and the
+/// words of a shell string (`sh -c 'go build && ./prog'`), at most 64.
+fn command_words(argv: &[String]) -> Vec<&str> {
+    argv.iter()
+        .flat_map(|a| a.split(|c: char| c.is_whitespace() || ";|&()`'\"<>".contains(c)))
+        .filter(|w| !w.is_empty() && !w.starts_with('-') && !w.contains('='))
+        .take(64)
+        .collect()
+}
+
+/// The regular, executable file at `p`.
+fn executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A Go program: its build info reads (headers and one section, bounded).
+pub fn is_go_program(p: &Path) -> bool {
+    crate::process::fsview::open_regular(p)
+        .and_then(|(f, size)| {
+            crate::buildinfo::read_image(&f, size, crate::buildinfo::BUILDINFO_SECTIONS)
+        })
+        .is_some_and(|b| crate::buildinfo::parse(&b).is_ok())
+}
+
+/// The Go programs and libssl users `argv` can reach with environment
+/// `env` from `cwd` (the command's own, before it starts).
+pub fn reachable(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&Path>,
+    home: Option<&Path>,
+) -> Reachable {
+    let get = |k: &str| {
+        env.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    let path_dirs: Vec<PathBuf> = get("PATH")
+        .unwrap_or("")
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .take(64)
+        .map(PathBuf::from)
+        .collect();
+    let lookup = |name: &str| -> Option<PathBuf> {
+        if name.contains('/') {
+            let p = if name.starts_with('/') {
+                PathBuf::from(name)
+            } else {
+                cwd?.join(name)
+            };
+            return executable(&p).then_some(p);
+        }
+        path_dirs
+            .iter()
+            .map(|d| d.join(name))
+            .find(|p| executable(p))
+    };
+    let mut go: Vec<PathBuf> = Vec::new();
+    let add = |p: PathBuf, go: &mut Vec<PathBuf>| {
+        if !go.contains(&p) && executable(&p) && is_go_program(&p) {
+            go.push(p);
+        }
+    };
+    for d in &path_dirs {
+        add(d.join("go"), &mut go);
+    }
+    if let Some(r) = get("GOROOT") {
+        add(Path::new(r).join("bin/go"), &mut go);
+    }
+    // Toolchains `go` switches to: golang.org/toolchain@v0.0.1-go1.X.Y.<os>-<arch>.
+    let modcache = get("GOMODCACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            get("GOPATH")
+                .and_then(|g| g.split(':').next())
+                .map(|g| Path::new(g).join("pkg/mod"))
+        })
+        .or_else(|| home.map(|h| h.join("go/pkg/mod")));
+    if let Some(mc) = modcache
+        && let Ok(rd) = std::fs::read_dir(mc.join("golang.org"))
+    {
+        for e in rd.flatten().take(256) {
+            if e.file_name().to_string_lossy().starts_with("toolchain@") {
+                add(e.path().join("bin/go"), &mut go);
+            }
+        }
+    }
+    let mut libssl_users = Vec::new();
+    for w in command_words(argv) {
+        if let Some(p) = lookup(w) {
+            add(p.clone(), &mut go);
+            let s = p.display().to_string();
+            if !libssl_users.contains(&s) {
+                libssl_users.push(s);
+            }
+        }
+    }
+    for name in [
+        "python3", "python", "pip", "pip3", "curl", "openssl", "git", "conda",
+    ] {
+        if let Some(p) = lookup(name) {
+            let s = p.display().to_string();
+            if !libssl_users.contains(&s) {
+                libssl_users.push(s);
+            }
+        }
+    }
+    Reachable { go, libssl_users }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_go_dirs_come_from_running_processes_bounded() {
+        let d = crate::process::fsview::tests::tempdir("hostgo");
+        let proc = d.join("proc");
+        for (pid, env) in [
+            (
+                "10",
+                &b"HOME=/h\0PATH=/opt/a/bin:/usr/bin:rel\0GOROOT=/opt/go\0"[..],
+            ),
+            ("11", &b"PATH=/usr/bin:/opt/b/bin\0"[..]),
+            ("self", &b"PATH=/not/a/pid\0"[..]),
+        ] {
+            std::fs::create_dir_all(proc.join(pid)).unwrap();
+            std::fs::write(proc.join(pid).join("environ"), env).unwrap();
+        }
+        // An environ that is a FIFO is passed over, not waited on.
+        std::fs::create_dir_all(proc.join("12")).unwrap();
+        let c = std::ffi::CString::new(proc.join("12/environ").display().to_string()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let dirs = host_go_dirs(&proc);
+        for want in [
+            "/usr/local/go/bin",
+            "/opt/a/bin",
+            "/usr/bin",
+            "/opt/go/bin",
+            "/opt/b/bin",
+        ] {
+            assert_eq!(
+                dirs.iter().filter(|p| *p == Path::new(want)).count(),
+                1,
+                "{want} once in {dirs:?}"
+            );
+        }
+        assert!(
+            !dirs
+                .iter()
+                .any(|p| p == Path::new("/not/a/pid") || p == Path::new("rel"))
+        );
+        std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn what_a_command_can_reach_is_found_before_it_runs() {
+        let d = crate::process::fsview::tests::tempdir("reach");
+        use std::os::unix::fs::PermissionsExt as _;
+        let exe = |p: &Path, body: &[u8]| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        // A real Go program (this test binary is not one; the Go
+        // installation's is): copies of it stand for the toolchains.
+        let real = ["/usr/lib/go-1.19/bin/go"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .expect("Debian golang-go (.ci/run installs it)");
+        let go_bytes = std::fs::read(&real).unwrap();
+        exe(&d.join("bin1/go"), &go_bytes);
+        exe(&d.join("bin2/go"), b"#!/bin/sh\n");
+        exe(&d.join("root/bin/go"), &go_bytes);
+        exe(
+            &d.join("home/go/pkg/mod/golang.org/toolchain@v0.0.1-go1.99.0.linux-amd64/bin/go"),
+            &go_bytes,
+        );
+        exe(&d.join("cwd/prog"), &go_bytes);
+        exe(&d.join("bin2/python3"), b"#!/bin/sh\n");
+        // A FIFO named go on PATH is passed over, not opened.
+        std::fs::create_dir_all(d.join("bin3")).unwrap();
+        let c = std::ffi::CString::new(d.join("bin3/go").display().to_string()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o755) }, 0);
+        let env = vec![
+            (
+                "PATH".to_string(),
+                format!("{0}/bin3:{0}/bin1:{0}/bin2:relative", d.display()),
+            ),
+            ("GOROOT".to_string(), d.join("root").display().to_string()),
+        ];
+        let argv: Vec<String> = ["sh", "-c", "./prog && python3 -c pass; missing"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let r = reachable(&argv, &env, Some(&d.join("cwd")), Some(&d.join("home")));
+        assert_eq!(
+            r.go,
+            vec![
+                d.join("bin1/go"),
+                d.join("root/bin/go"),
+                d.join("home/go/pkg/mod/golang.org/toolchain@v0.0.1-go1.99.0.linux-amd64/bin/go"),
+                d.join("cwd/prog"),
+            ]
+        );
+        assert!(
+            r.libssl_users
+                .contains(&d.join("bin2/python3").display().to_string())
+        );
+        std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn finds_libssl_in_the_loader_cache_and_maps() {
+        let ld = b"glibc-ld.so.cache1.1\x03\0\0\0junk\xff\0libssl.so.3\0/lib/x86_64-linux-gnu/libssl.so.3\0libcrypto.so.3\0/lib/x86_64-linux-gnu/libcrypto.so.3\0/lib/x86_64-linux-gnu/libssl.so.3\0";
+        assert_eq!(
+            libssl_in_ld_cache(ld),
+            vec![PathBuf::from("/lib/x86_64-linux-gnu/libssl.so.3")]
+        );
+        // The machine's own cache agrees with what ldconfig -p prints.
+        if let Ok(cache) = std::fs::read("/etc/ld.so.cache")
+            && let Ok(o) = std::process::Command::new("/sbin/ldconfig")
+                .arg("-p")
+                .output()
+        {
+            let mut printed: Vec<PathBuf> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_once(" => ").map(|(_, p)| p.trim()))
+                .filter(|p| is_libssl(p))
+                .map(PathBuf::from)
+                .collect();
+            printed.sort();
+            printed.dedup();
+            assert_eq!(libssl_in_ld_cache(&cache), printed);
+        }
+        let maps = "7f00-7f01 r--p 00000000 fe:01 123 /opt/conda/envs/x/lib/libssl.so.3\n7f01-7f02 r-xp 00001000 fe:01 123 /opt/conda/envs/x/lib/libssl.so.3\n7f02-7f03 rw-p 00000000 00:00 0 \n7f03-7f04 r-xp 0 fe:01 9 /usr/lib/libc.so.6\n";
+        assert_eq!(
+            libssl_in_maps(maps),
+            vec![PathBuf::from("/opt/conda/envs/x/lib/libssl.so.3")]
+        );
+        assert_eq!(x509_error_name(18), "self-signed certificate");
+        let env = |v: &str| vec![("LD_LIBRARY_PATH".to_string(), v.to_string())];
+        assert_eq!(
+            library_dirs(
+                "/opt/conda/envs/x/bin/python3.12",
+                &env("/a/lib/:rel:/b::/opt/conda/envs/x/lib")
+            ),
+            vec!["/opt/conda/envs/x/lib", "/a/lib", "/b"]
+        );
+        assert_eq!(library_dirs("/bin/true", &[]), Vec::<String>::new());
+        assert_eq!(
+            library_dirs("/usr/libexec/x", &env("")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            conda_envs_in("/opt/conda\n/home/u/.conda/envs/py\n\n# c\n"),
+            vec![
+                PathBuf::from("/opt/conda"),
+                PathBuf::from("/home/u/.conda/envs/py")
+            ]
+        );
+        let mut t = Targets::default();
+        let t0 = Instant::now();
+        assert!(t.dir_due("/x/lib", t0));
+        assert!(!t.dir_due("/x/lib", t0 + Duration::from_secs(29)));
+        assert!(t.dir_due("/x/lib", t0 + Duration::from_secs(31)));
+        assert_eq!(
+            describe(TLSLIB_OSSL_HS_RET, -1, 55_100_000),
+            Some((
+                "openssl_handshake",
+                "SSL_do_handshake returned -1 after 55.1 ms".into()
+            ))
+        );
+        assert_eq!(
+            describe(TLSLIB_GO_ALERT, 42, 0),
+            Some(("go_alert_sent", "bad_certificate".into()))
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! Where findings and records go: text and JSON lines, the trace report,
+//! OTLP, the health endpoint.
+
+pub mod health;
+pub mod otlp;
+pub mod output;
+pub mod report;
