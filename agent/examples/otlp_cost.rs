@@ -17,8 +17,8 @@ use std::{
 };
 
 use agent::{
-    app::run::Output,
     events::{Exec, Exit},
+    pipeline::Output,
     process::table::ProcTable,
     signal::exec::ExecAnalysis,
     sink::otlp::{Otlp, OtlpConfig},

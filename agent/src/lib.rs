@@ -18,6 +18,7 @@ pub mod events;
 pub mod finding;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod pipeline;
 pub mod process;
 pub mod signal;
 pub mod sink;

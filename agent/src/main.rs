@@ -3,7 +3,7 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use agent::{
-    app::run::{self, RunOptions},
+    app::{self, RunOptions},
     bpf::collector::DEFAULT_ENV_ALLOW,
     signal::exec::AnalysisConfig,
     sink::output::Format,
@@ -271,7 +271,7 @@ fn main() -> ExitCode {
     agent::scrub::set_argv_mode(argv_mode);
     let output = cli.output.clone().or(file.output.clone());
     if let Some(p) = &output
-        && let Err(e) = agent::sink::output::set_output_file(p, Some(&invoker))
+        && let Err(e) = agent::app::outfile::open(p, Some(&invoker))
     {
         eprintln!("agent: cannot open --output {}: {e}", p.display());
         return ExitCode::from(1);
@@ -390,8 +390,8 @@ fn main() -> ExitCode {
             };
             let r = rt.block_on(async {
                 match cmd {
-                    Some(Cmd::Trace { command, .. }) => run::trace(opts, command).await,
-                    _ => run::live(opts).await,
+                    Some(Cmd::Trace { command, .. }) => app::trace(opts, command).await,
+                    _ => app::live(opts).await,
                 }
             });
             let code = match r {

@@ -3,7 +3,16 @@
 
 pub mod check;
 pub mod elevate;
+pub mod live;
+pub mod options;
+pub mod outfile;
 pub mod privs;
-pub mod run;
+mod session;
 pub mod teardown;
+pub mod trace;
 pub mod traced;
+
+pub use live::live;
+pub use options::RunOptions;
+pub use session::loss_json;
+pub use trace::{trace, trace_collect};

@@ -4,4 +4,5 @@
 pub mod health;
 pub mod otlp;
 pub mod output;
+pub mod records;
 pub mod report;

@@ -15,13 +15,26 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    app::run::{Output, TraceResult},
     events::{Exec, Exit, Tcp},
     finding::{Finding, Severity},
+    pipeline::Output,
     signal::exec::ExecAnalysis,
     signal::tcp::ConnReport,
     sink::output::{self, Style},
 };
+
+/// What `agent trace` collected about one command tree.
+#[derive(Debug, Default)]
+pub struct TraceResult {
+    pub root_pid: u32,
+    pub exit_code: i32,
+    pub outputs: Vec<Output>,
+    pub lost: Value,
+    /// Who the command ran as, and where its environment came from.
+    pub run_as: Option<crate::process::invoker::Invoker>,
+    /// A signal the agent received and handed to the command's group.
+    pub interrupted_by: Option<i32>,
+}
 
 pub fn signal_name(sig: i32) -> &'static str {
     match sig {
@@ -259,7 +272,7 @@ pub fn text(style: &Style, r: &TraceResult, argv: &[String]) -> String {
             ..*style
         };
         for (t, rep) in &g.conns {
-            let line = output::tcp_text(&plain, t, rep);
+            let line = crate::sink::records::tcp_text(&plain, t, rep);
             let _ = writeln!(s, "  {}", line.split_once(' ').map(|x| x.1).unwrap_or(""));
         }
     }
@@ -268,7 +281,7 @@ pub fn text(style: &Style, r: &TraceResult, argv: &[String]) -> String {
     } else {
         let _ = writeln!(s, "findings:");
         for f in &g.findings {
-            let head = output::finding_head(style, f, 0);
+            let head = crate::sink::records::finding_head(style, f, 0);
             let _ = writeln!(s, "  {}", head.split_once(' ').map(|x| x.1).unwrap_or(""));
             for (k, v) in [("cause", &f.cause), ("fix", &f.fix)] {
                 if !v.is_empty() {
@@ -306,9 +319,9 @@ pub fn json(style: &Style, r: &TraceResult, argv: &[String]) -> Value {
         .outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Finding { finding, ktime_ns } => {
-                Some(output::finding_json(style, finding, *ktime_ns))
-            }
+            Output::Finding { finding, ktime_ns } => Some(crate::sink::records::finding_json(
+                style, finding, *ktime_ns,
+            )),
             _ => None,
         })
         .collect();

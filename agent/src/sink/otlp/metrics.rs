@@ -10,7 +10,7 @@ use opentelemetry::{
 };
 
 use super::model::kv_str;
-use crate::{app::run::Output, process::fsview::basename, signal::tcp::Outcome};
+use crate::{pipeline::Output, process::fsview::basename, signal::tcp::Outcome};
 
 /// Seconds: from 100 µs to 2 min.
 const DURATION_BOUNDS: &[f64] = &[

@@ -28,7 +28,7 @@ pub use config::{OtlpConfig, Protocol};
 use export::{Admission, CountingMetrics, CountingSpans, ErrorLog, ExportError, ExportStats};
 pub use spans::RootSpan;
 
-use crate::{app::run::Output, bpf::collector::Collector, process::table::ProcTable};
+use crate::{bpf::collector::Collector, pipeline::Output, process::table::ProcTable};
 
 /// Run `f` on a new thread; its result arrives on the receiver.
 fn off_thread<T: Send + 'static>(

@@ -26,7 +26,7 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 
 use super::model::{kv_bool, kv_int, kv_str, kv_str_array, kv_string};
 use crate::{
-    app::run::Output, finding::Finding, process::fsview::basename, process::table::ProcTable,
+    finding::Finding, pipeline::Output, process::fsview::basename, process::table::ProcTable,
     signal::tcp::Outcome,
 };
 

@@ -1,0 +1,127 @@
+//! `agent` (live): the whole machine, one line per toolchain exec and per
+//! finding, until Ctrl-C.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{
+    options::{RunOptions, analysis_config},
+    session::*,
+};
+use crate::{
+    bpf::collector::Collector,
+    bpf::hooks::Choice,
+    pipeline::Pipeline,
+    sink::output::{self, Format, Style},
+    sink::records::render,
+};
+
+/// `agent` (live). Returns the process exit code.
+pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
+    let (mut collector, mut rx) = Collector::start(&opts.collector_options(), 65_536)?;
+    let proc_root = opts.analysis.proc_root.clone();
+    collector.probe_libssl(&proc_root);
+    probe_host_go(&mut collector, &proc_root);
+    let mut ticks: u64 = 0;
+    let json = opts.format == Format::Json;
+    report_attach(&collector);
+    let style = Style {
+        format: opts.format,
+        color: opts.color,
+        clock_offset_ns: collector.clock_offset_ns,
+    };
+    let mut pipeline = Pipeline::new(analysis_config(&opts), opts.net.clone(), opts.wire.clone());
+    let health = crate::sink::health::Health::new(
+        collector
+            .attached
+            .iter()
+            .any(|a| matches!(a.choice, Choice::Active { .. })),
+        collector.stats.clone(),
+    );
+    if let Some(addr) = &opts.health_addr {
+        crate::sink::health::serve(addr, health.clone()).await?;
+    }
+    // Attached, health port bound: keep only what the running agent uses.
+    drop_privileges(&uprobe_caps(&collector));
+    let mut otlp = start_otlp(&opts, collector.clock_offset_ns, None)?;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut last_lost = 0;
+    let mut lines = output::Lines::default();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                for o in pipeline.handle(ev) {
+                    probe_tls_libraries(&mut collector, &o, &proc_root);
+                    if let Some(x) = otlp.as_mut() {
+                        x.observe(&o, &pipeline.table);
+                    }
+                    if let Some(line) = render(&style, &o, opts.all_execs) {
+                        lines.push(&line);
+                    }
+                }
+                if rx.caught_up() {
+                    lines.flush();
+                }
+            }
+            _ = tick.tick() => {
+                health.beat();
+                ticks += 1;
+                // Libraries loaded since (dlopen, new conda envs): every 30 s.
+                if ticks.is_multiple_of(6) {
+                    collector.probe_libssl(&proc_root);
+                }
+                for o in pipeline.flush(crate::bpf::collector::boot_ns(), 2_000_000_000) {
+                    if let Some(x) = otlp.as_mut() {
+                        x.observe(&o, &pipeline.table);
+                    }
+                    if let Some(line) = render(&style, &o, opts.all_execs) {
+                        lines.push(&line);
+                    }
+                }
+                lines.flush();
+                if let Some(x) = &otlp {
+                    x.update_self(&collector);
+                }
+                let lost = total_lost(&collector);
+                if lost != last_lost {
+                    last_lost = lost;
+                    if json {
+                        print_line(&output::json_line(loss_json(&collector)));
+                    } else {
+                        tracing::warn!("events lost so far: {}", loss_json(&collector)["lost"]);
+                    }
+                }
+            }
+            _ = &mut stop => break,
+        }
+    }
+    lines.flush();
+    let mut stats = loss_json(&collector);
+    stats["wire"] = json!(pipeline.wire.stats);
+    if let Some(x) = &otlp {
+        x.update_self(&collector);
+    }
+    // Detaching the probes waits for the kernel (each perf-event link takes
+    // a grace period, one after another): left to a child at exit, or done
+    // while the exporter flushes.
+    let detach = if opts.exit_after {
+        crate::app::teardown::leave(collector);
+        None
+    } else {
+        Some(tokio::task::spawn_blocking(move || drop(collector)))
+    };
+    if let Some(x) = otlp {
+        stats["export"] = x.shutdown(OTLP_SHUTDOWN).await;
+    }
+    if let Some(d) = detach {
+        let _ = d.await;
+    }
+    if json {
+        print_line(&output::json_line(stats));
+    }
+    Ok(0)
+}

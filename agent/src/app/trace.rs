@@ -1,0 +1,260 @@
+//! `agent trace -- cmd`: run one command as the user who asked, follow its
+//! process tree, and print the report.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{
+    options::{RunOptions, analysis_config},
+    session::*,
+};
+use crate::{
+    bpf::collector::Collector,
+    pipeline::{Output, Pipeline},
+    signal::exec::AnalysisConfig,
+    sink::output::{self, Format, Style},
+    sink::records::render,
+    sink::report::TraceResult,
+};
+
+/// How long a traced command may take to exit after the signal the agent
+/// handed it before its group is killed.
+const TRACE_KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// Until `t`, or for ever when there is none.
+async fn sleep_until_some(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP as one stream (`agent trace` forwards them).
+struct TermSignals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+async fn next_of(s: &mut Option<tokio::signal::unix::Signal>) {
+    let got = match s {
+        Some(s) => s.recv().await.is_some(),
+        None => false,
+    };
+    if !got {
+        std::future::pending::<()>().await;
+    }
+}
+
+impl TermSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        TermSignals {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
+        }
+    }
+
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = next_of(&mut self.int) => libc::SIGINT,
+            _ = next_of(&mut self.term) => libc::SIGTERM,
+            _ = next_of(&mut self.hup) => libc::SIGHUP,
+        }
+    }
+}
+
+/// Run `argv` (as the invoking user), observe its process tree, return what was seen.
+pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result<TraceResult> {
+    let (mut collector, mut rx) = Collector::start(
+        &crate::bpf::collector::CollectorOptions {
+            // One command's tree: every connection is an event, and the
+            // command is tracked from its fork on.
+            tcp_quiet_ns: 0,
+            track_own_children: true,
+            ..opts.collector_options()
+        },
+        65_536,
+    )?;
+    report_attach(&collector);
+    let proc_root = opts.analysis.proc_root.clone();
+    collector.probe_libssl(&proc_root);
+    let inv = match &opts.invoker {
+        Some(i) => i.clone(),
+        None => crate::process::invoker::find(
+            &crate::process::invoker::probe_self(std::path::Path::new("/proc")),
+            None,
+            &[],
+        )?,
+    };
+    probe_reachable(&mut collector, argv, &inv);
+    // With export on, the command's span is reserved now, so that the
+    // command gets TRACEPARENT naming it (OTel-instrumented children join
+    // our trace); a TRACEPARENT the user's environment has (a CI job's
+    // span) becomes its parent.
+    let mut inv = inv;
+    let root_span = opts.otlp.as_ref().map(|cfg| {
+        let root = crate::sink::otlp::RootSpan::new(&trace_context(&inv.env));
+        if cfg.inject_traceparent {
+            inv.env
+                .retain(|(k, _)| k != "TRACEPARENT" && k != "TRACESTATE");
+            inv.env
+                .extend(root.env().into_iter().map(|(k, v)| (k.into(), v.into())));
+        }
+        root
+    });
+    // Before the command starts: from now on a signal goes to it, not to us.
+    let mut sigs = TermSignals::new();
+    let mut traced =
+        crate::app::traced::spawn(argv, &inv).map_err(|e| anyhow::anyhow!("agent trace: {e}"))?;
+    let root = traced.pid;
+    // Attached and the command started as its user: keep only what the
+    // running agent uses, and KILL to signal the command's group.
+    let mut extra = uprobe_caps(&collector);
+    extra.push(crate::app::privs::CAP_KILL);
+    drop_privileges(&extra);
+    // The whole traced tree is "toolchain": file faults of e.g. `make` count
+    // too. The kernel tracked it at fork already; this is belt and braces.
+    collector.track(root);
+    // Every process of the traced command gets an identity and a span (rules
+    // still apply to toolchain execs only).
+    let mut pipeline = Pipeline::new(
+        AnalysisConfig {
+            all: true,
+            ..analysis_config(opts)
+        },
+        opts.net.clone(),
+        opts.wire.clone(),
+    );
+    let mut otlp = start_otlp(
+        opts,
+        collector.clock_offset_ns,
+        root_span.map(|r| (root, r)),
+    )?;
+    let mut outputs = Vec::new();
+    let mut in_tree = std::collections::HashSet::from([root]);
+    let mut status = None;
+    let mut root_exit_seen = false;
+    let mut interrupted_by = None;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    // Once the command is done: drain what is still in flight until a
+    // deadline (not until the ring is idle: on a busy machine other
+    // processes' events never stop), shorter once its exit event is in.
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    loop {
+        if status.is_some() {
+            let ms = if root_exit_seen { 150 } else { 1500 };
+            let cap = tokio::time::Instant::now() + Duration::from_millis(ms);
+            // Set once the command is done; only ever brought forward.
+            drain_until = Some(drain_until.map_or(cap, |d| d.min(cap)));
+        }
+        tokio::select! {
+            _ = sleep_until_some(drain_until) => break,
+            ev = rx.recv() => {
+                let Some(ev) = ev else {
+                    if status.is_some() { break } else { continue }
+                };
+                for o in pipeline.handle(ev) {
+                    probe_tls_libraries(&mut collector, &o, &proc_root);
+                    let pid = o.pid();
+                    let member = in_tree.contains(&pid) || pipeline.table.in_tree(pid, root);
+                    if !member {
+                        continue;
+                    }
+                    in_tree.insert(pid);
+                    if let Some(x) = otlp.as_mut() {
+                        x.observe(&o, &pipeline.table);
+                    }
+                    if let Output::Exit { exit, .. } = &o
+                        && exit.tgid == root {
+                            root_exit_seen = true;
+                        }
+                    outputs.push(o);
+                }
+            }
+            st = traced.child.wait(), if status.is_none() => {
+                status = Some(st?);
+                traced.reclaim_terminal();
+            }
+            sig = sigs.recv(), if status.is_none() => {
+                // Ctrl-C, SIGTERM, SIGHUP: the command's whole group gets
+                // it; the agent stays to print the report. A command that
+                // ignores it is killed after a grace period.
+                traced.signal_group(sig);
+                interrupted_by.get_or_insert(sig);
+                kill_at.get_or_insert_with(|| tokio::time::Instant::now() + TRACE_KILL_GRACE);
+            }
+            _ = sleep_until_some(kill_at), if status.is_none() => {
+                traced.signal_group(libc::SIGKILL);
+                kill_at = None;
+            }
+        }
+    }
+    for o in pipeline.flush(crate::bpf::collector::boot_ns(), 0) {
+        let pid = o.pid();
+        if in_tree.contains(&pid) || pipeline.table.in_tree(pid, root) {
+            if let Some(x) = otlp.as_mut() {
+                x.observe(&o, &pipeline.table);
+            }
+            outputs.push(o);
+        }
+    }
+    let code = status
+        .map(|s| {
+            use std::os::unix::process::ExitStatusExt as _;
+            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+        })
+        .unwrap_or(1);
+    let mut lost = loss_json(&collector);
+    lost["wire"] = json!(pipeline.wire.stats);
+    if let Some(x) = otlp {
+        x.update_self(&collector);
+        lost["export"] = x.shutdown(OTLP_SHUTDOWN).await;
+    }
+    if opts.exit_after {
+        crate::app::teardown::leave(collector);
+    }
+    Ok(TraceResult {
+        root_pid: root,
+        exit_code: code,
+        outputs,
+        lost,
+        run_as: Some(inv),
+        interrupted_by,
+    })
+}
+
+/// TRACEPARENT and TRACESTATE of an environment (what the W3C carrier reads).
+fn trace_context(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> Vec<(String, String)> {
+    env.iter()
+        .filter(|(k, _)| k == "TRACEPARENT" || k == "TRACESTATE")
+        .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v.to_str()?.to_string())))
+        .collect()
+}
+
+/// `agent trace -- cmd`: print the report, return the command's exit code.
+pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
+    let r = trace_collect(&opts, &argv).await?;
+    let style = Style {
+        format: opts.format,
+        color: opts.color,
+        clock_offset_ns: crate::bpf::collector::boot_to_unix_offset(),
+    };
+    match opts.format {
+        Format::Json => {
+            for o in &r.outputs {
+                if let Some(line) = render(&style, o, true) {
+                    print_line(&line);
+                }
+            }
+            print_line(&output::json_line(crate::sink::report::json(
+                &style, &r, &argv,
+            )));
+        }
+        Format::Text => output::emit_report(&crate::sink::report::text(&style, &r, &argv)),
+        Format::Markdown => output::emit_report(&crate::sink::report::markdown(&r, &argv)),
+    }
+    Ok(r.exit_code)
+}
