@@ -13,6 +13,7 @@ pub use agent_parse::{btf, buildinfo, dns, scrub, tls};
 
 pub mod app;
 pub mod bpf;
+pub mod clock;
 pub mod config;
 pub mod events;
 pub mod finding;

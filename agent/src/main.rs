@@ -4,8 +4,8 @@ use std::{io::IsTerminal as _, process::ExitCode};
 
 use agent::{
     app::{self, RunOptions},
-    bpf::collector::DEFAULT_ENV_ALLOW,
     signal::exec::AnalysisConfig,
+    signal::exec::capture::DEFAULT_ENV_ALLOW,
     sink::output::Format,
 };
 use clap::{Parser, Subcommand, ValueEnum};

@@ -90,6 +90,13 @@ impl Pipeline {
 
     /// File-access findings whose faults stopped `idle_ns` ago, and DNS and
     /// TLS conclusions that are due (everything when `idle_ns` is 0).
+    /// What the TLS and DNS signals could not use, for the stats record.
+    pub fn wire_stats(&self) -> crate::signal::wire::WireStats {
+        self.wire.stats.clone()
+    }
+
+    /// File-access findings whose faults stopped `idle_ns` ago, and DNS and
+    /// TLS conclusions that are due (everything when `idle_ns` is 0).
     pub fn flush(&mut self, now_ns: u64, idle_ns: u64) -> Vec<Output> {
         let mut out: Vec<Output> = self
             .fs

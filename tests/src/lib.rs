@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::{bpf::collector::Collector, events::Event};
+use agent::{bpf::Collector, events::Event};
 
 /// The `agent` binary built next to the test binaries (`cargo xtask test`
 /// builds it first).
@@ -45,7 +45,7 @@ pub fn require_root() {
 
 /// Default allow-list as owned strings.
 pub fn env_allow() -> Vec<String> {
-    agent::bpf::collector::DEFAULT_ENV_ALLOW
+    agent::signal::exec::capture::DEFAULT_ENV_ALLOW
         .iter()
         .map(|s| s.to_string())
         .collect()
@@ -54,26 +54,26 @@ pub fn env_allow() -> Vec<String> {
 /// A started collector and its event stream.
 pub struct Live {
     pub collector: Collector,
-    pub rx: agent::bpf::collector::EventRx,
+    pub rx: agent::events::EventRx,
 }
 
 impl Live {
     /// The collector as `sudo agent` loads it by default.
     pub fn start() -> Self {
-        Self::start_with(&agent::bpf::collector::CollectorOptions::defaults())
+        Self::start_with(&agent::signal::exec::capture::collector_options())
     }
 
     /// As `sudo agent --all-execs` loads it: every exec's environment read.
     pub fn start_all_execs() -> Self {
-        Self::start_with(&agent::bpf::collector::CollectorOptions {
+        Self::start_with(&agent::bpf::CollectorOptions {
             env_all_execs: true,
-            ..agent::bpf::collector::CollectorOptions::defaults()
+            ..agent::signal::exec::capture::collector_options()
         })
     }
 
-    pub fn start_with(opts: &agent::bpf::collector::CollectorOptions) -> Self {
+    pub fn start_with(opts: &agent::bpf::CollectorOptions) -> Self {
         require_root();
-        let (collector, rx) = Collector::start(opts, 65_536)
+        let (collector, rx) = agent::events::start(opts, 65_536)
             .unwrap_or_else(|e| panic!("starting the collector: {e}"));
         Live { collector, rx }
     }

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::{
     bpf::hooks::{self, Choice, SIGNALS},
-    bpf::loader::{self, Globals, KernelInfo},
+    bpf::kernel::{Globals, KernelInfo},
+    bpf::{load, probe},
 };
 
 /// Capabilities the agent may use, by bit number.
@@ -73,14 +74,7 @@ pub struct Report {
     pub probed: bool,
 }
 
-/// Effective capability bits from /proc/self/status text.
-pub fn cap_eff(status: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0)
-}
+pub use crate::bpf::kernel::cap_eff;
 
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -184,7 +178,7 @@ pub fn run() -> Report {
     let capabilities = capability_items(caps);
 
     let mut warnings = globals.warnings.clone();
-    let (hooks_items, signals, fix) = match loader::open(&globals) {
+    let (hooks_items, signals, fix) = match load::open(&globals) {
         Err(e) => {
             environment.push(Item {
                 name: "ring_buffer".into(),
@@ -209,14 +203,16 @@ pub fn run() -> Report {
                 ok: true,
                 detail: "BPF_MAP_TYPE_RINGBUF created".into(),
             });
-            let probes = loader::probe_all(&mut ebpf, &kernel);
-            let av = loader::available(&kernel, &probes);
+            let probes = probe::probe_all(&mut ebpf, &kernel);
+            let av = probe::available(&kernel, &probes);
             let hooks_items = probes
                 .into_iter()
                 .map(|(h, r)| Item {
                     name: h.name().into(),
                     ok: r.is_ok(),
-                    detail: r.err().unwrap_or_else(|| "load + attach OK".into()),
+                    detail: r
+                        .err()
+                        .map_or_else(|| "load + attach OK".into(), |e| e.to_string()),
                 })
                 .collect();
             (hooks_items, signal_reports(&av), None)

@@ -10,8 +10,6 @@ use super::{
     session::*,
 };
 use crate::{
-    bpf::collector::Collector,
-    bpf::hooks::Choice,
     pipeline::Pipeline,
     sink::output::{self, Format, Style},
     sink::records::render,
@@ -19,32 +17,29 @@ use crate::{
 
 /// `agent` (live). Returns the process exit code.
 pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
-    let (mut collector, mut rx) = Collector::start(&opts.collector_options(), 65_536)?;
+    let (mut k, mut rx) = Kernel::start(&opts.collector_options())?;
     let proc_root = opts.analysis.proc_root.clone();
-    collector.probe_libssl(&proc_root);
-    probe_host_go(&mut collector, &proc_root);
+    k.tls.probe_libssl(&mut k.collector, &proc_root);
+    k.tls.probe_host_go(&mut k.collector, &proc_root);
     let mut ticks: u64 = 0;
     let json = opts.format == Format::Json;
-    report_attach(&collector);
+    report_attach(&k.collector);
     let style = Style {
         format: opts.format,
         color: opts.color,
-        clock_offset_ns: collector.clock_offset_ns,
+        clock_offset_ns: k.collector.clock_offset_ns,
     };
     let mut pipeline = Pipeline::new(analysis_config(&opts), opts.net.clone(), opts.wire.clone());
     let health = crate::sink::health::Health::new(
-        collector
-            .attached
-            .iter()
-            .any(|a| matches!(a.choice, Choice::Active { .. })),
-        collector.stats.clone(),
+        k.collector.attached.iter().any(|a| a.choice.is_active()),
+        k.stats.clone(),
     );
     if let Some(addr) = &opts.health_addr {
         crate::sink::health::serve(addr, health.clone()).await?;
     }
     // Attached, health port bound: keep only what the running agent uses.
-    drop_privileges(&uprobe_caps(&collector));
-    let mut otlp = start_otlp(&opts, collector.clock_offset_ns, None)?;
+    drop_privileges(&k.uprobe_caps());
+    let mut otlp = start_otlp(&opts, k.collector.clock_offset_ns, None)?;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_lost = 0;
     let mut lines = output::Lines::default();
@@ -55,7 +50,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 for o in pipeline.handle(ev) {
-                    probe_tls_libraries(&mut collector, &o, &proc_root);
+                    k.on_output(&o, &proc_root);
                     if let Some(x) = otlp.as_mut() {
                         x.observe(&o, &pipeline.table);
                     }
@@ -72,9 +67,9 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 ticks += 1;
                 // Libraries loaded since (dlopen, new conda envs): every 30 s.
                 if ticks.is_multiple_of(6) {
-                    collector.probe_libssl(&proc_root);
+                    k.tls.probe_libssl(&mut k.collector, &proc_root);
                 }
-                for o in pipeline.flush(crate::bpf::collector::boot_ns(), 2_000_000_000) {
+                for o in pipeline.flush(crate::clock::boot_ns(), 2_000_000_000) {
                     if let Some(x) = otlp.as_mut() {
                         x.observe(&o, &pipeline.table);
                     }
@@ -83,16 +78,17 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                     }
                 }
                 lines.flush();
+                let losses = k.losses();
                 if let Some(x) = &otlp {
-                    x.update_self(&collector);
+                    x.update_self(&losses);
                 }
-                let lost = total_lost(&collector);
+                let lost = losses.total();
                 if lost != last_lost {
                     last_lost = lost;
                     if json {
-                        print_line(&output::json_line(loss_json(&collector)));
+                        print_line(&output::json_line(loss_json(&losses)));
                     } else {
-                        tracing::warn!("events lost so far: {}", loss_json(&collector)["lost"]);
+                        tracing::warn!("events lost so far: {}", loss_json(&losses)["lost"]);
                     }
                 }
             }
@@ -100,19 +96,20 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         }
     }
     lines.flush();
-    let mut stats = loss_json(&collector);
-    stats["wire"] = json!(pipeline.wire.stats);
+    let losses = k.losses();
+    let mut stats = loss_json(&losses);
+    stats["wire"] = json!(pipeline.wire_stats());
     if let Some(x) = &otlp {
-        x.update_self(&collector);
+        x.update_self(&losses);
     }
     // Detaching the probes waits for the kernel (each perf-event link takes
     // a grace period, one after another): left to a child at exit, or done
     // while the exporter flushes.
     let detach = if opts.exit_after {
-        crate::app::teardown::leave(collector);
+        crate::app::teardown::leave(k.collector);
         None
     } else {
-        Some(tokio::task::spawn_blocking(move || drop(collector)))
+        Some(tokio::task::spawn_blocking(move || drop(k.collector)))
     };
     if let Some(x) = otlp {
         stats["export"] = x.shutdown(OTLP_SHUTDOWN).await;

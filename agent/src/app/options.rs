@@ -52,16 +52,18 @@ pub(super) fn analysis_config(opts: &RunOptions) -> AnalysisConfig {
 }
 
 impl RunOptions {
-    pub(super) fn collector_options(&self) -> crate::bpf::collector::CollectorOptions {
-        crate::bpf::collector::CollectorOptions {
+    pub(super) fn collector_options(&self) -> crate::bpf::CollectorOptions {
+        crate::bpf::CollectorOptions {
             env_allow: self.env_allow.clone(),
             tools: self.analysis.tools.clone(),
+            env_clients: crate::signal::exec::capture::ENV_CLIENTS,
+            quiet_tools: crate::signal::exec::capture::QUIET_TOOLS,
             env_all_execs: self.all_execs || self.analysis.all,
             // With --all-execs / --analyse-all every connection is an event.
             tcp_quiet_ns: if self.all_execs || self.analysis.all {
                 0
             } else {
-                crate::bpf::collector::DEFAULT_TCP_QUIET_NS
+                crate::bpf::DEFAULT_TCP_QUIET_NS
             },
             track_own_children: false,
         }

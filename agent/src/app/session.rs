@@ -2,12 +2,18 @@
 //! announcing what is attached, the TLS-library probes, the loss counters,
 //! the privilege drop, the exporter, the shutdown signal.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 
 use super::options::RunOptions;
-use crate::{bpf::collector::Collector, bpf::hooks::Choice, pipeline::Output, sink::output};
+use crate::{
+    bpf::{Collector, CollectorOptions, hooks::Choice},
+    events::{self, EventRx, Losses, Stats},
+    pipeline::Output,
+    signal::tls::probes::TlsProbes,
+    sink::output,
+};
 
 /// Shutdown must finish within 2 s even with the endpoint down.
 pub(super) const OTLP_SHUTDOWN: Duration = Duration::from_millis(600);
@@ -38,25 +44,52 @@ pub(super) fn print_line(s: &str) {
     output::emit(s);
 }
 
-/// A program started: put the crypto/tls probe on a Go program's file (once
-/// per file), the OpenSSL probes on the libssl files it may `dlopen`.
-pub(super) fn probe_tls_libraries(c: &mut Collector, o: &Output, proc_root: &std::path::Path) {
-    if let Output::Exec { exec, analysis } = o
-        && exec.ok()
-    {
-        if analysis.identity.go_version.is_some() {
-            c.probe_go(exec.tgid, &exec.exe, proc_root);
-            // From the exec in the kernel to the probe in place (the first
-            // run of a program races its first handshake against this).
-            tracing::debug!(
-                exe = %exec.exe,
-                ms = crate::bpf::collector::boot_ns().saturating_sub(exec.ktime_ns) as f64 / 1e6,
-                "Go program seen: exec to probe attached"
-            );
+/// The loaded programs and what userspace keeps beside them: where the
+/// TLS-library probes are, and the reader's counters.
+pub(super) struct Kernel {
+    pub collector: Collector,
+    pub tls: TlsProbes,
+    pub stats: Arc<Stats>,
+}
+
+impl Kernel {
+    /// Load and attach (the reader already running); see [`events::start`].
+    pub fn start(opts: &CollectorOptions) -> anyhow::Result<(Kernel, EventRx)> {
+        let (collector, rx) = events::start(opts, 65_536)?;
+        let stats = rx.stats();
+        Ok((
+            Kernel {
+                collector,
+                tls: TlsProbes::default(),
+                stats,
+            },
+            rx,
+        ))
+    }
+
+    /// Every loss counter, now.
+    pub fn losses(&self) -> Losses {
+        Losses::read(&self.collector, &self.stats)
+    }
+
+    /// A program started: put the crypto/tls probe on a Go program's file
+    /// (once per file), the OpenSSL probes on the libssl files it may `dlopen`.
+    pub fn on_output(&mut self, o: &Output, proc_root: &std::path::Path) {
+        if let Output::Exec { exec, analysis } = o {
+            let go = analysis.identity.go_version.is_some();
+            self.tls.on_exec(&mut self.collector, exec, go, proc_root);
         }
-        let n = c.probe_libssl_near(exec, proc_root);
-        if n > 0 {
-            tracing::debug!(exe = %exec.exe, n, "libssl near a program's start probed");
+    }
+
+    /// Capabilities the running agent needs beyond the runtime set: uprobes
+    /// attached later (Go programs and libssl copies seen after start-up)
+    /// need CAP_SYS_ADMIN for `perf_event_open` here (measured: EACCES with
+    /// CAP_PERFMON alone).
+    pub fn uprobe_caps(&self) -> Vec<u32> {
+        if self.collector.tls_uprobes() {
+            vec![crate::app::privs::CAP_SYS_ADMIN]
+        } else {
+            Vec::new()
         }
     }
 }
@@ -96,30 +129,18 @@ pub(super) fn report_attach(c: &Collector) {
 }
 
 /// Loss counters as one JSON object (kernel causes + decode errors).
-pub fn loss_json(c: &Collector) -> Value {
+pub fn loss_json(l: &Losses) -> Value {
     let mut m = serde_json::Map::new();
-    for (cause, n) in c.lost() {
+    for (cause, n) in &l.kernel {
         m.insert(cause.name().to_string(), json!(n));
     }
-    m.insert(
-        "decode_errors".into(),
-        json!(c.stats.decode_errors.load(Ordering::Relaxed)),
-    );
+    m.insert("decode_errors".into(), json!(l.decode_errors));
     json!({
         "type": "stats",
-        "events_received": c.stats.received.load(Ordering::Relaxed),
-        "tcp_established_counted_in_kernel": c.tcp_quiet(),
+        "events_received": l.received,
+        "tcp_established_counted_in_kernel": l.tcp_quiet,
         "lost": m,
     })
-}
-
-pub(super) fn total_lost(c: &Collector) -> u64 {
-    c.lost()
-        .iter()
-        .filter(|(cause, _)| *cause != agent_common::LostCause::ExecNoEnter)
-        .map(|(_, n)| n)
-        .sum::<u64>()
-        + c.stats.decode_errors.load(Ordering::Relaxed)
 }
 
 pub(super) async fn shutdown_signal() {
@@ -133,84 +154,6 @@ pub(super) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-/// Capabilities a mode needs beyond the runtime set: uprobes attached later
-/// (Go programs and libssl copies seen after start-up) need CAP_SYS_ADMIN
-/// for `perf_event_open` here (measured: EACCES with CAP_PERFMON alone).
-/// Before the command starts, put the TLS-library probes on every Go
-/// program and libssl it can reach (its PATH, GOROOT, the module cache's
-/// toolchains, what its command line names): its first handshake is then
-/// probed, not only later runs'.
-pub(super) fn probe_reachable(
-    c: &mut Collector,
-    argv: &[String],
-    inv: &crate::process::invoker::Invoker,
-) {
-    if uprobe_caps(c).is_empty() {
-        return;
-    }
-    let t0 = std::time::Instant::now();
-    let env: Vec<(String, String)> = inv
-        .env
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string_lossy().into_owned(),
-                v.to_string_lossy().into_owned(),
-            )
-        })
-        .collect();
-    let reach =
-        crate::signal::tls::libs::reachable(argv, &env, inv.cwd.as_deref(), inv.home.as_deref());
-    for p in &reach.go {
-        c.probe_go_file(p);
-    }
-    let mut libssl = 0;
-    for exe in &reach.libssl_users {
-        libssl += c.probe_libssl_for(exe, &env, std::path::Path::new("/"));
-    }
-    tracing::debug!(
-        go = reach.go.len(),
-        libssl,
-        ms = t0.elapsed().as_secs_f64() * 1e3,
-        "probed what the command can reach before it starts"
-    );
-}
-
-/// Live mode, at start-up: the crypto/tls probe on every Go toolchain known
-/// on the host (see [`crate::signal::tls::libs::host_go_dirs`]), so a `go` the agent
-/// has not seen run yet is probed on its first run.
-pub(super) fn probe_host_go(c: &mut Collector, proc_root: &std::path::Path) {
-    if uprobe_caps(c).is_empty() {
-        return;
-    }
-    let t0 = std::time::Instant::now();
-    let mut n = 0;
-    for d in crate::signal::tls::libs::host_go_dirs(proc_root) {
-        let go = d.join("go");
-        if go.is_file() && crate::signal::tls::libs::is_go_program(&go) {
-            c.probe_go_file(&go);
-            n += 1;
-        }
-    }
-    tracing::debug!(
-        go = n,
-        ms = t0.elapsed().as_secs_f64() * 1e3,
-        "probed the host's Go toolchains"
-    );
-}
-
-pub(super) fn uprobe_caps(c: &Collector) -> Vec<u32> {
-    let uprobes = c
-        .attached
-        .iter()
-        .any(|a| a.signal == "tls_uprobes" && matches!(a.choice, Choice::Active { .. }));
-    if uprobes {
-        vec![crate::app::privs::CAP_SYS_ADMIN]
-    } else {
-        Vec::new()
     }
 }
 

@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::bpf::collector::Collector;
+use crate::bpf::Collector;
 
 static LEFT: AtomicBool = AtomicBool::new(false);
 

@@ -10,7 +10,6 @@ use super::{
     session::*,
 };
 use crate::{
-    bpf::collector::Collector,
     pipeline::{Output, Pipeline},
     signal::exec::AnalysisConfig,
     sink::output::{self, Format, Style},
@@ -68,19 +67,16 @@ impl TermSignals {
 
 /// Run `argv` (as the invoking user), observe its process tree, return what was seen.
 pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result<TraceResult> {
-    let (mut collector, mut rx) = Collector::start(
-        &crate::bpf::collector::CollectorOptions {
-            // One command's tree: every connection is an event, and the
-            // command is tracked from its fork on.
-            tcp_quiet_ns: 0,
-            track_own_children: true,
-            ..opts.collector_options()
-        },
-        65_536,
-    )?;
-    report_attach(&collector);
+    let (mut k, mut rx) = Kernel::start(&crate::bpf::CollectorOptions {
+        // One command's tree: every connection is an event, and the
+        // command is tracked from its fork on.
+        tcp_quiet_ns: 0,
+        track_own_children: true,
+        ..opts.collector_options()
+    })?;
+    report_attach(&k.collector);
     let proc_root = opts.analysis.proc_root.clone();
-    collector.probe_libssl(&proc_root);
+    k.tls.probe_libssl(&mut k.collector, &proc_root);
     let inv = match &opts.invoker {
         Some(i) => i.clone(),
         None => crate::process::invoker::find(
@@ -89,7 +85,25 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             &[],
         )?,
     };
-    probe_reachable(&mut collector, argv, &inv);
+    {
+        let env: Vec<(String, String)> = inv
+            .env
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        k.tls.probe_reachable(
+            &mut k.collector,
+            argv,
+            &env,
+            inv.cwd.as_deref(),
+            inv.home.as_deref(),
+        );
+    }
     // With export on, the command's span is reserved now, so that the
     // command gets TRACEPARENT naming it (OTel-instrumented children join
     // our trace); a TRACEPARENT the user's environment has (a CI job's
@@ -112,12 +126,12 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     let root = traced.pid;
     // Attached and the command started as its user: keep only what the
     // running agent uses, and KILL to signal the command's group.
-    let mut extra = uprobe_caps(&collector);
+    let mut extra = k.uprobe_caps();
     extra.push(crate::app::privs::CAP_KILL);
     drop_privileges(&extra);
     // The whole traced tree is "toolchain": file faults of e.g. `make` count
     // too. The kernel tracked it at fork already; this is belt and braces.
-    collector.track(root);
+    k.collector.track(root);
     // Every process of the traced command gets an identity and a span (rules
     // still apply to toolchain execs only).
     let mut pipeline = Pipeline::new(
@@ -130,7 +144,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     );
     let mut otlp = start_otlp(
         opts,
-        collector.clock_offset_ns,
+        k.collector.clock_offset_ns,
         root_span.map(|r| (root, r)),
     )?;
     let mut outputs = Vec::new();
@@ -157,7 +171,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
                     if status.is_some() { break } else { continue }
                 };
                 for o in pipeline.handle(ev) {
-                    probe_tls_libraries(&mut collector, &o, &proc_root);
+                    k.on_output(&o, &proc_root);
                     let pid = o.pid();
                     let member = in_tree.contains(&pid) || pipeline.table.in_tree(pid, root);
                     if !member {
@@ -192,7 +206,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             }
         }
     }
-    for o in pipeline.flush(crate::bpf::collector::boot_ns(), 0) {
+    for o in pipeline.flush(crate::clock::boot_ns(), 0) {
         let pid = o.pid();
         if in_tree.contains(&pid) || pipeline.table.in_tree(pid, root) {
             if let Some(x) = otlp.as_mut() {
@@ -207,14 +221,15 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
         })
         .unwrap_or(1);
-    let mut lost = loss_json(&collector);
-    lost["wire"] = json!(pipeline.wire.stats);
+    let losses = k.losses();
+    let mut lost = loss_json(&losses);
+    lost["wire"] = json!(pipeline.wire_stats());
     if let Some(x) = otlp {
-        x.update_self(&collector);
+        x.update_self(&losses);
         lost["export"] = x.shutdown(OTLP_SHUTDOWN).await;
     }
     if opts.exit_after {
-        crate::app::teardown::leave(collector);
+        crate::app::teardown::leave(k.collector);
     }
     Ok(TraceResult {
         root_pid: root,
@@ -240,7 +255,7 @@ pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
     let style = Style {
         format: opts.format,
         color: opts.color,
-        clock_offset_ns: crate::bpf::collector::boot_to_unix_offset(),
+        clock_offset_ns: crate::clock::boot_to_unix_offset(),
     };
     match opts.format {
         Format::Json => {

@@ -3,7 +3,7 @@
 //! kernel offers. `agent check` prints the choice; the loader attaches it.
 //!
 //! Owns: the table and the choice. Must not: touch the kernel (probing lives
-//! in `check`, attaching in `loader`).
+//! in `probe`, attaching in `attach`).
 
 use serde::Serialize;
 
@@ -49,18 +49,33 @@ impl HookKind {
         }
     }
 
-    /// The do-nothing program in the BPF object that probes this kind.
-    pub fn probe_program(self) -> &'static str {
-        match self {
-            HookKind::Tracepoint => "probe_tracepoint",
-            HookKind::RawTracepoint => "probe_raw_tracepoint",
-            HookKind::TpBtf => "probe_tp_btf",
-            HookKind::Kprobe => "probe_kprobe",
-            HookKind::Fentry => "probe_fentry",
-            HookKind::Uprobe => "probe_uprobe",
-            HookKind::CgroupSockAddr => "probe_sock_addr",
-            HookKind::SockOps => "probe_sock_ops",
-            HookKind::CgroupSkb => "probe_cgroup_skb",
+    /// The do-nothing program in the BPF object that probes this kind, and
+    /// where it is attached for the probe (a hook every kernel has).
+    pub fn probe(self) -> Prog {
+        let (name, attach) = match self {
+            HookKind::Tracepoint => (
+                "probe_tracepoint",
+                Attach::Tracepoint("sched", "sched_process_fork"),
+            ),
+            HookKind::RawTracepoint => (
+                "probe_raw_tracepoint",
+                Attach::RawTracepoint("sched_process_fork"),
+            ),
+            HookKind::TpBtf => ("probe_tp_btf", Attach::TpBtf("sched_process_fork")),
+            HookKind::Kprobe => ("probe_kprobe", Attach::Kprobe("do_exit")),
+            HookKind::Fentry => ("probe_fentry", Attach::Fentry("do_exit")),
+            HookKind::Uprobe => (
+                "probe_uprobe",
+                Attach::UprobeSelf("agent_uprobe_probe_target"),
+            ),
+            HookKind::CgroupSockAddr => ("probe_sock_addr", Attach::CgroupSockAddr),
+            HookKind::SockOps => ("probe_sock_ops", Attach::SockOps),
+            HookKind::CgroupSkb => ("probe_cgroup_skb", Attach::CgroupSkb(false)),
+        };
+        Prog {
+            name,
+            attach,
+            required: true,
         }
     }
 }
@@ -72,6 +87,16 @@ pub enum Attach {
     Tracepoint(&'static str, &'static str),
     /// BTF-typed raw tracepoint `<name>`.
     TpBtf(&'static str),
+    /// Raw tracepoint `<name>` (no BTF needed).
+    RawTracepoint(&'static str),
+    /// kprobe on kernel function `<name>`.
+    Kprobe(&'static str),
+    /// fentry on kernel function `<name>` (BTF trampoline).
+    Fentry(&'static str),
+    /// uprobe on function `<name>` of the agent's own binary (probing only).
+    UprobeSelf(&'static str),
+    /// sock_ops on the cgroup v2 root.
+    SockOps,
     /// cgroup connect/sendmsg hook on the cgroup v2 root (type from the program's section).
     CgroupSockAddr,
     /// cgroup socket-buffer hook on the cgroup v2 root; `true` for egress.
@@ -234,7 +259,7 @@ const WIRE_CGROUP: &[Prog] = &[
     },
 ];
 
-const TLS_UPROBES: &[Prog] = &[
+const TLS_UPROBE_PROGS: &[Prog] = &[
     Prog {
         name: "ossl_verify_result",
         attach: Attach::LoadOnly,
@@ -343,13 +368,13 @@ pub const SIGNALS: &[Signal] = &[
         implemented: true,
     },
     Signal {
-        name: "tls_uprobes",
+        name: TLS_UPROBES,
         what: "OpenSSL certificate verification results and the alerts Go crypto/tls sends",
         options: &[HookOption {
             hook: HookKind::Uprobe,
             needs_btf: false,
             needs_tracefs: false,
-            programs: TLS_UPROBES,
+            programs: TLS_UPROBE_PROGS,
             note: "",
         }],
         implemented: true,
@@ -381,6 +406,17 @@ pub enum Choice {
     /// Announced, not built yet.
     NotImplemented { would_use: Option<HookKind> },
 }
+
+impl Choice {
+    /// The signal is collected (preferred hook or a fallback).
+    pub fn is_active(&self) -> bool {
+        matches!(self, Choice::Active { .. })
+    }
+}
+
+/// The name of the signal of the TLS-library uprobes (attached per target
+/// found, after start-up).
+pub const TLS_UPROBES: &str = "tls_uprobes";
 
 fn missing(opt: &HookOption, av: &Available) -> Option<String> {
     if opt.needs_btf && !av.btf {

@@ -1,7 +1,190 @@
-//! Everything that touches `aya::Ebpf`: kernel facts, hook probing, loading,
-//! attaching, map I/O.
+//! Everything that touches `aya::Ebpf`: the embedded object, kernel facts,
+//! hook probing, loading, attaching, map I/O. [`Collector`] owns the loaded
+//! object for the agent's lifetime.
+//!
+//! Must not: decode events or decide what they mean.
 
-pub mod collector;
+pub mod attach;
+pub mod error;
 pub mod hooks;
-pub mod loader;
+pub mod kernel;
+pub mod load;
+pub mod probe;
 pub mod tracefs;
+
+use agent_common::LostCause;
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+
+use attach::{Attached, OwnedLink};
+use error::{HookError, LoadError};
+use hooks::Choice;
+use kernel::{Globals, KernelInfo};
+
+/// What the collector loads and how.
+#[derive(Clone, Debug)]
+pub struct CollectorOptions {
+    /// Environment variable names that may leave the kernel.
+    pub env_allow: Vec<String>,
+    /// Command names whose process trees the kernel tracks.
+    pub tools: Vec<String>,
+    /// Network clients whose environment the kernel reads though untracked.
+    pub env_clients: &'static [&'static str],
+    /// Tools whose execs neither wake the reader nor read the environment.
+    pub quiet_tools: &'static [&'static str],
+    /// Established connections from untracked processes faster than this
+    /// (without retransmits) are only counted in the kernel; 0 sends all.
+    pub tcp_quiet_ns: u64,
+    /// Track the processes the agent itself starts (`agent trace`).
+    pub track_own_children: bool,
+    /// Read every exec's environment (`--all-execs`), not only those of
+    /// toolchain trees and `env_clients`.
+    pub env_all_execs: bool,
+}
+
+/// Below this set-up time a routine connection is not worth an event.
+pub const DEFAULT_TCP_QUIET_NS: u64 = 100_000_000;
+
+/// The loaded BPF object, its links and the maps userspace keeps using.
+pub struct Collector {
+    links: Vec<OwnedLink>,
+    tracked: aya::maps::HashMap<MapData, u32, u8>,
+    ebpf: Ebpf,
+    kernel: KernelInfo,
+    /// The TLS-library uprobes are loaded (attached per target as found).
+    tls_uprobes: bool,
+    lost: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+    pub attached: Vec<Attached>,
+    pub warnings: Vec<String>,
+    /// boot-time ns → Unix ns.
+    pub clock_offset_ns: i128,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        attach::detach_all(std::mem::take(&mut self.links));
+    }
+}
+
+impl Collector {
+    /// Load the object with its globals and maps filled; nothing attached
+    /// yet. The events ring buffer is handed back: start reading it before
+    /// [`Collector::attach_all`], so nothing waits unread.
+    pub fn open(opts: &CollectorOptions) -> Result<(Collector, RingBuf<MapData>), LoadError> {
+        let kernel = KernelInfo::gather(true);
+        let mut globals = Globals::compute(&kernel);
+        globals.tcp_quiet_ns = opts.tcp_quiet_ns;
+        globals.track_agent_children = u32::from(opts.track_own_children);
+        globals.env_all_execs = u32::from(opts.env_all_execs);
+        let mut warnings = globals.warnings.clone();
+        if let Some(e) = &kernel.tracefs_error {
+            warnings.push(e.clone());
+        }
+        let mut ebpf = load::open(&globals)?;
+        let skipped = load::set_env_allow(&mut ebpf, &opts.env_allow)?;
+        load::set_tools(&mut ebpf, &opts.tools, opts.env_clients, opts.quiet_tools)?;
+        for s in skipped {
+            warnings.push(format!(
+                "environment variable name {s:?} is longer than {} bytes: not captured",
+                agent_common::ENV_KEY_LEN
+            ));
+        }
+        let ring = load::take_events(&mut ebpf)?;
+        let lost = load::take_lost(&mut ebpf)?;
+        let counters = load::take_counters(&mut ebpf)?;
+        let tracked = load::take_tracked(&mut ebpf)?;
+        Ok((
+            Collector {
+                links: Vec::new(),
+                tracked,
+                ebpf,
+                kernel,
+                tls_uprobes: false,
+                lost,
+                counters,
+                attached: Vec::new(),
+                warnings,
+                clock_offset_ns: crate::clock::boot_to_unix_offset(),
+            },
+            ring,
+        ))
+    }
+
+    /// Probe the hooks this kernel allows and attach every signal with its
+    /// best available option.
+    pub fn attach_all(&mut self) -> Result<(), LoadError> {
+        let likely = probe::likely_tracepoints(&self.kernel);
+        let probes = probe::probe_all_preloading(&mut self.ebpf, &self.kernel, &likely);
+        if probes.iter().all(|(_, r)| r.is_err())
+            && let Some(e) = probes
+                .iter()
+                .find_map(|(_, r)| r.as_ref().err())
+                .filter(|e| e.not_permitted())
+        {
+            return Err(LoadError::NotPermitted(e.to_string()));
+        }
+        let av = probe::available(&self.kernel, &probes);
+        let attached = attach::attach_signals(&mut self.ebpf, &self.kernel, &av, &mut self.links);
+        if !attached.iter().any(|a| a.choice.is_active()) {
+            let reasons: Vec<String> = attached
+                .iter()
+                .filter_map(|a| match &a.choice {
+                    Choice::Unavailable { reason } => Some(format!("{}: {reason}", a.signal)),
+                    _ => None,
+                })
+                .collect();
+            return Err(LoadError::NothingAttached(reasons.join("; ")));
+        }
+        self.tls_uprobes = attached
+            .iter()
+            .any(|a| a.signal == hooks::TLS_UPROBES && a.choice.is_active());
+        self.attached = attached;
+        Ok(())
+    }
+
+    /// The TLS-library uprobe programs are loaded (targets are attached as
+    /// they are found: [`Collector::attach_uprobe`]).
+    pub fn tls_uprobes(&self) -> bool {
+        self.tls_uprobes
+    }
+
+    /// Attach the loaded uprobe `program` at `at` (a symbol or a file
+    /// offset) of the ELF file `target`, for every process that runs it.
+    pub fn attach_uprobe(
+        &mut self,
+        program: &str,
+        at: aya::programs::uprobe::UProbeAttachLocation<'_>,
+        target: &std::path::Path,
+    ) -> Result<(), HookError> {
+        attach::attach_uprobe_at(&mut self.ebpf, program, at, target, &mut self.links)
+    }
+
+    /// Track `tgid` (and, through fork, its future children) in the kernel,
+    /// as if it were a tool: `agent trace` does this for the command it runs.
+    pub fn track(&mut self, tgid: u32) {
+        if let Err(e) = self.tracked.insert(&tgid, &1, 0) {
+            tracing::warn!(tgid, error = %e, "could not track the traced command in the kernel");
+        }
+    }
+
+    /// Established connections counted in the kernel instead of sent (cumulative).
+    pub fn tcp_quiet(&self) -> u64 {
+        let i = agent_common::KernelCounter::TcpQuietEstablished as u32;
+        self.counters
+            .get(&i, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Kernel-side losses by cause (cumulative).
+    pub fn lost(&self) -> Vec<(LostCause, u64)> {
+        LostCause::ALL
+            .iter()
+            .copied()
+            .zip(load::read_lost(&self.lost))
+            .collect()
+    }
+}

@@ -4,6 +4,10 @@
 //! the kind is decoded with `TryFrom`, and nothing here panics.
 //! Must not: interpret events (that is the process table and the rules).
 
+pub mod reader;
+
+pub use reader::{DRAIN_TICK, EventRx, Stats};
+
 use agent_common::{
     ARGV0_LEN, EXEC_F_ARGV_FAULT, EXEC_F_ARGV_TRUNCATED, EXEC_F_ENV_FAULT, EXEC_F_ENV_SKIPPED,
     EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT, EXEC_F_FILENAME_IS_EXE, EXEC_F_FILENAME_TRUNCATED,
@@ -523,6 +527,56 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 ktime_ns: e.hdr.ktime_ns,
             }))
         }
+    }
+}
+
+/// Load and attach the programs with the ring-buffer reader already
+/// running (so nothing waits unread). Events arrive on the returned stream,
+/// which holds at most `channel` events between reader and consumer.
+pub fn start(
+    opts: &crate::bpf::CollectorOptions,
+    channel: usize,
+) -> Result<(crate::bpf::Collector, EventRx), crate::bpf::error::LoadError> {
+    let (mut collector, ring) = crate::bpf::Collector::open(opts)?;
+    let rx = reader::spawn(ring, channel).map_err(|e| crate::bpf::error::LoadError::Map {
+        name: "EVENTS",
+        msg: format!("registering with the runtime: {e}"),
+    })?;
+    collector.attach_all()?;
+    Ok((collector, rx))
+}
+
+/// Every count of what was lost on the way, read at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Losses {
+    /// Kernel-side drops by cause (cumulative).
+    pub kernel: Vec<(agent_common::LostCause, u64)>,
+    pub received: u64,
+    pub decode_errors: u64,
+    /// Established connections counted in the kernel instead of sent.
+    pub tcp_quiet: u64,
+}
+
+impl Losses {
+    pub fn read(c: &crate::bpf::Collector, s: &Stats) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Losses {
+            kernel: c.lost(),
+            received: s.received.load(Relaxed),
+            decode_errors: s.decode_errors.load(Relaxed),
+            tcp_quiet: c.tcp_quiet(),
+        }
+    }
+
+    /// Everything lost (an exec without its entry record is not a loss:
+    /// the program ran before the agent).
+    pub fn total(&self) -> u64 {
+        self.kernel
+            .iter()
+            .filter(|(cause, _)| *cause != agent_common::LostCause::ExecNoEnter)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            + self.decode_errors
     }
 }
 

@@ -9,14 +9,7 @@ use std::sync::{
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::bpf::collector::Stats;
-
-pub fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::{clock::unix_secs, events::Stats};
 
 const STALE_SECS: u64 = 30;
 

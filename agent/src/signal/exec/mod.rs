@@ -9,6 +9,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use serde::Serialize;
 
+pub mod capture;
 pub mod gomod;
 pub mod pathres;
 #[cfg(test)]
@@ -124,7 +125,7 @@ const NOT_COMPARED: &[&str] = &[
 
 /// Is `name` compared by `env.diverged`? (The default allow-list minus NOT_COMPARED.)
 fn compared(name: &str) -> bool {
-    crate::bpf::collector::DEFAULT_ENV_ALLOW.contains(&name) && !NOT_COMPARED.contains(&name)
+    crate::signal::exec::capture::DEFAULT_ENV_ALLOW.contains(&name) && !NOT_COMPARED.contains(&name)
 }
 
 type FileKey = (u64, u64, i64, u64);

@@ -1,1 +1,2 @@
 pub mod libs;
+pub mod probes;

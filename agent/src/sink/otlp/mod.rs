@@ -28,7 +28,7 @@ pub use config::{OtlpConfig, Protocol};
 use export::{Admission, CountingMetrics, CountingSpans, ErrorLog, ExportError, ExportStats};
 pub use spans::RootSpan;
 
-use crate::{bpf::collector::Collector, pipeline::Output, process::table::ProcTable};
+use crate::{pipeline::Output, process::table::ProcTable};
 
 /// Run `f` on a new thread; its result arrives on the receiver.
 fn off_thread<T: Send + 'static>(
@@ -151,17 +151,17 @@ impl Otlp {
     }
 
     /// Self-metrics from the collector and the exporter.
-    pub fn update_self(&self, c: &Collector) {
+    pub fn update_self(&self, l: &crate::events::Losses) {
         let i = &self.instruments;
         let st = &self.stats;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-        i.events_received.record(n(&c.stats.received), &[]);
-        for (cause, lost) in c.lost() {
+        i.events_received.record(l.received as f64, &[]);
+        for (cause, lost) in &l.kernel {
             i.events_lost
-                .record(lost as f64, &[model::kv_str("cause", cause.name())]);
+                .record(*lost as f64, &[model::kv_str("cause", cause.name())]);
         }
-        i.decode_errors.record(n(&c.stats.decode_errors), &[]);
-        i.tcp_unreported.record(c.tcp_quiet() as f64, &[]);
+        i.decode_errors.record(l.decode_errors as f64, &[]);
+        i.tcp_unreported.record(l.tcp_quiet as f64, &[]);
         i.export_spans.record(
             n(&st.spans_exported),
             &[model::kv_str("result", "exported")],

@@ -229,7 +229,7 @@ impl Analyzer {
             && e.ktime_ns.saturating_sub(prev.ktime_ns) <= self.cfg.env_window_ns
             && prev.pid != e.tgid
         {
-            let mut names: Vec<&str> = crate::bpf::collector::DEFAULT_ENV_ALLOW
+            let mut names: Vec<&str> = crate::signal::exec::capture::DEFAULT_ENV_ALLOW
                 .iter()
                 .copied()
                 .filter(|v| compared(v) && prev.vars.get(*v) != vars.get(*v))

@@ -1,0 +1,161 @@
+//! Which hook kinds this kernel allows, found by loading and attaching a
+//! do-nothing program of each kind (one generic probe: the same
+//! [`load_and_attach`] the signals use), while the programs most likely to
+//! be attached are verified in parallel.
+
+use aya::{
+    Ebpf,
+    programs::{Program, TracePoint},
+};
+
+use super::{
+    attach::{load_and_attach, unload},
+    error::HookError,
+    hooks::{self, Attach, Available, HookKind, SIGNALS},
+    kernel::KernelInfo,
+};
+
+/// A function in this binary the uprobe probe attaches to.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn agent_uprobe_probe_target(x: u64) -> u64 {
+    std::hint::black_box(x.wrapping_add(1))
+}
+
+/// Load and attach the do-nothing program for `kind` (`prog`, taken from
+/// the object by its name), then detach and unload it.
+fn probe_hook(prog: Option<&mut Program>, kind: HookKind, k: &KernelInfo) -> Result<(), HookError> {
+    let p = kind.probe();
+    let prog = prog.ok_or_else(|| HookError::Missing(p.name.to_string()))?;
+    let r = load_and_attach(prog, p.name, p.attach, k).map(drop);
+    unload(prog);
+    r
+}
+
+/// Probe every hook kind.
+pub fn probe_all(ebpf: &mut Ebpf, k: &KernelInfo) -> Vec<(HookKind, Result<(), HookError>)> {
+    probe_all_preloading(ebpf, k, &[])
+}
+
+/// Probe every hook kind while the tracepoint programs named in `preload`
+/// are loaded (verified) in threads of their own. The probes spend most of
+/// their time waiting for the kernel (a grace period per detach), the
+/// verifier on the exec programs most of a second of CPU: side by side,
+/// start-up costs the longer of the two instead of their sum. A program
+/// loaded here but not chosen afterwards is only unloaded with the rest.
+pub fn probe_all_preloading(
+    ebpf: &mut Ebpf,
+    k: &KernelInfo,
+    preload: &[&str],
+) -> Vec<(HookKind, Result<(), HookError>)> {
+    let mut probe_progs: Vec<(HookKind, &mut Program)> = Vec::new();
+    let mut loads: Vec<(&str, &mut TracePoint)> = Vec::new();
+    for (name, p) in ebpf.programs_mut() {
+        if let Some(&h) = HookKind::ALL.iter().find(|h| h.probe().name == name) {
+            probe_progs.push((h, p));
+        } else if preload.contains(&name)
+            && let Ok(tp) = <&mut TracePoint>::try_from(p)
+        {
+            loads.push((name, tp));
+        }
+    }
+    std::thread::scope(|s| {
+        for (name, p) in loads {
+            s.spawn(move || load_tracepoint(name, p));
+        }
+        HookKind::ALL
+            .iter()
+            .map(|&h| {
+                let prog = probe_progs
+                    .iter()
+                    .position(|(k, _)| *k == h)
+                    .map(|i| probe_progs.swap_remove(i).1);
+                (h, probe_hook(prog, h, k))
+            })
+            .collect()
+    })
+}
+
+/// The tracepoint programs worth loading before the probes have answered:
+/// those of each signal's first tracepoint option, when tracefs is there.
+/// Almost always the ones attached; if the probes decide otherwise, they
+/// were loaded for nothing, which changes nothing else.
+pub fn likely_tracepoints(k: &KernelInfo) -> Vec<&'static str> {
+    if k.tracefs.is_none() {
+        return Vec::new();
+    }
+    tracepoint_programs(
+        SIGNALS
+            .iter()
+            .filter(|s| s.implemented)
+            .filter_map(|sig| sig.options.iter().find(|o| o.hook == HookKind::Tracepoint)),
+    )
+}
+
+/// The tracepoint programs of `options`, each named once.
+pub(super) fn tracepoint_programs<'a>(
+    options: impl Iterator<Item = &'a hooks::HookOption>,
+) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    for opt in options {
+        for p in opt.programs {
+            if matches!(p.attach, Attach::Tracepoint(..)) && !names.contains(&p.name) {
+                names.push(p.name);
+            }
+        }
+    }
+    names
+}
+
+/// Load one tracepoint program ahead of its attach; a failure is only
+/// logged here, the attach that follows loads it again and reports it.
+pub(super) fn load_tracepoint(name: &str, p: &mut TracePoint) {
+    if let Err(e) = p.load() {
+        tracing::debug!(program = name, error = %super::error::one_line(&e), "preload failed");
+    }
+}
+
+pub fn available(k: &KernelInfo, probes: &[(HookKind, Result<(), HookError>)]) -> Available {
+    Available {
+        btf: k.btf.is_some(),
+        tracefs: k.tracefs.is_some(),
+        cgroup2: k.cgroup2.clone(),
+        hooks: probes
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(h, _)| *h)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exec_programs_are_loaded_early_when_tracefs_is_there() {
+        let k = KernelInfo {
+            tracefs: Some("/sys/kernel/tracing".into()),
+            ..Default::default()
+        };
+        let names = likely_tracepoints(&k);
+        // The two whose verification takes most of start-up.
+        assert!(names.contains(&"exec_sched_tp"), "{names:?}");
+        assert!(names.contains(&"exec_exit_tp"), "{names:?}");
+        // Each once, and only programs attached to a tracepoint.
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for n in &names {
+            assert!(
+                SIGNALS.iter().flat_map(|s| s.options).any(|o| o
+                    .programs
+                    .iter()
+                    .any(|p| p.name == *n && matches!(p.attach, Attach::Tracepoint(..)))),
+                "{n} is not a tracepoint program"
+            );
+        }
+        assert!(likely_tracepoints(&KernelInfo::default()).is_empty());
+    }
+}

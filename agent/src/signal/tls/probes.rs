@@ -1,0 +1,262 @@
+//! Where the TLS-library uprobes go: the OpenSSL probes on each libssl a
+//! process may load, the Go crypto/tls probe on each Go program, once per
+//! file (by device and inode), by symbol or, in stripped Go binaries, at the
+//! offset Go's own function table gives.
+//!
+//! Owns: the attach policy of the TLS-library probes. Must not: decide what
+//! a probe's note means (`libs::describe`).
+
+use super::libs::{
+    GO_PROGRAM, GO_SYMBOL, OSSL_PROBES, Targets, library_dirs, libssl_candidates, libssl_in_dir,
+};
+use crate::bpf::Collector;
+
+/// The files probed so far, and when each library directory was last looked at.
+#[derive(Default)]
+pub struct TlsProbes {
+    targets: Targets,
+}
+
+impl TlsProbes {
+    /// Attach a TLS-library uprobe to `target` unless that file (by device
+    /// and inode) has it already. Ok(true) when newly attached.
+    pub fn probe_tls_lib(
+        &mut self,
+        c: &mut Collector,
+        program: &str,
+        symbol: &str,
+        target: &std::path::Path,
+    ) -> Result<bool, String> {
+        if !c.tls_uprobes() || !self.targets.first(target) {
+            return Ok(false);
+        }
+        c.attach_uprobe(program, symbol.into(), target)
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Attach the OpenSSL probes to every libssl known to the loader or mapped
+    /// by a process now; returns how many files were new.
+    pub fn probe_libssl(&mut self, c: &mut Collector, proc_root: &std::path::Path) -> usize {
+        if !c.tls_uprobes() {
+            return 0;
+        }
+        self.probe_libssl_files(c, libssl_candidates(proc_root))
+    }
+
+    /// A program started: attach the OpenSSL probes to the libssl files in
+    /// the directories its loader will search besides the system's (looked
+    /// at once per 30 s per directory), before it loads one with `dlopen`.
+    /// Through the process's own root while it lives (a container's files).
+    pub fn probe_libssl_near(
+        &mut self,
+        c: &mut Collector,
+        exec: &crate::events::Exec,
+        proc_root: &std::path::Path,
+    ) -> usize {
+        if !c.tls_uprobes() || !exec.ok() {
+            return 0;
+        }
+        let root = proc_root.join(exec.tgid.to_string()).join("root");
+        self.probe_libssl_for(c, &exec.exe, &exec.env, &root)
+    }
+
+    /// The OpenSSL probes on the libssl files in the directories `exe`'s
+    /// loader will search besides the system's, seen through `root` (the
+    /// host's files when `root` is gone).
+    pub fn probe_libssl_for(
+        &mut self,
+        c: &mut Collector,
+        exe: &str,
+        env: &[(String, String)],
+        root: &std::path::Path,
+    ) -> usize {
+        if !c.tls_uprobes() {
+            return 0;
+        }
+        let now = std::time::Instant::now();
+        let mut files = Vec::new();
+        for dir in library_dirs(exe, env) {
+            if !self.targets.dir_due(&dir, now) {
+                continue;
+            }
+            let in_root = root.join(dir.trim_start_matches('/'));
+            let found = libssl_in_dir(&in_root);
+            files.extend(if found.is_empty() && !root.exists() {
+                libssl_in_dir(std::path::Path::new(&dir))
+            } else {
+                found
+            });
+        }
+        self.probe_libssl_files(c, files)
+    }
+
+    fn probe_libssl_files(&mut self, c: &mut Collector, files: Vec<std::path::PathBuf>) -> usize {
+        let mut n = 0;
+        for p in files {
+            if !self.targets.first(&p) {
+                continue;
+            }
+            n += 1;
+            for (program, symbol) in OSSL_PROBES {
+                match c.attach_uprobe(program, (*symbol).into(), &p) {
+                    Ok(()) => {
+                        tracing::debug!(path = %p.display(), symbol, "OpenSSL probe attached")
+                    }
+                    Err(e) => {
+                        tracing::debug!(path = %p.display(), symbol, error = %e, "OpenSSL probe not attached")
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Attach the Go crypto/tls probe to the program `pid` runs (`exe` when
+    /// the process is gone). Binaries without a symbol table are skipped.
+    pub fn probe_go(
+        &mut self,
+        c: &mut Collector,
+        pid: u32,
+        exe: &str,
+        proc_root: &std::path::Path,
+    ) {
+        // The file by a path that outlives the process (short-lived programs
+        // are often gone by now): the host path, else the process's own view
+        // (a container's file, while the process lives).
+        let host = std::path::PathBuf::from(exe);
+        let target = if !exe.is_empty() && host.is_file() {
+            host
+        } else {
+            proc_root.join(pid.to_string()).join("exe")
+        };
+        self.probe_go_file(c, &target);
+    }
+
+    /// Attach the Go crypto/tls probe to the Go program at `target` (once
+    /// per file): by symbol, else at the offset Go's function table gives.
+    pub fn probe_go_file(&mut self, c: &mut Collector, target: &std::path::Path) {
+        let exe = target.display().to_string();
+        let exe = exe.as_str();
+        let target = target.to_path_buf();
+        match self.probe_tls_lib(c, GO_PROGRAM, GO_SYMBOL, &target) {
+            Ok(true) => tracing::debug!(exe, "Go crypto/tls probe attached"),
+            Ok(false) => {}
+            Err(e) => {
+                // No symbol table (`-ldflags=-s`): the function table Go keeps
+                // for its own stack traces still says where the function is.
+                // Headers and .gopclntab only, never the whole binary.
+                let offset = crate::process::fsview::open_regular(&target)
+                    .and_then(|(f, size)| {
+                        crate::buildinfo::read_image(&f, size, crate::buildinfo::PCLNTAB_SECTIONS)
+                    })
+                    .and_then(|b| crate::buildinfo::go_func_offset(&b, GO_SYMBOL));
+                let r = match offset {
+                    Some(off) => c
+                        .attach_uprobe(
+                            GO_PROGRAM,
+                            aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off),
+                            &target,
+                        )
+                        .map_err(|e| e.to_string()),
+                    None => Err(e),
+                };
+                match r {
+                    Ok(()) => {
+                        tracing::debug!(exe, ?offset, "Go crypto/tls probe attached (pclntab)")
+                    }
+                    Err(e) => {
+                        // Not a TLS program, or the file vanished: try again at its next run.
+                        self.targets.forget(&target);
+                        tracing::debug!(exe, error = %e, "Go crypto/tls probe not attached")
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl TlsProbes {
+    /// A program started (`go`: it is a Go program): the crypto/tls probe on
+    /// its file, the OpenSSL probes on the libssl files it may `dlopen`.
+    pub fn on_exec(
+        &mut self,
+        c: &mut Collector,
+        exec: &crate::events::Exec,
+        go: bool,
+        proc_root: &std::path::Path,
+    ) {
+        if !exec.ok() {
+            return;
+        }
+        if go {
+            self.probe_go(c, exec.tgid, &exec.exe, proc_root);
+            // From the exec in the kernel to the probe in place (the first
+            // run of a program races its first handshake against this).
+            tracing::debug!(
+                exe = %exec.exe,
+                ms = crate::clock::boot_ns().saturating_sub(exec.ktime_ns) as f64 / 1e6,
+                "Go program seen: exec to probe attached"
+            );
+        }
+        let n = self.probe_libssl_near(c, exec, proc_root);
+        if n > 0 {
+            tracing::debug!(exe = %exec.exe, n, "libssl near a program's start probed");
+        }
+    }
+
+    /// Before a command starts, the TLS-library probes on every Go program
+    /// and libssl it can reach (its PATH, GOROOT, the module cache's
+    /// toolchains, what its command line names): its first handshake is
+    /// then probed, not only later runs'.
+    pub fn probe_reachable(
+        &mut self,
+        c: &mut Collector,
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: Option<&std::path::Path>,
+        home: Option<&std::path::Path>,
+    ) {
+        if !c.tls_uprobes() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        let reach = super::libs::reachable(argv, env, cwd, home);
+        for p in &reach.go {
+            self.probe_go_file(c, p);
+        }
+        let mut libssl = 0;
+        for exe in &reach.libssl_users {
+            libssl += self.probe_libssl_for(c, exe, env, std::path::Path::new("/"));
+        }
+        tracing::debug!(
+            go = reach.go.len(),
+            libssl,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "probed what the command can reach before it starts"
+        );
+    }
+
+    /// Live mode, at start-up: the crypto/tls probe on every Go toolchain
+    /// known on the host (see [`super::libs::host_go_dirs`]), so a `go` the
+    /// agent has not seen run yet is probed on its first run.
+    pub fn probe_host_go(&mut self, c: &mut Collector, proc_root: &std::path::Path) {
+        if !c.tls_uprobes() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        let mut n = 0;
+        for d in super::libs::host_go_dirs(proc_root) {
+            let go = d.join("go");
+            if go.is_file() && super::libs::is_go_program(&go) {
+                self.probe_go_file(c, &go);
+                n += 1;
+            }
+        }
+        tracing::debug!(
+            go = n,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "probed the host's Go toolchains"
+        );
+    }
+}
