@@ -147,7 +147,7 @@ fn text_formats() {
             }
             rest = &tail[end..];
         }
-        let _ = crate::signal::tcp::proxy_host_port(&s);
+        let _ = crate::process::endpoints::proxy_host_port(&s);
     });
     run(b"#!/opt/conda/envs/a/bin/python3 -u\nimport x", 8, |b| {
         let _ = crate::process::pyenv::parse_shebang(b);
@@ -191,10 +191,13 @@ fn wire_records() {
     rec.extend(crate::dns::tests::message(1, "x.test", 1, 0, &[]));
     run(&rec, 10, |b| {
         if let Ok(crate::events::Event::Wire(w)) = crate::events::decode(b) {
-            let mut a = crate::signal::wire::WireAnalyzer::default();
+            let mut tls = crate::signal::tls::TlsTracker::default();
+            let mut dns = crate::signal::dns::DnsTracker::default();
             let table = crate::process::table::ProcTable::default();
-            let _ = a.on_wire(&table, &w);
-            let _ = a.flush(&table, u64::MAX);
+            let _ = dns.on_wire(&table, &w);
+            let _ = tls.on_wire(&table, &w, &dns);
+            let _ = dns.flush(&table, u64::MAX);
+            let _ = tls.flush(&table, u64::MAX, &dns);
         }
     });
 }

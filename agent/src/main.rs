@@ -330,20 +330,19 @@ fn main() -> ExitCode {
             }
             n
         },
-        wire: {
-            let mut w = agent::signal::wire::WireConfig::default();
-            let ms = |v: Option<u64>, d: &mut u64| {
-                if let Some(v) = v {
-                    *d = v.saturating_mul(1_000_000);
-                }
-            };
-            ms(cli.slow_tls_ms.or(file.slow_tls_ms), &mut w.slow_tls_ns);
-            ms(cli.slow_dns_ms.or(file.slow_dns_ms), &mut w.slow_dns_ns);
+        tls: {
+            let mut t = agent::signal::tls::TlsConfig::default();
+            ms(cli.slow_tls_ms.or(file.slow_tls_ms), &mut t.slow_ns);
+            t
+        },
+        dns: {
+            let mut d = agent::signal::dns::DnsConfig::default();
+            ms(cli.slow_dns_ms.or(file.slow_dns_ms), &mut d.slow_ns);
             ms(
                 cli.dns_timeout_ms.or(file.dns_timeout_ms),
-                &mut w.dns_timeout_ns,
+                &mut d.timeout_ns,
             );
-            w
+            d
         },
         env_allow,
         analysis,
@@ -403,5 +402,12 @@ fn main() -> ExitCode {
             };
             agent::app::teardown::exit(code)
         }
+    }
+}
+
+/// `v` milliseconds into `d` nanoseconds, when given.
+fn ms(v: Option<u64>, d: &mut u64) {
+    if let Some(v) = v {
+        *d = v.saturating_mul(1_000_000);
     }
 }

@@ -9,13 +9,15 @@
 use std::sync::Arc;
 
 use crate::{
-    events::{Event, Exec, Exit, Tcp},
+    events::{Event, Exec, Exit, Tcp, WireKind},
     finding::Finding,
     process::fsview::basename,
+    process::names::HostNames,
     process::table::ProcTable,
+    signal::dns::{DnsConfig, DnsReport, DnsTracker},
     signal::exec::{AnalysisConfig, Analyzer, ExecAnalysis},
     signal::tcp::{ConnReport, NetAnalyzer, NetConfig},
-    signal::wire::{DnsReport, TlsReport, WireAnalyzer, WireConfig, WireOutput},
+    signal::tls::{TlsConfig, TlsReport, TlsTracker},
 };
 
 /// Everything the pipeline produced for one event, for the printer or a test.
@@ -72,14 +74,16 @@ pub struct Pipeline {
     pub analyzer: Analyzer,
     pub net: NetAnalyzer,
     pub fs: crate::signal::fs::FsAnalyzer,
-    pub wire: WireAnalyzer,
+    pub tls: TlsTracker,
+    pub dns: DnsTracker,
     analysed: std::collections::HashSet<u32>,
 }
 
 impl Pipeline {
-    pub fn new(cfg: AnalysisConfig, net: NetConfig, wire: WireConfig) -> Self {
+    pub fn new(cfg: AnalysisConfig, net: NetConfig, tls: TlsConfig, dns: DnsConfig) -> Self {
         Self {
-            wire: WireAnalyzer::new(wire),
+            tls: TlsTracker::new(tls),
+            dns: DnsTracker::new(dns),
             table: ProcTable::default(),
             fs: crate::signal::fs::FsAnalyzer::new(cfg.proc_root.clone()),
             analyzer: Analyzer::new(cfg),
@@ -91,8 +95,12 @@ impl Pipeline {
     /// File-access findings whose faults stopped `idle_ns` ago, and DNS and
     /// TLS conclusions that are due (everything when `idle_ns` is 0).
     /// What the TLS and DNS signals could not use, for the stats record.
-    pub fn wire_stats(&self) -> crate::signal::wire::WireStats {
-        self.wire.stats.clone()
+    pub fn wire_stats(&self) -> WireStats {
+        WireStats {
+            dns_malformed: self.dns.malformed,
+            tls_malformed: self.tls.malformed,
+            dns_unmatched: self.dns.unmatched,
+        }
     }
 
     /// File-access findings whose faults stopped `idle_ns` ago, and DNS and
@@ -105,8 +113,11 @@ impl Pipeline {
             .map(|(finding, ktime_ns)| Output::Finding { finding, ktime_ns })
             .collect();
         let wire_now = if idle_ns == 0 { u64::MAX } else { now_ns };
-        for w in self.wire.flush(&self.table, wire_now) {
-            self.push_wire(w, &mut out);
+        for r in self.dns.flush(&self.table, wire_now) {
+            self.push_dns(r, &mut out);
+        }
+        for r in self.tls.flush(&self.table, wire_now, &self.dns) {
+            self.push_tls(r, &mut out);
         }
         out
     }
@@ -120,21 +131,9 @@ impl Pipeline {
                 .any(|a| self.analysed.contains(a))
     }
 
-    fn push_wire(&mut self, w: WireOutput, out: &mut Vec<Output>) {
-        let (findings, at) = match &w {
-            WireOutput::Tls(r) => (r.findings.clone(), r.end_ns),
-            WireOutput::Dns(r) => (r.findings.clone(), r.end_ns),
-        };
-        match w {
-            WireOutput::Tls(report) => {
-                let analysed = self.is_analysed(report.owner.pid);
-                out.push(Output::Tls { report, analysed })
-            }
-            WireOutput::Dns(report) => {
-                let analysed = self.is_analysed(report.owner.pid);
-                out.push(Output::Dns { report, analysed })
-            }
-        }
+    /// A network signal's findings, each followed by the exec signal's
+    /// conclusion when it was a toolchain download that failed.
+    fn push_network_findings(&mut self, findings: Vec<Finding>, at: u64, out: &mut Vec<Output>) {
         for finding in findings {
             let download = self.analyzer.toolchain_download_failed(&finding, at);
             out.push(Output::Finding {
@@ -150,44 +149,56 @@ impl Pipeline {
         }
     }
 
+    fn push_tls(&mut self, report: Box<TlsReport>, out: &mut Vec<Output>) {
+        let (findings, at) = (report.findings.clone(), report.end_ns);
+        let analysed = self.is_analysed(report.owner.pid);
+        out.push(Output::Tls { report, analysed });
+        self.push_network_findings(findings, at, out);
+    }
+
+    fn push_dns(&mut self, report: Box<DnsReport>, out: &mut Vec<Output>) {
+        let (findings, at) = (report.findings.clone(), report.end_ns);
+        let analysed = self.is_analysed(report.owner.pid);
+        out.push(Output::Dns { report, analysed });
+        self.push_network_findings(findings, at, out);
+    }
+
+    /// One event through the process table and the signal it belongs to.
     pub fn handle(&mut self, ev: Event) -> Vec<Output> {
         let mut out = Vec::new();
         match ev {
             Event::Fork(f) => self.table.on_fork(&f),
             Event::Fs(f) => self.fs.on_fault(&self.table, &f),
             Event::TlsLib(l) => {
-                for o in self.wire.on_tls_lib(&self.table, &l) {
-                    self.push_wire(o, &mut out);
+                for r in self.tls.on_lib(&self.table, &l, &self.dns) {
+                    self.push_tls(r, &mut out);
                 }
             }
-            Event::Wire(w) => {
-                for o in self.wire.on_wire(&self.table, &w) {
-                    self.push_wire(o, &mut out);
+            Event::Wire(w) => match w.kind {
+                WireKind::Tls => {
+                    if let Some(r) = self.tls.on_wire(&self.table, &w, &self.dns) {
+                        self.push_tls(r, &mut out);
+                    }
                 }
-            }
+                WireKind::Dns => {
+                    for r in self.dns.on_wire(&self.table, &w) {
+                        self.push_dns(r, &mut out);
+                    }
+                }
+            },
             Event::Tcp(t) => {
-                let host = self.wire.name_for(t.tgid, t.dst);
+                // TCP's host name comes from the DNS signal.
+                let host = self.dns.name_for(t.tgid, t.dst);
                 if let Some(report) = self.net.on_tcp(&self.table, &t, host) {
                     let analysed = self.is_analysed(t.tgid);
                     let findings = report.findings.clone();
+                    let at = t.ktime_ns;
                     out.push(Output::Tcp {
-                        tcp: t.clone(),
+                        tcp: t,
                         report: Box::new(report),
                         analysed,
                     });
-                    for f in findings {
-                        let download = self.analyzer.toolchain_download_failed(&f, t.ktime_ns);
-                        out.push(Output::Finding {
-                            finding: f,
-                            ktime_ns: t.ktime_ns,
-                        });
-                        if let Some(d) = download {
-                            out.push(Output::Finding {
-                                finding: d,
-                                ktime_ns: t.ktime_ns,
-                            });
-                        }
-                    }
+                    self.push_network_findings(findings, at, &mut out);
                 }
             }
             Event::Exec(e) => {
@@ -210,8 +221,11 @@ impl Pipeline {
                 }
             }
             Event::Exit(x) => {
-                for o in self.wire.on_exit(&self.table, x.tgid, x.ktime_ns) {
-                    self.push_wire(o, &mut out);
+                for r in self.tls.on_exit(&self.table, x.tgid, &self.dns) {
+                    self.push_tls(r, &mut out);
+                }
+                for r in self.dns.on_exit(&self.table, x.tgid, x.ktime_ns) {
+                    self.push_dns(r, &mut out);
                 }
                 let p = self.table.get(x.tgid).cloned();
                 self.table.on_exit(&x);
@@ -240,4 +254,15 @@ impl Pipeline {
         }
         out
     }
+}
+
+/// Counters of wire payloads the TLS and DNS signals could not use.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct WireStats {
+    /// DNS payloads that did not parse.
+    pub dns_malformed: u64,
+    /// TLS segments/records that could not be followed or parsed.
+    pub tls_malformed: u64,
+    /// Responses that matched no query seen.
+    pub dns_unmatched: u64,
 }

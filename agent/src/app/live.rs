@@ -29,7 +29,12 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         color: opts.color,
         clock_offset_ns: k.collector.clock_offset_ns,
     };
-    let mut pipeline = Pipeline::new(analysis_config(&opts), opts.net.clone(), opts.wire.clone());
+    let mut pipeline = Pipeline::new(
+        analysis_config(&opts),
+        opts.net.clone(),
+        opts.tls.clone(),
+        opts.dns.clone(),
+    );
     let health = crate::sink::health::Health::new(
         k.collector.attached.iter().any(|a| a.choice.is_active()),
         k.stats.clone(),

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use crate::{
-    signal::exec::AnalysisConfig, signal::tcp::NetConfig, signal::wire::WireConfig,
-    sink::output::Format,
+    signal::dns::DnsConfig, signal::exec::AnalysisConfig, signal::tcp::NetConfig,
+    signal::tls::TlsConfig, sink::output::Format,
 };
 
 /// Options shared by both modes.
@@ -22,8 +22,10 @@ pub struct RunOptions {
     pub health_addr: Option<String>,
     /// Thresholds of `net.slow_connect`.
     pub net: NetConfig,
-    /// Thresholds of the TLS and DNS findings.
-    pub wire: WireConfig,
+    /// Thresholds of the TLS findings.
+    pub tls: TlsConfig,
+    /// Thresholds of the DNS findings.
+    pub dns: DnsConfig,
     /// Kubernetes API endpoint (a `kubectl proxy` sidecar) for pod names.
     pub k8s_api: Option<String>,
     /// The process exits right after the run: the probes are left to

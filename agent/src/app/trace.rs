@@ -140,7 +140,8 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             ..analysis_config(opts)
         },
         opts.net.clone(),
-        opts.wire.clone(),
+        opts.tls.clone(),
+        opts.dns.clone(),
     );
     let mut otlp = start_otlp(
         opts,

@@ -71,7 +71,7 @@ pub struct Exec {
     pub env_truncated: bool,
     /// The kernel read the environment: false for execs outside toolchain
     /// trees and for compilers, whose environment nothing uses (`env` is then
-    /// empty; [`crate::process::table::ProcTable::env_of`] looks at the parents').
+    /// empty; the process table's `env_of` looks at the parents').
     pub env_read: bool,
     pub filename_truncated: bool,
     /// The call's entry was not seen (argv/env/filename unknown).
@@ -583,6 +583,33 @@ impl Losses {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A wire record between 10.0.0.1:40000 and 10.0.0.2 (port 443 for
+    /// TLS, 53 for DNS), process 9 (`curl`).
+    pub(crate) fn wire(kind: WireKind, egress: bool, data: Vec<u8>, ns: u64) -> Wire {
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let (port_a, port_b) = (40000, if kind == WireKind::Dns { 53 } else { 443 });
+        Wire {
+            kind,
+            egress,
+            tcp: kind == WireKind::Tls,
+            pid: 9,
+            tgid: 9,
+            uid: 0,
+            cgroup_id: 0,
+            comm: "curl".into(),
+            cookie: 77,
+            src: if egress { a } else { b },
+            sport: if egress { port_a } else { port_b },
+            dst: if egress { b } else { a },
+            dport: if egress { port_b } else { port_a },
+            seq: 1,
+            payload_len: data.len() as u32,
+            tcp_flags: 0,
+            ktime_ns: ns,
+            data,
+        }
+    }
 
     /// Encode an exec record the way the kernel side lays it out.
     pub(crate) fn exec_record(

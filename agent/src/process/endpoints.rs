@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::{process::fsview::basename, scrub::url::redact_urls, signal::tcp::proxy_host_port};
+use crate::{process::fsview::basename, scrub::url::redact_urls};
 
 /// A server a setting names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -230,6 +230,33 @@ pub fn source_of(
             value: n.value,
             default: n.default,
         })
+}
+
+/// `scheme://[userinfo@]host[:port][/...]` → (host, port).
+pub fn proxy_host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (s.to_ascii_lowercase(), r),
+        None => ("http".to_string(), url),
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit('@').next()?;
+    let default = match scheme.as_str() {
+        "https" => 443,
+        "socks5" | "socks5h" | "socks4" | "socks" => 1080,
+        _ => 80,
+    };
+    if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, tail) = v6.split_once(']')?;
+        let port = tail
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default);
+        return Some((h.to_string(), port));
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((hostport.to_string(), default)),
+    }
 }
 
 #[cfg(test)]

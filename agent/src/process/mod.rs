@@ -6,5 +6,7 @@ pub mod endpoints;
 pub mod fsview;
 pub mod invoker;
 pub mod k8s;
+pub mod names;
+pub mod owner;
 pub mod pyenv;
 pub mod table;

@@ -2,8 +2,8 @@
 //! type. Signals never import each other; the pipeline hands one signal's
 //! facts to another.
 
+pub mod dns;
 pub mod exec;
 pub mod fs;
 pub mod tcp;
 pub mod tls;
-pub mod wire;

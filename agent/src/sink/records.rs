@@ -247,7 +247,7 @@ pub fn finding_head(style: &Style, f: &Finding, ktime_ns: u64) -> String {
     )
 }
 
-pub fn tls_json(style: &Style, r: &crate::signal::wire::TlsReport) -> Value {
+pub fn tls_json(style: &Style, r: &crate::signal::tls::TlsReport) -> Value {
     json!({
         "type": "tls_handshake",
         "time": rfc3339(unix_ns(style, r.end_ns)),
@@ -268,7 +268,7 @@ pub fn tls_json(style: &Style, r: &crate::signal::wire::TlsReport) -> Value {
     })
 }
 
-pub fn tls_text(style: &Style, r: &crate::signal::wire::TlsReport) -> String {
+pub fn tls_text(style: &Style, r: &crate::signal::tls::TlsReport) -> String {
     use crate::tls::Verdict;
     let how = match &r.verdict {
         Verdict::Completed => paint(style, "32", "ok"),
@@ -306,7 +306,7 @@ pub fn tls_text(style: &Style, r: &crate::signal::wire::TlsReport) -> String {
     )
 }
 
-pub fn dns_json(style: &Style, r: &crate::signal::wire::DnsReport) -> Value {
+pub fn dns_json(style: &Style, r: &crate::signal::dns::DnsReport) -> Value {
     json!({
         "type": "dns_lookup",
         "time": rfc3339(unix_ns(style, r.end_ns)),
@@ -325,7 +325,7 @@ pub fn dns_json(style: &Style, r: &crate::signal::wire::DnsReport) -> Value {
     })
 }
 
-pub fn dns_text(style: &Style, r: &crate::signal::wire::DnsReport) -> String {
+pub fn dns_text(style: &Style, r: &crate::signal::dns::DnsReport) -> String {
     let how = match (&r.rcode, r.timed_out) {
         (_, true) => paint(style, "31", "no answer"),
         (Some(c), _) if c == "NOERROR" => {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::{
     events::{Tcp, TcpPhase},
     finding::{Finding, Severity, errno_name},
+    process::endpoints::proxy_host_port,
     process::fsview::basename,
     process::table::ProcTable,
     scrub::url::redact_urls,
@@ -93,33 +94,6 @@ pub struct ProxyInForce {
     pub url: String,
     /// The connection went to this proxy (same port, and same address when the proxy is an IP).
     pub is_destination: bool,
-}
-
-/// `scheme://[userinfo@]host[:port][/...]` → (host, port).
-pub fn proxy_host_port(url: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (s.to_ascii_lowercase(), r),
-        None => ("http".to_string(), url),
-    };
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let hostport = authority.rsplit('@').next()?;
-    let default = match scheme.as_str() {
-        "https" => 443,
-        "socks5" | "socks5h" | "socks4" | "socks" => 1080,
-        _ => 80,
-    };
-    if let Some(v6) = hostport.strip_prefix('[') {
-        let (h, tail) = v6.split_once(']')?;
-        let port = tail
-            .strip_prefix(':')
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(default);
-        return Some((h.to_string(), port));
-    }
-    match hostport.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
-        None => Some((hostport.to_string(), default)),
-    }
 }
 
 const PROXY_VARS: &[&str] = &[
