@@ -263,7 +263,7 @@ pub fn tls_json(style: &Style, r: &crate::signal::tls::TlsReport) -> Value {
         "cipher_suite": r.cipher_suite.map(|c| format!("0x{c:04x}")),
         "alpn": r.alpn,
         "verdict": r.verdict,
-        "library": r.library.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "library": r.library.iter().map(|n| (n.key().to_string(), json!(n.text()))).collect::<serde_json::Map<_, _>>(),
         "duration_ms": r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6,
     })
 }

@@ -91,20 +91,71 @@ pub fn x509_error_name(code: i64) -> String {
     }
 }
 
-/// One thing a library said, for the finding's evidence.
-pub fn describe(kind: u32, value: i64, aux: u64) -> Option<(&'static str, String)> {
+/// One thing a TLS library said (its uprobe), for a handshake's report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LibNote {
+    /// OpenSSL's `SSL_do_handshake`: how it ended and how long it took.
+    OpensslHandshake(String),
+    /// OpenSSL's `SSL_get_verify_result`: the X.509 verification result.
+    OpensslVerifyResult(String),
+    /// Go crypto/tls sent this alert (its description code).
+    GoAlertSent(u8),
+}
+
+impl LibNote {
+    /// The note's key in reports and evidence.
+    pub fn key(&self) -> &'static str {
+        match self {
+            LibNote::OpensslHandshake(_) => "openssl_handshake",
+            LibNote::OpensslVerifyResult(_) => "openssl_verify_result",
+            LibNote::GoAlertSent(_) => "go_alert_sent",
+        }
+    }
+
+    /// What it says, as text.
+    pub fn text(&self) -> String {
+        match self {
+            LibNote::OpensslHandshake(t) | LibNote::OpensslVerifyResult(t) => t.clone(),
+            LibNote::GoAlertSent(a) => crate::tls::alert_name(*a).to_string(),
+        }
+    }
+
+    /// What it says about the peer's certificate, if anything: OpenSSL's
+    /// verification result, or an alert Go sent about the certificate.
+    pub fn about_certificate(&self) -> Option<String> {
+        match self {
+            LibNote::OpensslVerifyResult(v) => Some(format!("OpenSSL: {v}")),
+            LibNote::GoAlertSent(a) if crate::tls::is_certificate_alert(*a) => Some(format!(
+                "Go crypto/tls sent alert {}",
+                crate::tls::alert_name(*a)
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl serde::Serialize for LibNote {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple as _;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(self.key())?;
+        t.serialize_element(&self.text())?;
+        t.end()
+    }
+}
+
+/// Decode one uprobe record (`kind`, `value`, `aux` ns) into a note.
+pub fn describe(kind: u32, value: i64, aux: u64) -> Option<LibNote> {
     let ms = aux as f64 / 1e6;
     match kind {
-        TLSLIB_OSSL_HS_DONE => Some(("openssl_handshake", format!("completed in {ms:.1} ms"))),
-        TLSLIB_OSSL_HS_RET => Some((
-            "openssl_handshake",
-            format!("SSL_do_handshake returned {value} after {ms:.1} ms"),
-        )),
-        TLSLIB_OSSL_VERIFY => Some(("openssl_verify_result", x509_error_name(value))),
-        TLSLIB_GO_ALERT => Some((
-            "go_alert_sent",
-            crate::tls::alert_name(value as u8).to_string(),
-        )),
+        TLSLIB_OSSL_HS_DONE => Some(LibNote::OpensslHandshake(format!(
+            "completed in {ms:.1} ms"
+        ))),
+        TLSLIB_OSSL_HS_RET => Some(LibNote::OpensslHandshake(format!(
+            "SSL_do_handshake returned {value} after {ms:.1} ms"
+        ))),
+        TLSLIB_OSSL_VERIFY => Some(LibNote::OpensslVerifyResult(x509_error_name(value))),
+        TLSLIB_GO_ALERT => Some(LibNote::GoAlertSent(value as u8)),
         _ => None,
     }
 }
@@ -596,16 +647,25 @@ mod tests {
         assert!(t.dir_due("/x/lib", t0));
         assert!(!t.dir_due("/x/lib", t0 + Duration::from_secs(29)));
         assert!(t.dir_due("/x/lib", t0 + Duration::from_secs(31)));
+        let n = describe(TLSLIB_OSSL_HS_RET, -1, 55_100_000).expect("a note");
         assert_eq!(
-            describe(TLSLIB_OSSL_HS_RET, -1, 55_100_000),
-            Some((
+            (n.key(), n.text().as_str()),
+            (
                 "openssl_handshake",
-                "SSL_do_handshake returned -1 after 55.1 ms".into()
-            ))
+                "SSL_do_handshake returned -1 after 55.1 ms"
+            )
+        );
+        let n = describe(TLSLIB_GO_ALERT, 42, 0).expect("a note");
+        assert_eq!(n, LibNote::GoAlertSent(42));
+        assert_eq!(
+            (n.key(), n.text().as_str()),
+            ("go_alert_sent", "bad_certificate")
         );
         assert_eq!(
-            describe(TLSLIB_GO_ALERT, 42, 0),
-            Some(("go_alert_sent", "bad_certificate".into()))
+            n.about_certificate().as_deref(),
+            Some("Go crypto/tls sent alert bad_certificate")
         );
+        // An alert that is not about the certificate says nothing of it.
+        assert_eq!(LibNote::GoAlertSent(70).about_certificate(), None);
     }
 }

@@ -7,6 +7,8 @@
 //! touch the kernel beyond attaching its uprobes (`probes`).
 
 pub mod libs;
+
+pub use libs::LibNote;
 pub mod probes;
 mod rules;
 
@@ -48,7 +50,7 @@ pub struct TlsReport {
     pub endpoint: Option<EndpointSource>,
     /// What the owner's TLS library said (uprobes): e.g.
     /// `openssl_verify_result: self-signed certificate`.
-    pub library: Vec<(String, String)>,
+    pub library: Vec<LibNote>,
     pub findings: Vec<Finding>,
 }
 
@@ -256,7 +258,7 @@ impl TlsTracker {
         let verdict = c.hs.verdict.clone().unwrap_or(Verdict::Completed);
         let start_ns = c.hs.start_ns;
         let end_ns = c.hs.end_ns.unwrap_or(c.last_ns);
-        let library: Vec<(String, String)> = self
+        let library: Vec<LibNote> = self
             .lib_notes
             .remove(&c.owner_tgid)
             .unwrap_or_default()
@@ -268,7 +270,6 @@ impl TlsTracker {
                     && matches!(c.hs.verdict, Some(Verdict::Completed)))
             })
             .filter_map(|(k, v, _, aux)| libs::describe(k, v, aux))
-            .map(|(k, v)| (k.to_string(), v))
             .collect();
         let endpoint = exec.and_then(|e| {
             crate::process::endpoints::source_of(

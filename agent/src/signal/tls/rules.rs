@@ -54,7 +54,7 @@ impl TlsTracker {
                 Value::Object(
                     r.library
                         .iter()
-                        .map(|(k, v)| (k.clone(), json!(v)))
+                        .map(|n| (n.key().to_string(), json!(n.text())))
                         .collect(),
                 ),
             );
@@ -76,23 +76,7 @@ impl TlsTracker {
             format!("CA bundle from {}", v.join(", "))
         };
         // What the client's library said about the certificate, if anything.
-        let lib_cert = r.library.iter().find_map(|(k, v)| match k.as_str() {
-            "openssl_verify_result" => Some(format!("OpenSSL: {v}")),
-            "go_alert_sent"
-                if matches!(
-                    v.as_str(),
-                    "bad_certificate"
-                        | "unknown_ca"
-                        | "certificate_expired"
-                        | "certificate_unknown"
-                        | "unsupported_certificate"
-                        | "certificate_revoked"
-                ) =>
-            {
-                Some(format!("Go crypto/tls sent alert {v}"))
-            }
-            _ => None,
-        });
+        let lib_cert = r.library.iter().find_map(|n| n.about_certificate());
         let (code, severity, summary) = match &r.verdict {
             Verdict::Completed => {
                 let d = r.end_ns.saturating_sub(r.start_ns);
