@@ -266,3 +266,123 @@ pub struct WireStats {
     /// Responses that matched no query seen.
     pub dns_unmatched: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dns::tests::message,
+        events::{
+            TcpPhase, WireKind, decode,
+            tests::{exec_record, wire},
+        },
+    };
+
+    fn pipeline() -> Pipeline {
+        // An empty /proc: nothing here reads the machine's processes.
+        let proc_root = std::env::temp_dir().join(format!("pipeline-test-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&proc_root);
+        Pipeline::new(
+            AnalysisConfig {
+                proc_root,
+                ..Default::default()
+            },
+            NetConfig::default(),
+            TlsConfig::default(),
+            DnsConfig::default(),
+        )
+    }
+
+    fn refused(tgid: u32, dst: &str, at: u64) -> Event {
+        Event::Tcp(Box::new(Tcp {
+            phase: TcpPhase::Failed,
+            pid: tgid,
+            tgid,
+            uid: 0,
+            cgroup_id: 0,
+            netns: 0,
+            src: "10.0.0.1".parse().expect("ip"),
+            sport: 40001,
+            dst: dst.parse().expect("ip"),
+            dport: 443,
+            start_ns: at,
+            ktime_ns: at + 1,
+            syn_retrans: 0,
+            err: libc::ECONNREFUSED,
+            no_start: false,
+            comm: "curl".into(),
+            sock: 1,
+        }))
+    }
+
+    /// One process's events through the router: its exec goes to the exec
+    /// signal and the process table, its lookup to DNS, whose answer names
+    /// the address its refused connection went to (TCP's host comes from
+    /// DNS), and its exit to every signal and the table.
+    #[test]
+    fn the_router_hands_each_event_to_its_signal_and_dns_names_to_tcp() {
+        let mut p = pipeline();
+        let Ok(Event::Exec(mut e)) = decode(&exec_record(
+            "/usr/bin/curl",
+            "/usr/bin/curl",
+            &["curl", "https://pkg.test/"],
+            &["PATH=/usr/bin:/bin"],
+            0,
+        )) else {
+            panic!("exec record")
+        };
+        (e.pid, e.tgid) = (9, 9);
+        let out = p.handle(Event::Exec(e));
+        assert!(
+            matches!(&out[..], [Output::Exec { exec, .. }] if exec.tgid == 9),
+            "{out:?}"
+        );
+        assert!(p.table.get(9).is_some(), "the process table has it");
+
+        let q = wire(WireKind::Dns, true, message(1, "pkg.test", 1, 0, &[]), 10);
+        assert!(p.handle(Event::Wire(Box::new(q))).is_empty());
+        let a = wire(
+            WireKind::Dns,
+            false,
+            message(1, "pkg.test", 1, 0, &[[10, 0, 0, 2]]),
+            20,
+        );
+        let out = p.handle(Event::Wire(Box::new(a)));
+        assert!(
+            matches!(&out[..], [Output::Dns { report, .. }] if report.name == "pkg.test"),
+            "{out:?}"
+        );
+
+        let out = p.handle(refused(9, "10.0.0.2", 30));
+        let Some(Output::Tcp { report, .. }) = out.first() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(report.findings[0].code, "net.connect_refused");
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Finding { finding, .. }
+                if finding.code == "net.connect_refused" && finding.summary.contains("pkg.test"))),
+            "the finding names the host DNS answered for: {out:?}"
+        );
+        // Another process's connection to an address nobody looked up has no name.
+        let out = p.handle(refused(11, "10.0.0.3", 40));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Finding { finding, .. }
+                if finding.code == "net.connect_refused" && !finding.summary.contains("pkg.test"))),
+            "{out:?}"
+        );
+
+        let x = Exit {
+            tgid: 9,
+            ppid: 1,
+            ktime_ns: 50,
+            raw_code: 0,
+        };
+        let out = p.handle(Event::Exit(x));
+        assert!(
+            matches!(out.last(), Some(Output::Exit { name, duration_ns: Some(_), .. }) if name == "curl"),
+            "{out:?}"
+        );
+    }
+}
