@@ -11,6 +11,7 @@
 
 mod exec;
 mod fs;
+mod lineage;
 mod probes;
 mod tcp;
 mod tlslib;

@@ -1,0 +1,103 @@
+//! Process lineage: forks (children of tracked processes are tracked from
+//! birth) and exits (with their status), the process table's other half.
+
+use agent_common::{EventKind, ExitEvent, ForkEvent};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+use crate::{
+    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TRACK_AGENT_CHILDREN,
+    TRACKED, current_task, emit, is_tracked, parent_tgid,
+};
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn exit_btf(ctx: BtfTracePointContext) -> i32 {
+    // args: (struct task_struct *p, bool group_dead)
+    let task: *const u8 = ctx.arg(0);
+    let group_dead: u64 = ctx.arg(1);
+    emit_exit(task, group_dead & 0xff != 0);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn exit_tp(ctx: TracePointContext) -> u32 {
+    let off = EXIT_GROUP_DEAD_OFF.load() as usize;
+    let group_dead = if off == 0 {
+        // Older kernels lack the field: report the group leader's exit.
+        let id = bpf_get_current_pid_tgid();
+        id as u32 == (id >> 32) as u32
+    } else {
+        // SAFETY: offset read from this kernel's tracepoint format at load time.
+        unsafe { ctx.read_at::<u8>(off) }.unwrap_or(0) != 0
+    };
+    emit_exit(current_task(), group_dead);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn fork_tp(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let off = FORK_CHILD_PID_OFF.load() as usize;
+    if off == 0 {
+        return 0;
+    }
+    // SAFETY: offset read from this kernel's tracepoint format at load time.
+    let child: u32 = unsafe { ctx.read_at(off) }.unwrap_or(0);
+    if tgid == AGENT_TGID.load() {
+        // `agent trace`: the command the agent starts is tracked from birth,
+        // before it can exec or touch a file.
+        if TRACK_AGENT_CHILDREN.load() != 0 {
+            let _ = TRACKED.insert(&child, &1, 0);
+        }
+        return 0;
+    }
+    if is_tracked(tgid) {
+        let _ = TRACKED.insert(&child, &1, 0);
+    }
+    let mut ev = ForkEvent::default();
+    ev.hdr.kind = EventKind::Fork as u32;
+    ev.hdr.pid = id as u32;
+    ev.hdr.tgid = tgid;
+    // SAFETY: helper without preconditions.
+    ev.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ev.child_pid = child;
+    emit(&ev);
+    0
+}
+
+#[inline(always)]
+fn emit_exit(task: *const u8, group_dead: bool) {
+    if !group_dead {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if tgid == AGENT_TGID.load() {
+        return;
+    }
+    let off = TASK_EXIT_CODE_OFF.load() as usize;
+    let exit_code = if off == 0 {
+        0
+    } else {
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.unwrap_or(0)
+    };
+    // A delete takes the bucket's lock even for an absent key; the lookup
+    // is lock-free, and most exiting processes were never tracked.
+    if is_tracked(tgid) {
+        let _ = TRACKED.remove(&tgid);
+    }
+    let mut ev = ExitEvent::default();
+    ev.hdr.kind = EventKind::Exit as u32;
+    ev.hdr.pid = id as u32;
+    ev.hdr.tgid = tgid;
+    ev.hdr.ppid = parent_tgid(task);
+    // SAFETY: helper without preconditions.
+    ev.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ev.exit_code = exit_code;
+    emit(&ev);
+}
