@@ -149,17 +149,23 @@ impl Pipeline {
         }
     }
 
-    fn push_tls(&mut self, report: Box<TlsReport>, out: &mut Vec<Output>) {
+    fn push_tls(&mut self, report: TlsReport, out: &mut Vec<Output>) {
         let (findings, at) = (report.findings.clone(), report.end_ns);
         let analysed = self.is_analysed(report.owner.pid);
-        out.push(Output::Tls { report, analysed });
+        out.push(Output::Tls {
+            report: Box::new(report),
+            analysed,
+        });
         self.push_network_findings(findings, at, out);
     }
 
-    fn push_dns(&mut self, report: Box<DnsReport>, out: &mut Vec<Output>) {
+    fn push_dns(&mut self, report: DnsReport, out: &mut Vec<Output>) {
         let (findings, at) = (report.findings.clone(), report.end_ns);
         let analysed = self.is_analysed(report.owner.pid);
-        out.push(Output::Dns { report, analysed });
+        out.push(Output::Dns {
+            report: Box::new(report),
+            analysed,
+        });
         self.push_network_findings(findings, at, out);
     }
 

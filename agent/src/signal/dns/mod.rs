@@ -120,7 +120,7 @@ impl DnsTracker {
     }
 
     /// A DNS message on the wire (UDP or TCP, either direction).
-    pub fn on_wire(&mut self, table: &ProcTable, w: &Wire) -> Vec<Box<DnsReport>> {
+    pub fn on_wire(&mut self, table: &ProcTable, w: &Wire) -> Vec<DnsReport> {
         let mut payload: &[u8] = &w.data;
         if w.tcp {
             // DNS over TCP: a 2-byte length before each message.
@@ -201,7 +201,7 @@ impl DnsTracker {
             if d >= self.cfg.slow_ns {
                 r.findings = self.dns_finding(&r, "net.dns_slow", Severity::Warning);
             }
-            out.push(Box::new(r));
+            out.push(r);
         } else if matches!(msg.rcode, 2 | 3 | 5) {
             self.held.push(HeldFailure {
                 report: r,
@@ -209,7 +209,7 @@ impl DnsTracker {
                 at_ns: w.ktime_ns,
             });
         } else {
-            out.push(Box::new(r));
+            out.push(r);
         }
         out
     }
@@ -320,7 +320,7 @@ impl DnsTracker {
 
     /// Time-based conclusions: unanswered queries and held failures.
     /// `now_ns == u64::MAX` concludes everything (end of a trace).
-    pub fn flush(&mut self, table: &ProcTable, now_ns: u64) -> Vec<Box<DnsReport>> {
+    pub fn flush(&mut self, table: &ProcTable, now_ns: u64) -> Vec<DnsReport> {
         let mut out = Vec::new();
         let timeout = self.cfg.timeout_ns;
         let due: Vec<LookupKey> = self
@@ -336,7 +336,7 @@ impl DnsTracker {
                 } else {
                     now_ns
                 };
-                out.push(Box::new(self.timeout_report(table, k, p, at)));
+                out.push(self.timeout_report(table, k, p, at));
             }
         }
         let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
@@ -346,14 +346,14 @@ impl DnsTracker {
         for h in ready {
             let mut r = h.report;
             r.findings = self.dns_finding(&r, "net.dns_failure", Severity::Error);
-            out.push(Box::new(r));
+            out.push(r);
         }
         out
     }
 
     /// The process exited: its unanswered queries were given up on (timed
     /// out, as far as it is concerned) and its held failures are final.
-    pub fn on_exit(&mut self, table: &ProcTable, tgid: u32, now_ns: u64) -> Vec<Box<DnsReport>> {
+    pub fn on_exit(&mut self, table: &ProcTable, tgid: u32, now_ns: u64) -> Vec<DnsReport> {
         let mut out = Vec::new();
         let keys: Vec<LookupKey> = self
             .pending
@@ -363,7 +363,7 @@ impl DnsTracker {
             .collect();
         for k in keys {
             if let Some(p) = self.pending.remove(&k) {
-                out.push(Box::new(self.timeout_report(table, k, p, now_ns)));
+                out.push(self.timeout_report(table, k, p, now_ns));
             }
         }
         let (mine, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
@@ -373,7 +373,7 @@ impl DnsTracker {
         for h in mine {
             let mut r = h.report;
             r.findings = self.dns_finding(&r, "net.dns_failure", Severity::Error);
-            out.push(Box::new(r));
+            out.push(r);
         }
         out
     }

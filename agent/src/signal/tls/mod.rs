@@ -120,7 +120,7 @@ impl TlsTracker {
         table: &ProcTable,
         w: &Wire,
         names: &dyn HostNames,
-    ) -> Option<Box<TlsReport>> {
+    ) -> Option<TlsReport> {
         let ends = if w.tcp_flags & agent_common::TCP_FLAG_RST != 0 {
             Some(true)
         } else if w.tcp_flags & agent_common::TCP_FLAG_FIN != 0 {
@@ -192,7 +192,7 @@ impl TlsTracker {
             self.held_tls.push((c, w.ktime_ns));
             return None;
         }
-        Some(Box::new(self.report(table, c, names)))
+        Some(self.report(table, c, names))
     }
 
     /// A TLS library's note (uprobe): kept for the process's handshake, and
@@ -202,7 +202,7 @@ impl TlsTracker {
         table: &ProcTable,
         l: &crate::events::TlsLib,
         names: &dyn HostNames,
-    ) -> Vec<Box<TlsReport>> {
+    ) -> Vec<TlsReport> {
         if self.lib_notes.len() > MAX_CONNS {
             self.lib_notes.clear();
         }
@@ -229,14 +229,14 @@ impl TlsTracker {
         table: &ProcTable,
         names: &dyn HostNames,
         pick: impl Fn(&TlsConn, u64) -> bool,
-    ) -> Vec<Box<TlsReport>> {
+    ) -> Vec<TlsReport> {
         let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_tls)
             .into_iter()
             .partition(|(c, at)| pick(c, *at));
         self.held_tls = keep;
         ready
             .into_iter()
-            .map(|(c, _)| Box::new(self.report(table, c, names)))
+            .map(|(c, _)| self.report(table, c, names))
             .collect()
     }
 
@@ -318,7 +318,7 @@ impl TlsTracker {
         table: &ProcTable,
         now_ns: u64,
         names: &dyn HostNames,
-    ) -> Vec<Box<TlsReport>> {
+    ) -> Vec<TlsReport> {
         let out = self.release(table, names, |_, at| now_ns.saturating_sub(at) >= HOLD_NS);
         self.expire_conns(now_ns, CONN_IDLE_NS);
         self.local_clients
@@ -332,7 +332,7 @@ impl TlsTracker {
         table: &ProcTable,
         tgid: u32,
         names: &dyn HostNames,
-    ) -> Vec<Box<TlsReport>> {
+    ) -> Vec<TlsReport> {
         let out = self.release(table, names, |c, _| c.owner_tgid == tgid);
         self.lib_notes.remove(&tgid);
         out
