@@ -52,7 +52,9 @@ pub struct Collector {
     links: Vec<OwnedLink>,
     tracked: aya::maps::HashMap<MapData, u32, u8>,
     ebpf: Ebpf,
-    kernel: KernelInfo,
+    /// Until attached: the parsed kernel BTF alone is tens of MiB, kept no
+    /// longer than [`Collector::attach_all`] needs it.
+    kernel: Option<KernelInfo>,
     /// The TLS-library uprobes are loaded (attached per target as found).
     tls_uprobes: bool,
     lost: PerCpuArray<MapData, u64>,
@@ -101,7 +103,7 @@ impl Collector {
                 links: Vec::new(),
                 tracked,
                 ebpf,
-                kernel,
+                kernel: Some(kernel),
                 tls_uprobes: false,
                 lost,
                 counters,
@@ -116,8 +118,12 @@ impl Collector {
     /// Probe the hooks this kernel allows and attach every signal with its
     /// best available option.
     pub fn attach_all(&mut self) -> Result<(), LoadError> {
-        let likely = probe::likely_tracepoints(&self.kernel);
-        let probes = probe::probe_all_preloading(&mut self.ebpf, &self.kernel, &likely);
+        let kernel = self
+            .kernel
+            .take()
+            .ok_or_else(|| LoadError::NothingAttached("attached already".into()))?;
+        let likely = probe::likely_tracepoints(&kernel);
+        let probes = probe::probe_all_preloading(&mut self.ebpf, &kernel, &likely);
         if probes.iter().all(|(_, r)| r.is_err())
             && let Some(e) = probes
                 .iter()
@@ -126,8 +132,9 @@ impl Collector {
         {
             return Err(LoadError::NotPermitted(e.to_string()));
         }
-        let av = probe::available(&self.kernel, &probes);
-        let attached = attach::attach_signals(&mut self.ebpf, &self.kernel, &av, &mut self.links);
+        let av = probe::available(&kernel, &probes);
+        let attached = attach::attach_signals(&mut self.ebpf, &kernel, &av, &mut self.links);
+        drop(kernel);
         if !attached.iter().any(|a| a.choice.is_active()) {
             let reasons: Vec<String> = attached
                 .iter()
