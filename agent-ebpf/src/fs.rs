@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::{count_lost, emit, is_tracked, tp_field};
+use crate::{count_lost, emit, inserted, is_tracked, tp_field};
 
 #[map]
 static FS_INFLIGHT: HashMap<u32, FsInflight> = HashMap::with_max_entries(4096, 0);
@@ -62,7 +62,7 @@ fn enter(
         dfd: dfd as i32,
         _pad: 0,
     };
-    let _ = FS_INFLIGHT.insert(&(id as u32), &v, 0);
+    inserted(FS_INFLIGHT.insert(&(id as u32), &v, 0), "FS_INFLIGHT");
     0
 }
 

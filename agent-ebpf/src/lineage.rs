@@ -10,7 +10,7 @@ use aya_ebpf::{
 
 use crate::{
     AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TRACK_AGENT_CHILDREN,
-    TRACKED, current_task, emit, is_tracked, parent_tgid,
+    TRACKED, current_task, emit, inserted, is_tracked, parent_tgid,
 };
 
 #[btf_tracepoint(function = "sched_process_exit")]
@@ -51,12 +51,12 @@ pub fn fork_tp(ctx: TracePointContext) -> u32 {
         // `agent trace`: the command the agent starts is tracked from birth,
         // before it can exec or touch a file.
         if TRACK_AGENT_CHILDREN.load() != 0 {
-            let _ = TRACKED.insert(&child, &1, 0);
+            inserted(TRACKED.insert(&child, &1, 0), "TRACKED");
         }
         return 0;
     }
     if is_tracked(tgid) {
-        let _ = TRACKED.insert(&child, &1, 0);
+        inserted(TRACKED.insert(&child, &1, 0), "TRACKED");
     }
     let mut ev = ForkEvent::default();
     ev.hdr.kind = EventKind::Fork as u32;

@@ -103,6 +103,23 @@ pub(crate) fn count_lost(cause: LostCause) {
         // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
         unsafe { *slot += 1 };
     }
+    // `--bpf-log warn` and up. Off by default: the level is a load-time
+    // constant, so the verifier drops this branch unseen.
+    aya_log_ebpf::warn!(&(), "event lost in the kernel: {}", cause.name());
+}
+
+/// A map insert's result, and whether it worked: a failure (the map full,
+/// no memory) is logged under `--bpf-log debug` with the map's name. Callers
+/// that count the loss do so themselves.
+#[inline(always)]
+pub(crate) fn inserted(r: Result<(), i64>, map: &str) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            aya_log_ebpf::debug!(&(), "{} insert failed: {}", map, e);
+            false
+        }
+    }
 }
 
 /// Pending bytes in the ring buffer at which a writer wakes the reader.

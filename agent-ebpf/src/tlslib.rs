@@ -31,7 +31,7 @@ static OSSL_HS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
 /// without a return we saw (a failure the caller never retried).
 const HS_STALE_NS: u64 = 60_000_000_000;
 
-use crate::{AGENT_TGID, emit};
+use crate::{AGENT_TGID, emit, inserted};
 
 #[inline(always)]
 fn send(kind: u32, value: i64) {
@@ -86,7 +86,7 @@ pub fn ossl_hs_enter(_ctx: ProbeContext) -> u32 {
     match unsafe { OSSL_HS.get(&id) }.copied() {
         Some(start) if now.saturating_sub(start) < HS_STALE_NS => {}
         _ => {
-            let _ = OSSL_HS.insert(&id, &now, 0);
+            inserted(OSSL_HS.insert(&id, &now, 0), "OSSL_HS");
         }
     }
     0

@@ -31,7 +31,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 
-use crate::{AGENT_TGID, EVENTS, count_lost, tcp::TCP_CONNS, wake_flags};
+use crate::{AGENT_TGID, EVENTS, count_lost, inserted, tcp::TCP_CONNS, wake_flags};
 use agent_common::LostCause;
 
 /// Socket cookie → owner, set at connect()/sendmsg() in the caller's context.
@@ -71,7 +71,7 @@ fn record_owner(ctx: &SockAddrContext, overwrite: bool) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
     };
-    let _ = SOCK_OWNER.insert(&cookie, &owner, 0);
+    inserted(SOCK_OWNER.insert(&cookie, &owner, 0), "SOCK_OWNER");
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -253,7 +253,7 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
             }
             let mut flow = TlsFlow::default();
             flow.pkts[d] = 1;
-            let _ = TLS_FLOWS.insert(&sk, &flow, 0);
+            inserted(TLS_FLOWS.insert(&sk, &flow, 0), "TLS_FLOWS");
         }
     }
     f.kind = WIRE_KIND_TLS;

@@ -25,6 +25,31 @@ enum ArgvArg {
     None,
 }
 
+/// `--bpf-log` levels.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum BpfLogArg {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<BpfLogArg> for agent::bpf::log::BpfLogLevel {
+    fn from(a: BpfLogArg) -> Self {
+        use agent::bpf::log::BpfLogLevel as L;
+        match a {
+            BpfLogArg::Off => L::Off,
+            BpfLogArg::Error => L::Error,
+            BpfLogArg::Warn => L::Warn,
+            BpfLogArg::Info => L::Info,
+            BpfLogArg::Debug => L::Debug,
+            BpfLogArg::Trace => L::Trace,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum ColorArg {
     Auto,
@@ -84,6 +109,10 @@ struct Cli {
     /// Command names analysed in depth (replaces the default list).
     #[arg(long, value_delimiter = ',', global = true)]
     tools: Option<Vec<String>>,
+    /// Kernel-side diagnostics on stderr: why a program returned early, which
+    /// map insert failed, which event was lost (aya-log) [default: off].
+    #[arg(long, value_enum, global = true, value_name = "LEVEL")]
+    bpf_log: Option<BpfLogArg>,
     /// Extra environment variables to capture (the built-in allow-list is always used).
     #[arg(long, value_delimiter = ',', global = true)]
     env_allow: Vec<String>,
@@ -211,14 +240,17 @@ fn main() -> ExitCode {
             }
         };
     }
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("AGENT_LOG")
+        // aya's own feature probes warn about what `agent check` reports anyway.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aya=error,aya_obj=error"));
+    if cli.bpf_log.is_some_and(|l| l != BpfLogArg::Off)
+        && let Ok(d) = format!("{}=trace", agent::bpf::log::TARGET).parse()
+    {
+        // The kernel already filtered by --bpf-log's level.
+        filter = filter.add_directive(d);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AGENT_LOG")
-                // aya's own feature probes warn about what `agent check` reports anyway.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,aya=error,aya_obj=error")
-                }),
-        )
+        .with_env_filter(filter)
         .with_writer(|| ScrubbedStderr)
         // No colour codes: the writer escapes every control character, and
         // cannot tell the formatter's from those of the data.
@@ -314,6 +346,7 @@ fn main() -> ExitCode {
         }
     };
     let opts = RunOptions {
+        bpf_log: cli.bpf_log.map(Into::into).unwrap_or_default(),
         otlp,
         format,
         color,

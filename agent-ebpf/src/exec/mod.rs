@@ -36,7 +36,7 @@ use aya_ebpf::{
 
 use crate::{
     AGENT_TGID, ENV_ALL_EXECS, MM_START_STACK_OFF, TASK_MM_OFF, TOOLS, TRACKED, count_lost,
-    current_task, emit, emit_now, is_tracked, parent_tgid, tp_field,
+    current_task, emit, emit_now, inserted, is_tracked, parent_tgid, tp_field,
 };
 
 mod decide;
@@ -497,7 +497,7 @@ pub(super) fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
         let _ = EXEC_INFLIGHT_FULL.remove(&old_pid);
     }
     if d & D_TRACK != 0 {
-        let _ = TRACKED.insert(&tgid, &1, 0);
+        inserted(TRACKED.insert(&tgid, &1, 0), "TRACKED");
     }
     Ok(())
 }

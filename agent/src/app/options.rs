@@ -22,6 +22,8 @@ pub struct RunOptions {
     pub health_addr: Option<String>,
     /// Thresholds of `net.slow_connect`.
     pub net: NetConfig,
+    /// Kernel-side diagnostics (`--bpf-log`).
+    pub bpf_log: crate::bpf::log::BpfLogLevel,
     /// Thresholds of the TLS findings.
     pub tls: TlsConfig,
     /// Thresholds of the DNS findings.
@@ -68,6 +70,7 @@ impl RunOptions {
                 crate::bpf::DEFAULT_TCP_QUIET_NS
             },
             track_own_children: false,
+            bpf_log: self.bpf_log,
         }
     }
 }

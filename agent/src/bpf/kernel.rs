@@ -82,6 +82,8 @@ pub struct Globals {
     pub tcp_quiet_ns: u64,
     pub track_agent_children: u32,
     pub env_all_execs: u32,
+    /// aya-log's level (`--bpf-log`; 0: off, and the log calls verify away).
+    pub bpf_log_level: u8,
     pub warnings: Vec<String>,
 }
 

@@ -47,7 +47,8 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
         .override_global(globals::RETRANS_STATE_OFF, &g.retrans_state, true)
         .override_global(globals::TCP_QUIET_NS, &g.tcp_quiet_ns, true)
         .override_global(globals::TRACK_AGENT_CHILDREN, &g.track_agent_children, true)
-        .override_global(globals::ENV_ALL_EXECS, &g.env_all_execs, true);
+        .override_global(globals::ENV_ALL_EXECS, &g.env_all_execs, true)
+        .override_global(aya_log::LEVEL, &g.bpf_log_level, true);
     if g.task_mm != 0 {
         // Whole-event in-flight table only serves the no-BTF fallback (20 MiB otherwise).
         loader.map_max_entries("EXEC_INFLIGHT_FULL", 1);

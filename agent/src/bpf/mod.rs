@@ -9,6 +9,7 @@ pub mod error;
 pub mod hooks;
 pub mod kernel;
 pub mod load;
+pub mod log;
 pub mod probe;
 pub mod tracefs;
 
@@ -42,6 +43,8 @@ pub struct CollectorOptions {
     /// Read every exec's environment (`--all-execs`), not only those of
     /// toolchain trees and `env_clients`.
     pub env_all_execs: bool,
+    /// Kernel-side diagnostics (`--bpf-log`).
+    pub bpf_log: log::BpfLogLevel,
 }
 
 /// Below this set-up time a routine connection is not worth an event.
@@ -63,6 +66,8 @@ pub struct Collector {
     pub warnings: Vec<String>,
     /// boot-time ns → Unix ns.
     pub clock_offset_ns: i128,
+    /// The programs' log ring, until [`Collector::take_logger`].
+    logger: Option<log::Logger>,
 }
 
 impl Drop for Collector {
@@ -81,6 +86,7 @@ impl Collector {
         globals.tcp_quiet_ns = opts.tcp_quiet_ns;
         globals.track_agent_children = u32::from(opts.track_own_children);
         globals.env_all_execs = u32::from(opts.env_all_execs);
+        globals.bpf_log_level = opts.bpf_log as u8;
         let mut warnings = globals.warnings.clone();
         if let Some(e) = &kernel.tracefs_error {
             warnings.push(e.clone());
@@ -98,6 +104,7 @@ impl Collector {
         let lost = load::take_lost(&mut ebpf)?;
         let counters = load::take_counters(&mut ebpf)?;
         let tracked = load::take_tracked(&mut ebpf)?;
+        let logger = log::take(&mut ebpf, opts.bpf_log);
         Ok((
             Collector {
                 links: Vec::new(),
@@ -110,6 +117,7 @@ impl Collector {
                 attached: Vec::new(),
                 warnings,
                 clock_offset_ns: crate::clock::boot_to_unix_offset(),
+                logger,
             },
             ring,
         ))
@@ -150,6 +158,11 @@ impl Collector {
             .any(|a| a.signal == hooks::TLS_UPROBES && a.choice.is_active());
         self.attached = attached;
         Ok(())
+    }
+
+    /// The programs' log ring when `--bpf-log` is on (once).
+    pub fn take_logger(&mut self) -> Option<log::Logger> {
+        self.logger.take()
     }
 
     /// The TLS-library uprobe programs are loaded (targets are attached as

@@ -542,6 +542,11 @@ pub fn start(
         name: "EVENTS",
         msg: format!("registering with the runtime: {e}"),
     })?;
+    if let Some(l) = collector.take_logger()
+        && let Err(e) = crate::bpf::log::forward(l)
+    {
+        tracing::warn!("--bpf-log: {e}");
+    }
     collector.attach_all()?;
     Ok((collector, rx))
 }

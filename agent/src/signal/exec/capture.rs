@@ -101,5 +101,6 @@ pub fn collector_options() -> CollectorOptions {
         tcp_quiet_ns: crate::bpf::DEFAULT_TCP_QUIET_NS,
         track_own_children: false,
         env_all_execs: false,
+        bpf_log: crate::bpf::log::BpfLogLevel::Off,
     }
 }
