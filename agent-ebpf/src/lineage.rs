@@ -52,6 +52,11 @@ pub fn fork_tp(ctx: TracePointContext) -> u32 {
         // before it can exec or touch a file.
         if TRACK_AGENT_CHILDREN.load() != 0 {
             inserted(TRACKED.insert(&child, &1, 0), "TRACKED");
+            aya_log_ebpf::info!(
+                &ctx,
+                "agent trace: its command is pid {}, tracked from its fork",
+                child
+            );
         }
         return 0;
     }

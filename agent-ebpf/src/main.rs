@@ -112,10 +112,11 @@ pub(crate) fn count_lost(cause: LostCause) {
 /// no memory) is logged under `--bpf-log debug` with the map's name. Callers
 /// that count the loss do so themselves.
 #[inline(always)]
-pub(crate) fn inserted(r: Result<(), i64>, map: &str) -> bool {
+pub(crate) fn inserted<E: Into<i64>>(r: Result<(), E>, map: &str) -> bool {
     match r {
         Ok(()) => true,
         Err(e) => {
+            let e: i64 = e.into();
             aya_log_ebpf::debug!(&(), "{} insert failed: {}", map, e);
             false
         }

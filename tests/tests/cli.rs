@@ -304,3 +304,24 @@ fn trace_returns_at_once_and_its_probes_are_released_after() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// `--bpf-log`: the programs' own diagnostics reach stderr (here the fork
+/// of `agent trace`'s command, logged at info in the kernel); by default
+/// nothing of the kind is written.
+#[test]
+fn bpf_log_forwards_the_programs_diagnostics_and_is_off_by_default() {
+    require_root();
+    let (status, _, err) = run_agent(&["--bpf-log", "info", "trace", "--", "true"]);
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("bpf: agent trace: its command is pid "),
+        "no kernel log line: {err}"
+    );
+    assert!(
+        !err.contains("degraded") && !err.contains("not collected"),
+        "{err}"
+    );
+    let (status, _, err) = run_agent(&["trace", "--", "true"]);
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("bpf:"), "{err}");
+}

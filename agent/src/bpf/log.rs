@@ -66,7 +66,10 @@ pub fn take(ebpf: &mut aya::Ebpf, level: BpfLogLevel) -> Option<Logger> {
 /// as they come.
 pub fn forward(logger: Logger) -> std::io::Result<()> {
     let fd = logger.as_raw_fd();
-    let mut afd = AsyncFd::with_interest(logger, tokio::io::Interest::READABLE)?;
+    // SAFETY: the logger owns its ring's map fd, which stays open and
+    // unchanged for as long as the AsyncFd owns the logger.
+    let mut afd =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }?;
     tokio::spawn(async move {
         loop {
             let Ok(mut guard) = afd.readable_mut().await else {
