@@ -92,6 +92,15 @@ impl Pipeline {
         }
     }
 
+    /// The process table's bounds at work, for the stats record.
+    pub fn table_stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "processes": self.table.len(),
+            "evicted": self.table.evicted,
+            "execs_dropped": self.table.execs_dropped,
+        })
+    }
+
     /// File-access findings whose faults stopped `idle_ns` ago, and DNS and
     /// TLS conclusions that are due (everything when `idle_ns` is 0).
     /// What the TLS and DNS signals could not use, for the stats record.

@@ -149,3 +149,112 @@ fn a_300_mb_go_binary_keeps_memory_bounded() {
     assert_eq!(exec["identity"]["go_version"], "go1.19.8", "{exec}");
     assert!(peak_mib < 128, "peak RSS {peak_mib} MiB");
 }
+
+/// This process's perf-event descriptors: one per attached uprobe link.
+fn perf_event_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().contains("perf_event"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `go test ./...` on a CI host builds, runs and deletes a Go program per
+/// package. Each is probed (crypto/tls); once deleted, its probe must be
+/// given back: descriptors stay bounded and the deleted files are freed.
+#[test]
+fn deleted_go_programs_give_their_probes_back() {
+    require_root();
+    const ROUNDS: usize = 3;
+    const PER_ROUND: usize = 100;
+    let client = agent_tests::go_build(
+        std::path::Path::new("/usr/lib/go-1.19/bin/go"),
+        "probe-lifecycle",
+        "package main\n\nimport (\n\t\"crypto/tls\"\n\t\"os\"\n)\n\nfunc main() {\n\tc, err := tls.Dial(\"tcp\", os.Args[1], &tls.Config{})\n\tif err == nil {\n\t\tc.Close()\n\t}\n}\n",
+    );
+    let dir = scratch("probe-lifecycle-bins");
+    let records = dir.join("records.jsonl");
+    let mut agent = Command::new(agent_bin())
+        .args(["--format", "json", "--output"])
+        .arg(&records)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = agent.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = agent.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if l.contains("agent: watching") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("agent started");
+    let base = perf_event_fds(pid);
+    let mut peak = base;
+    for round in 0..ROUNDS {
+        // Distinct files (each its own inode), named as Go toolchains are
+        // (`go1.*`) so the agent analyses and probes them; each runs once.
+        let bins: Vec<_> = (0..PER_ROUND)
+            .map(|i| {
+                let p = dir.join(format!("go1.99.{round}{i:03}"));
+                std::fs::copy(&client, &p).unwrap();
+                p
+            })
+            .collect();
+        for b in &bins {
+            let _ = Command::new(b).arg("127.0.0.1:1").output().unwrap();
+        }
+        // Probed: one link each.
+        let t = Instant::now();
+        while perf_event_fds(pid) < base + PER_ROUND * 9 / 10 {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "round {round}: probes not attached: {} perf-event fds, {base} at start",
+                perf_event_fds(pid)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        peak = peak.max(perf_event_fds(pid));
+        for b in &bins {
+            std::fs::remove_file(b).unwrap();
+        }
+        // Given back within a sweep (every 5 s) and its detach.
+        let t = Instant::now();
+        while perf_event_fds(pid) > base + 5 {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "round {round}: probes of deleted programs kept: {} perf-event fds, {base} at start",
+                perf_event_fds(pid)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let after = perf_event_fds(pid);
+    agent_tests::signal(pid, "-INT");
+    assert!(agent.wait().unwrap().success());
+    let recs = json_lines(&std::fs::read_to_string(&records).unwrap());
+    let stats = recs
+        .iter()
+        .rev()
+        .find(|r| r["type"] == "stats")
+        .expect("stats record");
+    eprintln!(
+        "perf-event fds: {base} at start, {peak} at a round's peak, {after} at the end; uprobes {}",
+        stats["uprobes"]
+    );
+    let released = stats["uprobes"]["released_gone"].as_u64().unwrap_or(0);
+    assert!(
+        released >= (ROUNDS * PER_ROUND * 9 / 10) as u64,
+        "{}",
+        stats["uprobes"]
+    );
+    assert!(after <= base + 5, "{after} perf-event fds, {base} at start");
+}

@@ -69,6 +69,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             }
             _ = tick.tick() => {
                 health.beat();
+                k.sweep_uprobes();
                 ticks += 1;
                 // Libraries loaded since (dlopen, new conda envs): every 30 s.
                 if ticks.is_multiple_of(6) {
@@ -104,6 +105,8 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     let losses = k.losses();
     let mut stats = loss_json(&losses);
     stats["wire"] = json!(pipeline.wire_stats());
+    stats["uprobes"] = k.uprobe_stats();
+    stats["process_table"] = pipeline.table_stats();
     if let Some(x) = &otlp {
         x.update_self(&losses);
     }

@@ -81,6 +81,24 @@ impl Kernel {
         }
     }
 
+    /// Release the TLS-library probes of files that are gone, and detach
+    /// every released link on a blocking thread (each waits for the kernel).
+    pub fn sweep_uprobes(&mut self) {
+        let n = self.tls.sweep(&mut self.collector);
+        let links = self.collector.take_released();
+        if !links.is_empty() {
+            tracing::debug!(files = n, links = links.len(), "releasing TLS-library probes");
+            tokio::task::spawn_blocking(move || crate::bpf::attach::detach_all(links));
+        }
+    }
+
+    /// The TLS-library probes' counters, for the stats record.
+    pub fn uprobe_stats(&self) -> Value {
+        let mut v = json!(self.tls.stats());
+        v["links"] = json!(self.collector.uprobe_links());
+        v
+    }
+
     /// Capabilities the running agent needs beyond the runtime set: uprobes
     /// attached later (Go programs and libssl copies seen after start-up)
     /// need CAP_SYS_ADMIN for `perf_event_open` here (measured: EACCES with

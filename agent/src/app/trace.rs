@@ -17,6 +17,9 @@ use crate::{
     sink::report::TraceResult,
 };
 
+/// How often the TLS-library probes of deleted programs are released.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// How long a traced command may take to exit after the signal the agent
 /// handed it before its group is killed.
 const TRACE_KILL_GRACE: Duration = Duration::from_secs(3);
@@ -158,6 +161,10 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     // deadline (not until the ring is idle: on a busy machine other
     // processes' events never stop), shorter once its exit event is in.
     let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut sweep = tokio::time::interval_at(
+        tokio::time::Instant::now() + SWEEP_EVERY,
+        SWEEP_EVERY,
+    );
     loop {
         if status.is_some() {
             let ms = if root_exit_seen { 150 } else { 1500 };
@@ -167,6 +174,9 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         }
         tokio::select! {
             _ = sleep_until_some(drain_until) => break,
+            // A long build (`go test ./...`) runs and deletes many Go
+            // programs: their probes are released as they go.
+            _ = sweep.tick() => k.sweep_uprobes(),
             ev = rx.recv() => {
                 let Some(ev) = ev else {
                     if status.is_some() { break } else { continue }
@@ -225,6 +235,8 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     let losses = k.losses();
     let mut lost = loss_json(&losses);
     lost["wire"] = json!(pipeline.wire_stats());
+    lost["uprobes"] = k.uprobe_stats();
+    lost["process_table"] = pipeline.table_stats();
     if let Some(x) = otlp {
         x.update_self(&losses);
         lost["export"] = x.shutdown(OTLP_SHUTDOWN).await;

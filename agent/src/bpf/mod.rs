@@ -53,6 +53,10 @@ pub const DEFAULT_TCP_QUIET_NS: u64 = 100_000_000;
 /// The loaded BPF object, its links and the maps userspace keeps using.
 pub struct Collector {
     links: Vec<OwnedLink>,
+    /// Uprobe links by the group their caller gave them (one file's).
+    uprobes: std::collections::HashMap<u64, Vec<OwnedLink>>,
+    /// Released uprobe links, to be detached off the event loop.
+    released: Vec<OwnedLink>,
     tracked: aya::maps::HashMap<MapData, u32, u8>,
     ebpf: Ebpf,
     /// Until attached: the parsed kernel BTF alone is tens of MiB, kept no
@@ -72,7 +76,10 @@ pub struct Collector {
 
 impl Drop for Collector {
     fn drop(&mut self) {
-        attach::detach_all(std::mem::take(&mut self.links));
+        let mut all = std::mem::take(&mut self.links);
+        all.extend(self.uprobes.drain().flat_map(|(_, v)| v));
+        all.append(&mut self.released);
+        attach::detach_all(all);
     }
 }
 
@@ -108,6 +115,8 @@ impl Collector {
         Ok((
             Collector {
                 links: Vec::new(),
+                uprobes: Default::default(),
+                released: Vec::new(),
                 tracked,
                 ebpf,
                 kernel: Some(kernel),
@@ -172,14 +181,38 @@ impl Collector {
     }
 
     /// Attach the loaded uprobe `program` at `at` (a symbol or a file
-    /// offset) of the ELF file `target`, for every process that runs it.
+    /// offset) of the ELF file `target`, for every process that runs it;
+    /// the link joins `group` (released together: [`Collector::release_uprobes`]).
     pub fn attach_uprobe(
         &mut self,
+        group: u64,
         program: &str,
         at: aya::programs::uprobe::UProbeAttachLocation<'_>,
         target: &std::path::Path,
     ) -> Result<(), HookError> {
-        attach::attach_uprobe_at(&mut self.ebpf, program, at, target, &mut self.links)
+        let mut links = Vec::new();
+        attach::attach_uprobe_at(&mut self.ebpf, program, at, target, &mut links)?;
+        self.uprobes.entry(group).or_default().extend(links);
+        Ok(())
+    }
+
+    /// Stop the uprobes of `group`: their links are detached by whoever
+    /// takes them ([`Collector::take_released`]), off the event loop (each
+    /// waits for the kernel).
+    pub fn release_uprobes(&mut self, group: u64) {
+        if let Some(v) = self.uprobes.remove(&group) {
+            self.released.extend(v);
+        }
+    }
+
+    /// Released uprobe links, to detach (`attach::detach_all`).
+    pub fn take_released(&mut self) -> Vec<OwnedLink> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// Uprobe links attached now.
+    pub fn uprobe_links(&self) -> usize {
+        self.uprobes.values().map(Vec::len).sum()
     }
 
     /// Track `tgid` (and, through fork, its future children) in the kernel,

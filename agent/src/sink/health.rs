@@ -7,11 +7,15 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{clock::unix_secs, events::Stats};
 
 const STALE_SECS: u64 = 30;
+/// Connections to the health endpoint served at once.
+const MAX_CONNECTIONS: usize = 256;
 
 #[derive(Clone)]
 pub struct Health {
@@ -71,13 +75,35 @@ pub async fn serve(addr: &str, h: Health) -> anyhow::Result<()> {
     let l = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("--health-addr {addr}: {e}"))?;
+    // At most this many connections are served at once (each has 2 s to
+    // send its request); the rest wait in the listen backlog.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
+        let mut last_error: Option<std::time::Instant> = None;
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut s = match l.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors (EMFILE), a connection reset before
+                    // accept…: the server stays, says so once a minute, and
+                    // lets the cause pass before trying again.
+                    if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!("health endpoint: accept failed: {e}; retrying");
+                        last_error = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let h = h.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let mut buf = [0u8; 1024];
                 let n =
-                    match tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf))
+                    match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
                         .await
                     {
                         Ok(Ok(n)) => n,
@@ -91,14 +117,14 @@ pub async fn serve(addr: &str, h: Health) -> anyhow::Result<()> {
                     404 => "Not Found",
                     _ => "Service Unavailable",
                 };
-                let _ = s
+                let _ = tokio::time::timeout(Duration::from_secs(2), s
                     .write_all(
                         format!(
                             "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                             body.len()
                         )
                         .as_bytes(),
-                    )
+                    ))
                     .await;
             });
         }
@@ -122,5 +148,35 @@ mod tests {
         assert_eq!(h.answer("/healthz").0, 200);
         assert_eq!(Health::new(false, stats).answer("/readyz").0, 503);
         assert_eq!(h.answer("/x").0, 404);
+    }
+
+    /// Clients that connect and say nothing do not delay a probe.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_clients_cannot_take_the_endpoint_down() {
+        let stats = Arc::new(Stats::default());
+        stats.reader_beat.store(unix_secs(), Ordering::Relaxed);
+        let h = Health::new(true, stats);
+        // A free port, then the server on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        serve(&addr, h).await.expect("serve");
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS / 2 {
+            idle.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+        }
+        let t = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"GET /readyz HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+            .await
+            .expect("answered within 10 s")
+            .expect("read");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        drop(idle);
     }
 }

@@ -284,48 +284,6 @@ pub fn host_go_dirs(proc_root: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-/// How long a directory that was looked at is not looked at again.
-const DIR_RECHECK: Duration = Duration::from_secs(30);
-/// Bound on the directories remembered (cleared when reached).
-const DIRS_KEPT: usize = 4096;
-
-/// Files already probed, by (device, inode), and directories looked at lately.
-#[derive(Default)]
-pub struct Targets {
-    seen: HashSet<(u64, u64)>,
-    dirs: HashMap<String, Instant>,
-}
-
-impl Targets {
-    /// True the first time a file is offered (and it exists).
-    pub fn first(&mut self, path: &Path) -> bool {
-        match std::fs::metadata(path) {
-            Ok(m) => self.seen.insert((m.dev(), m.ino())),
-            Err(_) => false,
-        }
-    }
-
-    /// True when `dir` was not looked at in the last 30 s (and marks it).
-    pub fn dir_due(&mut self, dir: &str, now: Instant) -> bool {
-        if let Some(t) = self.dirs.get(dir)
-            && now.duration_since(*t) < DIR_RECHECK
-        {
-            return false;
-        }
-        if self.dirs.len() >= DIRS_KEPT {
-            self.dirs.clear();
-        }
-        self.dirs.insert(dir.to_string(), now);
-        true
-    }
-
-    /// Offer `path` again next time (its probe could not be attached).
-    pub fn forget(&mut self, path: &Path) {
-        if let Ok(m) = std::fs::metadata(path) {
-            self.seen.remove(&(m.dev(), m.ino()));
-        }
-    }
-}
 
 /// Every libssl the machine's loader knows and every one mapped right now
 /// (through `/proc/<pid>/root`, so a container's own libssl is found too).
@@ -642,7 +600,7 @@ mod tests {
                 PathBuf::from("/home/u/.conda/envs/py")
             ]
         );
-        let mut t = Targets::default();
+        let mut t = super::super::targets::Targets::default();
         let t0 = Instant::now();
         assert!(t.dir_due("/x/lib", t0));
         assert!(!t.dir_due("/x/lib", t0 + Duration::from_secs(29)));

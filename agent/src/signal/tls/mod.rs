@@ -11,6 +11,7 @@ pub mod libs;
 pub use libs::LibNote;
 pub mod probes;
 mod rules;
+pub mod targets;
 
 use std::{
     collections::HashMap,

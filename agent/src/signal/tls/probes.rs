@@ -6,8 +6,14 @@
 //! Owns: the attach policy of the TLS-library probes. Must not: decide what
 //! a probe's note means (`libs::describe`).
 
-use super::libs::{
-    GO_PROGRAM, GO_SYMBOL, OSSL_PROBES, Targets, library_dirs, libssl_candidates, libssl_in_dir,
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use super::{
+    libs::{GO_PROGRAM, GO_SYMBOL, OSSL_PROBES, library_dirs, libssl_candidates, libssl_in_dir},
+    targets::{Claim, TargetStats, Targets},
 };
 use crate::bpf::Collector;
 
@@ -17,31 +23,61 @@ pub struct TlsProbes {
     targets: Targets,
 }
 
+/// Where the Go probe goes in `target`: Go's own function table (kept even
+/// in stripped binaries), read from the headers and `.gopclntab` only.
+fn go_offset(target: &Path) -> Option<u64> {
+    crate::process::fsview::open_regular(target)
+        .and_then(|(f, size)| {
+            crate::buildinfo::read_image(&f, size, crate::buildinfo::PCLNTAB_SECTIONS)
+        })
+        .and_then(|b| crate::buildinfo::go_func_offset(&b, GO_SYMBOL))
+}
+
 impl TlsProbes {
-    /// Attach a TLS-library uprobe to `target` unless that file (by device
-    /// and inode) has it already. Ok(true) when newly attached.
-    pub fn probe_tls_lib(
-        &mut self,
-        c: &mut Collector,
-        program: &str,
-        symbol: &str,
-        target: &std::path::Path,
-    ) -> Result<bool, String> {
-        if !c.tls_uprobes() || !self.targets.first(target) {
-            return Ok(false);
+    /// `target` is to get probes: its link group, unless it has them
+    /// already, is missing or deleted, or uprobes are off. A file released
+    /// to stay under the cap has its links released.
+    fn claim(&mut self, c: &mut Collector, target: &Path, pinned: bool) -> Option<Claim> {
+        if !c.tls_uprobes() {
+            return None;
         }
-        c.attach_uprobe(program, symbol.into(), target)
-            .map_err(|e| e.to_string())?;
-        Ok(true)
+        let claim = self.targets.claim(target, pinned, Instant::now())?;
+        if let Some(g) = claim.evicted {
+            c.release_uprobes(g);
+        }
+        Some(claim)
+    }
+
+    /// The attach of a claimed file failed: offered again next time.
+    fn unclaim(&mut self, c: &mut Collector, claim: &Claim) {
+        if let Some(g) = self.targets.forget(claim.key) {
+            c.release_uprobes(g);
+        }
+    }
+
+    /// Release the probes of files that are gone (deleted, replaced): their
+    /// links go to the collector's released list, to be detached off the
+    /// event loop. Returns how many files.
+    pub fn sweep(&mut self, c: &mut Collector) -> usize {
+        let gone = self.targets.sweep();
+        for g in &gone {
+            c.release_uprobes(*g);
+        }
+        gone.len()
+    }
+
+    /// What happened to probed files so far.
+    pub fn stats(&self) -> TargetStats {
+        self.targets.stats()
     }
 
     /// Attach the OpenSSL probes to every libssl known to the loader or mapped
     /// by a process now; returns how many files were new.
-    pub fn probe_libssl(&mut self, c: &mut Collector, proc_root: &std::path::Path) -> usize {
+    pub fn probe_libssl(&mut self, c: &mut Collector, proc_root: &Path) -> usize {
         if !c.tls_uprobes() {
             return 0;
         }
-        self.probe_libssl_files(c, libssl_candidates(proc_root))
+        self.probe_libssl_files(c, libssl_candidates(proc_root), true)
     }
 
     /// A program started: attach the OpenSSL probes to the libssl files in
@@ -52,13 +88,13 @@ impl TlsProbes {
         &mut self,
         c: &mut Collector,
         exec: &crate::events::Exec,
-        proc_root: &std::path::Path,
+        proc_root: &Path,
     ) -> usize {
         if !c.tls_uprobes() || !exec.ok() {
             return 0;
         }
         let root = proc_root.join(exec.tgid.to_string()).join("root");
-        self.probe_libssl_for(c, &exec.exe, &exec.env, &root)
+        self.probe_libssl_for(c, &exec.exe, &exec.env, &root, false)
     }
 
     /// The OpenSSL probes on the libssl files in the directories `exe`'s
@@ -69,12 +105,13 @@ impl TlsProbes {
         c: &mut Collector,
         exe: &str,
         env: &[(String, String)],
-        root: &std::path::Path,
+        root: &Path,
+        pinned: bool,
     ) -> usize {
         if !c.tls_uprobes() {
             return 0;
         }
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let mut files = Vec::new();
         for dir in library_dirs(exe, env) {
             if !self.targets.dir_due(&dir, now) {
@@ -83,24 +120,26 @@ impl TlsProbes {
             let in_root = root.join(dir.trim_start_matches('/'));
             let found = libssl_in_dir(&in_root);
             files.extend(if found.is_empty() && !root.exists() {
-                libssl_in_dir(std::path::Path::new(&dir))
+                libssl_in_dir(Path::new(&dir))
             } else {
                 found
             });
         }
-        self.probe_libssl_files(c, files)
+        self.probe_libssl_files(c, files, pinned)
     }
 
-    fn probe_libssl_files(&mut self, c: &mut Collector, files: Vec<std::path::PathBuf>) -> usize {
+    fn probe_libssl_files(&mut self, c: &mut Collector, files: Vec<PathBuf>, pinned: bool) -> usize {
         let mut n = 0;
         for p in files {
-            if !self.targets.first(&p) {
+            let Some(claim) = self.claim(c, &p, pinned) else {
                 continue;
-            }
+            };
             n += 1;
+            let mut any = false;
             for (program, symbol) in OSSL_PROBES {
-                match c.attach_uprobe(program, (*symbol).into(), &p) {
+                match c.attach_uprobe(claim.group, program, (*symbol).into(), &p) {
                     Ok(()) => {
+                        any = true;
                         tracing::debug!(path = %p.display(), symbol, "OpenSSL probe attached")
                     }
                     Err(e) => {
@@ -108,69 +147,61 @@ impl TlsProbes {
                     }
                 }
             }
+            if !any {
+                self.unclaim(c, &claim);
+            }
         }
         n
     }
 
     /// Attach the Go crypto/tls probe to the program `pid` runs (`exe` when
-    /// the process is gone). Binaries without a symbol table are skipped.
-    pub fn probe_go(
-        &mut self,
-        c: &mut Collector,
-        pid: u32,
-        exe: &str,
-        proc_root: &std::path::Path,
-    ) {
+    /// the process is gone).
+    pub fn probe_go(&mut self, c: &mut Collector, pid: u32, exe: &str, proc_root: &Path) {
         // The file by a path that outlives the process (short-lived programs
         // are often gone by now): the host path, else the process's own view
         // (a container's file, while the process lives).
-        let host = std::path::PathBuf::from(exe);
+        let host = PathBuf::from(exe);
         let target = if !exe.is_empty() && host.is_file() {
             host
         } else {
             proc_root.join(pid.to_string()).join("exe")
         };
-        self.probe_go_file(c, &target);
+        self.probe_go_file(c, &target, false);
     }
 
     /// Attach the Go crypto/tls probe to the Go program at `target` (once
-    /// per file): by symbol, else at the offset Go's function table gives.
-    pub fn probe_go_file(&mut self, c: &mut Collector, target: &std::path::Path) {
+    /// per file): by symbol, else at the offset Go's function table gives
+    /// (`-ldflags=-s -w`, `strip`). `pinned`: probed ahead of time, kept
+    /// while the file exists.
+    pub fn probe_go_file(&mut self, c: &mut Collector, target: &Path, pinned: bool) {
         let exe = target.display().to_string();
-        let exe = exe.as_str();
-        let target = target.to_path_buf();
-        match self.probe_tls_lib(c, GO_PROGRAM, GO_SYMBOL, &target) {
-            Ok(true) => tracing::debug!(exe, "Go crypto/tls probe attached"),
-            Ok(false) => {}
+        let Some(claim) = self.claim(c, target, pinned) else {
+            return;
+        };
+        let r = match c.attach_uprobe(claim.group, GO_PROGRAM, GO_SYMBOL.into(), target) {
+            Ok(()) => Ok(None),
+            Err(e) => match go_offset(target) {
+                Some(off) => c
+                    .attach_uprobe(
+                        claim.group,
+                        GO_PROGRAM,
+                        aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off),
+                        target,
+                    )
+                    .map(|()| Some(off))
+                    .map_err(|e| e.to_string()),
+                None => Err(e.to_string()),
+            },
+        };
+        match r {
+            Ok(None) => tracing::debug!(exe, "Go crypto/tls probe attached"),
+            Ok(Some(offset)) => {
+                tracing::debug!(exe, offset, "Go crypto/tls probe attached (pclntab)")
+            }
             Err(e) => {
-                // No symbol table (`-ldflags=-s`): the function table Go keeps
-                // for its own stack traces still says where the function is.
-                // Headers and .gopclntab only, never the whole binary.
-                let offset = crate::process::fsview::open_regular(&target)
-                    .and_then(|(f, size)| {
-                        crate::buildinfo::read_image(&f, size, crate::buildinfo::PCLNTAB_SECTIONS)
-                    })
-                    .and_then(|b| crate::buildinfo::go_func_offset(&b, GO_SYMBOL));
-                let r = match offset {
-                    Some(off) => c
-                        .attach_uprobe(
-                            GO_PROGRAM,
-                            aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off),
-                            &target,
-                        )
-                        .map_err(|e| e.to_string()),
-                    None => Err(e),
-                };
-                match r {
-                    Ok(()) => {
-                        tracing::debug!(exe, ?offset, "Go crypto/tls probe attached (pclntab)")
-                    }
-                    Err(e) => {
-                        // Not a TLS program, or the file vanished: try again at its next run.
-                        self.targets.forget(&target);
-                        tracing::debug!(exe, error = %e, "Go crypto/tls probe not attached")
-                    }
-                }
+                // Not a TLS program, or the file vanished: try again at its next run.
+                self.unclaim(c, &claim);
+                tracing::debug!(exe, error = %e, "Go crypto/tls probe not attached")
             }
         }
     }
@@ -223,11 +254,11 @@ impl TlsProbes {
         let t0 = std::time::Instant::now();
         let reach = super::libs::reachable(argv, env, cwd, home);
         for p in &reach.go {
-            self.probe_go_file(c, p);
+            self.probe_go_file(c, p, true);
         }
         let mut libssl = 0;
         for exe in &reach.libssl_users {
-            libssl += self.probe_libssl_for(c, exe, env, std::path::Path::new("/"));
+            libssl += self.probe_libssl_for(c, exe, env, Path::new("/"), true);
         }
         tracing::debug!(
             go = reach.go.len(),
@@ -249,7 +280,7 @@ impl TlsProbes {
         for d in super::libs::host_go_dirs(proc_root) {
             let go = d.join("go");
             if go.is_file() && super::libs::is_go_program(&go) {
-                self.probe_go_file(c, &go);
+                self.probe_go_file(c, &go, true);
                 n += 1;
             }
         }
