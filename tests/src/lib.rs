@@ -350,11 +350,28 @@ pub fn codes(lines: &[serde_json::Value]) -> Vec<String> {
         .collect()
 }
 
+/// `agent`, to be started by the calling test's thread and stopped by it:
+/// should the test panic first, the agent gets SIGTERM (its parent
+/// thread's death signal) instead of watching the tests that follow.
+pub fn agent_cmd() -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut c = Command::new(agent_bin());
+    // SAFETY: prctl with integer arguments only, in the child before exec
+    // (async-signal-safe).
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    c
+}
+
 /// Start the agent in live mode, JSON records to `out_file`; returns once it
 /// is watching (its stderr is drained in the background).
 pub fn start_live_agent(out_file: &std::path::Path) -> std::process::Child {
     use std::io::BufRead as _;
-    let mut agent = Command::new(agent_bin())
+    let mut agent = agent_cmd()
         .args(["--format", "json", "--output"])
         .arg(out_file)
         .stderr(std::process::Stdio::piped())

@@ -57,7 +57,7 @@ fn fifos_planted_by_a_user_freeze_nothing() {
     );
     let out = scratch("fifo").join("records.jsonl");
     let t = Instant::now();
-    let mut agent = Command::new(agent_bin())
+    let mut agent = agent_tests::agent_cmd()
         .args(["--format", "json", "--all-execs", "--output"])
         .arg(&out)
         .stderr(Stdio::piped())
@@ -150,14 +150,15 @@ fn a_300_mb_go_binary_keeps_memory_bounded() {
     assert!(peak_mib < 128, "peak RSS {peak_mib} MiB");
 }
 
-/// This process's perf-event descriptors: one per attached uprobe link.
-fn perf_event_fds(pid: u32) -> usize {
+/// A process's BPF link descriptors (one per attached uprobe, besides the
+/// signals' own links).
+fn link_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten()
                 .filter(|e| {
                     std::fs::read_link(e.path())
-                        .is_ok_and(|l| l.to_string_lossy().contains("perf_event"))
+                        .is_ok_and(|l| l.to_string_lossy().contains("bpf_link"))
                 })
                 .count()
         })
@@ -179,7 +180,7 @@ fn deleted_go_programs_give_their_probes_back() {
     );
     let dir = scratch("probe-lifecycle-bins");
     let records = dir.join("records.jsonl");
-    let mut agent = Command::new(agent_bin())
+    let mut agent = agent_tests::agent_cmd()
         .args(["--format", "json", "--output"])
         .arg(&records)
         .stderr(Stdio::piped())
@@ -197,7 +198,7 @@ fn deleted_go_programs_give_their_probes_back() {
     });
     rx.recv_timeout(Duration::from_secs(30))
         .expect("agent started");
-    let base = perf_event_fds(pid);
+    let base = link_fds(pid);
     let mut peak = base;
     for round in 0..ROUNDS {
         // Distinct files (each its own inode), named as Go toolchains are
@@ -214,30 +215,30 @@ fn deleted_go_programs_give_their_probes_back() {
         }
         // Probed: one link each.
         let t = Instant::now();
-        while perf_event_fds(pid) < base + PER_ROUND * 9 / 10 {
+        while link_fds(pid) < base + PER_ROUND * 9 / 10 {
             assert!(
                 t.elapsed() < Duration::from_secs(20),
-                "round {round}: probes not attached: {} perf-event fds, {base} at start",
-                perf_event_fds(pid)
+                "round {round}: probes not attached: {} link fds, {base} at start",
+                link_fds(pid)
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        peak = peak.max(perf_event_fds(pid));
+        peak = peak.max(link_fds(pid));
         for b in &bins {
             std::fs::remove_file(b).unwrap();
         }
         // Given back within a sweep (every 5 s) and its detach.
         let t = Instant::now();
-        while perf_event_fds(pid) > base + 5 {
+        while link_fds(pid) > base + 5 {
             assert!(
                 t.elapsed() < Duration::from_secs(20),
-                "round {round}: probes of deleted programs kept: {} perf-event fds, {base} at start",
-                perf_event_fds(pid)
+                "round {round}: probes of deleted programs kept: {} link fds, {base} at start",
+                link_fds(pid)
             );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    let after = perf_event_fds(pid);
+    let after = link_fds(pid);
     agent_tests::signal(pid, "-INT");
     assert!(agent.wait().unwrap().success());
     let recs = json_lines(&std::fs::read_to_string(&records).unwrap());
@@ -247,7 +248,7 @@ fn deleted_go_programs_give_their_probes_back() {
         .find(|r| r["type"] == "stats")
         .expect("stats record");
     eprintln!(
-        "perf-event fds: {base} at start, {peak} at a round's peak, {after} at the end; uprobes {}",
+        "link fds: {base} at start, {peak} at a round's peak, {after} at the end; uprobes {}",
         stats["uprobes"]
     );
     let released = stats["uprobes"]["released_gone"].as_u64().unwrap_or(0);
@@ -256,5 +257,5 @@ fn deleted_go_programs_give_their_probes_back() {
         "{}",
         stats["uprobes"]
     );
-    assert!(after <= base + 5, "{after} perf-event fds, {base} at start");
+    assert!(after <= base + 5, "{after} link fds, {base} at start");
 }

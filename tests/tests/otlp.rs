@@ -258,7 +258,7 @@ fn exporter_down_then_back_and_shutdown_stays_fast() {
             .unwrap()
             .port();
         let out_file = scratch("otlp-down").join("records.jsonl");
-        let mut agent = Command::new(agent_bin())
+        let mut agent = agent_tests::agent_cmd()
             .args(["--format", "json", "--output"])
             .arg(&out_file)
             .env(

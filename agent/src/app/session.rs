@@ -87,7 +87,11 @@ impl Kernel {
         let n = self.tls.sweep(&mut self.collector);
         let links = self.collector.take_released();
         if !links.is_empty() {
-            tracing::debug!(files = n, links = links.len(), "releasing TLS-library probes");
+            tracing::debug!(
+                files = n,
+                links = links.len(),
+                "releasing TLS-library probes"
+            );
             tokio::task::spawn_blocking(move || crate::bpf::attach::detach_all(links));
         }
     }

@@ -161,10 +161,8 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     // deadline (not until the ring is idle: on a busy machine other
     // processes' events never stop), shorter once its exit event is in.
     let mut drain_until: Option<tokio::time::Instant> = None;
-    let mut sweep = tokio::time::interval_at(
-        tokio::time::Instant::now() + SWEEP_EVERY,
-        SWEEP_EVERY,
-    );
+    let mut sweep =
+        tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
     loop {
         if status.is_some() {
             let ms = if root_exit_seen { 150 } else { 1500 };

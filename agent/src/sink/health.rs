@@ -102,13 +102,10 @@ pub async fn serve(addr: &str, h: Health) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let _permit = permit;
                 let mut buf = [0u8; 1024];
-                let n =
-                    match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
-                        .await
-                    {
-                        Ok(Ok(n)) => n,
-                        _ => return,
-                    };
+                let n = match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
                 let req = String::from_utf8_lossy(&buf[..n]);
                 let path = req.split_whitespace().nth(1).unwrap_or("/");
                 let (code, body) = h.answer(path);
@@ -165,11 +162,19 @@ mod tests {
         serve(&addr, h).await.expect("serve");
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS / 2 {
-            idle.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+            idle.push(
+                tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .expect("connect"),
+            );
         }
         let t = std::time::Instant::now();
-        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-        s.write_all(b"GET /readyz HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /readyz HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
         let mut out = String::new();
         tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
             .await

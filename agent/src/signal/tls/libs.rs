@@ -16,10 +16,8 @@
 //! applies to processes that mapped it already.
 
 use std::{
-    collections::{HashMap, HashSet},
-    os::unix::fs::MetadataExt as _,
+    collections::HashSet,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
 };
 
 use agent_common::{TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_RET, TLSLIB_OSSL_VERIFY};
@@ -283,7 +281,6 @@ pub fn host_go_dirs(proc_root: &Path) -> Vec<PathBuf> {
     }
     dirs
 }
-
 
 /// Every libssl the machine's loader knows and every one mapped right now
 /// (through `/proc/<pid>/root`, so a container's own libssl is found too).
@@ -601,6 +598,7 @@ mod tests {
             ]
         );
         let mut t = super::super::targets::Targets::default();
+        use std::time::{Duration, Instant};
         let t0 = Instant::now();
         assert!(t.dir_due("/x/lib", t0));
         assert!(!t.dir_due("/x/lib", t0 + Duration::from_secs(29)));

@@ -128,7 +128,12 @@ impl TlsProbes {
         self.probe_libssl_files(c, files, pinned)
     }
 
-    fn probe_libssl_files(&mut self, c: &mut Collector, files: Vec<PathBuf>, pinned: bool) -> usize {
+    fn probe_libssl_files(
+        &mut self,
+        c: &mut Collector,
+        files: Vec<PathBuf>,
+        pinned: bool,
+    ) -> usize {
         let mut n = 0;
         for p in files {
             let Some(claim) = self.claim(c, &p, pinned) else {

@@ -1,7 +1,7 @@
 //! The files that carry TLS-library probes, and how long they keep them.
 //!
 //! A uprobe holds its file's inode (a deleted binary's blocks stay on disk)
-//! and a perf-event descriptor for as long as it is attached. On a CI host
+//! and a BPF link descriptor for as long as it is attached. On a CI host
 //! `go test ./...` builds, runs and deletes a test binary per package, each
 //! a Go program the agent probes: without a lifecycle, descriptors pile up
 //! and deleted binaries are never freed. So every probed file is kept by
