@@ -180,24 +180,8 @@ fn deleted_go_programs_give_their_probes_back() {
     );
     let dir = scratch("probe-lifecycle-bins");
     let records = dir.join("records.jsonl");
-    let mut agent = agent_tests::agent_cmd()
-        .args(["--format", "json", "--output"])
-        .arg(&records)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut agent = agent_tests::start_live_agent(&records);
     let pid = agent.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let err = agent.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            if l.contains("agent: watching") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("agent started");
     let base = link_fds(pid);
     let mut peak = base;
     for round in 0..ROUNDS {
