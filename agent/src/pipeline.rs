@@ -12,8 +12,8 @@ use crate::{
     events::{Event, Exec, Exit, Tcp, WireKind},
     finding::Finding,
     process::fsview::basename,
-    process::names::HostNames,
     process::table::ProcTable,
+    process::{endpoints::EndpointSource, names::HostNames},
     signal::dns::{DnsConfig, DnsReport, DnsTracker},
     signal::exec::{AnalysisConfig, Analyzer, ExecAnalysis},
     signal::tcp::{ConnReport, NetAnalyzer, NetConfig},
@@ -142,9 +142,17 @@ impl Pipeline {
 
     /// A network signal's findings, each followed by the exec signal's
     /// conclusion when it was a toolchain download that failed.
-    fn push_network_findings(&mut self, findings: Vec<Finding>, at: u64, out: &mut Vec<Output>) {
+    fn push_network_findings(
+        &mut self,
+        findings: Vec<Finding>,
+        endpoint: Option<&EndpointSource>,
+        at: u64,
+        out: &mut Vec<Output>,
+    ) {
         for finding in findings {
-            let download = self.analyzer.toolchain_download_failed(&finding, at);
+            let download = self
+                .analyzer
+                .toolchain_download_failed(&finding, endpoint, at);
             out.push(Output::Finding {
                 finding,
                 ktime_ns: at,
@@ -160,22 +168,24 @@ impl Pipeline {
 
     fn push_tls(&mut self, report: TlsReport, out: &mut Vec<Output>) {
         let (findings, at) = (report.findings.clone(), report.end_ns);
+        let endpoint = report.endpoint.clone();
         let analysed = self.is_analysed(report.owner.pid);
         out.push(Output::Tls {
             report: Box::new(report),
             analysed,
         });
-        self.push_network_findings(findings, at, out);
+        self.push_network_findings(findings, endpoint.as_ref(), at, out);
     }
 
     fn push_dns(&mut self, report: DnsReport, out: &mut Vec<Output>) {
         let (findings, at) = (report.findings.clone(), report.end_ns);
+        let endpoint = report.endpoint.clone();
         let analysed = self.is_analysed(report.owner.pid);
         out.push(Output::Dns {
             report: Box::new(report),
             analysed,
         });
-        self.push_network_findings(findings, at, out);
+        self.push_network_findings(findings, endpoint.as_ref(), at, out);
     }
 
     /// One event through the process table and the signal it belongs to.
@@ -207,13 +217,14 @@ impl Pipeline {
                 if let Some(report) = self.net.on_tcp(&self.table, &t, host) {
                     let analysed = self.is_analysed(t.tgid);
                     let findings = report.findings.clone();
+                    let endpoint = report.endpoint.clone();
                     let at = t.ktime_ns;
                     out.push(Output::Tcp {
                         tcp: t,
                         report: Box::new(report),
                         analysed,
                     });
-                    self.push_network_findings(findings, at, &mut out);
+                    self.push_network_findings(findings, endpoint.as_ref(), at, &mut out);
                 }
             }
             Event::Exec(e) => {

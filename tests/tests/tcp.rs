@@ -282,7 +282,7 @@ fn live_mode_reports_toolchain_trees_and_failures_and_counts_the_rest() {
 /// Markdown.
 #[test]
 fn goproxy_failures_name_goproxy_with_cause_and_fix() {
-    let lab = NetLab::new("goproxy");
+    let mut lab = NetLab::new("goproxy");
     let g = agent_tests::GoModule::new("goproxy");
     let (dir, path, cache, modcache) = (&g.dir, &g.path, &g.cache, &g.modcache);
     let cmd = g.download_cmd();
@@ -392,5 +392,37 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
         md.contains("<details><summary>Process tree</summary>"),
         "{md}"
     );
+
+    // The switching go's GOPROXY names a host that does not resolve (the
+    // lab's DNS server says NXDOMAIN): the download failed at the lookup.
+    lab.dns();
+    let goproxy = format!("http://nx.test:{PORT_RESET}");
+    let lines = trace_json(
+        &lab.in_client(&["sh", "-c", &format!("cd {} && go version", newer.display())]),
+        &[
+            ("PATH", path),
+            ("GOPROXY", &goproxy),
+            ("GOSUMDB", "off"),
+            ("GOCACHE", cache),
+            ("GOMODCACHE", modcache),
+        ],
+    );
+    let f = of_type(&lines, "finding")
+        .into_iter()
+        .find(|f| f["code"] == "go.toolchain_download_failed")
+        .unwrap_or_else(|| {
+            panic!(
+                "no go.toolchain_download_failed: {:#?}",
+                of_type(&lines, "finding")
+            )
+        });
+    let summary = f["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!(
+            "tried to switch to go1.99 (because of go 1.99 in {}/go.mod) and the download from GOPROXY {goproxy} failed: go: lookup of nx.test ("
+        , newer.display())) && summary.contains("your GOPROXY) failed: NXDOMAIN"),
+        "{summary}"
+    );
+    assert_eq!(f["evidence"]["network_finding"], "net.dns_failure", "{f:#}");
     std::fs::remove_dir_all(dir).ok();
 }

@@ -203,13 +203,34 @@ fn host_matches(pattern: &str, host: Option<&str>, dst: IpAddr) -> bool {
     if let Ok(ip) = pattern.parse::<IpAddr>() {
         return ip == dst;
     }
-    let Some(h) = host.map(|h| h.trim_end_matches('.').to_ascii_lowercase()) else {
-        return false;
-    };
+    host.is_some_and(|h| name_matches(pattern, h))
+}
+
+/// A host name against a setting's host (`*.corp.example` matches subdomains).
+fn name_matches(pattern: &str, host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
     match pattern.strip_prefix("*.") {
         Some(suffix) => h.ends_with(&format!(".{suffix}")),
         None => h == pattern,
     }
+}
+
+/// The setting that named the host `name` a process looked up (any port:
+/// a lookup has none).
+pub fn source_of_name(
+    exe: &str,
+    env: &[(String, String)],
+    argv: &[String],
+    name: &str,
+) -> Option<EndpointSource> {
+    named(exe, env, argv)
+        .into_iter()
+        .find(|n| n.host.parse::<IpAddr>().is_err() && name_matches(&n.host, name))
+        .map(|n| EndpointSource {
+            variable: n.variable.to_string(),
+            value: n.value,
+            default: n.default,
+        })
 }
 
 /// The setting that named this connection's destination (`host`: the name
@@ -272,6 +293,19 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// A lookup has a name and no port: names match, IP literals never do.
+    #[test]
+    fn a_looked_up_name_is_attributed_to_the_setting_that_names_it() {
+        let e = env(&[("GOPROXY", "https://10.0.0.5,https://proxy.corp:8443|direct")]);
+        let s = source_of_name("/usr/bin/go", &e, &[], "PROXY.corp.").expect("GOPROXY");
+        assert_eq!((s.variable.as_str(), s.default), ("GOPROXY", false));
+        assert_eq!(source_of_name("/usr/bin/go", &e, &[], "10.0.0.5"), None);
+        assert_eq!(source_of_name("/usr/bin/go", &e, &[], "other.corp"), None);
+        // Unset: Go's default proxy.
+        let d = source_of_name("/usr/bin/go", &[], &[], "proxy.golang.org").expect("default");
+        assert!(d.default, "{d:?}");
     }
 
     #[test]

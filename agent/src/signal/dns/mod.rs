@@ -18,7 +18,12 @@ use crate::{
     dns,
     events::Wire,
     finding::{Dedup, Finding, Severity},
-    process::{names::HostNames, owner::Owner, table::ProcTable},
+    process::{
+        endpoints::{EndpointSource, source_of_name},
+        names::HostNames,
+        owner::Owner,
+        table::ProcTable,
+    },
 };
 
 /// Thresholds of the DNS findings.
@@ -53,6 +58,8 @@ pub struct DnsReport {
     pub start_ns: u64,
     pub end_ns: u64,
     pub timed_out: bool,
+    /// The setting that named the host looked up (GOPROXY, …).
+    pub endpoint: Option<EndpointSource>,
     pub findings: Vec<Finding>,
 }
 
@@ -185,6 +192,7 @@ impl DnsTracker {
             start_ns: p.first_ns,
             end_ns: w.ktime_ns,
             timed_out: false,
+            endpoint: endpoint_of(table, p.owner_tgid, &msg.question.name),
             findings: Vec::new(),
         };
         let mut out = Vec::new();
@@ -240,6 +248,11 @@ impl DnsTracker {
     ) -> Vec<Finding> {
         let name = r.owner.name();
         let took = r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6;
+        // `nope.test (A, your GOPROXY)`.
+        let looked_up = match &r.endpoint {
+            Some(src) => format!("{} ({}, {})", r.name, r.qtype, src.note()),
+            None => format!("{} ({})", r.name, r.qtype),
+        };
         let tries = if r.attempts > 1 {
             format!(", {} attempts", r.attempts)
         } else {
@@ -247,23 +260,19 @@ impl DnsTracker {
         };
         let summary = match code {
             "net.dns_failure" => format!(
-                "{name}: lookup of {} ({}) failed: {} from resolver {}{tries}",
-                r.name,
-                r.qtype,
+                "{name}: lookup of {looked_up} failed: {} from resolver {}{tries}",
                 r.rcode.as_deref().unwrap_or("?"),
                 r.server
             ),
             "net.dns_timeout" => format!(
-                "{name}: lookup of {} ({}) got no answer from resolver {} after {} attempt{} over {took:.0} ms",
-                r.name,
-                r.qtype,
+                "{name}: lookup of {looked_up} got no answer from resolver {} after {} attempt{} over {took:.0} ms",
                 r.server,
                 r.attempts,
                 if r.attempts == 1 { "" } else { "s" }
             ),
             _ => format!(
-                "{name}: lookup of {} ({}) took {took:.0} ms at resolver {}{tries}",
-                r.name, r.qtype, r.server
+                "{name}: lookup of {looked_up} took {took:.0} ms at resolver {}{tries}",
+                r.server
             ),
         };
         let key = format!("{code}|{name}|{}|{}", r.name, r.server);
@@ -281,7 +290,17 @@ impl DnsTracker {
         m.insert("attempts".into(), json!(r.attempts));
         m.insert("duration_ms".into(), json!(took));
         m.insert("addresses".into(), json!(r.addresses));
-        let (cause, fix) = dns_cause_and_fix(code, r);
+        let (mut cause, mut fix) = dns_cause_and_fix(code, r);
+        if let Some(src) = &r.endpoint {
+            m.insert(
+                "endpoint_from".into(),
+                serde_json::to_value(src).unwrap_or_default(),
+            );
+            cause = format!("{cause}; the name came from {}", src.describe());
+            if !src.variable.contains(' ') && code != "net.dns_slow" {
+                fix = format!("{fix}, or point {} at a server that works", src.variable);
+            }
+        }
         vec![Finding {
             code,
             severity,
@@ -300,6 +319,7 @@ impl DnsTracker {
         p: Pending,
         now: u64,
     ) -> DnsReport {
+        let endpoint = endpoint_of(table, p.owner_tgid, &key.1);
         let mut r = DnsReport {
             owner: Owner::new(table, p.owner_tgid, &p.comm),
             name: key.1,
@@ -312,6 +332,7 @@ impl DnsTracker {
             start_ns: p.first_ns,
             end_ns: now.max(p.last_ns),
             timed_out: true,
+            endpoint,
             findings: Vec::new(),
         };
         r.findings = self.dns_finding(&r, "net.dns_timeout", Severity::Error);
@@ -377,6 +398,13 @@ impl DnsTracker {
         }
         out
     }
+}
+
+/// The setting (GOPROXY, PIP_INDEX_URL, …) of process `tgid` that named
+/// the host `name`, if any.
+fn endpoint_of(table: &ProcTable, tgid: u32, name: &str) -> Option<EndpointSource> {
+    let e = table.get(tgid)?.current()?;
+    source_of_name(&e.exe, &e.env, &e.argv, name)
 }
 
 /// What decided a DNS finding and what to type.
@@ -557,5 +585,60 @@ mod tests {
         let r = &out[0];
         assert_eq!(r.findings[0].code, "net.dns_timeout");
         assert_eq!(r.attempts, 2);
+    }
+
+    /// A failed lookup of a host a setting named (GOPROXY) says so, with
+    /// the setting in its cause, fix and evidence.
+    #[test]
+    fn a_failed_lookup_of_a_configured_host_names_the_setting() {
+        let mut a = DnsTracker::default();
+        let mut table = ProcTable::default();
+        let Ok(crate::events::Event::Exec(mut e)) =
+            crate::events::decode(&crate::events::tests::exec_record(
+                "/usr/local/go/bin/go",
+                "/usr/local/go/bin/go",
+                &["go", "mod", "download"],
+                &["GOPROXY=http://nope.test:3000"],
+                0,
+            ))
+        else {
+            panic!("exec record")
+        };
+        (e.pid, e.tgid) = (9, 9);
+        table.on_exec(std::sync::Arc::from(e));
+        a.on_wire(
+            &table,
+            &wire(WireKind::Dns, true, message(7, "nope.test", 1, 0, &[]), 10),
+        );
+        a.on_wire(
+            &table,
+            &wire(WireKind::Dns, false, message(7, "nope.test", 1, 3, &[]), 20),
+        );
+        let out = a.on_exit(&table, 9, 30);
+        let r = &out[0];
+        assert_eq!(
+            r.endpoint.as_ref().map(|s| s.variable.as_str()),
+            Some("GOPROXY")
+        );
+        let f = &r.findings[0];
+        assert_eq!(f.code, "net.dns_failure");
+        assert!(
+            f.summary
+                .starts_with("go: lookup of nope.test (A, your GOPROXY) failed: NXDOMAIN"),
+            "{}",
+            f.summary
+        );
+        assert!(
+            f.cause
+                .ends_with("the name came from GOPROXY=http://nope.test:3000 in the environment"),
+            "{}",
+            f.cause
+        );
+        assert!(
+            f.fix.ends_with("or point GOPROXY at a server that works"),
+            "{}",
+            f.fix
+        );
+        assert_eq!(f.evidence["endpoint_from"]["variable"], "GOPROXY");
     }
 }

@@ -384,24 +384,27 @@ fn a_failed_goproxy_fetch_of_a_switching_go_is_the_toolchain_download() {
     let (_, new) = real_gos();
     let mut c = Case::new("rules-download");
     let new_go = format!("{new}/bin/go");
-    let refused = |pid: u32, var: &str| crate::finding::Finding {
+    let refused = |pid: u32| crate::finding::Finding {
         code: "net.connect_refused",
         severity: crate::finding::Severity::Error,
         pid,
         summary: "go → 10.0.0.5:443 (your GOPROXY) refused (TCP reset)".into(),
         cause: "10.0.0.5:443 answered the SYN with a TCP reset".into(),
         fix: "start it".into(),
-        evidence: crate::finding::evidence(&[(
-            "endpoint_from",
-            serde_json::json!({"variable": var, "value": "https://10.0.0.5", "default": false}),
-        )]),
+        evidence: Default::default(),
+    };
+    // The setting that named the destination, as the network signal found it.
+    let from = |var: &str| crate::process::endpoints::EndpointSource {
+        variable: var.into(),
+        value: "https://10.0.0.5".into(),
+        default: false,
     };
     // go.mod satisfied: no switch, the refusal is only a network finding.
     std::fs::write(c.dir.join("cwd/go.mod"), "module m\n\ngo 1.21\n").unwrap();
     c.run(&new_go, "go", &[("PATH", format!("{new}/bin"))]);
     assert!(
         c.analyzer
-            .toolchain_download_failed(&refused(PID, "GOPROXY"), c.t)
+            .toolchain_download_failed(&refused(PID), Some(&from("GOPROXY")), c.t)
             .is_none()
     );
     // go.mod needs 1.99: go switches, and its GOPROXY fetch failing is the download.
@@ -409,17 +412,17 @@ fn a_failed_goproxy_fetch_of_a_switching_go_is_the_toolchain_download() {
     c.run(&new_go, "go", &[("PATH", format!("{new}/bin"))]);
     assert!(
         c.analyzer
-            .toolchain_download_failed(&refused(PID, "PIP_INDEX_URL"), c.t)
+            .toolchain_download_failed(&refused(PID), Some(&from("PIP_INDEX_URL")), c.t)
             .is_none()
     );
     assert!(
         c.analyzer
-            .toolchain_download_failed(&refused(PID + 1, "GOPROXY"), c.t)
+            .toolchain_download_failed(&refused(PID + 1), Some(&from("GOPROXY")), c.t)
             .is_none()
     );
     let d = c
         .analyzer
-        .toolchain_download_failed(&refused(PID, "GOPROXY"), c.t)
+        .toolchain_download_failed(&refused(PID), Some(&from("GOPROXY")), c.t)
         .expect("download finding");
     assert_eq!(d.code, "go.toolchain_download_failed");
     assert!(
@@ -442,7 +445,7 @@ fn a_failed_goproxy_fetch_of_a_switching_go_is_the_toolchain_download() {
     c.analyzer.forget_process(PID);
     assert!(
         c.analyzer
-            .toolchain_download_failed(&refused(PID, "GOPROXY"), c.t + 1)
+            .toolchain_download_failed(&refused(PID), Some(&from("GOPROXY")), c.t + 1)
             .is_none()
     );
 }

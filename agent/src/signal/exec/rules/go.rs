@@ -2,6 +2,7 @@
 //! naming another installation, toolchain switches and their downloads.
 
 use super::*;
+use crate::process::endpoints::EndpointSource;
 
 /// A `go` that will switch to another toolchain, and why.
 #[derive(Clone, Debug)]
@@ -69,22 +70,20 @@ impl Analyzer {
 
     /// `go.toolchain_download_failed`: a network or TLS failure of a `go`
     /// that was switching toolchains, towards its GOPROXY.
-    pub fn toolchain_download_failed(&mut self, f: &Finding, now: u64) -> Option<Finding> {
+    pub fn toolchain_download_failed(
+        &mut self,
+        f: &Finding,
+        endpoint: Option<&EndpointSource>,
+        now: u64,
+    ) -> Option<Finding> {
         if !(f.code.starts_with("net.") || f.code.starts_with("tls."))
             || f.severity < Severity::Error
         {
             return None;
         }
         let sw = self.switching.get(&f.pid)?.clone();
-        let src = f.evidence.get("endpoint_from")?;
-        if src.get("variable").and_then(Value::as_str) != Some("GOPROXY") {
-            return None;
-        }
-        let proxy = src
-            .get("value")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string();
+        let src = endpoint.filter(|s| s.variable == "GOPROXY")?;
+        let proxy = src.value.clone();
         if !self.once(
             format!("go.toolchain_download_failed|{}|{}", f.pid, sw.to),
             now,
