@@ -72,6 +72,13 @@ impl Kernel {
         Losses::read(&self.collector, &self.stats)
     }
 
+    /// An exec before the pipeline analyses it: the Go probe goes on at once.
+    pub fn before_analysis(&mut self, ev: &crate::events::Event, proc_root: &std::path::Path) {
+        if let crate::events::Event::Exec(e) = ev {
+            self.tls.on_exec_early(&mut self.collector, e, proc_root);
+        }
+    }
+
     /// A program started: put the crypto/tls probe on a Go program's file
     /// (once per file), the OpenSSL probes on the libssl files it may `dlopen`.
     pub fn on_output(&mut self, o: &Output, proc_root: &std::path::Path) {

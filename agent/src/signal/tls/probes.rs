@@ -7,6 +7,8 @@
 //! a probe's note means (`libs::describe`).
 
 use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -21,7 +23,14 @@ use crate::bpf::Collector;
 #[derive(Default)]
 pub struct TlsProbes {
     targets: Targets,
+    /// Where the Go probe goes in each file looked at, by (device, inode,
+    /// mtime, size): `None` for a file that is not a Go TLS program, so a
+    /// `python3` run a thousand times is looked at once.
+    offsets: HashMap<(u64, u64, i64, u64), Option<u64>>,
 }
+
+/// Files whose Go offset is remembered at most (then forgotten all at once).
+const OFFSETS_KEPT: usize = 8192;
 
 /// Where the Go probe goes in `target`: Go's own function table (kept even
 /// in stripped binaries), read from the headers and `.gopclntab` only.
@@ -31,6 +40,19 @@ fn go_offset(target: &Path) -> Option<u64> {
             crate::buildinfo::read_image(&f, size, crate::buildinfo::PCLNTAB_SECTIONS)
         })
         .and_then(|b| crate::buildinfo::go_func_offset(&b, GO_SYMBOL))
+}
+
+/// The file a process runs, by a path that outlives the process
+/// (short-lived programs are often gone by the time it is looked at): the
+/// host path, else the process's own view (a container's file, while the
+/// process lives).
+fn exe_path(pid: u32, exe: &str, proc_root: &Path) -> PathBuf {
+    let host = PathBuf::from(exe);
+    if !exe.is_empty() && host.is_file() {
+        host
+    } else {
+        proc_root.join(pid.to_string()).join("exe")
+    }
 }
 
 impl TlsProbes {
@@ -161,53 +183,96 @@ impl TlsProbes {
 
     /// Attach the Go crypto/tls probe to the program `pid` runs (`exe` when
     /// the process is gone).
-    pub fn probe_go(&mut self, c: &mut Collector, pid: u32, exe: &str, proc_root: &Path) {
-        // The file by a path that outlives the process (short-lived programs
-        // are often gone by now): the host path, else the process's own view
-        // (a container's file, while the process lives).
-        let host = PathBuf::from(exe);
-        let target = if !exe.is_empty() && host.is_file() {
-            host
-        } else {
-            proc_root.join(pid.to_string()).join("exe")
-        };
-        self.probe_go_file(c, &target, false);
+    pub fn probe_go(&mut self, c: &mut Collector, pid: u32, exe: &str, proc_root: &Path) -> bool {
+        self.probe_go_file(c, &exe_path(pid, exe, proc_root), false)
+    }
+
+    /// Where the Go probe goes in `target`, remembered per file version.
+    fn cached_offset(&mut self, target: &Path) -> Option<u64> {
+        let m = std::fs::metadata(target).ok()?;
+        let key = (m.dev(), m.ino(), m.mtime(), m.size());
+        if let Some(o) = self.offsets.get(&key) {
+            return *o;
+        }
+        let o = go_offset(target);
+        if self.offsets.len() >= OFFSETS_KEPT {
+            self.offsets.clear();
+        }
+        self.offsets.insert(key, o);
+        o
     }
 
     /// Attach the Go crypto/tls probe to the Go program at `target` (once
-    /// per file): by symbol, else at the offset Go's function table gives
-    /// (`-ldflags=-s -w`, `strip`). `pinned`: probed ahead of time, kept
-    /// while the file exists.
-    pub fn probe_go_file(&mut self, c: &mut Collector, target: &Path, pinned: bool) {
+    /// per file): at the offset Go's own function table gives (headers and
+    /// `.gopclntab` read, never the whole binary; kept in stripped builds
+    /// too), else by symbol. `pinned`: probed ahead of time, kept while the
+    /// file exists.
+    pub fn probe_go_file(&mut self, c: &mut Collector, target: &Path, pinned: bool) -> bool {
         let exe = target.display().to_string();
+        if !c.tls_uprobes() {
+            return false;
+        }
+        let offset = self.cached_offset(target);
         let Some(claim) = self.claim(c, target, pinned) else {
-            return;
+            return false;
         };
-        let r = match c.attach_uprobe(claim.group, GO_PROGRAM, GO_SYMBOL.into(), target) {
-            Ok(()) => Ok(None),
-            Err(e) => match go_offset(target) {
-                Some(off) => c
-                    .attach_uprobe(
-                        claim.group,
-                        GO_PROGRAM,
-                        aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off),
-                        target,
-                    )
-                    .map(|()| Some(off))
-                    .map_err(|e| e.to_string()),
-                None => Err(e.to_string()),
-            },
+        let r = match offset {
+            Some(off) => c
+                .attach_uprobe(
+                    claim.group,
+                    GO_PROGRAM,
+                    aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off),
+                    target,
+                )
+                .map(|()| Some(off))
+                .map_err(|e| e.to_string()),
+            None => c
+                .attach_uprobe(claim.group, GO_PROGRAM, GO_SYMBOL.into(), target)
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
         };
         match r {
-            Ok(None) => tracing::debug!(exe, "Go crypto/tls probe attached"),
-            Ok(Some(offset)) => {
-                tracing::debug!(exe, offset, "Go crypto/tls probe attached (pclntab)")
-            }
+            Ok(Some(offset)) => tracing::debug!(exe, offset, "Go crypto/tls probe attached"),
+            Ok(None) => tracing::debug!(exe, "Go crypto/tls probe attached (symbol)"),
             Err(e) => {
                 // Not a TLS program, or the file vanished: try again at its next run.
                 self.unclaim(c, &claim);
-                tracing::debug!(exe, error = %e, "Go crypto/tls probe not attached")
+                tracing::debug!(exe, error = %e, "Go crypto/tls probe not attached");
+                return false;
             }
+        }
+        true
+    }
+
+    /// A tool or a process of a tracked tree started (its exec record
+    /// carries its environment): put the Go probe on its file now, before
+    /// the exec is analysed, if the file is a Go TLS program (cached per
+    /// file). The race with its first handshake is then the attach alone.
+    pub fn on_exec_early(
+        &mut self,
+        c: &mut Collector,
+        exec: &crate::events::Exec,
+        proc_root: &Path,
+    ) {
+        if !c.tls_uprobes() || !exec.ok() || !exec.env_read {
+            return;
+        }
+        let seen = crate::clock::boot_ns().saturating_sub(exec.ktime_ns);
+        let target = exe_path(exec.tgid, &exec.exe, proc_root);
+        let t0 = Instant::now();
+        if self.cached_offset(&target).is_none() {
+            return;
+        }
+        let read = t0.elapsed();
+        if self.probe_go_file(c, &target, false) {
+            tracing::debug!(
+                exe = %exec.exe,
+                ms = crate::clock::boot_ns().saturating_sub(exec.ktime_ns) as f64 / 1e6,
+                seen_ms = seen as f64 / 1e6,
+                offset_ms = read.as_secs_f64() * 1e3,
+                attach_ms = (t0.elapsed() - read).as_secs_f64() * 1e3,
+                "Go program seen: exec to probe attached"
+            );
         }
     }
 }
@@ -225,14 +290,15 @@ impl TlsProbes {
         if !exec.ok() {
             return;
         }
-        if go {
-            self.probe_go(c, exec.tgid, &exec.exe, proc_root);
+        // Usually attached already, before the analysis (`on_exec_early`);
+        // this catches the Go programs whose exec record had no environment.
+        if go && self.probe_go(c, exec.tgid, &exec.exe, proc_root) {
             // From the exec in the kernel to the probe in place (the first
             // run of a program races its first handshake against this).
             tracing::debug!(
                 exe = %exec.exe,
                 ms = crate::clock::boot_ns().saturating_sub(exec.ktime_ns) as f64 / 1e6,
-                "Go program seen: exec to probe attached"
+                "Go program seen: exec to probe attached (after analysis)"
             );
         }
         let n = self.probe_libssl_near(c, exec, proc_root);
