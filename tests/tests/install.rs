@@ -270,4 +270,23 @@ fn the_readme_first_command_works_from_a_normal_account() {
         "root-owned files after running"
     );
     eprintln!("cold install as a normal user: {took:?}");
+
+    // 5. Plain `cargo test` in the same checkout, as the user: every unit
+    //    test (the root tests are not a default member) is green without root.
+    let t = Instant::now();
+    let out = as_user(uid, gid, &home, "cargo test 2>&1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let results: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("test result:"))
+        .collect();
+    eprintln!("cargo test as {USER}: {:?}, {results:?}", t.elapsed());
+    assert!(out.status.success(), "cargo test as a user failed:\n{text}");
+    let passed: u64 = results
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .sum();
+    assert!(passed >= 100, "{passed} unit tests ran: {results:?}");
 }

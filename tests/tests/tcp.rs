@@ -276,6 +276,36 @@ fn live_mode_reports_toolchain_trees_and_failures_and_counts_the_rest() {
     );
 }
 
+/// `go version` in `newer` (its go.mod needs go1.99) with `goproxy`, in
+/// the lab's client: the `go.toolchain_download_failed` finding.
+fn switch_failure(
+    lab: &NetLab,
+    g: &agent_tests::GoModule,
+    newer: &std::path::Path,
+    goproxy: &str,
+) -> serde_json::Value {
+    let lines = trace_json(
+        &lab.in_client(&["sh", "-c", &format!("cd {} && go version", newer.display())]),
+        &[
+            ("PATH", g.path.as_str()),
+            ("GOPROXY", goproxy),
+            ("GOSUMDB", "off"),
+            ("GOCACHE", g.cache.as_str()),
+            ("GOMODCACHE", g.modcache.as_str()),
+        ],
+    );
+    of_type(&lines, "finding")
+        .into_iter()
+        .find(|f| f["code"] == "go.toolchain_download_failed")
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "no go.toolchain_download_failed: {:#?}",
+                of_type(&lines, "finding")
+            )
+        })
+}
+
 /// `go mod download` against a GOPROXY that refuses, and one that drops
 /// SYNs: the finding names GOPROXY as where the address came from, with the
 /// setting as the cause and a fix; the report opens with it, in JSON and in
@@ -324,25 +354,7 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
     std::fs::create_dir_all(&newer).unwrap();
     std::fs::write(newer.join("go.mod"), "module example.com/n\n\ngo 1.99\n").unwrap();
     let goproxy = format!("http://{}:{PORT_RESET}", lab.srv_ip);
-    let lines = trace_json(
-        &lab.in_client(&["sh", "-c", &format!("cd {} && go version", newer.display())]),
-        &[
-            ("PATH", path),
-            ("GOPROXY", &goproxy),
-            ("GOSUMDB", "off"),
-            ("GOCACHE", cache),
-            ("GOMODCACHE", modcache),
-        ],
-    );
-    let f = of_type(&lines, "finding")
-        .into_iter()
-        .find(|f| f["code"] == "go.toolchain_download_failed")
-        .unwrap_or_else(|| {
-            panic!(
-                "no go.toolchain_download_failed: {:#?}",
-                of_type(&lines, "finding")
-            )
-        });
+    let f = switch_failure(&lab, &g, &newer, &goproxy);
     let summary = f["summary"].as_str().unwrap();
     assert!(
         summary.contains(&format!(
@@ -397,25 +409,7 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
     // lab's DNS server says NXDOMAIN): the download failed at the lookup.
     lab.dns();
     let goproxy = format!("http://nx.test:{PORT_RESET}");
-    let lines = trace_json(
-        &lab.in_client(&["sh", "-c", &format!("cd {} && go version", newer.display())]),
-        &[
-            ("PATH", path),
-            ("GOPROXY", &goproxy),
-            ("GOSUMDB", "off"),
-            ("GOCACHE", cache),
-            ("GOMODCACHE", modcache),
-        ],
-    );
-    let f = of_type(&lines, "finding")
-        .into_iter()
-        .find(|f| f["code"] == "go.toolchain_download_failed")
-        .unwrap_or_else(|| {
-            panic!(
-                "no go.toolchain_download_failed: {:#?}",
-                of_type(&lines, "finding")
-            )
-        });
+    let f = switch_failure(&lab, &g, &newer, &goproxy);
     let summary = f["summary"].as_str().unwrap();
     assert!(
         summary.contains(&format!(

