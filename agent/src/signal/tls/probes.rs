@@ -34,12 +34,32 @@ const OFFSETS_KEPT: usize = 8192;
 
 /// Where the Go probe goes in `target`: Go's own function table (kept even
 /// in stripped binaries), read from the headers and `.gopclntab` only.
-fn go_offset(target: &Path) -> Option<u64> {
-    crate::process::fsview::open_regular(target)
-        .and_then(|(f, size)| {
-            crate::buildinfo::read_image(&f, size, crate::buildinfo::PCLNTAB_SECTIONS)
-        })
+fn go_offset(f: &std::fs::File, size: u64) -> Option<u64> {
+    crate::buildinfo::read_image(f, size, crate::buildinfo::PCLNTAB_SECTIONS)
         .and_then(|b| crate::buildinfo::go_func_offset(&b, GO_SYMBOL))
+}
+
+/// A probe target, opened once: non-blocking and only if it is a regular
+/// file, so a FIFO or a device planted at (or swapped over) a user's path
+/// never blocks the agent. Everything after (the offset read, the attach)
+/// goes through this descriptor (`/proc/self/fd/N`), never the path again.
+struct Opened {
+    file: std::fs::File,
+    meta: std::fs::Metadata,
+}
+
+impl Opened {
+    fn new(path: &Path) -> Option<Opened> {
+        let (file, _) = crate::process::fsview::open_regular(path)?;
+        let meta = file.metadata().ok()?;
+        Some(Opened { file, meta })
+    }
+
+    /// The path the kernel (and aya's symbol lookup) resolves to this very file.
+    fn fd_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd as _;
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
 }
 
 /// The file a process runs, by a path that outlives the process
@@ -59,11 +79,19 @@ impl TlsProbes {
     /// `target` is to get probes: its link group, unless it has them
     /// already, is missing or deleted, or uprobes are off. A file released
     /// to stay under the cap has its links released.
-    fn claim(&mut self, c: &mut Collector, target: &Path, pinned: bool) -> Option<Claim> {
+    fn claim(
+        &mut self,
+        c: &mut Collector,
+        target: &Path,
+        f: &Opened,
+        pinned: bool,
+    ) -> Option<Claim> {
         if !c.tls_uprobes() {
             return None;
         }
-        let claim = self.targets.claim(target, pinned, Instant::now())?;
+        let claim = self
+            .targets
+            .claim_file(target, &f.meta, pinned, Instant::now())?;
         if let Some(g) = claim.evicted {
             c.release_uprobes(g);
         }
@@ -158,13 +186,17 @@ impl TlsProbes {
     ) -> usize {
         let mut n = 0;
         for p in files {
-            let Some(claim) = self.claim(c, &p, pinned) else {
+            let Some(f) = Opened::new(&p) else {
+                continue;
+            };
+            let Some(claim) = self.claim(c, &p, &f, pinned) else {
                 continue;
             };
             n += 1;
             let mut any = false;
+            let at = f.fd_path();
             for (program, symbol) in OSSL_PROBES {
-                match c.attach_uprobe(claim.group, program, (*symbol).into(), &p) {
+                match c.attach_uprobe(claim.group, program, (*symbol).into(), &at) {
                     Ok(()) => {
                         any = true;
                         tracing::debug!(path = %p.display(), symbol, "OpenSSL probe attached")
@@ -188,13 +220,13 @@ impl TlsProbes {
     }
 
     /// Where the Go probe goes in `target`, remembered per file version.
-    fn cached_offset(&mut self, target: &Path) -> Option<u64> {
-        let m = std::fs::metadata(target).ok()?;
+    fn cached_offset(&mut self, f: &Opened) -> Option<u64> {
+        let m = &f.meta;
         let key = (m.dev(), m.ino(), m.mtime(), m.size());
         if let Some(o) = self.offsets.get(&key) {
             return *o;
         }
-        let o = go_offset(target);
+        let o = go_offset(&f.file, m.size());
         if self.offsets.len() >= OFFSETS_KEPT {
             self.offsets.clear();
         }
@@ -212,22 +244,26 @@ impl TlsProbes {
         if !c.tls_uprobes() {
             return false;
         }
-        let offset = self.cached_offset(target);
-        let Some(claim) = self.claim(c, target, pinned) else {
+        let Some(f) = Opened::new(target) else {
             return false;
         };
+        let offset = self.cached_offset(&f);
+        let Some(claim) = self.claim(c, target, &f, pinned) else {
+            return false;
+        };
+        let at = f.fd_path();
         let r = match offset {
             Some(off) => c
                 .attach_uprobe(
                     claim.group,
                     GO_PROGRAM,
                     aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off),
-                    target,
+                    &at,
                 )
                 .map(|()| Some(off))
                 .map_err(|e| e.to_string()),
             None => c
-                .attach_uprobe(claim.group, GO_PROGRAM, GO_SYMBOL.into(), target)
+                .attach_uprobe(claim.group, GO_PROGRAM, GO_SYMBOL.into(), &at)
                 .map(|()| None)
                 .map_err(|e| e.to_string()),
         };
@@ -260,9 +296,13 @@ impl TlsProbes {
         let seen = crate::clock::boot_ns().saturating_sub(exec.ktime_ns);
         let target = exe_path(exec.tgid, &exec.exe, proc_root);
         let t0 = Instant::now();
-        if self.cached_offset(&target).is_none() {
+        let Some(f) = Opened::new(&target) else {
+            return;
+        };
+        if self.cached_offset(&f).is_none() {
             return;
         }
+        drop(f);
         let read = t0.elapsed();
         if self.probe_go_file(c, &target, false) {
             tracing::debug!(

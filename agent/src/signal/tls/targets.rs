@@ -79,6 +79,17 @@ impl Targets {
     /// removed file: counted, never probed).
     pub fn claim(&mut self, path: &Path, pinned: bool, now: Instant) -> Option<Claim> {
         let m = std::fs::metadata(path).ok()?;
+        self.claim_file(path, &m, pinned, now)
+    }
+
+    /// As [`Targets::claim`], for a file already opened (`m`: its `fstat`).
+    pub fn claim_file(
+        &mut self,
+        path: &Path,
+        m: &std::fs::Metadata,
+        pinned: bool,
+        now: Instant,
+    ) -> Option<Claim> {
         let key = (m.dev(), m.ino());
         if let Some(t) = self.files.get_mut(&key) {
             t.used = now;
