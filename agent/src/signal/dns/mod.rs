@@ -606,6 +606,26 @@ mod tests {
         };
         (e.pid, e.tgid) = (9, 9);
         table.on_exec(std::sync::Arc::from(e));
+        // The healthy twin: the same host answering is attributed, and silent.
+        a.on_wire(
+            &table,
+            &wire(WireKind::Dns, true, message(6, "nope.test", 1, 0, &[]), 1),
+        );
+        let ok = a.on_wire(
+            &table,
+            &wire(
+                WireKind::Dns,
+                false,
+                message(6, "nope.test", 1, 0, &[[10, 0, 0, 7]]),
+                2,
+            ),
+        );
+        assert_eq!(ok.len(), 1);
+        assert_eq!(
+            ok[0].endpoint.as_ref().map(|s| s.variable.as_str()),
+            Some("GOPROXY")
+        );
+        assert!(ok[0].findings.is_empty(), "{:?}", ok[0].findings);
         a.on_wire(
             &table,
             &wire(WireKind::Dns, true, message(7, "nope.test", 1, 0, &[]), 10),

@@ -240,15 +240,26 @@ impl TlsProbes {
     /// too), else by symbol. `pinned`: probed ahead of time, kept while the
     /// file exists.
     pub fn probe_go_file(&mut self, c: &mut Collector, target: &Path, pinned: bool) -> bool {
-        let exe = target.display().to_string();
         if !c.tls_uprobes() {
             return false;
         }
-        let Some(f) = Opened::new(target) else {
-            return false;
-        };
-        let offset = self.cached_offset(&f);
-        let Some(claim) = self.claim(c, target, &f, pinned) else {
+        match Opened::new(target) {
+            Some(f) => self.probe_go_opened(c, target, &f, pinned),
+            None => false,
+        }
+    }
+
+    /// [`TlsProbes::probe_go_file`] for a file already opened (`f`, at `target`).
+    fn probe_go_opened(
+        &mut self,
+        c: &mut Collector,
+        target: &Path,
+        f: &Opened,
+        pinned: bool,
+    ) -> bool {
+        let exe = target.display().to_string();
+        let offset = self.cached_offset(f);
+        let Some(claim) = self.claim(c, target, f, pinned) else {
             return false;
         };
         let at = f.fd_path();
@@ -302,9 +313,8 @@ impl TlsProbes {
         if self.cached_offset(&f).is_none() {
             return;
         }
-        drop(f);
         let read = t0.elapsed();
-        if self.probe_go_file(c, &target, false) {
+        if self.probe_go_opened(c, &target, &f, false) {
             tracing::debug!(
                 exe = %exec.exe,
                 ms = crate::clock::boot_ns().saturating_sub(exec.ktime_ns) as f64 / 1e6,

@@ -77,12 +77,15 @@ impl Targets {
     /// `path` is to be probed unless it is probed already (then it counts
     /// as used), missing, or deleted (a process's `/proc/<pid>/exe` of a
     /// removed file: counted, never probed).
+    #[cfg(test)]
     pub fn claim(&mut self, path: &Path, pinned: bool, now: Instant) -> Option<Claim> {
         let m = std::fs::metadata(path).ok()?;
         self.claim_file(path, &m, pinned, now)
     }
 
-    /// As [`Targets::claim`], for a file already opened (`m`: its `fstat`).
+    /// A file already opened (`m`: its `fstat`) is to be probed at `path`
+    /// unless it is probed already (then it counts as used) or deleted (a
+    /// process's `/proc/<pid>/exe` of a removed file: counted, never probed).
     pub fn claim_file(
         &mut self,
         path: &Path,
