@@ -10,6 +10,10 @@ pub const WIRE_CAP_TLS: usize = 2048;
 /// Bytes of DNS payload kept per packet (classic DNS over UDP fits in 512;
 /// names and first answers are at the start of larger EDNS messages too).
 pub const WIRE_CAP_DNS: usize = 512;
+/// Bytes of an HTTP/1.x error response kept: its status line up to the
+/// code and the first letters of the reason (`HTTP/1.1 404 Not`). Headers,
+/// which can carry cookies, never leave the kernel.
+pub const WIRE_CAP_HTTP: usize = 16;
 /// Payload packets captured per direction of a TLS connection: a handshake
 /// needs 2 to 5; what follows is application data the agent never wants (a
 /// direction also stops after its first segment that starts with it).
@@ -24,6 +28,9 @@ pub const WIRE_DIR_INGRESS: u8 = 1;
 pub const WIRE_KIND_TLS: u8 = 1;
 /// `WireFixed::kind`: a DNS message (UDP or TCP port 53).
 pub const WIRE_KIND_DNS: u8 = 2;
+/// `WireFixed::kind`: the status line of a plaintext HTTP/1.x response with
+/// a 4xx or 5xx status, received by a connecting (client) socket.
+pub const WIRE_KIND_HTTP: u8 = 3;
 
 pub const IPPROTO_TCP_U8: u8 = 6;
 pub const IPPROTO_UDP_U8: u8 = 17;

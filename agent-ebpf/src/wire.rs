@@ -7,7 +7,10 @@
 //! - DNS: every UDP or TCP payload to or from port 53 (first 512 bytes);
 //! - TLS: for sockets whose first payload is a ClientHello (in either
 //!   direction), the first `TLS_MAX_PKTS` payload packets per direction (first
-//!   2 KiB of each) and the FIN/RST that ends it.
+//!   2 KiB of each) and the FIN/RST that ends it;
+//! - HTTP: the status line (first 16 bytes) of a plaintext HTTP/1.x 4xx or
+//!   5xx response that a connecting socket receives (a GOPROXY's 404 for a
+//!   toolchain, a proxy's 504).
 //!
 //! The cost on traffic that is neither is a header parse and one hash lookup
 //! per payload packet of a connection's first segments; past them (see
@@ -16,8 +19,9 @@
 
 use agent_common::{
     AF_INET, AF_INET6, EventKind, IPPROTO_TCP_U8, IPPROTO_UDP_U8, SockOwner, TCP_FLAG_FIN,
-    TCP_FLAG_RST, TLS_MAX_PKTS, TlsFlow, WIRE_CAP_DNS, WIRE_CAP_TLS, WIRE_DIR_EGRESS,
-    WIRE_DIR_INGRESS, WIRE_KIND_DNS, WIRE_KIND_TLS, WireFixed, WireRecord,
+    TCP_FLAG_RST, TLS_MAX_PKTS, TlsFlow, WIRE_CAP_DNS, WIRE_CAP_HTTP, WIRE_CAP_TLS,
+    WIRE_DIR_EGRESS, WIRE_DIR_INGRESS, WIRE_KIND_DNS, WIRE_KIND_HTTP, WIRE_KIND_TLS, WireFixed,
+    WireRecord,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -241,6 +245,9 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
                 return Ok(());
             }
             let h: [u8; 6] = pkt(ctx, payload)?;
+            if h[0] == b'H' {
+                return http_error(ctx, &mut f, sk, payload);
+            }
             // A handshake record (0x16) of TLS 1.0–1.3 record versions whose
             // first message is a ClientHello (1).
             if h[0] != 0x16 || h[1] != 3 || h[2] > 4 || h[5] != 1 {
@@ -274,6 +281,43 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
         f.comm = o.comm;
     }
     capture::<WIRE_CAP_TLS>(ctx, &mut f, payload);
+    Ok(())
+}
+
+/// A segment received by a connecting socket that starts a plaintext
+/// HTTP/1.x response with a 4xx or 5xx status: its status line is captured.
+/// Every other segment that starts with `H` costs one more 12-byte read.
+#[inline(always)]
+fn http_error(ctx: &SkBuffContext, f: &mut WireFixed, sk: u64, payload: usize) -> Result<(), i64> {
+    if f.dir != WIRE_DIR_INGRESS || f.payload_len < 12 {
+        return Ok(());
+    }
+    let s: [u8; 12] = pkt(ctx, payload)?;
+    let digit = |b: u8| b.is_ascii_digit();
+    if &s[..7] != b"HTTP/1." || s[8] != b' ' || !(s[9] == b'4' || s[9] == b'5') {
+        return Ok(());
+    }
+    if !digit(s[10]) || !digit(s[11]) {
+        return Ok(());
+    }
+    // Only the connecting side is in the TCP table: a server's own
+    // responses are egress, and requests never start with `HTTP/`.
+    // SAFETY: read-only lookup; the value is copied.
+    let Some(o) = (unsafe { TCP_CONNS.get(&sk) }) else {
+        return Ok(());
+    };
+    if o.tgid == AGENT_TGID.load() {
+        return Ok(());
+    }
+    f.hdr.pid = o.pid;
+    f.hdr.tgid = o.tgid;
+    f.uid = o.uid;
+    f.cgroup_id = o.cgroup_id;
+    f.comm = o.comm;
+    f.kind = WIRE_KIND_HTTP;
+    // SAFETY: the skb is valid for the helper.
+    f.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    capture::<WIRE_CAP_HTTP>(ctx, f, payload);
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use crate::{
     process::{endpoints::EndpointSource, names::HostNames},
     signal::dns::{DnsConfig, DnsReport, DnsTracker},
     signal::exec::{AnalysisConfig, Analyzer, ExecAnalysis},
+    signal::http::{HttpReport, HttpTracker},
     signal::tcp::{ConnReport, NetAnalyzer, NetConfig},
     signal::tls::{TlsConfig, TlsReport, TlsTracker},
 };
@@ -76,6 +77,7 @@ pub struct Pipeline {
     pub fs: crate::signal::fs::FsAnalyzer,
     pub tls: TlsTracker,
     pub dns: DnsTracker,
+    pub http: HttpTracker,
     analysed: std::collections::HashSet<u32>,
 }
 
@@ -84,6 +86,7 @@ impl Pipeline {
         Self {
             tls: TlsTracker::new(tls),
             dns: DnsTracker::new(dns),
+            http: HttpTracker::default(),
             table: ProcTable::default(),
             fs: crate::signal::fs::FsAnalyzer::new(cfg.proc_root.clone()),
             analyzer: Analyzer::new(cfg),
@@ -101,14 +104,14 @@ impl Pipeline {
         })
     }
 
-    /// File-access findings whose faults stopped `idle_ns` ago, and DNS and
-    /// TLS conclusions that are due (everything when `idle_ns` is 0).
-    /// What the TLS and DNS signals could not use, for the stats record.
+    /// What the wire signals saw and could not use, for the stats record.
     pub fn wire_stats(&self) -> WireStats {
         WireStats {
             dns_malformed: self.dns.malformed,
             tls_malformed: self.tls.malformed,
             dns_unmatched: self.dns.unmatched,
+            http_errors: self.http.seen,
+            http_malformed: self.http.malformed,
         }
     }
 
@@ -188,6 +191,28 @@ impl Pipeline {
         self.push_network_findings(findings, endpoint.as_ref(), at, out);
     }
 
+    /// An HTTP error response: its finding when it stands on its own (an
+    /// error from a server a setting named) or when it was a toolchain
+    /// download that failed (a GOPROXY's 404 for the toolchain), followed by
+    /// the exec signal's conclusion.
+    fn push_http(&mut self, r: HttpReport, out: &mut Vec<Output>) {
+        let download =
+            self.analyzer
+                .toolchain_download_failed(&r.finding, r.endpoint.as_ref(), r.ktime_ns);
+        if r.standalone || download.is_some() {
+            out.push(Output::Finding {
+                finding: r.finding,
+                ktime_ns: r.ktime_ns,
+            });
+        }
+        if let Some(d) = download {
+            out.push(Output::Finding {
+                finding: d,
+                ktime_ns: r.ktime_ns,
+            });
+        }
+    }
+
     /// One event through the process table and the signal it belongs to.
     pub fn handle(&mut self, ev: Event) -> Vec<Output> {
         let mut out = Vec::new();
@@ -208,6 +233,11 @@ impl Pipeline {
                 WireKind::Dns => {
                     for r in self.dns.on_wire(&self.table, &w) {
                         self.push_dns(r, &mut out);
+                    }
+                }
+                WireKind::Http => {
+                    if let Some(r) = self.http.on_wire(&self.table, &w, &self.dns) {
+                        self.push_http(r, &mut out);
                     }
                 }
             },
@@ -291,6 +321,10 @@ pub struct WireStats {
     pub tls_malformed: u64,
     /// Responses that matched no query seen.
     pub dns_unmatched: u64,
+    /// Plaintext HTTP 4xx/5xx responses seen (findings or not).
+    pub http_errors: u64,
+    /// HTTP captures that were not an error status line.
+    pub http_malformed: u64,
 }
 
 #[cfg(test)]

@@ -418,5 +418,73 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
         "{summary}"
     );
     assert_eq!(f["evidence"]["network_finding"], "net.dns_failure", "{f:#}");
+
+    // A plaintext GOPROXY that answers: 404 for the toolchain (the proxy
+    // does not have it), 504 (its upstream timed out, as in a real report).
+    // Every answer sets a cookie, which must not leave the kernel.
+    lab.spawn_server(&["python3", "-c", HTTP_ERRORS], Some("ready"));
+    lab.wait_listening(PORT_HTTP_404);
+    for (port, status) in [
+        (PORT_HTTP_404, "HTTP 404 Not Found"),
+        (PORT_HTTP_504, "HTTP 504 Gateway Timeout"),
+    ] {
+        let goproxy = format!("http://{}:{port}", lab.srv_ip);
+        let f = switch_failure(&lab, &g, &newer, &goproxy);
+        let summary = f["summary"].as_str().unwrap();
+        assert!(
+            summary.contains(&format!(
+                "tried to switch to go1.99 (because of go 1.99 in {}/go.mod) and the download from GOPROXY {goproxy} failed: go → {}:{port} (your GOPROXY) answered {status}",
+                newer.display(),
+                lab.srv_ip
+            )),
+            "{summary}"
+        );
+        assert_eq!(
+            f["evidence"]["network_finding"], "http.error_status",
+            "{f:#}"
+        );
+        assert!(!f.to_string().contains("SECRET"), "{f:#}");
+    }
+    // The healthy twin: a 404 from a server no setting named, fetched by a
+    // process that is not switching toolchains, is the protocol at work:
+    // seen and counted, no finding.
+    let url = format!("http://{}:{PORT_HTTP_404}/nothing", lab.srv_ip);
+    let code = format!(
+        "import urllib.request,urllib.error\ntry: urllib.request.urlopen('{url}', timeout=5)\nexcept urllib.error.HTTPError as e: print(e.code)"
+    );
+    let lines = trace_json(&lab.in_client(&["python3", "-c", &code]), &[]);
+    assert!(
+        of_type(&lines, "finding").is_empty(),
+        "{:#?}",
+        of_type(&lines, "finding")
+    );
+    let report = lines.last().unwrap();
+    assert!(
+        report["stats"]["wire"]["http_errors"].as_u64() >= Some(1),
+        "{report:#}"
+    );
+    assert!(!report.to_string().contains("SECRET"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+const PORT_HTTP_404: u16 = 8090;
+const PORT_HTTP_504: u16 = 8091;
+
+/// An HTTP/1.0 server on PORT_HTTP_404 and PORT_HTTP_504 answering every GET
+/// with that status and a cookie.
+const HTTP_ERRORS: &str = r#"
+import http.server, threading
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(404 if self.server.server_port == 8090 else 504)
+        self.send_header('Set-Cookie', 'session=SECRET')
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+for p in (8090, 8091):
+    s = http.server.ThreadingHTTPServer(('0.0.0.0', p), H)
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print('ready', flush=True)
+threading.Event().wait()
+"#;

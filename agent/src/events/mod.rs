@@ -13,7 +13,8 @@ use agent_common::{
     EXEC_F_ENV_TRUNCATED, EXEC_F_EXECVEAT, EXEC_F_FILENAME_IS_EXE, EXEC_F_FILENAME_TRUNCATED,
     EXEC_F_NO_ENTER, EventHeader, EventKind, ExecFixed, ExitEvent, ForkEvent, FsEvent,
     IPPROTO_TCP_U8, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED, TCP_PHASE_START,
-    TcpEvent, TlsLibEvent, WIRE_DIR_EGRESS, WIRE_KIND_DNS, WIRE_KIND_TLS, WireFixed,
+    TcpEvent, TlsLibEvent, WIRE_DIR_EGRESS, WIRE_KIND_DNS, WIRE_KIND_HTTP, WIRE_KIND_TLS,
+    WireFixed,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -215,6 +216,8 @@ pub struct TlsLib {
 pub enum WireKind {
     Tls,
     Dns,
+    /// The status line of a plaintext HTTP/1.x 4xx/5xx response.
+    Http,
 }
 
 /// A packet captured on the wire (first bytes of its payload).
@@ -461,6 +464,7 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
             let kind = match f.kind {
                 WIRE_KIND_TLS => WireKind::Tls,
                 WIRE_KIND_DNS => WireKind::Dns,
+                WIRE_KIND_HTTP => WireKind::Http,
                 other => return Err(DecodeError::UnknownKind(other as u32)),
             };
             Ok(Event::Wire(Box::new(Wire {

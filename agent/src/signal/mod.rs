@@ -5,5 +5,6 @@
 pub mod dns;
 pub mod exec;
 pub mod fs;
+pub mod http;
 pub mod tcp;
 pub mod tls;

@@ -68,15 +68,17 @@ impl Analyzer {
         }
     }
 
-    /// `go.toolchain_download_failed`: a network or TLS failure of a `go`
-    /// that was switching toolchains, towards its GOPROXY.
+    /// `go.toolchain_download_failed`: a network, TLS or HTTP failure of a
+    /// `go` that was switching toolchains, towards its GOPROXY.
     pub fn toolchain_download_failed(
         &mut self,
         f: &Finding,
         endpoint: Option<&EndpointSource>,
         now: u64,
     ) -> Option<Finding> {
-        if !(f.code.starts_with("net.") || f.code.starts_with("tls."))
+        if !["net.", "tls.", "http."]
+            .iter()
+            .any(|p| f.code.starts_with(p))
             || f.severity < Severity::Error
         {
             return None;
