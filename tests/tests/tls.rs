@@ -330,6 +330,54 @@ fn live_mode_reports_failed_handshakes_of_any_process() {
     assert_eq!(codes(&lines), vec!["tls.version_mismatch"]);
 }
 
+/// Live mode, a Go program the agent has never seen (built before it
+/// started, run outside any toolchain tree): its first ClientHello gets its
+/// file probed. That first handshake fails before the kernel has the probe
+/// in place (an isolated uprobe registration waits for an RCU grace period,
+/// 5–16 ms here, longer than this program's whole run), so the first run is
+/// reported from the wire; the second run, and every later one, has Go's
+/// own alert.
+#[test]
+fn live_mode_probes_a_never_seen_go_program_at_its_first_handshake() {
+    use std::process::{Command, Stdio};
+    let t = tls_lab("live-new-go");
+    let go = agent_tests::go_build(
+        &agent_tests::gobin_root().join("bin/go"),
+        "go-tls-live-new",
+        GO_CLIENT,
+    );
+    let go = go.display().to_string();
+    let out_file = agent_tests::scratch("live-new-go").join("records.jsonl");
+    let mut agent = agent_tests::start_live_agent(&out_file);
+    let target = format!("{}:{ANY}", t.lab.srv_ip);
+    let argv = t.lab.in_client(&[&go, &target, SNI]);
+    for _ in 0..2 {
+        let st = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!st.success());
+        std::thread::sleep(std::time::Duration::from_millis(400));
+    }
+    agent_tests::signal(agent.id(), "-TERM");
+    agent.wait().unwrap();
+    let lines = agent_tests::json_lines(&std::fs::read_to_string(&out_file).unwrap());
+    let mine: Vec<&Value> = of_type(&lines, "finding")
+        .into_iter()
+        .filter(|f| f["evidence"]["exe"] == go.as_str())
+        .collect();
+    assert!(!mine.is_empty(), "{lines:#?}");
+    let last = mine.last().unwrap();
+    assert_eq!(last["code"], "tls.untrusted_certificate", "{mine:#?}");
+    assert_eq!(
+        last["evidence"]["library"]["go_alert_sent"], "bad_certificate",
+        "{last}"
+    );
+    let stats = lines.iter().rev().find(|l| l["type"] == "stats").unwrap();
+    assert!(stats["uprobes"]["attached"].as_u64() >= Some(1), "{stats}");
+}
+
 /// Live mode: the host's Go toolchains are probed at start-up, so the
 /// first run of Debian's `go` (never seen run by this agent) fetching from an
 /// untrusted GOPROXY has Go's own alert.

@@ -54,7 +54,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
-                k.before_analysis(&ev, &proc_root);
+                k.before_analysis(&ev, &pipeline.table, &proc_root);
                 for o in pipeline.handle(ev) {
                     k.on_output(&o, &proc_root);
                     if let Some(x) = otlp.as_mut() {

@@ -72,10 +72,31 @@ impl Kernel {
         Losses::read(&self.collector, &self.stats)
     }
 
-    /// An exec before the pipeline analyses it: the Go probe goes on at once.
-    pub fn before_analysis(&mut self, ev: &crate::events::Event, proc_root: &std::path::Path) {
-        if let crate::events::Event::Exec(e) = ev {
-            self.tls.on_exec_early(&mut self.collector, e, proc_root);
+    /// An event before the pipeline sees it: a Go program's probe goes on at
+    /// once at its exec (tools, tracked trees) or its first ClientHello
+    /// (any other process).
+    pub fn before_analysis(
+        &mut self,
+        ev: &crate::events::Event,
+        table: &crate::process::table::ProcTable,
+        proc_root: &std::path::Path,
+    ) {
+        match ev {
+            crate::events::Event::Exec(e) => {
+                self.tls.on_exec_early(&mut self.collector, e, proc_root)
+            }
+            crate::events::Event::Wire(w)
+                if w.kind == crate::events::WireKind::Tls && w.egress && !w.data.is_empty() =>
+            {
+                let exe = table
+                    .get(w.tgid)
+                    .and_then(|p| p.current())
+                    .map(|e| e.exe.as_str());
+                self.tls
+                    .on_tls_client(&mut self.collector, w.tgid, exe, proc_root)
+            }
+            crate::events::Event::Exit(x) => self.tls.forget_client(x.tgid),
+            _ => {}
         }
     }
 

@@ -179,7 +179,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
                 let Some(ev) = ev else {
                     if status.is_some() { break } else { continue }
                 };
-                k.before_analysis(&ev, &proc_root);
+                k.before_analysis(&ev, &pipeline.table, &proc_root);
                 for o in pipeline.handle(ev) {
                     k.on_output(&o, &proc_root);
                     let pid = o.pid();

@@ -27,7 +27,13 @@ pub struct TlsProbes {
     /// mtime, size): `None` for a file that is not a Go TLS program, so a
     /// `python3` run a thousand times is looked at once.
     offsets: HashMap<(u64, u64, i64, u64), Option<u64>>,
+    /// Processes whose first TLS ClientHello was seen (their program looked
+    /// at once; forgotten all at once past `CLIENTS_KEPT`).
+    tls_clients: std::collections::HashSet<u32>,
 }
+
+/// TLS client processes remembered at most.
+const CLIENTS_KEPT: usize = 4096;
 
 /// Files whose Go offset is remembered at most (then forgotten all at once).
 const OFFSETS_KEPT: usize = 8192;
@@ -68,10 +74,32 @@ impl Opened {
 /// process lives).
 fn exe_path(pid: u32, exe: &str, proc_root: &Path) -> PathBuf {
     let host = PathBuf::from(exe);
-    if !exe.is_empty() && host.is_file() {
+    // A relative name (`./client`) is relative to the process's directory,
+    // not the agent's.
+    if host.is_absolute() && host.is_file() {
         host
     } else {
-        proc_root.join(pid.to_string()).join("exe")
+        live_exe(pid, proc_root)
+    }
+}
+
+/// The file process `pid` runs, by a path that outlives the process when
+/// it can: the link's target when that path names the same file here (a
+/// host process), else `/proc/<pid>/exe` itself (a container's program,
+/// whose probe is then released after the process has gone: the sweep
+/// finds its path gone).
+fn live_exe(pid: u32, proc_root: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt as _;
+    let link = proc_root.join(pid.to_string()).join("exe");
+    match (std::fs::read_link(&link), std::fs::metadata(&link)) {
+        (Ok(p), Ok(m))
+            if p.is_absolute()
+                && std::fs::metadata(&p)
+                    .is_ok_and(|h| h.dev() == m.dev() && h.ino() == m.ino()) =>
+        {
+            p
+        }
+        _ => link,
     }
 }
 
@@ -289,6 +317,42 @@ impl TlsProbes {
             }
         }
         true
+    }
+
+    /// A process sent its first TLS ClientHello (seen on the wire): a Go
+    /// program that no probe covers yet (run outside any toolchain tree, new
+    /// since start-up) gets its crypto/tls probe now, through the live
+    /// process's `/proc/<pid>/exe`. This handshake has usually ended before
+    /// the kernel has the probe in place (see docs/architecture.md); the
+    /// program's later handshakes and later runs carry Go's own reason. One
+    /// look per process, one probe per file. `exe`: the path it was run by.
+    pub fn on_tls_client(
+        &mut self,
+        c: &mut Collector,
+        tgid: u32,
+        exe: Option<&str>,
+        proc_root: &Path,
+    ) {
+        if tgid == 0 || !c.tls_uprobes() {
+            return;
+        }
+        if self.tls_clients.len() >= CLIENTS_KEPT {
+            self.tls_clients.clear();
+        }
+        if !self.tls_clients.insert(tgid) {
+            return;
+        }
+        // The exec's path first: a short-lived process has often exited
+        // (and its /proc entry with it) by the time its records are read.
+        let target = exe_path(tgid, exe.unwrap_or_default(), proc_root);
+        if self.probe_go_file(c, &target, false) {
+            tracing::debug!(tgid, "Go program probed at its first TLS handshake");
+        }
+    }
+
+    /// A process is gone: forget that its ClientHello was seen.
+    pub fn forget_client(&mut self, tgid: u32) {
+        self.tls_clients.remove(&tgid);
     }
 
     /// A tool or a process of a tracked tree started (its exec record
