@@ -17,10 +17,21 @@ pub enum LostCause {
     TcpTableFull = 4,
     /// A TCP outcome whose SYN was not seen (agent started mid-connect).
     TcpNoStart = 5,
+    /// The in-flight file-access table (4096 threads of toolchain trees
+    /// inside open/stat/… at once) was full: that access is not followed.
+    FsTableFull = 6,
+    /// A socket's owner could not be recorded (LRU map: only without memory).
+    SockOwnerInsertFailed = 7,
+    /// A TLS connection's capture state could not be recorded (LRU map).
+    TlsFlowInsertFailed = 8,
+    /// An OpenSSL handshake's start time could not be recorded (LRU map).
+    OsslHsInsertFailed = 9,
+    /// A process could not be marked as part of a tracked tree (LRU map).
+    TrackedInsertFailed = 10,
 }
 
 /// Number of [`LostCause`] slots in the `LOST` per-CPU array.
-pub const LOST_CAUSES: u32 = 6;
+pub const LOST_CAUSES: u32 = 11;
 
 impl LostCause {
     /// Every cause, in index order.
@@ -31,6 +42,11 @@ impl LostCause {
         LostCause::ExecNoEnter,
         LostCause::TcpTableFull,
         LostCause::TcpNoStart,
+        LostCause::FsTableFull,
+        LostCause::SockOwnerInsertFailed,
+        LostCause::TlsFlowInsertFailed,
+        LostCause::OsslHsInsertFailed,
+        LostCause::TrackedInsertFailed,
     ];
 
     /// Stable name used in logs, JSON and metrics.
@@ -42,6 +58,11 @@ impl LostCause {
             LostCause::ExecNoEnter => "exec_no_enter",
             LostCause::TcpTableFull => "tcp_table_full",
             LostCause::TcpNoStart => "tcp_no_start",
+            LostCause::FsTableFull => "fs_table_full",
+            LostCause::SockOwnerInsertFailed => "sock_owner_insert_failed",
+            LostCause::TlsFlowInsertFailed => "tls_flow_insert_failed",
+            LostCause::OsslHsInsertFailed => "ossl_hs_insert_failed",
+            LostCause::TrackedInsertFailed => "tracked_insert_failed",
         }
     }
 }

@@ -62,7 +62,10 @@ fn enter(
         dfd: dfd as i32,
         _pad: 0,
     };
-    inserted(FS_INFLIGHT.insert(&(id as u32), &v, 0), "FS_INFLIGHT");
+    inserted(
+        FS_INFLIGHT.insert(&(id as u32), &v, 0),
+        LostCause::FsTableFull,
+    );
     0
 }
 

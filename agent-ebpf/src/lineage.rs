@@ -1,7 +1,7 @@
 //! Process lineage: forks (children of tracked processes are tracked from
 //! birth) and exits (with their status), the process table's other half.
 
-use agent_common::{EventKind, ExitEvent, ForkEvent};
+use agent_common::{EventKind, ExitEvent, ForkEvent, LostCause};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, tracepoint},
@@ -51,7 +51,10 @@ pub fn fork_tp(ctx: TracePointContext) -> u32 {
         // `agent trace`: the command the agent starts is tracked from birth,
         // before it can exec or touch a file.
         if TRACK_AGENT_CHILDREN.load() != 0 {
-            inserted(TRACKED.insert(&child, &1, 0), "TRACKED");
+            inserted(
+                TRACKED.insert(&child, &1, 0),
+                LostCause::TrackedInsertFailed,
+            );
             aya_log_ebpf::info!(
                 &ctx,
                 "agent trace: its command is pid {}, tracked from its fork",
@@ -61,7 +64,10 @@ pub fn fork_tp(ctx: TracePointContext) -> u32 {
         return 0;
     }
     if is_tracked(tgid) {
-        inserted(TRACKED.insert(&child, &1, 0), "TRACKED");
+        inserted(
+            TRACKED.insert(&child, &1, 0),
+            LostCause::TrackedInsertFailed,
+        );
     }
     let mut ev = ForkEvent::default();
     ev.hdr.kind = EventKind::Fork as u32;

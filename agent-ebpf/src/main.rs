@@ -108,16 +108,15 @@ pub(crate) fn count_lost(cause: LostCause) {
     aya_log_ebpf::warn!(&(), "event lost in the kernel: {}", cause.name());
 }
 
-/// A map insert's result, and whether it worked: a failure (the map full,
-/// no memory) is logged under `--bpf-log debug` with the map's name. Callers
-/// that count the loss do so themselves.
+/// A map insert's result, and whether it worked: a failure (a hash map
+/// full, an LRU map without memory) is counted under `cause` (and logged
+/// under `--bpf-log warn` with it).
 #[inline(always)]
-pub(crate) fn inserted<E: Into<i64>>(r: Result<(), E>, map: &str) -> bool {
+pub(crate) fn inserted<E>(r: Result<(), E>, cause: LostCause) -> bool {
     match r {
         Ok(()) => true,
-        Err(e) => {
-            let e: i64 = e.into();
-            aya_log_ebpf::debug!(&(), "{} insert failed: {}", map, e);
+        Err(_) => {
+            count_lost(cause);
             false
         }
     }

@@ -12,8 +12,8 @@
 //!   argument in RBX).
 
 use agent_common::{
-    EventKind, TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_RET, TLSLIB_OSSL_VERIFY,
-    TlsLibEvent,
+    EventKind, LostCause, TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_RET,
+    TLSLIB_OSSL_VERIFY, TlsLibEvent,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
@@ -86,7 +86,7 @@ pub fn ossl_hs_enter(_ctx: ProbeContext) -> u32 {
     match unsafe { OSSL_HS.get(&id) }.copied() {
         Some(start) if now.saturating_sub(start) < HS_STALE_NS => {}
         _ => {
-            inserted(OSSL_HS.insert(&id, &now, 0), "OSSL_HS");
+            inserted(OSSL_HS.insert(&id, &now, 0), LostCause::OsslHsInsertFailed);
         }
     }
     0

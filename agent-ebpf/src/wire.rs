@@ -75,7 +75,10 @@ fn record_owner(ctx: &SockAddrContext, overwrite: bool) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
     };
-    inserted(SOCK_OWNER.insert(&cookie, &owner, 0), "SOCK_OWNER");
+    inserted(
+        SOCK_OWNER.insert(&cookie, &owner, 0),
+        LostCause::SockOwnerInsertFailed,
+    );
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -260,7 +263,10 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
             }
             let mut flow = TlsFlow::default();
             flow.pkts[d] = 1;
-            inserted(TLS_FLOWS.insert(&sk, &flow, 0), "TLS_FLOWS");
+            inserted(
+                TLS_FLOWS.insert(&sk, &flow, 0),
+                LostCause::TlsFlowInsertFailed,
+            );
         }
     }
     f.kind = WIRE_KIND_TLS;

@@ -243,3 +243,42 @@ fn deleted_go_programs_give_their_probes_back() {
     );
     assert!(after <= base + 5, "{after} link fds, {base} at start");
 }
+
+/// A traced command with 4,300 threads inside `open()` at once (each
+/// blocked on a FIFO with no writer yet) overfills the kernel's in-flight
+/// file-access table (4,096): the accesses it cannot follow are counted
+/// under `fs_table_full`, the agent carries on, and the command finishes.
+#[test]
+fn a_full_file_access_table_is_counted() {
+    let dir = scratch("fs-table");
+    let fifo = dir.join("fifo");
+    let script = format!(
+        r#"
+import os, threading, time
+os.mkfifo({fifo:?})
+threading.stack_size(64 * 1024)
+def reader():
+    with open({fifo:?}, 'rb'):
+        pass
+ts = [threading.Thread(target=reader) for _ in range(4300)]
+for t in ts:
+    t.start()
+time.sleep(2)
+w = os.open({fifo:?}, os.O_WRONLY | os.O_NONBLOCK)
+os.close(w)
+for t in ts:
+    t.join()
+print('done')
+"#,
+        fifo = fifo.display().to_string()
+    );
+    let lines = agent_tests::trace_json(&["python3".to_string(), "-c".to_string(), script], &[]);
+    let report = lines.last().expect("report");
+    assert_eq!(report["exit_code"], 0, "{report:#}");
+    let full = report["stats"]["lost"]["fs_table_full"]
+        .as_u64()
+        .unwrap_or(0);
+    eprintln!("fs_table_full: {full}");
+    assert!(full >= 100, "{:#}", report["stats"]);
+    std::fs::remove_dir_all(dir).ok();
+}

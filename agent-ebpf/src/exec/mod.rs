@@ -497,7 +497,7 @@ pub(super) fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
         let _ = EXEC_INFLIGHT_FULL.remove(&old_pid);
     }
     if d & D_TRACK != 0 {
-        inserted(TRACKED.insert(&tgid, &1, 0), "TRACKED");
+        inserted(TRACKED.insert(&tgid, &1, 0), LostCause::TrackedInsertFailed);
     }
     Ok(())
 }
