@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::{
     options::{RunOptions, analysis_config},
     session::*,
@@ -89,6 +87,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 if let Some(x) = &otlp {
                     x.update_self(&losses);
                 }
+                health.set_stats(&full_stats(&losses, &k, &pipeline));
                 let lost = losses.total();
                 if lost != last_lost {
                     last_lost = lost;
@@ -104,10 +103,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     }
     lines.flush();
     let losses = k.losses();
-    let mut stats = loss_json(&losses);
-    stats["wire"] = json!(pipeline.wire_stats());
-    stats["uprobes"] = k.uprobe_stats();
-    stats["process_table"] = pipeline.table_stats();
+    let mut stats = full_stats(&losses, &k, &pipeline);
     if let Some(x) = &otlp {
         x.update_self(&losses);
     }

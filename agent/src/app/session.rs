@@ -179,6 +179,16 @@ pub(super) fn report_attach(c: &Collector) {
 }
 
 /// Loss counters as one JSON object (kernel causes + decode errors).
+/// The `stats` record: every loss, the wire signals' counters, the
+/// TLS-library probes and the process table's bounds.
+pub fn full_stats(l: &Losses, k: &Kernel, pipeline: &crate::pipeline::Pipeline) -> Value {
+    let mut stats = loss_json(l);
+    stats["wire"] = json!(pipeline.wire_stats());
+    stats["uprobes"] = k.uprobe_stats();
+    stats["process_table"] = pipeline.table_stats();
+    stats
+}
+
 pub fn loss_json(l: &Losses) -> Value {
     let mut m = serde_json::Map::new();
     for (cause, n) in &l.kernel {

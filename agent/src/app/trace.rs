@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::{
     options::{RunOptions, analysis_config},
     session::*,
@@ -232,10 +230,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         })
         .unwrap_or(1);
     let losses = k.losses();
-    let mut lost = loss_json(&losses);
-    lost["wire"] = json!(pipeline.wire_stats());
-    lost["uprobes"] = k.uprobe_stats();
-    lost["process_table"] = pipeline.table_stats();
+    let mut lost = full_stats(&losses, &k, &pipeline);
     if let Some(x) = otlp {
         x.update_self(&losses);
         lost["export"] = x.shutdown(OTLP_SHUTDOWN).await;

@@ -1,9 +1,11 @@
 //! `/readyz` (programs attached) and `/healthz` (pipeline flowing: the ring
 //! buffer reader and the consumer loop both ran within the last 30 s), for
-//! Kubernetes probes. A tiny HTTP/1.1 responder; nothing else is served.
+//! Kubernetes probes, and `/stats` (the latest `stats` record as JSON: every
+//! loss by cause, wire, uprobe and process-table counters; refreshed every
+//! 5 s). A tiny HTTP/1.1 responder; nothing else is served.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicU64, Ordering},
 };
 
@@ -22,6 +24,8 @@ pub struct Health {
     ready: bool,
     loop_beat: Arc<AtomicU64>,
     stats: Arc<Stats>,
+    /// The latest `stats` record, as served at `/stats`.
+    latest: Arc<Mutex<String>>,
 }
 
 impl Health {
@@ -30,6 +34,14 @@ impl Health {
             ready,
             loop_beat: Arc::new(AtomicU64::new(unix_secs())),
             stats,
+            latest: Arc::new(Mutex::new("{}\n".into())),
+        }
+    }
+
+    /// The stats record `/stats` serves from now on.
+    pub fn set_stats(&self, v: &serde_json::Value) {
+        if let Ok(mut l) = self.latest.lock() {
+            *l = format!("{v}\n");
         }
     }
 
@@ -66,6 +78,13 @@ impl Health {
                     )
                 }
             }
+            "/stats" => (
+                200,
+                self.latest
+                    .lock()
+                    .map(|l| l.clone())
+                    .unwrap_or_else(|_| "{}\n".into()),
+            ),
             _ => (404, "not found\n".into()),
         }
     }
@@ -114,10 +133,15 @@ pub async fn serve(addr: &str, h: Health) -> anyhow::Result<()> {
                     404 => "Not Found",
                     _ => "Service Unavailable",
                 };
+                let kind = if path == "/stats" {
+                    "application/json"
+                } else {
+                    "text/plain"
+                };
                 let _ = tokio::time::timeout(Duration::from_secs(2), s
                     .write_all(
                         format!(
-                            "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                             body.len()
                         )
                         .as_bytes(),
@@ -145,6 +169,10 @@ mod tests {
         assert_eq!(h.answer("/healthz").0, 200);
         assert_eq!(Health::new(false, stats).answer("/readyz").0, 503);
         assert_eq!(h.answer("/x").0, 404);
+        // The latest stats record, as set by the loop.
+        assert_eq!(h.answer("/stats"), (200, "{}\n".to_string()));
+        h.set_stats(&serde_json::json!({"lost": {"fs_table_full": 3}}));
+        assert_eq!(h.answer("/stats").1, "{\"lost\":{\"fs_table_full\":3}}\n");
     }
 
     /// Clients that connect and say nothing do not delay a probe.
