@@ -9,6 +9,7 @@
 pub mod btf;
 pub mod buildinfo;
 pub mod dns;
+pub mod events;
 pub mod scrub;
 pub mod tls;
 pub mod tracefs_format;

@@ -366,6 +366,7 @@ fn install(dir: &std::path::Path) -> Result<()> {
 }
 
 const FUZZ_TARGETS: &[&str] = &[
+    "event_decode",
     "tls_handshake",
     "dns_message",
     "go_buildinfo",
@@ -374,7 +375,8 @@ const FUZZ_TARGETS: &[&str] = &[
 ];
 
 /// Seeds made on this machine (not committed): a Go build-info ELF, the
-/// head of the running kernel's BTF, command lines with secrets.
+/// head of the running kernel's BTF, command lines with secrets, a record
+/// of each kind.
 fn machine_seeds(corpus_root: &std::path::Path) -> Result<()> {
     let write = |t: &str, name: &str, b: &[u8]| -> Result<()> {
         let d = corpus_root.join(t);
@@ -387,6 +389,13 @@ fn machine_seeds(corpus_root: &std::path::Path) -> Result<()> {
         "fake_go",
         &agent_parse::buildinfo::tests::fake_go_elf("go1.22.3", "cmd/go"),
     )?;
+    // One record body per kind (the target turns the first byte into the
+    // kind): zeroed, long enough for the largest fixed part.
+    for kind in 1u8..=9 {
+        let mut b = vec![kind];
+        b.resize(1024, 0);
+        write("event_decode", &format!("kind{kind}"), &b)?;
+    }
     if let Ok(b) = std::fs::read("/sys/kernel/btf/vmlinux") {
         write("btf", "vmlinux_head", &b[..b.len().min(4096)])?;
     }
