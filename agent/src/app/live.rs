@@ -84,7 +84,8 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 }
                 lines.flush();
                 let losses = k.losses();
-                if let Some(x) = &otlp {
+                if let Some(x) = otlp.as_mut() {
+                    x.expire_spans(&proc_root);
                     x.update_self(&losses);
                 }
                 health.set_stats(&full_stats(&losses, &k, &pipeline));

@@ -172,7 +172,12 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             _ = sleep_until_some(drain_until) => break,
             // A long build (`go test ./...`) runs and deletes many Go
             // programs: their probes are released as they go.
-            _ = sweep.tick() => k.sweep_uprobes(),
+            _ = sweep.tick() => {
+                k.sweep_uprobes();
+                if let Some(x) = otlp.as_mut() {
+                    x.expire_spans(&proc_root);
+                }
+            }
             ev = rx.recv() => {
                 let Some(ev) = ev else {
                     if status.is_some() { break } else { continue }

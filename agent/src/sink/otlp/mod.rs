@@ -150,6 +150,14 @@ impl Otlp {
         self.builder.observe(o, table);
     }
 
+    /// End the spans of processes gone without an exit seen (on the tick).
+    pub fn expire_spans(&mut self, proc_root: &std::path::Path) {
+        let n = self.builder.expire(proc_root);
+        if n > 0 {
+            tracing::debug!(n, "spans of processes gone without an exit ended");
+        }
+    }
+
     /// Self-metrics from the collector and the exporter.
     pub fn update_self(&self, l: &crate::events::Losses) {
         let i = &self.instruments;
@@ -182,6 +190,9 @@ impl Otlp {
             "metric_points_exported": st.metric_points_exported.load(Ordering::Relaxed),
             "metric_exports_failed": st.metric_exports_failed.load(Ordering::Relaxed),
             "queue_depth": st.queue_depth.load(Ordering::Relaxed),
+            "spans_open": self.builder.open_count(),
+            "spans_expired": self.builder.expired,
+            "spans_evicted": self.builder.evicted,
         })
     }
 

@@ -138,9 +138,38 @@ pub struct SpanBuilder {
     ids: Ids,
     /// boot-time ns → Unix ns.
     offset: i128,
-    open: HashMap<u32, Span>,
+    /// Open spans by pid, with the boot-time ns of their exec: at most
+    /// [`MAX_OPEN_SPANS`]; ended by their exit, by [`SpanBuilder::expire`]
+    /// when the exit was lost, or as the oldest when the cap is reached.
+    open: HashMap<u32, (Span, u64)>,
     /// `agent trace`: the command's pid and its reserved span.
     root: Option<(u32, RootSpan)>,
+    /// Spans ended because their process was gone without an exit seen
+    /// (or its pid belongs to a newer process).
+    pub expired: u64,
+    /// Spans ended early to stay under [`MAX_OPEN_SPANS`].
+    pub evicted: u64,
+    /// Open spans whose process was missing at the last tick.
+    missing: std::collections::HashSet<u32>,
+}
+
+/// Open spans kept at most (each holds its attributes and up to the SDK's
+/// 128 events): spans of processes whose exits were lost, or of very many
+/// long-lived tools, cannot grow without bound.
+pub const MAX_OPEN_SPANS: usize = 16384;
+
+/// When process `pid` (as `proc_root` shows it) started, boot-time ns
+/// (`/proc/<pid>/stat` field 22, in clock ticks); `None` when it is gone.
+fn process_start_ns(proc_root: &std::path::Path, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // The command name (field 2) may hold spaces and ')': fields after
+    // the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(ticks.saturating_mul(1_000_000_000 / hz))
 }
 
 fn at(offset: i128, ktime: u64) -> SystemTime {
@@ -184,7 +213,61 @@ impl SpanBuilder {
             offset: clock_offset_ns,
             open: HashMap::new(),
             root,
+            expired: 0,
+            evicted: 0,
+            missing: Default::default(),
         }
+    }
+
+    /// Keep `span` open for `tgid`; at the cap, the oldest sixteenth of the
+    /// open spans ends first (marked `agent.process.evicted`; one sort per
+    /// 1024 inserts, however hard the cap is pushed).
+    fn keep_open(&mut self, tgid: u32, span: Span, start_ns: u64) {
+        if self.open.len() >= MAX_OPEN_SPANS && !self.open.contains_key(&tgid) {
+            let mut by_age: Vec<(u64, u32)> =
+                self.open.iter().map(|(p, (_, t))| (*t, *p)).collect();
+            let n = (MAX_OPEN_SPANS / 16).min(by_age.len());
+            if n > 0 {
+                by_age.select_nth_unstable(n - 1);
+            }
+            for (_, pid) in &by_age[..n] {
+                if let Some((mut s, _)) = self.open.remove(pid) {
+                    s.set_attribute(kv_bool("agent.process.evicted", true));
+                    s.end();
+                    self.evicted += 1;
+                }
+            }
+        }
+        self.open.insert(tgid, (span, start_ns));
+    }
+
+    /// End the spans of processes that are gone although no exit was seen
+    /// (a lost exit record), or whose pid a newer process now has; marked
+    /// `agent.process.exit_lost`. Run on the agent's tick: a span is ended
+    /// when its process was missing at two ticks in a row, so an exit
+    /// record still on its way ends its span as usual.
+    pub fn expire(&mut self, proc_root: &std::path::Path) -> usize {
+        let missing: std::collections::HashSet<u32> = self
+            .open
+            .iter()
+            .filter(|(pid, (_, exec_ns))| {
+                process_start_ns(proc_root, **pid).is_none_or(|start| start > *exec_ns)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        let stale: Vec<u32> = missing.intersection(&self.missing).copied().collect();
+        for pid in &stale {
+            if let Some((mut s, _)) = self.open.remove(pid) {
+                s.set_attribute(kv_bool("agent.process.exit_lost", true));
+                s.end();
+            }
+        }
+        self.missing = missing;
+        for pid in &stale {
+            self.missing.remove(pid);
+        }
+        self.expired += stale.len() as u64;
+        stale.len()
     }
 
     /// The nearest process with an open span: `first`, then `tgid`'s ancestors.
@@ -207,7 +290,7 @@ impl SpanBuilder {
             .nearest_open(table, first, tgid)
             .and_then(|p| self.open.get(&p))
         {
-            Some(o) => Context::new().with_remote_span_context(o.span_context().clone()),
+            Some((o, _)) => Context::new().with_remote_span_context(o.span_context().clone()),
             None => match parent_from_env(env) {
                 Some(sc) => Context::new().with_remote_span_context(sc),
                 None => Context::new(),
@@ -266,7 +349,7 @@ impl SpanBuilder {
         match o {
             Output::Exec { exec, analysis } if exec.ok() && analysis.analysed => {
                 let t = at(self.offset, exec.ktime_ns);
-                if let Some(open) = self.open.get_mut(&exec.tgid) {
+                if let Some((open, _)) = self.open.get_mut(&exec.tgid) {
                     // Re-exec in the same process (e.g. a Go toolchain switch).
                     open.add_event_with_timestamp(
                         "exec",
@@ -334,10 +417,10 @@ impl SpanBuilder {
                         self.start(name, SpanKind::Internal, t, attributes, &cx)
                     }
                 };
-                self.open.insert(exec.tgid, span);
+                self.keep_open(exec.tgid, span, exec.ktime_ns);
             }
             Output::Exit { exit, .. } => {
-                if let Some(mut span) = self.open.remove(&exit.tgid) {
+                if let Some((mut span, _)) = self.open.remove(&exit.tgid) {
                     match (exit.status(), exit.signal()) {
                         (Some(c), _) => {
                             span.set_attribute(kv_int(semconv::PROCESS_EXIT_CODE, c as i64));
@@ -361,7 +444,7 @@ impl SpanBuilder {
                 let t = at(self.offset, *ktime_ns);
                 let target = self.nearest_open(table, finding.pid, finding.pid);
                 match target.and_then(|p| self.open.get_mut(&p)) {
-                    Some(open) => add_finding(open, finding, t),
+                    Some((open, _)) => add_finding(open, finding, t),
                     None => {
                         // A finding outside any open span: a span of its own.
                         let mut span = self.start(
@@ -532,7 +615,7 @@ impl SpanBuilder {
     /// End every open span now (agent shutdown).
     pub fn close_all(&mut self) {
         let now = SystemTime::now();
-        for (_, mut span) in self.open.drain() {
+        for (_, (mut span, _)) in self.open.drain() {
             span.set_attribute(kv_bool("agent.process.still_running", true));
             span.end_with_timestamp(now);
         }
@@ -612,6 +695,52 @@ mod tests {
                     .any(|a| a.key.as_str() == "process.pid" && a.value == pid.into())
             })
             .expect("span of pid")
+    }
+
+    /// A fake /proc where `pid` started at `ticks` clock ticks after boot.
+    fn proc_stat(root: &std::path::Path, pid: u32, ticks: u64) {
+        let d = root.join(pid.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        let fields: String = std::iter::repeat_n(" 0", 18).collect();
+        std::fs::write(
+            d.join("stat"),
+            format!("{pid} (a) b) S{fields} {ticks} 0 0\n"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn spans_whose_exit_was_lost_end_and_open_spans_are_capped() {
+        let (mut b, p, mem) = setup(None);
+        let mut t = ProcTable::default();
+        let root = crate::process::fsview::tests::tempdir("spans-proc");
+        for pid in [10, 11, 12] {
+            run(&mut b, &mut t, pid, 1, &[]);
+        }
+        proc_stat(&root, 10, 0); // still running: started before its exec
+        proc_stat(&root, 12, 100_000); // a newer process has pid 12
+        // pid 11 is gone. Missing once: maybe its exit is on its way.
+        assert_eq!(b.expire(&root), 0);
+        assert_eq!(b.expire(&root), 2);
+        assert_eq!((b.open_count(), b.expired), (1, 2));
+        p.force_flush().unwrap();
+        let spans = mem.get_finished_spans().unwrap();
+        for pid in [11, 12] {
+            assert!(
+                named(&spans, pid)
+                    .attributes
+                    .iter()
+                    .any(|a| a.key.as_str() == "agent.process.exit_lost"),
+                "{pid}"
+            );
+        }
+        // Past the cap the oldest sixteenth ends.
+        for pid in 100..100 + MAX_OPEN_SPANS as u32 {
+            run(&mut b, &mut t, pid, 1, &[]);
+        }
+        assert_eq!(b.evicted, (MAX_OPEN_SPANS / 16) as u64);
+        assert_eq!(b.open_count(), MAX_OPEN_SPANS + 1 - MAX_OPEN_SPANS / 16);
+        std::fs::remove_dir_all(root).ok();
     }
 
     #[test]
