@@ -162,7 +162,10 @@ impl FsView {
 
     /// `stat` (following symlinks inside the root).
     pub fn stat(&self, p: &str) -> Option<Meta> {
-        let md = std::fs::metadata(self.openable(p)?).ok()?;
+        let md = match self.open_in_root(p, libc::O_PATH) {
+            Some(r) => r.ok()?.metadata().ok()?,
+            None => std::fs::metadata(self.openable(p)?).ok()?,
+        };
         Some(Meta {
             dev: md.dev(),
             ino: md.ino(),
@@ -183,12 +186,72 @@ impl FsView {
     /// Up to `max` bytes of the regular file at `p` (a FIFO, device or
     /// socket planted there reads as absent: see [`open_regular`]).
     pub fn read_head(&self, p: &str, max: usize) -> Option<Vec<u8>> {
-        read_capped(&self.openable(p)?, max)
+        let (f, size) = self.open(p)?;
+        read_file_capped(f, size, max)
     }
 
     /// The regular file at `p`, opened for bounded reads (`pread`).
     pub fn open(&self, p: &str) -> Option<(std::fs::File, u64)> {
-        open_regular(&self.openable(p)?)
+        match self.open_in_root(p, READ_FLAGS) {
+            Some(r) => regular(r.ok()?),
+            None => open_regular(&self.openable(p)?),
+        }
+    }
+
+    /// `p` opened by the kernel inside a root that is not the host's, in
+    /// one race-free lookup: `openat2` with `RESOLVE_IN_ROOT` (`..` and
+    /// absolute symlinks stop at the root, as they do for the process) and
+    /// no /proc magic links. A walk then an open would leave a window for a
+    /// user to swap a directory for a link out of the root. `None` where the
+    /// kernel lacks `openat2` (before 5.6, or a seccomp filter refusing it):
+    /// the walk is used there.
+    fn open_in_root(&self, p: &str, flags: i32) -> Option<std::io::Result<std::fs::File>> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        if self.is_host() || NO_OPENAT2.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let own;
+        let dir = match &self._hold {
+            Some(f) => f.as_fd(),
+            None => {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                own = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(&self.root)
+                    .ok()?;
+                own.as_fd()
+            }
+        };
+        let rel = p.trim_start_matches('/');
+        let rel = std::ffi::CString::new(if rel.is_empty() { "." } else { rel }).ok()?;
+        let how = OpenHow {
+            flags: (flags | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: `dir` is an open descriptor for the call's duration, `rel`
+        // a NUL-terminated string and `how` an `open_how` of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                rel.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
+                NO_OPENAT2.store(true, std::sync::atomic::Ordering::Relaxed);
+                return None;
+            }
+            return Some(Err(e));
+        }
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+        Some(Ok(unsafe { std::fs::File::from_raw_fd(fd as i32) }))
     }
 
     pub fn read_to_string(&self, p: &str, max: usize) -> Option<String> {
@@ -223,17 +286,41 @@ pub fn open_regular(path: &Path) -> Option<(std::fs::File, u64)> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .custom_flags(READ_FLAGS)
         .open(path)
         .ok()?;
+    regular(f)
+}
+
+/// How a file a user controls is opened for reading (see [`open_regular`]).
+const READ_FLAGS: i32 = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+
+/// `openat2` is missing or refused here: the walk serves instead.
+static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// openat2(2)'s `struct open_how` (libc's is `#[non_exhaustive]`).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `f` and its size if it is a regular file.
+fn regular(f: std::fs::File) -> Option<(std::fs::File, u64)> {
     let m = f.metadata().ok()?;
     m.file_type().is_file().then_some((f, m.len()))
 }
 
 /// At most `max` bytes of the regular file at `path` (see [`open_regular`]).
 pub fn read_capped(path: &Path, max: usize) -> Option<Vec<u8>> {
-    use std::io::Read as _;
     let (f, size) = open_regular(path)?;
+    read_file_capped(f, size, max)
+}
+
+/// At most `max` bytes of `f` (of `size` bytes).
+fn read_file_capped(f: std::fs::File, size: u64, max: usize) -> Option<Vec<u8>> {
+    use std::io::Read as _;
     // Room for what is there up front: one read for a small head (an empty
     // Vec starts with 32-byte probe reads and grows by doubling).
     let mut buf = Vec::with_capacity(max.min(size as usize).min(64 << 20));
@@ -303,6 +390,45 @@ pub(crate) mod tests {
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn links_out_of_a_container_root_read_the_containers_files_not_the_hosts() {
+        // A host file a hostile container user would like the root agent
+        // to read for them.
+        let host = tempdir("fsview-host");
+        std::fs::write(host.join("secret"), b"host secret").unwrap();
+        let root = tempdir("fsview-root");
+        let inside = root.join(host.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::write(inside.join("secret"), b"container file").unwrap();
+        std::fs::create_dir_all(root.join("home/u")).unwrap();
+        let abs = host.join("secret");
+        std::os::unix::fs::symlink(&abs, root.join("home/u/abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../../..", root.join("home/u/up")).unwrap();
+        let v = FsView::new(&root);
+        assert!(
+            v.open_in_root("/home/u/abs", READ_FLAGS).is_some(),
+            "openat2 here"
+        );
+        for p in [
+            "/home/u/abs".to_string(),
+            format!("/home/u/up{}", abs.display()),
+            format!("/../../..{}", abs.display()),
+        ] {
+            assert_eq!(
+                v.read_to_string(&p, 64).as_deref(),
+                Some("container file"),
+                "{p}"
+            );
+            assert!(v.stat(&p).unwrap().is_file, "{p}");
+        }
+        // /proc magic links are not followed.
+        std::os::unix::fs::symlink("/proc/self/root/etc/hostname", root.join("home/u/magic"))
+            .unwrap();
+        assert_eq!(v.read_head("/home/u/magic", 64), None);
+        std::fs::remove_dir_all(root).ok();
+        std::fs::remove_dir_all(host).ok();
     }
 
     #[test]
