@@ -402,6 +402,7 @@ fn the_shipped_seccomp_profile_is_enough_and_enforced() {
         std::thread::sleep(std::time::Duration::from_millis(400));
     }
     let _ = server.kill();
+    let _ = server.wait();
     // /stats over the health port, after a tick has filled it.
     std::thread::sleep(std::time::Duration::from_millis(5200));
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
