@@ -82,15 +82,18 @@ pub fn of_process(proc_root: &Path, pid: u32) -> PodInfo {
         ..Default::default()
     };
     if info.pod_uid.is_some() {
-        // The pod's own files: a symlink to /dev/zero or a FIFO must not
-        // block or exhaust memory; a hostname is at most 253 bytes.
+        // The pod's own files, resolved inside its root (an absolute link
+        // such as /etc/hostname -> /etc/shadow names the pod's file, never
+        // the node's); a symlink to /dev/zero or a FIFO must not block or
+        // exhaust memory; a hostname is at most 253 bytes.
+        let view = crate::process::fsview::FsView::of_process(proc_root, pid);
         let read = |p: &str| {
-            crate::process::fsview::read_capped(&dir.join("root").join(p), 256)
+            view.read_head(p, 256)
                 .map(|b| String::from_utf8_lossy(&b).trim().to_string())
                 .filter(|s| !s.is_empty() && s.len() < 254)
         };
-        info.pod_name = read("etc/hostname");
-        info.namespace = read("var/run/secrets/kubernetes.io/serviceaccount/namespace");
+        info.pod_name = read("/etc/hostname");
+        info.namespace = read("/var/run/secrets/kubernetes.io/serviceaccount/namespace");
     }
     info
 }
@@ -100,6 +103,46 @@ mod tests {
     use super::*;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// A pod whose /etc/hostname is a link to a node file: the pod's own
+    /// file of that name is read (or nothing), never the node's.
+    #[test]
+    fn a_pods_hostname_link_cannot_read_the_nodes_files() {
+        let node = crate::process::fsview::tests::tempdir("k8s-node");
+        std::fs::write(node.join("shadow"), "root:SECRET-HASH").unwrap();
+        let proc_root = crate::process::fsview::tests::tempdir("k8s-proc");
+        let pod_root = crate::process::fsview::tests::tempdir("k8s-podroot");
+        let pid = proc_root.join("42");
+        std::fs::create_dir_all(pid.join("ns")).unwrap();
+        std::fs::create_dir_all(proc_root.join("self/ns")).unwrap();
+        std::os::unix::fs::symlink("mnt:[4026531841]", proc_root.join("self/ns/mnt")).unwrap();
+        std::os::unix::fs::symlink("mnt:[4026532999]", pid.join("ns/mnt")).unwrap();
+        std::os::unix::fs::symlink(&pod_root, pid.join("root")).unwrap();
+        std::fs::write(
+            pid.join("cgroup"),
+            format!("0::/kubepods/besteffort/pod5f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/{ID}\n"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(pod_root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(node.join("shadow"), pod_root.join("etc/hostname")).unwrap();
+        let info = of_process(&proc_root, 42);
+        assert_eq!(
+            info.pod_uid.as_deref(),
+            Some("5f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b")
+        );
+        assert_eq!(info.pod_name, None, "{info:?}");
+        // The pod's own file at that path is what a link names.
+        let inside = pod_root.join(node.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::write(inside.join("shadow"), "builder-7d9f\n").unwrap();
+        assert_eq!(
+            of_process(&proc_root, 42).pod_name.as_deref(),
+            Some("builder-7d9f")
+        );
+        for d in [node, proc_root, pod_root] {
+            std::fs::remove_dir_all(d).ok();
+        }
+    }
 
     #[test]
     fn real_world_cgroup_paths() {
