@@ -101,6 +101,7 @@ impl Pipeline {
             "processes": self.table.len(),
             "evicted": self.table.evicted,
             "execs_dropped": self.table.execs_dropped,
+            "bytes": self.table.bytes,
         })
     }
 

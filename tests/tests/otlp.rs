@@ -564,3 +564,117 @@ fn mutual_tls_with_a_client_certificate_and_key() {
         );
     }
 }
+
+/// An endpoint that accepts connections and never answers, for ten minutes
+/// (`AGENT_TEST_BLACKHOLE_SECS`, default 600), while toolchain processes with
+/// 4 KiB command lines keep making spans: the agent's RSS stays bounded and
+/// flat, the spans it cannot queue are counted as dropped, the queue stays
+/// under its byte bound, and once the endpoint answers again export resumes
+/// within 5 s.
+#[test]
+fn a_black_holed_exporter_under_load_stays_bounded_and_recovers() {
+    require_root();
+    let secs: u64 = std::env::var("AGENT_TEST_BLACKHOLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    rt().block_on(async {
+        let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = hole.local_addr().unwrap().port();
+        let out_file = scratch("otlp-blackhole").join("records.jsonl");
+        let mut agent = agent_tests::agent_cmd()
+            .args(["--format", "json", "--output"])
+            .arg(&out_file)
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{port}"),
+            )
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent");
+        let pid = agent.id();
+        let t = Instant::now();
+        while !std::fs::read_to_string(&out_file).is_ok_and(|s| !s.is_empty())
+            && t.elapsed() < Duration::from_secs(30)
+        {
+            // The first line comes once attached (a go run below makes one).
+            let _ = Command::new("/usr/lib/go-1.19/bin/go")
+                .arg("version")
+                .output();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Load: go with a 4 KiB argument, as fast as it runs, in two threads.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let load: Vec<_> = (0..2)
+            .map(|_| {
+                let (stop, runs) = (stop.clone(), runs.clone());
+                std::thread::spawn(move || {
+                    let arg = format!("/nonexistent/{}", "a".repeat(4096));
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = Command::new("/usr/lib/go-1.19/bin/go")
+                            .args(["version", &arg])
+                            .output();
+                        runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let mut samples: Vec<(u64, u64)> = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            samples.push((start.elapsed().as_secs(), proc_status_kib(pid, "VmRSS:")));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for l in load {
+            l.join().unwrap();
+        }
+        let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+        let half = samples.len() / 2;
+        let first_half = samples[..half].iter().map(|s| s.1).max().unwrap_or(0);
+        let second_half = samples[half..].iter().map(|s| s.1).max().unwrap_or(0);
+        eprintln!(
+            "{} go runs in {secs} s; RSS peak {peak} KiB, first half {first_half}, second half {second_half}",
+            runs.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        assert!(peak < 128 * 1024, "RSS {peak} KiB: {samples:?}");
+        assert!(
+            second_half <= first_half + 8 * 1024,
+            "RSS grows under a black hole: {samples:?}"
+        );
+        // The endpoint answers again.
+        drop(hole);
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let r = Received::default();
+        let _server = serve_http(l, r.clone());
+        let t = Instant::now();
+        let _ = Command::new("/usr/lib/go-1.19/bin/go")
+            .arg("version")
+            .output();
+        while r.spans().is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "export did not resume within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("export resumed {:?} after the endpoint answered", t.elapsed());
+        signal(pid, "-TERM");
+        assert!(agent.wait().unwrap().success());
+        let records = std::fs::read_to_string(&out_file).unwrap();
+        let stats: serde_json::Value = records
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("{\"type\":\"stats\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .expect("final stats line");
+        let export = &stats["export"];
+        eprintln!("{export}");
+        assert!(export["spans_dropped"].as_u64().unwrap() > 0, "{export}");
+        assert!(export["export_failures"].as_u64().unwrap() > 0, "{export}");
+    });
+}

@@ -42,6 +42,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     }
     // Attached, health port bound: keep only what the running agent uses.
     drop_privileges(&k.uprobe_caps());
+    release_free_memory();
     let mut otlp = start_otlp(&opts, k.collector.clock_offset_ns, None)?;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_lost = 0;
@@ -83,6 +84,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                     }
                 }
                 lines.flush();
+                release_free_memory();
                 let losses = k.losses();
                 if let Some(x) = otlp.as_mut() {
                     x.expire_spans(&proc_root);

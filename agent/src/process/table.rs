@@ -41,6 +41,34 @@ const MAX_FAILED: usize = 64;
 pub const MAX_EXECS: usize = 16;
 /// Bound on entries; beyond it the oldest exited ones go first.
 pub const MAX_PROCS: usize = 65_536;
+/// Bound on the bytes of the exec records held (argv, environment, paths:
+/// up to tens of KiB each); beyond it exited processes go first, oldest
+/// first, before their 30 s are up.
+pub const MAX_BYTES: usize = 16 << 20;
+
+/// What an exec record weighs in memory, estimated: its strings and a fixed
+/// overhead per record and per string.
+fn exec_bytes(e: &Exec) -> usize {
+    256 + e.filename.len()
+        + e.exe.len()
+        + e.comm.len()
+        + e.argv.iter().map(|a| 24 + a.len()).sum::<usize>()
+        + e.env
+            .iter()
+            .map(|(k, v)| 48 + k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// The bytes of `p`'s own exec records (not the image it inherited at fork,
+/// which its parent holds).
+fn owned_bytes(p: &Proc) -> usize {
+    p.execs
+        .iter()
+        .chain(&p.failed)
+        .filter(|e| e.tgid == p.id.tgid)
+        .map(|e| exec_bytes(e))
+        .sum()
+}
 
 #[derive(Default)]
 pub struct ProcTable {
@@ -50,6 +78,9 @@ pub struct ProcTable {
     pub evicted: u64,
     /// Middle execs dropped from processes over [`MAX_EXECS`].
     pub execs_dropped: u64,
+    /// Estimated bytes of the exec records held ([`MAX_BYTES`] at most,
+    /// live processes aside).
+    pub bytes: usize,
 }
 
 impl ProcTable {
@@ -127,17 +158,46 @@ impl ProcTable {
             // A process that re-execs itself without end keeps its first
             // exec and the latest ones: memory bounded per process.
             if p.execs.len() >= MAX_EXECS {
-                p.execs.remove(1);
+                let gone = p.execs.remove(1);
+                if gone.tgid == tgid {
+                    self.bytes = self.bytes.saturating_sub(exec_bytes(&gone));
+                }
                 self.execs_dropped += 1;
             }
+            self.bytes += exec_bytes(&e);
             p.execs.push(e);
         } else {
             if p.failed.len() >= MAX_FAILED {
-                p.failed.remove(0);
+                let gone = p.failed.remove(0);
+                self.bytes = self.bytes.saturating_sub(exec_bytes(&gone));
             }
+            self.bytes += exec_bytes(&e);
             p.failed.push(e);
         }
-        p.id
+        let id = p.id;
+        self.trim_bytes();
+        id
+    }
+
+    /// Exited processes go, oldest first, while the records held weigh
+    /// more than [`MAX_BYTES`].
+    fn trim_bytes(&mut self) {
+        while self.bytes > MAX_BYTES {
+            let Some((_, id)) = self.exited.pop_front() else {
+                return;
+            };
+            if self.procs.get(&id.tgid).is_some_and(|p| p.id == id) {
+                self.remove(id.tgid);
+                self.evicted += 1;
+            }
+        }
+    }
+
+    /// Forget `tgid`, and the bytes of its records.
+    fn remove(&mut self, tgid: u32) -> Option<Proc> {
+        let p = self.procs.remove(&tgid)?;
+        self.bytes = self.bytes.saturating_sub(owned_bytes(&p));
+        Some(p)
     }
 
     pub fn on_exit(&mut self, x: &Exit) -> Option<ProcId> {
@@ -151,6 +211,8 @@ impl ProcTable {
     }
 
     fn insert(&mut self, p: Proc) {
+        // A pid reused: the old entry's records go with it.
+        self.remove(p.id.tgid);
         if self.procs.len() >= MAX_PROCS {
             self.evict_one();
         }
@@ -160,14 +222,14 @@ impl ProcTable {
     fn evict_one(&mut self) {
         while let Some((_, id)) = self.exited.pop_front() {
             if self.procs.get(&id.tgid).is_some_and(|p| p.id == id) {
-                self.procs.remove(&id.tgid);
+                self.remove(id.tgid);
                 self.evicted += 1;
                 return;
             }
         }
         // No exited entry to drop: drop an arbitrary one rather than grow.
         if let Some(&k) = self.procs.keys().next() {
-            self.procs.remove(&k);
+            self.remove(k);
             self.evicted += 1;
         }
     }
@@ -180,7 +242,7 @@ impl ProcTable {
             }
             self.exited.pop_front();
             if self.procs.get(&id.tgid).is_some_and(|p| p.id == id) {
-                self.procs.remove(&id.tgid);
+                self.remove(id.tgid);
             }
         }
     }
@@ -263,6 +325,45 @@ mod tests {
         assert_eq!(p.execs[0].exe, "/bin/x0", "the first exec stays");
         assert_eq!(p.current().unwrap().exe, "/bin/x19999", "and the latest");
         assert_eq!(t.execs_dropped, 20_000 - MAX_EXECS as u64);
+        assert_eq!(
+            t.bytes,
+            p.execs.iter().map(|e| exec_bytes(e)).sum::<usize>()
+        );
+    }
+
+    /// 100,000 short-lived processes with 8 KiB command lines, all within
+    /// the 30 s an exited process is kept: the records held stay under
+    /// MAX_BYTES (the oldest exited go first), live ones are kept, and the
+    /// count matches what is held.
+    #[test]
+    fn exited_processes_are_kept_within_a_byte_budget() {
+        let mut t = ProcTable::default();
+        let big = "a".repeat(8 << 10);
+        // A live process that must stay.
+        t.on_exec(exec(1, 0, 1, "/sbin/init"));
+        for i in 0..100_000u32 {
+            let tgid = 1000 + i;
+            let mut e = super::tests_support::exec(tgid, 1, 10 + i as u64, "/usr/bin/go");
+            e.argv = vec!["go".into(), big.clone()];
+            t.on_exec(Arc::new(e));
+            t.on_exit(&Exit {
+                tgid,
+                ppid: 1,
+                ktime_ns: 11 + i as u64,
+                raw_code: 0,
+            });
+            assert!(t.bytes <= MAX_BYTES + (16 << 10), "{} at {i}", t.bytes);
+        }
+        assert!(t.get(1).is_some(), "the live process stays");
+        assert!(t.get(1000 + 99_999).is_some(), "the latest exited stays");
+        assert!(t.get(1000).is_none(), "the oldest went");
+        assert!(t.evicted > 90_000, "{}", t.evicted);
+        let held: usize = (0..100_000u32)
+            .filter_map(|i| t.get(1000 + i))
+            .chain(t.get(1))
+            .map(owned_bytes)
+            .sum();
+        assert_eq!(t.bytes, held);
     }
     use std::sync::Arc;
 

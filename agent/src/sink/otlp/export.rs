@@ -64,6 +64,44 @@ pub struct ExportStats {
     pub queue_depth: AtomicU64,
     /// Spans in the export under way.
     pub inflight: AtomicU64,
+    /// Estimated bytes of the spans in `queue_depth` (see [`span_bytes`]).
+    pub queue_bytes: AtomicU64,
+}
+
+/// Bytes the span queue holds at most (estimated as [`span_bytes`]), beside
+/// its span count: a span of a tool with a huge command line, many events
+/// or long findings weighs what it carries, not one slot.
+pub const MAX_QUEUE_BYTES: u64 = 8 << 20;
+
+/// What a span weighs in memory, estimated: its strings (name, attribute
+/// keys and values, events and their attributes, links) plus a fixed
+/// overhead per span, event and attribute for the SDK's structures (sized so
+/// that the estimate is what the queue's RSS grew by, measured with 4 KiB
+/// command lines: ~5 KiB a span).
+pub fn span_bytes(s: &SpanData) -> u64 {
+    use opentelemetry::{Array, Value};
+    fn value(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.as_str().len(),
+            Value::Array(Array::String(a)) => a.iter().map(|s| s.as_str().len() + 24).sum(),
+            Value::Array(Array::I64(a)) => a.len() * 8,
+            Value::Array(Array::F64(a)) => a.len() * 8,
+            Value::Array(Array::Bool(a)) => a.len(),
+            _ => 8,
+        }
+    }
+    let attrs = |kvs: &[opentelemetry::KeyValue]| -> usize {
+        kvs.iter()
+            .map(|kv| 64 + kv.key.as_str().len() + value(&kv.value))
+            .sum()
+    };
+    let events: usize = s
+        .events
+        .iter()
+        .map(|e| 96 + e.name.len() + attrs(&e.attributes))
+        .sum();
+    let links: usize = s.links.iter().map(|l| 64 + attrs(&l.attributes)).sum();
+    (1024 + s.name.len() + attrs(&s.attributes) + events + links) as u64
 }
 
 impl ExportStats {
@@ -71,6 +109,7 @@ impl ExportStats {
     /// export still waiting on the endpoint is a failure.
     pub fn settle(&self) {
         let left = self.queue_depth.swap(0, Ordering::Relaxed);
+        self.queue_bytes.store(0, Ordering::Relaxed);
         let inflight = self.inflight.swap(0, Ordering::Relaxed);
         self.spans_dropped
             .fetch_add(left + inflight, Ordering::Relaxed);
@@ -116,6 +155,8 @@ pub struct Admission<P> {
     pub inner: P,
     pub stats: Arc<ExportStats>,
     pub cap: u64,
+    /// Estimated bytes queued at most ([`MAX_QUEUE_BYTES`]).
+    pub max_bytes: u64,
     pub warned: std::sync::atomic::AtomicBool,
 }
 
@@ -125,17 +166,23 @@ impl<P: SpanProcessor> SpanProcessor for Admission<P> {
     }
 
     fn on_end(&self, span: SpanData) {
-        if self.stats.queue_depth.load(Ordering::Relaxed) >= self.cap {
-            self.stats.spans_dropped.fetch_add(1, Ordering::Relaxed);
+        let bytes = span_bytes(&span);
+        let st = &self.stats;
+        if st.queue_depth.load(Ordering::Relaxed) >= self.cap
+            || st.queue_bytes.load(Ordering::Relaxed) + bytes > self.max_bytes
+        {
+            st.spans_dropped.fetch_add(1, Ordering::Relaxed);
             if !self.warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     cap = self.cap,
+                    max_bytes = self.max_bytes,
                     "OTLP: span queue full (endpoint down or too slow): dropping spans, counted in stats"
                 );
             }
             return;
         }
-        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        st.queue_depth.fetch_add(1, Ordering::Relaxed);
+        st.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.inner.on_end(span);
     }
 
@@ -164,13 +211,14 @@ pub struct CountingSpans<E> {
 impl<E: SpanExporter> SpanExporter for CountingSpans<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len() as u64;
+        let bytes: u64 = batch.iter().map(span_bytes).sum();
         let s = &self.stats;
         // saturating: spans from before a processor restart are not counted twice.
-        let _ = s
-            .queue_depth
-            .try_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
-                Some(q.saturating_sub(n))
+        for (counter, by) in [(&s.queue_depth, n), (&s.queue_bytes, bytes)] {
+            let _ = counter.try_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(by))
             });
+        }
         s.inflight.store(n, Ordering::Relaxed);
         let r = self.inner.export(batch).await;
         s.inflight.store(0, Ordering::Relaxed);
@@ -411,4 +459,70 @@ pub fn span_exporter(s: &Signal) -> Result<opentelemetry_otlp::SpanExporter, Exp
 
 pub fn metric_exporter(s: &Signal) -> Result<opentelemetry_otlp::MetricExporter, ExportError> {
     exporter!(opentelemetry_otlp::MetricExporter::builder(), s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::{
+        KeyValue,
+        trace::{Span as _, Tracer as _, TracerProvider as _},
+    };
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// Holds every span it is given (an endpoint that never takes any).
+    #[derive(Debug, Default)]
+    struct Hold(Mutex<Vec<SpanData>>);
+
+    impl SpanProcessor for Hold {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &Context) {}
+        fn on_end(&self, span: SpanData) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(span);
+            }
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    /// The queue is bounded by the bytes its spans carry as well as by
+    /// their count: spans of ~2 KiB each (a 1 KiB command line and the
+    /// fixed overhead) fill 16 KiB after 7.
+    #[test]
+    fn the_span_queue_is_bounded_in_bytes() {
+        let stats = Arc::new(ExportStats::default());
+        let p = SdkTracerProvider::builder()
+            .with_span_processor(Admission {
+                inner: Hold::default(),
+                stats: stats.clone(),
+                cap: 1000,
+                max_bytes: 16 << 10,
+                warned: Default::default(),
+            })
+            .build();
+        let t = p.tracer("t");
+        let big = "x".repeat(1024);
+        for _ in 0..100 {
+            let mut s = t.start("go");
+            s.set_attribute(KeyValue::new("process.command_args", big.clone()));
+            s.end();
+        }
+        let queued = stats.queue_depth.load(Ordering::Relaxed);
+        let bytes = stats.queue_bytes.load(Ordering::Relaxed);
+        let dropped = stats.spans_dropped.load(Ordering::Relaxed);
+        assert!((5..10).contains(&queued), "{queued} queued, {bytes} bytes");
+        assert!(bytes <= 16 << 10);
+        assert_eq!(queued + dropped, 100);
+        // Small spans still fit under the count cap alone.
+        stats.queue_bytes.store(0, Ordering::Relaxed);
+        stats.queue_depth.store(0, Ordering::Relaxed);
+        for _ in 0..20 {
+            t.start("sh").end();
+        }
+        assert_eq!(stats.queue_depth.load(Ordering::Relaxed), 20);
+    }
 }

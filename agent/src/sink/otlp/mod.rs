@@ -91,6 +91,7 @@ impl Otlp {
                 .build(),
             stats: stats.clone(),
             cap: cfg.queue_cap as u64,
+            max_bytes: export::MAX_QUEUE_BYTES,
             warned: Default::default(),
         };
         let ids = spans::Ids::default();
@@ -190,6 +191,7 @@ impl Otlp {
             "metric_points_exported": st.metric_points_exported.load(Ordering::Relaxed),
             "metric_exports_failed": st.metric_exports_failed.load(Ordering::Relaxed),
             "queue_depth": st.queue_depth.load(Ordering::Relaxed),
+            "queue_bytes": st.queue_bytes.load(Ordering::Relaxed),
             "spans_open": self.builder.open_count(),
             "spans_expired": self.builder.expired,
             "spans_evicted": self.builder.evicted,
