@@ -130,6 +130,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     let mut extra = k.uprobe_caps();
     extra.push(crate::app::privs::CAP_KILL);
     drop_privileges(&extra);
+    release_free_memory();
     // The whole traced tree is "toolchain": file faults of e.g. `make` count
     // too. The kernel tracked it at fork already; this is belt and braces.
     k.collector.track(root);
