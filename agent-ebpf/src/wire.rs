@@ -280,11 +280,7 @@ fn try_wire(ctx: &SkBuffContext, dir: u8) -> Result<(), i64> {
             let _ = TLS_FLOWS.remove(&sk);
             return Ok(());
         }
-        f.hdr.pid = o.pid;
-        f.hdr.tgid = o.tgid;
-        f.uid = o.uid;
-        f.cgroup_id = o.cgroup_id;
-        f.comm = o.comm;
+        owned_by(&mut f, o);
     }
     capture::<WIRE_CAP_TLS>(ctx, &mut f, payload);
     Ok(())
@@ -315,11 +311,7 @@ fn http_error(ctx: &SkBuffContext, f: &mut WireFixed, sk: u64, payload: usize) -
     if o.tgid == AGENT_TGID.load() {
         return Ok(());
     }
-    f.hdr.pid = o.pid;
-    f.hdr.tgid = o.tgid;
-    f.uid = o.uid;
-    f.cgroup_id = o.cgroup_id;
-    f.comm = o.comm;
+    owned_by(f, o);
     f.kind = WIRE_KIND_HTTP;
     // SAFETY: the skb is valid for the helper.
     f.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -367,6 +359,16 @@ fn from_loopback(ctx: &SkBuffContext, family: u16) -> bool {
         ctx.load::<[u8; 16]>(8)
             .is_ok_and(|a| a == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
     }
+}
+
+/// The owner fields from the TCP connection table's entry (who connected).
+#[inline(always)]
+fn owned_by(f: &mut WireFixed, o: &agent_common::TcpConnStart) {
+    f.hdr.pid = o.pid;
+    f.hdr.tgid = o.tgid;
+    f.uid = o.uid;
+    f.cgroup_id = o.cgroup_id;
+    f.comm = o.comm;
 }
 
 /// Fill the owner fields; false for the agent's own sockets.

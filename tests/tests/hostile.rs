@@ -282,3 +282,43 @@ print('done')
     assert!(full >= 100, "{:#}", report["stats"]);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// One process that re-execs itself 20,000 times under `agent trace`: the
+/// agent's memory stays bounded (the process table keeps the first and
+/// latest 15 execs, and so does the report), and the report says how many
+/// it did not keep.
+#[test]
+fn twenty_thousand_re_execs_of_one_pid_stay_bounded() {
+    let script =
+        r#"n=$0; if [ "$n" -gt 0 ]; then exec /bin/sh -c "$1" $((n-1)) "$1"; fi; echo done"#;
+    let dir = scratch("reexec");
+    let records = dir.join("records.jsonl");
+    let out = Command::new(agent_bin())
+        .args(["--format", "json", "--output"])
+        .arg(&records)
+        .args(["trace", "--", "/bin/sh", "-c", script, "20000", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    let recs = json_lines(&std::fs::read_to_string(&records).unwrap());
+    let report = recs.last().unwrap();
+    let stats = &report["stats"];
+    eprintln!("{}", stats["process_table"]);
+    assert!(
+        stats["process_table"]["execs_dropped"].as_u64() >= Some(19_900),
+        "{stats}"
+    );
+    assert!(
+        stats["report_execs_not_kept"].as_u64() >= Some(19_900),
+        "{stats}"
+    );
+    let peak_mib = children_peak_rss_kib() / 1024;
+    eprintln!("agent peak RSS through 20,000 re-execs: {peak_mib} MiB");
+    assert!(peak_mib < 128, "peak RSS {peak_mib} MiB");
+    std::fs::remove_dir_all(dir).ok();
+}

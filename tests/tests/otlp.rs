@@ -17,6 +17,20 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, status::StatusCode},
 };
 
+/// The live agent, JSON records to `out_file`, exporting over
+/// HTTP/protobuf to 127.0.0.1:`port`.
+fn exporting_over_http(port: u16, out_file: &std::path::Path) -> Command {
+    let mut c = agent_tests::agent_cmd();
+    c.args(["--format", "json", "--output"])
+        .arg(out_file)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+    c
+}
+
 fn attr(s: &Span, k: &str) -> Option<String> {
     s.attributes
         .iter()
@@ -258,14 +272,7 @@ fn exporter_down_then_back_and_shutdown_stays_fast() {
             .unwrap()
             .port();
         let out_file = scratch("otlp-down").join("records.jsonl");
-        let mut agent = agent_tests::agent_cmd()
-            .args(["--format", "json", "--output"])
-            .arg(&out_file)
-            .env(
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{port}"),
-            )
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        let mut agent = exporting_over_http(port, &out_file)
             .stderr(Stdio::piped())
             .spawn()
             .expect("agent");
@@ -582,14 +589,7 @@ fn a_black_holed_exporter_under_load_stays_bounded_and_recovers() {
         let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = hole.local_addr().unwrap().port();
         let out_file = scratch("otlp-blackhole").join("records.jsonl");
-        let mut agent = agent_tests::agent_cmd()
-            .args(["--format", "json", "--output"])
-            .arg(&out_file)
-            .env(
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{port}"),
-            )
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        let mut agent = exporting_over_http(port, &out_file)
             .stderr(Stdio::null())
             .spawn()
             .expect("agent");

@@ -150,7 +150,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         k.collector.clock_offset_ns,
         root_span.map(|r| (root, r)),
     )?;
-    let mut outputs = Vec::new();
+    let mut outputs = crate::sink::report::KeptOutputs::default();
     let mut in_tree = std::collections::HashSet::from([root]);
     let mut status = None;
     let mut root_exit_seen = false;
@@ -237,6 +237,8 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         .unwrap_or(1);
     let losses = k.losses();
     let mut lost = full_stats(&losses, &k, &pipeline);
+    // Middle execs of processes that exec'd more than 16 times.
+    lost["report_execs_not_kept"] = serde_json::json!(outputs.dropped);
     if let Some(x) = otlp {
         x.update_self(&losses);
         lost["export"] = x.shutdown(OTLP_SHUTDOWN).await;
@@ -247,7 +249,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     Ok(TraceResult {
         root_pid: root,
         exit_code: code,
-        outputs,
+        outputs: outputs.finish(),
         lost,
         run_as: Some(inv),
         interrupted_by,

@@ -23,6 +23,57 @@ use crate::{
     sink::output::{self, Style},
 };
 
+/// What `agent trace` keeps for its report, bounded as the process table
+/// is: every output, except that a process's execs are its first and its
+/// latest `MAX_EXECS - 1` (a process that re-execs itself 20,000 times is
+/// 16 execs in the report; the others are counted).
+#[derive(Default)]
+pub struct KeptOutputs {
+    kept: Vec<Output>,
+    /// Per process: where its first exec is in `kept`, and its later execs.
+    later: HashMap<u32, (usize, std::collections::VecDeque<Output>)>,
+    /// Execs not kept.
+    pub dropped: u64,
+}
+
+impl KeptOutputs {
+    pub fn push(&mut self, o: Output) {
+        if let Output::Exec { exec, .. } = &o {
+            match self.later.get_mut(&exec.tgid) {
+                None => {
+                    self.later
+                        .insert(exec.tgid, (self.kept.len(), Default::default()));
+                }
+                Some((_, ring)) => {
+                    if ring.len() >= crate::process::table::MAX_EXECS - 1 {
+                        ring.pop_front();
+                        self.dropped += 1;
+                    }
+                    ring.push_back(o);
+                    return;
+                }
+            }
+        }
+        self.kept.push(o);
+    }
+
+    /// Everything kept: each process's later execs follow the outputs, in
+    /// the order of the processes' first execs.
+    pub fn finish(self) -> Vec<Output> {
+        let mut out = self.kept;
+        let mut later: Vec<_> = self
+            .later
+            .into_values()
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
+        later.sort_by_key(|(i, _)| *i);
+        for (_, ring) in later {
+            out.extend(ring);
+        }
+        out
+    }
+}
+
 /// What `agent trace` collected about one command tree.
 #[derive(Debug, Default)]
 pub struct TraceResult {
@@ -448,6 +499,40 @@ mod tests {
             fix: fix.into(),
             evidence: Default::default(),
         }
+    }
+
+    /// A process that re-execs itself 20,000 times is its first and latest
+    /// 15 execs in the report, after everything else, in order.
+    #[test]
+    fn the_report_keeps_a_re_exec_loop_bounded() {
+        let exec_out = |tgid: u32, n: u64| Output::Exec {
+            exec: std::sync::Arc::new(crate::process::table::tests_support::exec(
+                tgid,
+                1,
+                n,
+                &format!("/bin/x{n}"),
+            )),
+            analysis: Box::default(),
+        };
+        let mut k = KeptOutputs::default();
+        k.push(exec_out(5, 0));
+        for n in 1..20_000 {
+            k.push(exec_out(7, n));
+        }
+        k.push(exec_out(9, 30_000));
+        assert_eq!(k.dropped, 20_000 - 1 - 16);
+        let out = k.finish();
+        let names: Vec<String> = out
+            .iter()
+            .map(|o| match o {
+                Output::Exec { exec, .. } => exec.exe.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(names.len(), 3 + 15);
+        assert_eq!(&names[..3], ["/bin/x0", "/bin/x1", "/bin/x30000"]);
+        assert_eq!(names[3], "/bin/x19985");
+        assert_eq!(names[17], "/bin/x19999");
     }
 
     #[test]
