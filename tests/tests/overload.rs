@@ -103,9 +103,12 @@ fn a_stalled_reader_loses_events_counted_reported_and_recovers() {
     });
     assert!(recovered, "the exec after the overload was not reported");
     // Bounded: the backlog is the ring's, not a queue of the agent's own.
-    // The ring's 8 MiB become resident in the agent as it reads them.
+    // The ring's 8 MiB become resident in the agent as it reads them, and
+    // count twice (the kernel maps its data pages twice, for records that
+    // wrap): up to 16 MiB, plus the pipeline's working set. The baseline is
+    // small: free heap was given back to the kernel once attached.
     assert!(
-        rss_before > 0 && rss_after < rss_before + 16 * 1024,
+        rss_before > 0 && rss_after < rss_before + 24 * 1024 && rss_after < 64 * 1024,
         "agent RSS grew from {rss_before} to {rss_after} KiB"
     );
     eprintln!(
