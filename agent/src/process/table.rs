@@ -36,7 +36,8 @@ impl Proc {
 
 /// How long an exited process stays for late events and report building.
 pub const EXITED_TTL_NS: u64 = 30_000_000_000;
-const MAX_FAILED: usize = 64;
+/// Bound on the failed exec attempts kept per process.
+pub const MAX_FAILED: usize = 64;
 /// Bound on the successful execs kept per process (first + latest).
 pub const MAX_EXECS: usize = 16;
 /// Bound on entries; beyond it the oldest exited ones go first.

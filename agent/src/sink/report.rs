@@ -24,21 +24,33 @@ use crate::{
 };
 
 /// What `agent trace` keeps for its report, bounded as the process table
-/// is: every output, except that a process's execs are its first and its
-/// latest `MAX_EXECS - 1` (a process that re-execs itself 20,000 times is
-/// 16 execs in the report; the others are counted).
+/// is: every output, except that a process's successful execs are its first
+/// and its latest `MAX_EXECS - 1` (a process that re-execs itself 20,000
+/// times is 16 execs in the report) and its failed ones the first
+/// `MAX_FAILED`; the others are counted.
 #[derive(Default)]
 pub struct KeptOutputs {
     kept: Vec<Output>,
     /// Per process: where its first exec is in `kept`, and its later execs.
     later: HashMap<u32, (usize, std::collections::VecDeque<Output>)>,
+    /// Failed execs kept per process.
+    failed: HashMap<u32, usize>,
     /// Execs not kept.
     pub dropped: u64,
 }
 
 impl KeptOutputs {
     pub fn push(&mut self, o: Output) {
-        if let Output::Exec { exec, .. } = &o {
+        if let Output::Exec { exec, .. } = &o
+            && !exec.ok()
+        {
+            let n = self.failed.entry(exec.tgid).or_default();
+            if *n >= crate::process::table::MAX_FAILED {
+                self.dropped += 1;
+                return;
+            }
+            *n += 1;
+        } else if let Output::Exec { exec, .. } = &o {
             match self.later.get_mut(&exec.tgid) {
                 None => {
                     self.later
@@ -515,20 +527,31 @@ mod tests {
             analysis: Box::default(),
         };
         let mut k = KeptOutputs::default();
+        // Failed attempts (a PATH search) neither count nor push out the
+        // successful execs.
+        for n in 0..100 {
+            let mut e = crate::process::table::tests_support::exec(7, 1, n, "/nope/x");
+            e.errno = 2;
+            k.push(Output::Exec {
+                exec: std::sync::Arc::new(e),
+                analysis: Box::default(),
+            });
+        }
         k.push(exec_out(5, 0));
         for n in 1..20_000 {
             k.push(exec_out(7, n));
         }
         k.push(exec_out(9, 30_000));
-        assert_eq!(k.dropped, 20_000 - 1 - 16);
+        assert_eq!(k.dropped, 20_000 - 1 - 16 + 100 - 64);
         let out = k.finish();
         let names: Vec<String> = out
             .iter()
-            .map(|o| match o {
-                Output::Exec { exec, .. } => exec.exe.clone(),
-                _ => String::new(),
+            .filter_map(|o| match o {
+                Output::Exec { exec, .. } if exec.ok() => Some(exec.exe.clone()),
+                _ => None,
             })
             .collect();
+        assert_eq!(out.len(), 64 + 3 + 15);
         assert_eq!(names.len(), 3 + 15);
         assert_eq!(&names[..3], ["/bin/x0", "/bin/x1", "/bin/x30000"]);
         assert_eq!(names[3], "/bin/x19985");
