@@ -7,7 +7,7 @@
 
 const MAGIC: &[u8] = b"\xff Go buildinf:";
 
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct BuildInfo {
     /// e.g. `go1.22.3`.
     pub go_version: String,

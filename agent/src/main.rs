@@ -191,7 +191,34 @@ impl std::io::Write for ScrubbedStderr {
     }
 }
 
+/// A file worker (see `agent::process::guard`): dies with the agent, keeps
+/// only the capabilities that reading any user's files and processes'
+/// roots needs, and answers requests on stdin until it closes.
+fn file_worker() -> ExitCode {
+    use agent::app::privs::{CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, drop_to};
+    // SAFETY: prctl with plain integer arguments. (Had the agent gone
+    // before this, its end of the socket is closed: the first read ends.)
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if let Err(e) = drop_to((1 << CAP_DAC_READ_SEARCH) | (1 << CAP_SYS_PTRACE)) {
+        eprintln!("agent file worker: {e}");
+        return ExitCode::from(1);
+    }
+    match agent::process::guard::serve(agent::process::fsview::answer_request) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent file worker: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == agent::process::guard::WORKER_ARG)
+    {
+        return file_worker();
+    }
     agent::app::traced::save_initial_limits();
     let cli = Cli::parse();
     // Who asked for us (sudo's caller, our own unprivileged copy, root).
@@ -405,6 +432,8 @@ fn main() -> ExitCode {
             }
         }
         cmd => {
+            // Files users control are read by worker processes from here on.
+            agent::process::guard::enable_workers();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 // Capabilities are per thread: workers apply a drop when

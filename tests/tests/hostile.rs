@@ -322,3 +322,181 @@ fn twenty_thousand_re_execs_of_one_pid_stay_bounded() {
     assert!(peak_mib < 128, "peak RSS {peak_mib} MiB");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A user's FUSE server that answers every process but the agent (what
+/// any user's FUSE mount, or a hung NFS server, can do to the files a
+/// root agent looks at; the kernel's wait for the answer ends only with a
+/// fatal signal). The agent gives up on those files at the file-work
+/// deadline and stops asking under that directory while it is stuck; it
+/// keeps analysing and reporting other execs, its threads and descriptors
+/// stay bounded, and SIGINT still stops it within 2 s.
+#[test]
+fn a_file_server_that_never_answers_the_agent_delays_nothing_else() {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let _home = user_home();
+    let dir = std::path::PathBuf::from(format!("/tmp/agent-it-fuse-{}", std::process::id()));
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = dir.join("go.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hostile-ran\n").unwrap();
+    let out = scratch("fuse").join("records.jsonl");
+    let mut agent = agent_tests::agent_cmd()
+        .args(["--format", "json", "--all-execs", "--output"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Cleanup(u32, Option<std::process::Child>, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+            if let Some(s) = &mut self.1 {
+                let _ = s.kill();
+                let _ = s.wait();
+            }
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.2.join("mnt"))
+                .status();
+            let _ = std::fs::remove_dir_all(&self.2);
+        }
+    }
+    let mut cleanup = Cleanup(agent.id(), None, dir.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = agent.stderr.take().unwrap();
+    let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let keep = stderr_lines.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if l.contains("agent: watching") {
+                let _ = tx.send(());
+            }
+            keep.lock().unwrap().push(l);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the agent started watching");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hostile_fuse.py");
+    let mut server = Command::new("/usr/bin/python3")
+        .arg(&fixture)
+        .arg(&mnt)
+        .arg("go")
+        .arg(&script)
+        .arg(agent.id().to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    server
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .expect("the FUSE server mounted");
+    assert_eq!(&first[..7], b"mounted");
+    let server_out = server.stdout.take().unwrap();
+    std::thread::spawn(
+        move || {
+            for _ in std::io::BufReader::new(server_out).lines() {}
+        },
+    );
+    cleanup.1 = Some(server);
+    // The user runs a tool from the mount, by several names (each looked at).
+    let m = mnt.display();
+    let t = Instant::now();
+    assert!(
+        as_user(&format!(
+            "{m}/go version; ln -sf {m}/go ~/go; ~/go env; cd {m} && ./go build"
+        ))
+        .success()
+    );
+    eprintln!("the user's runs took {:?}", t.elapsed());
+    // Meanwhile a healthy toolchain elsewhere is analysed, and later execs reported.
+    let marker = format!("agent-fuse-{}", std::process::id());
+    assert!(
+        as_user(&format!(
+            "/usr/lib/go-1.19/bin/go version >/dev/null; /bin/echo {marker} >/dev/null"
+        ))
+        .success()
+    );
+    let t = Instant::now();
+    let records = loop {
+        let recs = json_lines(&std::fs::read_to_string(&out).unwrap_or_default());
+        let go119 = recs.iter().any(|r| {
+            r["type"] == "exec"
+                && r["exe"] == "/usr/lib/go-1.19/bin/go"
+                && r["identity"]["go_version"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("go1.19"))
+        });
+        let marked = recs
+            .iter()
+            .any(|r| r["type"] == "exec" && r["argv"].to_string().contains(&marker));
+        if go119 && marked {
+            break recs;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "later execs not analysed or reported (go1.19 {go119}, marker {marked})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let hostile: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["type"] == "exec"
+                && r["exe"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("agent-it-fuse"))
+        })
+        .collect();
+    assert!(!hostile.is_empty(), "the mount's execs are reported");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
+    let threads: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", agent.id()))
+        .unwrap()
+        .count();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("")
+        .to_string();
+    eprintln!("agent: {threads} threads, {fds} fds, {rss}");
+    // main, 2 runtime workers, a few blocking threads: file work is in
+    // worker processes.
+    assert!(threads <= 16, "{threads} threads");
+    assert!(fds <= 256, "{fds} fds");
+    let said = stderr_lines.lock().unwrap().join("\n");
+    assert!(
+        said.contains("did not answer within"),
+        "the stall is said:\n{said}"
+    );
+    // Ctrl-C while the server still does not answer.
+    agent_tests::signal(agent.id(), "-INT");
+    let t = Instant::now();
+    let st = agent.wait().unwrap();
+    let stop = t.elapsed();
+    assert!(stop < Duration::from_secs(2), "stopped after {stop:?}");
+    assert!(st.success(), "{st}");
+    let recs = json_lines(&std::fs::read_to_string(&out).unwrap());
+    let stats = recs
+        .iter()
+        .rev()
+        .find(|r| r["type"] == "stats")
+        .expect("final stats");
+    let fa = &stats["file_analysis"];
+    eprintln!("stopped after {stop:?}; file_analysis {fa}");
+    assert!(fa["timeouts"].as_u64().unwrap_or(0) >= 1, "{fa}");
+    assert!(fa["stuck_now"].as_u64().unwrap_or(99) <= 8, "{fa}");
+    assert!(
+        fa["refused_stalled"].as_u64().unwrap_or(0) >= 1,
+        "later looks under the mount were refused at once: {fa}"
+    );
+}

@@ -186,6 +186,7 @@ pub fn full_stats(l: &Losses, k: &Kernel, pipeline: &crate::pipeline::Pipeline) 
     stats["wire"] = json!(pipeline.wire_stats());
     stats["uprobes"] = k.uprobe_stats();
     stats["process_table"] = pipeline.table_stats();
+    stats["file_analysis"] = json!(crate::process::guard::stats());
     stats
 }
 

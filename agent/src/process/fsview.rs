@@ -11,7 +11,7 @@ use std::{
 };
 
 /// File identity and attributes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Meta {
     pub dev: u64,
     pub ino: u64,
@@ -22,6 +22,28 @@ pub struct Meta {
     pub mtime: i64,
     pub is_file: bool,
     pub is_dir: bool,
+    pub nlink: u64,
+    /// Served by a FUSE server (set by [`open_file`] only).
+    #[serde(default)]
+    pub fuse: bool,
+}
+
+impl Meta {
+    fn of(md: &std::fs::Metadata) -> Meta {
+        Meta {
+            dev: md.dev(),
+            ino: md.ino(),
+            mode: md.permissions().mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+            mtime: md.mtime(),
+            is_file: md.is_file(),
+            is_dir: md.is_dir(),
+            nlink: md.nlink(),
+            fuse: false,
+        }
+    }
 }
 
 impl Meta {
@@ -51,6 +73,15 @@ impl FsView {
         Self::new("/")
     }
 
+    /// The view rooted at the open directory `f`.
+    fn held(f: std::fs::File) -> Self {
+        use std::os::fd::AsRawFd as _;
+        Self {
+            root: PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
+            _hold: Some(std::sync::Arc::new(f)),
+        }
+    }
+
     /// The view of process `pid` (`proc_root` is `/proc` outside tests): the
     /// host's when it shares our mount namespace (or is gone), else its own
     /// root, held open so short-lived processes can still be analysed.
@@ -69,14 +100,7 @@ impl FsView {
             return Self::host();
         }
         match std::fs::File::open(dir.join("root")) {
-            Ok(f) => {
-                use std::os::fd::AsRawFd as _;
-                let root = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-                Self {
-                    root,
-                    _hold: Some(std::sync::Arc::new(f)),
-                }
-            }
+            Ok(f) => Self::held(f),
             Err(_) => Self::host(),
         }
     }
@@ -99,6 +123,104 @@ impl FsView {
     /// Resolve symlinks of absolute `p` inside the root. `None` when a
     /// component is missing or there are too many links.
     pub fn canonical(&self, p: &str) -> Option<String> {
+        match self.ask(p, Job::Canonical(p.into()), None)?.0 {
+            Answer::Path(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// `job` about `p` answered by a file worker, within the file-work
+    /// deadline (see [`super::guard`]); `file` goes along (and is what the
+    /// job reads) where the view is the host's.
+    fn ask(
+        &self,
+        p: &str,
+        job: Job,
+        file: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Option<(Answer, Vec<u8>, Option<std::os::fd::OwnedFd>)> {
+        use std::os::fd::AsFd as _;
+        if super::guard::inline() {
+            let file = file.and_then(|f| f.try_clone_to_owned().ok());
+            let (a, raw, fd) = self.answer(job, file.map(std::fs::File::from));
+            return Some((a, raw, fd));
+        }
+        let key = self.host_path(p).to_string_lossy().into_owned();
+        let held = self._hold.as_ref().map(|f| f.as_fd());
+        let req = Request {
+            root: (!self.is_host() && held.is_none())
+                .then(|| self.root.to_string_lossy().into_owned()),
+            root_fd: held.is_some(),
+            job,
+        };
+        let bytes = serde_json::to_vec(&req).ok()?;
+        let (json, raw, fd) = super::guard::ask(&key, &bytes, held.or(file))?;
+        Some((serde_json::from_slice(&json).ok()?, raw, fd))
+    }
+
+    /// Answer `job` here (in a worker, or inline).
+    fn answer(
+        &self,
+        job: Job,
+        file: Option<std::fs::File>,
+    ) -> (Answer, Vec<u8>, Option<std::os::fd::OwnedFd>) {
+        let none = (Answer::Nothing, Vec::new(), None);
+        let a = match job {
+            Job::Stat(p) => self.stat_now(&p).map(Answer::Meta),
+            Job::Canonical(p) => self.canonical_now(&p).map(Answer::Path),
+            Job::FindUp(d, n) => self.find_up_now(&d, &n).map(Answer::Path),
+            Job::ReadHead(p, max) => {
+                return match self
+                    .open_now(&p)
+                    .and_then(|(f, s)| read_file_capped(&f, s, max))
+                {
+                    Some(b) => (Answer::Bytes, b, None),
+                    None => none,
+                };
+            }
+            Job::BuildInfo(p) => self
+                .open_now(&p)
+                .and_then(|(f, size)| {
+                    crate::buildinfo::read_image(&f, size, crate::buildinfo::BUILDINFO_SECTIONS)
+                })
+                .and_then(|b| crate::buildinfo::parse(&b).ok())
+                .map(Answer::BuildInfo),
+            Job::PclntabOffset(symbol) => file
+                .and_then(|f| {
+                    let size = f.metadata().ok()?.len();
+                    crate::buildinfo::read_image(&f, size, crate::buildinfo::PCLNTAB_SECTIONS)
+                })
+                .and_then(|b| crate::buildinfo::go_func_offset(&b, &symbol))
+                .map(Answer::Offset),
+            Job::Open(p) => {
+                let Some((f, _)) = self.open_now(&p) else {
+                    return none;
+                };
+                let Ok(md) = f.metadata() else { return none };
+                let mut m = Meta::of(&md);
+                m.fuse = on_fuse(&f);
+                return (Answer::Opened(m), Vec::new(), Some(f.into()));
+            }
+            Job::ListDir(d, limit) => std::fs::read_dir(self.host_path(&d)).ok().map(|rd| {
+                Answer::Paths(
+                    rd.flatten()
+                        .take(limit)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect(),
+                )
+            }),
+            Job::ExeFile {
+                pid,
+                exe,
+                proc_root,
+            } => Some(Answer::Path(exe_file_now(pid, &exe, Path::new(&proc_root)))),
+        };
+        match a {
+            Some(a) => (a, Vec::new(), None),
+            None => none,
+        }
+    }
+
+    fn canonical_now(&self, p: &str) -> Option<String> {
         if self.kernel_resolves(p) {
             return host_canonical(p);
         }
@@ -162,21 +284,18 @@ impl FsView {
 
     /// `stat` (following symlinks inside the root).
     pub fn stat(&self, p: &str) -> Option<Meta> {
+        match self.ask(p, Job::Stat(p.into()), None)?.0 {
+            Answer::Meta(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn stat_now(&self, p: &str) -> Option<Meta> {
         let md = match self.open_in_root(p, libc::O_PATH) {
             Some(r) => r.ok()?.metadata().ok()?,
             None => std::fs::metadata(self.openable(p)?).ok()?,
         };
-        Some(Meta {
-            dev: md.dev(),
-            ino: md.ino(),
-            mode: md.permissions().mode(),
-            uid: md.uid(),
-            gid: md.gid(),
-            size: md.size(),
-            mtime: md.mtime(),
-            is_file: md.is_file(),
-            is_dir: md.is_dir(),
-        })
+        Some(Meta::of(&md))
     }
 
     pub fn is_dir(&self, p: &str) -> bool {
@@ -186,12 +305,34 @@ impl FsView {
     /// Up to `max` bytes of the regular file at `p` (a FIFO, device or
     /// socket planted there reads as absent: see [`open_regular`]).
     pub fn read_head(&self, p: &str, max: usize) -> Option<Vec<u8>> {
-        let (f, size) = self.open(p)?;
-        read_file_capped(f, size, max)
+        match self.ask(p, Job::ReadHead(p.into(), max), None)? {
+            (Answer::Bytes, b, _) => Some(b),
+            _ => None,
+        }
     }
 
-    /// The regular file at `p`, opened for bounded reads (`pread`).
-    pub fn open(&self, p: &str) -> Option<(std::fs::File, u64)> {
+    /// Go build info of the program at `p` (headers and the build-info
+    /// section read, bounded), `None` for anything else.
+    pub fn build_info(&self, p: &str) -> Option<crate::buildinfo::BuildInfo> {
+        match self.ask(p, Job::BuildInfo(p.into()), None)?.0 {
+            Answer::BuildInfo(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The names in directory `d` (at most `limit`).
+    pub fn list_dir(&self, d: &str, limit: usize) -> Vec<String> {
+        let key = format!("{}/", d.trim_end_matches('/'));
+        match self
+            .ask(&key, Job::ListDir(d.into(), limit), None)
+            .map(|r| r.0)
+        {
+            Some(Answer::Paths(v)) => v,
+            _ => Vec::new(),
+        }
+    }
+
+    fn open_now(&self, p: &str) -> Option<(std::fs::File, u64)> {
         match self.open_in_root(p, READ_FLAGS) {
             Some(r) => regular(r.ok()?),
             None => open_regular(&self.openable(p)?),
@@ -261,11 +402,23 @@ impl FsView {
 
     /// The nearest regular file `name` in `dir` or a directory above it, as
     /// tools find `go.mod` or `.python-version` (at most 64 levels).
+    /// One job for the whole walk.
     pub fn find_up(&self, dir: &str, name: &str) -> Option<String> {
+        let key = join(dir, name);
+        match self
+            .ask(&key, Job::FindUp(dir.into(), name.into()), None)?
+            .0
+        {
+            Answer::Path(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn find_up_now(&self, dir: &str, name: &str) -> Option<String> {
         let mut d = dir.trim_end_matches('/');
         for _ in 0..64 {
             let p = join(if d.is_empty() { "/" } else { d }, name);
-            if self.stat(&p).is_some_and(|m| m.is_file) {
+            if self.stat_now(&p).is_some_and(|m| m.is_file) {
                 return Some(p);
             }
             if d.is_empty() || d == "/" {
@@ -313,13 +466,145 @@ fn regular(f: std::fs::File) -> Option<(std::fs::File, u64)> {
 }
 
 /// At most `max` bytes of the regular file at `path` (see [`open_regular`]).
+/// Answered by a file worker (see [`super::guard`]).
 pub fn read_capped(path: &Path, max: usize) -> Option<Vec<u8>> {
-    let (f, size) = open_regular(path)?;
-    read_file_capped(f, size, max)
+    FsView::host().read_head(path.to_str()?, max)
+}
+
+/// The regular file at host path `path`, opened by a file worker (see
+/// [`open_regular`]), and its attributes (`fuse` set for a file a FUSE
+/// server serves).
+pub fn open_file(path: &Path) -> Option<(std::fs::File, Meta)> {
+    let p = path.to_str()?;
+    match FsView::host().ask(p, Job::Open(p.into()), None)? {
+        (Answer::Opened(m), _, Some(fd)) => Some((std::fs::File::from(fd), m)),
+        _ => None,
+    }
+}
+
+/// Where Go's function table puts `symbol` in the open file `f` (found at
+/// `path`), read by a file worker: headers and `.gopclntab` only.
+pub fn pclntab_offset(f: &std::fs::File, path: &Path, symbol: &str) -> Option<u64> {
+    use std::os::fd::AsFd as _;
+    let key = path.to_string_lossy();
+    match FsView::host()
+        .ask(&key, Job::PclntabOffset(symbol.into()), Some(f.as_fd()))?
+        .0
+    {
+        Answer::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// The file process `pid` runs (`exe` the path its exec named), by a path
+/// that outlives the process when it can (see [`exe_file_now`]); looked at
+/// by a file worker.
+pub fn exe_file(pid: u32, exe: &str, proc_root: &Path) -> Option<PathBuf> {
+    let job = Job::ExeFile {
+        pid,
+        exe: exe.into(),
+        proc_root: proc_root.to_string_lossy().into_owned(),
+    };
+    match FsView::host().ask(exe, job, None)?.0 {
+        Answer::Path(p) => Some(PathBuf::from(p)),
+        _ => None,
+    }
+}
+
+/// The host path when it is absolute and a file (a relative name such as
+/// `./client` is relative to the process's directory, not the agent's),
+/// else the target of `/proc/<pid>/exe` when that path names the same file
+/// here (a host process), else `/proc/<pid>/exe` itself (a container's
+/// program, while the process lives).
+fn exe_file_now(pid: u32, exe: &str, proc_root: &Path) -> String {
+    let host = Path::new(exe);
+    if host.is_absolute() && host.is_file() {
+        return exe.to_string();
+    }
+    let link = proc_root.join(pid.to_string()).join("exe");
+    match (std::fs::read_link(&link), std::fs::metadata(&link)) {
+        (Ok(p), Ok(m))
+            if p.is_absolute()
+                && std::fs::metadata(&p)
+                    .is_ok_and(|h| h.dev() == m.dev() && h.ino() == m.ino()) =>
+        {
+            p.to_string_lossy().into_owned()
+        }
+        _ => link.to_string_lossy().into_owned(),
+    }
+}
+
+/// Whether `f` is served by a FUSE server (any user may run one).
+fn on_fuse(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd as _;
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    // SAFETY: an all-zero statfs is a valid out-parameter.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and out-pointer for the call.
+    unsafe { libc::fstatfs(f.as_raw_fd(), &mut s) == 0 && s.f_type as i64 == FUSE_SUPER_MAGIC }
+}
+
+/// A question about files (see [`super::guard`]): what a worker answers.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Job {
+    Stat(String),
+    Canonical(String),
+    FindUp(String, String),
+    ReadHead(String, usize),
+    BuildInfo(String),
+    /// Of the file passed along.
+    PclntabOffset(String),
+    Open(String),
+    ListDir(String, usize),
+    ExeFile {
+        pid: u32,
+        exe: String,
+        proc_root: String,
+    },
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Request {
+    /// The view's root when it is a directory (tests), not the host's nor
+    /// a held root (passed as the descriptor).
+    root: Option<String>,
+    root_fd: bool,
+    job: Job,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Answer {
+    Nothing,
+    Meta(Meta),
+    Path(String),
+    Paths(Vec<String>),
+    /// In the raw part.
+    Bytes,
+    BuildInfo(crate::buildinfo::BuildInfo),
+    Offset(u64),
+    /// The descriptor goes along.
+    Opened(Meta),
+}
+
+/// A file worker's answer to one request (see [`super::guard::serve`]).
+pub fn answer_request(req: &[u8], fd: Option<std::os::fd::OwnedFd>) -> super::guard::Reply {
+    let Ok(r) = serde_json::from_slice::<Request>(req) else {
+        return (b"\"Nothing\"".to_vec(), Vec::new(), None);
+    };
+    let (view, file) = match (r.root_fd, fd) {
+        (true, Some(fd)) => (FsView::held(std::fs::File::from(fd)), None),
+        (_, fd) => (
+            r.root.map_or_else(FsView::host, FsView::new),
+            fd.map(std::fs::File::from),
+        ),
+    };
+    let (a, raw, out) = view.answer(r.job, file);
+    let json = serde_json::to_vec(&a).unwrap_or_else(|_| b"\"Nothing\"".to_vec());
+    (json, raw, out)
 }
 
 /// At most `max` bytes of `f` (of `size` bytes).
-fn read_file_capped(f: std::fs::File, size: u64, max: usize) -> Option<Vec<u8>> {
+fn read_file_capped(f: &std::fs::File, size: u64, max: usize) -> Option<Vec<u8>> {
     use std::io::Read as _;
     // Room for what is there up front: one read for a small head (an empty
     // Vec starts with 32-byte probe reads and grows by doubling).

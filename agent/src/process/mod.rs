@@ -4,6 +4,7 @@
 
 pub mod endpoints;
 pub mod fsview;
+pub mod guard;
 pub mod invoker;
 pub mod k8s;
 pub mod names;

@@ -19,7 +19,7 @@ pub mod shims;
 
 use crate::process::pyenv::{self, PyEnv};
 use crate::{
-    buildinfo::{self, BuildInfo},
+    buildinfo::BuildInfo,
     events::Exec,
     finding::Finding,
     process::fsview::{FsView, basename, parent},
@@ -242,11 +242,7 @@ impl Analyzer {
         }
         // Headers and the build info only: memory stays bounded whatever
         // the binary's size, and a FIFO swapped in meanwhile is refused.
-        let parsed = fs
-            .open(path)
-            .and_then(|(f, size)| buildinfo::read_image(&f, size, buildinfo::BUILDINFO_SECTIONS))
-            .and_then(|b| buildinfo::parse(&b).ok())
-            .map(Arc::new);
+        let parsed = fs.build_info(path).map(Arc::new);
         if self.buildinfo.len() > 4096 {
             self.buildinfo.clear();
         }

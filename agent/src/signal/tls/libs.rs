@@ -185,12 +185,17 @@ pub fn library_dirs(exe: &str, env: &[(String, String)]) -> Vec<String> {
 }
 
 /// `libssl.so*` files in one directory.
+/// Off the caller's thread within the file-work deadline (a directory on
+/// a user's `LD_LIBRARY_PATH` may be a mount that never answers).
 pub fn libssl_in_dir(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
+    let Some(d) = dir.to_str() else {
         return Vec::new();
     };
-    rd.flatten()
-        .map(|e| e.path())
+    // Bounded: a directory of millions of entries is not a library dir.
+    crate::process::fsview::FsView::host()
+        .list_dir(d, 100_000)
+        .into_iter()
+        .map(|n| dir.join(n))
         .filter(|p| p.to_str().is_some_and(is_libssl))
         .collect()
 }
@@ -342,17 +347,16 @@ fn command_words(argv: &[String]) -> Vec<&str> {
 
 /// The regular, executable file at `p`.
 fn executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    p.to_str()
+        .and_then(|p| crate::process::fsview::FsView::host().stat(p))
+        .is_some_and(|m| m.executable())
 }
 
 /// A Go program: its build info reads (headers and one section, bounded).
 pub fn is_go_program(p: &Path) -> bool {
-    crate::process::fsview::open_regular(p)
-        .and_then(|(f, size)| {
-            crate::buildinfo::read_image(&f, size, crate::buildinfo::BUILDINFO_SECTIONS)
-        })
-        .is_some_and(|b| crate::buildinfo::parse(&b).is_ok())
+    p.to_str()
+        .and_then(|p| crate::process::fsview::FsView::host().build_info(p))
+        .is_some()
 }
 
 /// The Go programs and libssl users `argv` can reach with environment

@@ -8,7 +8,6 @@
 
 use std::{
     collections::HashMap,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -40,9 +39,9 @@ const OFFSETS_KEPT: usize = 8192;
 
 /// Where the Go probe goes in `target`: Go's own function table (kept even
 /// in stripped binaries), read from the headers and `.gopclntab` only.
-fn go_offset(f: &std::fs::File, size: u64) -> Option<u64> {
-    crate::buildinfo::read_image(f, size, crate::buildinfo::PCLNTAB_SECTIONS)
-        .and_then(|b| crate::buildinfo::go_func_offset(&b, GO_SYMBOL))
+/// Read by a file worker, through the same open file.
+fn go_offset(f: &Opened) -> Option<u64> {
+    crate::process::fsview::pclntab_offset(&f.file, Path::new(&f.key), GO_SYMBOL)
 }
 
 /// A probe target, opened once: non-blocking and only if it is a regular
@@ -51,14 +50,21 @@ fn go_offset(f: &std::fs::File, size: u64) -> Option<u64> {
 /// goes through this descriptor (`/proc/self/fd/N`), never the path again.
 struct Opened {
     file: std::fs::File,
-    meta: std::fs::Metadata,
+    meta: crate::process::fsview::Meta,
+    /// The path it was opened by (what a stall is keyed on).
+    key: String,
 }
 
 impl Opened {
     fn new(path: &Path) -> Option<Opened> {
-        let (file, _) = crate::process::fsview::open_regular(path)?;
-        let meta = file.metadata().ok()?;
-        Some(Opened { file, meta })
+        // Opened by a file worker (a file that never answers costs it, not
+        // the event loop).
+        let (file, meta) = crate::process::fsview::open_file(path)?;
+        Some(Opened {
+            file,
+            meta,
+            key: path.to_string_lossy().into_owned(),
+        })
     }
 
     /// The path the kernel (and aya's symbol lookup) resolves to this very file.
@@ -69,38 +75,10 @@ impl Opened {
 }
 
 /// The file a process runs, by a path that outlives the process
-/// (short-lived programs are often gone by the time it is looked at): the
-/// host path, else the process's own view (a container's file, while the
-/// process lives).
-fn exe_path(pid: u32, exe: &str, proc_root: &Path) -> PathBuf {
-    let host = PathBuf::from(exe);
-    // A relative name (`./client`) is relative to the process's directory,
-    // not the agent's.
-    if host.is_absolute() && host.is_file() {
-        host
-    } else {
-        live_exe(pid, proc_root)
-    }
-}
-
-/// The file process `pid` runs, by a path that outlives the process when
-/// it can: the link's target when that path names the same file here (a
-/// host process), else `/proc/<pid>/exe` itself (a container's program,
-/// whose probe is then released after the process has gone: the sweep
-/// finds its path gone).
-fn live_exe(pid: u32, proc_root: &Path) -> PathBuf {
-    use std::os::unix::fs::MetadataExt as _;
-    let link = proc_root.join(pid.to_string()).join("exe");
-    match (std::fs::read_link(&link), std::fs::metadata(&link)) {
-        (Ok(p), Ok(m))
-            if p.is_absolute()
-                && std::fs::metadata(&p)
-                    .is_ok_and(|h| h.dev() == m.dev() && h.ino() == m.ino()) =>
-        {
-            p
-        }
-        _ => link,
-    }
+/// (short-lived programs are often gone by the time it is looked at): see
+/// [`crate::process::fsview::exe_file`].
+fn exe_path(pid: u32, exe: &str, proc_root: &Path) -> Option<PathBuf> {
+    crate::process::fsview::exe_file(pid, exe, proc_root)
 }
 
 impl TlsProbes {
@@ -244,17 +222,17 @@ impl TlsProbes {
     /// Attach the Go crypto/tls probe to the program `pid` runs (`exe` when
     /// the process is gone).
     pub fn probe_go(&mut self, c: &mut Collector, pid: u32, exe: &str, proc_root: &Path) -> bool {
-        self.probe_go_file(c, &exe_path(pid, exe, proc_root), false)
+        exe_path(pid, exe, proc_root).is_some_and(|t| self.probe_go_file(c, &t, false))
     }
 
     /// Where the Go probe goes in `target`, remembered per file version.
     fn cached_offset(&mut self, f: &Opened) -> Option<u64> {
         let m = &f.meta;
-        let key = (m.dev(), m.ino(), m.mtime(), m.size());
+        let key = (m.dev, m.ino, m.mtime, m.size);
         if let Some(o) = self.offsets.get(&key) {
             return *o;
         }
-        let o = go_offset(&f.file, m.size());
+        let o = go_offset(f);
         if self.offsets.len() >= OFFSETS_KEPT {
             self.offsets.clear();
         }
@@ -344,8 +322,9 @@ impl TlsProbes {
         }
         // The exec's path first: a short-lived process has often exited
         // (and its /proc entry with it) by the time its records are read.
-        let target = exe_path(tgid, exe.unwrap_or_default(), proc_root);
-        if self.probe_go_file(c, &target, false) {
+        if exe_path(tgid, exe.unwrap_or_default(), proc_root)
+            .is_some_and(|t| self.probe_go_file(c, &t, false))
+        {
             tracing::debug!(tgid, "Go program probed at its first TLS handshake");
         }
     }
@@ -369,7 +348,9 @@ impl TlsProbes {
             return;
         }
         let seen = crate::clock::boot_ns().saturating_sub(exec.ktime_ns);
-        let target = exe_path(exec.tgid, &exec.exe, proc_root);
+        let Some(target) = exe_path(exec.tgid, &exec.exe, proc_root) else {
+            return;
+        };
         let t0 = Instant::now();
         let Some(f) = Opened::new(&target) else {
             return;

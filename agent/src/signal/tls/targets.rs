@@ -51,6 +51,8 @@ pub struct TargetStats {
     pub evicted: u64,
     /// Not probed: the file was already deleted (a process still ran it).
     pub skipped_deleted: u64,
+    /// Not probed: a FUSE server serves the file.
+    pub skipped_fuse: u64,
     /// Files with probes now.
     pub current: u64,
 }
@@ -79,28 +81,35 @@ impl Targets {
     /// removed file: counted, never probed).
     #[cfg(test)]
     pub fn claim(&mut self, path: &Path, pinned: bool, now: Instant) -> Option<Claim> {
-        let m = std::fs::metadata(path).ok()?;
+        let m = crate::process::fsview::FsView::host().stat(path.to_str()?)?;
         self.claim_file(path, &m, pinned, now)
     }
 
     /// A file already opened (`m`: its `fstat`) is to be probed at `path`
-    /// unless it is probed already (then it counts as used) or deleted (a
-    /// process's `/proc/<pid>/exe` of a removed file: counted, never probed).
+    /// unless it is probed already (then it counts as used), deleted (a
+    /// process's `/proc/<pid>/exe` of a removed file: counted, never
+    /// probed) or served by FUSE (counted, never probed: attaching reads
+    /// the file in the agent itself, and any user's FUSE server can choose
+    /// never to answer the agent).
     pub fn claim_file(
         &mut self,
         path: &Path,
-        m: &std::fs::Metadata,
+        m: &crate::process::fsview::Meta,
         pinned: bool,
         now: Instant,
     ) -> Option<Claim> {
-        let key = (m.dev(), m.ino());
+        let key = (m.dev, m.ino);
         if let Some(t) = self.files.get_mut(&key) {
             t.used = now;
             t.pinned |= pinned;
             return None;
         }
-        if m.nlink() == 0 {
+        if m.nlink == 0 {
             self.stats.skipped_deleted += 1;
+            return None;
+        }
+        if m.fuse {
+            self.stats.skipped_fuse += 1;
             return None;
         }
         let evicted = if self.files.len() >= MAX_TARGETS {

@@ -39,6 +39,7 @@ pub struct Instruments {
     pub export_points: Gauge<f64>,
     pub queue_depth: Gauge<f64>,
     pub open_spans: Gauge<f64>,
+    pub files_skipped: Gauge<f64>,
 }
 
 fn l(k: &'static str, v: impl Into<String>) -> KeyValue {
@@ -77,6 +78,7 @@ impl Instruments {
             export_points: gauge("agent.export.metric_points", "{point}"),
             queue_depth: gauge("agent.export.queue_depth", "{span}"),
             open_spans: gauge("agent.processes.open_spans", "{span}"),
+            files_skipped: gauge("agent.file_analysis.skipped", "{job}"),
         }
     }
 }

@@ -180,6 +180,15 @@ impl Otlp {
         i.export_points.record(n(&st.metric_points_exported), &[]);
         i.queue_depth.record(n(&st.queue_depth), &[]);
         i.open_spans.record(self.builder.open_count() as f64, &[]);
+        let g = crate::process::guard::stats();
+        for (cause, v) in [
+            ("timeout", g.timeouts),
+            ("stalled", g.refused_stalled),
+            ("busy", g.refused_busy),
+        ] {
+            i.files_skipped
+                .record(v as f64, &[model::kv_str("cause", cause)]);
+        }
     }
 
     pub fn stats_json(&self) -> serde_json::Value {
