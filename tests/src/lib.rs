@@ -140,6 +140,18 @@ impl Live {
 }
 
 /// Send `sig` (as `kill` spells it: "-TERM", "-STOP", ...) to `pid`.
+/// The live children of process `pid` (from every thread's `children`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(d) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in d.flatten() {
+            let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
 pub fn signal(pid: u32, sig: &str) {
     let st = Command::new("kill")
         .args([sig, &pid.to_string()])

@@ -167,12 +167,13 @@ fn link_fds(pid: u32) -> usize {
 
 /// `go test ./...` on a CI host builds, runs and deletes a Go program per
 /// package. Each is probed (crypto/tls); once deleted, its probe must be
-/// given back: descriptors stay bounded and the deleted files are freed.
+/// given back: descriptors stay bounded and the deleted files are freed
+/// (2,000 distinct programs, 200 at a time).
 #[test]
 fn deleted_go_programs_give_their_probes_back() {
     require_root();
-    const ROUNDS: usize = 3;
-    const PER_ROUND: usize = 100;
+    const ROUNDS: usize = 10;
+    const PER_ROUND: usize = 200;
     let client = agent_tests::go_build(
         std::path::Path::new("/usr/lib/go-1.19/bin/go"),
         "probe-lifecycle",
@@ -223,6 +224,35 @@ fn deleted_go_programs_give_their_probes_back() {
         }
     }
     let after = link_fds(pid);
+    // Nothing of the agent's (nor its file workers') holds a deleted file.
+    let deleted_held = |p: u32| {
+        std::fs::read_dir(format!("/proc/{p}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|l| l.to_string_lossy().ends_with("(deleted)"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let mut held = deleted_held(pid);
+    for w in agent_tests::children_of(pid) {
+        held += deleted_held(w);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("")
+        .to_string();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    eprintln!(
+        "after {} programs: {fds} fds, {rss}, {held} deleted files held",
+        ROUNDS * PER_ROUND
+    );
+    assert_eq!(held, 0, "deleted programs still held open");
     agent_tests::signal(pid, "-INT");
     assert!(agent.wait().unwrap().success());
     let recs = json_lines(&std::fs::read_to_string(&records).unwrap());
