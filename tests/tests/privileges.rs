@@ -267,6 +267,28 @@ fn once_attached_every_thread_keeps_only_the_capabilities_it_uses() {
         "{} threads, each CapEff = CapPrm = CapBnd = {want:#018x}, NoNewPrivs 1",
         tasks.len()
     );
+    // Its file workers (processes reading what users control) keep only
+    // what reading needs: DAC_READ_SEARCH, SYS_PTRACE.
+    let worker_want: u64 = (1 << 19) | (1 << 2);
+    let workers: Vec<u32> = agent_tests::children_of(agent.id())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__file-worker"))
+        })
+        .collect();
+    assert!(!workers.is_empty(), "the start-up scan used a file worker");
+    for w in &workers {
+        let st = std::fs::read_to_string(format!("/proc/{w}/status")).unwrap();
+        for f in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            assert_eq!(cap_field(&st, f), worker_want, "file worker {w} {f}");
+        }
+        assert!(st.contains("NoNewPrivs:\t1"), "file worker {w}: no_new_privs");
+    }
+    eprintln!(
+        "{} file workers, each CapEff = CapPrm = CapBnd = {worker_want:#018x}",
+        workers.len()
+    );
     // What it still does with them: read a binary's build info, attach a
     // uprobe to a Go program it sees for the first time.
     let go = Command::new("/usr/lib/go-1.19/bin/go")
