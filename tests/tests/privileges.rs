@@ -283,7 +283,10 @@ fn once_attached_every_thread_keeps_only_the_capabilities_it_uses() {
         for f in ["CapEff:", "CapPrm:", "CapBnd:"] {
             assert_eq!(cap_field(&st, f), worker_want, "file worker {w} {f}");
         }
-        assert!(st.contains("NoNewPrivs:\t1"), "file worker {w}: no_new_privs");
+        assert!(
+            st.contains("NoNewPrivs:\t1"),
+            "file worker {w}: no_new_privs"
+        );
     }
     eprintln!(
         "{} file workers, each CapEff = CapPrm = CapBnd = {worker_want:#018x}",

@@ -152,8 +152,10 @@ impl FsView {
             root_fd: held.is_some(),
             job,
         };
+        tracing::trace!(job = ?req.job, "file question");
         let bytes = serde_json::to_vec(&req).ok()?;
-        let (json, raw, fd) = super::guard::ask(&key, &bytes, held.or(file))?;
+        let key = (!matches!(req.job, Job::StatMany(_))).then_some(key.as_str());
+        let (json, raw, fd) = super::guard::ask(key, &bytes, held.or(file))?;
         Some((serde_json::from_slice(&json).ok()?, raw, fd))
     }
 
@@ -167,7 +169,17 @@ impl FsView {
         let a = match job {
             Job::Stat(p) => self.stat_now(&p).map(Answer::Meta),
             Job::Canonical(p) => self.canonical_now(&p).map(Answer::Path),
-            Job::FindUp(d, n) => self.find_up_now(&d, &n).map(Answer::Path),
+            Job::StatMany(ps) => Some(Answer::Found(
+                ps.iter()
+                    .map(|p| {
+                        let m = self.stat_now(p)?;
+                        Some((m, self.canonical_now(p)))
+                    })
+                    .collect(),
+            )),
+            Job::FindUp(d, names) => Some(Answer::Each(
+                names.iter().map(|n| self.find_up_now(&d, n)).collect(),
+            )),
             Job::ReadHead(p, max) => {
                 return match self
                     .open_now(&p)
@@ -311,6 +323,39 @@ impl FsView {
         }
     }
 
+    /// [`FsView::stat`] and, for what exists, [`FsView::canonical`] of each
+    /// of `paths` (a PATH search), in one question; path by path when the
+    /// question does not answer in time, so only the directory that hangs
+    /// is set aside (those under a stalled directory read as missing).
+    pub fn stat_many(&self, paths: &[String]) -> Vec<Option<(Meta, Option<String>)>> {
+        let open: Vec<String> = paths
+            .iter()
+            .filter(|p| {
+                super::guard::inline()
+                    || !super::guard::stalled(&self.host_path(p).to_string_lossy())
+            })
+            .cloned()
+            .collect();
+        let first = open.first().cloned().unwrap_or_default();
+        let mut found = match self.ask(&first, Job::StatMany(open.clone()), None) {
+            Some((Answer::Found(v), _, _)) if v.len() == open.len() => {
+                open.into_iter()
+                    .zip(v)
+                    .collect::<std::collections::HashMap<_, _>>()
+            }
+            _ => open
+                .into_iter()
+                .map(|p| {
+                    let m = self.stat(&p);
+                    let c = m.and_then(|_| self.canonical(&p));
+                    let v = m.map(|m| (m, c));
+                    (p, v)
+                })
+                .collect(),
+        };
+        paths.iter().map(|p| found.remove(p).flatten()).collect()
+    }
+
     /// Go build info of the program at `p` (headers and the build-info
     /// section read, bounded), `None` for anything else.
     pub fn build_info(&self, p: &str) -> Option<crate::buildinfo::BuildInfo> {
@@ -404,13 +449,16 @@ impl FsView {
     /// tools find `go.mod` or `.python-version` (at most 64 levels).
     /// One job for the whole walk.
     pub fn find_up(&self, dir: &str, name: &str) -> Option<String> {
-        let key = join(dir, name);
-        match self
-            .ask(&key, Job::FindUp(dir.into(), name.into()), None)?
-            .0
-        {
-            Answer::Path(p) => Some(p),
-            _ => None,
+        self.find_up_each(dir, &[name]).pop().flatten()
+    }
+
+    /// [`FsView::find_up`] of each of `names`, in one question.
+    pub fn find_up_each(&self, dir: &str, names: &[&str]) -> Vec<Option<String>> {
+        let key = join(dir, names.first().copied().unwrap_or(""));
+        let job = Job::FindUp(dir.into(), names.iter().map(|n| n.to_string()).collect());
+        match self.ask(&key, job, None).map(|r| r.0) {
+            Some(Answer::Each(v)) if v.len() == names.len() => v,
+            _ => vec![None; names.len()],
         }
     }
 
@@ -548,8 +596,10 @@ fn on_fuse(f: &std::fs::File) -> bool {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 enum Job {
     Stat(String),
+    /// Stat and canonical path of each (a batch: see [`FsView::stat_many`]).
+    StatMany(Vec<String>),
     Canonical(String),
-    FindUp(String, String),
+    FindUp(String, Vec<String>),
     ReadHead(String, usize),
     BuildInfo(String),
     /// Of the file passed along.
@@ -578,6 +628,8 @@ enum Answer {
     Meta(Meta),
     Path(String),
     Paths(Vec<String>),
+    Found(Vec<Option<(Meta, Option<String>)>>),
+    Each(Vec<Option<String>>),
     /// In the raw part.
     Bytes,
     BuildInfo(crate::buildinfo::BuildInfo),

@@ -139,7 +139,8 @@ struct Worker {
 
 struct Stuck {
     child: Child,
-    dir: String,
+    /// The directory it stalls (`None`: a batch, which stalls none).
+    dir: Option<String>,
     since: Instant,
 }
 
@@ -166,11 +167,12 @@ impl Pool {
         s.retain_mut(|w| {
             if matches!(w.child.try_wait(), Ok(Some(_)) | Err(_)) {
                 LATE.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    "a file under {} answered after {:.1} s; analysing files there again",
-                    w.dir,
-                    w.since.elapsed().as_secs_f64()
-                );
+                if let Some(d) = &w.dir {
+                    tracing::info!(
+                        "a file under {d} answered after {:.1} s; analysing files there again",
+                        w.since.elapsed().as_secs_f64()
+                    );
+                }
                 false
             } else {
                 true
@@ -180,9 +182,10 @@ impl Pool {
     }
 
     fn stalled(&self, key: &str) -> bool {
-        self.stuck
-            .lock()
-            .is_ok_and(|s| s.iter().any(|w| key.starts_with(w.dir.as_str())))
+        self.stuck.lock().is_ok_and(|s| {
+            s.iter()
+                .any(|w| w.dir.as_deref().is_some_and(|d| key.starts_with(d)))
+        })
     }
 
     /// An idle worker, or a new one while under the cap.
@@ -212,12 +215,12 @@ impl Pool {
         self.live.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn abandon(&self, mut w: Worker, dir: String) {
+    fn abandon(&self, mut w: Worker, dir: Option<String>) {
         let _ = w.child.kill();
         self.live.fetch_sub(1, Ordering::SeqCst);
         let first = match self.stuck.lock() {
             Ok(mut s) => {
-                let first = !s.iter().any(|x| x.dir == dir);
+                let first = dir.is_some() && !s.iter().any(|x| x.dir == dir);
                 s.push(Stuck {
                     child: w.child,
                     dir: dir.clone(),
@@ -227,7 +230,7 @@ impl Pool {
             }
             Err(_) => false,
         };
-        if first {
+        if let (true, Some(dir)) = (first, dir) {
             tracing::warn!(
                 "a file under {dir} did not answer within {} ms (a hung FUSE or network mount?); \
                  files there are not analysed until it does (counted in \
@@ -279,11 +282,21 @@ fn stall_dir(key: &str) -> String {
 /// An answer: the encoded reply, raw bytes, and a descriptor.
 pub type Reply = (Vec<u8>, Vec<u8>, Option<OwnedFd>);
 
-/// Send `req` (with `fd`, if any) to a worker about host path `key`; its
-/// reply, or `None` when refused, past the deadline or failed.
-pub fn ask(key: &str, req: &[u8], fd: Option<BorrowedFd<'_>>) -> Option<Reply> {
+/// Whether host path `key` is under a directory with a stuck job.
+pub fn stalled(key: &str) -> bool {
+    POOL.reap() > 0 && POOL.stalled(key)
+}
+
+/// Send `req` (with `fd`, if any) to a worker about host path `key` (`None`:
+/// a batch about several, which a timeout stalls no directory for; the
+/// caller asks again path by path); its reply, or `None` when refused, past
+/// the deadline or failed.
+pub fn ask(key: Option<&str>, req: &[u8], fd: Option<BorrowedFd<'_>>) -> Option<Reply> {
     let stuck = POOL.reap();
-    if stuck > 0 && POOL.stalled(key) {
+    if let Some(key) = key
+        && stuck > 0
+        && POOL.stalled(key)
+    {
         REFUSED_STALLED.fetch_add(1, Ordering::Relaxed);
         return None;
     }
@@ -306,7 +319,7 @@ pub fn ask(key: &str, req: &[u8], fd: Option<BorrowedFd<'_>>) -> Option<Reply> {
         Ok(true) => {}
         Ok(false) => {
             TIMEOUTS.fetch_add(1, Ordering::Relaxed);
-            POOL.abandon(w, stall_dir(key));
+            POOL.abandon(w, key.map(stall_dir));
             return None;
         }
         Err(_) => {

@@ -153,12 +153,15 @@ pub fn requirements(fs: &FsView, cwd: &str, env: impl Fn(&str) -> Option<String>
         return Vec::new();
     }
     let mut files = Vec::new();
+    // go.work and go.mod found in one question to the file workers.
+    let mut found = fs.find_up_each(cwd, &["go.work", "go.mod"]).into_iter();
+    let (work, module) = (found.next().flatten(), found.next().flatten());
     match env("GOWORK").as_deref() {
         Some("off") => {}
         Some(p) if p.starts_with('/') => files.push(p.to_string()),
-        _ => files.extend(fs.find_up(cwd, "go.work")),
+        _ => files.extend(work),
     }
-    files.extend(fs.find_up(cwd, "go.mod"));
+    files.extend(module);
     let mut out = Vec::new();
     for f in files {
         if let Some(text) = fs.read_to_string(&f, MAX_FILE) {

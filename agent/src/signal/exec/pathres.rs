@@ -35,7 +35,7 @@ pub struct Candidate {
 
 /// Every candidate for `name` along `path_var`; relative entries use `cwd`.
 pub fn candidates(fs: &FsView, name: &str, path_var: &str, cwd: Option<&str>) -> Vec<Candidate> {
-    let mut out: Vec<Candidate> = Vec::new();
+    let mut entries: Vec<(String, String)> = Vec::new();
     for entry in path_var.split(':') {
         let dir = if entry.is_empty() || !entry.starts_with('/') {
             match cwd {
@@ -47,29 +47,36 @@ pub fn candidates(fs: &FsView, name: &str, path_var: &str, cwd: Option<&str>) ->
             entry.to_string()
         };
         let path = join(&dir, name);
-        if out.iter().any(|c| c.path == path) {
+        if entries.iter().any(|(_, p)| *p == path) {
             continue; // a repeated PATH entry adds nothing
         }
-        let meta = fs.stat(&path);
-        let state = match meta {
-            None => CandState::Missing,
-            Some(m) if m.is_dir => CandState::Directory,
-            Some(m) if m.executable() => CandState::Executable,
-            Some(_) => CandState::NotExecutable,
-        };
-        out.push(Candidate {
-            entry: entry.to_string(),
-            canonical: meta.and_then(|_| fs.canonical(&path)),
-            file_id: meta.map(|m| (m.dev, m.ino)),
-            path,
-            state,
-        });
+        entries.push((entry.to_string(), path));
     }
-    out
+    // One question for the whole search (see `FsView::stat_many`).
+    let paths: Vec<String> = entries.iter().map(|(_, p)| p.clone()).collect();
+    let found = fs.stat_many(&paths);
+    entries
+        .into_iter()
+        .zip(found)
+        .map(|((entry, path), f)| {
+            let meta = f.as_ref().map(|(m, _)| *m);
+            let state = match meta {
+                None => CandState::Missing,
+                Some(m) if m.is_dir => CandState::Directory,
+                Some(m) if m.executable() => CandState::Executable,
+                Some(_) => CandState::NotExecutable,
+            };
+            Candidate {
+                entry,
+                canonical: f.and_then(|(_, c)| c),
+                file_id: meta.map(|m| (m.dev, m.ino)),
+                path,
+                state,
+            }
+        })
+        .collect()
 }
 
-/// Index of the candidate that is the file the kernel ran (`exe`), matched by
-/// path, then by resolved path, then by file identity.
 pub fn winner(fs: &FsView, cands: &[Candidate], exe: &str) -> Option<usize> {
     if let Some(i) = cands.iter().position(|c| c.path == exe) {
         return Some(i);

@@ -29,7 +29,15 @@ pub struct TlsProbes {
     /// Processes whose first TLS ClientHello was seen (their program looked
     /// at once; forgotten all at once past `CLIENTS_KEPT`).
     tls_clients: std::collections::HashSet<u32>,
+    /// Paths looked at in the last [`FRESH_FOR`]: a tool run a thousand
+    /// times in a build is opened (by a file worker) once per interval, not
+    /// per run. A file replaced meanwhile is looked at when the interval
+    /// ends (the sweep finds the old one gone).
+    fresh: HashMap<PathBuf, Instant>,
 }
+
+/// How long a looked-at path is not looked at again.
+const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// TLS client processes remembered at most.
 const CLIENTS_KEPT: usize = 4096;
@@ -222,6 +230,10 @@ impl TlsProbes {
     /// Attach the Go crypto/tls probe to the program `pid` runs (`exe` when
     /// the process is gone).
     pub fn probe_go(&mut self, c: &mut Collector, pid: u32, exe: &str, proc_root: &Path) -> bool {
+        // A host path run again lately: not even resolved again.
+        if exe.starts_with('/') && self.fresh_now(Path::new(exe)) {
+            return false;
+        }
         exe_path(pid, exe, proc_root).is_some_and(|t| self.probe_go_file(c, &t, false))
     }
 
@@ -249,10 +261,39 @@ impl TlsProbes {
         if !c.tls_uprobes() {
             return false;
         }
+        if !pinned && self.looked_at_lately(target) {
+            return false;
+        }
         match Opened::new(target) {
             Some(f) => self.probe_go_opened(c, target, &f, pinned),
             None => false,
         }
+    }
+
+    /// Whether `target` was looked at in the last [`FRESH_FOR`], without
+    /// marking it.
+    fn fresh_now(&self, target: &Path) -> bool {
+        self.fresh
+            .get(target)
+            .is_some_and(|t| t.elapsed() < FRESH_FOR)
+    }
+
+    /// Whether `target` was looked at in the last [`FRESH_FOR`] (else it is
+    /// marked as looked at now).
+    fn looked_at_lately(&mut self, target: &Path) -> bool {
+        let now = Instant::now();
+        if self
+            .fresh
+            .get(target)
+            .is_some_and(|t| now.duration_since(*t) < FRESH_FOR)
+        {
+            return true;
+        }
+        if self.fresh.len() >= CLIENTS_KEPT {
+            self.fresh.clear();
+        }
+        self.fresh.insert(target.to_path_buf(), now);
+        false
     }
 
     /// [`TlsProbes::probe_go_file`] for a file already opened (`f`, at `target`).
@@ -348,9 +389,15 @@ impl TlsProbes {
             return;
         }
         let seen = crate::clock::boot_ns().saturating_sub(exec.ktime_ns);
+        if exec.exe.starts_with('/') && self.fresh_now(Path::new(&exec.exe)) {
+            return;
+        }
         let Some(target) = exe_path(exec.tgid, &exec.exe, proc_root) else {
             return;
         };
+        if self.looked_at_lately(&target) {
+            return;
+        }
         let t0 = Instant::now();
         let Some(f) = Opened::new(&target) else {
             return;
