@@ -153,13 +153,16 @@ fn a_300_mb_go_binary_keeps_memory_bounded() {
 /// A process's BPF link descriptors (one per attached uprobe, besides the
 /// signals' own links).
 fn link_fds(pid: u32) -> usize {
+    fds_where(pid, |l| l.contains("bpf_link"))
+}
+
+/// How many of a process's descriptors point at something whose link text
+/// satisfies `pred`.
+fn fds_where(pid: u32, pred: impl Fn(&str) -> bool) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten()
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .is_ok_and(|l| l.to_string_lossy().contains("bpf_link"))
-                })
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| pred(&l.to_string_lossy())))
                 .count()
         })
         .unwrap_or(0)
@@ -225,18 +228,7 @@ fn deleted_go_programs_give_their_probes_back() {
     }
     let after = link_fds(pid);
     // Nothing of the agent's (nor its file workers') holds a deleted file.
-    let deleted_held = |p: u32| {
-        std::fs::read_dir(format!("/proc/{p}/fd"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| {
-                        std::fs::read_link(e.path())
-                            .is_ok_and(|l| l.to_string_lossy().ends_with("(deleted)"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    let deleted_held = |p: u32| fds_where(p, |l| l.ends_with("(deleted)"));
     let mut held = deleted_held(pid);
     for w in agent_tests::children_of(pid) {
         held += deleted_held(w);
