@@ -76,6 +76,11 @@ pub struct Exec {
     /// The call's entry was not seen (argv/env/filename unknown).
     pub no_enter: bool,
     pub execveat: bool,
+    /// The process's working directory, read from `/proc` by the ring
+    /// reader the moment the record left the kernel (a tool that fails in
+    /// a few ms is gone before its exec is analysed). Not in the record:
+    /// `None` from [`decode`].
+    pub cwd: Option<String>,
 }
 
 impl Exec {
@@ -381,6 +386,7 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 filename_truncated: f.flags & EXEC_F_FILENAME_TRUNCATED != 0,
                 no_enter: f.flags & EXEC_F_NO_ENTER != 0,
                 execveat: f.flags & EXEC_F_EXECVEAT != 0,
+                cwd: None,
             })))
         }
         EventKind::Exit => {

@@ -114,6 +114,7 @@ fn exec(tgid: u32, ppid: u32, ns: u64) -> Exec {
         filename_truncated: false,
         no_enter: false,
         execveat: false,
+        cwd: None,
     }
 }
 

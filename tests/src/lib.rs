@@ -73,7 +73,7 @@ impl Live {
 
     pub fn start_with(opts: &agent::bpf::CollectorOptions) -> Self {
         require_root();
-        let (collector, rx) = agent::events::start(opts, 65_536)
+        let (collector, rx) = agent::events::start(opts, 65_536, std::path::Path::new("/proc"))
             .unwrap_or_else(|e| panic!("starting the collector: {e}"));
         Live { collector, rx }
     }

@@ -54,8 +54,11 @@ pub(super) struct Kernel {
 
 impl Kernel {
     /// Load and attach (the reader already running); see [`events::start`].
-    pub fn start(opts: &CollectorOptions) -> anyhow::Result<(Kernel, EventRx)> {
-        let (collector, rx) = events::start(opts, 65_536)?;
+    pub fn start(
+        opts: &CollectorOptions,
+        proc_root: &std::path::Path,
+    ) -> anyhow::Result<(Kernel, EventRx)> {
+        let (collector, rx) = events::start(opts, 65_536, proc_root)?;
         let stats = rx.stats();
         Ok((
             Kernel {

@@ -68,13 +68,16 @@ impl TermSignals {
 
 /// Run `argv` (as the invoking user), observe its process tree, return what was seen.
 pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result<TraceResult> {
-    let (mut k, mut rx) = Kernel::start(&crate::bpf::CollectorOptions {
-        // One command's tree: every connection is an event, and the
-        // command is tracked from its fork on.
-        tcp_quiet_ns: 0,
-        track_own_children: true,
-        ..opts.collector_options()
-    })?;
+    let (mut k, mut rx) = Kernel::start(
+        &crate::bpf::CollectorOptions {
+            // One command's tree: every connection is an event, and the
+            // command is tracked from its fork on.
+            tcp_quiet_ns: 0,
+            track_own_children: true,
+            ..opts.collector_options()
+        },
+        &opts.analysis.proc_root,
+    )?;
     report_attach(&k.collector);
     let proc_root = opts.analysis.proc_root.clone();
     k.tls.probe_libssl(&mut k.collector, &proc_root);

@@ -13,15 +13,20 @@ pub use agent_parse::events::*;
 
 /// Load and attach the programs with the ring-buffer reader already
 /// running (so nothing waits unread). Events arrive on the returned stream,
-/// which holds at most `channel` events between reader and consumer.
+/// which holds at most `channel` events between reader and consumer; the
+/// reader looks up what cannot wait (a tool's working directory) under
+/// `proc_root`.
 pub fn start(
     opts: &crate::bpf::CollectorOptions,
     channel: usize,
+    proc_root: &std::path::Path,
 ) -> Result<(crate::bpf::Collector, EventRx), crate::bpf::error::LoadError> {
     let (mut collector, ring) = crate::bpf::Collector::open(opts)?;
-    let rx = reader::spawn(ring, channel).map_err(|e| crate::bpf::error::LoadError::Map {
-        name: "EVENTS",
-        msg: format!("registering with the runtime: {e}"),
+    let rx = reader::spawn(ring, channel, proc_root.to_path_buf()).map_err(|e| {
+        crate::bpf::error::LoadError::Map {
+            name: "EVENTS",
+            msg: format!("registering with the runtime: {e}"),
+        }
     })?;
     if let Some(l) = collector.take_logger()
         && let Err(e) = crate::bpf::log::forward(l)

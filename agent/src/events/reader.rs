@@ -3,9 +3,12 @@
 //!
 //! Owns: the reader task and its counters. Must not: interpret events.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -58,12 +61,38 @@ impl EventRx {
     }
 }
 
+/// A tool's or tracked tree's exec: its working directory, read now. The
+/// kernel woke us for it, so the process is usually still there; by the
+/// time its exec is analysed (after the events before it), a tool that
+/// fails at once (`go version` switching toolchains against a proxy that
+/// refuses) has exited, and so has the shell that started it.
+fn note_cwd(ev: &mut Event, proc_root: &Path) {
+    if let Event::Exec(e) = ev
+        && e.ok()
+        && e.env_read
+    {
+        // readlink of a /proc link formats a path the kernel holds; it
+        // never touches the directory's file system, so it cannot block.
+        e.cwd = std::fs::read_link(proc_root.join(e.tgid.to_string()).join("cwd"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+    }
+}
+
 /// Read up to MAX_BATCH records; true when more may remain.
-fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<Event>, stats: &Stats) -> bool {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    batch: &mut Vec<Event>,
+    stats: &Stats,
+    proc_root: &Path,
+) -> bool {
     while let Some(item) = ring.next() {
         stats.received.fetch_add(1, Ordering::Relaxed);
         match super::decode(&item) {
-            Ok(ev) => batch.push(ev),
+            Ok(mut ev) => {
+                note_cwd(&mut ev, proc_root);
+                batch.push(ev)
+            }
             Err(e) => {
                 stats.decode_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "undecodable record");
@@ -77,11 +106,16 @@ fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<Event>, stats: &Stats) -> 
 }
 
 /// Start reading `ring`; at most `channel` events wait between the reader
-/// and the consumer.
-pub(super) fn spawn(ring: RingBuf<MapData>, channel: usize) -> std::io::Result<EventRx> {
+/// and the consumer. `proc_root` is where processes are (`/proc`, or the
+/// host's in a pod).
+pub(super) fn spawn(
+    ring: RingBuf<MapData>,
+    channel: usize,
+    proc_root: PathBuf,
+) -> std::io::Result<EventRx> {
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel((channel / MAX_BATCH).max(2));
-    spawn_reader(ring, tx, stats.clone())?;
+    spawn_reader(ring, tx, stats.clone(), proc_root)?;
     Ok(EventRx {
         rx,
         pending: Vec::new().into_iter(),
@@ -93,6 +127,7 @@ fn spawn_reader(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Vec<Event>>,
     stats: Arc<Stats>,
+    proc_root: PathBuf,
 ) -> std::io::Result<()> {
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as
     // the AsyncFd owns the RingBuf.
@@ -108,7 +143,7 @@ fn spawn_reader(
                 .store(crate::clock::unix_secs(), Ordering::Relaxed);
             let timed_out = match tokio::time::timeout(DRAIN_TICK, fd.readable_mut()).await {
                 Ok(Ok(mut guard)) => {
-                    if !drain(guard.get_inner_mut(), &mut batch, &stats) {
+                    if !drain(guard.get_inner_mut(), &mut batch, &stats, &proc_root) {
                         guard.clear_ready();
                     }
                     false
@@ -120,7 +155,7 @@ fn spawn_reader(
                 Err(_) => true,
             };
             if timed_out {
-                drain(fd.get_mut(), &mut batch, &stats);
+                drain(fd.get_mut(), &mut batch, &stats, &proc_root);
             }
             // Backpressure: a slow consumer fills the ring, which the kernel counts.
             if !batch.is_empty() && tx.send(batch).await.is_err() {

@@ -307,6 +307,7 @@ pub(crate) mod tests_support {
             filename_truncated: false,
             no_enter: false,
             execveat: false,
+            cwd: None,
         }
     }
 }

@@ -331,16 +331,20 @@ impl Analyzer {
             return out;
         }
         let fs = FsView::of_process(&self.cfg.proc_root, e.tgid);
-        // A short process may be gone already: its parent's working
-        // directory is the one it inherited at fork (a shell running
-        // `cd m && go build` waits for it), which is right unless the child
-        // changed directory before exec.
+        // The reader read it when the record arrived. Else (a process the
+        // kernel did not flag, or gone even then) now, or its parent's: the
+        // one it inherited at fork (a shell running `cd m && go build` waits
+        // for it), right unless the child changed directory before exec.
         let cwd_of = |pid: u32| {
             std::fs::read_link(self.cfg.proc_root.join(pid.to_string()).join("cwd"))
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned())
         };
-        out.cwd = cwd_of(e.tgid).or_else(|| (e.ppid > 1).then(|| cwd_of(e.ppid)).flatten());
+        out.cwd = e
+            .cwd
+            .clone()
+            .or_else(|| cwd_of(e.tgid))
+            .or_else(|| (e.ppid > 1).then(|| cwd_of(e.ppid)).flatten());
         out.identity = self.identify(&fs, &e.exe);
         out.pod = crate::process::k8s::of_process(&self.cfg.proc_root, e.tgid);
         // The API, when enabled, is authoritative (a pod's hostname can differ).
