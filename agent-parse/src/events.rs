@@ -247,7 +247,8 @@ pub struct Wire {
     pub payload_len: u32,
     pub tcp_flags: u8,
     pub ktime_ns: u64,
-    pub data: Vec<u8>,
+    /// A slice of the reader's payload buffer (no allocation per record).
+    pub data: bytes::Bytes,
 }
 
 impl Wire {
@@ -328,6 +329,14 @@ pub fn caller_argv(argv: &mut Vec<String>, argv0: &str, script: &str) -> bool {
 }
 
 pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
+    decode_into(b, &mut bytes::BytesMut::new())
+}
+
+/// [`decode`], with a wire record's payload appended to `payloads` and
+/// split off it: the reader keeps one buffer, so payloads share its
+/// allocation (which `reserve` takes back once every slice of it is
+/// dropped) instead of each getting its own.
+pub fn decode_into(b: &[u8], payloads: &mut bytes::BytesMut) -> Result<Event, DecodeError> {
     let hdr: EventHeader = read(b).ok_or(DecodeError::Short(b.len()))?;
     let kind = EventKind::try_from(hdr.kind).map_err(DecodeError::UnknownKind)?;
     match kind {
@@ -489,7 +498,10 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
                 payload_len: f.payload_len,
                 tcp_flags: f.tcp_flags,
                 ktime_ns: f.hdr.ktime_ns,
-                data: data[..cap].to_vec(),
+                data: {
+                    payloads.extend_from_slice(&data[..cap]);
+                    payloads.split().freeze()
+                },
             })))
         }
         EventKind::Fs => {

@@ -100,7 +100,7 @@ pub(crate) mod tests {
             payload_len: data.len() as u32,
             tcp_flags: 0,
             ktime_ns: ns,
-            data,
+            data: data.into(),
         }
     }
 
@@ -194,6 +194,63 @@ pub(crate) mod tests {
         assert_eq!(a.len(), 2);
         let mut empty: Vec<String> = Vec::new();
         assert!(!caller_argv(&mut empty, "a", "/x"));
+    }
+
+    /// A DNS wire record with `payload`, laid out as the kernel writes it.
+    fn wire_record(payload: &[u8]) -> Vec<u8> {
+        let f = agent_common::WireFixed {
+            hdr: EventHeader {
+                kind: EventKind::Wire as u32,
+                pid: 3,
+                tgid: 3,
+                ppid: 1,
+                ktime_ns: 7,
+            },
+            cookie: 1,
+            cgroup_id: 0,
+            seq: 0,
+            payload_len: payload.len() as u32,
+            uid: 0,
+            cap_len: payload.len() as u16,
+            family: 2,
+            sport: 40000,
+            dport: 53,
+            proto: agent_common::IPPROTO_UDP_U8,
+            dir: agent_common::WIRE_DIR_EGRESS,
+            kind: agent_common::WIRE_KIND_DNS,
+            tcp_flags: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; 16],
+        };
+        // SAFETY: WireFixed is repr(C) POD; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                &f as *const agent_common::WireFixed as *const u8,
+                size_of::<agent_common::WireFixed>(),
+            )
+        };
+        let mut out = bytes.to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn wire_payloads_are_slices_of_one_buffer_reused_once_dropped() {
+        let mut buf = bytes::BytesMut::with_capacity(4096);
+        let base = buf.as_ptr();
+        let decode = |buf: &mut bytes::BytesMut, p: &[u8]| match decode_into(&wire_record(p), buf) {
+            Ok(Event::Wire(w)) => w.data,
+            other => panic!("{other:?}"),
+        };
+        let (a, b) = (decode(&mut buf, b"first"), decode(&mut buf, b"second"));
+        assert_eq!((&a[..], &b[..]), (&b"first"[..], &b"second"[..]));
+        assert_eq!(a.as_ptr(), base, "no allocation of its own");
+        assert_eq!(b.as_ptr(), base.wrapping_add(5), "right after the first");
+        drop((a, b));
+        // Every slice dropped: the same allocation serves again.
+        buf.reserve(4096);
+        assert_eq!(decode(&mut buf, b"third").as_ptr(), base);
     }
 
     #[test]

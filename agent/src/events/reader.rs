@@ -12,6 +12,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use bytes::BytesMut;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use super::Event;
@@ -28,6 +29,8 @@ pub struct Stats {
 /// Longest an event waits in the ring buffer before userspace reads it.
 pub const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 const MAX_BATCH: usize = 4096;
+/// Wire payloads are cut from buffers of this size.
+const PAYLOAD_CHUNK: usize = 64 << 10;
 
 /// The collector's event stream. The reader hands over whole batches (one
 /// wakeup of the consumer per drain of the ring, not one per event); this
@@ -85,10 +88,16 @@ fn drain(
     batch: &mut Vec<Event>,
     stats: &Stats,
     proc_root: &Path,
+    payloads: &mut BytesMut,
 ) -> bool {
     while let Some(item) = ring.next() {
         stats.received.fetch_add(1, Ordering::Relaxed);
-        match super::decode(&item) {
+        // Room for the largest payload, in chunks: one allocation serves
+        // many records, and is reused once their slices are dropped.
+        if payloads.capacity() < agent_common::WIRE_CAP_TLS {
+            payloads.reserve(PAYLOAD_CHUNK);
+        }
+        match super::decode_into(&item, payloads) {
             Ok(mut ev) => {
                 note_cwd(&mut ev, proc_root);
                 batch.push(ev)
@@ -133,6 +142,7 @@ fn spawn_reader(
     // the AsyncFd owns the RingBuf.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
     tokio::spawn(async move {
+        let mut payloads = BytesMut::new();
         loop {
             // The kernel side wakes us when 64 KiB become pending (and for a
             // tool's exec); a short timer drains the rest, so an event waits
@@ -143,7 +153,13 @@ fn spawn_reader(
                 .store(crate::clock::unix_secs(), Ordering::Relaxed);
             let timed_out = match tokio::time::timeout(DRAIN_TICK, fd.readable_mut()).await {
                 Ok(Ok(mut guard)) => {
-                    if !drain(guard.get_inner_mut(), &mut batch, &stats, &proc_root) {
+                    if !drain(
+                        guard.get_inner_mut(),
+                        &mut batch,
+                        &stats,
+                        &proc_root,
+                        &mut payloads,
+                    ) {
                         guard.clear_ready();
                     }
                     false
@@ -155,7 +171,7 @@ fn spawn_reader(
                 Err(_) => true,
             };
             if timed_out {
-                drain(fd.get_mut(), &mut batch, &stats, &proc_root);
+                drain(fd.get_mut(), &mut batch, &stats, &proc_root, &mut payloads);
             }
             // Backpressure: a slow consumer fills the ring, which the kernel counts.
             if !batch.is_empty() && tx.send(batch).await.is_err() {
