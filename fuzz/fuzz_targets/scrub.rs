@@ -45,4 +45,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let argv: Vec<String> = line.split(' ').map(str::to_string).collect();
     let out = scrub::scrub_argv(&argv).join(" ");
     assert!(!out.contains(MARK), "argv {argv:?} -> {out:?}");
+    // A JSON record written straight from its value (escapes, nesting):
+    // no marker, and the same line the Value tree gives once scrubbed.
+    let rec = serde_json::json!({"type": "x", "v": line, "a": [text, {"k": line}], "argv": argv});
+    let out = scrub::ser::to_line(&rec);
+    assert!(!out.contains(MARK), "json {out}");
+    let mut tree = rec.clone();
+    scrub::json(&mut tree);
+    assert_eq!(out, tree.to_string());
 });

@@ -45,7 +45,7 @@ fn exec_reports_exact_path_argv_and_only_allow_listed_env() {
             color: false,
             clock_offset_ns: 0,
         };
-        let j = agent::sink::records::exec_json(&style, &e, None).to_string();
+        let j = agent::sink::output::json_line(&agent::sink::records::exec_json(&style, &e, None));
         assert!(!j.contains("pw@") && j.contains("***@proxy:3128"), "{j}");
     });
 }
@@ -455,7 +455,8 @@ fn the_environment_is_read_only_for_toolchains_their_trees_and_network_clients()
         let mut c = Command::new("/bin/true");
         with_env(&mut c);
         let e = live.exec_of(&mut c).await;
-        let j = agent::sink::records::exec_json(&style, &e, None);
+        let j = serde_json::to_value(agent::sink::records::exec_json(&style, &e, None))
+            .expect("record");
         assert_eq!(j["env_read"], serde_json::json!(false), "{j}");
         let _ = std::fs::remove_dir_all(&dir);
     });

@@ -95,7 +95,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 if lost != last_lost {
                     last_lost = lost;
                     if json {
-                        print_line(&output::json_line(loss_json(&losses)));
+                        print_line(&output::json_line(&loss_json(&losses)));
                     } else {
                         tracing::warn!("events lost so far: {}", loss_json(&losses)["lost"]);
                     }
@@ -126,7 +126,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         let _ = d.await;
     }
     if json {
-        print_line(&output::json_line(stats));
+        print_line(&output::json_line(&stats));
     }
     Ok(0)
 }

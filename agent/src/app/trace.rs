@@ -282,7 +282,7 @@ pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
                     print_line(&line);
                 }
             }
-            print_line(&output::json_line(crate::sink::report::json(
+            print_line(&output::json_line(&crate::sink::report::json(
                 &style, &r, &argv,
             )));
         }

@@ -6,8 +6,6 @@
 //! Owns: where lines go and what makes them safe to show. The records
 //! themselves are shaped in `records`.
 
-use serde_json::Value;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
@@ -83,10 +81,10 @@ pub fn text_safe(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Serialise a JSON record for a sink, every string in it scrubbed.
-pub fn json_line(mut v: Value) -> String {
-    crate::scrub::json(&mut v);
-    v.to_string()
+/// Serialise a JSON record for a sink, every string in it scrubbed, straight
+/// from its value (no `serde_json::Value` tree on the way).
+pub fn json_line<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    crate::scrub::ser::to_line(v)
 }
 
 /// The trace report (text) on stderr, or in `--output` when given.
@@ -271,7 +269,7 @@ mod tests {
         // JSON: C1 and bidi become \u escapes, valid inside JSON strings.
         let j = json_safe("{\"a\":\"x\u{9b}y\u{202e}\"}");
         assert_eq!(j, r#"{"a":"x\u009by\u202e"}"#);
-        assert!(serde_json::from_str::<Value>(&j).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&j).is_ok());
     }
     use super::*;
 

@@ -4,7 +4,7 @@
 //!
 //! Owns: the shape of each record. Must not: write (see `output`).
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 
 use super::output::{
     ESC_MARK, Format, Style, WIDTH, clock, fit, json_line, paint, rfc3339, unix_ns,
@@ -17,58 +17,97 @@ use crate::{
     signal::tcp::{ConnReport, Outcome},
 };
 
-pub fn env_json(e: &Exec) -> Value {
-    let mut m = Map::new();
-    for (k, v) in &e.env {
-        m.entry(k.clone())
-            .or_insert_with(|| json!(crate::scrub::env_value(k, v)));
+/// The allow-listed environment as a JSON object: the first of each name
+/// (as `getenv` reads it), each value through the scrubber for its name.
+pub struct EnvJson<'a>(&'a Exec);
+
+impl Serialize for EnvJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let env = &self.0.env;
+        let mut m = s.serialize_map(None)?;
+        for (i, (k, v)) in env.iter().enumerate() {
+            if env[..i].iter().any(|(seen, _)| seen == k) {
+                continue;
+            }
+            m.serialize_entry(k, &crate::scrub::env_value(k, v))?;
+        }
+        m.end()
     }
-    Value::Object(m)
 }
 
-pub fn exec_json(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> Value {
-    let mut v = json!({
-        "type": if e.ok() { "exec" } else { "exec_failed" },
-        "time": rfc3339(unix_ns(style, e.ktime_ns)),
-        "pid": e.tgid,
-        "tid": e.pid,
-        "ppid": e.ppid,
-        "uid": e.uid,
-        "gid": e.gid,
-        "cgroup_id": e.cgroup_id,
-        "filename": e.filename,
-        "exe": e.exe,
-        "argv": crate::scrub::argv(&e.argv),
-        "env": env_json(e),
-        "caller_comm": e.comm,
-        "argv_truncated": e.argv_truncated,
-        "env_truncated": e.env_truncated,
-        "env_read": e.env_read,
-        "filename_truncated": e.filename_truncated,
-        "entry_missed": e.no_enter,
-    });
-    if !e.ok() {
-        v["errno"] = json!(errno_name(e.errno));
+/// An `exec` or `exec_failed` record; what the analysis found when it ran.
+#[derive(Serialize)]
+pub struct ExecJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    pid: u32,
+    tid: u32,
+    ppid: u32,
+    uid: u32,
+    gid: u32,
+    cgroup_id: u64,
+    filename: &'a str,
+    exe: &'a str,
+    argv: Vec<String>,
+    env: EnvJson<'a>,
+    caller_comm: &'a str,
+    argv_truncated: bool,
+    env_truncated: bool,
+    env_read: bool,
+    filename_truncated: bool,
+    entry_missed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errno: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    analysis: Option<AnalysisJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct AnalysisJson<'a> {
+    identity: &'a crate::signal::exec::Identity,
+    toolchain: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cwd: Option<&'a str>,
+    #[serde(skip_serializing_if = "crate::process::k8s::PodInfo::is_empty")]
+    pod: &'a crate::process::k8s::PodInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shim: Option<&'a crate::signal::exec::shims::Shim>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    shadows: &'a [crate::signal::exec::Shadowed],
+}
+
+pub fn exec_json<'a>(style: &Style, e: &'a Exec, a: Option<&'a ExecAnalysis>) -> ExecJson<'a> {
+    ExecJson {
+        kind: if e.ok() { "exec" } else { "exec_failed" },
+        time: rfc3339(unix_ns(style, e.ktime_ns)),
+        pid: e.tgid,
+        tid: e.pid,
+        ppid: e.ppid,
+        uid: e.uid,
+        gid: e.gid,
+        cgroup_id: e.cgroup_id,
+        filename: &e.filename,
+        exe: &e.exe,
+        argv: crate::scrub::argv(&e.argv),
+        env: EnvJson(e),
+        caller_comm: &e.comm,
+        argv_truncated: e.argv_truncated,
+        env_truncated: e.env_truncated,
+        env_read: e.env_read,
+        filename_truncated: e.filename_truncated,
+        entry_missed: e.no_enter,
+        errno: (!e.ok()).then(|| errno_name(e.errno)),
+        analysis: a.filter(|a| a.analysed).map(|a| AnalysisJson {
+            identity: &a.identity,
+            toolchain: a.toolchain,
+            cwd: a.cwd.as_deref(),
+            pod: &a.pod,
+            shim: a.shim.as_ref(),
+            shadows: &a.shadows,
+        }),
     }
-    if let Some(a) = a
-        && a.analysed
-    {
-        v["identity"] = serde_json::to_value(&a.identity).unwrap_or(Value::Null);
-        v["toolchain"] = json!(a.toolchain);
-        if let Some(c) = &a.cwd {
-            v["cwd"] = json!(c);
-        }
-        if !a.pod.is_empty() {
-            v["pod"] = serde_json::to_value(&a.pod).unwrap_or(Value::Null);
-        }
-        if let Some(shim) = &a.shim {
-            v["shim"] = serde_json::to_value(shim).unwrap_or(Value::Null);
-        }
-        if !a.shadows.is_empty() {
-            v["shadows"] = serde_json::to_value(&a.shadows).unwrap_or(Value::Null);
-        }
-    }
-    v
 }
 
 pub fn exec_text(style: &Style, e: &Exec, a: Option<&ExecAnalysis>) -> String {
@@ -120,15 +159,26 @@ fn visible_len(s: &str) -> usize {
     n
 }
 
-pub fn exit_json(style: &Style, x: &Exit, duration_ns: Option<u64>) -> Value {
-    json!({
-        "type": "exit",
-        "time": rfc3339(unix_ns(style, x.ktime_ns)),
-        "pid": x.tgid,
-        "exit_code": x.status(),
-        "signal": x.signal(),
-        "duration_ms": duration_ns.map(|d| d as f64 / 1e6),
-    })
+#[derive(Serialize)]
+pub struct ExitJson {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    pid: u32,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    duration_ms: Option<f64>,
+}
+
+pub fn exit_json(style: &Style, x: &Exit, duration_ns: Option<u64>) -> ExitJson {
+    ExitJson {
+        kind: "exit",
+        time: rfc3339(unix_ns(style, x.ktime_ns)),
+        pid: x.tgid,
+        exit_code: x.status(),
+        signal: x.signal(),
+        duration_ms: duration_ns.map(|d| d as f64 / 1e6),
+    }
 }
 
 pub fn exit_text(style: &Style, x: &Exit, name: &str, duration_ns: Option<u64>) -> String {
@@ -151,27 +201,50 @@ pub fn exit_text(style: &Style, x: &Exit, name: &str, duration_ns: Option<u64>) 
     )
 }
 
-pub fn tcp_json(style: &Style, t: &Tcp, r: &ConnReport) -> Value {
-    json!({
-        "type": "tcp_connect",
-        "time": rfc3339(unix_ns(style, t.ktime_ns)),
-        "pid": t.tgid,
-        "tid": t.pid,
-        "uid": t.uid,
-        "comm": t.comm,
-        "exe": r.exe,
-        "outcome": r.outcome,
-        "error": (t.err != 0).then(|| errno_name(t.err)),
-        "source": std::net::SocketAddr::new(t.src, t.sport).to_string(),
-        "destination": std::net::SocketAddr::new(t.dst, t.dport).to_string(),
-        "network_type": if t.dst.is_ipv4() { "ipv4" } else { "ipv6" },
-        "netns": t.netns,
-        "cgroup_id": t.cgroup_id,
-        "duration_ms": t.duration_ns().map(|d| d as f64 / 1e6),
-        "syn_retransmits": t.syn_retrans,
-        "start_missed": t.no_start,
-        "proxy": r.proxy,
-    })
+#[derive(Serialize)]
+pub struct TcpJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    comm: &'a str,
+    exe: Option<&'a str>,
+    outcome: &'a Outcome,
+    error: Option<String>,
+    source: std::net::SocketAddr,
+    destination: std::net::SocketAddr,
+    network_type: &'static str,
+    netns: u32,
+    cgroup_id: u64,
+    duration_ms: Option<f64>,
+    syn_retransmits: u32,
+    start_missed: bool,
+    proxy: &'a Option<crate::signal::tcp::ProxyInForce>,
+}
+
+pub fn tcp_json<'a>(style: &Style, t: &'a Tcp, r: &'a ConnReport) -> TcpJson<'a> {
+    TcpJson {
+        kind: "tcp_connect",
+        time: rfc3339(unix_ns(style, t.ktime_ns)),
+        pid: t.tgid,
+        tid: t.pid,
+        uid: t.uid,
+        comm: &t.comm,
+        exe: r.exe.as_deref(),
+        outcome: &r.outcome,
+        error: (t.err != 0).then(|| errno_name(t.err)),
+        source: std::net::SocketAddr::new(t.src, t.sport),
+        destination: std::net::SocketAddr::new(t.dst, t.dport),
+        network_type: if t.dst.is_ipv4() { "ipv4" } else { "ipv6" },
+        netns: t.netns,
+        cgroup_id: t.cgroup_id,
+        duration_ms: t.duration_ns().map(|d| d as f64 / 1e6),
+        syn_retransmits: t.syn_retrans,
+        start_missed: t.no_start,
+        proxy: &r.proxy,
+    }
 }
 
 pub fn tcp_text(style: &Style, t: &Tcp, r: &ConnReport) -> String {
@@ -206,18 +279,32 @@ pub fn tcp_text(style: &Style, t: &Tcp, r: &ConnReport) -> String {
     )
 }
 
-pub fn finding_json(style: &Style, f: &Finding, ktime_ns: u64) -> Value {
-    json!({
-        "type": "finding",
-        "time": rfc3339(unix_ns(style, ktime_ns)),
-        "code": f.code,
-        "severity": f.severity,
-        "pid": f.pid,
-        "summary": f.summary,
-        "cause": f.cause,
-        "fix": f.fix,
-        "evidence": f.evidence,
-    })
+#[derive(Serialize)]
+pub struct FindingJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    code: &'static str,
+    severity: Severity,
+    pid: u32,
+    summary: &'a str,
+    cause: &'a str,
+    fix: &'a str,
+    evidence: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+pub fn finding_json<'a>(style: &Style, f: &'a Finding, ktime_ns: u64) -> FindingJson<'a> {
+    FindingJson {
+        kind: "finding",
+        time: rfc3339(unix_ns(style, ktime_ns)),
+        code: f.code,
+        severity: f.severity,
+        pid: f.pid,
+        summary: &f.summary,
+        cause: &f.cause,
+        fix: &f.fix,
+        evidence: &f.evidence,
+    }
 }
 
 /// A finding for a person: its line, then what caused it and the fix.
@@ -247,25 +334,55 @@ pub fn finding_head(style: &Style, f: &Finding, ktime_ns: u64) -> String {
     )
 }
 
-pub fn tls_json(style: &Style, r: &crate::signal::tls::TlsReport) -> Value {
-    json!({
-        "type": "tls_handshake",
-        "time": rfc3339(unix_ns(style, r.end_ns)),
-        "pid": r.owner.pid,
-        "comm": r.owner.comm,
-        "exe": r.owner.exe,
-        "local_side": r.local,
-        "client": r.client.to_string(),
-        "server": r.server.to_string(),
-        "sni": r.sni,
-        "offered_versions": r.offered,
-        "version": r.version,
-        "cipher_suite": r.cipher_suite.map(|c| format!("0x{c:04x}")),
-        "alpn": r.alpn,
-        "verdict": r.verdict,
-        "library": r.library.iter().map(|n| (n.key().to_string(), json!(n.text()))).collect::<serde_json::Map<_, _>>(),
-        "duration_ms": r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6,
-    })
+#[derive(Serialize)]
+pub struct TlsJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    pid: u32,
+    comm: &'a str,
+    exe: Option<&'a str>,
+    local_side: &'a crate::tls::Side,
+    client: std::net::SocketAddr,
+    server: std::net::SocketAddr,
+    sni: Option<&'a str>,
+    offered_versions: &'a [String],
+    version: Option<&'a str>,
+    cipher_suite: Option<String>,
+    alpn: &'a [String],
+    verdict: &'a crate::tls::Verdict,
+    library: LibraryJson<'a>,
+    duration_ms: f64,
+}
+
+/// What the TLS library said, by note key.
+struct LibraryJson<'a>(&'a [crate::signal::tls::LibNote]);
+
+impl Serialize for LibraryJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|n| (n.key(), n.text())))
+    }
+}
+
+pub fn tls_json<'a>(style: &Style, r: &'a crate::signal::tls::TlsReport) -> TlsJson<'a> {
+    TlsJson {
+        kind: "tls_handshake",
+        time: rfc3339(unix_ns(style, r.end_ns)),
+        pid: r.owner.pid,
+        comm: &r.owner.comm,
+        exe: r.owner.exe.as_deref(),
+        local_side: &r.local,
+        client: r.client,
+        server: r.server,
+        sni: r.sni.as_deref(),
+        offered_versions: &r.offered,
+        version: r.version.as_deref(),
+        cipher_suite: r.cipher_suite.map(|c| format!("0x{c:04x}")),
+        alpn: &r.alpn,
+        verdict: &r.verdict,
+        library: LibraryJson(&r.library),
+        duration_ms: r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6,
+    }
 }
 
 pub fn tls_text(style: &Style, r: &crate::signal::tls::TlsReport) -> String {
@@ -306,23 +423,42 @@ pub fn tls_text(style: &Style, r: &crate::signal::tls::TlsReport) -> String {
     )
 }
 
-pub fn dns_json(style: &Style, r: &crate::signal::dns::DnsReport) -> Value {
-    json!({
-        "type": "dns_lookup",
-        "time": rfc3339(unix_ns(style, r.end_ns)),
-        "pid": r.owner.pid,
-        "comm": r.owner.comm,
-        "exe": r.owner.exe,
-        "name": r.name,
-        "qtype": r.qtype,
-        "resolver": r.server.to_string(),
-        "transport": if r.tcp { "tcp" } else { "udp" },
-        "rcode": r.rcode,
-        "addresses": r.addresses,
-        "attempts": r.attempts,
-        "timed_out": r.timed_out,
-        "duration_ms": r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6,
-    })
+#[derive(Serialize)]
+pub struct DnsJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    pid: u32,
+    comm: &'a str,
+    exe: Option<&'a str>,
+    name: &'a str,
+    qtype: &'a str,
+    resolver: std::net::SocketAddr,
+    transport: &'static str,
+    rcode: Option<&'a str>,
+    addresses: &'a [std::net::IpAddr],
+    attempts: u32,
+    timed_out: bool,
+    duration_ms: f64,
+}
+
+pub fn dns_json<'a>(style: &Style, r: &'a crate::signal::dns::DnsReport) -> DnsJson<'a> {
+    DnsJson {
+        kind: "dns_lookup",
+        time: rfc3339(unix_ns(style, r.end_ns)),
+        pid: r.owner.pid,
+        comm: &r.owner.comm,
+        exe: r.owner.exe.as_deref(),
+        name: &r.name,
+        qtype: &r.qtype,
+        resolver: r.server,
+        transport: if r.tcp { "tcp" } else { "udp" },
+        rcode: r.rcode.as_deref(),
+        addresses: &r.addresses,
+        attempts: r.attempts,
+        timed_out: r.timed_out,
+        duration_ms: r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6,
+    }
 }
 
 pub fn dns_text(style: &Style, r: &crate::signal::dns::DnsReport) -> String {
@@ -365,7 +501,7 @@ pub fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 return None;
             }
             Some(if json {
-                json_line(exec_json(style, exec, Some(analysis)))
+                json_line(&exec_json(style, exec, Some(analysis)))
             } else {
                 exec_text(style, exec, Some(analysis))
             })
@@ -380,13 +516,13 @@ pub fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 return None;
             }
             Some(if json {
-                json_line(exit_json(style, exit, *duration_ns))
+                json_line(&exit_json(style, exit, *duration_ns))
             } else {
                 exit_text(style, exit, name, *duration_ns)
             })
         }
         Output::Finding { finding, ktime_ns } => Some(if json {
-            json_line(finding_json(style, finding, *ktime_ns))
+            json_line(&finding_json(style, finding, *ktime_ns))
         } else {
             finding_text(style, finding, *ktime_ns)
         }),
@@ -399,7 +535,7 @@ pub fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 return None;
             }
             Some(if json {
-                json_line(tcp_json(style, tcp, report))
+                json_line(&tcp_json(style, tcp, report))
             } else {
                 tcp_text(style, tcp, report)
             })
@@ -409,7 +545,7 @@ pub fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 return None;
             }
             Some(if json {
-                json_line(tls_json(style, report))
+                json_line(&tls_json(style, report))
             } else {
                 tls_text(style, report)
             })
@@ -419,7 +555,7 @@ pub fn render(style: &Style, o: &Output, all_execs: bool) -> Option<String> {
                 return None;
             }
             Some(if json {
-                json_line(dns_json(style, report))
+                json_line(&dns_json(style, report))
             } else {
                 dns_text(style, report)
             })
@@ -454,7 +590,7 @@ mod tests {
         let line = exec_text(&style, &e, None);
         assert!(line.chars().count() <= WIDTH, "{}", line.chars().count());
         assert!(!line.contains("secret"));
-        let j = exec_json(&style, &e, None).to_string();
+        let j = json_line(&exec_json(&style, &e, None));
         assert!(!j.contains("secret"), "{j}");
         assert!(j.starts_with("{\"type\":\"exec\""), "{j}");
         e.errno = 2;

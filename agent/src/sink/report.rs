@@ -382,9 +382,10 @@ pub fn json(style: &Style, r: &TraceResult, argv: &[String]) -> Value {
         .outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Finding { finding, ktime_ns } => Some(crate::sink::records::finding_json(
-                style, finding, *ktime_ns,
-            )),
+            Output::Finding { finding, ktime_ns } => serde_json::to_value(
+                crate::sink::records::finding_json(style, finding, *ktime_ns),
+            )
+            .ok(),
             _ => None,
         })
         .collect();
