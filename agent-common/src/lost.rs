@@ -13,7 +13,8 @@ pub enum LostCause {
     /// An exec completed whose `sys_enter` was never seen (agent started mid-exec,
     /// or the in-flight entry was lost); reported without argv/env.
     ExecNoEnter = 3,
-    /// The in-flight TCP connection table was full at SYN time.
+    /// The client connection table (65,536 connections open at once) was
+    /// full at SYN time: that connection is not followed.
     TcpTableFull = 4,
     /// A TCP outcome whose SYN was not seen (agent started mid-connect).
     TcpNoStart = 5,

@@ -15,7 +15,7 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     },
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::HashMap,
     programs::TracePointContext,
 };
 
@@ -27,9 +27,17 @@ use agent_common::KernelCounter;
 
 /// Client connections from SYN until they close, by socket address: the
 /// outcome is attributed through it, and the wire capture reads the owner of
-/// a TLS connection from it. LRU: a connection whose close was missed ages out.
+/// a TLS connection from it. A plain hash, not an LRU: every TCP socket
+/// passes `TCP_CLOSE` before it is freed, where its entry goes, so nothing
+/// leaks; and when 65,536 client connections are open at once, the next one
+/// is counted under `tcp_table_full` instead of silently pushing out the
+/// owner of a live one.
 #[map]
-pub(crate) static TCP_CONNS: LruHashMap<u64, TcpConnStart> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static TCP_CONNS: HashMap<u64, TcpConnStart> =
+    HashMap::with_max_entries(TCP_CONNS_MAX, 0);
+
+/// Entries of [`TCP_CONNS`].
+const TCP_CONNS_MAX: u32 = 65536;
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;

@@ -522,3 +522,93 @@ fn a_file_server_that_never_answers_the_agent_delays_nothing_else() {
         "later looks under the mount were refused at once: {fa}"
     );
 }
+
+/// A traced command with 70,000 client connections in SYN_SENT at once (to
+/// a port whose SYNs the lab's server drops): more than the kernel's
+/// connection table holds (65,536). The ones it cannot follow are counted
+/// under `tcp_table_full` (the table does not silently push out the owner
+/// of a live connection), every entry goes when its socket closes, and a
+/// connection made afterwards is attributed as before.
+#[test]
+fn a_full_connection_table_is_counted_and_empties_on_close() {
+    use agent_tests::netlab::{NetLab, PORT_DROP, PORT_RESET};
+    let lab = NetLab::new("conntab");
+    // 64,512 ports per destination in the client's namespace, and SYNs
+    // retried for as long as the kernel allows (the lab shortens it): every
+    // connection is still in SYN_SENT when the last one starts.
+    for setting in [
+        "net.ipv4.ip_local_port_range=1024 65535",
+        "net.ipv4.tcp_syn_retries=127",
+    ] {
+        let sysctl = lab.in_client(&["sysctl", "-qw", setting]);
+        let ok = Command::new(&sysctl[0]).args(&sysctl[1..]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "{sysctl:?}");
+    }
+    // Five processes of 14,000 sockets each: a process may hold 20,000
+    // descriptors on these machines, and root cannot raise that (no
+    // CAP_SYS_RESOURCE).
+    let script = format!(
+        r#"
+import os, socket, time
+def hold(fam, dst, n, ready, go):
+    socks = []
+    for _ in range(n):
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(dst)
+        except BlockingIOError:
+            pass
+        socks.append(s)
+    os.write(ready, b'r')
+    os.read(go, 1)
+    for s in socks:
+        s.close()
+    os._exit(0)
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+kids = []
+for fam, dst in [(socket.AF_INET, ({v4:?}, {drop}))] * 3 + [(socket.AF_INET6, ({v6:?}, {drop}))] * 2:
+    pid = os.fork()
+    if pid == 0:
+        hold(fam, dst, 14000, ready_w, go_r)
+    kids.append(pid)
+for _ in kids:
+    os.read(ready_r, 1)
+print('open', 14000 * len(kids), flush=True)
+os.write(go_w, b'g' * len(kids))
+for k in kids:
+    assert os.waitpid(k, 0)[1] == 0
+time.sleep(2)
+try:
+    socket.create_connection(({v4:?}, {reset}), timeout=3)
+except OSError:
+    pass
+print('done')
+"#,
+        v4 = lab.srv_ip,
+        v6 = lab.srv_ip6,
+        drop = PORT_DROP,
+        reset = PORT_RESET,
+    );
+    let lines = agent_tests::trace_json(&lab.in_client(&["python3", "-c", &script]), &[]);
+    let report = lines.last().expect("report");
+    assert_eq!(report["exit_code"], 0, "{:#}", report["stats"]);
+    let lost = &report["stats"]["lost"];
+    let full = lost["tcp_table_full"].as_u64().unwrap_or(0);
+    eprintln!("tcp_table_full: {full}, lost: {lost}");
+    assert!(
+        // 70,000 - 65,536, and a few more if the machine connects too.
+        (4_464..=5_000).contains(&full),
+        "70,000 connections over 65,536 entries: {lost}"
+    );
+    // Entries were freed at close: the later connection has its owner.
+    let dst = format!("{}:{PORT_RESET}", lab.srv_ip);
+    assert!(
+        lines.iter().any(|l| l["type"] == "tcp_connect"
+            && l["destination"] == dst.as_str()
+            && l["outcome"] == "refused"
+            && l["comm"] == "python3"),
+        "no attributed refused connection to {dst}: {lost}"
+    );
+}
