@@ -15,6 +15,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = scrub::value(&text);
     let words: Vec<String> = text.split(' ').map(str::to_string).collect();
     let _ = scrub::scrub_argv(&words);
+    // Any text in a record: the direct writer and the Value tree agree.
+    let rec = serde_json::json!({"t": &*text, "a": [&*text, {"argv": &words}]});
+    let mut tree = rec.clone();
+    scrub::json(&mut tree);
+    assert_eq!(scrub::ser::to_line(&rec), tree.to_string());
     // Planted: arbitrary text around one secret of a chosen form.
     let (shape, around) = match data.split_first() {
         Some((s, rest)) => (*s, String::from_utf8_lossy(rest).into_owned()),
@@ -47,7 +52,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     assert!(!out.contains(MARK), "argv {argv:?} -> {out:?}");
     // A JSON record written straight from its value (escapes, nesting):
     // no marker, and the same line the Value tree gives once scrubbed.
-    let rec = serde_json::json!({"type": "x", "v": line, "a": [text, {"k": line}], "argv": argv});
+    // (An argv array is scrubbed as a command line before it is put in a
+    // record, as the records do: its words alone lack their context.)
+    let rec = serde_json::json!({
+        "type": "x", "v": line, "a": [line, {"k": line}], "argv": scrub::scrub_argv(&argv),
+    });
     let out = scrub::ser::to_line(&rec);
     assert!(!out.contains(MARK), "json {out}");
     let mut tree = rec.clone();
