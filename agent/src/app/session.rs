@@ -190,7 +190,22 @@ pub fn full_stats(l: &Losses, k: &Kernel, pipeline: &crate::pipeline::Pipeline) 
     stats["uprobes"] = k.uprobe_stats();
     stats["process_table"] = pipeline.table_stats();
     stats["file_analysis"] = json!(crate::process::guard::stats());
+    stats["agent_memory"] = own_memory();
     stats
+}
+
+/// The agent process's resident memory now and at its peak (VmRSS, VmHWM;
+/// its file workers are processes of their own), so a user and a test read
+/// what the agent cost without measuring from outside.
+fn own_memory() -> Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    json!({"rss_kib": kib("VmRSS:"), "peak_rss_kib": kib("VmHWM:")})
 }
 
 pub fn loss_json(l: &Losses) -> Value {

@@ -143,6 +143,9 @@ struct AgentLife {
     /// VmRSS at the end of each run (steady) and the peak (VmHWM).
     pub(super) rss_kib: Vec<f64>,
     pub(super) peak_rss_kib: u64,
+    /// VmHWM once attached (its "watching" line), per start: what start-up
+    /// itself took (the kernel's BTF parsed, the object loaded).
+    pub(super) start_hwm_kib: Vec<f64>,
 }
 
 /// Run every workload in every mode it has, interleaved.
@@ -188,6 +191,9 @@ fn measure(
                 let pid = tracer.as_ref().map(|t| t.child.id());
                 if let Some(d) = tracer.as_ref().and_then(|t| t.startup) {
                     life.startup_ms.push(d.as_secs_f64() * 1e3);
+                    if let Some(h) = pid.and_then(proc_hwm_kib) {
+                        life.start_hwm_kib.push(h as f64);
+                    }
                 }
                 let before = (mode != Mode::Bare).then(bpf_prog_stats);
                 let cpu0 = pid.and_then(proc_cpu_ns);
