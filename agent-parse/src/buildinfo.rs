@@ -438,6 +438,16 @@ pub mod tests {
     }
 
     #[test]
+    fn section_table_offsets_near_u64_max_are_errors_not_panics() {
+        let mut elf = fake_go_elf("go1.22.3", "cmd/go");
+        for shoff in [u64::MAX, u64::MAX - 0x40, 1 << 63] {
+            elf[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+            // Debug builds (the tests') panic on overflow: this must not.
+            let _ = parse(&elf);
+        }
+    }
+
+    #[test]
     fn non_go_and_garbage() {
         assert_eq!(parse(b"#!/bin/sh\n"), Err(BuildInfoError::NotElf));
         let mut elf = fake_go_elf("go1.22", "x");
