@@ -508,6 +508,11 @@ fn scrub_word<'a>(w: &'a str, prog: &str) -> Cow<'a, str> {
 
 /// Scrub every string of a JSON record in place (keys stay: they are ours).
 pub fn json(v: &mut serde_json::Value) {
+    json_as(v, argv_mode())
+}
+
+/// [`json`] under argv mode `mode`.
+pub(crate) fn json_as(v: &mut serde_json::Value, mode: ArgvMode) {
     use serde_json::Value;
     match v {
         Value::String(s) => {
@@ -515,14 +520,14 @@ pub fn json(v: &mut serde_json::Value) {
                 *s = o;
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(json),
+        Value::Array(a) => a.iter_mut().for_each(|x| json_as(x, mode)),
         Value::Object(m) => {
             for (k, x) in m.iter_mut() {
                 // An argv array already went through `argv` under --argv.
-                if k == "argv" && argv_mode() == ArgvMode::Full {
+                if k == "argv" && mode == ArgvMode::Full {
                     continue;
                 }
-                json(x);
+                json_as(x, mode);
             }
         }
         _ => {}

@@ -117,17 +117,13 @@ impl Formatter for Scrubbing {
     fn end_string<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
         let t = self.text.take().unwrap_or_default();
         let r = if self.in_key {
-            self.next_exempt = false;
-            let r = write_str(w, &t);
             // Decided here, used by the value that follows the key.
             self.next_exempt = self.full_argv && t == "argv";
-            r
-        } else if self.exempt_now() {
-            self.next_exempt = false;
             write_str(w, &t)
         } else {
+            let exempt = self.exempt_now();
             self.next_exempt = false;
-            write_str(w, &value(&t))
+            write_str(w, &if exempt { t.as_str().into() } else { value(&t) })
         };
         self.spare = t;
         r
@@ -177,27 +173,8 @@ mod tests {
 
     /// What the Value path makes: the reference.
     fn via_value(v: &Value, mode: ArgvMode) -> String {
-        fn walk(v: &mut Value, mode: ArgvMode) {
-            match v {
-                Value::String(s) => {
-                    if let std::borrow::Cow::Owned(o) = value(s) {
-                        *s = o;
-                    }
-                }
-                Value::Array(a) => a.iter_mut().for_each(|x| walk(x, mode)),
-                Value::Object(m) => {
-                    for (k, x) in m.iter_mut() {
-                        if k == "argv" && mode == ArgvMode::Full {
-                            continue;
-                        }
-                        walk(x, mode);
-                    }
-                }
-                _ => {}
-            }
-        }
         let mut v = v.clone();
-        walk(&mut v, mode);
+        super::super::json_as(&mut v, mode);
         v.to_string()
     }
 

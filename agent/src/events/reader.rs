@@ -74,11 +74,7 @@ fn note_cwd(ev: &mut Event, proc_root: &Path) {
         && e.ok()
         && e.env_read
     {
-        // readlink of a /proc link formats a path the kernel holds; it
-        // never touches the directory's file system, so it cannot block.
-        e.cwd = std::fs::read_link(proc_root.join(e.tgid.to_string()).join("cwd"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
+        e.cwd = crate::process::cwd_of(proc_root, e.tgid);
     }
 }
 

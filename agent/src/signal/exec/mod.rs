@@ -335,11 +335,7 @@ impl Analyzer {
         // kernel did not flag, or gone even then) now, or its parent's: the
         // one it inherited at fork (a shell running `cd m && go build` waits
         // for it), right unless the child changed directory before exec.
-        let cwd_of = |pid: u32| {
-            std::fs::read_link(self.cfg.proc_root.join(pid.to_string()).join("cwd"))
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned())
-        };
+        let cwd_of = |pid: u32| crate::process::cwd_of(&self.cfg.proc_root, pid);
         out.cwd = e
             .cwd
             .clone()
