@@ -3,14 +3,15 @@
 
 use agent_common::{EventKind, ExitEvent, ForkEvent, LostCause};
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
 use crate::{
-    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TRACK_AGENT_CHILDREN,
-    TRACKED, current_task, emit, inserted, is_tracked, parent_tgid,
+    AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TASK_PID_OFF,
+    TRACK_AGENT_CHILDREN, TRACKED, current_task, emit, inserted, is_tracked, parent_tgid,
 };
 
 #[btf_tracepoint(function = "sched_process_exit")]
@@ -37,16 +38,50 @@ pub fn exit_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Preferred: the child's task is at hand, so a thread clone (the Go
+/// runtime starts several per process, a build thousands) is told from a
+/// new process and costs nothing further: no event, no `TRACKED` entry that
+/// no lookup (by tgid) would ever find and no exit (threads never report
+/// `group_dead`) would remove.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn fork_btf(ctx: BtfTracePointContext) -> i32 {
+    // args: (struct task_struct *parent, struct task_struct *child)
+    let child: *const u8 = ctx.arg(1);
+    let off = TASK_PID_OFF.load() as usize;
+    if off == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; the loader set the
+    // offset only where `tgid` directly follows `pid`.
+    let Ok([pid, tgid]) = (unsafe { bpf_probe_read_kernel(child.add(off) as *const [u32; 2]) })
+    else {
+        return 0;
+    };
+    if pid != tgid {
+        return 0;
+    }
+    on_fork(&ctx, pid);
+    0
+}
+
+/// Without BTF: every clone, threads included (userspace folds a thread
+/// into its process once it is known).
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn fork_tp(ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
     let off = FORK_CHILD_PID_OFF.load() as usize;
     if off == 0 {
         return 0;
     }
     // SAFETY: offset read from this kernel's tracepoint format at load time.
     let child: u32 = unsafe { ctx.read_at(off) }.unwrap_or(0);
+    on_fork(&ctx, child);
+    0
+}
+
+#[inline(always)]
+fn on_fork<C: EbpfContext>(ctx: &C, child: u32) {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
     if tgid == AGENT_TGID.load() {
         // `agent trace`: the command the agent starts is tracked from birth,
         // before it can exec or touch a file.
@@ -56,12 +91,12 @@ pub fn fork_tp(ctx: TracePointContext) -> u32 {
                 LostCause::TrackedInsertFailed,
             );
             aya_log_ebpf::info!(
-                &ctx,
+                ctx,
                 "agent trace: its command is pid {}, tracked from its fork",
                 child
             );
         }
-        return 0;
+        return;
     }
     if is_tracked(tgid) {
         inserted(
@@ -77,7 +112,6 @@ pub fn fork_tp(ctx: TracePointContext) -> u32 {
     ev.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.child_pid = child;
     emit(&ev);
-    0
 }
 
 #[inline(always)]

@@ -220,6 +220,57 @@ fn exit_codes_and_lineage_through_a_forking_shell() {
     });
 }
 
+/// A thread is not a process: a program that starts 50 threads and forks
+/// once, from one of them, is seen to fork once. (Each thread reported as
+/// a fork costs BPF time, an event and a process-table entry that no exit
+/// would ever remove: the Go runtime starts several threads per program.)
+#[test]
+fn threads_are_not_reported_as_processes() {
+    const SCRIPT: &str = "import os, threading
+ts = [threading.Thread(target=lambda: None) for _ in range(50)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+r = {}
+def f():
+    p = os.fork()
+    if p == 0:
+        os._exit(0)
+    r['p'] = p
+    os.waitpid(p, 0)
+t = threading.Thread(target=f)
+t.start()
+t.join()
+print(r['p'])
+";
+    rt().block_on(async {
+        let mut live = Live::start();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", SCRIPT])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn python3");
+        let py = child.id();
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success());
+        let forked: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the forked pid");
+        let mut forks = Vec::new();
+        let _ = live
+            .until(Duration::from_secs(10), |e| match e {
+                Event::Fork(f) if f.parent_tgid == py => {
+                    forks.push(f.child_pid);
+                    false
+                }
+                Event::Exit(x) => x.tgid == py,
+                _ => false,
+            })
+            .await;
+        assert_eq!(forks, vec![forked], "forks reported for python3 {py}");
+    });
+}
+
 #[test]
 fn the_agent_does_not_see_itself_and_nothing_is_lost() {
     rt().block_on(async {

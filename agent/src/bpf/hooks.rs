@@ -168,6 +168,12 @@ const EXEC_TP: &[Prog] = &[
     },
 ];
 
+const LINEAGE_BTF: &[Prog] = &[Prog {
+    name: "fork_btf",
+    attach: Attach::TpBtf("sched_process_fork"),
+    required: true,
+}];
+
 const LINEAGE_TP: &[Prog] = &[Prog {
     name: "fork_tp",
     attach: Attach::Tracepoint("sched", "sched_process_fork"),
@@ -299,13 +305,22 @@ pub const SIGNALS: &[Signal] = &[
     Signal {
         name: "lineage",
         what: "fork/clone, to rebuild process trees across shells that fork without exec",
-        options: &[HookOption {
-            hook: HookKind::Tracepoint,
-            needs_btf: false,
-            needs_tracefs: true,
-            programs: LINEAGE_TP,
-            note: "",
-        }],
+        options: &[
+            HookOption {
+                hook: HookKind::TpBtf,
+                needs_btf: true,
+                needs_tracefs: false,
+                programs: LINEAGE_BTF,
+                note: "",
+            },
+            HookOption {
+                hook: HookKind::Tracepoint,
+                needs_btf: false,
+                needs_tracefs: true,
+                programs: LINEAGE_TP,
+                note: "every thread's creation is sent too (costlier for threaded programs)",
+            },
+        ],
         implemented: true,
     },
     Signal {

@@ -35,6 +35,7 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
         .override_global(globals::AGENT_TGID, &g.agent_tgid, true)
         .override_global(globals::TASK_REAL_PARENT_OFF, &g.task_real_parent, true)
         .override_global(globals::TASK_TGID_OFF, &g.task_tgid, true)
+        .override_global(globals::TASK_PID_OFF, &g.task_pid, true)
         .override_global(globals::TASK_EXIT_CODE_OFF, &g.task_exit_code, true)
         .override_global(globals::TASK_MM_OFF, &g.task_mm, true)
         .override_global(globals::MM_START_STACK_OFF, &g.mm_start_stack, true)
