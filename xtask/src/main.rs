@@ -45,8 +45,8 @@ enum Cmd {
         /// go_build, tls_handshake, tls_bulk), printed rather than written to docs/.
         #[arg(long)]
         only: Vec<String>,
-        /// About a minute: the agent alone, BPF time per op and agent CPU per
-        /// event against docs/benchmarks.json; fails on a regression over 20 %.
+        /// About a minute: the agent alone, BPF time and agent CPU per op
+        /// against docs/benchmarks.json; fails on a regression over 20 %.
         #[arg(long)]
         quick: bool,
     },
