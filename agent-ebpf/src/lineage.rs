@@ -5,8 +5,8 @@ use agent_common::{EventKind, ExitEvent, ForkEvent, LostCause};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 
 use crate::{
@@ -14,8 +14,14 @@ use crate::{
     TRACK_AGENT_CHILDREN, TRACKED, current_task, emit, inserted, is_tracked, parent_tgid,
 };
 
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn exit_btf(ctx: BtfTracePointContext) -> i32 {
+/// A raw tracepoint: the kernel's own arguments, without a trace record
+/// built first (cheaper than the tracepoint) and without the kernel's BTF
+/// parsed in the agent to find the hook (tp_btf: ~19 MiB of heap at
+/// start-up). Kernels whose `sched_process_exit` lacks `group_dead` refuse
+/// the attach (the program reads a second argument), and the tracepoint
+/// below serves.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn exit_raw(ctx: RawTracePointContext) -> i32 {
     // args: (struct task_struct *p, bool group_dead)
     let task: *const u8 = ctx.arg(0);
     let group_dead: u64 = ctx.arg(1);
@@ -38,13 +44,14 @@ pub fn exit_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Preferred: the child's task is at hand, so a thread clone (the Go
+/// Preferred (a raw tracepoint, as `exit_raw`): the child's task is at
+/// hand, so a thread clone (the Go
 /// runtime starts several per process, a build thousands) is told from a
 /// new process and costs nothing further: no event, no `TRACKED` entry that
 /// no lookup (by tgid) would ever find and no exit (threads never report
 /// `group_dead`) would remove.
-#[btf_tracepoint(function = "sched_process_fork")]
-pub fn fork_btf(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn fork_raw(ctx: RawTracePointContext) -> i32 {
     // args: (struct task_struct *parent, struct task_struct *child)
     let child: *const u8 = ctx.arg(1);
     let off = TASK_PID_OFF.load() as usize;

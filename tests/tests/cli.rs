@@ -46,7 +46,8 @@ fn check_reports_this_kernel_in_json() {
     assert_eq!(sig("exec")["state"], "active");
     assert_eq!(sig("exec")["hook"], "tracepoint");
     assert_eq!(sig("exit")["state"], "active");
-    assert_eq!(sig("exit")["hook"], "tp_btf");
+    assert_eq!(sig("exit")["hook"], "raw_tracepoint");
+    assert_eq!(sig("lineage")["hook"], "raw_tracepoint");
     assert_eq!(r["usable"], true);
     let env = |name: &str| {
         r["environment"]

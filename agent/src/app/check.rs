@@ -86,7 +86,7 @@ fn environment_items(kernel: &KernelInfo) -> Vec<Item> {
     vec![
         Item {
             name: "btf".into(),
-            ok: kernel.btf.is_some(),
+            ok: kernel.has_btf,
             detail: kernel
                 .btf_error
                 .clone()
@@ -139,7 +139,7 @@ pub fn run_unprivileged(probe_asked: bool) -> Report {
     } else {
         "hooks not probed without privileges: `agent check --probe` loads and attaches a test program per hook kind (it re-runs through sudo)".into()
     });
-    let usable = kernel.btf.is_some() || kernel.tracefs.is_some() || tracefs_in_kernel;
+    let usable = kernel.has_btf || kernel.tracefs.is_some() || tracefs_in_kernel;
     Report {
         kernel: kernel_release(),
         euid,

@@ -168,9 +168,9 @@ const EXEC_TP: &[Prog] = &[
     },
 ];
 
-const LINEAGE_BTF: &[Prog] = &[Prog {
-    name: "fork_btf",
-    attach: Attach::TpBtf("sched_process_fork"),
+const LINEAGE_RAW: &[Prog] = &[Prog {
+    name: "fork_raw",
+    attach: Attach::RawTracepoint("sched_process_fork"),
     required: true,
 }];
 
@@ -180,9 +180,9 @@ const LINEAGE_TP: &[Prog] = &[Prog {
     required: true,
 }];
 
-const EXIT_BTF: &[Prog] = &[Prog {
-    name: "exit_btf",
-    attach: Attach::TpBtf("sched_process_exit"),
+const EXIT_RAW: &[Prog] = &[Prog {
+    name: "exit_raw",
+    attach: Attach::RawTracepoint("sched_process_exit"),
     required: true,
 }];
 
@@ -306,11 +306,13 @@ pub const SIGNALS: &[Signal] = &[
         name: "lineage",
         what: "fork/clone, to rebuild process trees across shells that fork without exec",
         options: &[
+            // Needs BTF for the child's pid/tgid offsets (a thread clone is
+            // told from a fork by them), not for the hook.
             HookOption {
-                hook: HookKind::TpBtf,
+                hook: HookKind::RawTracepoint,
                 needs_btf: true,
                 needs_tracefs: false,
-                programs: LINEAGE_BTF,
+                programs: LINEAGE_RAW,
                 note: "",
             },
             HookOption {
@@ -327,11 +329,13 @@ pub const SIGNALS: &[Signal] = &[
         name: "exit",
         what: "process exit with exit code, for durations and failure status",
         options: &[
+            // Refused where `sched_process_exit` has no `group_dead`
+            // argument (older kernels): the tracepoint serves there.
             HookOption {
-                hook: HookKind::TpBtf,
+                hook: HookKind::RawTracepoint,
                 needs_btf: true,
                 needs_tracefs: false,
-                programs: EXIT_BTF,
+                programs: EXIT_RAW,
                 note: "",
             },
             HookOption {
@@ -505,13 +509,13 @@ mod tests {
         let av = Available {
             btf: true,
             tracefs: true,
-            hooks: vec![HookKind::TpBtf, HookKind::Tracepoint],
+            hooks: vec![HookKind::RawTracepoint, HookKind::Tracepoint],
             cgroup2: None,
         };
         assert_eq!(
             choose(sig("exit"), &av),
             Choice::Active {
-                hook: HookKind::TpBtf,
+                hook: HookKind::RawTracepoint,
                 degraded: false,
                 note: String::new()
             }

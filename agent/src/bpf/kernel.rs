@@ -10,7 +10,12 @@ use crate::btf::Btf;
 /// Facts about the running kernel gathered before loading.
 #[derive(Debug, Default)]
 pub struct KernelInfo {
+    /// Parsed for the load-time offsets ([`Globals::compute`]), then let go
+    /// ([`KernelInfo::release_btf`]): aya parses its own copy for tp_btf
+    /// programs, and the two together were the start-up peak of the RSS.
     pub btf: Option<Btf>,
+    /// Whether the kernel has BTF (still true once `btf` is released).
+    pub has_btf: bool,
     pub btf_error: Option<String>,
     pub tracefs: Option<PathBuf>,
     pub tracefs_error: Option<String>,
@@ -39,13 +44,23 @@ impl KernelInfo {
             .map_err(Clone::clone)
     }
 
+    /// Drop the agent's own parse of the kernel's BTF once the offsets are
+    /// computed. Measured with heaptrack: ~8 MiB of the start-up heap peak,
+    /// alive while aya parses its ~19 MiB copy.
+    pub fn release_btf(&mut self) {
+        self.btf = None;
+    }
+
     /// What the kernel offers. `mount_tracefs`: mount tracefs when it is
     /// absent (the agent needs it to attach tracepoints); `agent check`
     /// passes false, a check changes nothing on the machine.
     pub fn gather(mount_tracefs: bool) -> Self {
         let mut k = KernelInfo::default();
         match Btf::from_sys_fs() {
-            Ok(b) => k.btf = Some(b),
+            Ok(b) => {
+                k.btf = Some(b);
+                k.has_btf = true;
+            }
             Err(e) => k.btf_error = Some(e.to_string()),
         }
         let found = if mount_tracefs {

@@ -88,8 +88,9 @@ impl Collector {
     /// yet. The events ring buffer is handed back: start reading it before
     /// [`Collector::attach_all`], so nothing waits unread.
     pub fn open(opts: &CollectorOptions) -> Result<(Collector, RingBuf<MapData>), LoadError> {
-        let kernel = KernelInfo::gather(true);
+        let mut kernel = KernelInfo::gather(true);
         let mut globals = Globals::compute(&kernel);
+        kernel.release_btf();
         globals.tcp_quiet_ns = opts.tcp_quiet_ns;
         globals.track_agent_children = u32::from(opts.track_own_children);
         globals.env_all_execs = u32::from(opts.env_all_execs);
@@ -140,7 +141,8 @@ impl Collector {
             .take()
             .ok_or_else(|| LoadError::NothingAttached("attached already".into()))?;
         let likely = probe::likely_tracepoints(&kernel);
-        let probes = probe::probe_all_preloading(&mut self.ebpf, &kernel, &likely);
+        let probes =
+            probe::probe_all_preloading(&mut self.ebpf, &kernel, &probe::kinds_in_use(), &likely);
         if probes.iter().all(|(_, r)| r.is_err())
             && let Some(e) = probes
                 .iter()
