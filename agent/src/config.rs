@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub all_execs: Option<bool>,
     pub analyse_all: Option<bool>,
     pub tools: Option<Vec<String>>,
+    /// Signals not collected, as `--without`.
+    pub without: Option<Vec<String>>,
     pub env_allow: Option<Vec<String>>,
     pub output: Option<PathBuf>,
     pub otlp_endpoint: Option<String>,

@@ -109,6 +109,12 @@ struct Cli {
     /// Command names analysed in depth (replaces the default list).
     #[arg(long, value_delimiter = ',', global = true)]
     tools: Option<Vec<String>>,
+    /// Signals not to collect, to spare what they cost where their findings
+    /// are not wanted: `wire` runs on every packet of every socket,
+    /// `tls_uprobes` traps into each OpenSSL handshake (`agent check` lists
+    /// the signals; exec, lineage and exit cannot be turned off).
+    #[arg(long, value_delimiter = ',', global = true, value_name = "SIGNAL")]
+    without: Vec<String>,
     /// Kernel-side diagnostics on stderr: why a program returned early, which
     /// map insert failed, which event was lost (aya-log) [default: off].
     #[arg(long, value_enum, global = true, value_name = "LEVEL")]
@@ -345,6 +351,15 @@ fn main() -> ExitCode {
     if let Some(t) = cli.tools.as_ref().or(file.tools.as_ref()) {
         analysis.tools = t.clone();
     }
+    let without = if cli.without.is_empty() {
+        file.without.clone().unwrap_or_default()
+    } else {
+        cli.without.clone()
+    };
+    if let Err(e) = agent::bpf::hooks::check_without(&without) {
+        eprintln!("agent: --without: {e}");
+        return ExitCode::from(2);
+    }
     let env_set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
     let otlp_endpoint = cli.otlp_endpoint.clone().or_else(|| {
         (!env_set("OTEL_EXPORTER_OTLP_ENDPOINT"))
@@ -408,6 +423,7 @@ fn main() -> ExitCode {
         analysis,
         exit_after: true,
         invoker: Some(invoker),
+        without,
     };
     match cli.cmd {
         Some(Cmd::Check { probe }) => {

@@ -326,3 +326,29 @@ fn bpf_log_forwards_the_programs_diagnostics_and_is_off_by_default() {
     assert!(status.success(), "{err}");
     assert!(!err.contains("bpf:"), "{err}");
 }
+
+/// `--without wire`: no program of the wire signal is attached to the
+/// cgroup root while the agent runs (it would run on every packet of every
+/// socket), and the agent says so; by default they are there.
+#[test]
+fn without_wire_attaches_nothing_to_the_packet_path() {
+    require_root();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let root = agent::bpf::kernel::cgroup2_in_mounts(&mounts).expect("a cgroup v2 mount");
+    let dir = agent_tests::scratch("without-wire");
+    let seen = |args: &[&str], name: &str| {
+        let out = dir.join(name);
+        let script = format!("bpftool cgroup show {} > {}", root.display(), out.display());
+        let mut argv: Vec<&str> = args.to_vec();
+        argv.extend(["trace", "--", "/bin/sh", "-c", &script]);
+        let (status, _, err) = run_agent(&argv);
+        assert!(status.success(), "{err}");
+        (std::fs::read_to_string(&out).unwrap(), err)
+    };
+    let (attached, err) = seen(&[], "default");
+    assert!(attached.contains("wire_egress"), "{attached}\n{err}");
+    let (attached, err) = seen(&["--without", "wire"], "without");
+    assert!(!attached.contains("wire_"), "{attached}");
+    assert!(err.contains("; without wire;"), "{err}");
+    assert!(!err.contains("wire (cgroup_skb)"), "{err}");
+}

@@ -307,6 +307,7 @@ pub fn render_text(r: &Report, color: bool) -> String {
                 note,
             } => format!("degraded: via {} ({note})", hook.name()),
             Choice::Unavailable { reason } => format!("{} {reason}", mark(false, color).trim_end()),
+            Choice::Off => "off (--without)".into(),
             Choice::NotImplemented { would_use } => match would_use {
                 Some(h) => format!("not built yet (would use {})", h.name()),
                 None => "not built yet (no usable hook)".into(),

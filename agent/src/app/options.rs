@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub exit_after: bool,
     /// Who `agent trace` runs its command as; found from the ancestry when unset.
     pub invoker: Option<crate::process::invoker::Invoker>,
+    /// Signals not collected (`--without`), already checked.
+    pub without: Vec<String>,
 }
 
 /// The analysis settings, with pod names from the Kubernetes API when
@@ -71,6 +73,7 @@ impl RunOptions {
             },
             track_own_children: false,
             bpf_log: self.bpf_log,
+            without: self.without.clone(),
         }
     }
 }

@@ -177,7 +177,18 @@ pub(super) fn report_attach(c: &Collector) {
                 _ => None,
             })
             .collect();
-        eprintln!("agent: watching {}; Ctrl-C to stop", active.join(", "));
+        let off: Vec<&str> = c
+            .attached
+            .iter()
+            .filter(|a| a.choice == Choice::Off)
+            .map(|a| a.signal)
+            .collect();
+        let off = if off.is_empty() {
+            String::new()
+        } else {
+            format!("; without {}", off.join(", "))
+        };
+        eprintln!("agent: watching {}{off}; Ctrl-C to stop", active.join(", "));
     }
 }
 

@@ -224,14 +224,16 @@ pub fn detach_all(links: Vec<OwnedLink>) {
 /// and takes most of the start-up: ~0.5–0.7 s for each exec program here,
 /// one after another otherwise. A program that fails here is loaded again,
 /// and its error reported, by the attach that follows.
-fn preload_tracepoints(ebpf: &mut Ebpf, av: &Available) {
-    let names =
-        super::probe::tracepoint_programs(SIGNALS.iter().filter(|s| s.implemented).filter_map(
-            |sig| match hooks::choose(sig, av) {
+fn preload_tracepoints(ebpf: &mut Ebpf, av: &Available, off: &dyn Fn(&str) -> bool) {
+    let names = super::probe::tracepoint_programs(
+        SIGNALS
+            .iter()
+            .filter(|s| s.implemented && !off(s.name))
+            .filter_map(|sig| match hooks::choose(sig, av) {
                 Choice::Active { hook, .. } => hooks::option_for(sig, hook),
                 _ => None,
-            },
-        ));
+            }),
+    );
     let progs: Vec<(&str, &mut TracePoint)> = ebpf
         .programs_mut()
         .filter(|(n, _)| names.contains(n))
@@ -260,10 +262,19 @@ pub fn attach_signals(
     k: &KernelInfo,
     av: &Available,
     links: &mut Vec<OwnedLink>,
+    without: &[String],
 ) -> Vec<Attached> {
-    preload_tracepoints(ebpf, av);
+    let off = |name: &str| without.iter().any(|w| w == name);
+    preload_tracepoints(ebpf, av, &off);
     let mut out = Vec::new();
     for sig in SIGNALS.iter().filter(|s| s.implemented) {
+        if off(sig.name) {
+            out.push(Attached {
+                signal: sig.name,
+                choice: Choice::Off,
+            });
+            continue;
+        }
         let mut choice = hooks::choose(sig, av);
         let mut tried = Available {
             hooks: av.hooks.clone(),

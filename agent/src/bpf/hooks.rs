@@ -424,6 +424,8 @@ pub enum Choice {
     Unavailable { reason: String },
     /// Announced, not built yet.
     NotImplemented { would_use: Option<HookKind> },
+    /// Turned off by the user (`--without`).
+    Off,
 }
 
 impl Choice {
@@ -431,6 +433,33 @@ impl Choice {
     pub fn is_active(&self) -> bool {
         matches!(self, Choice::Active { .. })
     }
+}
+
+/// The signals every finding rests on (the process table): never off.
+pub const CORE_SIGNALS: [&str; 3] = ["exec", "lineage", "exit"];
+
+/// Check the names given to `--without`: each must be a signal that can
+/// be turned off.
+pub fn check_without(names: &[String]) -> Result<(), String> {
+    let optional: Vec<&str> = SIGNALS
+        .iter()
+        .filter(|s| s.implemented && !CORE_SIGNALS.contains(&s.name))
+        .map(|s| s.name)
+        .collect();
+    for n in names {
+        if CORE_SIGNALS.contains(&n.as_str()) {
+            return Err(format!(
+                "{n} cannot be turned off: exec, lineage and exit are the process table every finding needs"
+            ));
+        }
+        if !optional.contains(&n.as_str()) {
+            return Err(format!(
+                "unknown signal {n:?} (one of: {})",
+                optional.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The name of the signal of the TLS-library uprobes (attached per target
@@ -502,6 +531,15 @@ mod tests {
 
     fn sig(name: &str) -> &'static Signal {
         SIGNALS.iter().find(|s| s.name == name).unwrap()
+    }
+
+    #[test]
+    fn only_optional_signals_can_be_turned_off() {
+        assert!(check_without(&["wire".into(), "tls_uprobes".into()]).is_ok());
+        let e = check_without(&["exec".into()]).unwrap_err();
+        assert!(e.contains("process table"), "{e}");
+        let e = check_without(&["wires".into()]).unwrap_err();
+        assert!(e.contains("wire") && e.contains("tcp_connect"), "{e}");
     }
 
     #[test]

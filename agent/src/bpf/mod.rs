@@ -45,6 +45,9 @@ pub struct CollectorOptions {
     pub env_all_execs: bool,
     /// Kernel-side diagnostics (`--bpf-log`).
     pub bpf_log: log::BpfLogLevel,
+    /// Signals the user turned off (`--without`), checked by
+    /// [`hooks::check_without`].
+    pub without: Vec<String>,
 }
 
 /// Below this set-up time a routine connection is not worth an event.
@@ -53,6 +56,8 @@ pub const DEFAULT_TCP_QUIET_NS: u64 = 100_000_000;
 /// The loaded BPF object, its links and the maps userspace keeps using.
 pub struct Collector {
     links: Vec<OwnedLink>,
+    /// Signals not to attach (`--without`).
+    without: Vec<String>,
     /// Uprobe links by the group their caller gave them (one file's).
     uprobes: std::collections::HashMap<u64, Vec<OwnedLink>>,
     /// Released uprobe links, to be detached off the event loop.
@@ -116,6 +121,7 @@ impl Collector {
         Ok((
             Collector {
                 links: Vec::new(),
+                without: opts.without.clone(),
                 uprobes: Default::default(),
                 released: Vec::new(),
                 tracked,
@@ -152,7 +158,8 @@ impl Collector {
             return Err(LoadError::NotPermitted(e.to_string()));
         }
         let av = probe::available(&kernel, &probes);
-        let attached = attach::attach_signals(&mut self.ebpf, &kernel, &av, &mut self.links);
+        let attached =
+            attach::attach_signals(&mut self.ebpf, &kernel, &av, &mut self.links, &self.without);
         drop(kernel);
         if !attached.iter().any(|a| a.choice.is_active()) {
             let reasons: Vec<String> = attached

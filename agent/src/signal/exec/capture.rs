@@ -102,5 +102,6 @@ pub fn collector_options() -> CollectorOptions {
         track_own_children: false,
         env_all_execs: false,
         bpf_log: crate::bpf::log::BpfLogLevel::Off,
+        without: Vec::new(),
     }
 }
