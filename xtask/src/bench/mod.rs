@@ -42,6 +42,10 @@ tracepoint:sock:inet_sock_set_state { printf("tcp %d %d %d\n", pid, args->oldsta
 enum Mode {
     Bare,
     Agent,
+    /// The agent with what it does beyond the peers turned off
+    /// ([`Workload::lean_args`]), where it is behind them: the experiment
+    /// that shows what that extra work costs.
+    AgentLean,
     Bpftrace,
     /// libbpf-tools (Debian `libbpf-tools`): the peers on the same hooks,
     /// each run as a user would, its output to a file.
@@ -55,6 +59,7 @@ impl Mode {
         match self {
             Mode::Bare => "bare",
             Mode::Agent => "agent",
+            Mode::AgentLean => "agent, lean",
             Mode::Bpftrace => "bpftrace",
             Mode::Execsnoop => "execsnoop",
             Mode::Tcplife => "tcplife",
@@ -72,8 +77,9 @@ impl Mode {
     }
 }
 
-/// Every peer, in report column order.
-const PEERS: [Mode; 4] = [
+/// The columns after *agent*: the lean agent, then every peer.
+const COLUMNS: [Mode; 5] = [
+    Mode::AgentLean,
     Mode::Bpftrace,
     Mode::Execsnoop,
     Mode::Tcplife,
@@ -125,6 +131,18 @@ impl Workload {
             Workload::TlsHandshake | Workload::TlsBulk => &[Mode::Bpftrace, Mode::Tcplife],
         }
     }
+    /// The agent's flags in the *agent, lean* mode, on the workloads where
+    /// it does work the peers do not: analysing each `go` exec (what the
+    /// agent is for; `--tools` naming nothing that runs turns it off), and
+    /// the wire programs on every packet and the OpenSSL handshake uprobes.
+    pub(super) fn lean_args(self) -> Option<&'static [&'static str]> {
+        match self {
+            Workload::GoVersion => Some(&["--tools", "bench-no-such-tool"]),
+            Workload::TlsHandshake => Some(&["--without", "wire,tls_uprobes"]),
+            Workload::TlsBulk => Some(&["--without", "wire"]),
+            _ => None,
+        }
+    }
 }
 
 const ALL_WORKLOADS: [Workload; 6] = [
@@ -164,6 +182,9 @@ fn measure(
         if !agent_only {
             modes.insert(0, Mode::Bare);
             modes.extend(w.peers());
+            if w.lean_args().is_some() {
+                modes.push(Mode::AgentLean);
+            }
         }
         let mut row = Row {
             workload: w,
@@ -187,7 +208,12 @@ fn measure(
             // Rotate the order each repetition so drift hits every mode alike.
             for i in 0..modes.len() {
                 let mode = modes[(i + rep) % modes.len()];
-                let tracer = start(mode, out_dir)?;
+                let lean = if mode == Mode::AgentLean {
+                    w.lean_args().unwrap_or_default()
+                } else {
+                    &[]
+                };
+                let tracer = start(mode, out_dir, lean)?;
                 let pid = tracer.as_ref().map(|t| t.child.id());
                 if let Some(d) = tracer.as_ref().and_then(|t| t.startup) {
                     life.startup_ms.push(d.as_secs_f64() * 1e3);
@@ -208,6 +234,8 @@ fn measure(
                     let after = bpf_prog_stats();
                     if mode == Mode::Agent {
                         stats_delta(b, &after, is_ours, &mut bpf_t);
+                    } else if mode == Mode::AgentLean {
+                        stats_delta(b, &after, is_ours, peer_t.entry(mode).or_default());
                     } else {
                         stats_delta(b, &after, |n| !is_ours(n), peer_t.entry(mode).or_default());
                     }
@@ -355,7 +383,7 @@ pub fn bench(reps: usize, only: &[String], quick: bool) -> Result<()> {
 
     // Capacity: both cores forking as fast as they can, agent attached.
     eprintln!("bench: capacity (exec and connect on 2 threads, agent attached)");
-    let tracer = start(Mode::Agent, &out_dir)?.context("agent")?;
+    let tracer = start(Mode::Agent, &out_dir, &[])?.context("agent")?;
     let pid = tracer.child.id();
     let cpu0 = proc_cpu_ns(pid);
     let cap_exec = run_workload(Workload::ExecTrue, 2, RUN)?.rate(Workload::ExecTrue);
@@ -499,7 +527,7 @@ const OVERLOAD_ARG_LEN: usize = 511;
 /// it, and read what it says it lost and how much memory it took.
 fn overload(out_dir: &Path) -> Result<Overload> {
     eprintln!("bench: overload (agent stopped while 2 threads run {OVERLOAD_EXECS} execs)");
-    let tracer = start(Mode::Agent, out_dir)?.context("agent")?;
+    let tracer = start(Mode::Agent, out_dir, &[])?.context("agent")?;
     let pid = tracer.child.id().to_string();
     let path: String = (0..OVERLOAD_PATH_DIRS)
         .map(|i| format!("/opt/overload/dir{i:04}/bin"))

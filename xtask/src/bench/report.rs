@@ -43,16 +43,20 @@ pub(super) fn write_report(
          each on the workloads it traces. A ratio is the median over the repetitions of each one's ops/s \
          over the bare ops/s of the same repetition (1.00 = no slowdown), with the quartiles of those \
          ratios in brackets: runs of the same code differ by several percent on this VM, and pairing runs \
-         that are close in time cancels the slow drift. — means the peer does not trace that workload.\n\n",
+         that are close in time cancels the slow drift. — means the peer does not trace that workload. \
+         *agent, lean* is the same agent with the work it does beyond the peers turned off, run on the \
+         workloads where it is behind them, as the experiment that shows what that work costs: `go version` \
+         with `--tools` naming nothing that runs (no toolchain analysis), TLS handshakes `--without \
+         wire,tls_uprobes`, the bulk transfer `--without wire`.\n\n",
         RUN.as_secs()
     );
     let cols = || {
         std::iter::once("agent")
-            .chain(PEERS.iter().map(|m| m.name()))
+            .chain(COLUMNS.iter().map(|m| m.name()))
             .collect::<Vec<_>>()
             .join(" | ")
     };
-    let seps = "|---".repeat(PEERS.len() + 3);
+    let seps = "|---".repeat(COLUMNS.len() + 3);
     md.push_str(&format!(
         "| workload | bare ops/s (min–max) | {} |\n{seps}|\n",
         cols()
@@ -61,7 +65,7 @@ pub(super) fn write_report(
     let mut bpf_md = format!(
         "| workload | {} |\n{}|\n",
         cols(),
-        "|---".repeat(PEERS.len() + 2)
+        "|---".repeat(COLUMNS.len() + 2)
     );
     let mut js_rows = Map::new();
     let unit = |ns: f64| {
@@ -81,7 +85,7 @@ pub(super) fn write_report(
         let mut cpu_line = format!("| {} | {} |", r.workload.name(), unit(cpu_med(Mode::Bare)));
         let mut bpf_line = format!("| {} | **{:.2}** |", r.workload.name(), r.bpf_us_per_op);
         let mut modes = Map::new();
-        for m in std::iter::once(Mode::Agent).chain(PEERS) {
+        for m in std::iter::once(Mode::Agent).chain(COLUMNS) {
             if !r.ops.contains_key(&m) {
                 line.push_str(" — |");
                 cpu_line.push_str(" — |");
@@ -109,7 +113,7 @@ pub(super) fn write_report(
                 }
             }
             modes.insert(
-                m.name().into(),
+                m.name().replace(", ", "_"),
                 json!({
                     "ops_per_s": r.ops.get(&m),
                     "ratio": x, "ratio_quartiles": [xlo, xhi],

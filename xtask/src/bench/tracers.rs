@@ -45,16 +45,18 @@ pub(super) fn wait_for_line(child: &mut Child, needle: &str, from_stderr: bool) 
     bail!("timed out waiting for `{needle}`")
 }
 
-pub(super) fn start(mode: Mode, out_dir: &Path) -> Result<Option<Tracer>> {
+/// Start `mode`'s tracer; `agent_args` are added to the agent's (the lean mode's flags).
+pub(super) fn start(mode: Mode, out_dir: &Path, agent_args: &[&str]) -> Result<Option<Tracer>> {
     match mode {
         Mode::Bare => Ok(None),
-        Mode::Agent => {
+        Mode::Agent | Mode::AgentLean => {
             let stats = out_dir.join("agent.jsonl");
             let _ = std::fs::remove_file(&stats);
             let t0 = Instant::now();
             let mut child = Command::new(agent_bin())
                 .args(["--format", "json", "--output"])
                 .arg(&stats)
+                .args(agent_args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
