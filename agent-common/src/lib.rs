@@ -70,8 +70,8 @@ pub mod globals {
     pub const TASK_EXIT_CODE_OFF: &str = "TASK_EXIT_CODE_OFF";
     /// Offset of `child_pid` in the `sched:sched_process_fork` record (varies by kernel).
     pub const FORK_CHILD_PID_OFF: &str = "FORK_CHILD_PID_OFF";
-    /// `offsetof(struct task_struct, pid)`, set only where `tgid` follows it
-    /// (one read for both); 0: thread clones cannot be told from forks.
+    /// `offsetof(struct task_struct, pid)`: a fork's child is a thread when
+    /// its pid is not its tgid.
     pub const TASK_PID_OFF: &str = "TASK_PID_OFF";
     /// Offset of `group_dead` in `sched:sched_process_exit`, 0 when the kernel lacks it.
     pub const EXIT_GROUP_DEAD_OFF: &str = "EXIT_GROUP_DEAD_OFF";

@@ -11,7 +11,8 @@ use aya_ebpf::{
 
 use crate::{
     AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TASK_PID_OFF,
-    TRACK_AGENT_CHILDREN, TRACKED, current_task, emit, inserted, is_tracked, parent_tgid,
+    TASK_TGID_OFF, TRACK_AGENT_CHILDREN, TRACKED, current_task, emit, inserted, is_tracked,
+    parent_tgid,
 };
 
 /// A raw tracepoint: the kernel's own arguments, without a trace record
@@ -45,23 +46,32 @@ pub fn exit_tp(ctx: TracePointContext) -> u32 {
 }
 
 /// Preferred (a raw tracepoint, as `exit_raw`): the child's task is at
-/// hand, so a thread clone (the Go
-/// runtime starts several per process, a build thousands) is told from a
-/// new process and costs nothing further: no event, no `TRACKED` entry that
-/// no lookup (by tgid) would ever find and no exit (threads never report
-/// `group_dead`) would remove.
+/// hand, so a thread clone (the Go runtime starts several per process, a
+/// build thousands) is told from a new process and costs nothing further:
+/// no event, no `TRACKED` entry that no lookup (by tgid) would ever find
+/// and no exit (threads never report `group_dead`) would remove.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn fork_raw(ctx: RawTracePointContext) -> i32 {
     // args: (struct task_struct *parent, struct task_struct *child)
     let child: *const u8 = ctx.arg(1);
-    let off = TASK_PID_OFF.load() as usize;
-    if off == 0 {
+    let pid_off = TASK_PID_OFF.load() as usize;
+    let tgid_off = TASK_TGID_OFF.load() as usize;
+    if pid_off == 0 || tgid_off == 0 {
+        // Not chosen without BTF (the option needs it), so never here.
         return 0;
     }
-    // SAFETY: bpf_probe_read_kernel checks the address; the loader set the
-    // offset only where `tgid` directly follows `pid`.
-    let Ok([pid, tgid]) = (unsafe { bpf_probe_read_kernel(child.add(off) as *const [u32; 2]) })
-    else {
+    let ids = if tgid_off == pid_off + 4 {
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        unsafe { bpf_probe_read_kernel(child.add(pid_off) as *const [u32; 2]) }
+    } else {
+        // SAFETY: as above.
+        unsafe {
+            bpf_probe_read_kernel(child.add(pid_off) as *const u32).and_then(|p| {
+                bpf_probe_read_kernel(child.add(tgid_off) as *const u32).map(|t| [p, t])
+            })
+        }
+    };
+    let Ok([pid, tgid]) = ids else {
         return 0;
     };
     if pid != tgid {

@@ -75,7 +75,7 @@ pub(crate) static AGENT_TGID: Global<u32> = Global::new(0);
 pub(crate) static TASK_REAL_PARENT_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub(crate) static TASK_TGID_OFF: Global<u32> = Global::new(0);
-/// `task_struct.pid`, set only where `tgid` follows it (one read for both).
+/// `task_struct.pid` (with `tgid` right after it, one read serves both).
 #[unsafe(no_mangle)]
 pub(crate) static TASK_PID_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]

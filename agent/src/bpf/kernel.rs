@@ -84,7 +84,7 @@ pub struct Globals {
     pub agent_tgid: u32,
     pub task_real_parent: u32,
     pub task_tgid: u32,
-    /// `task_struct.pid`, only where `tgid` directly follows it.
+    /// `task_struct.pid`.
     pub task_pid: u32,
     pub task_exit_code: u32,
     pub task_mm: u32,
@@ -125,10 +125,8 @@ impl Globals {
                     }
                 }
                 match btf.member_offset("task_struct", "pid") {
-                    Ok(o) if g.task_tgid != 0 && o + 4 == g.task_tgid => g.task_pid = o,
-                    _ => g.warnings.push(
-                        "task_struct pid/tgid not found adjacent (BTF): thread clones are sent as forks".into(),
-                    ),
+                    Ok(o) => g.task_pid = o,
+                    Err(e) => g.warnings.push(format!("{e}: forks are not reported")),
                 }
                 match mm_layout(btf) {
                     Ok((mm, ss)) if std::env::var_os(EXEC_AT_ENTER_ENV).is_none() => {
