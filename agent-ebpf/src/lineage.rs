@@ -12,7 +12,6 @@ use aya_ebpf::{
 use crate::{
     AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TASK_PID_OFF,
     TASK_TGID_OFF, TRACK_AGENT_CHILDREN, TRACKED, current_task, emit, inserted, is_tracked,
-    parent_tgid,
 };
 
 /// A raw tracepoint: the kernel's own arguments, without a trace record
@@ -157,7 +156,9 @@ fn emit_exit(task: *const u8, group_dead: bool) {
     ev.hdr.kind = EventKind::Exit as u32;
     ev.hdr.pid = id as u32;
     ev.hdr.tgid = tgid;
-    ev.hdr.ppid = parent_tgid(task);
+    // The parent is not read (two kernel reads per exit): userspace knows
+    // it from the fork or the exec, and nothing it reports at exit uses it.
+    ev.hdr.ppid = 0;
     // SAFETY: helper without preconditions.
     ev.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.exit_code = exit_code;

@@ -101,7 +101,6 @@ impl Exec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exit {
     pub tgid: u32,
-    pub ppid: u32,
     pub ktime_ns: u64,
     /// `(status << 8) | signal` as the kernel keeps it.
     pub raw_code: u32,
@@ -406,7 +405,6 @@ pub fn decode_into(b: &[u8], payloads: &mut bytes::BytesMut) -> Result<Event, De
             })?;
             Ok(Event::Exit(Exit {
                 tgid: e.hdr.tgid,
-                ppid: e.hdr.ppid,
                 ktime_ns: e.hdr.ktime_ns,
                 raw_code: e.exit_code,
             }))

@@ -160,7 +160,6 @@ fn main() {
             otlp.observe(&o, &table);
             let x = Exit {
                 tgid: pid,
-                ppid: 1,
                 ktime_ns: 1_000_500 + i as u64 * 1000,
                 raw_code: 0,
             };

@@ -436,7 +436,6 @@ mod tests {
 
         let x = Exit {
             tgid: 9,
-            ppid: 1,
             ktime_ns: 50,
             raw_code: 0,
         };

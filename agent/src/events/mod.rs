@@ -317,7 +317,6 @@ pub(crate) mod tests {
     fn exit_status_and_signal() {
         let e = Exit {
             tgid: 1,
-            ppid: 0,
             ktime_ns: 0,
             raw_code: 3 << 8,
         };

@@ -350,7 +350,6 @@ mod tests {
             t.on_exec(Arc::new(e));
             t.on_exit(&Exit {
                 tgid,
-                ppid: 1,
                 ktime_ns: 11 + i as u64,
                 raw_code: 0,
             });
@@ -419,7 +418,6 @@ mod tests {
         let a = t.on_exec(exec(20, 1, 1, "/bin/a"));
         t.on_exit(&Exit {
             tgid: 20,
-            ppid: 1,
             ktime_ns: 2,
             raw_code: 0,
         });
@@ -435,7 +433,6 @@ mod tests {
         t.on_exec(exec(30, 1, 1, "/bin/a"));
         t.on_exit(&Exit {
             tgid: 30,
-            ppid: 1,
             ktime_ns: 10,
             raw_code: 0,
         });

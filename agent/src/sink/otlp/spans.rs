@@ -670,7 +670,6 @@ mod tests {
     fn exit(b: &mut SpanBuilder, t: &mut ProcTable, tgid: u32, code: u32) {
         let x = Exit {
             tgid,
-            ppid: 1,
             ktime_ns: 1_000_000 + tgid as u64,
             raw_code: code << 8,
         };
