@@ -117,11 +117,12 @@ mod tests {
     fn full_file() {
         let c = parse(
             Path::new("a.toml"),
-            "format = \"json\"\ntools = [\"go\", \"python\"]\notlp_endpoint = \"http://c:4318\"\nhealth_addr = \"0.0.0.0:9464\"\n",
+            "format = \"json\"\ntools = [\"go\", \"python\"]\nwithout = [\"wire\"]\notlp_endpoint = \"http://c:4318\"\nhealth_addr = \"0.0.0.0:9464\"\n",
         )
         .unwrap();
         assert_eq!(c.format.as_deref(), Some("json"));
         assert_eq!(c.tools.unwrap(), vec!["go", "python"]);
+        assert_eq!(c.without.unwrap(), vec!["wire"]);
     }
 
     #[test]

@@ -227,6 +227,11 @@ fn main() -> ExitCode {
     }
     agent::app::traced::save_initial_limits();
     let cli = Cli::parse();
+    // A mistyped flag is said before asking for a password.
+    if let Err(e) = agent::bpf::hooks::check_without(&cli.without) {
+        eprintln!("agent: --without: {e}");
+        return ExitCode::from(2);
+    }
     // Who asked for us (sudo's caller, our own unprivileged copy, root).
     let proc_root = std::path::Path::new("/proc");
     let (user_flag, keep_env) = match &cli.cmd {
@@ -357,7 +362,7 @@ fn main() -> ExitCode {
         cli.without.clone()
     };
     if let Err(e) = agent::bpf::hooks::check_without(&without) {
-        eprintln!("agent: --without: {e}");
+        eprintln!("agent: `without` in the configuration file: {e}");
         return ExitCode::from(2);
     }
     let env_set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());

@@ -352,3 +352,24 @@ fn without_wire_attaches_nothing_to_the_packet_path() {
     assert!(err.contains("; without wire;"), "{err}");
     assert!(!err.contains("wire (cgroup_skb)"), "{err}");
 }
+
+/// A signal that cannot be turned off, or a misspelt one, is said at once,
+/// by an unprivileged user too, before any elevation is attempted.
+#[test]
+fn a_wrong_without_is_refused_before_elevating() {
+    require_root();
+    for (arg, says) in [("exec", "process table"), ("wires", "one of: ")] {
+        let out = Command::new(agent_bin())
+            .args(["--without", arg])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run agent as nobody");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+        assert!(err.starts_with("agent: --without: "), "stderr: {err}");
+        assert!(err.contains(says), "stderr: {err}");
+        assert!(!err.contains("sudo"), "stderr: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "stderr: {err}");
+    }
+}
