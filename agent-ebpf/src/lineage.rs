@@ -80,8 +80,8 @@ pub fn fork_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Without BTF: every clone, threads included (userspace folds a thread
-/// into its process once it is known).
+/// Without BTF: every clone, threads included (the record does not say
+/// which), so each thread reaches userspace as a process of its own.
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn fork_tp(ctx: TracePointContext) -> u32 {
     let off = FORK_CHILD_PID_OFF.load() as usize;

@@ -11,8 +11,9 @@ use crate::btf::Btf;
 #[derive(Debug, Default)]
 pub struct KernelInfo {
     /// Parsed for the load-time offsets ([`Globals::compute`]), then let go
-    /// ([`KernelInfo::release_btf`]): aya parses its own copy for tp_btf
-    /// programs, and the two together were the start-up peak of the RSS.
+    /// ([`KernelInfo::release_btf`]) before the programs load: it was half
+    /// of the start-up peak of the RSS. (aya parses its own copy only for
+    /// tp_btf and fentry, which `agent check` probes and no signal uses.)
     pub btf: Option<Btf>,
     /// Whether the kernel has BTF (still true once `btf` is released).
     pub has_btf: bool,
@@ -45,8 +46,8 @@ impl KernelInfo {
     }
 
     /// Drop the agent's own parse of the kernel's BTF once the offsets are
-    /// computed. Measured with heaptrack: ~8 MiB of the start-up heap peak,
-    /// alive while aya parses its ~19 MiB copy.
+    /// computed: ~8 MiB of heap (heaptrack), which would otherwise stay
+    /// alive through every program load.
     pub fn release_btf(&mut self) {
         self.btf = None;
     }
@@ -112,21 +113,20 @@ impl Globals {
         };
         match &k.btf {
             Some(btf) => {
-                for (field, slot) in [
-                    ("real_parent", &mut g.task_real_parent),
-                    ("tgid", &mut g.task_tgid),
-                    ("exit_code", &mut g.task_exit_code),
+                for (field, slot, loss) in [
+                    (
+                        "real_parent",
+                        &mut g.task_real_parent,
+                        "parent pids degrade",
+                    ),
+                    ("tgid", &mut g.task_tgid, "parent pids and forks degrade"),
+                    ("exit_code", &mut g.task_exit_code, "exit codes degrade"),
+                    ("pid", &mut g.task_pid, "forks are not reported"),
                 ] {
                     match btf.member_offset("task_struct", field) {
                         Ok(o) => *slot = o,
-                        Err(e) => g
-                            .warnings
-                            .push(format!("{e}: parent pids/exit codes degrade")),
+                        Err(e) => g.warnings.push(format!("{e}: {loss}")),
                     }
-                }
-                match btf.member_offset("task_struct", "pid") {
-                    Ok(o) => g.task_pid = o,
-                    Err(e) => g.warnings.push(format!("{e}: forks are not reported")),
                 }
                 match mm_layout(btf) {
                     Ok((mm, ss)) if std::env::var_os(EXEC_AT_ENTER_ENV).is_none() => {
