@@ -4,7 +4,8 @@
 //!
 //! Owns: the rules (docs/events.md lists them for a security review):
 //! - URL userinfo: everything between `//` and the authority's last `@`
-//!   ([`url::redact_urls`]), in any string, nested URLs included;
+//!   (RFC 3986: the authority ends at `/`, `?`, `#` or whitespace;
+//!   [`url::redact_urls`]), in any string, nested URLs included;
 //! - values of secret-bearing options, attached (`--password=X`, `-pX` for
 //!   mysql) or in the next word (`--token X`, `-u user:X`, `-H 'Authorization: Bearer X'`,
 //!   `-e NAME=X` / `--env NAME=X` with a secret-looking NAME);
@@ -20,8 +21,9 @@
 //!   `glpat-`, AWS `AKIA…`, Slack `xox?-`, JWTs, PEM private key blocks).
 //!
 //! The diagnostic part stays: the flag's name, the user name before `:`, the
-//! host, the path, the header's scheme. Must not: decide what is printed.
-//! Errs towards removing too much.
+//! host, the path, the header's scheme, and every word around a secret (a
+//! redaction never crosses whitespace, but for a quoted secret value).
+//! Must not: decide what is printed.
 
 pub mod ser;
 mod shapes;
@@ -108,9 +110,10 @@ pub fn env_value<'a>(name: &str, v: &'a str) -> Cow<'a, str> {
 }
 
 /// Scrub any string (a summary, an attribute, a path, a line of text): URL
-/// userinfo over the whole of it (a password may hold spaces), then its
+/// userinfo (RFC 3986: it never spans whitespace or a `/`), then its
 /// whitespace-separated words get the command-line rules, so a script
-/// (`sh -c 'curl -u a:SECRET …'`) is scrubbed like a command line.
+/// (`sh -c 'curl -u a:SECRET …'`) is scrubbed like a command line and the
+/// words around a secret stay as they were.
 pub fn value(s: &str) -> Cow<'_, str> {
     if !may_hold_secret(s) {
         return Cow::Borrowed(s);
@@ -129,7 +132,7 @@ pub fn value(s: &str) -> Cow<'_, str> {
         if rest.is_empty() {
             break;
         }
-        let end = rest.find(is_sep).unwrap_or(rest.len());
+        let end = word_end(rest);
         let (w, tail) = rest.split_at(end);
         if at_start {
             let bare = w.trim_start_matches(['"', '\'', '(']);
@@ -199,6 +202,41 @@ fn step<'a>(w: &'a str, this: Next, prog: &str) -> (Cow<'a, str>, Next) {
 
 fn is_sep(c: char) -> bool {
     c.is_whitespace()
+}
+
+/// Where the word at the start of `rest` ends: at whitespace, except that
+/// a secret-named assignment whose value opens a quote (`TOKEN="a b"`)
+/// runs to that quote's close, as a shell reads it (to the end when it
+/// never closes). Every other rule ends at whitespace, so no redaction
+/// crosses an argument boundary inside a shell string.
+fn word_end(rest: &str) -> usize {
+    let end = rest.find(is_sep).unwrap_or(rest.len());
+    let w = &rest[..end];
+    let Some(eq) = w.find('=') else {
+        return end;
+    };
+    let name = w[..eq]
+        .trim_start_matches(['"', '\'', '('])
+        .rsplit([';', '&', '|', '(', '`'])
+        .next()
+        .unwrap_or("");
+    let Some(q) = w[eq + 1..]
+        .chars()
+        .next()
+        .filter(|c| matches!(c, '"' | '\''))
+    else {
+        return end;
+    };
+    if !is_name(name) || !secret_name(name) || w[eq + 2..].contains(q) {
+        return end;
+    }
+    match rest[end..].find(q) {
+        Some(c) => {
+            let close = end + c + 1;
+            close + rest[close..].find(is_sep).unwrap_or(rest.len() - close)
+        }
+        None => rest.len(),
+    }
 }
 
 /// A cheap test that lets most strings through untouched.

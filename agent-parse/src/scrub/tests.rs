@@ -252,7 +252,9 @@ const ARGV_CASES: &[(&[&str], &[&str], &[&str])] = &[
         &["SECRET1"],
     ),
     (
-        &["env", "HTTPS_PROXY=http://bob:pa SECRET1@proxy:3128"],
+        // A space in a password is `%20` in a URL (RFC 3986; Go and curl
+        // refuse a raw one): a raw space ends the URL, as in a shell string.
+        &["env", "HTTPS_PROXY=http://bob:pa%20SECRET1@proxy:3128"],
         &["@proxy:3128"],
         &["SECRET1"],
     ),
@@ -475,8 +477,9 @@ fn json_records_have_every_string_scrubbed() {
     assert!(t.starts_with("{\"type\":\"finding\""));
 }
 
-/// Passwords over the whole userinfo alphabet (and what people type
-/// anyway), in one URL or several, nested, amid other words: none survives.
+/// Passwords over the whole userinfo alphabet of RFC 3986 (and a raw `@`,
+/// which people type anyway), in one URL or several, nested, amid other
+/// words: none survives.
 #[test]
 fn no_generated_secret_survives() {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -486,7 +489,7 @@ fn no_generated_secret_survives() {
         x ^= x << 17;
         (x % n as u64) as usize
     };
-    let alphabet = b"abcXYZ019-._~!$&'()*+,;=:%20 /@";
+    let alphabet = b"abcXYZ019-._~!$&'()*+,;=:%20@";
     let around = [
         "",
         " ",
@@ -543,4 +546,129 @@ fn a_masked_value_that_is_itself_a_header_keeps_the_next_secret() {
     assert!(!out.contains("S3CRET"), "{out}");
     let argv: Vec<String> = line.split(' ').map(str::to_string).collect();
     assert!(!scrub_argv(&argv).join(" ").contains("S3CRET"));
+}
+
+/// The command of issue #48: a URL's authority ends at whitespace, so the
+/// module and the subcommand after a `GOPROXY=https://host:port` stay.
+#[test]
+fn a_shell_string_keeps_its_words_after_a_url() {
+    let cmd = "cd proj && env -i HOME=/w PATH=/go/bin:/usr/bin GOPROXY=https://localhost:18472 go mod download example.com/m@v1.0.0; true";
+    assert_eq!(value(cmd), cmd);
+    assert_eq!(scrub_argv(&sv(&["sh", "-c", cmd]))[2], cmd);
+    let with = "cd proj && GOPROXY=https://user:tok3n@proxy.corp/path go mod download example.com/m@v1.0.0; true";
+    assert_eq!(
+        value(with),
+        "cd proj && GOPROXY=https://***@proxy.corp/path go mod download example.com/m@v1.0.0; true"
+    );
+    // A quoted secret value is one word, as the shell reads it.
+    assert_eq!(
+        value("A=1 GITHUB_TOKEN=\"tok en\" go build ./..."),
+        "A=1 GITHUB_TOKEN=***\" go build ./..."
+    );
+}
+
+/// Words from shell strings people run (`sh -c`, `bash -lc`, Makefile
+/// recipes, CI steps) that hold no secret.
+const PLAIN_WORDS: &[&str] = &[
+    "cd",
+    "proj",
+    "&&",
+    "||",
+    ";",
+    "|",
+    "true",
+    "go",
+    "mod",
+    "download",
+    "build",
+    "./...",
+    "example.com/m@v1.0.0",
+    "golang.org/x/tools@latest",
+    "GOPROXY=https://localhost:18472",
+    "GOPROXY=https://proxy.golang.org,direct",
+    "GOFLAGS=-mod=mod",
+    "PATH=/usr/local/go/bin:/usr/bin",
+    "HOME=/home/dev",
+    "env",
+    "-i",
+    "git",
+    "clone",
+    "git@github.com:org/repo.git",
+    "https://github.com/org/repo@main",
+    "pip",
+    "install",
+    "-r",
+    "requirements.txt",
+    "--index-url",
+    "https://pypi.org/simple",
+    "curl",
+    "-fsSL",
+    "git@github.com:org/repo",
+    "https://host:8443/a/b?x=1#f",
+    "user@example.com",
+    "make",
+    "-j4",
+    "V=1",
+    "2>&1",
+    "echo",
+    "$HOME",
+    "a:b",
+    "http://[::1]:80/x",
+    "conda",
+    "activate",
+    "x",
+    "python3",
+    "-c",
+    "'print(1)'",
+];
+
+/// A generated shell string without a secret is left as it is; with one,
+/// only the secret goes and every word before and after it stays.
+#[test]
+fn redaction_never_crosses_a_word_boundary() {
+    let mut x: u64 = 0x6a09_e667_f3bc_c908;
+    let mut next = |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let secrets: &[&dyn Fn(&str) -> String] = &[
+        &|s| format!("https://u:{s}@proxy.corp/p"),
+        &|s| format!("GOPROXY=https://{s}@goproxy.corp,direct"),
+        &|s| format!("--password={s}"),
+        &|s| format!("GITHUB_TOKEN={s}"),
+        &|s| format!("--token {s}"),
+        &|s| format!("-H 'Authorization: Bearer {s}'"),
+        &|s| format!("https://h/x?access_token={s}"),
+        &|s| format!("NPM_TOKEN=\"{s} x\""),
+    ];
+    for _ in 0..20_000 {
+        let mut words = |max: usize| -> String {
+            let n = 1 + next(max);
+            (0..n)
+                .map(|_| PLAIN_WORDS[next(PLAIN_WORDS.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let before = words(6);
+        let after = words(5);
+        let plain = format!("{before} {after}");
+        assert_eq!(value(&plain), plain, "no secret, yet changed");
+        assert_eq!(scrub_argv(&sv(&["sh", "-c", &plain]))[2], plain);
+        let pick = next(secrets.len() * 100_000);
+        let secret = format!("S3c{}Rt", pick / secrets.len());
+        let planted = secrets[pick % secrets.len()](&secret);
+        let line = format!("{before} {planted} {after}");
+        for out in [
+            value(&line).into_owned(),
+            scrub_argv(&sv(&["sh", "-c", &line]))[2].clone(),
+        ] {
+            assert!(!out.contains(&secret), "{line:?} -> {out:?}");
+            assert!(
+                out.starts_with(&format!("{before} ")) && out.ends_with(&format!(" {after}")),
+                "the words around the secret changed: {line:?} -> {out:?}"
+            );
+        }
+    }
 }

@@ -5,12 +5,15 @@
 //! Owns: removing `user:password@` from every URL inside a value, including
 //! lists such as `GOPROXY=https://u:t@a,direct` or `NO_PROXY`-style strings.
 
-/// Where the URL that starts at `tail` (just after its `://`) can reach: up
-/// to the scheme of the next URL in the value, or the end. A password may
-/// hold any character (`;` `,` `&` `=` `+` `$` `!` `*` `'` `(` `)` `%XX`,
-/// even a raw space or `/` or `@`), so list separators do not end it.
-fn url_extent(tail: &str) -> usize {
-    match tail.find("://") {
+/// Where the authority of the URL that starts at `tail` (just after its
+/// `://`) ends, as RFC 3986 has it: at the first `/`, `?` or `#`, at
+/// whitespace (a URL never holds a raw one: in a shell string it is the
+/// next word), or at the next URL of a value.
+fn authority_end(tail: &str) -> usize {
+    let end = tail
+        .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+        .unwrap_or(tail.len());
+    match tail[..end].find("://") {
         Some(n) => {
             let before = &tail[..n];
             let scheme = before.len()
@@ -19,34 +22,26 @@ fn url_extent(tail: &str) -> usize {
                     .len();
             n - scheme
         }
-        None => tail.len(),
+        None => end,
     }
 }
 
 /// Replace the userinfo of every `scheme://userinfo@host` in `value` with `***`.
 ///
-/// Errs towards removing too much: the userinfo is everything up to the last
-/// `@` before the URL's query or fragment (and before the next URL of the
-/// value), unless what precedes that `@` is a plain `host/path` (no `:`),
-/// as in `https://host/mod@v1` (then only an `@` before the first `/`
-/// counts). Nested URLs (`a://b://u:p@h`) are covered.
+/// The userinfo is what RFC 3986 says it is: after `scheme://`, up to the
+/// last `@` of the authority, which ends at the first `/`, `?`, `#` or
+/// whitespace. So a password keeps every character it may hold (`:`, `;`,
+/// `,`, `&`, `=`, `%XX`, even a raw `@`), while a candidate that spans a
+/// space or a path separator is not userinfo: `GOPROXY=https://h:1 go get
+/// example.com/m@v1` keeps its command text. Nested URLs (`a://b://u:p@h`)
+/// are covered.
 pub fn redact_urls(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let token = url_extent(tail);
-        let q = tail[..token].find(['?', '#']).unwrap_or(token);
-        let authority = tail[..q].find('/').unwrap_or(q);
-        let userinfo_end = tail[..q]
-            .rfind('@')
-            .filter(|&at| {
-                let before = &tail[..at];
-                before.contains(':') || !before.contains('/')
-            })
-            .or_else(|| tail[..authority].rfind('@'));
-        let end = match userinfo_end {
+        let end = match tail[..authority_end(tail)].rfind('@') {
             Some(at) => {
                 out.push_str("***@");
                 at + 1
@@ -107,7 +102,11 @@ mod tests {
     #[test]
     fn nested_urls_slashes_in_passwords_and_urls_in_queries() {
         assert_eq!(redact_urls("a://b://u:p@h"), "a://b://***@h");
-        assert_eq!(redact_urls("https://u:pa/ss@h:1/x"), "https://***@h:1/x");
+        // A raw `/` ends the authority (RFC 3986): what follows is a path.
+        assert_eq!(
+            redact_urls("https://u:pa/ss@h:1/x"),
+            "https://u:pa/ss@h:1/x"
+        );
         assert_eq!(
             redact_urls("https://h/?next=https://u:p@g/#f"),
             "https://h/?next=https://***@g/#f"
@@ -156,8 +155,8 @@ mod tests {
             "%40",
         ];
         // RFC 3986 userinfo: unreserved, %XX, sub-delims and ':' — plus
-        // what people type anyway (a raw space, '/', '@').
-        let secret_chars = b"abcXYZ019/:@%!$&'()*+,;=-._~ ";
+        // what people type anyway (a raw '@').
+        let secret_chars = b"abcXYZ019:@%!$&'()*+,;=-._~";
         for _ in 0..50_000 {
             let mut s = String::new();
             for _ in 0..next(4) {
