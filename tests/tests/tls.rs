@@ -546,3 +546,186 @@ fn a_private_libssl_loaded_with_dlopen_is_probed() {
         );
     }
 }
+
+/// `openssl s_server` on loopback, stopped when dropped.
+struct LoopbackServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl LoopbackServer {
+    fn self_signed(dir: &std::path::Path) -> LoopbackServer {
+        let (cert, key) =
+            agent_tests::certs::self_signed(dir, "localhost", "DNS:localhost,IP:127.0.0.1");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed().as_secs() < 10, "s_server did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        LoopbackServer { child, port }
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sequence a new user types (#40, #48): three fresh agents in a row,
+/// the same `$W` for the caches each time, `go mod download` from a GOPROXY
+/// on localhost whose self-signed certificate Go does not trust, with the
+/// recent Go named only inside the shell string (`env -i PATH=…`). Every
+/// run is somebody's first run: each gets Go's own reason, and the command
+/// comes out whole in the report and in the exported span.
+#[test]
+fn three_fresh_go_mod_downloads_in_a_row_each_say_why() {
+    let w = agent_tests::scratch("go-three");
+    let proj = w.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("go.mod"), "module example.com/x\n\ngo 1.21\n").unwrap();
+    let srv = LoopbackServer::self_signed(&w.join("cert"));
+    let gob = agent_tests::gobin_root();
+    let (w_, gob_, proj_) = (w.display(), gob.display(), proj.display());
+    let port = srv.port;
+    let cmd = format!(
+        "cd {proj_} && env -i HOME={w_} PATH={gob_}/bin:/usr/bin:/bin GOCACHE={w_}/gc GOMODCACHE={w_}/mc GOSUMDB=off GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPROXY=https://localhost:{port} go mod download example.com/m@v1.0.0"
+    );
+    let argv = vec!["sh".to_string(), "-c".to_string(), cmd.clone()];
+    for run in 1..=3 {
+        let (lines, spans) = if run == 3 {
+            // The last run also exports: the span carries the same command.
+            let (lines, received) = {
+                let argv = argv.clone();
+                agent_tests::otlp_receiver::while_receiving("http", move |endpoint: String| {
+                    agent_tests::trace_json(
+                        &argv,
+                        &[
+                            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                        ],
+                    )
+                })
+            };
+            (lines, Some(format!("{:?}", received.spans())))
+        } else {
+            (agent_tests::trace_json(&argv, &[]), None)
+        };
+        let f = findings_of(&lines, "tls.untrusted_certificate");
+        assert_eq!(f.len(), 1, "run {run}: {:?}", codes(&lines));
+        assert_eq!(
+            f[0]["evidence"]["library"]["go_alert_sent"], "bad_certificate",
+            "run {run}: {}",
+            f[0]
+        );
+        let report = lines.last().expect("report");
+        assert_eq!(report["command"][2], cmd.as_str(), "run {run}: {report}");
+        if let Some(spans) = spans {
+            assert!(
+                spans.contains("go mod download example.com/m@v1.0.0")
+                    && spans.contains(&format!("GOPROXY=https://localhost:{port}")),
+                "the span's command lost its words: {spans}"
+            );
+        }
+    }
+    drop(srv);
+    std::fs::remove_dir_all(&w).ok();
+}
+
+/// Live mode (#40): a Go toolchain that appears after the agent started,
+/// in a module cache the agent learnt from a `go` it saw run (as `go`
+/// downloads one when GOTOOLCHAIN asks), is probed before its first run:
+/// that run's failed handshake carries Go's own reason.
+#[test]
+fn live_mode_pre_attaches_a_toolchain_that_appears_in_a_module_cache() {
+    use std::process::{Command, Stdio};
+    let w = agent_tests::scratch("live-newtc");
+    let proj = w.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("go.mod"), "module example.com/x\n\ngo 1.21\n").unwrap();
+    let srv = LoopbackServer::self_signed(&w.join("cert"));
+    let out_file = w.join("records.jsonl");
+    let mut agent = agent_tests::start_live_agent(&out_file);
+    let mc = w.join("mc");
+    // A `go` run with this module cache: the agent learns the place.
+    let st = Command::new("/usr/lib/go-1.19/bin/go")
+        .args(["env", "GOMODCACHE"])
+        .env("GOMODCACHE", &mc)
+        .env("HOME", &w)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // A toolchain appears there: a copy of the PyPI Go's `go` (a file the
+    // agent has never seen), the rest of its GOROOT linked.
+    let gob = agent_tests::gobin_root();
+    let tc = mc.join("golang.org/toolchain@v0.0.1-go1.27.3.linux-amd64");
+    std::fs::create_dir_all(tc.join("bin")).unwrap();
+    for e in std::fs::read_dir(&gob).unwrap().flatten() {
+        if e.file_name() != "bin" {
+            std::os::unix::fs::symlink(e.path(), tc.join(e.file_name())).unwrap();
+        }
+    }
+    let go = tc.join("bin/go");
+    std::fs::copy(gob.join("bin/go"), &go).unwrap();
+    // The agent looks at the roots it watches on its 5 s tick.
+    std::thread::sleep(std::time::Duration::from_millis(6500));
+    let st = Command::new(&go)
+        .args(["mod", "download", "example.com/m@v1.0.0"])
+        .current_dir(&proj)
+        .env_clear()
+        .env("HOME", &w)
+        .env("PATH", "/usr/bin:/bin")
+        .env("GOCACHE", w.join("gc"))
+        .env("GOMODCACHE", &mc)
+        .env("GOSUMDB", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", format!("https://localhost:{}", srv.port))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("x509"));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    agent_tests::signal(agent.id(), "-TERM");
+    agent.wait().unwrap();
+    let lines = agent_tests::json_lines(&std::fs::read_to_string(&out_file).unwrap());
+    let go = go.display().to_string();
+    let f: Vec<&Value> = findings_of(&lines, "tls.untrusted_certificate")
+        .into_iter()
+        .filter(|f| f["evidence"]["exe"] == go.as_str())
+        .collect();
+    assert_eq!(f.len(), 1, "{lines:#?}");
+    assert_eq!(
+        f[0]["evidence"]["library"]["go_alert_sent"], "bad_certificate",
+        "{}",
+        f[0]
+    );
+    let stats = lines
+        .iter()
+        .rev()
+        .find(|l| l["type"] == "stats")
+        .expect("final stats");
+    let pre = &stats["uprobes"]["pre_attach"];
+    eprintln!("pre-attach: {pre}");
+    assert!(pre["pre_attached"].as_u64().unwrap() >= 2, "{pre}");
+    assert!(pre["roots_watched"].as_u64().unwrap() >= 1, "{pre}");
+    drop(srv);
+    std::fs::remove_dir_all(&w).ok();
+}

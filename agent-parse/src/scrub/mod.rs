@@ -86,7 +86,14 @@ pub fn scrub_argv(args: &[String]) -> Vec<String> {
             out.push(value(a).into_owned());
             continue;
         }
-        let (w, n) = step(a, next, &prog);
+        // `env NAME=value …`: each assignment is one setting's value.
+        let a: Cow<'_, str> = if prog == "env" && a.split_once('=').is_some_and(|(n, _)| is_name(n))
+        {
+            url::redact_cow(a, url::Extent::Value)
+        } else {
+            Cow::Borrowed(a)
+        };
+        let (w, n) = step(&a, next, &prog);
         // An element with spaces (a script, a header line) is also a value.
         let w = if w.contains(char::is_whitespace) {
             Cow::Owned(value(&w).into_owned())
@@ -103,9 +110,12 @@ pub fn scrub_argv(args: &[String]) -> Vec<String> {
 /// name itself looks secret (a variable added with `--env-allow`).
 pub fn env_value<'a>(name: &str, v: &'a str) -> Cow<'a, str> {
     if secret_name(name) && !v.is_empty() {
-        Cow::Borrowed(MASK)
-    } else {
-        value(v)
+        return Cow::Borrowed(MASK);
+    }
+    // One setting's value: its URLs' userinfo first, as a value.
+    match url::redact_cow(v, url::Extent::Value) {
+        Cow::Borrowed(v) => value(v),
+        Cow::Owned(o) => Cow::Owned(value(&o).into_owned()),
     }
 }
 
@@ -118,7 +128,7 @@ pub fn value(s: &str) -> Cow<'_, str> {
     if !may_hold_secret(s) {
         return Cow::Borrowed(s);
     }
-    let s1 = pem_blocks(url::redact_urls_cow(s));
+    let s1 = pem_blocks(url::redact_cow(s, url::Extent::Text));
     let mut out = String::with_capacity(s1.len());
     let mut next = Next::Keep;
     let mut rest: &str = &s1;
@@ -132,8 +142,16 @@ pub fn value(s: &str) -> Cow<'_, str> {
         if rest.is_empty() {
             break;
         }
-        let end = word_end(rest);
+        let (end, quoted) = word_end(rest);
         let (w, tail) = rest.split_at(end);
+        // A quoted assignment is one setting's value (its URL may hold a
+        // space typed into a password).
+        let w = if quoted {
+            url::redact_cow(w, url::Extent::Value)
+        } else {
+            Cow::Borrowed(w)
+        };
+        let w: &str = &w;
         if at_start {
             let bare = w.trim_start_matches(['"', '\'', '(']);
             prog = bare.rsplit('/').next().unwrap_or(bare).to_ascii_lowercase();
@@ -204,16 +222,18 @@ fn is_sep(c: char) -> bool {
     c.is_whitespace()
 }
 
-/// Where the word at the start of `rest` ends: at whitespace, except that
-/// a secret-named assignment whose value opens a quote (`TOKEN="a b"`)
-/// runs to that quote's close, as a shell reads it (to the end when it
-/// never closes). Every other rule ends at whitespace, so no redaction
-/// crosses an argument boundary inside a shell string.
-fn word_end(rest: &str) -> usize {
+/// Where the word at the start of `rest` ends, and whether it is a quoted
+/// value: at whitespace, except that an assignment to a secret-named or
+/// URL-valued variable whose value opens a quote (`TOKEN="a b"`,
+/// `HTTPS_PROXY='http://u:p q@h'`) runs to that quote's close, as a shell
+/// reads it (to the end when it never closes). Every other rule ends at
+/// whitespace, so no redaction crosses an argument boundary inside a shell
+/// string.
+fn word_end(rest: &str) -> (usize, bool) {
     let end = rest.find(is_sep).unwrap_or(rest.len());
     let w = &rest[..end];
     let Some(eq) = w.find('=') else {
-        return end;
+        return (end, false);
     };
     let name = w[..eq]
         .trim_start_matches(['"', '\'', '('])
@@ -225,18 +245,26 @@ fn word_end(rest: &str) -> usize {
         .next()
         .filter(|c| matches!(c, '"' | '\''))
     else {
-        return end;
+        return (end, false);
     };
-    if !is_name(name) || !secret_name(name) || w[eq + 2..].contains(q) {
-        return end;
+    if !is_name(name) || !(secret_name(name) || url_name(name)) || w[eq + 2..].contains(q) {
+        return (end, false);
     }
-    match rest[end..].find(q) {
+    let end = match rest[end..].find(q) {
         Some(c) => {
             let close = end + c + 1;
             close + rest[close..].find(is_sep).unwrap_or(rest.len() - close)
         }
         None => rest.len(),
-    }
+    };
+    (end, true)
+}
+
+/// A variable whose value is a URL or a list of them (`HTTPS_PROXY`,
+/// `GOPROXY`, `PIP_INDEX_URL`, `OTEL_EXPORTER_OTLP_ENDPOINT`).
+fn url_name(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    n.ends_with("PROXY") || n.ends_with("_URL") || n.ends_with("_URI") || n.ends_with("ENDPOINT")
 }
 
 /// A cheap test that lets most strings through untouched.
@@ -536,7 +564,7 @@ fn scrub_word<'a>(w: &'a str, prog: &str) -> Cow<'a, str> {
             s = Cow::Owned(format!("{}={MASK}{close}", &s[..eq]));
         }
     }
-    let s = match url::redact_urls_cow(&s) {
+    let s = match url::redact_cow(&s, url::Extent::Text) {
         Cow::Borrowed(_) => s,
         Cow::Owned(o) => Cow::Owned(o),
     };

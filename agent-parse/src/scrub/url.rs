@@ -5,13 +5,26 @@
 //! Owns: removing `user:password@` from every URL inside a value, including
 //! lists such as `GOPROXY=https://u:t@a,direct` or `NO_PROXY`-style strings.
 
+/// What ends a URL's authority besides `/`, `?` and `#`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extent {
+    /// Text: a command line, a shell string, a log line. Whitespace ends
+    /// a URL (it never holds a raw one; the next word is not its userinfo).
+    Text,
+    /// One setting's value (an environment variable, a quoted assignment):
+    /// the value is the URL list, so a raw space (never valid, but typed)
+    /// stays inside the password it was typed into.
+    Value,
+}
+
 /// Where the authority of the URL that starts at `tail` (just after its
 /// `://`) ends, as RFC 3986 has it: at the first `/`, `?` or `#`, at
-/// whitespace (a URL never holds a raw one: in a shell string it is the
-/// next word), or at the next URL of a value.
-fn authority_end(tail: &str) -> usize {
+/// whitespace in [`Extent::Text`], or at the next URL of a value.
+fn authority_end(tail: &str, extent: Extent) -> usize {
     let end = tail
-        .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+        .find(|c: char| {
+            matches!(c, '/' | '?' | '#') || (extent == Extent::Text && c.is_whitespace())
+        })
         .unwrap_or(tail.len());
     match tail[..end].find("://") {
         Some(n) => {
@@ -26,22 +39,28 @@ fn authority_end(tail: &str) -> usize {
     }
 }
 
-/// Replace the userinfo of every `scheme://userinfo@host` in `value` with `***`.
+/// Replace the userinfo of every `scheme://userinfo@host` in `value` (one
+/// setting's value: [`Extent::Value`]) with `***`.
+pub fn redact_urls(value: &str) -> String {
+    redact(value, Extent::Value)
+}
+
+/// Replace the userinfo of every `scheme://userinfo@host` in `s` with `***`.
 ///
 /// The userinfo is what RFC 3986 says it is: after `scheme://`, up to the
-/// last `@` of the authority, which ends at the first `/`, `?`, `#` or
-/// whitespace. So a password keeps every character it may hold (`:`, `;`,
-/// `,`, `&`, `=`, `%XX`, even a raw `@`), while a candidate that spans a
-/// space or a path separator is not userinfo: `GOPROXY=https://h:1 go get
-/// example.com/m@v1` keeps its command text. Nested URLs (`a://b://u:p@h`)
-/// are covered.
-pub fn redact_urls(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
+/// last `@` of the authority, which ends at the first `/`, `?` or `#` (and
+/// whitespace in text). So a password keeps every character it may hold
+/// (`:`, `;`, `,`, `&`, `=`, `%XX`, even a raw `@`), while in a shell string
+/// a candidate that spans a space or a path separator is not userinfo:
+/// `GOPROXY=https://h:1 go get example.com/m@v1` keeps its command text.
+/// Nested URLs (`a://b://u:p@h`) are covered.
+pub fn redact(s: &str, extent: Extent) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let end = match tail[..authority_end(tail)].rfind('@') {
+        let end = match tail[..authority_end(tail, extent)].rfind('@') {
             Some(at) => {
                 out.push_str("***@");
                 at + 1
@@ -56,14 +75,14 @@ pub fn redact_urls(value: &str) -> String {
     out
 }
 
-/// [`redact_urls`], borrowing when nothing changes.
-pub fn redact_urls_cow(value: &str) -> std::borrow::Cow<'_, str> {
-    if !value.contains("://") || !value.contains('@') {
-        return std::borrow::Cow::Borrowed(value);
+/// [`redact`], borrowing when nothing changes.
+pub fn redact_cow(s: &str, extent: Extent) -> std::borrow::Cow<'_, str> {
+    if !s.contains("://") || !s.contains('@') {
+        return std::borrow::Cow::Borrowed(s);
     }
-    let r = redact_urls(value);
-    if r == value {
-        std::borrow::Cow::Borrowed(value)
+    let r = redact(s, extent);
+    if r == s {
+        std::borrow::Cow::Borrowed(s)
     } else {
         std::borrow::Cow::Owned(r)
     }
@@ -117,6 +136,19 @@ mod tests {
         assert_eq!(
             redact_urls("http://u:p@a b http://c"),
             "http://***@a b http://c"
+        );
+    }
+
+    #[test]
+    fn in_text_whitespace_ends_a_url_in_a_value_it_does_not() {
+        let cmd = "GOPROXY=https://localhost:18472 go mod download example.com/m@v1.0.0";
+        assert_eq!(redact(cmd, Extent::Text), cmd);
+        let typed = "http://bob:pa SECRET@proxy:3128";
+        assert_eq!(redact(typed, Extent::Value), "http://***@proxy:3128");
+        assert_eq!(redact(typed, Extent::Text), typed);
+        assert_eq!(
+            redact("x https://u:p@h/a@b y", Extent::Text),
+            "x https://***@h/a@b y"
         );
     }
 

@@ -70,6 +70,9 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
             _ = tick.tick() => {
                 health.beat();
                 k.sweep_uprobes();
+                // Toolchains that appeared under a watched root (`go`
+                // downloaded one, `golang.org/dl` installed one).
+                k.tls.rescan_go_toolchains(&mut k.collector);
                 ticks += 1;
                 // Libraries loaded since (dlopen, new conda envs): every 30 s.
                 if ticks.is_multiple_of(6) {

@@ -131,6 +131,7 @@ impl Kernel {
     pub fn uprobe_stats(&self) -> Value {
         let mut v = json!(self.tls.stats());
         v["links"] = json!(self.collector.uprobe_links());
+        v["pre_attach"] = json!(self.tls.pre_attach_stats());
         v
     }
 

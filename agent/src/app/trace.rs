@@ -178,6 +178,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             // programs: their probes are released as they go.
             _ = sweep.tick() => {
                 k.sweep_uprobes();
+                k.tls.rescan_go_toolchains(&mut k.collector);
                 if let Some(x) = otlp.as_mut() {
                     x.expire_spans(&proc_root);
                 }

@@ -15,10 +15,7 @@
 //! `LD_LIBRARY_PATH`) when it sees the exec, and a uprobe put on a file
 //! applies to processes that mapped it already.
 
-use std::{
-    collections::HashSet,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use agent_common::{TLSLIB_GO_ALERT, TLSLIB_OSSL_HS_DONE, TLSLIB_OSSL_HS_RET, TLSLIB_OSSL_VERIFY};
 
@@ -229,27 +226,33 @@ pub fn conda_envs() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Directories a live agent looks for Go toolchains in at start-up: every
-/// PATH entry and `$GOROOT/bin` of the processes running now (their
-/// environments, read bounded), the usual install places (`/usr/local/go`,
-/// `/usr/lib/go-*`), and conda envs' `bin/`.
-pub fn host_go_dirs(proc_root: &Path) -> Vec<PathBuf> {
-    const MAX_DIRS: usize = 512;
-    let mut dirs: Vec<PathBuf> = vec![PathBuf::from("/usr/local/go/bin")];
+/// Where a live agent looks for Go toolchains at start-up: the usual
+/// install places (`/usr/local/go`, `/usr/lib/go-*`), conda envs' `bin/`,
+/// every user's home (`/root`, `/home/*`: `~/sdk`, `~/go/pkg/mod`), and the
+/// PATH, GOROOT, GOMODCACHE, GOPATH and HOME of the processes running now
+/// (their environments, read bounded).
+pub fn host_go_vars(proc_root: &Path) -> super::goplaces::GoVars {
+    let mut v = super::goplaces::GoVars::default();
+    v.add("PATH", "/usr/local/go/bin");
     if let Ok(rd) = std::fs::read_dir("/usr/lib") {
-        dirs.extend(
-            rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("go-"))
-                .map(|e| e.path().join("bin")),
-        );
+        for e in rd
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("go-"))
+        {
+            v.add("GOROOT", &e.path().display().to_string());
+        }
     }
-    dirs.extend(conda_envs().into_iter().map(|e| e.join("bin")));
-    let mut seen: HashSet<PathBuf> = dirs.iter().cloned().collect();
+    for e in conda_envs() {
+        v.add("PATH", &e.join("bin").display().to_string());
+    }
+    v.add("HOME", "/root");
+    if let Ok(rd) = std::fs::read_dir("/home") {
+        for e in rd.flatten().take(1024) {
+            v.add("HOME", &e.path().display().to_string());
+        }
+    }
     if let Ok(rd) = std::fs::read_dir(proc_root) {
         for e in rd.flatten().take(65_536) {
-            if seen.len() >= MAX_DIRS {
-                break;
-            }
             if !e
                 .file_name()
                 .to_string_lossy()
@@ -266,25 +269,13 @@ pub fn host_go_dirs(proc_root: &Path) -> Vec<PathBuf> {
             };
             for var in env.split(|&b| b == 0) {
                 let var = String::from_utf8_lossy(var);
-                let found: Vec<PathBuf> = if let Some(p) = var.strip_prefix("PATH=") {
-                    p.split(':')
-                        .filter(|d| d.starts_with('/'))
-                        .map(PathBuf::from)
-                        .collect()
-                } else if let Some(r) = var.strip_prefix("GOROOT=").filter(|r| r.starts_with('/')) {
-                    vec![Path::new(r).join("bin")]
-                } else {
-                    continue;
-                };
-                for d in found {
-                    if seen.len() < MAX_DIRS && seen.insert(d.clone()) {
-                        dirs.push(d);
-                    }
+                if let Some((name, value)) = var.split_once('=') {
+                    v.add(name, value);
                 }
             }
         }
     }
-    dirs
+    v
 }
 
 /// Every libssl the machine's loader knows and every one mapped right now
@@ -367,19 +358,16 @@ pub fn reachable(
     cwd: Option<&Path>,
     home: Option<&Path>,
 ) -> Reachable {
-    let get = |k: &str| {
-        env.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
-    let path_dirs: Vec<PathBuf> = get("PATH")
-        .unwrap_or("")
-        .split(':')
-        .filter(|d| d.starts_with('/'))
-        .take(64)
-        .map(PathBuf::from)
-        .collect();
+    // The command's environment, and what its own shell strings assign
+    // (`sh -c 'env -i PATH=/opt/go/bin:… go …'`).
+    let mut vars = super::goplaces::GoVars::from_env(env);
+    if vars.home.is_empty()
+        && let Some(h) = home.and_then(Path::to_str)
+    {
+        vars.add("HOME", h);
+    }
+    vars.add_assignments(argv);
+    let path_dirs = vars.path.clone();
     let lookup = |name: &str| -> Option<PathBuf> {
         if name.contains('/') {
             let p = if name.starts_with('/') {
@@ -400,28 +388,14 @@ pub fn reachable(
             go.push(p);
         }
     };
-    for d in &path_dirs {
+    for d in vars.bin_dirs() {
         add(d.join("go"), &mut go);
     }
-    if let Some(r) = get("GOROOT") {
-        add(Path::new(r).join("bin/go"), &mut go);
-    }
-    // Toolchains `go` switches to: golang.org/toolchain@v0.0.1-go1.X.Y.<os>-<arch>.
-    let modcache = get("GOMODCACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            get("GOPATH")
-                .and_then(|g| g.split(':').next())
-                .map(|g| Path::new(g).join("pkg/mod"))
-        })
-        .or_else(|| home.map(|h| h.join("go/pkg/mod")));
-    if let Some(mc) = modcache
-        && let Ok(rd) = std::fs::read_dir(mc.join("golang.org"))
-    {
-        for e in rd.flatten().take(256) {
-            if e.file_name().to_string_lossy().starts_with("toolchain@") {
-                add(e.path().join("bin/go"), &mut go);
-            }
+    // Toolchains `go` switches to (golang.org/toolchain@v0.0.1-go1.X.Y.<os>-<arch>)
+    // and those golang.org/dl installed (~/sdk/go1.X.Y).
+    for r in vars.roots() {
+        for b in super::goplaces::toolchains_under(&r) {
+            add(b.join("go"), &mut go);
         }
     }
     let mut libssl_users = Vec::new();
@@ -471,7 +445,9 @@ mod tests {
         let c = std::ffi::CString::new(proc.join("12/environ").display().to_string()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        let dirs = host_go_dirs(&proc);
+        let vars = host_go_vars(&proc);
+        let dirs = vars.bin_dirs();
+        assert!(vars.home.iter().any(|h| h == Path::new("/h")), "{vars:?}");
         for want in [
             "/usr/local/go/bin",
             "/opt/a/bin",

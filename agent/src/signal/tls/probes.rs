@@ -13,6 +13,7 @@ use std::{
 };
 
 use super::{
+    goplaces::{GoPlaces, GoVars, PreAttachStats},
     libs::{GO_PROGRAM, GO_SYMBOL, OSSL_PROBES, library_dirs, libssl_candidates, libssl_in_dir},
     targets::{Claim, TargetStats, Targets},
 };
@@ -34,7 +35,13 @@ pub struct TlsProbes {
     /// per run. A file replaced meanwhile is looked at when the interval
     /// ends (the sweep finds the old one gone).
     fresh: HashMap<PathBuf, Instant>,
+    /// Where Go toolchains were looked for, and the roots watched for new ones.
+    places: GoPlaces,
 }
+
+/// Go programs probed ahead of time at most: they are pinned (never
+/// evicted), so they are bounded apart from [`super::targets::MAX_TARGETS`].
+const MAX_PRE_ATTACHED: u64 = 256;
 
 /// How long a looked-at path is not looked at again.
 const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(5);
@@ -443,6 +450,9 @@ impl TlsProbes {
                 "Go program seen: exec to probe attached (after analysis)"
             );
         }
+        if exec.env_read {
+            self.learn_go_places(c, &exec.env);
+        }
         let n = self.probe_libssl_near(c, exec, proc_root);
         if n > 0 {
             tracing::debug!(exe = %exec.exe, n, "libssl near a program's start probed");
@@ -482,25 +492,75 @@ impl TlsProbes {
     }
 
     /// Live mode, at start-up: the crypto/tls probe on every Go toolchain
-    /// known on the host (see [`super::libs::host_go_dirs`]), so a `go` the
-    /// agent has not seen run yet is probed on its first run.
+    /// known on the host (see [`super::libs::host_go_vars`]), so a `go` the
+    /// agent has not seen run yet is probed on its first run; the roots
+    /// where new toolchains appear are watched from now on.
     pub fn probe_host_go(&mut self, c: &mut Collector, proc_root: &std::path::Path) {
         if !c.tls_uprobes() {
             return;
         }
         let t0 = std::time::Instant::now();
+        let vars = super::libs::host_go_vars(proc_root);
+        let dirs = self.places.learn(&vars);
+        let looked = dirs.len();
+        let n = self.pre_attach(c, dirs);
+        tracing::debug!(
+            dirs = looked,
+            go = n,
+            roots = self.places.stats.roots_watched,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "pre-attached the host's Go toolchains"
+        );
+    }
+
+    /// A program's environment (an exec with its variables): the Go
+    /// toolchains in places it names that were not looked at yet.
+    pub fn learn_go_places(&mut self, c: &mut Collector, env: &[(String, String)]) {
+        if !c.tls_uprobes() {
+            return;
+        }
+        let dirs = self.places.learn(&GoVars::from_env(env));
+        if !dirs.is_empty() {
+            let n = self.pre_attach(c, dirs);
+            if n > 0 {
+                tracing::debug!(go = n, "pre-attached Go toolchains a new environment names");
+            }
+        }
+    }
+
+    /// The tick: toolchains that appeared under a watched root (a module
+    /// cache's `golang.org/`, a home's `sdk/`) since the last look.
+    pub fn rescan_go_toolchains(&mut self, c: &mut Collector) {
+        if !c.tls_uprobes() {
+            return;
+        }
+        let dirs = self.places.rescan();
+        if !dirs.is_empty() {
+            let n = self.pre_attach(c, dirs);
+            tracing::debug!(go = n, "pre-attached new Go toolchains");
+        }
+    }
+
+    /// The crypto/tls probe on the `go` of each directory, pinned; how many
+    /// were new. Past [`MAX_PRE_ATTACHED`] the rest are counted, not probed.
+    fn pre_attach(&mut self, c: &mut Collector, dirs: Vec<PathBuf>) -> usize {
         let mut n = 0;
-        for d in super::libs::host_go_dirs(proc_root) {
+        for d in dirs {
+            if self.places.stats.pre_attached >= MAX_PRE_ATTACHED {
+                self.places.stats.over_budget += 1;
+                continue;
+            }
             let go = d.join("go");
-            if go.is_file() && super::libs::is_go_program(&go) {
-                self.probe_go_file(c, &go, true);
+            if self.probe_go_file(c, &go, true) {
+                self.places.stats.pre_attached += 1;
                 n += 1;
             }
         }
-        tracing::debug!(
-            go = n,
-            ms = t0.elapsed().as_secs_f64() * 1e3,
-            "probed the host's Go toolchains"
-        );
+        n
+    }
+
+    /// What pre-attaching did so far.
+    pub fn pre_attach_stats(&self) -> PreAttachStats {
+        self.places.stats.clone()
     }
 }
