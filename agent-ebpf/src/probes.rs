@@ -43,6 +43,11 @@ pub fn probe_uprobe(_ctx: ProbeContext) -> u32 {
     0
 }
 
+#[uprobe(multi)]
+pub fn probe_uprobe_multi(_ctx: ProbeContext) -> u32 {
+    0
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn probe_sock_addr(_ctx: SockAddrContext) -> i32 {
     1

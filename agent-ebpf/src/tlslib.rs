@@ -58,8 +58,14 @@ fn send_aux(kind: u32, value: i64, aux: u64) {
     emit(&e);
 }
 
-#[uretprobe]
-pub fn ossl_verify_result(ctx: RetProbeContext) -> u32 {
+// Each program comes twice: as a perf-event uprobe and as a uprobe_multi
+// link program (`uprobe.multi`, kernel 6.6+), the same body. The agent
+// loads the one its kernel attaches best: a uprobe_multi link is created
+// with CAP_BPF + CAP_PERFMON, while a perf-event uprobe has needed
+// CAP_SYS_ADMIN since the CVE-2025-38466 fix (perf_uprobe_event_init).
+
+#[inline(always)]
+fn verify_result(ctx: &RetProbeContext) -> u32 {
     let v: i64 = ctx.ret();
     if v != 0 {
         send(TLSLIB_OSSL_VERIFY, v);
@@ -67,18 +73,38 @@ pub fn ossl_verify_result(ctx: RetProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
-pub fn go_send_alert(ctx: ProbeContext) -> u32 {
+#[uretprobe]
+pub fn ossl_verify_result(ctx: RetProbeContext) -> u32 {
+    verify_result(&ctx)
+}
+
+#[uretprobe(multi)]
+pub fn ossl_verify_result_multi(ctx: RetProbeContext) -> u32 {
+    verify_result(&ctx)
+}
+
+#[inline(always)]
+fn send_alert(ctx: &ProbeContext) -> u32 {
     // SAFETY: `regs` is the probed task's saved register file, valid for this run.
     let alert = unsafe { (*ctx.regs).rbx } as u8;
     send(TLSLIB_GO_ALERT, alert as i64);
     0
 }
 
+#[uprobe]
+pub fn go_send_alert(ctx: ProbeContext) -> u32 {
+    send_alert(&ctx)
+}
+
+#[uprobe(multi)]
+pub fn go_send_alert_multi(ctx: ProbeContext) -> u32 {
+    send_alert(&ctx)
+}
+
 /// Entry of `SSL_do_handshake` / `SSL_connect` / `SSL_accept`: the first
 /// call of a handshake starts its clock (retries keep it).
-#[uprobe]
-pub fn ossl_hs_enter(_ctx: ProbeContext) -> u32 {
+#[inline(always)]
+fn hs_enter() -> u32 {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -92,13 +118,23 @@ pub fn ossl_hs_enter(_ctx: ProbeContext) -> u32 {
     0
 }
 
+#[uprobe]
+pub fn ossl_hs_enter(_ctx: ProbeContext) -> u32 {
+    hs_enter()
+}
+
+#[uprobe(multi)]
+pub fn ossl_hs_enter_multi(_ctx: ProbeContext) -> u32 {
+    hs_enter()
+}
+
 /// Return of the same: 1 is a completed handshake (its clock stops); ≤ 0 is
 /// a failure or, for non-blocking callers, a retry to come (the clock runs
 /// on). Either way a handful of events per handshake, never per record:
 /// `SSL_get_error`, which would tell them apart, is also called for every
 /// would-block read of a transfer, so it is not probed.
-#[uretprobe]
-pub fn ossl_hs_exit(ctx: RetProbeContext) -> u32 {
+#[inline(always)]
+fn hs_exit(ctx: &RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
     let id = bpf_get_current_pid_tgid();
     // SAFETY: read-only lookup; the value is copied.
@@ -114,4 +150,14 @@ pub fn ossl_hs_exit(ctx: RetProbeContext) -> u32 {
         send_aux(TLSLIB_OSSL_HS_RET, ret as i64, now.saturating_sub(start));
     }
     0
+}
+
+#[uretprobe]
+pub fn ossl_hs_exit(ctx: RetProbeContext) -> u32 {
+    hs_exit(&ctx)
+}
+
+#[uretprobe(multi)]
+pub fn ossl_hs_exit_multi(ctx: RetProbeContext) -> u32 {
+    hs_exit(&ctx)
 }

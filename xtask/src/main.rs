@@ -59,6 +59,12 @@ enum Cmd {
         /// go_buildinfo, btf, scrub).
         targets: Vec<String>,
     },
+    /// The long runs CI keeps short (as root): the OTLP exporter
+    /// black-holed under load for `--seconds` (CI runs it for 60).
+    Soak {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// fmt, clippy (both sides), unit tests, then the root integration tests.
     Test {
         /// Skip the integration tests (no root needed).
@@ -283,6 +289,17 @@ fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
     r
 }
 
+/// `cargo xtask soak`: the black-hole soak at its full length.
+fn soak(seconds: u64) -> Result<()> {
+    toolchain::setup()?;
+    run(cargo_with_linker()?.args(["build", "-p", "agent"]))?;
+    run(cargo_with_linker()?
+        .args(["test", "-p", "agent-tests", "--test", "otlp", "--"])
+        .args(["--exact", "a_black_holed_exporter_under_load_stays_bounded_and_recovers"])
+        .arg("--nocapture")
+        .env("AGENT_TEST_BLACKHOLE_SECS", seconds.to_string()))
+}
+
 /// Effective uid (0 = root).
 fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
@@ -488,22 +505,65 @@ fn fuzz(seconds: u64, targets: Vec<String>) -> Result<()> {
     };
     let dir = toolchain::workspace_root().join("fuzz");
     machine_seeds(&dir.join("corpus"))?;
-    for t in targets {
-        eprintln!("xtask: fuzzing {t} for {seconds} s");
-        let corpus = dir.join("corpus").join(&t);
-        std::fs::create_dir_all(&corpus)?;
-        run(Command::new(&bin)
-            .current_dir(&dir)
-            .env("RUSTUP_TOOLCHAIN", &nightly)
-            .args(["run", &t])
-            .arg(&corpus)
-            .args(Some(dir.join("seeds").join(&t)).filter(|p| p.is_dir()))
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"))
-            // Real Go programs are MBs (section headers at the end): kept
-            // whole, not cut at libFuzzer's default 1 MiB.
-            .args((t == "go_buildinfo").then_some("-max_len=8388608"))
-            .arg("-print_final_stats=1"))?;
+    // Built once, all targets (one cargo lock), then run side by side on
+    // the cores: each target is one single-threaded libFuzzer process.
+    run(Command::new(&bin)
+        .current_dir(&dir)
+        .env("RUSTUP_TOOLCHAIN", &nightly)
+        .arg("build"))?;
+    let built = dir.join("target/x86_64-unknown-linux-gnu/release");
+    let lanes = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let logs = dir.join("target/logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut queue: std::collections::VecDeque<String> = targets.into();
+    let mut running: Vec<(String, std::process::Child)> = Vec::new();
+    let mut failed = Vec::new();
+    while !queue.is_empty() || !running.is_empty() {
+        while running.len() < lanes
+            && let Some(t) = queue.pop_front()
+        {
+            eprintln!("xtask: fuzzing {t} for {seconds} s");
+            let corpus = dir.join("corpus").join(&t);
+            std::fs::create_dir_all(&corpus)?;
+            let log = std::fs::File::create(logs.join(format!("{t}.log")))?;
+            let child = Command::new(built.join(&t))
+                .current_dir(&dir)
+                .arg(&corpus)
+                .args(Some(dir.join("seeds").join(&t)).filter(|p| p.is_dir()))
+                .arg(format!("-max_total_time={seconds}"))
+                // Real Go programs are MBs (section headers at the end): kept
+                // whole, not cut at libFuzzer's default 1 MiB.
+                .args((t == "go_buildinfo").then_some("-max_len=8388608"))
+                .arg("-print_final_stats=1")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("fuzz target {t} (built by cargo fuzz build)"))?;
+            running.push((t, child));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut i = 0;
+        while i < running.len() {
+            if let Some(st) = running[i].1.try_wait()? {
+                let (t, _) = running.remove(i);
+                let text = std::fs::read_to_string(logs.join(format!("{t}.log"))).unwrap_or_default();
+                let execs = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+                    .map(str::trim)
+                    .unwrap_or("?");
+                eprintln!("xtask: fuzz {t}: {execs} executions, {st}");
+                if !st.success() {
+                    eprintln!("{text}");
+                    failed.push(t);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("fuzz targets failed: {failed:?} (logs in {})", logs.display());
     }
     Ok(())
 }
@@ -519,6 +579,7 @@ fn main() -> Result<()> {
         Cmd::Install { dir } => install(std::path::Path::new(&dir)),
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
         Cmd::Fuzz { seconds, targets } => fuzz(seconds, targets),
+        Cmd::Soak { seconds } => soak(seconds),
         Cmd::Bench { reps, only, quick } => {
             build_release()?;
             bench::bench(reps, &only, quick)

@@ -137,10 +137,12 @@ impl Kernel {
 
     /// Capabilities the running agent needs beyond the runtime set: uprobes
     /// attached later (Go programs and libssl copies seen after start-up)
-    /// need CAP_SYS_ADMIN for `perf_event_open` here (measured: EACCES with
-    /// CAP_PERFMON alone).
+    /// as perf events need CAP_SYS_ADMIN (kernel/events/core.c,
+    /// perf_uprobe_event_init, since the CVE-2025-38466 fix: EACCES with
+    /// CAP_PERFMON alone, measured on 6.18); uprobe_multi links (6.6+),
+    /// which the hook table prefers, need nothing more.
     pub fn uprobe_caps(&self) -> Vec<u32> {
-        if self.collector.tls_uprobes() {
+        if self.collector.tls_uprobes() && !self.collector.tls_uprobe_multi() {
             vec![crate::app::privs::CAP_SYS_ADMIN]
         } else {
             Vec::new()

@@ -17,19 +17,22 @@ pub enum HookKind {
     Kprobe,
     Fentry,
     Uprobe,
+    /// uprobe_multi links (kernel 6.6+): created without CAP_SYS_ADMIN.
+    UprobeMulti,
     CgroupSockAddr,
     SockOps,
     CgroupSkb,
 }
 
 impl HookKind {
-    pub const ALL: [HookKind; 9] = [
+    pub const ALL: [HookKind; 10] = [
         HookKind::Tracepoint,
         HookKind::RawTracepoint,
         HookKind::TpBtf,
         HookKind::Kprobe,
         HookKind::Fentry,
         HookKind::Uprobe,
+        HookKind::UprobeMulti,
         HookKind::CgroupSockAddr,
         HookKind::SockOps,
         HookKind::CgroupSkb,
@@ -43,6 +46,7 @@ impl HookKind {
             HookKind::Kprobe => "kprobe",
             HookKind::Fentry => "fentry",
             HookKind::Uprobe => "uprobe",
+            HookKind::UprobeMulti => "uprobe_multi",
             HookKind::CgroupSockAddr => "cgroup_sock_addr",
             HookKind::SockOps => "sock_ops",
             HookKind::CgroupSkb => "cgroup_skb",
@@ -66,6 +70,10 @@ impl HookKind {
             HookKind::Fentry => ("probe_fentry", Attach::Fentry("do_exit")),
             HookKind::Uprobe => (
                 "probe_uprobe",
+                Attach::UprobeSelf("agent_uprobe_probe_target"),
+            ),
+            HookKind::UprobeMulti => (
+                "probe_uprobe_multi",
                 Attach::UprobeSelf("agent_uprobe_probe_target"),
             ),
             HookKind::CgroupSockAddr => ("probe_sock_addr", Attach::CgroupSockAddr),
@@ -265,6 +273,30 @@ const WIRE_CGROUP: &[Prog] = &[
     },
 ];
 
+/// The same programs as uprobe_multi link programs (`<name>_multi`).
+const TLS_UPROBE_MULTI_PROGS: &[Prog] = &[
+    Prog {
+        name: "ossl_verify_result_multi",
+        attach: Attach::LoadOnly,
+        required: true,
+    },
+    Prog {
+        name: "go_send_alert_multi",
+        attach: Attach::LoadOnly,
+        required: true,
+    },
+    Prog {
+        name: "ossl_hs_enter_multi",
+        attach: Attach::LoadOnly,
+        required: false,
+    },
+    Prog {
+        name: "ossl_hs_exit_multi",
+        attach: Attach::LoadOnly,
+        required: false,
+    },
+];
+
 const TLS_UPROBE_PROGS: &[Prog] = &[
     Prog {
         name: "ossl_verify_result",
@@ -389,13 +421,28 @@ pub const SIGNALS: &[Signal] = &[
     Signal {
         name: TLS_UPROBES,
         what: "OpenSSL certificate verification results and the alerts Go crypto/tls sends",
-        options: &[HookOption {
-            hook: HookKind::Uprobe,
-            needs_btf: false,
-            needs_tracefs: false,
-            programs: TLS_UPROBE_PROGS,
-            note: "",
-        }],
+        // uprobe_multi links first: since the CVE-2025-38466 fix
+        // (kernel/events/core.c, perf_uprobe_event_init: `if
+        // (!capable(CAP_SYS_ADMIN)) return -EACCES;`, in 6.16 and the
+        // stable kernels), a perf-event uprobe needs CAP_SYS_ADMIN, while a
+        // uprobe_multi link (bpf_uprobe_multi_link_attach) needs only what
+        // loading the program needed (CAP_BPF, CAP_PERFMON).
+        options: &[
+            HookOption {
+                hook: HookKind::UprobeMulti,
+                needs_btf: false,
+                needs_tracefs: false,
+                programs: TLS_UPROBE_MULTI_PROGS,
+                note: "",
+            },
+            HookOption {
+                hook: HookKind::Uprobe,
+                needs_btf: false,
+                needs_tracefs: false,
+                programs: TLS_UPROBE_PROGS,
+                note: "perf-event uprobes (no uprobe_multi links before kernel 6.6): the running agent keeps CAP_SYS_ADMIN to attach them to programs it sees later",
+            },
+        ],
         implemented: true,
     },
 ];

@@ -69,6 +69,8 @@ pub struct Collector {
     kernel: Option<KernelInfo>,
     /// The TLS-library uprobes are loaded (attached per target as found).
     tls_uprobes: bool,
+    /// The TLS-library programs loaded are the uprobe_multi variants.
+    tls_uprobe_multi: bool,
     lost: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     pub attached: Vec<Attached>,
@@ -128,6 +130,7 @@ impl Collector {
                 ebpf,
                 kernel: Some(kernel),
                 tls_uprobes: false,
+                tls_uprobe_multi: false,
                 lost,
                 counters,
                 attached: Vec::new(),
@@ -171,9 +174,17 @@ impl Collector {
                 .collect();
             return Err(LoadError::NothingAttached(reasons.join("; ")));
         }
-        self.tls_uprobes = attached
-            .iter()
-            .any(|a| a.signal == hooks::TLS_UPROBES && a.choice.is_active());
+        let tls = attached.iter().find(|a| a.signal == hooks::TLS_UPROBES);
+        self.tls_uprobes = tls.is_some_and(|a| a.choice.is_active());
+        self.tls_uprobe_multi = tls.is_some_and(|a| {
+            matches!(
+                a.choice,
+                Choice::Active {
+                    hook: hooks::HookKind::UprobeMulti,
+                    ..
+                }
+            )
+        });
         self.attached = attached;
         Ok(())
     }
@@ -189,6 +200,12 @@ impl Collector {
         self.tls_uprobes
     }
 
+    /// The TLS-library programs are uprobe_multi link programs: attaching
+    /// them later needs no CAP_SYS_ADMIN (a perf-event uprobe does).
+    pub fn tls_uprobe_multi(&self) -> bool {
+        self.tls_uprobe_multi
+    }
+
     /// Attach the loaded uprobe `program` at `at` (a symbol or a file
     /// offset) of the ELF file `target`, for every process that runs it;
     /// the link joins `group` (released together: [`Collector::release_uprobes`]).
@@ -200,7 +217,13 @@ impl Collector {
         target: &std::path::Path,
     ) -> Result<(), HookError> {
         let mut links = Vec::new();
-        attach::attach_uprobe_at(&mut self.ebpf, program, at, target, &mut links)?;
+        // The variant loaded for this kernel (see the hook table).
+        let name = if self.tls_uprobe_multi {
+            std::borrow::Cow::Owned(format!("{program}_multi"))
+        } else {
+            std::borrow::Cow::Borrowed(program)
+        };
+        attach::attach_uprobe_at(&mut self.ebpf, &name, at, target, &mut links)?;
         self.uprobes.entry(group).or_default().extend(links);
         Ok(())
     }
