@@ -25,6 +25,7 @@ fn check_reports_this_kernel_in_json() {
         "raw_tracepoint",
         "tp_btf",
         "uprobe",
+        "uprobe_multi",
         "cgroup_sock_addr",
         "sock_ops",
         "cgroup_skb",

@@ -93,20 +93,7 @@ fn run_tests(cmd: &mut Command, st: &mut Stages) -> Result<()> {
         for line in BufReader::new(out).lines() {
             let line = line?;
             println!("{line}");
-            if let Some(rest) = line.strip_prefix("test result: ") {
-                for part in rest.split([';', '.']) {
-                    let mut it = part.split_whitespace();
-                    if let (Some(n), Some(what)) = (it.next(), it.next()) {
-                        let n: u64 = n.parse().unwrap_or(0);
-                        match what {
-                            "passed" => st.passed += n,
-                            "failed" => st.failed += n,
-                            "ignored" => st.ignored += n,
-                            _ => {}
-                        }
-                    }
-                }
-            }
+            count_result_line(&line, st);
         }
     }
     let status = child.wait()?;
@@ -114,6 +101,24 @@ fn run_tests(cmd: &mut Command, st: &mut Stages) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+/// Add a `test result:` line's counts to `st`.
+fn count_result_line(line: &str, st: &mut Stages) {
+    if let Some(rest) = line.strip_prefix("test result: ") {
+        for part in rest.split([';', '.']) {
+            let mut it = part.split_whitespace();
+            if let (Some(n), Some(what)) = (it.next(), it.next()) {
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => st.passed += n,
+                    "failed" => st.failed += n,
+                    "ignored" => st.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 impl Stages {
@@ -261,27 +266,14 @@ fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
             run(cargo_with_linker()?.args(["build", "-p", "agent"]))
         })?;
         st.run("integration tests (root)", |st| {
-            let mut c = if is_root() {
-                cargo_with_linker()?
-            } else {
-                eprintln!("xtask: integration tests load BPF programs: running them with sudo -E");
-                let mut c = Command::new("sudo");
-                c.args([
-                    "-E",
-                    "env",
-                    &format!("PATH={}", std::env::var("PATH").unwrap_or_default()),
-                    "cargo",
-                ]);
-                c.current_dir(toolchain::workspace_root());
-                c.env(
-                    "AGENT_BPF_LINKER_DIR",
-                    toolchain::bpf_linker_bin_dir(&nightly),
-                );
-                c
-            };
-            c.args(["test", "-p", "agent-tests", "--", "--test-threads=1"]);
-            c.args(&filter);
-            run_tests(&mut c, st)
+            // Built once, then run in two lanes (see `integration_lanes`).
+            if !filter.is_empty() {
+                let mut c = root_cargo(&nightly)?;
+                c.args(["test", "-p", "agent-tests", "--", "--test-threads=1"]);
+                c.args(&filter);
+                return run_tests(&mut c, st);
+            }
+            integration_lanes(&nightly, st)
         })?;
         Ok(())
     })();
@@ -295,9 +287,156 @@ fn soak(seconds: u64) -> Result<()> {
     run(cargo_with_linker()?.args(["build", "-p", "agent"]))?;
     run(cargo_with_linker()?
         .args(["test", "-p", "agent-tests", "--test", "otlp", "--"])
-        .args(["--exact", "a_black_holed_exporter_under_load_stays_bounded_and_recovers"])
+        .args([
+            "--exact",
+            "a_black_holed_exporter_under_load_stays_bounded_and_recovers",
+        ])
         .arg("--nocapture")
         .env("AGENT_TEST_BLACKHOLE_SECS", seconds.to_string()))
+}
+
+/// `cargo` as root for the integration tests (through `sudo -E` when the
+/// developer is not root).
+fn root_cargo(nightly: &str) -> Result<Command> {
+    if is_root() {
+        return cargo_with_linker();
+    }
+    eprintln!("xtask: integration tests load BPF programs: running them with sudo -E");
+    let mut c = Command::new("sudo");
+    c.args([
+        "-E",
+        "env",
+        &format!("PATH={}", std::env::var("PATH").unwrap_or_default()),
+        "cargo",
+    ]);
+    c.current_dir(toolchain::workspace_root());
+    c.env(
+        "AGENT_BPF_LINKER_DIR",
+        toolchain::bpf_linker_bin_dir(nightly),
+    );
+    Ok(c)
+}
+
+/// Test binaries that run beside the others, at low CPU priority: the
+/// install-as-a-user test is a cold `cargo xtask install` (a compile,
+/// minutes of CPU) with a few seconds of a live agent at the end, which
+/// asserts only on its own command. Every other binary shares kernel-wide
+/// state it asserts on (live agents that count what every process does,
+/// uprobes on the same Go toolchains, descriptor and memory peaks, network
+/// namespaces and users the tests create), so those run one after another,
+/// one test at a time.
+const BESIDE: &[&str] = &["install"];
+
+/// The integration test binaries, built: (name, executable).
+fn integration_binaries() -> Result<Vec<(String, std::path::PathBuf)>> {
+    let out = cargo_with_linker()?
+        .args(["test", "-p", "agent-tests", "--no-run", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the integration tests failed: {}", out.status);
+    }
+    let mut v = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if m["reason"] == "compiler-artifact"
+            && m["target"]["kind"][0] == "test"
+            && let (Some(name), Some(exe)) =
+                (m["target"]["name"].as_str(), m["executable"].as_str())
+        {
+            v.push((name.to_string(), std::path::PathBuf::from(exe)));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// `exe` run as root as cargo runs a test binary (from its package's
+/// directory), one test at a time; through `sudo -E` for a developer.
+fn test_binary(exe: &std::path::Path) -> Command {
+    let tests = toolchain::workspace_root().join("tests");
+    let mut c = if is_root() {
+        Command::new(exe)
+    } else {
+        let mut c = Command::new("sudo");
+        c.args([
+            "-E",
+            "env",
+            &format!("PATH={}", std::env::var("PATH").unwrap_or_default()),
+        ])
+        .arg(exe);
+        c
+    };
+    c.current_dir(&tests)
+        .env("CARGO_MANIFEST_DIR", &tests)
+        .arg("--test-threads=1");
+    c
+}
+
+/// The root integration tests in two lanes: [`BESIDE`] niced in the
+/// background, the rest in the foreground (one binary after another, one
+/// test at a time); each binary's time is printed.
+fn integration_lanes(_nightly: &str, st: &mut Stages) -> Result<()> {
+    let bins = integration_binaries()?;
+    let logs = toolchain::workspace_root().join("target/test-logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut beside = Vec::new();
+    for (name, exe) in bins.iter().filter(|(n, _)| BESIDE.contains(&n.as_str())) {
+        let log = logs.join(format!("{name}.log"));
+        let f = std::fs::File::create(&log)?;
+        let inner = test_binary(exe);
+        let mut c = Command::new("nice");
+        c.args(["-n", "15"]).arg(inner.get_program()).args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        c.current_dir(toolchain::workspace_root().join("tests"));
+        c.stdout(f.try_clone()?).stderr(f);
+        eprintln!("xtask: {name} runs beside the others (log: {})", log.display());
+        beside.push((name.clone(), log, Instant::now(), c.spawn()?));
+    }
+    let mut times = Vec::new();
+    let mut result = Ok(());
+    for (name, exe) in bins.iter().filter(|(n, _)| !BESIDE.contains(&n.as_str())) {
+        println!("\n     Running tests/{name}.rs");
+        let t = Instant::now();
+        let r = run_tests(&mut test_binary(exe), st);
+        times.push((name.clone(), t.elapsed(), r.is_ok()));
+        if r.is_err() && result.is_ok() {
+            result = r;
+        }
+    }
+    for (name, log, t, mut child) in beside {
+        let status = child.wait()?;
+        let took = t.elapsed();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        println!("\n     Ran tests/{name}.rs beside the others:\n{text}");
+        for line in text.lines() {
+            count_result_line(line, st);
+        }
+        times.push((name.clone(), took, status.success()));
+        if !status.success() && result.is_ok() {
+            result = Err(anyhow::anyhow!("integration test {name} failed: {status}"));
+        }
+    }
+    eprintln!("\n=== xtask: integration test binaries");
+    for (n, d, ok) in &times {
+        let lane = if BESIDE.contains(&n.as_str()) {
+            " (beside the others)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "  {n:<16} {:>7.1}s {}{lane}",
+            d.as_secs_f64(),
+            if *ok { "ok" } else { "FAILED" }
+        );
+    }
+    result
 }
 
 /// Effective uid (0 = root).
@@ -546,7 +685,8 @@ fn fuzz(seconds: u64, targets: Vec<String>) -> Result<()> {
         while i < running.len() {
             if let Some(st) = running[i].1.try_wait()? {
                 let (t, _) = running.remove(i);
-                let text = std::fs::read_to_string(logs.join(format!("{t}.log"))).unwrap_or_default();
+                let text =
+                    std::fs::read_to_string(logs.join(format!("{t}.log"))).unwrap_or_default();
                 let execs = text
                     .lines()
                     .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
@@ -563,7 +703,10 @@ fn fuzz(seconds: u64, targets: Vec<String>) -> Result<()> {
         }
     }
     if !failed.is_empty() {
-        bail!("fuzz targets failed: {failed:?} (logs in {})", logs.display());
+        bail!(
+            "fuzz targets failed: {failed:?} (logs in {})",
+            logs.display()
+        );
     }
     Ok(())
 }
