@@ -330,7 +330,13 @@ const BESIDE: &[&str] = &["install"];
 /// The integration test binaries, built: (name, executable).
 fn integration_binaries() -> Result<Vec<(String, std::path::PathBuf)>> {
     let out = cargo_with_linker()?
-        .args(["test", "-p", "agent-tests", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "-p",
+            "agent-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
         .stderr(std::process::Stdio::inherit())
         .output()?;
     if !out.status.success() {
@@ -388,7 +394,9 @@ fn integration_lanes(_nightly: &str, st: &mut Stages) -> Result<()> {
         let f = std::fs::File::create(&log)?;
         let inner = test_binary(exe);
         let mut c = Command::new("nice");
-        c.args(["-n", "15"]).arg(inner.get_program()).args(inner.get_args());
+        c.args(["-n", "15"])
+            .arg(inner.get_program())
+            .args(inner.get_args());
         for (k, v) in inner.get_envs() {
             if let Some(v) = v {
                 c.env(k, v);
@@ -396,7 +404,10 @@ fn integration_lanes(_nightly: &str, st: &mut Stages) -> Result<()> {
         }
         c.current_dir(toolchain::workspace_root().join("tests"));
         c.stdout(f.try_clone()?).stderr(f);
-        eprintln!("xtask: {name} runs beside the others (log: {})", log.display());
+        eprintln!(
+            "xtask: {name} runs beside the others (log: {})",
+            log.display()
+        );
         beside.push((name.clone(), log, Instant::now(), c.spawn()?));
     }
     let mut times = Vec::new();
