@@ -4,6 +4,7 @@
 //! Must not: contain product logic.
 
 mod bench;
+mod measure;
 mod toolchain;
 
 use std::{
@@ -34,6 +35,17 @@ enum Cmd {
     Install {
         #[arg(long, default_value = "/usr/local/bin")]
         dir: String,
+    },
+    /// Time the README's first command from nothing: a fresh clone of HEAD
+    /// and an empty HOME (toolchains, crates and bpf-linker all downloaded
+    /// and built), as a new user's machine has it.
+    MeasureInstall {
+        /// Write the measured total into README.md's quick start.
+        #[arg(long)]
+        readme: bool,
+        /// Keep the scratch HOME (printed) instead of removing it.
+        #[arg(long)]
+        keep: bool,
     },
     /// Overhead and capacity: bare vs agent vs bpftrace and libbpf-tools
     /// (execsnoop, tcplife, tcpstates; apt-get install libbpf-tools), interleaved (root).
@@ -731,6 +743,7 @@ fn main() -> Result<()> {
         }
         Cmd::Build => build_release(),
         Cmd::Install { dir } => install(std::path::Path::new(&dir)),
+        Cmd::MeasureInstall { readme, keep } => measure::measure_install(keep, readme),
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
         Cmd::Fuzz { seconds, targets } => fuzz(seconds, targets),
         Cmd::Soak { seconds } => soak(seconds),

@@ -4,7 +4,11 @@
 //!
 //! bpf-linker is cached under `$AGENT_TOOLS_DIR` (default
 //! `~/.cache/agent-build`) in a directory named after the nightly, so a second
-//! run costs nothing and a change of nightly rebuilds it.
+//! run costs nothing and a change of nightly rebuilds it. The directory is
+//! self-contained (the libLLVM it loads is a hard link or a copy, not a
+//! symlink into one user's rustup home), so a shared, read-only cache — a CI
+//! runner's, or `.ci/run`'s for the install-as-a-user test — serves every
+//! account.
 
 use std::{
     fs,
@@ -154,32 +158,22 @@ pub fn ensure_bpf_linker() -> Result<PathBuf> {
     let bin = root.join("bin/bpf-linker");
     let stamp = root.join("stamp");
     let want = format!("bpf-linker {BPF_LINKER_VERSION} for {nightly}\n");
+    let prefix = root.join("llvm");
     if bin.is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        // A cache made before the prefix was self-contained: make it so if
+        // it is ours to change (an unwritable shared one is used as it is).
+        if fs::read_link(prefix.join("lib/libLLVM.so")).is_ok_and(|t| t.is_absolute())
+            && let Ok(lib) = nightly_libllvm(&nightly)
+        {
+            let _ = place_libllvm(&lib, &prefix.join("lib"));
+        }
         return Ok(bin);
     }
     let major = llvm_major(&nightly)?;
-    let libdir = sysroot(&nightly)?.join("lib");
-    let lib = fs::read_dir(&libdir)
-        .with_context(|| format!("listing {}", libdir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                // The real library; `libLLVM-<ver>.so` beside it is a linker script.
-                .is_some_and(|n| n.starts_with("libLLVM.so."))
-        })
-        .with_context(|| format!("no libLLVM in {}", libdir.display()))?;
+    let lib = nightly_libllvm(&nightly)?;
     // LLVM_PREFIX/lib must hold libLLVM.so; the binary's rpath points here, so it stays.
-    let prefix = root.join("llvm");
     let plib = prefix.join("lib");
-    fs::create_dir_all(&plib)?;
-    let name = lib.file_name().context("libLLVM has no file name")?;
-    for link in [plib.join("libLLVM.so"), plib.join(name)] {
-        let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(&lib, &link)
-            .with_context(|| format!("symlink {}", link.display()))?;
-    }
+    place_libllvm(&lib, &plib)?;
     eprintln!(
         "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (once per nightly)",
         lib.display()
@@ -206,6 +200,44 @@ pub fn ensure_bpf_linker() -> Result<PathBuf> {
         .env_remove("CARGO_TARGET_DIR"))?;
     fs::write(&stamp, want)?;
     Ok(bin)
+}
+
+/// The nightly's own libLLVM (`lib/libLLVM.so.<ver>`).
+fn nightly_libllvm(nightly: &str) -> Result<PathBuf> {
+    let libdir = sysroot(nightly)?.join("lib");
+    fs::read_dir(&libdir)
+        .with_context(|| format!("listing {}", libdir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                // The real library; `libLLVM-<ver>.so` beside it is a linker script.
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM in {}", libdir.display()))
+}
+
+/// `plib/libLLVM.so` and `plib/<its name>`: a hard link to `lib` (same file
+/// system), else a copy; never a symlink, which another account could not
+/// follow into this one's home.
+fn place_libllvm(lib: &Path, plib: &Path) -> Result<()> {
+    fs::create_dir_all(plib)?;
+    let name = lib.file_name().context("libLLVM has no file name")?;
+    let real = plib.join(name);
+    let tmp = plib.join(".libLLVM.new");
+    let _ = fs::remove_file(&tmp);
+    if fs::hard_link(lib, &tmp).is_err() {
+        fs::copy(lib, &tmp)
+            .with_context(|| format!("copying {} to {}", lib.display(), tmp.display()))?;
+    }
+    fs::rename(&tmp, &real).with_context(|| format!("placing {}", real.display()))?;
+    let link = plib.join("libLLVM.so");
+    let _ = fs::remove_file(&link);
+    // A relative link inside the prefix is followed by every account.
+    std::os::unix::fs::symlink(name, &link)
+        .with_context(|| format!("symlink {}", link.display()))?;
+    Ok(())
 }
 
 /// Everything needed before the agent can be built.
