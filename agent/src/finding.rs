@@ -1,7 +1,8 @@
 //! What every signal produces: a finding with a stable code, its severity,
 //! the evidence, the cause that decided it and a fix a person can run.
 //!
-//! Owns: the `Finding` type, severities, per-key de-duplication, errno names.
+//! Owns: the `Finding` type, severities, the shape of a code's catalogue row,
+//! per-key de-duplication, errno names.
 //! Must not: decide findings (each signal's analyzer does) or print them.
 
 use std::collections::HashMap;
@@ -25,6 +26,25 @@ impl Severity {
             Severity::Error => "error",
         }
     }
+}
+
+/// One finding code as documented: every code a rule emits has a row in
+/// its signal's `codes.rs` (checked by `signal::tests`).
+#[derive(Debug)]
+pub struct CodeDoc {
+    pub code: &'static str,
+    /// The severities it is emitted with (most are one).
+    pub severities: &'static [Severity],
+    /// What it means, in one line (README's table of codes).
+    pub means: &'static str,
+}
+
+/// A signal's share of the catalogue: its codes and its section of
+/// docs/findings.md.
+#[derive(Debug)]
+pub struct SignalFindings {
+    pub codes: &'static [CodeDoc],
+    pub doc: &'static str,
 }
 
 /// Reports each key at most once per minute (bounded memory).

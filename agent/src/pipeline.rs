@@ -132,7 +132,7 @@ impl Pipeline {
         for r in self.tls.flush(&self.table, wire_now, &self.dns) {
             self.push_tls(r, &mut out);
         }
-        out
+        catalogued(out)
     }
 
     fn is_analysed(&self, tgid: u32) -> bool {
@@ -309,7 +309,7 @@ impl Pipeline {
                 self.table.expire(x.ktime_ns);
             }
         }
-        out
+        catalogued(out)
     }
 }
 
@@ -326,6 +326,27 @@ pub struct WireStats {
     pub http_errors: u64,
     /// HTTP captures that were not an error status line.
     pub http_malformed: u64,
+}
+
+/// Every finding a signal hands on is one the catalogue allows (a listed
+/// code, one of its severities, a cause and a fix): checked in every debug
+/// build, so each unit test of a rule checks it too.
+fn catalogued(out: Vec<Output>) -> Vec<Output> {
+    debug_assert!(
+        out.iter().all(|o| match o {
+            Output::Finding { finding, .. } => crate::signal::well_formed(finding),
+            _ => true,
+        }),
+        "a finding outside the catalogue or without cause and fix: {:?}",
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Finding { finding, .. } => Some(finding),
+                _ => None,
+            })
+            .filter(|f| !crate::signal::well_formed(f))
+            .collect::<Vec<_>>()
+    );
+    out
 }
 
 #[cfg(test)]

@@ -36,6 +36,10 @@ enum Cmd {
         #[arg(long, default_value = "/usr/local/bin")]
         dir: String,
     },
+    /// Regenerate docs/findings.md and README's table of codes from the
+    /// finding catalogue (agent/src/signal/*/codes.rs and findings.md); the
+    /// unit tests fail while they differ.
+    Docs,
     /// Time the README's first command from nothing: a fresh clone of HEAD
     /// and an empty HOME (toolchains, crates and bpf-linker all downloaded
     /// and built), as a new user's machine has it.
@@ -743,6 +747,9 @@ fn main() -> Result<()> {
         }
         Cmd::Build => build_release(),
         Cmd::Install { dir } => install(std::path::Path::new(&dir)),
+        Cmd::Docs => run(cargo()
+            .args(["test", "-p", "agent", "--lib", "signal::tests", "-q"])
+            .env("AGENT_BLESS", "1")),
         Cmd::MeasureInstall { readme, keep } => measure::measure_install(keep, readme),
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
         Cmd::Fuzz { seconds, targets } => fuzz(seconds, targets),

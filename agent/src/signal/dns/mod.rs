@@ -6,6 +6,8 @@
 //! Owns: per-lookup state and the name cache, bounded and expiring. Must
 //! not: print or touch the kernel.
 
+pub mod codes;
+
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -207,7 +209,7 @@ impl DnsTracker {
             });
             let d = r.end_ns.saturating_sub(r.start_ns);
             if d >= self.cfg.slow_ns {
-                r.findings = self.dns_finding(&r, "net.dns_slow", Severity::Warning);
+                r.findings = self.dns_finding(&r, codes::DNS_SLOW, Severity::Warning);
             }
             out.push(r);
         } else if matches!(msg.rcode, 2 | 3 | 5) {
@@ -259,12 +261,12 @@ impl DnsTracker {
             String::new()
         };
         let summary = match code {
-            "net.dns_failure" => format!(
+            codes::DNS_FAILURE => format!(
                 "{name}: lookup of {looked_up} failed: {} from resolver {}{tries}",
                 r.rcode.as_deref().unwrap_or("?"),
                 r.server
             ),
-            "net.dns_timeout" => format!(
+            codes::DNS_TIMEOUT => format!(
                 "{name}: lookup of {looked_up} got no answer from resolver {} after {} attempt{} over {took:.0} ms",
                 r.server,
                 r.attempts,
@@ -297,7 +299,7 @@ impl DnsTracker {
                 serde_json::to_value(src).unwrap_or_default(),
             );
             cause = format!("{cause}; the name came from {}", src.describe());
-            if !src.variable.contains(' ') && code != "net.dns_slow" {
+            if !src.variable.contains(' ') && code != codes::DNS_SLOW {
                 fix = format!("{fix}, or point {} at a server that works", src.variable);
             }
         }
@@ -335,7 +337,7 @@ impl DnsTracker {
             endpoint,
             findings: Vec::new(),
         };
-        r.findings = self.dns_finding(&r, "net.dns_timeout", Severity::Error);
+        r.findings = self.dns_finding(&r, codes::DNS_TIMEOUT, Severity::Error);
         r
     }
 
@@ -366,7 +368,7 @@ impl DnsTracker {
         self.held = keep;
         for h in ready {
             let mut r = h.report;
-            r.findings = self.dns_finding(&r, "net.dns_failure", Severity::Error);
+            r.findings = self.dns_finding(&r, codes::DNS_FAILURE, Severity::Error);
             out.push(r);
         }
         out
@@ -393,7 +395,7 @@ impl DnsTracker {
         self.held = keep;
         for h in mine {
             let mut r = h.report;
-            r.findings = self.dns_finding(&r, "net.dns_failure", Severity::Error);
+            r.findings = self.dns_finding(&r, codes::DNS_FAILURE, Severity::Error);
             out.push(r);
         }
         out
@@ -411,7 +413,7 @@ fn endpoint_of(table: &ProcTable, tgid: u32, name: &str) -> Option<EndpointSourc
 fn dns_cause_and_fix(code: &str, r: &DnsReport) -> (String, String) {
     let dig = format!("dig @{} {} {}", r.server.ip(), r.name, r.qtype);
     match code {
-        "net.dns_failure" => match r.rcode.as_deref() {
+        codes::DNS_FAILURE => match r.rcode.as_deref() {
             Some("NXDOMAIN") => (
                 format!(
                     "resolver {} says {} does not exist (NXDOMAIN)",
@@ -433,7 +435,7 @@ fn dns_cause_and_fix(code: &str, r: &DnsReport) -> (String, String) {
                 ),
             ),
         },
-        "net.dns_timeout" => (
+        codes::DNS_TIMEOUT => (
             format!(
                 "resolver {} did not answer {} attempt{}",
                 r.server,

@@ -5,6 +5,8 @@
 //! Owns: identity lookups (cached by file identity) and every rule.
 //! Must not: print (that is `output`) or touch the kernel.
 
+pub mod codes;
+
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use serde::Serialize;

@@ -6,6 +6,8 @@
 //!
 //! Owns: fault resolution and the `fs.*` rules. Must not: print.
 
+pub mod codes;
+
 use std::{collections::BTreeMap, path::PathBuf};
 
 use serde_json::json;
@@ -204,14 +206,14 @@ impl FsAnalyzer {
                     .unwrap_or_default();
             let m = ro_mount(&mounts, &path).unwrap_or_else(|| "?".into());
             (
-                "fs.read_only",
+                codes::READ_ONLY,
                 m.clone(),
                 format!("{m} is mounted read-only"),
             )
         } else {
             match &blocker {
                 Some(b) => (
-                    "fs.permission_denied",
+                    codes::PERMISSION_DENIED,
                     b.path.clone(),
                     format!(
                         "{} needs {} permission: owned by {}:{}, mode {:o}",
@@ -219,7 +221,7 @@ impl FsAnalyzer {
                     ),
                 ),
                 None => (
-                    "fs.permission_denied",
+                    codes::PERMISSION_DENIED,
                     parent(&path).unwrap_or("/").to_string(),
                     "refused although the permission bits allow it (ACL, LSM, immutable file, or the file changed since)".to_string(),
                 ),

@@ -11,6 +11,8 @@
 //! Owns: status-line parsing and the `http.error_status` finding.
 //! Must not: read headers or bodies (they never leave the kernel).
 
+pub mod codes;
+
 use std::net::SocketAddr;
 
 use serde_json::json;
@@ -168,7 +170,7 @@ impl HttpTracker {
             ),
         };
         let finding = Finding {
-            code: "http.error_status",
+            code: codes::ERROR_STATUS,
             severity: Severity::Error,
             pid: w.tgid,
             summary: format!("{name} → {shown}{note} answered {}", status.describe()),

@@ -4,6 +4,8 @@
 //!
 //! Owns: connection outcome rules. Must not: print or touch the kernel.
 
+pub mod codes;
+
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -258,7 +260,7 @@ impl NetAnalyzer {
         let port = t.dport;
         let mut push = |code: &'static str, severity, summary: String| {
             let (cause, fix) = match code {
-                "net.connect_refused" => (
+                codes::CONNECT_REFUSED => (
                     via(format!(
                         "{dst} answered the SYN with a TCP reset: nothing listens on port {port} there, or a firewall rejects it"
                     )),
@@ -266,7 +268,7 @@ impl NetAnalyzer {
                         "start the server on {dst} (check with ss -ltn there) or open port {port} in its firewall"
                     )),
                 ),
-                "net.connect_timeout" => (
+                codes::CONNECT_TIMEOUT => (
                     via(format!(
                         "{syns} SYN{} to {dst} got no answer: a firewall drops them, or the host is down or unrouted",
                         if syns == 1 { "" } else { "s" }
@@ -275,13 +277,13 @@ impl NetAnalyzer {
                         "check the route and firewall to {dst}: nc -vz -w 3 {ip} {port}"
                     )),
                 ),
-                "net.unreachable" => (
+                codes::UNREACHABLE => (
                     via(format!("an ICMP {} came back for {dst}", errno_name(t.err))),
                     or_setting(format!(
                         "check the route to {ip} (ip route get {ip}) and firewall rules that reject"
                     )),
                 ),
-                "net.syn_retransmit" => (
+                codes::SYN_RETRANSMIT => (
                     via(format!(
                         "{} SYN{} to {dst} went unanswered before one got through",
                         t.syn_retrans,
@@ -310,21 +312,21 @@ impl NetAnalyzer {
         };
         let key = |code: &str| format!("{code}|{name}|{dst}");
         match outcome {
-            Outcome::Refused if self.once(key("net.connect_refused"), t.ktime_ns) => push(
-                "net.connect_refused",
+            Outcome::Refused if self.once(key(codes::CONNECT_REFUSED), t.ktime_ns) => push(
+                codes::CONNECT_REFUSED,
                 Severity::Error,
                 format!("{name} → {shown}{proxy_note} refused (TCP reset){proxy_tail}"),
             ),
-            Outcome::Timeout if self.once(key("net.connect_timeout"), t.ktime_ns) => push(
-                "net.connect_timeout",
+            Outcome::Timeout if self.once(key(codes::CONNECT_TIMEOUT), t.ktime_ns) => push(
+                codes::CONNECT_TIMEOUT,
                 Severity::Error,
                 format!(
                     "{name} → {shown}{proxy_note} timed out after {syns} SYN{}{took}, no answer{proxy_tail}",
                     if syns == 1 { "" } else { "s" }
                 ),
             ),
-            Outcome::Unreachable if self.once(key("net.unreachable"), t.ktime_ns) => push(
-                "net.unreachable",
+            Outcome::Unreachable if self.once(key(codes::UNREACHABLE), t.ktime_ns) => push(
+                codes::UNREACHABLE,
                 Severity::Error,
                 format!(
                     "{name} → {shown}{proxy_note} unreachable: {} (ICMP){proxy_tail}",
@@ -333,9 +335,9 @@ impl NetAnalyzer {
             ),
             Outcome::Established => {
                 let d = t.duration_ns();
-                if t.syn_retrans > 0 && self.once(key("net.syn_retransmit"), t.ktime_ns) {
+                if t.syn_retrans > 0 && self.once(key(codes::SYN_RETRANSMIT), t.ktime_ns) {
                     push(
-                        "net.syn_retransmit",
+                        codes::SYN_RETRANSMIT,
                         Severity::Warning,
                         format!(
                             "{name} → {shown}{proxy_note} connected only after {} retransmitted SYN{}{took}",
@@ -350,10 +352,10 @@ impl NetAnalyzer {
                         && d >= self.cfg.slow_floor_ns
                         && d as f64 > avg * self.cfg.slow_factor;
                     if (d >= self.cfg.slow_abs_ns || slow_rel)
-                        && self.once(key("net.slow_connect"), t.ktime_ns)
+                        && self.once(key(codes::SLOW_CONNECT), t.ktime_ns)
                     {
                         push(
-                            "net.slow_connect",
+                            codes::SLOW_CONNECT,
                             Severity::Warning,
                             format!(
                                 "{name} → {shown}{proxy_note} took {:.0} ms to connect{}",

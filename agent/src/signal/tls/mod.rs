@@ -6,6 +6,8 @@
 //! Owns: per-connection state, bounded and expiring. Must not: print or
 //! touch the kernel beyond attaching its uprobes (`probes`).
 
+pub mod codes;
+
 pub mod goplaces;
 pub mod libs;
 

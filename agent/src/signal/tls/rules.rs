@@ -1,6 +1,7 @@
 //! The `tls.*` findings: what a handshake's verdict, the library's note and
 //! the process's settings say went wrong, and what to do about it.
 
+use super::codes;
 use serde_json::{Map, Value, json};
 
 use super::{TlsReport, TlsTracker};
@@ -84,7 +85,7 @@ impl TlsTracker {
                     return Vec::new();
                 }
                 (
-                    "tls.slow_handshake",
+                    codes::SLOW_HANDSHAKE,
                     Severity::Warning,
                     format!(
                         "{name} → {host}: TLS handshake took {:.0} ms ({})",
@@ -109,7 +110,7 @@ impl TlsTracker {
                         ),
                     };
                     (
-                        "tls.version_mismatch",
+                        codes::VERSION_MISMATCH,
                         Severity::Error,
                         format!("{name} → {host}: {what}; {by} sent alert {aname}"),
                     )
@@ -124,7 +125,7 @@ impl TlsTracker {
                         .map(|d| format!(", {d}"))
                         .unwrap_or_default();
                     (
-                        "tls.untrusted_certificate",
+                        codes::UNTRUSTED_CERTIFICATE,
                         Severity::Error,
                         format!(
                             "{name} → {host}: the {by} rejected the {whose} certificate (alert {aname}{detail}); {ca_note}"
@@ -132,7 +133,7 @@ impl TlsTracker {
                     )
                 } else {
                     (
-                        "tls.handshake_failure",
+                        codes::HANDSHAKE_FAILURE,
                         Severity::Error,
                         format!(
                             "{name} → {host}: TLS handshake failed, {by} sent alert {aname} ({})",
@@ -145,7 +146,7 @@ impl TlsTracker {
             | Verdict::Closed {
                 by: Side::Client, ..
             } if lib_cert.is_some() => (
-                "tls.untrusted_certificate",
+                codes::UNTRUSTED_CERTIFICATE,
                 Severity::Error,
                 format!(
                     "{name} → {host}: the client rejected the server's certificate ({}; the alert itself is encrypted in {}); {ca_note}",
@@ -154,7 +155,7 @@ impl TlsTracker {
                 ),
             ),
             Verdict::EncryptedAlert { from } => (
-                "tls.handshake_failure",
+                codes::HANDSHAKE_FAILURE,
                 Severity::Error,
                 format!(
                     "{name} → {host}: the {} aborted the {} handshake with an encrypted alert{}",
@@ -170,7 +171,7 @@ impl TlsTracker {
                 ),
             ),
             Verdict::Closed { by, reset } => (
-                "tls.handshake_failure",
+                codes::HANDSHAKE_FAILURE,
                 Severity::Error,
                 format!(
                     "{name} → {host}: the {} {} the connection {} (offered {offered})",
@@ -184,7 +185,7 @@ impl TlsTracker {
                 ),
             ),
             Verdict::NotTls { from } => (
-                "tls.handshake_failure",
+                codes::HANDSHAKE_FAILURE,
                 Severity::Error,
                 format!(
                     "{name} → {host}: the {} answered the ClientHello with something that is not TLS (plain HTTP on a TLS port?)",
@@ -232,7 +233,7 @@ fn tls_cause_and_fix(
         .map(|s| format!("; the server came from {}", s.describe()))
         .unwrap_or_default();
     match code {
-        "tls.untrusted_certificate" => (
+        codes::UNTRUSTED_CERTIFICATE => (
             format!(
                 "{}; {ca_note}{from}",
                 lib_cert.unwrap_or("the client refused the server's certificate")
@@ -247,7 +248,7 @@ fn tls_cause_and_fix(
                 )
             },
         ),
-        "tls.version_mismatch" => (
+        codes::VERSION_MISMATCH => (
             format!(
                 "the client offers {} and the server {}{from}",
                 if r.offered.is_empty() {
@@ -264,7 +265,7 @@ fn tls_cause_and_fix(
                 "enable a version both support (TLS 1.2 or 1.3) on the server, or the client's minimum/maximum version setting; check with {probe} -tls1_2"
             ),
         ),
-        "tls.slow_handshake" => (
+        codes::SLOW_HANDSHAKE => (
             format!(
                 "the handshake took {:.0} ms{from}",
                 r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6

@@ -3,6 +3,7 @@
 //! from), and commands that could not be run at all.
 
 use super::*;
+use crate::signal::exec::codes;
 
 /// Where a process's environment came from, when not a login shell: the
 /// systemd unit its cgroup names (system or `--user`). `None` for a login
@@ -76,7 +77,7 @@ impl Analyzer {
             && self.once(format!("conda.shebang|{}|{interp}", e.exe), e.ktime_ns)
         {
             out.push(Finding {
-                code: "conda.env_mismatch",
+                code: codes::CONDA_ENV_MISMATCH,
                 severity: Severity::Warning,
                 pid: e.tgid,
                 summary: format!(
@@ -189,7 +190,7 @@ impl Analyzer {
             return;
         }
         out.push(Finding {
-            code: "conda.env_mismatch",
+            code: codes::CONDA_ENV_MISMATCH,
             severity: Severity::Warning,
             pid: e.tgid,
             summary,
@@ -272,7 +273,7 @@ impl Analyzer {
                 };
                 let secs = e.ktime_ns.saturating_sub(prev.ktime_ns) / 1_000_000_000;
                 out.push(Finding {
-                    code: "env.diverged",
+                    code: codes::ENV_DIVERGED,
                     severity: Severity::Warning,
                     pid: e.tgid,
                     summary: format!(
@@ -381,7 +382,7 @@ impl Analyzer {
             )
         };
         vec![Finding {
-            code: "exec.not_found",
+            code: codes::EXEC_NOT_FOUND,
             severity: Severity::Error,
             pid: x.tgid,
             summary,

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::process::endpoints::EndpointSource;
+use crate::signal::exec::codes;
 
 /// A `go` that will switch to another toolchain, and why.
 #[derive(Clone, Debug)]
@@ -93,7 +94,7 @@ impl Analyzer {
             return None;
         }
         Some(Finding {
-            code: "go.toolchain_download_failed",
+            code: codes::GO_TOOLCHAIN_DOWNLOAD_FAILED,
             severity: Severity::Error,
             pid: f.pid,
             summary: format!(
@@ -175,7 +176,7 @@ impl Analyzer {
             )
         };
         out.push(Finding {
-            code: "go.version_too_old",
+            code: codes::GO_VERSION_TOO_OLD,
             severity,
             pid: e.tgid,
             summary: format!(
@@ -233,7 +234,7 @@ impl Analyzer {
             Severity::Warning
         };
         out.push(Finding {
-            code: "go.goroot_mismatch",
+            code: codes::GO_GOROOT_MISMATCH,
             severity,
             pid: e.tgid,
             summary: format!(
@@ -327,7 +328,7 @@ impl Analyzer {
             }
         };
         out.push(Finding {
-            code: "go.toolchain_switch",
+            code: codes::GO_TOOLCHAIN_SWITCH,
             severity: Severity::Info,
             pid: e.tgid,
             summary: format!(

@@ -2,6 +2,7 @@
 //! candidates it hid, and the evidence that the winner is wrong.
 
 use super::*;
+use crate::signal::exec::codes;
 
 /// What PATH resolution found for a bare command name.
 pub(in crate::signal::exec) struct PathContext {
@@ -168,7 +169,7 @@ impl Analyzer {
             .map(|(c, id)| json!({"path": c.path, "identity": id}))
             .collect();
         out.push(Finding {
-            code: "path.shadowed",
+            code: codes::PATH_SHADOWED,
             severity: Severity::Warning,
             pid: e.tgid,
             summary: format!(
