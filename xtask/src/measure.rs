@@ -74,12 +74,26 @@ pub fn measure_install(keep: bool, readme: bool) -> Result<()> {
     if !status.success() {
         bail!("git clone of {} failed", ws.display());
     }
-    // rustup's proxies (cargo, rustc, rustup) are the only thing taken from
-    // this machine: with HOME empty they see no toolchain, no crate and no cache.
-    let proxies = which("rustup")
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .context("rustup is not on PATH")?;
-    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", proxies.display());
+    // rustup itself is the one thing the README assumes: placed in the empty
+    // HOME as rustup-init places it (the binary in ~/.cargo/bin, the proxies
+    // hard links to it), it sees no toolchain, no crate and no cache.
+    let rustup = which("rustup").context("rustup is not on PATH")?;
+    let cargo_bin = home.join(".cargo/bin");
+    std::fs::create_dir_all(&cargo_bin)?;
+    std::fs::copy(&rustup, cargo_bin.join("rustup"))
+        .with_context(|| format!("copying {}", rustup.display()))?;
+    for proxy in [
+        "cargo",
+        "rustc",
+        "rustdoc",
+        "rustfmt",
+        "cargo-fmt",
+        "cargo-clippy",
+        "clippy-driver",
+    ] {
+        std::fs::hard_link(cargo_bin.join("rustup"), cargo_bin.join(proxy))?;
+    }
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", cargo_bin.display());
     let step = |what: &str, script: &str| -> Result<Duration> {
         eprintln!("\n=== xtask: measure-install: {what}");
         let t = Instant::now();
