@@ -227,10 +227,41 @@ fn main() -> ExitCode {
     }
     agent::app::traced::save_initial_limits();
     let cli = Cli::parse();
+    let invoker = match who_asked(&cli) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    init_logging(&cli);
+    // Precedence: flags > environment > file > defaults.
+    let file = match agent::config::load(cli.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (format, color) = match output_settings(&cli, &file, &invoker) {
+        Ok(fc) => fc,
+        Err(code) => return code,
+    };
+    let opts = match run_options(&cli, &file, invoker, format, color) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    match cli.cmd {
+        Some(Cmd::Check { probe }) => check(probe, format, color),
+        cmd => run(cmd, opts),
+    }
+}
+
+/// Who asked for us (sudo's caller, our own unprivileged copy, root), after
+/// refusing a mistyped flag and re-running through sudo where that is
+/// needed (`Err` is then the exit code to end with).
+fn who_asked(cli: &Cli) -> Result<agent::process::invoker::Invoker, ExitCode> {
     // A mistyped flag is said before asking for a password.
     if let Err(e) = agent::bpf::hooks::check_without(&cli.without) {
         eprintln!("agent: --without: {e}");
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
     // Who asked for us (sudo's caller, our own unprivileged copy, root).
     let proc_root = std::path::Path::new("/proc");
@@ -246,7 +277,7 @@ fn main() -> ExitCode {
         Ok(i) => i,
         Err(e) => {
             eprintln!("agent: {e}");
-            return ExitCode::from(1);
+            return Err(ExitCode::from(1));
         }
     };
     if cli.elevated && !matches!(invoker.source, agent::process::invoker::Source::RootLogin) {
@@ -270,14 +301,19 @@ fn main() -> ExitCode {
     };
     if needs_bpf && !cli.no_elevate && !cli.elevated && agent::app::elevate::needed() {
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        return match agent::app::elevate::reexec(&args) {
+        return Err(match agent::app::elevate::reexec(&args) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
                 eprintln!("agent: {e}");
                 ExitCode::from(1)
             }
-        };
+        });
     }
+    Ok(invoker)
+}
+
+/// `tracing` on stderr through the scrubber (`AGENT_LOG`, `--bpf-log`).
+fn init_logging(cli: &Cli) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("AGENT_LOG")
         // aya's own feature probes warn about what `agent check` reports anyway.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aya=error,aya_obj=error"));
@@ -296,21 +332,22 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
-    // Precedence: flags > environment > file > defaults.
-    let file = match agent::config::load(cli.config.as_deref()) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("agent: {e}");
-            return ExitCode::from(1);
-        }
-    };
+}
+
+/// Output format and colour (flags over the file), set for the sinks, and
+/// `--output` opened as the invoking user.
+fn output_settings(
+    cli: &Cli,
+    file: &agent::config::FileConfig,
+    invoker: &agent::process::invoker::Invoker,
+) -> Result<(Format, bool), ExitCode> {
     let format = match (cli.format, file.format.as_deref()) {
         (Some(FormatArg::Json), _) | (None, Some("json")) => Format::Json,
         (Some(FormatArg::Text), _) | (None, Some("text") | None) => Format::Text,
         (Some(FormatArg::Markdown), _) | (None, Some("markdown")) => Format::Markdown,
         (None, Some(other)) => {
             eprintln!("agent: config: format = {other:?}: use \"text\", \"json\" or \"markdown\"");
-            return ExitCode::from(1);
+            return Err(ExitCode::from(1));
         }
     };
     let color = match (cli.color, file.color.as_deref()) {
@@ -324,7 +361,7 @@ fn main() -> ExitCode {
         eprintln!(
             "agent: --format markdown is for `agent trace` reports (live mode prints text or json)"
         );
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
     agent::sink::output::set_format(format);
     let argv_mode = match (cli.argv, file.argv.as_deref()) {
@@ -335,17 +372,28 @@ fn main() -> ExitCode {
         }
         (None, Some(other)) => {
             eprintln!("agent: config: argv = {other:?}: use \"full\", \"scrubbed\" or \"none\"");
-            return ExitCode::from(1);
+            return Err(ExitCode::from(1));
         }
     };
     agent::scrub::set_argv_mode(argv_mode);
     let output = cli.output.clone().or(file.output.clone());
     if let Some(p) = &output
-        && let Err(e) = agent::app::outfile::open(p, Some(&invoker))
+        && let Err(e) = agent::app::outfile::open(p, Some(invoker))
     {
         eprintln!("agent: cannot open --output {}: {e}", p.display());
-        return ExitCode::from(1);
+        return Err(ExitCode::from(1));
     }
+    Ok((format, color))
+}
+
+/// Everything a live or traced run needs, from flags, environment and file.
+fn run_options(
+    cli: &Cli,
+    file: &agent::config::FileConfig,
+    invoker: agent::process::invoker::Invoker,
+    format: Format,
+    color: bool,
+) -> Result<RunOptions, ExitCode> {
     let mut env_allow: Vec<String> = DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect();
     env_allow.extend(cli.env_allow.iter().cloned());
     env_allow.extend(file.env_allow.iter().flatten().cloned());
@@ -363,7 +411,7 @@ fn main() -> ExitCode {
     };
     if let Err(e) = agent::bpf::hooks::check_without(&without) {
         eprintln!("agent: `without` in the configuration file: {e}");
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
     let env_set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
     let otlp_endpoint = cli.otlp_endpoint.clone().or_else(|| {
@@ -389,10 +437,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("agent: {e}");
-            return ExitCode::from(1);
+            return Err(ExitCode::from(1));
         }
     };
-    let opts = RunOptions {
+    Ok(RunOptions {
         bpf_log: cli.bpf_log.map(Into::into).unwrap_or_default(),
         otlp,
         format,
@@ -429,63 +477,65 @@ fn main() -> ExitCode {
         exit_after: true,
         invoker: Some(invoker),
         without,
+    })
+}
+
+/// `agent check [--probe]`.
+fn check(probe: bool, format: Format, color: bool) -> ExitCode {
+    let report = if agent::app::elevate::needed() {
+        agent::app::check::run_unprivileged(probe)
+    } else {
+        agent::app::check::run()
     };
-    match cli.cmd {
-        Some(Cmd::Check { probe }) => {
-            let report = if agent::app::elevate::needed() {
-                agent::app::check::run_unprivileged(probe)
-            } else {
-                agent::app::check::run()
-            };
-            match format {
-                Format::Json => match serde_json::to_string_pretty(&report) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => eprintln!("agent: {e}"),
-                },
-                Format::Text | Format::Markdown => {
-                    print!("{}", agent::app::check::render_text(&report, color))
-                }
-            }
-            if report.usable {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        cmd => {
-            // Files users control are read by worker processes from here on.
-            agent::process::guard::enable_workers();
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                // Capabilities are per thread: workers apply a drop when
-                // they next park or unpark (see agent::app::privs).
-                .on_thread_park(agent::app::privs::on_thread_hook)
-                .on_thread_unpark(agent::app::privs::on_thread_hook)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("agent: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            let r = rt.block_on(async {
-                match cmd {
-                    Some(Cmd::Trace { command, .. }) => app::trace(opts, command).await,
-                    _ => app::live(opts).await,
-                }
-            });
-            let code = match r {
-                Ok(code) => code.clamp(0, 255),
-                Err(e) => {
-                    eprintln!("agent: {e}");
-                    1
-                }
-            };
-            agent::app::teardown::exit(code)
+    match format {
+        Format::Json => match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("agent: {e}"),
+        },
+        Format::Text | Format::Markdown => {
+            print!("{}", agent::app::check::render_text(&report, color))
         }
     }
+    if report.usable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Live mode or `agent trace`, on the runtime; ends the process.
+fn run(cmd: Option<Cmd>, opts: RunOptions) -> ExitCode {
+    // Files users control are read by worker processes from here on.
+    agent::process::guard::enable_workers();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        // Capabilities are per thread: workers apply a drop when
+        // they next park or unpark (see agent::app::privs).
+        .on_thread_park(agent::app::privs::on_thread_hook)
+        .on_thread_unpark(agent::app::privs::on_thread_hook)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let r = rt.block_on(async {
+        match cmd {
+            Some(Cmd::Trace { command, .. }) => app::trace(opts, command).await,
+            _ => app::live(opts).await,
+        }
+    });
+    let code = match r {
+        Ok(code) => code.clamp(0, 255),
+        Err(e) => {
+            eprintln!("agent: {e}");
+            1
+        }
+    };
+    agent::app::teardown::exit(code)
 }
 
 /// `v` milliseconds into `d` nanoseconds, when given.

@@ -6,7 +6,7 @@
 //! a measurement, not a guess.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };

@@ -166,6 +166,111 @@ impl NetAnalyzer {
     /// `host`: the name the process looked up that answered this address.
     pub fn on_tcp(&mut self, table: &ProcTable, t: &Tcp, host: Option<&str>) -> Option<ConnReport> {
         let outcome = Outcome::of(t)?;
+        let c = Conn::of(table, t, host);
+        let found = match outcome {
+            Outcome::Established => self.on_established(&c, t),
+            other => c.failure(other, t),
+        };
+        let findings = match found {
+            Some((code, severity, summary)) if self.once(c.key(code), t.ktime_ns) => {
+                let (cause, fix) = c.cause_and_fix(code, t);
+                vec![Finding {
+                    code,
+                    severity,
+                    pid: t.tgid,
+                    summary,
+                    cause,
+                    fix,
+                    evidence: c.evidence(t),
+                }]
+            }
+            _ => Vec::new(),
+        };
+        Some(ConnReport {
+            outcome,
+            exe: c.exe,
+            proxy: c.proxy,
+            endpoint: c.endpoint,
+            findings,
+        })
+    }
+
+    /// A connection that was set up: retransmitted SYNs, or slower than
+    /// the limit or this destination's baseline (which it then updates).
+    fn on_established(&mut self, c: &Conn, t: &Tcp) -> Option<(&'static str, Severity, String)> {
+        let (name, shown, note, took) = (&c.name, &c.shown, &c.proxy_note, &c.took);
+        if t.syn_retrans > 0 {
+            return Some((
+                codes::SYN_RETRANSMIT,
+                Severity::Warning,
+                format!(
+                    "{name} → {shown}{note} connected only after {} retransmitted SYN{}{took}",
+                    t.syn_retrans,
+                    plural(t.syn_retrans)
+                ),
+            ));
+        }
+        let d = t.duration_ns()?;
+        // Retransmit delays are reported above; only clean SYNs feed the baseline.
+        let (avg, n) = self.baseline.get(&c.dst).copied().unwrap_or((0.0, 0));
+        let slow_rel = n >= self.cfg.baseline_samples
+            && d >= self.cfg.slow_floor_ns
+            && d as f64 > avg * self.cfg.slow_factor;
+        let found = (d >= self.cfg.slow_abs_ns || slow_rel).then(|| {
+            (
+                codes::SLOW_CONNECT,
+                Severity::Warning,
+                format!(
+                    "{name} → {shown}{note} took {:.0} ms to connect{}",
+                    d as f64 / 1e6,
+                    if n > 0 {
+                        format!(" (usually {:.1} ms)", avg / 1e6)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
+        });
+        let avg = if n == 0 {
+            d as f64
+        } else {
+            avg * 0.8 + d as f64 * 0.2
+        };
+        if self.baseline.len() > 16_384 {
+            self.baseline.clear();
+        }
+        self.baseline.insert(c.dst, (avg, n.saturating_add(1)));
+        found
+    }
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// What a connection's findings say about it: who, where, through which
+/// setting or proxy.
+struct Conn {
+    exe: Option<String>,
+    name: String,
+    proxy: Option<ProxyInForce>,
+    endpoint: Option<crate::process::endpoints::EndpointSource>,
+    host: Option<String>,
+    dst: SocketAddr,
+    /// `host (addr)` or the address.
+    shown: String,
+    /// ` (your GOPROXY)`.
+    proxy_note: String,
+    /// `; HTTPS_PROXY=… was set` when a proxy was set but not used.
+    proxy_tail: String,
+    /// The setting that sent the connection there, and its variable.
+    setting: Option<(String, String)>,
+    /// ` (1.2 s)`.
+    took: String,
+}
+
+impl Conn {
+    fn of(table: &ProcTable, t: &Tcp, host: Option<&str>) -> Self {
         let exec = table.get(t.tgid).and_then(|p| p.current());
         let exe = exec.map(|e| e.exe.clone()).filter(|e| !e.is_empty());
         let name = exe
@@ -207,187 +312,158 @@ impl NetAnalyzer {
             (_, Some(src)) => Some((src.describe(), src.variable.clone())),
             _ => None,
         };
-        let via = |what: String| match &setting {
-            Some((d, _)) => format!("{what}; the destination came from {d}"),
-            None => what,
-        };
-        let or_setting = |what: String| match &setting {
-            Some((_, var)) if !var.contains(' ') => {
-                format!("{what}, or point {var} at a server that works")
-            }
-            _ => what,
-        };
         let proxy_tail = match &proxy {
             Some(p) if !p.is_destination => format!("; {}={} was set", p.variable, p.url),
             _ => String::new(),
         };
-        let secs = t.duration_ns().map(|d| d as f64 / 1e9);
-        let took = secs.map(|s| format!(" ({s:.1} s)")).unwrap_or_default();
+        let took = t
+            .duration_ns()
+            .map(|d| format!(" ({:.1} s)", d as f64 / 1e9))
+            .unwrap_or_default();
+        Conn {
+            exe,
+            name,
+            proxy,
+            endpoint,
+            host: host.map(str::to_string),
+            dst,
+            shown,
+            proxy_note,
+            proxy_tail,
+            setting,
+            took,
+        }
+    }
+
+    /// De-duplication key of a finding about this connection.
+    fn key(&self, code: &str) -> String {
+        format!("{code}|{}|{}", self.name, self.dst)
+    }
+
+    /// A set-up that failed: refused, timed out, unreachable.
+    fn failure(&self, outcome: Outcome, t: &Tcp) -> Option<(&'static str, Severity, String)> {
+        let (name, shown, note, tail) =
+            (&self.name, &self.shown, &self.proxy_note, &self.proxy_tail);
         let syns = t.syn_retrans + 1;
-        let mut findings = Vec::new();
-        // Built only when a finding is made: most connections produce none.
-        let evidence = || {
-            let mut m = serde_json::Map::new();
-            m.insert("exe".into(), json!(exe));
-            m.insert("comm".into(), json!(t.comm));
-            m.insert("destination".into(), json!(dst.to_string()));
-            m.insert("host".into(), json!(host));
-            m.insert(
-                "source".into(),
-                json!(SocketAddr::new(t.src, t.sport).to_string()),
-            );
-            m.insert("netns".into(), json!(t.netns));
-            m.insert("syns_sent".into(), json!(syns));
-            m.insert(
-                "duration_ms".into(),
-                json!(t.duration_ns().map(|d| d as f64 / 1e6)),
-            );
-            m.insert(
-                "error".into(),
-                json!((t.err != 0).then(|| errno_name(t.err))),
-            );
-            m.insert(
-                "proxy".into(),
-                serde_json::to_value(&proxy).unwrap_or(Value::Null),
-            );
-            m.insert(
-                "endpoint_from".into(),
-                serde_json::to_value(&endpoint).unwrap_or(Value::Null),
-            );
-            m
-        };
-        let ip = t.dst;
-        let port = t.dport;
-        let mut push = |code: &'static str, severity, summary: String| {
-            let (cause, fix) = match code {
-                codes::CONNECT_REFUSED => (
-                    via(format!(
-                        "{dst} answered the SYN with a TCP reset: nothing listens on port {port} there, or a firewall rejects it"
-                    )),
-                    or_setting(format!(
-                        "start the server on {dst} (check with ss -ltn there) or open port {port} in its firewall"
-                    )),
-                ),
-                codes::CONNECT_TIMEOUT => (
-                    via(format!(
-                        "{syns} SYN{} to {dst} got no answer: a firewall drops them, or the host is down or unrouted",
-                        if syns == 1 { "" } else { "s" }
-                    )),
-                    or_setting(format!(
-                        "check the route and firewall to {dst}: nc -vz -w 3 {ip} {port}"
-                    )),
-                ),
-                codes::UNREACHABLE => (
-                    via(format!("an ICMP {} came back for {dst}", errno_name(t.err))),
-                    or_setting(format!(
-                        "check the route to {ip} (ip route get {ip}) and firewall rules that reject"
-                    )),
-                ),
-                codes::SYN_RETRANSMIT => (
-                    via(format!(
-                        "{} SYN{} to {dst} went unanswered before one got through",
-                        t.syn_retrans,
-                        if t.syn_retrans == 1 { "" } else { "s" }
-                    )),
-                    format!(
-                        "look for packet loss on the path (mtr {ip}) or a full accept queue at the server (ss -ltn: Recv-Q)"
-                    ),
-                ),
-                _ => (
-                    via(format!("the TCP handshake with {dst} took{took}")),
-                    format!(
-                        "measure the path latency to {ip} (mtr {ip}); a loaded server answers SYNs late"
-                    ),
-                ),
-            };
-            findings.push(Finding {
-                code,
-                severity,
-                pid: t.tgid,
-                summary,
-                cause,
-                fix,
-                evidence: evidence(),
-            });
-        };
-        let key = |code: &str| format!("{code}|{name}|{dst}");
-        match outcome {
-            Outcome::Refused if self.once(key(codes::CONNECT_REFUSED), t.ktime_ns) => push(
+        let took = &self.took;
+        let (code, summary) = match outcome {
+            Outcome::Refused => (
                 codes::CONNECT_REFUSED,
-                Severity::Error,
-                format!("{name} → {shown}{proxy_note} refused (TCP reset){proxy_tail}"),
+                format!("{name} → {shown}{note} refused (TCP reset){tail}"),
             ),
-            Outcome::Timeout if self.once(key(codes::CONNECT_TIMEOUT), t.ktime_ns) => push(
+            Outcome::Timeout => (
                 codes::CONNECT_TIMEOUT,
-                Severity::Error,
                 format!(
-                    "{name} → {shown}{proxy_note} timed out after {syns} SYN{}{took}, no answer{proxy_tail}",
-                    if syns == 1 { "" } else { "s" }
+                    "{name} → {shown}{note} timed out after {syns} SYN{}{took}, no answer{tail}",
+                    plural(syns)
                 ),
             ),
-            Outcome::Unreachable if self.once(key(codes::UNREACHABLE), t.ktime_ns) => push(
+            Outcome::Unreachable => (
                 codes::UNREACHABLE,
-                Severity::Error,
                 format!(
-                    "{name} → {shown}{proxy_note} unreachable: {} (ICMP){proxy_tail}",
+                    "{name} → {shown}{note} unreachable: {} (ICMP){tail}",
                     errno_name(t.err)
                 ),
             ),
-            Outcome::Established => {
-                let d = t.duration_ns();
-                if t.syn_retrans > 0 && self.once(key(codes::SYN_RETRANSMIT), t.ktime_ns) {
-                    push(
-                        codes::SYN_RETRANSMIT,
-                        Severity::Warning,
-                        format!(
-                            "{name} → {shown}{proxy_note} connected only after {} retransmitted SYN{}{took}",
-                            t.syn_retrans,
-                            if t.syn_retrans == 1 { "" } else { "s" }
-                        ),
-                    );
-                } else if let Some(d) = d {
-                    // Retransmit delays are reported above; only clean SYNs feed the baseline.
-                    let (avg, n) = self.baseline.get(&dst).copied().unwrap_or((0.0, 0));
-                    let slow_rel = n >= self.cfg.baseline_samples
-                        && d >= self.cfg.slow_floor_ns
-                        && d as f64 > avg * self.cfg.slow_factor;
-                    if (d >= self.cfg.slow_abs_ns || slow_rel)
-                        && self.once(key(codes::SLOW_CONNECT), t.ktime_ns)
-                    {
-                        push(
-                            codes::SLOW_CONNECT,
-                            Severity::Warning,
-                            format!(
-                                "{name} → {shown}{proxy_note} took {:.0} ms to connect{}",
-                                d as f64 / 1e6,
-                                if n > 0 {
-                                    format!(" (usually {:.1} ms)", avg / 1e6)
-                                } else {
-                                    String::new()
-                                }
-                            ),
-                        );
-                    }
-                    let avg = if n == 0 {
-                        d as f64
-                    } else {
-                        avg * 0.8 + d as f64 * 0.2
-                    };
-                    if self.baseline.len() > 16_384 {
-                        self.baseline.clear();
-                    }
-                    self.baseline.insert(dst, (avg, n.saturating_add(1)));
-                }
-            }
-            _ => {}
+            _ => return None,
+        };
+        Some((code, Severity::Error, summary))
+    }
+
+    /// `what`, and where the destination came from.
+    fn via(&self, what: String) -> String {
+        match &self.setting {
+            Some((d, _)) => format!("{what}; the destination came from {d}"),
+            None => what,
         }
-        Some(ConnReport {
-            outcome,
-            exe,
-            proxy,
-            endpoint,
-            findings,
-        })
+    }
+
+    /// `what`, or the setting to change.
+    fn or_setting(&self, what: String) -> String {
+        match &self.setting {
+            Some((_, var)) if !var.contains(' ') => {
+                format!("{what}, or point {var} at a server that works")
+            }
+            _ => what,
+        }
+    }
+
+    fn cause_and_fix(&self, code: &str, t: &Tcp) -> (String, String) {
+        let (dst, ip, port) = (self.dst, t.dst, t.dport);
+        let syns = t.syn_retrans + 1;
+        match code {
+            codes::CONNECT_REFUSED => (
+                self.via(format!(
+                    "{dst} answered the SYN with a TCP reset: nothing listens on port {port} there, or a firewall rejects it"
+                )),
+                self.or_setting(format!(
+                    "start the server on {dst} (check with ss -ltn there) or open port {port} in its firewall"
+                )),
+            ),
+            codes::CONNECT_TIMEOUT => (
+                self.via(format!(
+                    "{syns} SYN{} to {dst} got no answer: a firewall drops them, or the host is down or unrouted",
+                    plural(syns)
+                )),
+                self.or_setting(format!(
+                    "check the route and firewall to {dst}: nc -vz -w 3 {ip} {port}"
+                )),
+            ),
+            codes::UNREACHABLE => (
+                self.via(format!("an ICMP {} came back for {dst}", errno_name(t.err))),
+                self.or_setting(format!(
+                    "check the route to {ip} (ip route get {ip}) and firewall rules that reject"
+                )),
+            ),
+            codes::SYN_RETRANSMIT => (
+                self.via(format!(
+                    "{} SYN{} to {dst} went unanswered before one got through",
+                    t.syn_retrans,
+                    plural(t.syn_retrans)
+                )),
+                format!(
+                    "look for packet loss on the path (mtr {ip}) or a full accept queue at the server (ss -ltn: Recv-Q)"
+                ),
+            ),
+            _ => (
+                self.via(format!("the TCP handshake with {dst} took{}", self.took)),
+                format!(
+                    "measure the path latency to {ip} (mtr {ip}); a loaded server answers SYNs late"
+                ),
+            ),
+        }
+    }
+
+    /// Built only when a finding is made: most connections produce none.
+    fn evidence(&self, t: &Tcp) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("exe".into(), json!(self.exe));
+        m.insert("comm".into(), json!(t.comm));
+        m.insert("destination".into(), json!(self.dst.to_string()));
+        m.insert("host".into(), json!(self.host));
+        m.insert(
+            "source".into(),
+            json!(SocketAddr::new(t.src, t.sport).to_string()),
+        );
+        m.insert("netns".into(), json!(t.netns));
+        m.insert("syns_sent".into(), json!(t.syn_retrans + 1));
+        m.insert(
+            "duration_ms".into(),
+            json!(t.duration_ns().map(|d| d as f64 / 1e6)),
+        );
+        m.insert(
+            "error".into(),
+            json!((t.err != 0).then(|| errno_name(t.err))),
+        );
+        m.insert(
+            "proxy".into(),
+            serde_json::to_value(&self.proxy).unwrap_or(Value::Null),
+        );
+        m.insert(
+            "endpoint_from".into(),
+            serde_json::to_value(&self.endpoint).unwrap_or(Value::Null),
+        );
+        m
     }
 }
 

@@ -26,9 +26,15 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 
 use super::model::{kv_bool, kv_int, kv_str, kv_str_array, kv_string};
 use crate::{
-    finding::Finding, pipeline::Output, process::fsview::basename, process::table::ProcTable,
-    signal::tcp::Outcome,
+    events::{Exec, Exit},
+    finding::Finding,
+    pipeline::Output,
+    process::fsview::basename,
+    process::table::ProcTable,
+    signal::exec::ExecAnalysis,
 };
+
+mod net;
 
 /// The SDK's random ids, except that the next span (and trace) id can be
 /// fixed in advance: `agent trace` hands the command TRACEPARENT of the
@@ -348,267 +354,138 @@ impl SpanBuilder {
     pub fn observe(&mut self, o: &Output, table: &ProcTable) {
         match o {
             Output::Exec { exec, analysis } if exec.ok() && analysis.analysed => {
-                let t = at(self.offset, exec.ktime_ns);
-                if let Some((open, _)) = self.open.get_mut(&exec.tgid) {
-                    // Re-exec in the same process (e.g. a Go toolchain switch).
-                    open.add_event_with_timestamp(
-                        "exec",
-                        t,
-                        vec![
-                            kv_str(semconv::PROCESS_EXECUTABLE_PATH, exec.exe.clone()),
-                            kv_str(
-                                semconv::PROCESS_RUNTIME_VERSION,
-                                analysis.identity.go_version.clone().unwrap_or_default(),
-                            ),
-                        ],
-                    );
-                    return;
-                }
-                let args: Vec<String> = crate::scrub::argv(&exec.argv);
-                let mut attributes = vec![
-                    kv_int(semconv::PROCESS_PID, exec.tgid as i64),
-                    kv_int(semconv::PROCESS_PARENT_PID, exec.ppid as i64),
-                    kv_str(semconv::PROCESS_EXECUTABLE_PATH, exec.exe.clone()),
-                    kv_str(
-                        semconv::PROCESS_EXECUTABLE_NAME,
-                        basename(&exec.exe).to_string(),
-                    ),
-                    kv_str_array(semconv::PROCESS_COMMAND_ARGS, &args),
-                    kv_int(semconv::PROCESS_REAL_USER_ID, exec.uid as i64),
-                    kv_bool("agent.toolchain", analysis.toolchain),
-                ];
-                if let Some(v) = &analysis.identity.go_version {
-                    attributes.push(kv_str(semconv::PROCESS_RUNTIME_NAME, "go"));
-                    attributes.push(kv_str(semconv::PROCESS_RUNTIME_VERSION, v.clone()));
-                }
-                if let Some(e) = &analysis.identity.pyenv {
-                    attributes.push(kv_str("agent.python.env", e.label()));
-                }
-                if let Some(c) = &analysis.cwd {
-                    attributes.push(kv_str(semconv::PROCESS_WORKING_DIRECTORY, c.clone()));
-                }
-                let pod = &analysis.pod;
-                for (k, v) in [
-                    (semconv::CONTAINER_ID, &pod.container_id),
-                    (semconv::K8S_POD_UID, &pod.pod_uid),
-                    (semconv::K8S_POD_NAME, &pod.pod_name),
-                    (semconv::K8S_NAMESPACE_NAME, &pod.namespace),
-                ] {
-                    if let Some(v) = v {
-                        attributes.push(kv_str(k, v.clone()));
-                    }
-                }
-                let name = basename(&exec.exe).to_string();
-                let span = match &self.root {
-                    // The traced command: the span whose ids it was given.
-                    Some((pid, root)) if *pid == exec.tgid => {
-                        let cx = match &root.parent {
-                            Some(p) => Context::new().with_remote_span_context(p.clone()),
-                            None => Context::new(),
-                        };
-                        self.ids.reserve(Some((root.trace_id, root.span_id)));
-                        let span = self.start(name, SpanKind::Internal, t, attributes, &cx);
-                        self.ids.reserve(None);
-                        self.root = None;
-                        span
-                    }
-                    _ => {
-                        let cx = self.context(table, exec.ppid, exec.tgid, &exec.env);
-                        self.start(name, SpanKind::Internal, t, attributes, &cx)
-                    }
-                };
-                self.keep_open(exec.tgid, span, exec.ktime_ns);
+                self.exec_span(exec, analysis, table)
             }
-            Output::Exit { exit, .. } => {
-                if let Some((mut span, _)) = self.open.remove(&exit.tgid) {
-                    match (exit.status(), exit.signal()) {
-                        (Some(c), _) => {
-                            span.set_attribute(kv_int(semconv::PROCESS_EXIT_CODE, c as i64));
-                            if c != 0 {
-                                span.set_status(Status::error(format!("exit code {c}")));
-                            }
-                        }
-                        (None, Some(s)) => {
-                            span.set_attribute(kv_int("agent.process.signal", s as i64));
-                            span.set_status(Status::error(format!("killed by signal {s}")));
-                        }
-                        _ => {}
-                    }
-                    span.end_with_timestamp(at(self.offset, exit.ktime_ns));
-                }
-            }
+            Output::Exit { exit, .. } => self.exit_span(exit),
             // net.* and tls.* findings are events of their connection, lookup or handshake span.
             Output::Finding { finding, ktime_ns }
                 if !finding.code.starts_with("net.") && !finding.code.starts_with("tls.") =>
             {
-                let t = at(self.offset, *ktime_ns);
-                let target = self.nearest_open(table, finding.pid, finding.pid);
-                match target.and_then(|p| self.open.get_mut(&p)) {
-                    Some((open, _)) => add_finding(open, finding, t),
-                    None => {
-                        // A finding outside any open span: a span of its own.
-                        let mut span = self.start(
-                            format!("finding {}", finding.code),
-                            SpanKind::Internal,
-                            t,
-                            vec![kv_int(semconv::PROCESS_PID, finding.pid as i64)],
-                            &Context::new(),
-                        );
-                        add_finding(&mut span, finding, t);
-                        span.end_with_timestamp(t);
-                    }
-                }
+                self.finding_event(finding, *ktime_ns, table)
             }
             Output::Tcp {
                 tcp,
                 report,
                 analysed,
-            } => {
-                let failed = !matches!(report.outcome, Outcome::Established | Outcome::Cancelled);
-                if !(*analysed || failed || !report.findings.is_empty()) {
-                    return;
-                }
-                let cx = self.context(table, tcp.tgid, tcp.tgid, &[]);
-                let end = at(self.offset, tcp.ktime_ns);
-                let start = if tcp.no_start {
-                    end
-                } else {
-                    at(self.offset, tcp.start_ns)
-                };
-                let mut attributes = vec![
-                    kv_str(semconv::SERVER_ADDRESS, tcp.dst.to_string()),
-                    kv_int(semconv::SERVER_PORT, tcp.dport as i64),
-                    kv_str(semconv::NETWORK_PEER_ADDRESS, tcp.dst.to_string()),
-                    kv_int(semconv::NETWORK_PEER_PORT, tcp.dport as i64),
-                    kv_str(semconv::NETWORK_LOCAL_ADDRESS, tcp.src.to_string()),
-                    kv_int(semconv::NETWORK_LOCAL_PORT, tcp.sport as i64),
-                    kv_str(semconv::NETWORK_TRANSPORT, "tcp"),
-                    kv_str(
-                        semconv::NETWORK_TYPE,
-                        if tcp.dst.is_ipv4() { "ipv4" } else { "ipv6" },
-                    ),
-                    kv_int(semconv::PROCESS_PID, tcp.tgid as i64),
-                    kv_str("agent.tcp.outcome", report.outcome.name()),
-                    kv_int("agent.tcp.syn_retransmits", tcp.syn_retrans as i64),
-                ];
-                let mut status = None;
-                if failed {
-                    let err = crate::finding::errno_name(tcp.err);
-                    status = Some(format!("connect {}: {err}", report.outcome.name()));
-                    attributes.push(kv_str(semconv::ERROR_TYPE, err));
-                }
-                if let Some(p) = &report.proxy {
-                    attributes.push(kv_str("agent.proxy.variable", p.variable.clone()));
-                    attributes.push(kv_bool("agent.proxy.is_destination", p.is_destination));
-                }
-                self.finished(
-                    format!("connect {}", std::net::SocketAddr::new(tcp.dst, tcp.dport)),
-                    &cx,
-                    start,
-                    end,
-                    attributes,
-                    &report.findings,
-                    status,
-                );
-            }
-            Output::Dns { report, analysed } => {
-                if !(*analysed || !report.findings.is_empty()) {
-                    return;
-                }
-                let cx = self.context(table, report.owner.pid, report.owner.pid, &[]);
-                let mut attributes = vec![
-                    kv_str(semconv::DNS_QUESTION_NAME, report.name.clone()),
-                    // Not in the semantic conventions (0.33): ours, in their style.
-                    kv_str("dns.question.type", report.qtype.clone()),
-                    kv_str(semconv::SERVER_ADDRESS, report.server.ip().to_string()),
-                    kv_int(semconv::SERVER_PORT, report.server.port() as i64),
-                    kv_str(
-                        semconv::NETWORK_TRANSPORT,
-                        if report.tcp { "tcp" } else { "udp" },
-                    ),
-                    kv_int(semconv::PROCESS_PID, report.owner.pid as i64),
-                    kv_int("agent.dns.attempts", report.attempts as i64),
-                    kv_str(
-                        "dns.answers",
-                        report
-                            .addresses
-                            .iter()
-                            .map(|a| a.to_string())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    ),
-                ];
-                if let Some(rc) = &report.rcode {
-                    attributes.push(kv_str("dns.response_code", rc.clone()));
-                }
-                let error = match (&report.rcode, report.timed_out) {
-                    (_, true) => Some("timeout".to_string()),
-                    (Some(rc), _) if rc != "NOERROR" => Some(rc.clone()),
-                    _ => None,
-                };
-                let status = error.map(|e| {
-                    attributes.push(kv_str(semconv::ERROR_TYPE, e.clone()));
-                    format!("lookup {}: {e}", report.name)
-                });
-                self.finished(
-                    format!("dns {} {}", report.qtype, report.name),
-                    &cx,
-                    at(self.offset, report.start_ns),
-                    at(self.offset, report.end_ns),
-                    attributes,
-                    &report.findings,
-                    status,
-                );
-            }
-            Output::Tls { report, analysed } => {
-                let failed = !matches!(report.verdict, crate::tls::Verdict::Completed);
-                if !(*analysed || failed || !report.findings.is_empty()) {
-                    return;
-                }
-                let cx = self.context(table, report.owner.pid, report.owner.pid, &[]);
-                let mut attributes = vec![
-                    kv_str(semconv::SERVER_ADDRESS, report.server.ip().to_string()),
-                    kv_int(semconv::SERVER_PORT, report.server.port() as i64),
-                    kv_str(semconv::NETWORK_TRANSPORT, "tcp"),
-                    kv_int(semconv::PROCESS_PID, report.owner.pid as i64),
-                    kv_str("agent.tls.local_side", report.local.name()),
-                    kv_str("agent.tls.offered_versions", report.offered.join(",")),
-                ];
-                if let Some(sni) = &report.sni {
-                    attributes.push(kv_str("tls.client.server_name", sni.clone()));
-                }
-                if let Some(v) = &report.version {
-                    attributes.push(kv_str(semconv::TLS_PROTOCOL_NAME, "tls"));
-                    attributes.push(kv_str(
-                        semconv::TLS_PROTOCOL_VERSION,
-                        v.trim_start_matches("TLS ").to_string(),
-                    ));
-                }
-                if let Some(c) = report.cipher_suite {
-                    attributes.push(kv_str(semconv::TLS_CIPHER, format!("0x{c:04x}")));
-                }
-                let status = failed.then(|| {
-                    let why = crate::tls::verdict_reason(&report.verdict);
-                    attributes.push(kv_str(semconv::ERROR_TYPE, why.clone()));
-                    format!("TLS handshake: {why}")
-                });
-                self.finished(
-                    format!(
-                        "tls {}",
-                        report
-                            .sni
-                            .clone()
-                            .unwrap_or_else(|| report.server.to_string())
-                    ),
-                    &cx,
-                    at(self.offset, report.start_ns),
-                    at(self.offset, report.end_ns),
-                    attributes,
-                    &report.findings,
-                    status,
-                );
-            }
+            } => self.tcp_span(tcp, report, *analysed, table),
+            Output::Dns { report, analysed } => self.dns_span(report, *analysed, table),
+            Output::Tls { report, analysed } => self.tls_span(report, *analysed, table),
             _ => {}
+        }
+    }
+
+    /// A toolchain's exec: its process span (or an event on the open one).
+    fn exec_span(&mut self, exec: &Exec, analysis: &ExecAnalysis, table: &ProcTable) {
+        let t = at(self.offset, exec.ktime_ns);
+        if let Some((open, _)) = self.open.get_mut(&exec.tgid) {
+            // Re-exec in the same process (e.g. a Go toolchain switch).
+            open.add_event_with_timestamp(
+                "exec",
+                t,
+                vec![
+                    kv_str(semconv::PROCESS_EXECUTABLE_PATH, exec.exe.clone()),
+                    kv_str(
+                        semconv::PROCESS_RUNTIME_VERSION,
+                        analysis.identity.go_version.clone().unwrap_or_default(),
+                    ),
+                ],
+            );
+            return;
+        }
+        let args: Vec<String> = crate::scrub::argv(&exec.argv);
+        let mut attributes = vec![
+            kv_int(semconv::PROCESS_PID, exec.tgid as i64),
+            kv_int(semconv::PROCESS_PARENT_PID, exec.ppid as i64),
+            kv_str(semconv::PROCESS_EXECUTABLE_PATH, exec.exe.clone()),
+            kv_str(
+                semconv::PROCESS_EXECUTABLE_NAME,
+                basename(&exec.exe).to_string(),
+            ),
+            kv_str_array(semconv::PROCESS_COMMAND_ARGS, &args),
+            kv_int(semconv::PROCESS_REAL_USER_ID, exec.uid as i64),
+            kv_bool("agent.toolchain", analysis.toolchain),
+        ];
+        if let Some(v) = &analysis.identity.go_version {
+            attributes.push(kv_str(semconv::PROCESS_RUNTIME_NAME, "go"));
+            attributes.push(kv_str(semconv::PROCESS_RUNTIME_VERSION, v.clone()));
+        }
+        if let Some(e) = &analysis.identity.pyenv {
+            attributes.push(kv_str("agent.python.env", e.label()));
+        }
+        if let Some(c) = &analysis.cwd {
+            attributes.push(kv_str(semconv::PROCESS_WORKING_DIRECTORY, c.clone()));
+        }
+        let pod = &analysis.pod;
+        for (k, v) in [
+            (semconv::CONTAINER_ID, &pod.container_id),
+            (semconv::K8S_POD_UID, &pod.pod_uid),
+            (semconv::K8S_POD_NAME, &pod.pod_name),
+            (semconv::K8S_NAMESPACE_NAME, &pod.namespace),
+        ] {
+            if let Some(v) = v {
+                attributes.push(kv_str(k, v.clone()));
+            }
+        }
+        let name = basename(&exec.exe).to_string();
+        let span = match &self.root {
+            // The traced command: the span whose ids it was given.
+            Some((pid, root)) if *pid == exec.tgid => {
+                let cx = match &root.parent {
+                    Some(p) => Context::new().with_remote_span_context(p.clone()),
+                    None => Context::new(),
+                };
+                self.ids.reserve(Some((root.trace_id, root.span_id)));
+                let span = self.start(name, SpanKind::Internal, t, attributes, &cx);
+                self.ids.reserve(None);
+                self.root = None;
+                span
+            }
+            _ => {
+                let cx = self.context(table, exec.ppid, exec.tgid, &exec.env);
+                self.start(name, SpanKind::Internal, t, attributes, &cx)
+            }
+        };
+        self.keep_open(exec.tgid, span, exec.ktime_ns);
+    }
+
+    /// A process ended: its span ends with the exit code or signal.
+    fn exit_span(&mut self, exit: &Exit) {
+        if let Some((mut span, _)) = self.open.remove(&exit.tgid) {
+            match (exit.status(), exit.signal()) {
+                (Some(c), _) => {
+                    span.set_attribute(kv_int(semconv::PROCESS_EXIT_CODE, c as i64));
+                    if c != 0 {
+                        span.set_status(Status::error(format!("exit code {c}")));
+                    }
+                }
+                (None, Some(s)) => {
+                    span.set_attribute(kv_int("agent.process.signal", s as i64));
+                    span.set_status(Status::error(format!("killed by signal {s}")));
+                }
+                _ => {}
+            }
+            span.end_with_timestamp(at(self.offset, exit.ktime_ns));
+        }
+    }
+
+    /// A finding: an event on the nearest open process span, else a span of its own.
+    fn finding_event(&mut self, finding: &Finding, ktime_ns: u64, table: &ProcTable) {
+        let t = at(self.offset, ktime_ns);
+        let target = self.nearest_open(table, finding.pid, finding.pid);
+        match target.and_then(|p| self.open.get_mut(&p)) {
+            Some((open, _)) => add_finding(open, finding, t),
+            None => {
+                // A finding outside any open span: a span of its own.
+                let mut span = self.start(
+                    format!("finding {}", finding.code),
+                    SpanKind::Internal,
+                    t,
+                    vec![kv_int(semconv::PROCESS_PID, finding.pid as i64)],
+                    &Context::new(),
+                );
+                add_finding(&mut span, finding, t);
+                span.end_with_timestamp(t);
+            }
         }
     }
 
