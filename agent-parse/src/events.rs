@@ -339,64 +339,7 @@ pub fn decode_into(b: &[u8], payloads: &mut bytes::BytesMut) -> Result<Event, De
     let hdr: EventHeader = read(b).ok_or(DecodeError::Short(b.len()))?;
     let kind = EventKind::try_from(hdr.kind).map_err(DecodeError::UnknownKind)?;
     match kind {
-        EventKind::Exec => {
-            let f: ExecFixed = read(b).ok_or(DecodeError::Truncated {
-                kind: "exec",
-                got: b.len(),
-                need: size_of::<ExecFixed>(),
-            })?;
-            let data = &b[size_of::<ExecFixed>()..];
-            let argv_len = f.argv_len as usize;
-            let env_len = f.env_len as usize;
-            if argv_len.checked_add(env_len).is_none_or(|n| n > data.len()) {
-                return Err(DecodeError::BadLengths {
-                    argv: f.argv_len,
-                    env: f.env_len,
-                    avail: data.len(),
-                });
-            }
-            let mut argv = split_nul(&data[..argv_len]);
-            let mut argv_cut = false;
-            if f.flags & EXEC_F_FILENAME_IS_EXE != 0 {
-                // Read from the new program: give back the caller's argv[0].
-                argv_cut = caller_argv(&mut argv, &cstr(&f.filename), &cstr(&f.exe));
-            }
-            let env = split_nul(&data[argv_len..argv_len + env_len])
-                .into_iter()
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, v)) => (k.to_string(), v.to_string()),
-                    None => (kv, String::new()),
-                })
-                .collect();
-            Ok(Event::Exec(Box::new(Exec {
-                pid: f.hdr.pid,
-                tgid: f.hdr.tgid,
-                ppid: f.hdr.ppid,
-                uid: f.uid,
-                gid: f.gid,
-                cgroup_id: f.cgroup_id,
-                enter_ns: f.enter_ns,
-                ktime_ns: f.hdr.ktime_ns,
-                errno: f.ret.saturating_neg(),
-                filename: if f.flags & EXEC_F_FILENAME_IS_EXE != 0 {
-                    cstr(&f.exe)
-                } else {
-                    cstr(&f.filename)
-                },
-                exe: cstr(&f.exe),
-                comm: cstr(&f.comm),
-                argv,
-                env,
-                argv_truncated: argv_cut
-                    || f.flags & (EXEC_F_ARGV_TRUNCATED | EXEC_F_ARGV_FAULT) != 0,
-                env_truncated: f.flags & (EXEC_F_ENV_TRUNCATED | EXEC_F_ENV_FAULT) != 0,
-                env_read: f.flags & EXEC_F_ENV_SKIPPED == 0,
-                filename_truncated: f.flags & EXEC_F_FILENAME_TRUNCATED != 0,
-                no_enter: f.flags & EXEC_F_NO_ENTER != 0,
-                execveat: f.flags & EXEC_F_EXECVEAT != 0,
-                cwd: None,
-            })))
-        }
+        EventKind::Exec => decode_exec(b),
         EventKind::Exit => {
             let e: ExitEvent = read(b).ok_or(DecodeError::Truncated {
                 kind: "exit",
@@ -457,82 +400,8 @@ pub fn decode_into(b: &[u8], payloads: &mut bytes::BytesMut) -> Result<Event, De
                 comm: cstr(&e.comm),
             }))
         }
-        EventKind::Wire => {
-            let f: WireFixed = read(b).ok_or(DecodeError::Truncated {
-                kind: "wire",
-                got: b.len(),
-                need: size_of::<WireFixed>(),
-            })?;
-            let data = &b[size_of::<WireFixed>()..];
-            let cap = f.cap_len as usize;
-            if cap > data.len() || cap > f.payload_len as usize {
-                return Err(DecodeError::BadCapture {
-                    cap: f.cap_len,
-                    payload: f.payload_len,
-                    avail: data.len(),
-                });
-            }
-            let kind = match f.kind {
-                WIRE_KIND_TLS => WireKind::Tls,
-                WIRE_KIND_DNS => WireKind::Dns,
-                WIRE_KIND_HTTP => WireKind::Http,
-                other => return Err(DecodeError::UnknownKind(other as u32)),
-            };
-            Ok(Event::Wire(Box::new(Wire {
-                kind,
-                egress: f.dir == WIRE_DIR_EGRESS,
-                tcp: f.proto == IPPROTO_TCP_U8,
-                pid: f.hdr.pid,
-                tgid: f.hdr.tgid,
-                uid: f.uid,
-                cgroup_id: f.cgroup_id,
-                comm: cstr(&f.comm),
-                cookie: f.cookie,
-                src: ip(f.family, &f.saddr),
-                sport: f.sport,
-                dst: ip(f.family, &f.daddr),
-                dport: f.dport,
-                seq: f.seq,
-                payload_len: f.payload_len,
-                tcp_flags: f.tcp_flags,
-                ktime_ns: f.hdr.ktime_ns,
-                data: {
-                    payloads.extend_from_slice(&data[..cap]);
-                    payloads.split().freeze()
-                },
-            })))
-        }
-        EventKind::Fs => {
-            let e: FsEvent = read(b).ok_or(DecodeError::Truncated {
-                kind: "fs",
-                got: b.len(),
-                need: size_of::<FsEvent>(),
-            })?;
-            const O_ACCMODE: u32 = 3;
-            const O_CREAT: u32 = 0o100;
-            let (op, write) = match e.op {
-                agent_common::FS_OP_MKDIR => ("mkdir", true),
-                agent_common::FS_OP_UNLINK => ("unlink", true),
-                agent_common::FS_OP_RENAME => ("rename", true),
-                agent_common::FS_OP_CREAT => ("create", true),
-                agent_common::FS_OP_OPEN if e.flags & O_CREAT != 0 => ("create", true),
-                agent_common::FS_OP_OPEN if e.flags & O_ACCMODE != 0 => ("open for writing", true),
-                agent_common::FS_OP_OPEN => ("open", false),
-                other => return Err(DecodeError::UnknownKind(other)),
-            };
-            Ok(Event::Fs(Box::new(FsFault {
-                pid: e.hdr.pid,
-                tgid: e.hdr.tgid,
-                uid: e.uid,
-                gid: e.gid,
-                ktime_ns: e.hdr.ktime_ns,
-                op,
-                write,
-                dfd: e.dfd,
-                errno: e.errno,
-                path: cstr(&e.path),
-            })))
-        }
+        EventKind::Wire => decode_wire(b, payloads),
+        EventKind::Fs => decode_fs(b),
         EventKind::Fork => {
             let e: ForkEvent = read(b).ok_or(DecodeError::Truncated {
                 kind: "fork",
@@ -546,4 +415,143 @@ pub fn decode_into(b: &[u8], payloads: &mut bytes::BytesMut) -> Result<Event, De
             }))
         }
     }
+}
+
+/// An exec record: its fixed part, then argv and the allowed environment.
+fn decode_exec(b: &[u8]) -> Result<Event, DecodeError> {
+    let f: ExecFixed = read(b).ok_or(DecodeError::Truncated {
+        kind: "exec",
+        got: b.len(),
+        need: size_of::<ExecFixed>(),
+    })?;
+    let data = &b[size_of::<ExecFixed>()..];
+    let argv_len = f.argv_len as usize;
+    let env_len = f.env_len as usize;
+    if argv_len.checked_add(env_len).is_none_or(|n| n > data.len()) {
+        return Err(DecodeError::BadLengths {
+            argv: f.argv_len,
+            env: f.env_len,
+            avail: data.len(),
+        });
+    }
+    let mut argv = split_nul(&data[..argv_len]);
+    let mut argv_cut = false;
+    if f.flags & EXEC_F_FILENAME_IS_EXE != 0 {
+        // Read from the new program: give back the caller's argv[0].
+        argv_cut = caller_argv(&mut argv, &cstr(&f.filename), &cstr(&f.exe));
+    }
+    let env = split_nul(&data[argv_len..argv_len + env_len])
+        .into_iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv, String::new()),
+        })
+        .collect();
+    Ok(Event::Exec(Box::new(Exec {
+        pid: f.hdr.pid,
+        tgid: f.hdr.tgid,
+        ppid: f.hdr.ppid,
+        uid: f.uid,
+        gid: f.gid,
+        cgroup_id: f.cgroup_id,
+        enter_ns: f.enter_ns,
+        ktime_ns: f.hdr.ktime_ns,
+        errno: f.ret.saturating_neg(),
+        filename: if f.flags & EXEC_F_FILENAME_IS_EXE != 0 {
+            cstr(&f.exe)
+        } else {
+            cstr(&f.filename)
+        },
+        exe: cstr(&f.exe),
+        comm: cstr(&f.comm),
+        argv,
+        env,
+        argv_truncated: argv_cut || f.flags & (EXEC_F_ARGV_TRUNCATED | EXEC_F_ARGV_FAULT) != 0,
+        env_truncated: f.flags & (EXEC_F_ENV_TRUNCATED | EXEC_F_ENV_FAULT) != 0,
+        env_read: f.flags & EXEC_F_ENV_SKIPPED == 0,
+        filename_truncated: f.flags & EXEC_F_FILENAME_TRUNCATED != 0,
+        no_enter: f.flags & EXEC_F_NO_ENTER != 0,
+        execveat: f.flags & EXEC_F_EXECVEAT != 0,
+        cwd: None,
+    })))
+}
+
+/// A wire record: its fixed part, then the captured payload (into `payloads`).
+fn decode_wire(b: &[u8], payloads: &mut bytes::BytesMut) -> Result<Event, DecodeError> {
+    let f: WireFixed = read(b).ok_or(DecodeError::Truncated {
+        kind: "wire",
+        got: b.len(),
+        need: size_of::<WireFixed>(),
+    })?;
+    let data = &b[size_of::<WireFixed>()..];
+    let cap = f.cap_len as usize;
+    if cap > data.len() || cap > f.payload_len as usize {
+        return Err(DecodeError::BadCapture {
+            cap: f.cap_len,
+            payload: f.payload_len,
+            avail: data.len(),
+        });
+    }
+    let kind = match f.kind {
+        WIRE_KIND_TLS => WireKind::Tls,
+        WIRE_KIND_DNS => WireKind::Dns,
+        WIRE_KIND_HTTP => WireKind::Http,
+        other => return Err(DecodeError::UnknownKind(other as u32)),
+    };
+    Ok(Event::Wire(Box::new(Wire {
+        kind,
+        egress: f.dir == WIRE_DIR_EGRESS,
+        tcp: f.proto == IPPROTO_TCP_U8,
+        pid: f.hdr.pid,
+        tgid: f.hdr.tgid,
+        uid: f.uid,
+        cgroup_id: f.cgroup_id,
+        comm: cstr(&f.comm),
+        cookie: f.cookie,
+        src: ip(f.family, &f.saddr),
+        sport: f.sport,
+        dst: ip(f.family, &f.daddr),
+        dport: f.dport,
+        seq: f.seq,
+        payload_len: f.payload_len,
+        tcp_flags: f.tcp_flags,
+        ktime_ns: f.hdr.ktime_ns,
+        data: {
+            payloads.extend_from_slice(&data[..cap]);
+            payloads.split().freeze()
+        },
+    })))
+}
+
+/// A failed file access: the operation and whether it writes.
+fn decode_fs(b: &[u8]) -> Result<Event, DecodeError> {
+    let e: FsEvent = read(b).ok_or(DecodeError::Truncated {
+        kind: "fs",
+        got: b.len(),
+        need: size_of::<FsEvent>(),
+    })?;
+    const O_ACCMODE: u32 = 3;
+    const O_CREAT: u32 = 0o100;
+    let (op, write) = match e.op {
+        agent_common::FS_OP_MKDIR => ("mkdir", true),
+        agent_common::FS_OP_UNLINK => ("unlink", true),
+        agent_common::FS_OP_RENAME => ("rename", true),
+        agent_common::FS_OP_CREAT => ("create", true),
+        agent_common::FS_OP_OPEN if e.flags & O_CREAT != 0 => ("create", true),
+        agent_common::FS_OP_OPEN if e.flags & O_ACCMODE != 0 => ("open for writing", true),
+        agent_common::FS_OP_OPEN => ("open", false),
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    Ok(Event::Fs(Box::new(FsFault {
+        pid: e.hdr.pid,
+        tgid: e.hdr.tgid,
+        uid: e.uid,
+        gid: e.gid,
+        ktime_ns: e.hdr.ktime_ns,
+        op,
+        write,
+        dfd: e.dfd,
+        errno: e.errno,
+        path: cstr(&e.path),
+    })))
 }

@@ -71,7 +71,11 @@ pub fn check_text(file: &Path, text: &str) -> Vec<Oversize> {
         .iter()
         .position(|l| {
             let t = l.trim_start();
-            t.starts_with("mod tests") || t.starts_with("pub mod tests")
+            let t = ["pub(crate) ", "pub(super) ", "pub "]
+                .iter()
+                .find_map(|v| t.strip_prefix(v))
+                .unwrap_or(t);
+            t.starts_with("mod tests")
         })
         .unwrap_or(lines.len());
     let mut out = Vec::new();
@@ -147,14 +151,8 @@ pub fn check(root: &Path) -> Vec<Oversize> {
 /// may not grow, a new oversize item fails, and an entry that has come
 /// within the limits must be removed (issue #41 splits the rest).
 const DEBT: &[(&str, &str, usize)] = &[
-    ("agent/src/app/trace.rs", "trace_collect", 192),
-    ("agent/src/process/endpoints.rs", "named", 125),
-    ("agent/src/process/fsview.rs", "", 842),
-    ("agent/src/signal/tls/rules.rs", "findings", 202),
     ("agent-ebpf/src/exec/env.rs", "read_new_env", 170),
     ("agent-ebpf/src/wire.rs", "try_wire", 145),
-    ("agent-parse/src/events.rs", "decode_into", 212),
-    ("agent-parse/src/scrub/mod.rs", "", 603),
     ("xtask/src/bench/mod.rs", "measure", 137),
     ("xtask/src/bench/report.rs", "write_report", 290),
 ];

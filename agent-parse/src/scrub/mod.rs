@@ -25,9 +25,12 @@
 //! redaction never crosses whitespace, but for a quoted secret value).
 //! Must not: decide what is printed.
 
+mod names;
 pub mod ser;
 mod shapes;
 pub mod url;
+
+use names::*;
 
 use shapes::{pem_blocks, query_params, token_shapes};
 
@@ -297,82 +300,6 @@ enum Next {
     /// Words of a cookie list (`Cookie:` `a=b;` `c=d`).
     Cookie,
 }
-
-/// Options whose value is a secret, whatever the program.
-const SECRET_OPTS: &[&str] = &[
-    "--password",
-    "--passwd",
-    "--pass",
-    "--token",
-    "--auth-token",
-    "--access-token",
-    "--api-key",
-    "--apikey",
-    "--secret",
-    "--client-secret",
-    "--secret-key",
-    "--private-key-passphrase",
-    "--passphrase",
-    "--oauth2-bearer",
-    "--bearer",
-    "--registry-password",
-    "--docker-password",
-    "--aws-secret-access-key",
-];
-
-/// Options whose value is `user:password`.
-const USER_OPTS: &[&str] = &["-u", "--user", "-U", "--proxy-user", "--basic-auth"];
-
-/// Options whose value is a header line.
-const HEADER_OPTS: &[&str] = &["-H", "--header", "--proxy-header", "--extra-header"];
-
-/// Options whose value is `NAME=value`.
-const ENV_OPTS: &[&str] = &["-e", "--env", "--set-env", "--build-arg", "--set"];
-
-/// Header names whose value is a credential.
-const SECRET_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "api-key",
-    "x-auth-token",
-    "x-access-token",
-    "private-token",
-    "job-token",
-    "x-amz-security-token",
-    "x-goog-api-key",
-    "x-vault-token",
-];
-
-/// Query parameters whose value is a secret.
-pub(super) const SECRET_PARAMS: &[&str] = &[
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "token",
-    "auth",
-    "sig",
-    "signature",
-    "key",
-    "api_key",
-    "apikey",
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "client_secret",
-    "code",
-    "session",
-    "sessionid",
-    "x-amz-signature",
-    "x-amz-credential",
-    "x-amz-security-token",
-    "x-goog-signature",
-    "x-goog-credential",
-    "private_token",
-];
 
 fn mysql_like(prog: &str) -> bool {
     prog.starts_with("mysql") || prog.starts_with("mariadb")

@@ -80,49 +80,8 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     )?;
     report_attach(&k.collector);
     let proc_root = opts.analysis.proc_root.clone();
-    k.tls.probe_libssl(&mut k.collector, &proc_root);
-    let inv = match &opts.invoker {
-        Some(i) => i.clone(),
-        None => crate::process::invoker::find(
-            &crate::process::invoker::probe_self(std::path::Path::new("/proc")),
-            None,
-            &[],
-        )?,
-    };
-    {
-        let env: Vec<(String, String)> = inv
-            .env
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string_lossy().into_owned(),
-                    v.to_string_lossy().into_owned(),
-                )
-            })
-            .collect();
-        k.tls.probe_reachable(
-            &mut k.collector,
-            argv,
-            &env,
-            inv.cwd.as_deref(),
-            inv.home.as_deref(),
-        );
-    }
-    // With export on, the command's span is reserved now, so that the
-    // command gets TRACEPARENT naming it (OTel-instrumented children join
-    // our trace); a TRACEPARENT the user's environment has (a CI job's
-    // span) becomes its parent.
-    let mut inv = inv;
-    let root_span = opts.otlp.as_ref().map(|cfg| {
-        let root = crate::sink::otlp::RootSpan::new(&trace_context(&inv.env));
-        if cfg.inject_traceparent {
-            inv.env
-                .retain(|(k, _)| k != "TRACEPARENT" && k != "TRACESTATE");
-            inv.env
-                .extend(root.env().into_iter().map(|(k, v)| (k.into(), v.into())));
-        }
-        root
-    });
+    let mut inv = attach_ahead(&mut k, opts, argv)?;
+    let root_span = reserve_root_span(opts, &mut inv);
     // Before the command starts: from now on a signal goes to it, not to us.
     let mut sigs = TermSignals::new();
     let mut traced =
@@ -137,17 +96,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     // The whole traced tree is "toolchain": file faults of e.g. `make` count
     // too. The kernel tracked it at fork already; this is belt and braces.
     k.collector.track(root);
-    // Every process of the traced command gets an identity and a span (rules
-    // still apply to toolchain execs only).
-    let mut pipeline = Pipeline::new(
-        AnalysisConfig {
-            all: true,
-            ..analysis_config(opts)
-        },
-        opts.net.clone(),
-        opts.tls.clone(),
-        opts.dns.clone(),
-    );
+    let mut pipeline = trace_pipeline(opts);
     let mut otlp = start_otlp(
         opts,
         k.collector.clock_offset_ns,
@@ -224,6 +173,120 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
             }
         }
     }
+    finish(Finished {
+        k,
+        opts,
+        pipeline,
+        otlp,
+        outputs,
+        in_tree,
+        root,
+        status,
+        inv,
+        interrupted_by,
+    })
+    .await
+}
+
+/// The TLS libraries and Go toolchains the command can reach, attached
+/// before it starts; the account it runs as.
+fn attach_ahead(
+    k: &mut Kernel,
+    opts: &RunOptions,
+    argv: &[String],
+) -> anyhow::Result<crate::process::invoker::Invoker> {
+    let proc_root = &opts.analysis.proc_root;
+    k.tls.probe_libssl(&mut k.collector, proc_root);
+    let inv = match &opts.invoker {
+        Some(i) => i.clone(),
+        None => crate::process::invoker::find(
+            &crate::process::invoker::probe_self(std::path::Path::new("/proc")),
+            None,
+            &[],
+        )?,
+    };
+    let env: Vec<(String, String)> = inv
+        .env
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    k.tls.probe_reachable(
+        &mut k.collector,
+        argv,
+        &env,
+        inv.cwd.as_deref(),
+        inv.home.as_deref(),
+    );
+    Ok(inv)
+}
+
+/// With export on, the command's span is reserved now, so that the command
+/// gets TRACEPARENT naming it (OTel-instrumented children join our trace);
+/// a TRACEPARENT the user's environment has (a CI job's span) becomes its
+/// parent.
+fn reserve_root_span(
+    opts: &RunOptions,
+    inv: &mut crate::process::invoker::Invoker,
+) -> Option<crate::sink::otlp::RootSpan> {
+    opts.otlp.as_ref().map(|cfg| {
+        let root = crate::sink::otlp::RootSpan::new(&trace_context(&inv.env));
+        if cfg.inject_traceparent {
+            inv.env
+                .retain(|(k, _)| k != "TRACEPARENT" && k != "TRACESTATE");
+            inv.env
+                .extend(root.env().into_iter().map(|(k, v)| (k.into(), v.into())));
+        }
+        root
+    })
+}
+
+/// Every process of the traced command gets an identity and a span (rules
+/// still apply to toolchain execs only).
+fn trace_pipeline(opts: &RunOptions) -> Pipeline {
+    Pipeline::new(
+        AnalysisConfig {
+            all: true,
+            ..analysis_config(opts)
+        },
+        opts.net.clone(),
+        opts.tls.clone(),
+        opts.dns.clone(),
+    )
+}
+
+/// What a traced run has when its command is done.
+struct Finished<'a> {
+    k: Kernel,
+    opts: &'a RunOptions,
+    pipeline: Pipeline,
+    otlp: Option<crate::sink::otlp::Otlp>,
+    outputs: crate::sink::report::KeptOutputs,
+    in_tree: std::collections::HashSet<u32>,
+    root: u32,
+    status: Option<std::process::ExitStatus>,
+    inv: crate::process::invoker::Invoker,
+    interrupted_by: Option<i32>,
+}
+
+/// The conclusions still due, the exit code, the losses; the exporter flushed.
+async fn finish(f: Finished<'_>) -> anyhow::Result<TraceResult> {
+    let Finished {
+        k,
+        opts,
+        mut pipeline,
+        mut otlp,
+        mut outputs,
+        in_tree,
+        root,
+        status,
+        inv,
+        interrupted_by,
+    } = f;
     for o in pipeline.flush(crate::clock::boot_ns(), 0) {
         let pid = o.pid();
         if in_tree.contains(&pid) || pipeline.table.in_tree(pid, root) {

@@ -155,7 +155,12 @@ fn named(exe: &str, env: &[(String, String)], argv: &[String]) -> Vec<Named> {
             });
         }
     }
-    // A git remote on the command line: https://, ssh://, git@host:path.
+    git_remotes(argv, &mut out);
+    out
+}
+
+/// A git remote on the command line: https://, ssh://, git@host:path.
+fn git_remotes(argv: &[String], out: &mut Vec<Named>) {
     if argv.first().is_some_and(|a| basename(a) == "git") {
         for a in argv.iter().skip(1) {
             let scp = a
@@ -195,7 +200,6 @@ fn named(exe: &str, env: &[(String, String)], argv: &[String]) -> Vec<Named> {
             }
         }
     }
-    out
 }
 
 fn host_matches(pattern: &str, host: Option<&str>, dst: IpAddr) -> bool {

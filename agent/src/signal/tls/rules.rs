@@ -12,6 +12,87 @@ use crate::{
 
 impl TlsTracker {
     pub(super) fn findings(&mut self, r: &TlsReport) -> Vec<Finding> {
+        let said = Said::of(r);
+        let Some((code, severity, summary)) = said.verdict(r, self.cfg.slow_ns) else {
+            return Vec::new();
+        };
+        let key = format!("{code}|{}|{}|{:?}", said.name, r.server, r.sni);
+        if !self.reported.first(key, r.end_ns) {
+            return Vec::new();
+        }
+        let (cause, fix) = tls_cause_and_fix(code, r, said.lib_cert.as_deref(), &said.ca_note);
+        vec![Finding {
+            code,
+            severity,
+            pid: r.owner.pid,
+            summary,
+            cause,
+            fix,
+            evidence: evidence(r),
+        }]
+    }
+}
+
+/// A TLS finding's evidence.
+fn evidence(r: &TlsReport) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("exe".into(), json!(r.owner.exe));
+    m.insert("comm".into(), json!(r.owner.comm));
+    m.insert("local_side".into(), json!(r.local.name()));
+    m.insert("server".into(), json!(r.server.to_string()));
+    m.insert("client".into(), json!(r.client.to_string()));
+    m.insert("sni".into(), json!(r.sni));
+    m.insert("offered_versions".into(), json!(r.offered));
+    m.insert("negotiated_version".into(), json!(r.version));
+    m.insert("alpn".into(), json!(r.alpn));
+    m.insert(
+        "duration_ms".into(),
+        json!(r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6),
+    );
+    m.insert(
+        "verdict".into(),
+        serde_json::to_value(&r.verdict).unwrap_or(Value::Null),
+    );
+    m.insert(
+        "library".into(),
+        Value::Object(
+            r.library
+                .iter()
+                .map(|n| (n.key().to_string(), json!(n.text())))
+                .collect(),
+        ),
+    );
+    m.insert(
+        "ca_env".into(),
+        Value::Object(
+            r.ca_env
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect(),
+        ),
+    );
+    m.insert(
+        "endpoint_from".into(),
+        serde_json::to_value(&r.endpoint).unwrap_or(Value::Null),
+    );
+    m
+}
+
+/// What a TLS finding's summary says about the handshake: who, to where,
+/// what was offered, the CA store in force, the library's own reason.
+struct Said {
+    name: String,
+    host: String,
+    offered: String,
+    ca_note: String,
+    /// What the client's library said about the certificate, if anything.
+    lib_cert: Option<String>,
+}
+
+type Found = (&'static str, Severity, String);
+
+impl Said {
+    fn of(r: &TlsReport) -> Self {
         let name = if r.owner.pid == 0 && r.local == Side::Client {
             // Connected before the agent started: its owner was not recorded.
             "a local process".to_string()
@@ -31,58 +112,37 @@ impl TlsTracker {
         } else {
             r.offered.join(", ")
         };
-        let evidence = || {
-            let mut m = Map::new();
-            m.insert("exe".into(), json!(r.owner.exe));
-            m.insert("comm".into(), json!(r.owner.comm));
-            m.insert("local_side".into(), json!(r.local.name()));
-            m.insert("server".into(), json!(r.server.to_string()));
-            m.insert("client".into(), json!(r.client.to_string()));
-            m.insert("sni".into(), json!(r.sni));
-            m.insert("offered_versions".into(), json!(r.offered));
-            m.insert("negotiated_version".into(), json!(r.version));
-            m.insert("alpn".into(), json!(r.alpn));
-            m.insert(
-                "duration_ms".into(),
-                json!(r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6),
-            );
-            m.insert(
-                "verdict".into(),
-                serde_json::to_value(&r.verdict).unwrap_or(Value::Null),
-            );
-            m.insert(
-                "library".into(),
-                Value::Object(
-                    r.library
-                        .iter()
-                        .map(|n| (n.key().to_string(), json!(n.text())))
-                        .collect(),
-                ),
-            );
-            m.insert(
-                "ca_env".into(),
-                Value::Object(
-                    r.ca_env
-                        .iter()
-                        .map(|(k, v)| (k.clone(), json!(v)))
-                        .collect(),
-                ),
-            );
-            m
-        };
         let ca_note = if r.ca_env.is_empty() {
             "no SSL_CERT_FILE / SSL_CERT_DIR / REQUESTS_CA_BUNDLE set: the library's default CA store was used".to_string()
         } else {
             let v: Vec<String> = r.ca_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!("CA bundle from {}", v.join(", "))
         };
-        // What the client's library said about the certificate, if anything.
         let lib_cert = r.library.iter().find_map(|n| n.about_certificate());
-        let (code, severity, summary) = match &r.verdict {
+        Said {
+            name,
+            host,
+            offered,
+            ca_note,
+            lib_cert,
+        }
+    }
+
+    /// The finding a verdict makes, if any (a completed handshake only
+    /// when it was slow).
+    fn verdict(&self, r: &TlsReport, slow_ns: u64) -> Option<Found> {
+        let (name, host, offered, ca_note, lib_cert) = (
+            &self.name,
+            &self.host,
+            &self.offered,
+            &self.ca_note,
+            &self.lib_cert,
+        );
+        Some(match &r.verdict {
             Verdict::Completed => {
                 let d = r.end_ns.saturating_sub(r.start_ns);
-                if d < self.cfg.slow_ns {
-                    return Vec::new();
+                if d < slow_ns {
+                    return None;
                 }
                 (
                     codes::SLOW_HANDSHAKE,
@@ -94,54 +154,7 @@ impl TlsTracker {
                     ),
                 )
             }
-            Verdict::Alert { alert } => {
-                let by = alert.from.name();
-                let d = alert.description;
-                let aname = alert_name(d);
-                if d == 70 {
-                    let what = match &r.version {
-                        Some(v) if alert.from == Side::Client => {
-                            format!(
-                                "the client refused {v} chosen by the server (client offers {offered})"
-                            )
-                        }
-                        _ => format!(
-                            "the server refused every version the client offered ({offered})"
-                        ),
-                    };
-                    (
-                        codes::VERSION_MISMATCH,
-                        Severity::Error,
-                        format!("{name} → {host}: {what}; {by} sent alert {aname}"),
-                    )
-                } else if tls::is_certificate_alert(d) {
-                    let whose = if alert.from == Side::Client {
-                        "server's"
-                    } else {
-                        "client's"
-                    };
-                    let detail = lib_cert
-                        .as_ref()
-                        .map(|d| format!(", {d}"))
-                        .unwrap_or_default();
-                    (
-                        codes::UNTRUSTED_CERTIFICATE,
-                        Severity::Error,
-                        format!(
-                            "{name} → {host}: the {by} rejected the {whose} certificate (alert {aname}{detail}); {ca_note}"
-                        ),
-                    )
-                } else {
-                    (
-                        codes::HANDSHAKE_FAILURE,
-                        Severity::Error,
-                        format!(
-                            "{name} → {host}: TLS handshake failed, {by} sent alert {aname} ({})",
-                            r.version.as_deref().unwrap_or("before ServerHello")
-                        ),
-                    )
-                }
-            }
+            Verdict::Alert { alert } => self.alert(r, alert),
             Verdict::EncryptedAlert { from: Side::Client }
             | Verdict::Closed {
                 by: Side::Client, ..
@@ -192,26 +205,60 @@ impl TlsTracker {
                     from.name()
                 ),
             ),
-        };
-        let key = format!("{code}|{name}|{}|{:?}", r.server, r.sni);
-        if !self.reported.first(key, r.end_ns) {
-            return Vec::new();
-        }
-        let (cause, fix) = tls_cause_and_fix(code, r, lib_cert.as_deref(), &ca_note);
-        let mut e = evidence();
-        e.insert(
-            "endpoint_from".into(),
-            serde_json::to_value(&r.endpoint).unwrap_or(Value::Null),
+        })
+    }
+
+    /// A plaintext alert: versions refused, a certificate rejected, or another.
+    fn alert(&self, r: &TlsReport, alert: &tls::Alert) -> Found {
+        let (name, host, offered, ca_note, lib_cert) = (
+            &self.name,
+            &self.host,
+            &self.offered,
+            &self.ca_note,
+            &self.lib_cert,
         );
-        vec![Finding {
-            code,
-            severity,
-            pid: r.owner.pid,
-            summary,
-            cause,
-            fix,
-            evidence: e,
-        }]
+        let by = alert.from.name();
+        let d = alert.description;
+        let aname = alert_name(d);
+        if d == 70 {
+            let what = match &r.version {
+                Some(v) if alert.from == Side::Client => {
+                    format!("the client refused {v} chosen by the server (client offers {offered})")
+                }
+                _ => format!("the server refused every version the client offered ({offered})"),
+            };
+            (
+                codes::VERSION_MISMATCH,
+                Severity::Error,
+                format!("{name} → {host}: {what}; {by} sent alert {aname}"),
+            )
+        } else if tls::is_certificate_alert(d) {
+            let whose = if alert.from == Side::Client {
+                "server's"
+            } else {
+                "client's"
+            };
+            let detail = lib_cert
+                .as_ref()
+                .map(|d| format!(", {d}"))
+                .unwrap_or_default();
+            (
+                codes::UNTRUSTED_CERTIFICATE,
+                Severity::Error,
+                format!(
+                    "{name} → {host}: the {by} rejected the {whose} certificate (alert {aname}{detail}); {ca_note}"
+                ),
+            )
+        } else {
+            (
+                codes::HANDSHAKE_FAILURE,
+                Severity::Error,
+                format!(
+                    "{name} → {host}: TLS handshake failed, {by} sent alert {aname} ({})",
+                    r.version.as_deref().unwrap_or("before ServerHello")
+                ),
+            )
+        }
     }
 }
 
