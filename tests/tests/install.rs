@@ -183,6 +183,12 @@ fn the_readme_first_command_works_from_a_normal_account() {
             .join("\n")
     );
     assert!(out.status.success(), "install failed: {err}");
+    if std::env::var_os("AGENT_TOOLS_DIR").is_some() {
+        assert!(
+            !err.contains("building bpf-linker"),
+            "the shared AGENT_TOOLS_DIR's bpf-linker was not reused: {err}"
+        );
+    }
     assert!(
         err.contains("copying with `sudo install -m 0755"),
         "says before it elevates: {err}"

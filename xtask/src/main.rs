@@ -418,9 +418,11 @@ fn integration_lanes(_nightly: &str, st: &mut Stages) -> Result<()> {
         let f = std::fs::File::create(&log)?;
         let inner = test_binary(exe);
         let mut c = Command::new("nice");
+        // --nocapture: the log keeps what the test says of its own steps' times.
         c.args(["-n", "15"])
             .arg(inner.get_program())
-            .args(inner.get_args());
+            .args(inner.get_args())
+            .arg("--nocapture");
         for (k, v) in inner.get_envs() {
             if let Some(v) = v {
                 c.env(k, v);
