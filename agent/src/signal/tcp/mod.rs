@@ -197,7 +197,11 @@ impl NetAnalyzer {
 
     /// A connection that was set up: retransmitted SYNs, or slower than
     /// the limit or this destination's baseline (which it then updates).
-    fn on_established(&mut self, c: &Conn, t: &Tcp) -> Option<(&'static str, Severity, String)> {
+    fn on_established(
+        &mut self,
+        c: &Conn<'_>,
+        t: &Tcp,
+    ) -> Option<(&'static str, Severity, String)> {
         let (name, shown, note, took) = (&c.name, &c.shown, &c.proxy_note, &c.took);
         if t.syn_retrans > 0 {
             return Some((
@@ -250,12 +254,12 @@ fn plural(n: u32) -> &'static str {
 
 /// What a connection's findings say about it: who, where, through which
 /// setting or proxy.
-struct Conn {
+struct Conn<'a> {
     exe: Option<String>,
     name: String,
     proxy: Option<ProxyInForce>,
     endpoint: Option<crate::process::endpoints::EndpointSource>,
-    host: Option<String>,
+    host: Option<&'a str>,
     dst: SocketAddr,
     /// `host (addr)` or the address.
     shown: String,
@@ -269,8 +273,8 @@ struct Conn {
     took: String,
 }
 
-impl Conn {
-    fn of(table: &ProcTable, t: &Tcp, host: Option<&str>) -> Self {
+impl<'a> Conn<'a> {
+    fn of(table: &ProcTable, t: &Tcp, host: Option<&'a str>) -> Self {
         let exec = table.get(t.tgid).and_then(|p| p.current());
         let exe = exec.map(|e| e.exe.clone()).filter(|e| !e.is_empty());
         let name = exe
@@ -325,7 +329,7 @@ impl Conn {
             name,
             proxy,
             endpoint,
-            host: host.map(str::to_string),
+            host,
             dst,
             shown,
             proxy_note,

@@ -131,13 +131,13 @@ impl Said {
     /// The finding a verdict makes, if any (a completed handshake only
     /// when it was slow).
     fn verdict(&self, r: &TlsReport, slow_ns: u64) -> Option<Found> {
-        let (name, host, offered, ca_note, lib_cert) = (
-            &self.name,
-            &self.host,
-            &self.offered,
-            &self.ca_note,
-            &self.lib_cert,
-        );
+        let Said {
+            name,
+            host,
+            offered,
+            ca_note,
+            lib_cert,
+        } = self;
         Some(match &r.verdict {
             Verdict::Completed => {
                 let d = r.end_ns.saturating_sub(r.start_ns);
@@ -210,13 +210,13 @@ impl Said {
 
     /// A plaintext alert: versions refused, a certificate rejected, or another.
     fn alert(&self, r: &TlsReport, alert: &tls::Alert) -> Found {
-        let (name, host, offered, ca_note, lib_cert) = (
-            &self.name,
-            &self.host,
-            &self.offered,
-            &self.ca_note,
-            &self.lib_cert,
-        );
+        let Said {
+            name,
+            host,
+            offered,
+            ca_note,
+            lib_cert,
+        } = self;
         let by = alert.from.name();
         let d = alert.description;
         let aname = alert_name(d);
