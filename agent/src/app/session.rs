@@ -29,9 +29,14 @@ pub(super) fn start_otlp(
         Some(cfg) => {
             let o = crate::sink::otlp::Otlp::start(cfg, offset, root)
                 .map_err(|e| anyhow::anyhow!("OTLP exporter: {e}"))?;
+            let to = |e: crate::sink::otlp::Exporter, s: &crate::sink::otlp::config::Signal| match e
+            {
+                crate::sink::otlp::Exporter::Otlp => s.endpoint.clone(),
+                other => other.name().to_string(),
+            };
             tracing::info!(
-                traces = %cfg.traces.endpoint,
-                metrics = %cfg.metrics.endpoint,
+                traces = %to(cfg.traces_exporter, &cfg.traces),
+                metrics = %to(cfg.metrics_exporter, &cfg.metrics),
                 protocol = cfg.traces.protocol.name(),
                 "exporting OTLP"
             );

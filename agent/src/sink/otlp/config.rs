@@ -71,8 +71,33 @@ impl Signal {
     }
 }
 
+/// Where a signal goes: `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exporter {
+    /// To the resolved OTLP endpoint (the default).
+    Otlp,
+    /// The SDK's stdout exporter (opentelemetry-stdout): for a look by hand.
+    Console,
+    /// Not exported.
+    None,
+}
+
+impl Exporter {
+    pub fn name(self) -> &'static str {
+        match self {
+            Exporter::Otlp => "otlp",
+            Exporter::Console => "console",
+            Exporter::None => "none",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtlpConfig {
+    /// `OTEL_TRACES_EXPORTER`.
+    pub traces_exporter: Exporter,
+    /// `OTEL_METRICS_EXPORTER`.
+    pub metrics_exporter: Exporter,
     pub traces: Signal,
     pub metrics: Signal,
     /// `OTEL_METRIC_EXPORT_INTERVAL`, or ours (the SDK's is 60 s).
@@ -103,6 +128,8 @@ pub enum ConfigError {
     ClientPair(String, String),
     #[error("{0}={1:?}: not a number of milliseconds")]
     Number(String, String),
+    #[error("{0}={1:?}: use otlp, console or none (one of them)")]
+    Exporter(String, String),
 }
 
 impl OtlpConfig {
@@ -130,11 +157,37 @@ impl OtlpConfig {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
+        // The SDK-wide switch of the spec: everything off, endpoints or not.
+        if nonempty("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        let exporter = |k: &str| match nonempty(k) {
+            None => Ok(Exporter::Otlp),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "otlp" => Ok(Exporter::Otlp),
+                "console" => Ok(Exporter::Console),
+                "none" => Ok(Exporter::None),
+                _ => Err(ConfigError::Exporter(k.into(), v)),
+            },
+        };
+        let (traces_exporter, metrics_exporter) = (
+            exporter("OTEL_TRACES_EXPORTER")?,
+            exporter("OTEL_METRICS_EXPORTER")?,
+        );
         let base = flag_endpoint
             .map(str::to_string)
             .or_else(|| nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"));
         let specific = |s: &str| nonempty(&format!("OTEL_EXPORTER_OTLP_{s}_ENDPOINT"));
-        if base.is_none() && specific("TRACES").is_none() && specific("METRICS").is_none() {
+        let endpoint_set =
+            base.is_some() || specific("TRACES").is_some() || specific("METRICS").is_some();
+        let wanted = |e: Exporter| match e {
+            Exporter::Otlp => endpoint_set,
+            Exporter::Console => true,
+            Exporter::None => false,
+        };
+        // Off unless something asks for it: an endpoint (the SDK would
+        // default to localhost) or a console exporter.
+        if !wanted(traces_exporter) && !wanted(metrics_exporter) {
             return Ok(None);
         }
         // Per signal first, then the generic variable (the spec's order).
@@ -226,6 +279,16 @@ impl OtlpConfig {
                 .ok_or_else(|| ConfigError::Number("OTEL_BSP_MAX_QUEUE_SIZE".into(), v))?,
         };
         Ok(Some(OtlpConfig {
+            traces_exporter: if wanted(traces_exporter) {
+                traces_exporter
+            } else {
+                Exporter::None
+            },
+            metrics_exporter: if wanted(metrics_exporter) {
+                metrics_exporter
+            } else {
+                Exporter::None
+            },
             traces: signal("TRACES", "traces")?,
             metrics: signal("METRICS", "metrics")?,
             metrics_interval: ms("OTEL_METRIC_EXPORT_INTERVAL", 10_000)?,
@@ -450,6 +513,48 @@ mod tests {
                 ("OTEL_METRIC_EXPORT_INTERVAL", "10s")
             ])
             .contains("not a number")
+        );
+    }
+
+    #[test]
+    fn the_spec_switches_sdk_disabled_and_exporters() {
+        let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let on = |pairs: &[(&str, &str)]| cfg(pairs, None, None).unwrap();
+        // OTEL_SDK_DISABLED=true wins over an endpoint; other values do not.
+        assert_eq!(on(&[ep, ("OTEL_SDK_DISABLED", "true")]), None);
+        assert_eq!(on(&[ep, ("OTEL_SDK_DISABLED", "TRUE")]), None);
+        let c = on(&[ep, ("OTEL_SDK_DISABLED", "false")]).unwrap();
+        assert_eq!(
+            (c.traces_exporter, c.metrics_exporter),
+            (Exporter::Otlp, Exporter::Otlp)
+        );
+        // One signal off.
+        let c = on(&[ep, ("OTEL_METRICS_EXPORTER", "none")]).unwrap();
+        assert_eq!(
+            (c.traces_exporter, c.metrics_exporter),
+            (Exporter::Otlp, Exporter::None)
+        );
+        // Both off: no export at all.
+        assert_eq!(
+            on(&[
+                ep,
+                ("OTEL_TRACES_EXPORTER", "none"),
+                ("OTEL_METRICS_EXPORTER", "none")
+            ]),
+            None
+        );
+        // Console needs no endpoint; the other signal stays off without one.
+        let c = on(&[("OTEL_TRACES_EXPORTER", "console")]).unwrap();
+        assert_eq!(
+            (c.traces_exporter, c.metrics_exporter),
+            (Exporter::Console, Exporter::None)
+        );
+        // Anything else is a clear error, as a bad protocol is.
+        assert_eq!(
+            cfg(&[ep, ("OTEL_TRACES_EXPORTER", "zipkin")], None, None)
+                .unwrap_err()
+                .to_string(),
+            "OTEL_TRACES_EXPORTER=\"zipkin\": use otlp, console or none (one of them)"
         );
     }
 }

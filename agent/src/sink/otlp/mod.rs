@@ -24,7 +24,7 @@ use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
 };
 
-pub use config::{OtlpConfig, Protocol};
+pub use config::{Exporter, OtlpConfig, Protocol};
 use export::{Admission, CountingMetrics, CountingSpans, ErrorLog, ExportError, ExportStats};
 pub use spans::RootSpan;
 
@@ -45,6 +45,38 @@ fn off_thread<T: Send + 'static>(
         tracing::debug!("OTLP: no thread for shutdown: {e}");
     }
     rx
+}
+
+/// The counting wrappers' shared parts, for either exporter kind.
+struct Wrap<'a> {
+    stats: &'a Arc<ExportStats>,
+    log: &'a Arc<ErrorLog>,
+    endpoint: &'a str,
+}
+
+impl Wrap<'_> {
+    fn spans<E>(&self, inner: E) -> CountingSpans<E> {
+        CountingSpans {
+            inner,
+            stats: self.stats.clone(),
+            log: self.log.clone(),
+            endpoint: self.endpoint.to_owned(),
+        }
+    }
+
+    fn metrics<E>(&self, inner: E, cfg: &OtlpConfig) -> PeriodicReader<CountingMetrics<E>>
+    where
+        CountingMetrics<E>: opentelemetry_sdk::metrics::exporter::PushMetricExporter,
+    {
+        PeriodicReader::builder(CountingMetrics {
+            inner,
+            stats: self.stats.clone(),
+            log: self.log.clone(),
+            endpoint: self.endpoint.to_owned(),
+        })
+        .with_interval(cfg.metrics_interval)
+        .build()
+    }
 }
 
 pub struct Otlp {
@@ -74,58 +106,61 @@ impl Otlp {
         let resource = model::resource();
         let stats = Arc::new(ExportStats::default());
         let log = Arc::new(ErrorLog::default());
-        let spans = CountingSpans {
-            inner: export::span_exporter(&cfg.traces)?,
-            stats: stats.clone(),
-            log: log.clone(),
-            endpoint: cfg.traces.endpoint.clone(),
-        };
-        // The other OTEL_BSP_* are read by the SDK; these two the config
-        // resolved (ours where they are unset).
-        let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(cfg.queue_cap)
-            .with_scheduled_delay(cfg.span_delay);
-        let processor = Admission {
-            inner: BatchSpanProcessor::builder(spans)
-                .with_batch_config(batch.build())
-                .build(),
-            stats: stats.clone(),
-            cap: cfg.queue_cap as u64,
-            max_bytes: export::MAX_QUEUE_BYTES,
-            warned: Default::default(),
-        };
         let ids = spans::Ids::default();
-        let tracer_provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
+        let traces = SdkTracerProvider::builder()
             .with_id_generator(ids.clone())
-            .with_resource(resource.clone())
-            .build();
+            .with_resource(resource.clone());
+        let counting = Wrap {
+            stats: &stats,
+            log: &log,
+            endpoint: &cfg.traces.endpoint,
+        };
+        let tracer_provider = match cfg.traces_exporter {
+            Exporter::Otlp => {
+                let inner = counting.spans(export::span_exporter(&cfg.traces)?);
+                traces.with_span_processor(Self::admission(cfg, inner, &stats))
+            }
+            Exporter::Console => {
+                let inner = counting.spans(opentelemetry_stdout::SpanExporter::default());
+                traces.with_span_processor(Self::admission(cfg, inner, &stats))
+            }
+            // No processor: spans are built and dropped at their end.
+            Exporter::None => traces,
+        }
+        .build();
         let tracer = {
             use opentelemetry::trace::TracerProvider as _;
             tracer_provider.tracer_with_scope(model::scope())
         };
-        let reader = PeriodicReader::builder(CountingMetrics {
-            inner: export::metric_exporter(&cfg.metrics)?,
-            stats: stats.clone(),
-            log: log.clone(),
-            endpoint: cfg.metrics.endpoint.clone(),
-        })
-        .with_interval(cfg.metrics_interval)
+        let metrics = SdkMeterProvider::builder().with_resource(resource);
+        let reader = Wrap {
+            stats: &stats,
+            log: &log,
+            endpoint: &cfg.metrics.endpoint,
+        };
+        let meter_provider = match cfg.metrics_exporter {
+            Exporter::Otlp => {
+                metrics.with_reader(reader.metrics(export::metric_exporter(&cfg.metrics)?, cfg))
+            }
+            Exporter::Console => metrics
+                .with_reader(reader.metrics(opentelemetry_stdout::MetricExporter::default(), cfg)),
+            Exporter::None => metrics,
+        }
         .build();
-        let meter_provider = SdkMeterProvider::builder()
-            .with_reader(reader)
-            .with_resource(resource)
-            .build();
         let instruments =
             metrics::Instruments::new(&meter_provider.meter_with_scope(model::scope()));
         // One check per distinct https:// endpoint.
         let mut probes = Vec::new();
         let mut seen = Vec::new();
-        for s in [&cfg.traces, &cfg.metrics] {
+        let otlp = [
+            (cfg.traces_exporter, &cfg.traces),
+            (cfg.metrics_exporter, &cfg.metrics),
+        ];
+        for (_, s) in otlp.iter().filter(|(e, _)| *e == Exporter::Otlp) {
             let origin = s.host_port();
             if s.https() && !seen.contains(&origin) {
                 seen.push(origin);
-                let (s, log) = (s.clone(), log.clone());
+                let (s, log) = ((*s).clone(), log.clone());
                 probes.push(tokio::spawn(async move {
                     let endpoint = s.endpoint.clone();
                     match export::probe_tls(s).await {
@@ -144,6 +179,29 @@ impl Otlp {
             log,
             probes,
         })
+    }
+
+    /// The SDK's batch processor behind our bounded admission (spans and
+    /// bytes), exporting through `inner`.
+    fn admission<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
+        cfg: &OtlpConfig,
+        inner: E,
+        stats: &Arc<ExportStats>,
+    ) -> Admission<BatchSpanProcessor> {
+        // The other OTEL_BSP_* are read by the SDK; these two the config
+        // resolved (ours where they are unset).
+        let batch = BatchConfigBuilder::default()
+            .with_max_queue_size(cfg.queue_cap)
+            .with_scheduled_delay(cfg.span_delay);
+        Admission {
+            inner: BatchSpanProcessor::builder(inner)
+                .with_batch_config(batch.build())
+                .build(),
+            stats: stats.clone(),
+            cap: cfg.queue_cap as u64,
+            max_bytes: export::MAX_QUEUE_BYTES,
+            warned: Default::default(),
+        }
     }
 
     pub fn observe(&mut self, o: &Output, table: &ProcTable) {
