@@ -349,6 +349,8 @@ pub struct TlsJson<'a> {
     offered_versions: &'a [String],
     version: Option<&'a str>,
     cipher_suite: Option<String>,
+    /// Its IANA name.
+    cipher: Option<String>,
     alpn: &'a [String],
     verdict: &'a crate::tls::Verdict,
     library: LibraryJson<'a>,
@@ -378,6 +380,7 @@ pub fn tls_json<'a>(style: &Style, r: &'a crate::signal::tls::TlsReport) -> TlsJ
         offered_versions: &r.offered,
         version: r.version.as_deref(),
         cipher_suite: r.cipher_suite.map(|c| format!("0x{c:04x}")),
+        cipher: r.cipher_suite.map(crate::signal::tls::cipher_name),
         alpn: &r.alpn,
         verdict: &r.verdict,
         library: LibraryJson(&r.library),

@@ -31,6 +31,20 @@ use crate::{
     tls::{Handshake, Side, Verdict, version_name},
 };
 
+/// The IANA name of a cipher suite (`TLS_AES_128_GCM_SHA256`), as the
+/// semantic conventions' `tls.cipher` wants it; rustls carries the IANA
+/// registry's table, so none is kept here. Its TLS 1.3 names say `TLS13_`
+/// where IANA says `TLS_`. An unregistered value stays hex.
+pub fn cipher_name(suite: u16) -> String {
+    match rustls::CipherSuite::from(suite).as_str() {
+        Some(n) => match n.strip_prefix("TLS13_") {
+            Some(rest) => format!("TLS_{rest}"),
+            None => n.to_string(),
+        },
+        None => format!("0x{suite:04x}"),
+    }
+}
+
 /// One TLS handshake, as the agent saw it.
 #[derive(Clone, Debug, Serialize)]
 pub struct TlsReport {
@@ -351,6 +365,17 @@ mod tests {
         process::names::NoNames,
         tls::{self, tests as t},
     };
+
+    #[test]
+    fn cipher_names_are_ianas() {
+        assert_eq!(cipher_name(0x1301), "TLS_AES_128_GCM_SHA256");
+        assert_eq!(cipher_name(0xc02f), "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256");
+        assert_eq!(
+            cipher_name(0xcca8),
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"
+        );
+        assert_eq!(cipher_name(0x0a0a), "0x0a0a");
+    }
 
     #[test]
     fn version_mismatch_names_offer_and_refuser() {

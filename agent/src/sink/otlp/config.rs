@@ -152,34 +152,26 @@ impl OtlpConfig {
         flag_protocol: Option<&str>,
         read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
     ) -> Result<Option<Self>, ConfigError> {
-        let nonempty = |k: &str| {
-            get(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
+        let env = Env {
+            get,
+            read,
+            flag_endpoint,
+            flag_protocol,
         };
         // The SDK-wide switch of the spec: everything off, endpoints or not.
-        if nonempty("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        if env
+            .nonempty("OTEL_SDK_DISABLED")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
             return Ok(None);
         }
-        let exporter = |k: &str| match nonempty(k) {
-            None => Ok(Exporter::Otlp),
-            Some(v) => match v.to_ascii_lowercase().as_str() {
-                "otlp" => Ok(Exporter::Otlp),
-                "console" => Ok(Exporter::Console),
-                "none" => Ok(Exporter::None),
-                _ => Err(ConfigError::Exporter(k.into(), v)),
-            },
-        };
         let (traces_exporter, metrics_exporter) = (
-            exporter("OTEL_TRACES_EXPORTER")?,
-            exporter("OTEL_METRICS_EXPORTER")?,
+            env.exporter("OTEL_TRACES_EXPORTER")?,
+            env.exporter("OTEL_METRICS_EXPORTER")?,
         );
-        let base = flag_endpoint
-            .map(str::to_string)
-            .or_else(|| nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        let specific = |s: &str| nonempty(&format!("OTEL_EXPORTER_OTLP_{s}_ENDPOINT"));
+        let base = env.base();
         let endpoint_set =
-            base.is_some() || specific("TRACES").is_some() || specific("METRICS").is_some();
+            base.is_some() || env.specific("TRACES").is_some() || env.specific("METRICS").is_some();
         let wanted = |e: Exporter| match e {
             Exporter::Otlp => endpoint_set,
             Exporter::Console => true,
@@ -190,87 +182,8 @@ impl OtlpConfig {
         if !wanted(traces_exporter) && !wanted(metrics_exporter) {
             return Ok(None);
         }
-        // Per signal first, then the generic variable (the spec's order).
-        let var = |signal: &str, what: &str| -> Option<(String, String)> {
-            [
-                format!("OTEL_EXPORTER_OTLP_{signal}_{what}"),
-                format!("OTEL_EXPORTER_OTLP_{what}"),
-            ]
-            .into_iter()
-            .find_map(|k| nonempty(&k).map(|v| (k, v)))
-        };
-        let signal = |upper: &'static str, name: &'static str| -> Result<Signal, ConfigError> {
-            let protocol = match flag_protocol {
-                Some(p) => parse_protocol("--otlp-protocol", p)?,
-                None => match var(upper, "PROTOCOL") {
-                    Some((k, v)) => parse_protocol(&k, &v)?,
-                    None => Protocol::HttpProtobuf,
-                },
-            };
-            let insecure =
-                var(upper, "INSECURE").is_some_and(|(_, v)| v.eq_ignore_ascii_case("true"));
-            let endpoint = match (specific(upper), &base) {
-                // A signal's own endpoint is used as is (unless a flag names one).
-                (Some(s), _) if flag_endpoint.is_none() => with_scheme(&s, protocol, insecure)?,
-                (_, Some(b)) => {
-                    let b = with_scheme(b, protocol, insecure)?;
-                    match protocol {
-                        Protocol::Grpc => b,
-                        Protocol::HttpProtobuf => format!("{}/v1/{name}", b.trim_end_matches('/')),
-                    }
-                }
-                (Some(s), None) => with_scheme(&s, protocol, insecure)?,
-                (None, None) => String::new(),
-            };
-            if let Some((k, v)) = var(upper, "COMPRESSION")
-                && !matches!(v.to_ascii_lowercase().as_str(), "gzip" | "none")
-            {
-                return Err(ConfigError::Compression(k, v));
-            }
-            let file = |what: &str| -> Result<Option<(String, Vec<u8>)>, ConfigError> {
-                var(upper, what)
-                    .map(|(k, path)| match read(&path) {
-                        Ok(b) => Ok((path, b)),
-                        Err(e) => Err(ConfigError::File(k, path, e)),
-                    })
-                    .transpose()
-            };
-            let ca = file("CERTIFICATE")?;
-            let client = match (file("CLIENT_CERTIFICATE")?, file("CLIENT_KEY")?) {
-                (Some((_, c)), Some((_, k))) => Some((c, k)),
-                (None, None) => None,
-                (Some(_), None) => {
-                    return Err(ConfigError::ClientPair(
-                        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE".into(),
-                        "OTEL_EXPORTER_OTLP_CLIENT_KEY".into(),
-                    ));
-                }
-                (None, Some(_)) => {
-                    return Err(ConfigError::ClientPair(
-                        "OTEL_EXPORTER_OTLP_CLIENT_KEY".into(),
-                        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE".into(),
-                    ));
-                }
-            };
-            let timeout = match var(upper, "TIMEOUT") {
-                None => Duration::from_secs(10),
-                Some((k, v)) => parse_ms(k, v)?,
-            };
-            Ok(Signal {
-                name,
-                endpoint,
-                protocol,
-                timeout,
-                tls: TlsFiles { ca, client },
-            })
-        };
-        let ms = |k: &str, default: u64| -> Result<Duration, ConfigError> {
-            match nonempty(k) {
-                None => Ok(Duration::from_millis(default)),
-                Some(v) => parse_ms(k.into(), v),
-            }
-        };
-        let queue_cap = match nonempty("OTEL_BSP_MAX_QUEUE_SIZE") {
+        let only_wanted = |e: Exporter| if wanted(e) { e } else { Exporter::None };
+        let queue_cap = match env.nonempty("OTEL_BSP_MAX_QUEUE_SIZE") {
             None => QUEUE_CAP,
             Some(v) => v
                 .parse::<usize>()
@@ -279,23 +192,143 @@ impl OtlpConfig {
                 .ok_or_else(|| ConfigError::Number("OTEL_BSP_MAX_QUEUE_SIZE".into(), v))?,
         };
         Ok(Some(OtlpConfig {
-            traces_exporter: if wanted(traces_exporter) {
-                traces_exporter
-            } else {
-                Exporter::None
-            },
-            metrics_exporter: if wanted(metrics_exporter) {
-                metrics_exporter
-            } else {
-                Exporter::None
-            },
-            traces: signal("TRACES", "traces")?,
-            metrics: signal("METRICS", "metrics")?,
-            metrics_interval: ms("OTEL_METRIC_EXPORT_INTERVAL", 10_000)?,
-            span_delay: ms("OTEL_BSP_SCHEDULE_DELAY", 1_000)?,
+            traces_exporter: only_wanted(traces_exporter),
+            metrics_exporter: only_wanted(metrics_exporter),
+            traces: env.signal("TRACES", "traces", base.as_deref())?,
+            metrics: env.signal("METRICS", "metrics", base.as_deref())?,
+            metrics_interval: env.ms("OTEL_METRIC_EXPORT_INTERVAL", 10_000)?,
+            span_delay: env.ms("OTEL_BSP_SCHEDULE_DELAY", 1_000)?,
             queue_cap,
             inject_traceparent: true,
         }))
+    }
+}
+
+/// The variables and flags one resolution reads, and how files are read.
+struct Env<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    read: &'a dyn Fn(&str) -> Result<Vec<u8>, String>,
+    flag_endpoint: Option<&'a str>,
+    flag_protocol: Option<&'a str>,
+}
+
+impl Env<'_> {
+    fn nonempty(&self, k: &str) -> Option<String> {
+        (self.get)(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn exporter(&self, k: &str) -> Result<Exporter, ConfigError> {
+        match self.nonempty(k) {
+            None => Ok(Exporter::Otlp),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "otlp" => Ok(Exporter::Otlp),
+                "console" => Ok(Exporter::Console),
+                "none" => Ok(Exporter::None),
+                _ => Err(ConfigError::Exporter(k.into(), v)),
+            },
+        }
+    }
+
+    /// The generic endpoint: the flag (or config file) over the variable.
+    fn base(&self) -> Option<String> {
+        self.flag_endpoint
+            .map(str::to_string)
+            .or_else(|| self.nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    }
+
+    fn specific(&self, signal: &str) -> Option<String> {
+        self.nonempty(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+    }
+
+    /// Per signal first, then the generic variable (the spec's order).
+    fn var(&self, signal: &str, what: &str) -> Option<(String, String)> {
+        [
+            format!("OTEL_EXPORTER_OTLP_{signal}_{what}"),
+            format!("OTEL_EXPORTER_OTLP_{what}"),
+        ]
+        .into_iter()
+        .find_map(|k| self.nonempty(&k).map(|v| (k, v)))
+    }
+
+    fn ms(&self, k: &str, default: u64) -> Result<Duration, ConfigError> {
+        match self.nonempty(k) {
+            None => Ok(Duration::from_millis(default)),
+            Some(v) => parse_ms(k.into(), v),
+        }
+    }
+
+    fn file(&self, signal: &str, what: &str) -> Result<Option<(String, Vec<u8>)>, ConfigError> {
+        self.var(signal, what)
+            .map(|(k, path)| match (self.read)(&path) {
+                Ok(b) => Ok((path, b)),
+                Err(e) => Err(ConfigError::File(k, path, e)),
+            })
+            .transpose()
+    }
+
+    fn signal(
+        &self,
+        upper: &str,
+        name: &'static str,
+        base: Option<&str>,
+    ) -> Result<Signal, ConfigError> {
+        let protocol = match self.flag_protocol {
+            Some(p) => parse_protocol("--otlp-protocol", p)?,
+            None => match self.var(upper, "PROTOCOL") {
+                Some((k, v)) => parse_protocol(&k, &v)?,
+                None => Protocol::HttpProtobuf,
+            },
+        };
+        let insecure = self
+            .var(upper, "INSECURE")
+            .is_some_and(|(_, v)| v.eq_ignore_ascii_case("true"));
+        let endpoint = match (self.specific(upper), base) {
+            // A signal's own endpoint is used as is (unless a flag names one).
+            (Some(s), _) if self.flag_endpoint.is_none() => with_scheme(&s, protocol, insecure)?,
+            (_, Some(b)) => {
+                let b = with_scheme(b, protocol, insecure)?;
+                match protocol {
+                    Protocol::Grpc => b,
+                    Protocol::HttpProtobuf => format!("{}/v1/{name}", b.trim_end_matches('/')),
+                }
+            }
+            (Some(s), None) => with_scheme(&s, protocol, insecure)?,
+            (None, None) => String::new(),
+        };
+        if let Some((k, v)) = self.var(upper, "COMPRESSION")
+            && !matches!(v.to_ascii_lowercase().as_str(), "gzip" | "none")
+        {
+            return Err(ConfigError::Compression(k, v));
+        }
+        let pair = |a: &str, b: &str| {
+            ConfigError::ClientPair(
+                format!("OTEL_EXPORTER_OTLP_{a}"),
+                format!("OTEL_EXPORTER_OTLP_{b}"),
+            )
+        };
+        let ca = self.file(upper, "CERTIFICATE")?;
+        let client = match (
+            self.file(upper, "CLIENT_CERTIFICATE")?,
+            self.file(upper, "CLIENT_KEY")?,
+        ) {
+            (Some((_, c)), Some((_, k))) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => return Err(pair("CLIENT_CERTIFICATE", "CLIENT_KEY")),
+            (None, Some(_)) => return Err(pair("CLIENT_KEY", "CLIENT_CERTIFICATE")),
+        };
+        let timeout = match self.var(upper, "TIMEOUT") {
+            None => Duration::from_secs(10),
+            Some((k, v)) => parse_ms(k, v)?,
+        };
+        Ok(Signal {
+            name,
+            endpoint,
+            protocol,
+            timeout,
+            tls: TlsFiles { ca, client },
+        })
     }
 }
 

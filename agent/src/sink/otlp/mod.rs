@@ -221,31 +221,25 @@ impl Otlp {
     pub fn update_self(&self, l: &crate::events::Losses) {
         let i = &self.instruments;
         let st = &self.stats;
-        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-        i.events_received.record(l.received as f64, &[]);
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        i.events_received.set("", l.received);
         for (cause, lost) in &l.kernel {
-            i.events_lost
-                .record(*lost as f64, &[model::kv_str("cause", cause.name())]);
+            i.events_lost.set(cause.name(), *lost);
         }
-        i.decode_errors.record(l.decode_errors as f64, &[]);
-        i.tcp_unreported.record(l.tcp_quiet as f64, &[]);
-        i.export_spans.record(
-            n(&st.spans_exported),
-            &[model::kv_str("result", "exported")],
-        );
-        i.export_spans
-            .record(n(&st.spans_dropped), &[model::kv_str("result", "dropped")]);
-        i.export_points.record(n(&st.metric_points_exported), &[]);
+        i.decode_errors.set("", l.decode_errors);
+        i.tcp_unreported.set("", l.tcp_quiet);
+        i.export_spans.set("exported", n(&st.spans_exported));
+        i.export_spans.set("dropped", n(&st.spans_dropped));
+        i.export_points.set("", n(&st.metric_points_exported));
         i.queue_depth.record(n(&st.queue_depth), &[]);
-        i.open_spans.record(self.builder.open_count() as f64, &[]);
+        i.open_spans.record(self.builder.open_count() as u64, &[]);
         let g = crate::process::guard::stats();
         for (cause, v) in [
             ("timeout", g.timeouts),
             ("stalled", g.refused_stalled),
             ("busy", g.refused_busy),
         ] {
-            i.files_skipped
-                .record(v as f64, &[model::kv_str("cause", cause)]);
+            i.files_skipped.set(cause, v);
         }
     }
 

@@ -43,11 +43,13 @@ pub fn kv_str_array(k: &'static str, v: &[String]) -> KeyValue {
 pub fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("agent")
         .with_version(env!("CARGO_PKG_VERSION"))
+        .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
         .build()
 }
 
-/// Resource: service, agent version, host, OS, node, the agent's own
-/// container; then `OTEL_RESOURCE_ATTRIBUTES` (the SDK's detector) over
+/// Resource: service (with an instance id per start, a random UUID as the
+/// conventions ask), agent version, host, OS, node, the agent's own
+/// container, under the semantic conventions' schema URL; then `OTEL_RESOURCE_ATTRIBUTES` (the SDK's detector) over
 /// them, and `OTEL_SERVICE_NAME` over everything, as the spec orders.
 pub fn resource() -> Resource {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -65,6 +67,10 @@ pub fn resource() -> Resource {
         kv_str(semconv::HOST_ARCH, arch),
         kv_str(semconv::OS_TYPE, "linux"),
     ];
+    // The kernel's random UUID: one per start, no dependency for it.
+    if let Ok(id) = std::fs::read_to_string("/proc/sys/kernel/random/uuid") {
+        attrs.push(kv_str(semconv::SERVICE_INSTANCE_ID, id.trim().to_string()));
+    }
     if let Ok(node) = std::env::var("NODE_NAME")
         && !node.is_empty()
     {
@@ -81,7 +87,7 @@ pub fn resource() -> Resource {
         Box::new(EnvResourceDetector::new()),
     ];
     let mut b = Resource::builder_empty()
-        .with_attributes(attrs)
+        .with_schema_url(attrs, opentelemetry_semantic_conventions::SCHEMA_URL)
         .with_detectors(&detectors);
     if let Ok(name) = std::env::var("OTEL_SERVICE_NAME")
         && !name.trim().is_empty()

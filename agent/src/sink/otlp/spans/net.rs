@@ -12,7 +12,7 @@ use crate::{
         tcp::{ConnReport, Outcome},
         tls::TlsReport,
     },
-    sink::otlp::model::{kv_bool, kv_int, kv_str},
+    sink::otlp::model::{kv_bool, kv_int, kv_str, kv_str_array},
 };
 
 impl SpanBuilder {
@@ -61,8 +61,10 @@ impl SpanBuilder {
             attributes.push(kv_str("agent.proxy.variable", p.variable.clone()));
             attributes.push(kv_bool("agent.proxy.is_destination", p.is_destination));
         }
+        // Span names stay low-cardinality (the semantic conventions): the
+        // address is an attribute.
         self.finished(
-            format!("connect {}", std::net::SocketAddr::new(tcp.dst, tcp.dport)),
+            "connect".to_string(),
             &cx,
             start,
             end,
@@ -81,7 +83,7 @@ impl SpanBuilder {
         let mut attributes = vec![
             kv_str(semconv::DNS_QUESTION_NAME, report.name.clone()),
             // Not in the semantic conventions (0.33): ours, in their style.
-            kv_str("dns.question.type", report.qtype.clone()),
+            kv_str("agent.dns.question.type", report.qtype.clone()),
             kv_str(semconv::SERVER_ADDRESS, report.server.ip().to_string()),
             kv_int(semconv::SERVER_PORT, report.server.port() as i64),
             kv_str(
@@ -90,18 +92,17 @@ impl SpanBuilder {
             ),
             kv_int(semconv::PROCESS_PID, report.owner.pid as i64),
             kv_int("agent.dns.attempts", report.attempts as i64),
-            kv_str(
-                "dns.answers",
-                report
+            kv_str_array(
+                semconv::DNS_ANSWERS,
+                &report
                     .addresses
                     .iter()
                     .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
+                    .collect::<Vec<_>>(),
             ),
         ];
         if let Some(rc) = &report.rcode {
-            attributes.push(kv_str("dns.response_code", rc.clone()));
+            attributes.push(kv_str("agent.dns.response_code", rc.clone()));
         }
         let error = match (&report.rcode, report.timed_out) {
             (_, true) => Some("timeout".to_string()),
@@ -113,7 +114,7 @@ impl SpanBuilder {
             format!("lookup {}: {e}", report.name)
         });
         self.finished(
-            format!("dns {} {}", report.qtype, report.name),
+            "dns query".to_string(),
             &cx,
             at(self.offset, report.start_ns),
             at(self.offset, report.end_ns),
@@ -130,17 +131,26 @@ impl SpanBuilder {
             return;
         }
         let cx = self.context(table, report.owner.pid, report.owner.pid, &[]);
+        // `server.address` is the name the client asked for (the SNI) when
+        // it sent one, as the conventions want it (they retired
+        // `tls.client.server_name` for it); the IP is the peer's address.
+        let server = match &report.sni {
+            Some(sni) => sni.clone(),
+            None => report.server.ip().to_string(),
+        };
         let mut attributes = vec![
-            kv_str(semconv::SERVER_ADDRESS, report.server.ip().to_string()),
+            kv_str(semconv::SERVER_ADDRESS, server),
             kv_int(semconv::SERVER_PORT, report.server.port() as i64),
+            kv_str(
+                semconv::NETWORK_PEER_ADDRESS,
+                report.server.ip().to_string(),
+            ),
+            kv_int(semconv::NETWORK_PEER_PORT, report.server.port() as i64),
             kv_str(semconv::NETWORK_TRANSPORT, "tcp"),
             kv_int(semconv::PROCESS_PID, report.owner.pid as i64),
             kv_str("agent.tls.local_side", report.local.name()),
             kv_str("agent.tls.offered_versions", report.offered.join(",")),
         ];
-        if let Some(sni) = &report.sni {
-            attributes.push(kv_str("tls.client.server_name", sni.clone()));
-        }
         if let Some(v) = &report.version {
             attributes.push(kv_str(semconv::TLS_PROTOCOL_NAME, "tls"));
             attributes.push(kv_str(
@@ -149,7 +159,10 @@ impl SpanBuilder {
             ));
         }
         if let Some(c) = report.cipher_suite {
-            attributes.push(kv_str(semconv::TLS_CIPHER, format!("0x{c:04x}")));
+            attributes.push(kv_str(
+                semconv::TLS_CIPHER,
+                crate::signal::tls::cipher_name(c),
+            ));
         }
         let status = failed.then(|| {
             let why = crate::tls::verdict_reason(&report.verdict);
@@ -157,13 +170,7 @@ impl SpanBuilder {
             format!("TLS handshake: {why}")
         });
         self.finished(
-            format!(
-                "tls {}",
-                report
-                    .sni
-                    .clone()
-                    .unwrap_or_else(|| report.server.to_string())
-            ),
+            "tls handshake".to_string(),
             &cx,
             at(self.offset, report.start_ns),
             at(self.offset, report.end_ns),
