@@ -28,11 +28,36 @@ impl Severity {
     }
 }
 
+/// What a finding blames when it explains a failed command (the verdict of
+/// `agent trace`, see `crate::verdict`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Blame {
+    /// DNS, a connection, TLS, an HTTP error from a registry or proxy, a
+    /// toolchain download: worth a retry, someone else's to fix.
+    Network,
+    /// The machine's own set-up: which binary ran, versions, environment,
+    /// permissions.
+    Toolchain,
+}
+
+impl Blame {
+    /// The verdict it gives: `failed_network`, `failed_toolchain`.
+    pub fn verdict(self) -> &'static str {
+        match self {
+            Blame::Network => "failed_network",
+            Blame::Toolchain => "failed_toolchain",
+        }
+    }
+}
+
 /// One finding code as documented: every code a rule emits has a row in
 /// its signal's `codes.rs` (checked by `signal::tests`).
 #[derive(Debug)]
 pub struct CodeDoc {
     pub code: &'static str,
+    /// The verdict it gives a failed command it explains.
+    pub blame: Blame,
     /// The severities it is emitted with (most are one).
     pub severities: &'static [Severity],
     /// What it means, in one line (README's table of codes).

@@ -3,7 +3,7 @@
 //!
 //! Layers, each importing only those below it (docs/architecture.md):
 //! `app` (modes: live, trace, check) → `sink` (text, JSON, OTLP, health,
-//! trace report) → `pipeline` (hands events to signals and between them) →
+//! trace report) → `verdict` (what failed a traced command) → `pipeline` (hands events to signals and between them) →
 //! `signal::*` (per-signal state, rules and report types) → `process`
 //! (process table, file views, identity) and `events` (ring buffer, decode)
 //! → `bpf` (load, probe, attach, maps) → `agent_common` (the kernel ABI).
@@ -23,3 +23,4 @@ pub mod pipeline;
 pub mod process;
 pub mod signal;
 pub mod sink;
+pub mod verdict;

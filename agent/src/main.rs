@@ -51,6 +51,12 @@ impl From<BpfLogArg> for agent::bpf::log::BpfLogLevel {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum CiArg {
+    Auto,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum ColorArg {
     Auto,
     Always,
@@ -175,6 +181,20 @@ enum Cmd {
         /// span (OTel-instrumented programs then start traces of their own).
         #[arg(long)]
         no_traceparent: bool,
+        /// Exit with N instead of the command's code when the verdict is
+        /// failed_network (`network=N`) or failed_toolchain (`toolchain=N`);
+        /// 75 (EX_TEMPFAIL) tells a retry wrapper "try again".
+        #[arg(long, value_delimiter = ',', value_name = "KIND=N")]
+        exit_code: Vec<String>,
+        /// CI-native output, on when the CI's own variables say so
+        /// (GITHUB_ACTIONS: annotations, job summary, step output `verdict`;
+        /// GITLAB_CI: a collapsible report) [default: auto].
+        #[arg(long, value_enum, default_value_t = CiArg::Auto)]
+        ci: CiArg,
+        /// Also write the report as JUnit XML to this file (Jenkins, GitLab,
+        /// Buildkite and CircleCI read it).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<std::path::PathBuf>,
         /// The command and its arguments, after `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
@@ -244,14 +264,40 @@ fn main() -> ExitCode {
         Ok(fc) => fc,
         Err(code) => return code,
     };
+    let trace = match trace_options(&cli, &invoker) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let opts = match run_options(&cli, &file, invoker, format, color) {
         Ok(o) => o,
         Err(code) => return code,
     };
     match cli.cmd {
         Some(Cmd::Check { probe }) => check(probe, format, color),
-        cmd => run(cmd, opts),
+        cmd => run(cmd, opts, trace),
     }
+}
+
+/// `agent trace`'s exit codes and CI output; its files opened now, as the
+/// user (before other threads: see `agent::app::outfile`).
+fn trace_options(
+    cli: &Cli,
+    invoker: &agent::process::invoker::Invoker,
+) -> Result<agent::app::trace::TraceOptions, ExitCode> {
+    let Some(Cmd::Trace {
+        exit_code,
+        ci,
+        junit,
+        ..
+    }) = &cli.cmd
+    else {
+        return Ok(Default::default());
+    };
+    agent::app::trace_opts::from_flags(exit_code, *ci == CiArg::Auto, junit.as_deref(), invoker)
+        .map_err(|(msg, code)| {
+            eprintln!("agent: {msg}");
+            ExitCode::from(code)
+        })
 }
 
 /// Who asked for us (sudo's caller, our own unprivileged copy, root), after
@@ -504,7 +550,7 @@ fn check(probe: bool, format: Format, color: bool) -> ExitCode {
 }
 
 /// Live mode or `agent trace`, on the runtime; ends the process.
-fn run(cmd: Option<Cmd>, opts: RunOptions) -> ExitCode {
+fn run(cmd: Option<Cmd>, opts: RunOptions, trace: agent::app::trace::TraceOptions) -> ExitCode {
     // Files users control are read by worker processes from here on.
     agent::process::guard::enable_workers();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -524,7 +570,7 @@ fn run(cmd: Option<Cmd>, opts: RunOptions) -> ExitCode {
     };
     let r = rt.block_on(async {
         match cmd {
-            Some(Cmd::Trace { command, .. }) => app::trace(opts, command).await,
+            Some(Cmd::Trace { command, .. }) => app::trace(opts, command, trace).await,
             _ => app::live(opts).await,
         }
     });

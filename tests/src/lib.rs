@@ -223,6 +223,15 @@ pub fn trace_json_with(
     argv: &[String],
     env: &[(&str, &str)],
 ) -> Vec<serde_json::Value> {
+    trace_json_status(trace_opts, argv, env).1
+}
+
+/// [`trace_json_with`], and how `agent trace` exited.
+pub fn trace_json_status(
+    trace_opts: &[&str],
+    argv: &[String],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, Vec<serde_json::Value>) {
     require_root();
     let dir = scratch("trace");
     // --output is opened as the user the command runs as (a test may set
@@ -271,7 +280,7 @@ pub fn trace_json_with(
         "no trace report; stderr: {}\nrecords: {records}",
         String::from_utf8_lossy(&out.stderr)
     );
-    lines
+    (out.status, lines)
 }
 
 /// Records of one `type`.

@@ -346,7 +346,7 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
             "{f:#}"
         );
         let report = lines.last().unwrap();
-        assert_eq!(report["verdict"][0]["code"], code, "{report:#}");
+        assert_eq!(report["problems"][0]["code"], code, "{report:#}");
     }
     // A go.mod that needs a newer Go: go (1.21+, GOTOOLCHAIN unset) tries to
     // download that toolchain from the refusing GOPROXY.
@@ -391,7 +391,10 @@ fn goproxy_failures_name_goproxy_with_cause_and_fix() {
         lines[0].starts_with("### agent trace: \\`ip netns exec"),
         "{md}"
     );
-    assert!(lines[2].starts_with("**Verdict:** 1 problem"), "{md}");
+    assert!(
+        lines[2].starts_with("**Verdict:** failed\\_network (net.connect\\_"),
+        "{md}"
+    );
     assert!(
         lines[4].starts_with(&format!(
             "- 🔴 **error** net.connect\\_refused: go → {}:{PORT_RESET} (your GOPROXY) refused",

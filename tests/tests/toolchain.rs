@@ -512,7 +512,8 @@ fn the_clean_corpus_is_silent() {
         if !p.is_empty() || report["exit_code"] != 0 {
             failures.push(format!("{name}: exit {} {p:#?}", report["exit_code"]));
         }
-        assert_eq!(report["verdict"], serde_json::json!([]), "{name}");
+        assert_eq!(report["problems"], serde_json::json!([]), "{name}");
+        assert_eq!(report["verdict"], "ok", "{name}");
         if name.starts_with("pyenv") {
             // The shim says what it picked, and why.
             let shim = lines
@@ -595,7 +596,7 @@ fn broken_twins_are_caught_with_cause_and_fix() {
         format!("export PATH={}:$PATH", gob.join("bin").display()).as_str()
     );
     let report = lines.last().unwrap();
-    assert_eq!(report["verdict"][0]["code"], "path.shadowed", "{report:#}");
+    assert_eq!(report["problems"][0]["code"], "path.shadowed", "{report:#}");
 
     // Venv A's pip run by path while venv B is active.
     for (v, pip) in [("A", true), ("B", false)] {

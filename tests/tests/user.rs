@@ -615,3 +615,141 @@ fn trace_elevating_through_doas_hands_the_environment_over_too() {
     .unwrap();
     self_elevated_trace(&u, ("AGENT_ELEVATE", "doas"), "doas", "self_elevated");
 }
+
+/// A GitHub Actions step as a runner user types it: `sudo agent trace`
+/// (sudo drops GITHUB_*; the agent reads them from the user's shell). A
+/// network-caused failure gives one `::error` workflow command per problem
+/// on stdout, the Markdown report in the job summary, `verdict=` in the
+/// step's outputs, JUnit XML, every file still the user's, and the exit
+/// code `--exit-code` asks for.
+#[test]
+fn under_github_actions_a_network_failure_is_annotated_summarised_and_retryable() {
+    let u = user();
+    let agent = user_agent();
+    let (summary, outputs, junit) = (
+        u.home.join("gh-summary.md"),
+        u.home.join("gh-output"),
+        u.home.join("junit.xml"),
+    );
+    for f in [&summary, &outputs] {
+        let _ = std::fs::remove_file(f);
+        // The runner creates them, owned by the runner's user.
+        std::fs::write(f, "").unwrap();
+        chown_r(&u, f);
+    }
+    let _ = std::fs::remove_file(&junit);
+    let mut env = vec![
+        ("HOME".to_string(), u.home.display().to_string()),
+        ("USER".into(), u.name.into()),
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("GITHUB_ACTIONS".into(), "true".into()),
+        ("CI".into(), "true".into()),
+    ];
+    env.push(("GITHUB_STEP_SUMMARY".into(), summary.display().to_string()));
+    env.push(("GITHUB_OUTPUT".into(), outputs.display().to_string()));
+    let connect = "import socket; socket.create_connection(('127.0.0.1', 1), timeout=5)";
+    let out = as_user(
+        &u,
+        &env,
+        &[
+            "sudo",
+            agent.to_str().unwrap(),
+            "trace",
+            "--exit-code",
+            "network=75",
+            "--junit",
+            junit.to_str().unwrap(),
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            connect,
+        ],
+    )
+    .output()
+    .expect("sudo agent trace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert_eq!(out.status.code(), Some(75), "--exit-code network=75");
+    // Workflow commands: `::name key=value,...::message`, one line each,
+    // properties without a raw `:` or `,`, the message without a newline.
+    let commands: Vec<&str> = stdout.lines().filter(|l| l.starts_with("::")).collect();
+    for c in &commands {
+        let rest = &c[2..];
+        let (head, _message) = rest.split_once("::").unwrap_or_else(|| panic!("{c}"));
+        let (name, props) = head.split_once(' ').unwrap_or((head, ""));
+        assert!(["error", "warning", "notice"].contains(&name), "{c}");
+        for p in props.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = p.split_once('=').unwrap_or_else(|| panic!("{c}"));
+            assert!(k.chars().all(|c| c.is_ascii_lowercase()), "{c}");
+            assert!(!v.contains(':'), "{c}");
+        }
+    }
+    let error = commands
+        .iter()
+        .find(|c| c.starts_with("::error title=agent%3A net.connect_refused::"))
+        .unwrap_or_else(|| panic!("no ::error for the refused connect: {commands:?}"));
+    assert!(
+        error.contains("%0Acause: ") && error.contains("%0Afix: "),
+        "{error}"
+    );
+    assert!(
+        commands.contains(&"::notice title=agent verdict::failed_network (net.connect_refused)"),
+        "{commands:?}"
+    );
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.starts_with("### agent trace: "), "{md}");
+    assert!(
+        md.contains("**Verdict:** failed\\_network (net.connect\\_refused)"),
+        "{md}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&outputs).unwrap(),
+        "verdict=failed_network\n"
+    );
+    // JUnit: well-formed, one test case, its failure the network's.
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as E\nr = E.parse(sys.argv[1]).getroot()\nassert r.tag == 'testsuites', r.tag\ncases = r.findall('testsuite/testcase')\nassert len(cases) == 1, cases\nf = cases[0].findall('failure')\nassert [x.get('type') for x in f] == ['failed_network'], [x.attrib for x in f]\nprint(f[0].get('message'))",
+        ])
+        .arg(&junit)
+        .output()
+        .expect("python3");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).starts_with("net.connect_refused: "));
+    for f in [&summary, &outputs, &junit] {
+        assert_eq!(owner_of(f), u.uid, "{} is the user's", f.display());
+    }
+    // --ci=off: nothing of it.
+    let out = as_user(
+        &u,
+        &env,
+        &[
+            "sudo",
+            agent.to_str().unwrap(),
+            "trace",
+            "--ci=off",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            connect,
+        ],
+    )
+    .output()
+    .expect("sudo agent trace --ci=off");
+    assert_eq!(out.status.code(), Some(1), "the command's own code");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("::error"));
+    assert_eq!(
+        std::fs::read_to_string(&outputs).unwrap(),
+        "verdict=failed_network\n",
+        "nothing appended"
+    );
+}

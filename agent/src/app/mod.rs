@@ -10,6 +10,7 @@ pub mod privs;
 mod session;
 pub mod teardown;
 pub mod trace;
+pub mod trace_opts;
 pub mod traced;
 
 pub use live::live;

@@ -13,20 +13,33 @@ pub fn open(
     path: &std::path::Path,
     as_user: Option<&crate::process::invoker::Invoker>,
 ) -> std::io::Result<()> {
-    let f = open_output(path, as_user)?;
+    let f = open_with(path, as_user, false)?;
     crate::sink::output::set_output_file(f);
     Ok(())
 }
 
-fn open_output(
+/// A file opened as `as_user` as `--output` is: appended to (the CI's
+/// summary and outputs files), or replaced (`--junit`).
+pub fn open_as(
     path: &std::path::Path,
     as_user: Option<&crate::process::invoker::Invoker>,
+    replace: bool,
+) -> std::io::Result<std::fs::File> {
+    open_with(path, as_user, replace)
+}
+
+fn open_with(
+    path: &std::path::Path,
+    as_user: Option<&crate::process::invoker::Invoker>,
+    replace: bool,
 ) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let open = || {
         std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .append(!replace)
+            .write(true)
+            .truncate(replace)
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)

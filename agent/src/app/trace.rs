@@ -87,15 +87,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
     let mut traced =
         crate::app::traced::spawn(argv, &inv).map_err(|e| anyhow::anyhow!("agent trace: {e}"))?;
     let root = traced.pid;
-    // Attached and the command started as its user: keep only what the
-    // running agent uses, and KILL to signal the command's group.
-    let mut extra = k.uprobe_caps();
-    extra.push(crate::app::privs::CAP_KILL);
-    drop_privileges(&extra);
-    release_free_memory();
-    // The whole traced tree is "toolchain": file faults of e.g. `make` count
-    // too. The kernel tracked it at fork already; this is belt and braces.
-    k.collector.track(root);
+    settle(&mut k, root);
     let mut pipeline = trace_pipeline(opts);
     let mut otlp = start_otlp(
         opts,
@@ -103,7 +95,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         root_span.map(|r| (root, r)),
     )?;
     let mut outputs = crate::sink::report::KeptOutputs::default();
-    let mut in_tree = std::collections::HashSet::from([root]);
+    let (mut in_tree, mut parents) = (std::collections::HashSet::from([root]), Default::default());
     let mut status = None;
     let mut root_exit_seen = false;
     let mut interrupted_by = None;
@@ -144,7 +136,9 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
                     if !member {
                         continue;
                     }
-                    in_tree.insert(pid);
+                    if in_tree.insert(pid) {
+                        note_parent(&mut parents, &pipeline, pid);
+                    }
                     if let Some(x) = otlp.as_mut() {
                         x.observe(&o, &pipeline.table);
                     }
@@ -180,12 +174,33 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
         otlp,
         outputs,
         in_tree,
+        parents,
         root,
         status,
         inv,
         interrupted_by,
     })
     .await
+}
+
+/// Attached and the command started as its user: keep only what the
+/// running agent uses, and KILL to signal the command's group.
+fn settle(k: &mut Kernel, root: u32) {
+    let mut extra = k.uprobe_caps();
+    extra.push(crate::app::privs::CAP_KILL);
+    drop_privileges(&extra);
+    release_free_memory();
+    // The whole traced tree is "toolchain": file faults of e.g. `make` count
+    // too. The kernel tracked it at fork already; this is belt and braces.
+    k.collector.track(root);
+}
+
+/// Who started `pid`, kept past the process table's expiry (the verdict
+/// walks it).
+fn note_parent(parents: &mut std::collections::HashMap<u32, u32>, p: &Pipeline, pid: u32) {
+    if let Some(e) = p.table.get(pid) {
+        parents.entry(pid).or_insert(e.ppid);
+    }
 }
 
 /// The TLS libraries and Go toolchains the command can reach, attached
@@ -267,6 +282,7 @@ struct Finished<'a> {
     otlp: Option<crate::sink::otlp::Otlp>,
     outputs: crate::sink::report::KeptOutputs,
     in_tree: std::collections::HashSet<u32>,
+    parents: std::collections::HashMap<u32, u32>,
     root: u32,
     status: Option<std::process::ExitStatus>,
     inv: crate::process::invoker::Invoker,
@@ -282,6 +298,7 @@ async fn finish(f: Finished<'_>) -> anyhow::Result<TraceResult> {
         mut otlp,
         mut outputs,
         in_tree,
+        mut parents,
         root,
         status,
         inv,
@@ -293,6 +310,7 @@ async fn finish(f: Finished<'_>) -> anyhow::Result<TraceResult> {
             if let Some(x) = otlp.as_mut() {
                 x.observe(&o, &pipeline.table);
             }
+            note_parent(&mut parents, &pipeline, pid);
             outputs.push(o);
         }
     }
@@ -313,10 +331,13 @@ async fn finish(f: Finished<'_>) -> anyhow::Result<TraceResult> {
     if opts.exit_after {
         crate::app::teardown::leave(k.collector);
     }
+    let outputs = outputs.finish();
+    let judgement = crate::verdict::judge(&outputs, root, code, &parents);
     Ok(TraceResult {
         root_pid: root,
         exit_code: code,
-        outputs: outputs.finish(),
+        judgement,
+        outputs,
         lost,
         run_as: Some(inv),
         interrupted_by,
@@ -331,8 +352,16 @@ fn trace_context(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> Vec<(Strin
         .collect()
 }
 
-/// `agent trace -- cmd`: print the report, return the command's exit code.
-pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
+pub use super::trace_opts::TraceOptions;
+
+/// `agent trace -- cmd`: print the report and the verdict, return the
+/// command's exit code (or the one `--exit-code` gives its verdict).
+pub async fn trace(
+    opts: RunOptions,
+    argv: Vec<String>,
+    mut t: TraceOptions,
+) -> anyhow::Result<i32> {
+    let started = std::time::Instant::now();
     let r = trace_collect(&opts, &argv).await?;
     let style = Style {
         format: opts.format,
@@ -346,12 +375,35 @@ pub async fn trace(opts: RunOptions, argv: Vec<String>) -> anyhow::Result<i32> {
                     print_line(&line);
                 }
             }
+            print_line(&output::json_line(&r.judgement.json(r.exit_code)));
             print_line(&output::json_line(&crate::sink::report::json(
                 &style, &r, &argv,
             )));
         }
-        Format::Text => output::emit_report(&crate::sink::report::text(&style, &r, &argv)),
+        Format::Text => {
+            let text = crate::sink::report::text(&style, &r, &argv);
+            // GitLab folds the report in its job log (markers on the
+            // terminal stream only: escape codes are not for a file).
+            let fold = t.ci.kind == crate::sink::ci::Kind::GitLab && !output::has_output_file();
+            if fold {
+                eprint!(
+                    "{}",
+                    crate::sink::ci::section_start("agent_trace", "agent trace report")
+                );
+            }
+            output::emit_report(&text);
+            if fold {
+                eprint!("{}", crate::sink::ci::section_end("agent_trace"));
+            }
+        }
         Format::Markdown => output::emit_report(&crate::sink::report::markdown(&r, &argv)),
     }
-    Ok(r.exit_code)
+    // Workflow commands on stdout, unless JSON records are there.
+    let seconds = started.elapsed().as_secs_f64();
+    if opts.format == Format::Json && !output::has_output_file() {
+        t.ci.finish(&r, &argv, seconds, &mut std::io::stderr());
+    } else {
+        t.ci.finish(&r, &argv, seconds, &mut std::io::stdout());
+    }
+    Ok(t.exit_codes.apply(&r.judgement, r.exit_code))
 }

@@ -56,9 +56,18 @@ pub const README_CODES_END: &str = "<!-- /codes -->";
 
 /// README's table of codes (between its markers).
 pub fn readme_codes() -> String {
-    let mut s = String::from("| code | what it means |\n|---|---|\n");
+    let mut s = String::from("| code | what it means | blames |\n|---|---|---|\n");
     for c in CATALOG.iter().flat_map(|s| s.codes.iter()) {
-        s.push_str(&format!("| `{}` | {} |\n", c.code, c.means));
+        let blame = if c
+            .severities
+            .iter()
+            .all(|s| *s == crate::finding::Severity::Info)
+        {
+            "—"
+        } else {
+            c.blame.verdict()
+        };
+        s.push_str(&format!("| `{}` | {} | {blame} |\n", c.code, c.means));
     }
     s
 }

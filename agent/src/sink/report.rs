@@ -91,6 +91,8 @@ impl KeptOutputs {
 pub struct TraceResult {
     pub root_pid: u32,
     pub exit_code: i32,
+    /// Whether the network or the toolchain failed it (`crate::verdict`).
+    pub judgement: crate::verdict::Judgement,
     pub outputs: Vec<Output>,
     pub lost: Value,
     /// Who the command ran as, and where its environment came from.
@@ -306,7 +308,12 @@ pub fn text(style: &Style, r: &TraceResult, argv: &[String]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "\n{}", headline(r, argv, g.execs.len()));
     let (problems, notes) = g.verdict();
-    let _ = writeln!(s, "verdict: {}", verdict_line(&problems, notes));
+    let _ = writeln!(
+        s,
+        "verdict: {}; {}",
+        r.judgement.line(),
+        verdict_line(&problems, notes)
+    );
     for p in &problems {
         let f = p.finding;
         let _ = writeln!(
@@ -389,7 +396,7 @@ pub fn json(style: &Style, r: &TraceResult, argv: &[String]) -> Value {
             _ => None,
         })
         .collect();
-    let verdict: Vec<Value> = verdict(&findings)
+    let problems: Vec<Value> = verdict(&findings)
         .iter()
         .map(|p| {
             json!({
@@ -409,7 +416,10 @@ pub fn json(style: &Style, r: &TraceResult, argv: &[String]) -> Value {
         "exit_code": r.exit_code,
         "run_as": r.run_as.as_ref().map(run_as_json),
         "interrupted_by": r.interrupted_by.map(signal_name),
-        "verdict": verdict,
+        "verdict": r.judgement.verdict,
+        "also": r.judgement.also(),
+        "causes": r.judgement.json(r.exit_code)["causes"],
+        "problems": problems,
         "findings": all,
         "stats": r.lost,
     })
@@ -444,7 +454,12 @@ pub fn markdown(r: &TraceResult, argv: &[String]) -> String {
     let mut s = String::new();
     let (problems, notes) = g.verdict();
     let _ = writeln!(s, "### {}\n", md_escape(&headline(r, argv, g.execs.len())));
-    let _ = writeln!(s, "**Verdict:** {}\n", verdict_line(&problems, notes));
+    let _ = writeln!(
+        s,
+        "**Verdict:** {}; {}\n",
+        md_escape(&r.judgement.line()),
+        verdict_line(&problems, notes)
+    );
     for p in &problems {
         let f = p.finding;
         let mark = if f.severity == Severity::Error {
@@ -609,6 +624,11 @@ mod tests {
             lost: json!({"events_received": 3, "lost": {}}),
             run_as: None,
             interrupted_by: None,
+            ..Default::default()
+        };
+        let r = TraceResult {
+            judgement: crate::verdict::judge(&r.outputs, 1, 1, &Default::default()),
+            ..r
         };
         let md = markdown(&r, &["go".into(), "get".into(), "[x](y)".into()]);
         let lines: Vec<&str> = md.lines().collect();
@@ -616,7 +636,10 @@ mod tests {
             lines[0].starts_with("### agent trace: \\`go get \\[x\\](y)\\`"),
             "{md}"
         );
-        assert_eq!(lines[2], "**Verdict:** 1 problem (1 note below)");
+        assert_eq!(
+            lines[2],
+            "**Verdict:** failed\\_network (net.connect\\_refused); 1 problem (1 note below)"
+        );
         assert!(
             lines[4].starts_with("- 🔴 **error** net.connect\\_refused: "),
             "{md}"
@@ -634,7 +657,10 @@ mod tests {
             &["go".into()],
         );
         let t: Vec<&str> = text.lines().collect();
-        assert_eq!(t[2], "verdict: 1 problem (1 note below)");
+        assert_eq!(
+            t[2],
+            "verdict: failed_network (net.connect_refused); 1 problem (1 note below)"
+        );
         assert!(
             t[3].starts_with("  error   net.connect_refused  "),
             "{text}"
