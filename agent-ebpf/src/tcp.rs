@@ -143,15 +143,26 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
 
-    // SYN_SENT → something: the outcome.
+    // SYN_SENT → something: the outcome. The start is copied into a
+    // zeroed local with a flag, not an `Option`: LLVM computes
+    // `now - start_ns` before testing the `None` case, a read of the
+    // uninitialised payload that verifiers before 6.5 reject ("invalid read
+    // from stack"; seen on Debian's 6.1 in `cargo xtask vm`).
+    let mut s = TcpConnStart::default();
     // SAFETY: map value pointer valid for this program's run; copied out at once.
-    let start = unsafe { TCP_CONNS.get(&sk) }.copied();
+    let have_start = match unsafe { TCP_CONNS.get(&sk) } {
+        Some(p) => {
+            s = *p;
+            true
+        }
+        None => false,
+    };
     if new == TCP_ESTABLISHED {
         // Routine: fast, no retransmit, outside toolchain trees. Counted
         // here, before anything else is read. The entry stays: it names the
         // socket's owner for the wire capture until the socket closes.
         let quiet = TCP_QUIET_NS.load();
-        if let Some(s) = &start
+        if have_start
             && quiet != 0
             && s.syn_retrans == 0
             && now.saturating_sub(s.start_ns) < quiet
@@ -160,13 +171,36 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
             count(KernelCounter::TcpQuietEstablished);
             return Ok(());
         }
-    } else if start.is_some() {
+    } else if have_start {
         let _ = TCP_CONNS.remove(&sk);
     }
 
     let mut ev = TcpEvent::default();
     ev.hdr.kind = EventKind::Tcp as u32;
     ev.hdr.ktime_ns = now;
+    addresses(ctx, &mut ev);
+    ev.skaddr = sk;
+    if have_start {
+        fill(&mut ev, &s);
+    } else {
+        count_lost(LostCause::TcpNoStart);
+        ev.flags |= TCP_F_NO_START;
+    }
+    // The socket's namespace, read only for what is sent.
+    ev.netns = netns_of(sk);
+    if new == TCP_ESTABLISHED {
+        ev.phase = TCP_PHASE_ESTABLISHED;
+    } else {
+        ev.phase = TCP_PHASE_FAILED;
+        ev.err = read_u32_at(sk, SOCK_ERR_OFF.load()) as i32;
+    }
+    emit(&ev);
+    Ok(())
+}
+
+/// The connection's family, ports and addresses, from the trace record.
+#[inline(always)]
+fn addresses(ctx: &TracePointContext, ev: &mut TcpEvent) {
     // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
     ev.family = unsafe { tp_field(ctx, SS_FAMILY) };
     // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
@@ -186,24 +220,6 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
         // SAFETY: a field of this tracepoint's record, at its offset in the stable format.
         ev.daddr = unsafe { tp_field(ctx, SS_DADDR6) };
     }
-    ev.skaddr = sk;
-    match &start {
-        Some(s) => fill(&mut ev, s),
-        None => {
-            count_lost(LostCause::TcpNoStart);
-            ev.flags |= TCP_F_NO_START;
-        }
-    }
-    // The socket's namespace, read only for what is sent.
-    ev.netns = netns_of(sk);
-    if new == TCP_ESTABLISHED {
-        ev.phase = TCP_PHASE_ESTABLISHED;
-    } else {
-        ev.phase = TCP_PHASE_FAILED;
-        ev.err = read_u32_at(sk, SOCK_ERR_OFF.load()) as i32;
-    }
-    emit(&ev);
-    Ok(())
 }
 
 #[inline(always)]

@@ -5,9 +5,11 @@
 
 mod bench;
 mod fuzz;
+mod install;
 mod lint;
 mod measure;
 mod toolchain;
+mod vm;
 
 use std::{
     process::Command,
@@ -86,11 +88,40 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// Boot another kernel in qemu (Debian's, downloaded once) and run CMD
+    /// as root inside it, on this machine's filesystem (read-only, with a
+    /// throw-away overlay); exits with CMD's code. Builds the release agent
+    /// first, so `target/release/agent` in CMD is this checkout's.
+    Vm {
+        /// debian-5.10, debian-6.1 or debian-6.12.
+        #[arg(long, default_value = "debian-6.1")]
+        kernel: String,
+        /// Hide /sys/kernel/btf/vmlinux from CMD, as a kernel without BTF would.
+        #[arg(long)]
+        no_btf: bool,
+        /// Kill the guest after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// Skip the release build.
+        #[arg(long)]
+        no_build: bool,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
     /// fmt, clippy (both sides), unit tests, then the root integration tests.
     Test {
         /// Skip the integration tests (no root needed).
         #[arg(long)]
         unit_only: bool,
+        /// Instead of the suite here: boot this kernel (see `vm`; `host` for
+        /// this machine's own) and run the one-start smoke pass of
+        /// tests/vm/smoke.sh there, recording it in docs/kernels/ and
+        /// docs/kernels.md.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// With --kernel: hide the kernel's BTF from the agent.
+        #[arg(long, requires = "kernel")]
+        no_btf: bool,
         /// Extra arguments for the integration-test binary (e.g. a test name filter).
         #[arg(last = true)]
         filter: Vec<String>,
@@ -482,82 +513,6 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Whether this process may create files in `dir`.
-fn writable(dir: &std::path::Path) -> bool {
-    use std::os::unix::ffi::OsStrExt as _;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a NUL-terminated path valid for the call.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
-}
-
-/// `cargo xtask install`: build as the user who typed it, then copy; only the
-/// copy is elevated, and only when `dir` is not the user's to write.
-fn install(dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt as _;
-    let root = toolchain::workspace_root();
-    // `sudo cargo xtask install` in a user's checkout would leave root-owned
-    // files in their target/ and caches: refuse, and say what to type.
-    if is_root()
-        && let Some(owner) = std::fs::metadata(&root).ok().map(|m| m.uid())
-        && owner != 0
-        && std::env::var_os("SUDO_UID").is_some()
-    {
-        bail!(
-            "run `cargo xtask install` as yourself, not through sudo: it builds as you and asks sudo only to copy the binary"
-        );
-    }
-    build_release()?;
-    let src = root.join("target/release/agent");
-    let dst = dir.join("agent");
-    if writable(dir) {
-        // Copy to a temporary name then rename, so a running agent is not disturbed.
-        let tmp = dir.join(".agent.new");
-        std::fs::copy(&src, &tmp)
-            .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
-        std::fs::rename(&tmp, &dst)?;
-    } else {
-        let tool = ["sudo", "doas"]
-            .into_iter()
-            // Found on PATH: spawning it at all works.
-            .find(|t| Command::new(t).arg("-V").output().is_ok())
-            .with_context(|| {
-                format!(
-                    "{} is not writable by you and neither sudo nor doas is installed: use --dir DIR (a directory of yours on PATH, e.g. ~/.local/bin)",
-                    dir.display()
-                )
-            })?;
-        eprintln!(
-            "xtask: {} is not writable by you: copying with `{tool} install -m 0755 {} {}` ({tool} may ask for your password)",
-            dir.display(),
-            src.display(),
-            dst.display()
-        );
-        run(Command::new(tool)
-            .args(["install", "-m", "0755"])
-            .arg(&src)
-            .arg(&dst))
-        .with_context(|| format!("{tool} install (or use --dir DIR, a directory of yours)"))?;
-    }
-    let on_path =
-        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d == dir));
-    eprintln!(
-        "xtask: installed {}; run `agent` (typed without root it re-runs itself through sudo){}",
-        dst.display(),
-        if on_path {
-            String::new()
-        } else {
-            format!(
-                " — {} is not on your PATH: run it as {}",
-                dir.display(),
-                dst.display()
-            )
-        }
-    );
-    Ok(())
-}
-
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => {
@@ -566,13 +521,41 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Build => build_release(),
-        Cmd::Install { dir } => install(std::path::Path::new(&dir)),
+        Cmd::Install { dir } => install::install(std::path::Path::new(&dir)),
         Cmd::Lint => lint::run(&toolchain::workspace_root()),
         Cmd::Docs => run(cargo()
             .args(["test", "-p", "agent", "--lib", "signal::tests", "-q"])
             .env("AGENT_BLESS", "1")),
         Cmd::MeasureInstall { readme, keep } => measure::measure_install(keep, readme),
-        Cmd::Test { unit_only, filter } => test(unit_only, filter),
+        Cmd::Test {
+            kernel: Some(kernel),
+            no_btf,
+            ..
+        } => {
+            build_release()?;
+            vm::smoke::run(&toolchain::workspace_root(), &kernel, no_btf)
+        }
+        Cmd::Test {
+            unit_only, filter, ..
+        } => test(unit_only, filter),
+        Cmd::Vm {
+            kernel,
+            no_btf,
+            timeout,
+            no_build,
+            cmd,
+        } => {
+            if !no_build {
+                build_release()?;
+            }
+            vm::main(&vm::Options {
+                kernel,
+                no_btf,
+                timeout: Duration::from_secs(timeout),
+                cmd,
+                memory_mib: 4096,
+            })
+        }
         Cmd::Fuzz { seconds, targets } => fuzz::fuzz(seconds, targets),
         Cmd::Soak { seconds } => soak(seconds),
         Cmd::Bench { reps, only, quick } => {

@@ -46,37 +46,54 @@ pub(super) struct EnvScan {
 #[map]
 pub(super) static ENV_VEC: PerCpuArray<EnvScan> = PerCpuArray::with_max_entries(1, 0);
 
+/// The next ENV_CHUNK pointers of `envp` from entry `i`, in one read; near
+/// the end of a mapping that can fail, and then the window holds what could
+/// be read (the first pointer alone, or nothing).
+#[inline(always)]
+fn refill(win: &mut [u64; ENV_CHUNK], envp: *const *const u8, i: u32) {
+    // SAFETY: the window holds ENV_CHUNK pointers.
+    let ok = unsafe {
+        read_user(
+            win.as_mut_ptr() as *mut u8,
+            ENV_CHUNK * 8,
+            envp.add(i as usize) as u64,
+        )
+    };
+    if ok {
+        return;
+    }
+    // Only the first pointer is known: a zero after it ends the scan there.
+    // (Not `*win = [0; N]`: that is a call to `memset`, and a loop of
+    // stores in its place multiplied the verifier's states past 1M.)
+    win[1] = 0;
+    // SAFETY: user pointer; the helper faults safely.
+    win[0] = unsafe { bpf_probe_read_user(envp.add(i as usize) as *const u64) }.unwrap_or(0);
+}
+
 #[inline(always)]
 pub(super) fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
-    let mut off: usize = ev.fixed.argv_len as usize;
-    let start = off;
-    let mut envc: u32 = 0;
-    let mut flags: u32 = 0;
     let Some(win) = ENV_PTRS.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
     let win = unsafe { &mut *win };
+    // As in `read_new_env`: the running length and count live in the event
+    // (volatile accesses), not in registers, so that every path through one
+    // iteration reaches the next with the same register state and the
+    // verifier prunes them. Carried in registers, the walk went past 1M
+    // instructions on 6.1's verifier (newer ones converge; `cargo xtask vm`).
+    let fx: *mut ExecFixed = &mut ev.fixed;
+    let data: *mut u8 = ev.data.as_mut_ptr();
+    // SAFETY: fields of our per-CPU scratch event (volatile accesses).
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*fx).env_len, 0);
+        core::ptr::write_volatile(&raw mut (*fx).envc, 0);
+    }
     let mut i: u32 = 0;
     while i < MAX_ENV_SCAN {
         let k = (i as usize) & (ENV_CHUNK - 1);
         if k == 0 {
-            // One read for the next ENV_CHUNK pointers; near the end of a
-            // mapping it can fail, then the window holds what could be read.
-            // SAFETY: the window holds ENV_CHUNK pointers.
-            let ok = unsafe {
-                read_user(
-                    win.as_mut_ptr() as *mut u8,
-                    ENV_CHUNK * 8,
-                    envp.add(i as usize) as u64,
-                )
-            };
-            if !ok {
-                *win = [0u64; ENV_CHUNK];
-                // SAFETY: as above.
-                win[0] =
-                    unsafe { bpf_probe_read_user(envp.add(i as usize) as *const u64) }.unwrap_or(0);
-            }
+            refill(win, envp, i);
         }
         let p = win[k] as *const u8;
         if p.is_null() {
@@ -93,8 +110,17 @@ pub(super) fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
         if !prefix_may_be_allowed(u16::from_be(head) as u32) {
             continue;
         }
+        // SAFETY: see above.
+        let (used, argv_len) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*fx).env_len) as usize,
+                core::ptr::read_volatile(&raw const (*fx).argv_len) as usize,
+            )
+        };
+        let off = argv_len + used;
         if off >= DATA_LEN {
-            flags |= EXEC_F_ENV_TRUNCATED;
+            // SAFETY: see above.
+            unsafe { add_flags(fx, EXEC_F_ENV_TRUNCATED) };
             break;
         }
         // Copy first, then decide on the copy: the caller's memory is live
@@ -104,7 +130,7 @@ pub(super) fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
         // SAFETY: dst < DATA_LEN and the area has ARG_LEN bytes of slack.
         let n = unsafe {
             generated::bpf_probe_read_user_str(
-                ev.data.as_mut_ptr().add(dst) as *mut c_void,
+                data.add(dst) as *mut c_void,
                 ARG_LEN as u32,
                 p as *const c_void,
             )
@@ -112,48 +138,39 @@ pub(super) fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
         if n <= 0 {
             continue;
         }
-        // Parked in the event (the verifier tracks no value through map
-        // memory), so that states differing only in the length prune: kept in
-        // a register across the lookup it took the program past 1M insns.
-        // SAFETY: a field of our own scratch event.
-        unsafe { core::ptr::write_volatile(&mut ev.fixed.env_len, n as u32) };
-        let mut key = Key::new((ENV_KEY_LEN * 8) as u32, EnvKey::default());
-        // SAFETY: reads ENV_KEY_LEN bytes of our own event buffer (dst <
-        // DATA_LEN, ARG_LEN >= ENV_KEY_LEN bytes of slack). Bytes past the
-        // copied string's NUL cannot make a match: no allowed `NAME=` holds a NUL.
-        let copied = unsafe {
-            generated::bpf_probe_read_kernel(
-                key.data.name.as_mut_ptr() as *mut c_void,
-                ENV_KEY_LEN as u32,
-                ev.data.as_ptr().add(dst) as *const c_void,
-            )
-        };
+        // The key straight from the copy (no zeroed key first: that is a
+        // call to memset, a byte loop the verifier walks each time). Bytes
+        // past the copied string's NUL cannot make a match: no allowed
+        // `NAME=` holds a NUL.
+        // SAFETY: dst < DATA_LEN and the area has ARG_LEN >= ENV_KEY_LEN
+        // bytes of slack after DATA_LEN.
+        let name = unsafe { core::ptr::read_unaligned(data.add(dst) as *const [u8; ENV_KEY_LEN]) };
+        let key = Key::new((ENV_KEY_LEN * 8) as u32, EnvKey { name });
         // Longest stored prefix `NAME=` that starts this entry, if any; a
         // refused entry is left behind `off` and never sent.
-        if copied != 0 || ENV_ALLOW.get(&key).is_none() {
+        if ENV_ALLOW.get(&key).is_none() {
             continue;
         }
-        // SAFETY: as above.
-        let n = unsafe { core::ptr::read_volatile(&ev.fixed.env_len) } as usize & (ARG_LEN * 2 - 1);
-        if n >= ARG_LEN {
-            flags |= EXEC_F_ENV_TRUNCATED;
+        let n = (n as usize) & (ARG_LEN * 2 - 1);
+        // SAFETY: see above.
+        unsafe {
+            if n >= ARG_LEN {
+                add_flags(fx, EXEC_F_ENV_TRUNCATED);
+            }
+            let used = (used + n).min(DATA_LEN + ARG_LEN - argv_len);
+            core::ptr::write_volatile(&raw mut (*fx).env_len, used as u32);
+            let c = core::ptr::read_volatile(&raw const (*fx).envc);
+            core::ptr::write_volatile(&raw mut (*fx).envc, c + 1);
         }
-        off += n;
-        envc += 1;
     }
     if i == MAX_ENV_SCAN {
         // SAFETY: as above.
         let next = unsafe { bpf_probe_read_user::<*const u8>(envp.add(MAX_ENV_SCAN as usize)) };
         if next.is_ok_and(|p| !p.is_null()) {
-            flags |= EXEC_F_ENV_TRUNCATED;
+            // SAFETY: see above.
+            unsafe { add_flags(fx, EXEC_F_ENV_TRUNCATED) };
         }
     }
-    if off > DATA_LEN + ARG_LEN {
-        off = DATA_LEN + ARG_LEN;
-    }
-    ev.fixed.envc = envc;
-    ev.fixed.env_len = (off - start) as u32;
-    ev.fixed.flags |= flags;
 }
 
 /// Whether a variable whose name starts with these two bytes (first byte

@@ -39,9 +39,11 @@ use crate::{
     current_task, emit, emit_now, inserted, is_tracked, parent_tgid, tp_field,
 };
 
+mod args;
 mod decide;
 mod env;
 
+use args::read_argv;
 use decide::{D_ENV, D_TRACK, D_WAKE, decide, park};
 use env::{read_env, read_new_env};
 
@@ -281,64 +283,6 @@ pub(super) fn enter_full(start: &ExecStart, tid: u32, tgid: u32) -> Result<(), i
         count_lost(LostCause::ExecTableFull);
     }
     Ok(())
-}
-
-#[inline(always)]
-pub(super) fn read_argv(ev: &mut ExecEvent, argv: *const *const u8) {
-    let mut off: usize = 0;
-    let mut argc: u32 = 0;
-    let mut flags: u32 = 0;
-    let mut i: u32 = 0;
-    while i < MAX_ARGS {
-        // SAFETY: user pointer; the helper faults safely.
-        let p: *const u8 = match unsafe { bpf_probe_read_user(argv.add(i as usize)) } {
-            Ok(p) => p,
-            Err(_) => {
-                flags |= EXEC_F_ARGV_FAULT;
-                break;
-            }
-        };
-        if p.is_null() {
-            break;
-        }
-        if off >= ARGV_MAX {
-            flags |= EXEC_F_ARGV_TRUNCATED;
-            break;
-        }
-        let dst = bounded(off);
-        // SAFETY: dst < DATA_LEN and the area has ARG_LEN bytes of slack after DATA_LEN.
-        let n = unsafe {
-            generated::bpf_probe_read_user_str(
-                ev.data.as_mut_ptr().add(dst) as *mut c_void,
-                ARG_LEN as u32,
-                p as *const c_void,
-            )
-        };
-        if n <= 0 {
-            flags |= EXEC_F_ARGV_FAULT;
-            break;
-        }
-        let n = (n as usize) & (ARG_LEN * 2 - 1);
-        if n >= ARG_LEN {
-            flags |= EXEC_F_ARGV_TRUNCATED;
-        }
-        off += n;
-        argc += 1;
-        i += 1;
-    }
-    if i == MAX_ARGS {
-        // SAFETY: as above.
-        let next = unsafe { bpf_probe_read_user::<*const u8>(argv.add(MAX_ARGS as usize)) };
-        if next.is_ok_and(|p| !p.is_null()) {
-            flags |= EXEC_F_ARGV_TRUNCATED;
-        }
-    }
-    if off > ARGV_MAX + ARG_LEN {
-        off = ARGV_MAX + ARG_LEN;
-    }
-    ev.fixed.argc = argc;
-    ev.fixed.argv_len = off as u32;
-    ev.fixed.flags |= flags;
 }
 
 /// Send the used prefix of `ev` to userspace (`now`: wake the reader).

@@ -1,0 +1,76 @@
+//! The argv of a failed exec (or of any exec without BTF), read through
+//! the caller's pointers.
+
+use super::*;
+
+#[inline(always)]
+pub(super) fn read_argv(ev: &mut ExecEvent, argv: *const *const u8) {
+    // The running length and count live in the event (volatile accesses),
+    // not in registers, as in `read_new_env`: in a register, `off` took a
+    // different range on each path (an argument cut at ARG_LEN or not), the
+    // verifier could not prune them, and 6.1's gave up past 1M
+    // instructions (`cargo xtask vm --kernel debian-6.1`).
+    let fx: *mut ExecFixed = &mut ev.fixed;
+    let data: *mut u8 = ev.data.as_mut_ptr();
+    // SAFETY: fields of our per-CPU scratch event (volatile accesses).
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*fx).argv_len, 0);
+        core::ptr::write_volatile(&raw mut (*fx).argc, 0);
+    }
+    let mut i: u32 = 0;
+    while i < MAX_ARGS {
+        // SAFETY: user pointer; the helper faults safely.
+        let p: *const u8 = match unsafe { bpf_probe_read_user(argv.add(i as usize)) } {
+            Ok(p) => p,
+            Err(_) => {
+                // SAFETY: see above.
+                unsafe { super::env::add_flags(fx, EXEC_F_ARGV_FAULT) };
+                break;
+            }
+        };
+        if p.is_null() {
+            break;
+        }
+        // SAFETY: see above.
+        let off = unsafe { core::ptr::read_volatile(&raw const (*fx).argv_len) } as usize;
+        if off >= ARGV_MAX {
+            // SAFETY: see above.
+            unsafe { super::env::add_flags(fx, EXEC_F_ARGV_TRUNCATED) };
+            break;
+        }
+        let dst = bounded(off);
+        // SAFETY: dst < DATA_LEN and the area has ARG_LEN bytes of slack after DATA_LEN.
+        let n = unsafe {
+            generated::bpf_probe_read_user_str(
+                data.add(dst) as *mut c_void,
+                ARG_LEN as u32,
+                p as *const c_void,
+            )
+        };
+        if n <= 0 {
+            // SAFETY: see above.
+            unsafe { super::env::add_flags(fx, EXEC_F_ARGV_FAULT) };
+            break;
+        }
+        let n = (n as usize) & (ARG_LEN * 2 - 1);
+        // SAFETY: see above.
+        unsafe {
+            if n >= ARG_LEN {
+                super::env::add_flags(fx, EXEC_F_ARGV_TRUNCATED);
+            }
+            let len = (off + n).min(ARGV_MAX + ARG_LEN);
+            core::ptr::write_volatile(&raw mut (*fx).argv_len, len as u32);
+            let c = core::ptr::read_volatile(&raw const (*fx).argc);
+            core::ptr::write_volatile(&raw mut (*fx).argc, c + 1);
+        }
+        i += 1;
+    }
+    if i == MAX_ARGS {
+        // SAFETY: as above.
+        let next = unsafe { bpf_probe_read_user::<*const u8>(argv.add(MAX_ARGS as usize)) };
+        if next.is_ok_and(|p| !p.is_null()) {
+            // SAFETY: see above.
+            unsafe { super::env::add_flags(fx, EXEC_F_ARGV_TRUNCATED) };
+        }
+    }
+}
