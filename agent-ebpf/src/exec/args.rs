@@ -24,7 +24,7 @@ pub(super) fn read_argv(ev: &mut ExecEvent, argv: *const *const u8) {
             Ok(p) => p,
             Err(_) => {
                 // SAFETY: see above.
-                unsafe { super::env::add_flags(fx, EXEC_F_ARGV_FAULT) };
+                unsafe { add_flags(fx, EXEC_F_ARGV_FAULT) };
                 break;
             }
         };
@@ -35,7 +35,7 @@ pub(super) fn read_argv(ev: &mut ExecEvent, argv: *const *const u8) {
         let off = unsafe { core::ptr::read_volatile(&raw const (*fx).argv_len) } as usize;
         if off >= ARGV_MAX {
             // SAFETY: see above.
-            unsafe { super::env::add_flags(fx, EXEC_F_ARGV_TRUNCATED) };
+            unsafe { add_flags(fx, EXEC_F_ARGV_TRUNCATED) };
             break;
         }
         let dst = bounded(off);
@@ -49,14 +49,14 @@ pub(super) fn read_argv(ev: &mut ExecEvent, argv: *const *const u8) {
         };
         if n <= 0 {
             // SAFETY: see above.
-            unsafe { super::env::add_flags(fx, EXEC_F_ARGV_FAULT) };
+            unsafe { add_flags(fx, EXEC_F_ARGV_FAULT) };
             break;
         }
         let n = (n as usize) & (ARG_LEN * 2 - 1);
         // SAFETY: see above.
         unsafe {
             if n >= ARG_LEN {
-                super::env::add_flags(fx, EXEC_F_ARGV_TRUNCATED);
+                add_flags(fx, EXEC_F_ARGV_TRUNCATED);
             }
             let len = (off + n).min(ARGV_MAX + ARG_LEN);
             core::ptr::write_volatile(&raw mut (*fx).argv_len, len as u32);
@@ -70,7 +70,7 @@ pub(super) fn read_argv(ev: &mut ExecEvent, argv: *const *const u8) {
         let next = unsafe { bpf_probe_read_user::<*const u8>(argv.add(MAX_ARGS as usize)) };
         if next.is_ok_and(|p| !p.is_null()) {
             // SAFETY: see above.
-            unsafe { super::env::add_flags(fx, EXEC_F_ARGV_TRUNCATED) };
+            unsafe { add_flags(fx, EXEC_F_ARGV_TRUNCATED) };
         }
     }
 }

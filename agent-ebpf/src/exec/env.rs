@@ -151,17 +151,8 @@ pub(super) fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
         if ENV_ALLOW.get(&key).is_none() {
             continue;
         }
-        let n = (n as usize) & (ARG_LEN * 2 - 1);
         // SAFETY: see above.
-        unsafe {
-            if n >= ARG_LEN {
-                add_flags(fx, EXEC_F_ENV_TRUNCATED);
-            }
-            let used = (used + n).min(DATA_LEN + ARG_LEN - argv_len);
-            core::ptr::write_volatile(&raw mut (*fx).env_len, used as u32);
-            let c = core::ptr::read_volatile(&raw const (*fx).envc);
-            core::ptr::write_volatile(&raw mut (*fx).envc, c + 1);
-        }
+        unsafe { keep_entry(fx, used, argv_len, n) };
     }
     if i == MAX_ENV_SCAN {
         // SAFETY: as above.
@@ -338,17 +329,8 @@ pub(super) fn read_new_env(ev: &mut ExecEvent, l: Layout) {
         if n <= 0 {
             continue;
         }
-        let n = (n as usize) & (ARG_LEN * 2 - 1);
         // SAFETY: see above.
-        unsafe {
-            if n >= ARG_LEN {
-                add_flags(fx, EXEC_F_ENV_TRUNCATED);
-            }
-            let used = (used + n).min(DATA_LEN + ARG_LEN - argv_len);
-            core::ptr::write_volatile(&raw mut (*fx).env_len, used as u32);
-            let c = core::ptr::read_volatile(&raw const (*fx).envc);
-            core::ptr::write_volatile(&raw mut (*fx).envc, c + 1);
-        }
+        unsafe { keep_entry(fx, used, argv_len, n) };
     }
     // SAFETY: as in the loop.
     if i == MAX_ENV_SCAN as usize && unsafe { (*scan).vec[i] } != 0 {
@@ -357,15 +339,23 @@ pub(super) fn read_new_env(ev: &mut ExecEvent, l: Layout) {
     }
 }
 
-/// `(*fx).flags |= bits`, through memory (see `read_new_env`).
+/// Keep the entry just copied (`n` bytes, as the string helper returned it,
+/// `used` bytes of environment before it): its length and the count go to
+/// the event through memory, an over-long value is flagged.
 ///
 /// # Safety
 /// `fx` must point to a live, exclusively owned `ExecFixed`.
 #[inline(always)]
-pub(super) unsafe fn add_flags(fx: *mut ExecFixed, bits: u32) {
+unsafe fn keep_entry(fx: *mut ExecFixed, used: usize, argv_len: usize, n: i64) {
+    let n = (n as usize) & (ARG_LEN * 2 - 1);
     // SAFETY: guaranteed by the caller.
     unsafe {
-        let f = core::ptr::read_volatile(&raw const (*fx).flags);
-        core::ptr::write_volatile(&raw mut (*fx).flags, f | bits);
+        if n >= ARG_LEN {
+            add_flags(fx, EXEC_F_ENV_TRUNCATED);
+        }
+        let used = (used + n).min(DATA_LEN + ARG_LEN - argv_len);
+        core::ptr::write_volatile(&raw mut (*fx).env_len, used as u32);
+        let c = core::ptr::read_volatile(&raw const (*fx).envc);
+        core::ptr::write_volatile(&raw mut (*fx).envc, c + 1);
     }
 }

@@ -532,3 +532,17 @@ pub(super) fn read_new_image(ev: &mut ExecEvent) -> Option<Layout> {
         env_end,
     })
 }
+
+/// `(*fx).flags |= bits`, through memory: the argv and env loops keep no
+/// state in registers (see `env::read_new_env`).
+///
+/// # Safety
+/// `fx` must point to a live, exclusively owned `ExecFixed`.
+#[inline(always)]
+pub(super) unsafe fn add_flags(fx: *mut ExecFixed, bits: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let f = core::ptr::read_volatile(&raw const (*fx).flags);
+        core::ptr::write_volatile(&raw mut (*fx).flags, f | bits);
+    }
+}
