@@ -9,6 +9,10 @@ pub const TCP_PHASE_ESTABLISHED: u32 = 2;
 /// `TcpEvent::phase`: SYN_SENT → CLOSE; `err` says why (0: closed by the application).
 pub const TCP_PHASE_FAILED: u32 = 3;
 
+/// `TcpEvent::err` of a failure whose reason cannot be read: without kernel
+/// BTF the offset of `sk_err` is unknown.
+pub const TCP_ERR_UNKNOWN: i32 = -1;
+
 /// Flag: the outcome was seen without its start (pid/uid/start time unknown).
 pub const TCP_F_NO_START: u32 = 1 << 0;
 
@@ -33,7 +37,8 @@ pub struct TcpEvent {
     pub flags: u32,
     /// SYN retransmissions so far.
     pub syn_retrans: u32,
-    /// `sk->sk_err` at the failure (positive errno), 0 otherwise.
+    /// `sk->sk_err` at the failure (positive errno), 0 otherwise;
+    /// [`TCP_ERR_UNKNOWN`] when it cannot be read.
     pub err: i32,
     pub uid: u32,
     /// Network namespace inode.

@@ -6,8 +6,8 @@
 //! when the application closed the socket first.
 
 use agent_common::{
-    AF_INET, EventKind, LostCause, TCP_F_NO_START, TCP_PHASE_ESTABLISHED, TCP_PHASE_FAILED,
-    TcpConnStart, TcpEvent,
+    AF_INET, EventKind, LostCause, TCP_ERR_UNKNOWN, TCP_F_NO_START, TCP_PHASE_ESTABLISHED,
+    TCP_PHASE_FAILED, TcpConnStart, TcpEvent,
 };
 use aya_ebpf::{
     helpers::{
@@ -192,7 +192,12 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i64> {
         ev.phase = TCP_PHASE_ESTABLISHED;
     } else {
         ev.phase = TCP_PHASE_FAILED;
-        ev.err = read_u32_at(sk, SOCK_ERR_OFF.load()) as i32;
+        let off = SOCK_ERR_OFF.load();
+        ev.err = if off == 0 {
+            TCP_ERR_UNKNOWN
+        } else {
+            read_u32_at(sk, off) as i32
+        };
     }
     emit(&ev);
     Ok(())

@@ -41,6 +41,10 @@ pub(super) struct EnvScan {
     pub(super) a0_base: u64,
     /// [`decide`]'s answer, across the scan ([`park`]).
     pub(super) decision: u64,
+    /// A failed exec's `envp`, for [`super::tail::exec_env_tail`].
+    pub(super) caller_envp: u64,
+    /// What the tail program does with the event ([`super::tail::JOB_FAILED`]); 0: nothing.
+    pub(super) job: u64,
 }
 
 #[map]
@@ -138,17 +142,33 @@ pub(super) fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
         if n <= 0 {
             continue;
         }
-        // The key straight from the copy (no zeroed key first: that is a
-        // call to memset, a byte loop the verifier walks each time). Bytes
-        // past the copied string's NUL cannot make a match: no allowed
-        // `NAME=` holds a NUL.
+        // The key from the copy, by one helper call: an unaligned copy is
+        // 64 byte moves here (twice over, through a temporary), most of
+        // each iteration's instructions, and 6.1's verifier walks each
+        // iteration several times over; with them the loop alone went past
+        // its 1M-instruction budget. Bytes past the copied string's NUL
+        // cannot make a match: no allowed `NAME=` holds a NUL.
+        // Not zeroed first (a call to memset): the helper writes every byte.
+        let mut key = core::mem::MaybeUninit::<Key<EnvKey>>::uninit();
+        let kp = key.as_mut_ptr();
         // SAFETY: dst < DATA_LEN and the area has ARG_LEN >= ENV_KEY_LEN
-        // bytes of slack after DATA_LEN.
-        let name = unsafe { core::ptr::read_unaligned(data.add(dst) as *const [u8; ENV_KEY_LEN]) };
-        let key = Key::new((ENV_KEY_LEN * 8) as u32, EnvKey { name });
+        // bytes of slack after DATA_LEN; the key has room for ENV_KEY_LEN.
+        let copied = unsafe {
+            (*kp).prefix_len = (ENV_KEY_LEN * 8) as u32;
+            generated::bpf_probe_read_kernel(
+                (&raw mut (*kp).data.name) as *mut c_void,
+                ENV_KEY_LEN as u32,
+                data.add(dst) as *const c_void,
+            )
+        };
+        if copied != 0 {
+            continue;
+        }
         // Longest stored prefix `NAME=` that starts this entry, if any; a
-        // refused entry is left behind `off` and never sent.
-        if ENV_ALLOW.get(&key).is_none() {
+        // refused entry is left behind `off` and never sent. (By reference:
+        // moved out of the MaybeUninit, the key is copied byte by byte.)
+        // SAFETY: both fields were written above (the helper fills the name).
+        if ENV_ALLOW.get(unsafe { &*kp }).is_none() {
             continue;
         }
         // SAFETY: see above.

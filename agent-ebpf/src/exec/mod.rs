@@ -42,10 +42,12 @@ use crate::{
 mod args;
 mod decide;
 mod env;
+mod tail;
 
 use args::read_argv;
 use decide::{D_ENV, D_TRACK, D_WAKE, decide, park};
 use env::{read_env, read_new_env};
+use tail::{JOB_FAILED, JOB_FULL, env_then};
 
 /// Exec attempts between `sys_enter` and completion, in slot `tid %
 /// EXEC_SLOTS` and owned by `tid` (0: free). An array rather than a hash
@@ -166,7 +168,7 @@ pub(super) fn try_exec_enter(
         start.argv = argv;
         start.envp = envp;
         start.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
-        return enter_full(&start, tid, tgid);
+        return enter_full(ctx, &start, tid, tgid);
     }
     let Some(s) = EXEC_START.get_ptr_mut(tid & (EXEC_SLOTS - 1)) else {
         // Unreachable: the index is masked to the array's size.
@@ -263,25 +265,28 @@ pub(super) fn read_caller_filename(ev: &mut ExecEvent, filename: u64) {
     }
 }
 
-/// The caller's argv/env, read through its pointers.
+/// The caller's filename and argv, read through its pointers (its
+/// environment follows in [`tail::exec_env_tail`]).
 #[inline(always)]
 pub(super) fn read_caller_args(ev: &mut ExecEvent, start: &ExecStart) {
     read_caller_filename(ev, start.filename);
     read_argv(ev, start.argv as *const *const u8);
-    read_env(ev, start.envp as *const *const u8);
 }
 
 /// No-BTF fallback: the whole event at `sys_enter`.
 #[inline(always)]
-pub(super) fn enter_full(start: &ExecStart, tid: u32, tgid: u32) -> Result<(), i64> {
+pub(super) fn enter_full(
+    ctx: &TracePointContext,
+    start: &ExecStart,
+    tid: u32,
+    tgid: u32,
+) -> Result<(), i64> {
     let Some(ev) = scratch_event() else {
         return Err(0);
     };
     begin_event(ev, tid, tgid, start);
     read_caller_args(ev, start);
-    if EXEC_INFLIGHT_FULL.insert(&tid, ev, 0).is_err() {
-        count_lost(LostCause::ExecTableFull);
-    }
+    env_then(ctx, ev, start.envp, JOB_FULL);
     Ok(())
 }
 
@@ -317,8 +322,9 @@ pub(super) fn try_exec_exit(ctx: &TracePointContext) -> Result<(), i64> {
             return Err(0);
         };
         begin_event(ev, tid, (id >> 32) as u32, &start);
+        ev.fixed.ret = ret as i32;
         read_caller_args(ev, &start);
-        finish_failed(ev, ret);
+        env_then(ctx, ev, start.envp, JOB_FAILED);
         return Ok(());
     }
     let Some(ev) = EXEC_INFLIGHT_FULL.get_ptr_mut(&tid) else {
@@ -329,14 +335,14 @@ pub(super) fn try_exec_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // SAFETY: map value pointer valid for this program's run.
     let ev = unsafe { &mut *ev };
-    finish_failed(ev, ret);
+    ev.fixed.ret = ret as i32;
+    finish_failed(ev);
     let _ = EXEC_INFLIGHT_FULL.remove(&tid);
     Ok(())
 }
 
 #[inline(always)]
-pub(super) fn finish_failed(ev: &mut ExecEvent, ret: i64) {
-    ev.fixed.ret = ret as i32;
+pub(super) fn finish_failed(ev: &mut ExecEvent) {
     // SAFETY: helper without preconditions.
     ev.fixed.hdr.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.fixed.hdr.ppid = parent_tgid(current_task());

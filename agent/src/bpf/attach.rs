@@ -6,6 +6,7 @@ use std::{fs::File, path::Path};
 
 use aya::{
     Ebpf,
+    maps::ProgramArray,
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry,
         KProbe, Program, RawTracePoint, SockOps, TracePoint, UProbe, uprobe::UProbeScope,
@@ -160,6 +161,11 @@ pub fn load_and_attach(
             p.attach(&cg, ty, CgroupAttachMode::Single).map_err(kerr)?;
             Ok(None)
         }
+        // Needs the object's map: `install_tail`.
+        Attach::TailCall(..) => Err(HookError::WrongType {
+            name: name.to_string(),
+            want: "directly attached",
+        }),
         Attach::LoadOnly => {
             let p: &mut UProbe = typed(prog, name, "uprobe")?;
             if !loaded {
@@ -184,6 +190,25 @@ pub fn unload(prog: &mut Program) {
         Program::CgroupSkb(p) => p.unload(),
         _ => Ok(()),
     };
+}
+
+/// Load the tracepoint program `name` and put it in slot `index` of the
+/// program array `map`, where the programs that tail-call it find it.
+fn install_tail(ebpf: &mut Ebpf, name: &str, map: &str, index: u32) -> Result<(), HookError> {
+    let p: &mut TracePoint = typed(program(ebpf, name)?, name, "tracepoint")?;
+    if p.fd().is_err() {
+        p.load().map_err(HookError::kernel)?;
+    }
+    let fd = p
+        .fd()
+        .map_err(HookError::kernel)?
+        .try_clone()
+        .map_err(HookError::kernel)?;
+    let m = ebpf
+        .map_mut(map)
+        .ok_or_else(|| HookError::Missing(map.to_string()))?;
+    let mut arr = ProgramArray::try_from(m).map_err(HookError::kernel)?;
+    arr.set(index, &fd, 0).map_err(HookError::kernel)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program, HookError> {
@@ -287,8 +312,13 @@ pub fn attach_signals(
             };
             let mut failure = None;
             for p in opt.programs {
-                let r = program(ebpf, p.name)
-                    .and_then(|prog| load_and_attach(prog, p.name, p.attach, k));
+                let r = match p.attach {
+                    Attach::TailCall(map, index) => {
+                        install_tail(ebpf, p.name, map, index).map(|()| None)
+                    }
+                    _ => program(ebpf, p.name)
+                        .and_then(|prog| load_and_attach(prog, p.name, p.attach, k)),
+                };
                 match r {
                     Ok(link) => links.extend(link),
                     Err(e) if p.required => {

@@ -143,7 +143,7 @@ impl Globals {
             }
             None => g
                 .warnings
-                .push("no kernel BTF: parent pids and exit codes are not reported".into()),
+                .push("no kernel BTF: parent pids, exit codes and why a TCP connect failed are not reported".into()),
         }
         if let Some(btf) = &k.btf {
             match btf.member_offset("sock", "sk_err") {

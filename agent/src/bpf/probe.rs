@@ -115,7 +115,8 @@ pub(super) fn tracepoint_programs<'a>(
     let mut names = Vec::new();
     for opt in options {
         for p in opt.programs {
-            if matches!(p.attach, Attach::Tracepoint(..)) && !names.contains(&p.name) {
+            let tp = matches!(p.attach, Attach::Tracepoint(..) | Attach::TailCall(..));
+            if tp && !names.contains(&p.name) {
                 names.push(p.name);
             }
         }
@@ -141,7 +142,31 @@ pub fn available(k: &KernelInfo, probes: &[(HookKind, Result<(), HookError>)]) -
             .filter(|(_, r)| r.is_ok())
             .map(|(h, _)| *h)
             .collect(),
+        args_missing: args_missing(k),
     }
+}
+
+/// The tracepoint arguments options need that this kernel's tracefs
+/// formats lack (unknown without tracefs: then the attach decides).
+fn args_missing(k: &KernelInfo) -> Vec<hooks::TpArg> {
+    let Some(root) = &k.tracefs else {
+        return Vec::new();
+    };
+    let mut out: Vec<hooks::TpArg> = Vec::new();
+    for a in SIGNALS
+        .iter()
+        .flat_map(|s| s.options)
+        .filter_map(|o| o.needs_arg)
+    {
+        let absent = matches!(
+            super::tracefs::field_offset(root, a.category, a.event, a.field),
+            Ok(None)
+        );
+        if absent && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -168,7 +193,8 @@ mod tests {
         // The two whose verification takes most of start-up.
         assert!(names.contains(&"exec_sched_tp"), "{names:?}");
         assert!(names.contains(&"exec_exit_tp"), "{names:?}");
-        // Each once, and only programs attached to a tracepoint.
+        // Each once, and only tracepoint programs (attached, or reached by
+        // a tail call from one).
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();
@@ -178,7 +204,8 @@ mod tests {
                 SIGNALS.iter().flat_map(|s| s.options).any(|o| o
                     .programs
                     .iter()
-                    .any(|p| p.name == *n && matches!(p.attach, Attach::Tracepoint(..)))),
+                    .any(|p| p.name == *n
+                        && matches!(p.attach, Attach::Tracepoint(..) | Attach::TailCall(..)))),
                 "{n} is not a tracepoint program"
             );
         }

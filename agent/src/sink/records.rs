@@ -234,7 +234,7 @@ pub fn tcp_json<'a>(style: &Style, t: &'a Tcp, r: &'a ConnReport) -> TcpJson<'a>
         comm: &t.comm,
         exe: r.exe.as_deref(),
         outcome: &r.outcome,
-        error: (t.err != 0).then(|| errno_name(t.err)),
+        error: (t.err > 0).then(|| errno_name(t.err)),
         source: std::net::SocketAddr::new(t.src, t.sport),
         destination: std::net::SocketAddr::new(t.dst, t.dport),
         network_type: if t.dst.is_ipv4() { "ipv4" } else { "ipv6" },

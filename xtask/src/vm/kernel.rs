@@ -158,12 +158,30 @@ pub fn fetch(spec: &Spec, cache: &Path) -> Result<Unpacked> {
         std::fs::rename(&tmp, &dir)?;
         let _ = std::fs::remove_file(&deb);
     }
+    // Merged /usr (trixie on): the modules are under usr/lib.
+    let mut modules = dir.join(format!("lib/modules/{release}"));
+    if !modules.exists() {
+        modules = dir.join(format!("usr/lib/modules/{release}"));
+    }
     Ok(Unpacked {
-        modules: dir.join(format!("lib/modules/{release}")),
+        modules,
         release,
         version: version.to_string(),
         vmlinuz,
     })
+}
+
+/// A module file's ELF bytes: trixie's packages compress them (`.ko.xz`),
+/// which busybox's insmod does not read.
+pub fn read_module(path: &Path) -> Result<Vec<u8>> {
+    if path.extension().is_some_and(|e| e == "xz") {
+        let out = Command::new("xz").arg("-dc").arg(path).output()?;
+        if !out.status.success() {
+            bail!("xz -dc {} failed", path.display());
+        }
+        return Ok(out.stdout);
+    }
+    Ok(std::fs::read(path)?)
 }
 
 /// The `depends=` list of a module's `.modinfo` (NUL-separated strings).
@@ -194,7 +212,7 @@ pub fn closure(modules: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
             if p.is_dir() {
                 stack.push(p);
             } else if let Some(n) = p.file_name().and_then(|n| n.to_str())
-                && let Some(stem) = n.strip_suffix(".ko")
+                && let Some(stem) = n.strip_suffix(".ko").or_else(|| n.strip_suffix(".ko.xz"))
             {
                 files.insert(stem.replace('-', "_"), p);
             }
@@ -216,14 +234,25 @@ pub fn closure(modules: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
         let Some(path) = files.get(&name) else {
             return Ok(());
         };
-        for dep in depends(&std::fs::read(path)?) {
+        for dep in depends(&read_module(path)?) {
             visit(&dep, files, seen, order)?;
         }
         order.push(path.clone());
         Ok(())
     }
+    // Built into the image on some kernels (trixie's virtio_pci).
+    let builtin: BTreeSet<String> = std::fs::read_to_string(modules.join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| Path::new(l).file_name()?.to_str()?.strip_suffix(".ko"))
+        .map(|n| n.replace('-', "_"))
+        .collect();
     for w in wanted {
-        if !files.contains_key(&w.replace('-', "_")) {
+        let name = w.replace('-', "_");
+        if builtin.contains(&name) {
+            continue;
+        }
+        if !files.contains_key(&name) {
             bail!("module {w} not in {}", modules.display());
         }
         visit(w, &files, &mut seen, &mut order)?;

@@ -142,7 +142,12 @@ fn initramfs(opts: &Options, modules: &[PathBuf], dir: &Path, out: &Path) -> Res
     w.file("stage2", 0o755, stage2(opts, dir).as_bytes())?;
     for (i, m) in modules.iter().enumerate() {
         let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("m.ko");
-        w.file(&format!("mod/{i:02}-{name}"), 0o644, &std::fs::read(m)?)?;
+        let name = name.strip_suffix(".xz").unwrap_or(name);
+        w.file(
+            &format!("mod/{i:02}-{name}"),
+            0o644,
+            &kernel::read_module(m)?,
+        )?;
     }
     w.finish()?;
     Ok(())

@@ -35,6 +35,8 @@ pub enum Outcome {
     Cancelled,
     /// Another error (see the errno).
     Error,
+    /// Failed, for a reason the kernel side could not read (no BTF).
+    Failed,
 }
 
 impl Outcome {
@@ -44,6 +46,7 @@ impl Outcome {
             TcpPhase::Established => Outcome::Established,
             TcpPhase::Failed => match t.err {
                 0 => Outcome::Cancelled,
+                agent_common::TCP_ERR_UNKNOWN => Outcome::Failed,
                 libc::ECONNREFUSED => Outcome::Refused,
                 libc::ETIMEDOUT => Outcome::Timeout,
                 libc::EHOSTUNREACH | libc::ENETUNREACH => Outcome::Unreachable,
@@ -60,6 +63,7 @@ impl Outcome {
             Outcome::Unreachable => "unreachable",
             Outcome::Cancelled => "cancelled",
             Outcome::Error => "error",
+            Outcome::Failed => "failed",
         }
     }
 }
@@ -457,7 +461,7 @@ impl<'a> Conn<'a> {
         );
         m.insert(
             "error".into(),
-            json!((t.err != 0).then(|| errno_name(t.err))),
+            json!((t.err > 0).then(|| errno_name(t.err))),
         );
         m.insert(
             "proxy".into(),
@@ -514,6 +518,10 @@ mod tests {
         assert_eq!(
             Outcome::of(&tcp(TcpPhase::Failed, 0, 0, 1)),
             Some(Outcome::Cancelled)
+        );
+        assert_eq!(
+            Outcome::of(&tcp(TcpPhase::Failed, agent_common::TCP_ERR_UNKNOWN, 0, 1)),
+            Some(Outcome::Failed)
         );
         assert_eq!(Outcome::of(&tcp(TcpPhase::Start, 0, 0, 0)), None);
     }

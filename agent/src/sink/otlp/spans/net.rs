@@ -53,7 +53,12 @@ impl SpanBuilder {
         ];
         let mut status = None;
         if failed {
-            let err = crate::finding::errno_name(tcp.err);
+            // Without BTF the reason is unknown: semconv's fallback value.
+            let err = if tcp.err > 0 {
+                crate::finding::errno_name(tcp.err)
+            } else {
+                "_OTHER".to_string()
+            };
             status = Some(format!("connect {}: {err}", report.outcome.name()));
             attributes.push(kv_str(semconv::ERROR_TYPE, err));
         }
