@@ -122,6 +122,11 @@ enum Cmd {
         /// With --kernel: hide the kernel's BTF from the agent.
         #[arg(long, requires = "kernel")]
         no_btf: bool,
+        /// With --kernel: run the root integration test binaries there
+        /// instead of the smoke pass (all but `install`, or those named
+        /// after `--`, e.g. `-- tcp exec_events`), recorded in the same table.
+        #[arg(long, requires = "kernel")]
+        suite: bool,
         /// Extra arguments for the integration-test binary (e.g. a test name filter).
         #[arg(last = true)]
         filter: Vec<String>,
@@ -527,6 +532,25 @@ fn main() -> Result<()> {
             .args(["test", "-p", "agent", "--lib", "signal::tests", "-q"])
             .env("AGENT_BLESS", "1")),
         Cmd::MeasureInstall { readme, keep } => measure::measure_install(keep, readme),
+        Cmd::Test {
+            kernel: Some(kernel),
+            no_btf,
+            suite: true,
+            filter,
+            ..
+        } => {
+            let bins: Vec<_> = integration_binaries()?
+                .into_iter()
+                .filter(|(n, _)| {
+                    if filter.is_empty() {
+                        !BESIDE.contains(&n.as_str())
+                    } else {
+                        filter.contains(n)
+                    }
+                })
+                .collect();
+            vm::suite::run(&toolchain::workspace_root(), &kernel, no_btf, &bins)
+        }
         Cmd::Test {
             kernel: Some(kernel),
             no_btf,

@@ -34,6 +34,30 @@ fn cell(run: &Value, signal: &str) -> String {
     }
 }
 
+/// `tcp 9/9, exec_events 10/10 (400 s)`, or `-` when not run there.
+fn suite_cell(suite: &Value) -> String {
+    let Some(m) = suite.as_object().filter(|m| !m.is_empty()) else {
+        return "-".to_string();
+    };
+    let mut secs = 0;
+    let parts: Vec<String> = m
+        .iter()
+        .map(|(n, r)| {
+            let (p, f) = (
+                r["passed"].as_u64().unwrap_or(0),
+                r["failed"].as_u64().unwrap_or(0),
+            );
+            secs += r["seconds"].as_u64().unwrap_or(0);
+            if f == 0 {
+                format!("{n} {p}/{}", p + f)
+            } else {
+                format!("{n} **{p}/{}**", p + f)
+            }
+        })
+        .collect();
+    format!("{} ({secs} s)", parts.join(", "))
+}
+
 /// The table and the fallback lines of every recorded run.
 pub fn render(runs: &[Value]) -> String {
     let mut out = String::new();
@@ -58,6 +82,11 @@ pub fn render(runs: &[Value]) -> String {
             Some(s) => out.push_str(&format!(" {s:.0} s |")),
             None => out.push_str(" - |"),
         }
+    }
+    out.push('\n');
+    out.push_str("| root suite (`--suite`) |");
+    for r in runs {
+        out.push_str(&format!(" {} |", suite_cell(&r["suite"])));
     }
     out.push('\n');
     for sig in SIGNALS {

@@ -16,6 +16,7 @@ mod cpio;
 mod doc;
 pub mod kernel;
 pub mod smoke;
+pub mod suite;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -42,7 +43,20 @@ pub struct Options {
 const EXIT_MARK: &str = "xtask-vm: exit=";
 
 /// Modules the init script loads (with their dependencies, in order).
-const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay", "veth"];
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+    "veth",
+    // The test network lab's rules (tests/src/netlab.rs). libcrc32c, which
+    // nf_tables needs, asks for the crc32c algorithm when it loads (a soft
+    // dependency, not in `depends=`): its module comes first.
+    "crc32c_generic",
+    "nf_tables",
+    "nft_reject_inet",
+    "nft_quota",
+];
 
 pub(crate) fn run_quiet(cmd: &mut Command) -> Result<()> {
     let out = cmd
@@ -75,7 +89,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in /mod/*.ko; do insmod "$m" 2>/dev/null || echo "xtask-vm: insmod $m failed"; done
+for m in /mod/*.ko; do insmod "$m" 2>&1 || echo "xtask-vm: insmod $m failed"; done
 die() { echo "xtask-vm: $*"; echo "xtask-vm: exit=125"; echo o > /proc/sysrq-trigger; sleep 10; }
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576,cache=loose,ro host /host || die "9p mount failed"
 mount -t tmpfs -o mode=0755 ovl /ovl

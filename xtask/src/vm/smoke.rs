@@ -256,6 +256,16 @@ pub fn run(root: &Path, kernel: &str, no_btf: bool) -> Result<()> {
     });
     let dir = root.join("docs/kernels");
     std::fs::create_dir_all(&dir)?;
+    // Keep what a `--suite` run recorded for this kernel.
+    let mut doc = doc;
+    if let Some(suite) = std::fs::read(dir.join(format!("{name}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|v| v["suite"].clone())
+        .filter(|v| !v.is_null())
+    {
+        doc["suite"] = suite;
+    }
     std::fs::write(
         dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&doc)? + "\n",
