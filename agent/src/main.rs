@@ -78,7 +78,8 @@ struct Cli {
     /// Output: readable lines, or one JSON object per line ("type" first) [default: text].
     #[arg(long, value_enum, global = true)]
     format: Option<FormatArg>,
-    /// Colour in text output [default: auto].
+    /// Colour in text output [default: auto: on a terminal, never into
+    /// --output FILE; a non-empty NO_COLOR turns it off, CLICOLOR_FORCE on].
     #[arg(long, value_enum, global = true)]
     color: Option<ColorArg>,
     /// Configuration file (TOML; default $AGENT_CONFIG, else /etc/agent/config.toml if present).
@@ -136,7 +137,7 @@ struct Cli {
     #[arg(long, global = true)]
     otlp_endpoint: Option<String>,
     /// grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL; default http/protobuf).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = ["grpc", "http/protobuf"])]
     otlp_protocol: Option<String>,
     /// Command lines in records and exports: `scrubbed` removes passwords,
     /// tokens, secret options, headers and query parameters (docs/events.md
@@ -393,13 +394,19 @@ fn output_settings(
         (Some(FormatArg::Markdown), _) | (None, Some("markdown")) => Format::Markdown,
         (None, Some(other)) => {
             eprintln!("agent: config: format = {other:?}: use \"text\", \"json\" or \"markdown\"");
-            return Err(ExitCode::from(1));
+            return Err(ExitCode::from(2));
         }
     };
+    let to_file = cli.output.is_some() || file.output.is_some();
     let color = match (cli.color, file.color.as_deref()) {
         (Some(ColorArg::Always), _) | (None, Some("always")) => true,
         (Some(ColorArg::Never), _) | (None, Some("never")) => false,
-        _ => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        _ => agent::sink::output::auto_color(
+            std::io::stdout().is_terminal(),
+            to_file,
+            std::env::var_os("NO_COLOR").as_deref(),
+            std::env::var_os("CLICOLOR_FORCE").as_deref(),
+        ),
     };
     if format == Format::Markdown
         && !matches!(cli.cmd, Some(Cmd::Trace { .. }) | Some(Cmd::Check { .. }))
@@ -418,7 +425,7 @@ fn output_settings(
         }
         (None, Some(other)) => {
             eprintln!("agent: config: argv = {other:?}: use \"full\", \"scrubbed\" or \"none\"");
-            return Err(ExitCode::from(1));
+            return Err(ExitCode::from(2));
         }
     };
     agent::scrub::set_argv_mode(argv_mode);
@@ -481,9 +488,10 @@ fn run_options(
             }
             c
         }
+        // A bad value in a variable or the config file: a usage error (2).
         Err(e) => {
             eprintln!("agent: {e}");
-            return Err(ExitCode::from(1));
+            return Err(ExitCode::from(2));
         }
     };
     Ok(RunOptions {

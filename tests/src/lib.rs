@@ -43,6 +43,19 @@ pub fn require_root() {
     );
 }
 
+/// Whether the running kernel is at least `major.minor` (tests run on other
+/// kernels in `cargo xtask test --kernel K --suite`, and assert on what each
+/// one offers).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = r
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
 /// Default allow-list as owned strings.
 pub fn env_allow() -> Vec<String> {
     agent::signal::exec::capture::DEFAULT_ENV_ALLOW

@@ -2,7 +2,7 @@
 
 use std::{os::unix::process::CommandExt as _, process::Command};
 
-use agent_tests::{agent_bin, json_lines, require_root, run_agent};
+use agent_tests::{agent_bin, json_lines, kernel_at_least, require_root, run_agent};
 
 #[test]
 fn check_reports_this_kernel_in_json() {
@@ -25,13 +25,14 @@ fn check_reports_this_kernel_in_json() {
         "raw_tracepoint",
         "tp_btf",
         "uprobe",
-        "uprobe_multi",
         "cgroup_sock_addr",
         "sock_ops",
         "cgroup_skb",
     ] {
         assert!(hook(h), "{h} should be available on this kernel");
     }
+    // uprobe_multi links came in 6.6.
+    assert_eq!(hook("uprobe_multi"), kernel_at_least(6, 6));
     // Kernels without CONFIG_KPROBES have no kprobe PMU; where they do, kprobes work.
     let has_kprobe_pmu = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     assert_eq!(hook("kprobe"), has_kprobe_pmu);
@@ -47,7 +48,18 @@ fn check_reports_this_kernel_in_json() {
     assert_eq!(sig("exec")["state"], "active");
     assert_eq!(sig("exec")["hook"], "tracepoint");
     assert_eq!(sig("exit")["state"], "active");
-    assert_eq!(sig("exit")["hook"], "raw_tracepoint");
+    // The raw tracepoint reads `group_dead`, which sched_process_exit has
+    // from 6.16 on; before, the tracepoint is chosen up front.
+    let group_dead =
+        std::fs::read_to_string("/sys/kernel/tracing/events/sched/sched_process_exit/format")
+            .unwrap_or_default()
+            .contains("group_dead");
+    let exit_hook = if group_dead {
+        "raw_tracepoint"
+    } else {
+        "tracepoint"
+    };
+    assert_eq!(sig("exit")["hook"], exit_hook, "{}", sig("exit"));
     assert_eq!(sig("lineage")["hook"], "raw_tracepoint");
     assert_eq!(r["usable"], true);
     let env = |name: &str| {
@@ -175,6 +187,19 @@ fn missing_tracefs_is_reported_by_check_and_mounted_by_the_agent() {
             .lines()
             .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
     };
+    // With debugfs mounted, its tracing/ directory mounts tracefs again
+    // on first use (automount): out of the way too, put back at the end.
+    let debugfs = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/kernel/debug"));
+    if debugfs {
+        let st = Command::new("umount")
+            .args(["-l", "/sys/kernel/debug"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "umount /sys/kernel/debug");
+    }
     // Unmount every tracefs (lazily: nothing else of ours holds it now).
     while mounted() {
         let target = std::fs::read_to_string("/proc/self/mounts")
@@ -197,10 +222,15 @@ fn missing_tracefs_is_reported_by_check_and_mounted_by_the_agent() {
     // The agent itself mounts it when it starts.
     let (trace_status, _, trace_err) = run_agent(&["trace", "--", "true"]);
     let mounted_by_agent = mounted();
-    // Whatever happens, leave tracefs mounted for the rest of the suite.
+    // Whatever happens, leave tracefs (and debugfs) mounted for the rest of the suite.
     if !mounted() {
         let _ = Command::new("mount")
             .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
+    }
+    if debugfs {
+        let _ = Command::new("mount")
+            .args(["-t", "debugfs", "debugfs", "/sys/kernel/debug"])
             .status();
     }
     let r: serde_json::Value =
@@ -319,10 +349,17 @@ fn bpf_log_forwards_the_programs_diagnostics_and_is_off_by_default() {
         err.contains("bpf: agent trace: its command is pid "),
         "no kernel log line: {err}"
     );
-    assert!(
-        !err.contains("degraded") && !err.contains("not collected"),
-        "{err}"
-    );
+    // The flag changes no choice of hook: the same fallbacks (if this
+    // kernel needs any) as without it.
+    let fallbacks = |e: &str| -> Vec<String> {
+        e.lines()
+            .filter(|l| l.contains("degraded") || l.contains("not collected"))
+            .map(str::to_string)
+            .collect()
+    };
+    let (_, _, plain) = run_agent(&["trace", "--", "true"]);
+    assert_eq!(fallbacks(&err), fallbacks(&plain), "{err}");
+    assert!(!err.contains("not collected"), "{err}");
     let (status, _, err) = run_agent(&["trace", "--", "true"]);
     assert!(status.success(), "{err}");
     assert!(!err.contains("bpf:"), "{err}");
@@ -373,4 +410,47 @@ fn a_wrong_without_is_refused_before_elevating() {
         assert!(!err.contains("sudo"), "stderr: {err}");
         assert_eq!(err.trim().lines().count(), 1, "stderr: {err}");
     }
+}
+
+/// A bad value is a usage error (exit 2) wherever it was given: an enum
+/// flag clap checks, the config file, an OpenTelemetry variable.
+#[test]
+fn usage_errors_exit_2_whatever_their_source() {
+    let code = |c: &mut Command| {
+        let out = c.output().expect("run agent");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (c, err) = code(Command::new(agent_bin()).args(["--otlp-protocol", "bogus", "check"]));
+    assert_eq!(c, Some(2), "{err}");
+    assert!(
+        err.contains("grpc") && err.contains("http/protobuf"),
+        "{err}"
+    );
+    let dir = agent_tests::scratch("usage-errors");
+    let cfg = dir.join("config.toml");
+    std::fs::write(&cfg, "format = \"yaml\"\n").unwrap();
+    let (c, err) = code(
+        Command::new(agent_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("check"),
+    );
+    assert_eq!(c, Some(2), "{err}");
+    assert!(err.contains("format = \"yaml\""), "{err}");
+    let (c, err) = code(
+        Command::new(agent_bin())
+            .args([
+                "--otlp-endpoint",
+                "http://127.0.0.1:1",
+                "trace",
+                "--",
+                "true",
+            ])
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "bogus"),
+    );
+    assert_eq!(c, Some(2), "{err}");
+    assert!(err.contains("bogus"), "{err}");
 }

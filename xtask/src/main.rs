@@ -124,7 +124,8 @@ enum Cmd {
         no_btf: bool,
         /// With --kernel: run the root integration test binaries there
         /// instead of the smoke pass (all but `install`, or those named
-        /// after `--`, e.g. `-- tcp exec_events`), recorded in the same table.
+        /// after `--`, e.g. `-- tcp exec_events`, then arguments for each,
+        /// e.g. `--skip NAME`), recorded in the same table.
         #[arg(long, requires = "kernel")]
         suite: bool,
         /// Extra arguments for the integration-test binary (e.g. a test name filter).
@@ -539,17 +540,24 @@ fn main() -> Result<()> {
             filter,
             ..
         } => {
+            // `-- tcp exec_events --skip NAME`: binaries, then arguments
+            // for each of them.
+            let at = filter
+                .iter()
+                .position(|a| a.starts_with("--"))
+                .unwrap_or(filter.len());
+            let (names, args) = filter.split_at(at);
             let bins: Vec<_> = integration_binaries()?
                 .into_iter()
                 .filter(|(n, _)| {
-                    if filter.is_empty() {
+                    if names.is_empty() {
                         !BESIDE.contains(&n.as_str())
                     } else {
-                        filter.contains(n)
+                        names.contains(n)
                     }
                 })
                 .collect();
-            vm::suite::run(&toolchain::workspace_root(), &kernel, no_btf, &bins)
+            vm::suite::run(&toolchain::workspace_root(), &kernel, no_btf, &bins, args)
         }
         Cmd::Test {
             kernel: Some(kernel),

@@ -19,7 +19,7 @@ use std::{
 };
 
 /// Hidden flag the elevated copy gets: its settings (`AGENT_*`, `OTEL_*`,
-/// `NO_COLOR`) come from the environment the user typed them in, which sudo's
+/// `NO_COLOR`, `CLICOLOR_FORCE`) come from the environment the user typed them in, which sudo's
 /// `env_reset` took away.
 pub const ELEVATED_FLAG: &str = "--elevated";
 
@@ -178,7 +178,10 @@ pub fn reexec(args: &[OsString]) -> Result<i32, ElevateError> {
 /// Settings of the agent itself that the elevated copy takes from the
 /// environment the user typed them in.
 pub fn is_setting_for_elevated(name: &[u8]) -> bool {
-    name.starts_with(b"AGENT_") || name.starts_with(b"OTEL_") || name == b"NO_COLOR"
+    name.starts_with(b"AGENT_")
+        || name.starts_with(b"OTEL_")
+        || name == b"NO_COLOR"
+        || name == b"CLICOLOR_FORCE"
 }
 
 /// In the elevated copy, before any thread exists: take the agent's own

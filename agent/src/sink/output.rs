@@ -58,6 +58,25 @@ pub const ESC_MARK: char = '\u{E01B}';
 static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
 
 /// The format every sink writes (set once at start-up; text by default).
+/// `--color auto`, by the conventions: no colour into `--output FILE`;
+/// `NO_COLOR` set to anything but the empty string disables it
+/// (no-color.org), `CLICOLOR_FORCE` set and not `0` forces it
+/// (bixense.com/clicolors); else colour when stdout is a terminal.
+pub fn auto_color(
+    stdout_tty: bool,
+    to_file: bool,
+    no_color: Option<&std::ffi::OsStr>,
+    clicolor_force: Option<&std::ffi::OsStr>,
+) -> bool {
+    if to_file || no_color.is_some_and(|v| !v.is_empty()) {
+        return false;
+    }
+    if clicolor_force.is_some_and(|v| !v.is_empty() && v != "0") {
+        return true;
+    }
+    stdout_tty
+}
+
 pub fn set_format(f: Format) {
     let _ = FORMAT.set(f);
 }
@@ -244,6 +263,24 @@ pub(crate) fn fit(mut s: String, width: usize) -> String {
 /// Allow-listed environment of an exec, redacted, as a JSON object.
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_follows_the_conventions() {
+        let (e, one, zero) = (OsStr::new(""), OsStr::new("1"), OsStr::new("0"));
+        assert!(auto_color(true, false, None, None));
+        assert!(!auto_color(false, false, None, None));
+        // An empty NO_COLOR does not disable colour; any other value does.
+        assert!(auto_color(true, false, Some(e), None));
+        assert!(!auto_color(true, false, Some(one), None));
+        assert!(!auto_color(true, false, Some(one), Some(one)));
+        // CLICOLOR_FORCE forces it into a pipe, unless empty or 0.
+        assert!(auto_color(false, false, None, Some(one)));
+        assert!(!auto_color(false, false, None, Some(zero)));
+        assert!(!auto_color(false, false, None, Some(e)));
+        // Never into --output FILE.
+        assert!(!auto_color(true, true, None, Some(one)));
+    }
 
     #[test]
     fn control_characters_of_data_never_reach_the_terminal() {

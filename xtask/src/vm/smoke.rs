@@ -81,6 +81,36 @@ fn argv_is(r: &Value, want: &[&str]) -> bool {
     })
 }
 
+/// The smoke script on this machine's own kernel: its output and `uname -r`.
+fn on_host(root: &Path) -> Result<(Vec<String>, String)> {
+    let out = std::process::Command::new("sh")
+        .arg("tests/vm/smoke.sh")
+        .current_dir(root)
+        .output()
+        .context("running tests/vm/smoke.sh")?;
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let uname = std::process::Command::new("uname").arg("-r").output()?;
+    Ok((
+        lines,
+        String::from_utf8_lossy(&uname.stdout).trim().to_string(),
+    ))
+}
+
+/// Keep what a `--suite` run recorded in `path` for this kernel.
+fn keep_suite(path: &Path, doc: &mut Value) {
+    if let Some(suite) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|v| v["suite"].clone())
+        .filter(|v| !v.is_null())
+    {
+        doc["suite"] = suite;
+    }
+}
+
 /// What the smoke workloads must have produced. Without BTF (`btf`
 /// false) the agent promises less, and says so at start-up: exit records
 /// without their codes, failed connects without their reason.
@@ -177,23 +207,7 @@ pub fn run(root: &Path, kernel: &str, no_btf: bool) -> Result<()> {
         if no_btf {
             bail!("--no-btf needs a VM kernel");
         }
-        let out = std::process::Command::new("sh")
-            .arg("tests/vm/smoke.sh")
-            .current_dir(root)
-            .output()
-            .context("running tests/vm/smoke.sh")?;
-        lines = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        release = String::from_utf8_lossy(
-            &std::process::Command::new("uname")
-                .arg("-r")
-                .output()?
-                .stdout,
-        )
-        .trim()
-        .to_string();
+        (lines, release) = on_host(root)?;
     } else {
         let o = super::run(
             &super::Options {
@@ -256,16 +270,8 @@ pub fn run(root: &Path, kernel: &str, no_btf: bool) -> Result<()> {
     });
     let dir = root.join("docs/kernels");
     std::fs::create_dir_all(&dir)?;
-    // Keep what a `--suite` run recorded for this kernel.
     let mut doc = doc;
-    if let Some(suite) = std::fs::read(dir.join(format!("{name}.json")))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .map(|v| v["suite"].clone())
-        .filter(|v| !v.is_null())
-    {
-        doc["suite"] = suite;
-    }
+    keep_suite(&dir.join(format!("{name}.json")), &mut doc);
     std::fs::write(
         dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&doc)? + "\n",

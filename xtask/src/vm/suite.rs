@@ -26,13 +26,14 @@ pub struct BinResult {
 
 /// The guest's script: each binary from the tests/ package directory (as
 /// cargo runs them), between marks that carry its exit code and time.
-pub fn script(tests_dir: &Path, bins: &[(String, PathBuf)]) -> String {
+pub fn script(tests_dir: &Path, bins: &[(String, PathBuf)], args: &[String]) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let dir = q(&tests_dir.to_string_lossy());
+    let extra: String = args.iter().map(|a| format!(" {}", q(a))).collect();
     let mut s = format!("cd {dir} && export CARGO_MANIFEST_DIR={dir}\nfail=0\n");
     for (name, exe) in bins {
         s.push_str(&format!(
-            "echo '{MARK}begin {name}'; t0=$(date +%s); {} --test-threads=1; rc=$?; \
+            "echo '{MARK}begin {name}'; t0=$(date +%s); {} --test-threads=1{extra}; rc=$?; \
              echo \"{MARK}end {name} rc=$rc secs=$(( $(date +%s) - t0 ))\"; \
              [ $rc = 0 ] || fail=1\n",
             q(&exe.to_string_lossy())
@@ -87,7 +88,13 @@ pub fn parse(lines: &[String]) -> BTreeMap<String, BinResult> {
 }
 
 /// Boot `kernel`, run `bins`, record and report.
-pub fn run(root: &Path, kernel: &str, no_btf: bool, bins: &[(String, PathBuf)]) -> Result<()> {
+pub fn run(
+    root: &Path,
+    kernel: &str,
+    no_btf: bool,
+    bins: &[(String, PathBuf)],
+    args: &[String],
+) -> Result<()> {
     if bins.is_empty() {
         bail!("no integration test binary to run");
     }
@@ -99,7 +106,7 @@ pub fn run(root: &Path, kernel: &str, no_btf: bool, bins: &[(String, PathBuf)]) 
             kernel: kernel.to_string(),
             no_btf,
             timeout: Duration::from_secs(5400),
-            cmd: vec!["sh".into(), "-c".into(), script(&tests, bins)],
+            cmd: vec!["sh".into(), "-c".into(), script(&tests, bins, args)],
             memory_mib: 4096,
         },
         &mut |l| {
@@ -118,16 +125,13 @@ pub fn run(root: &Path, kernel: &str, no_btf: bool, bins: &[(String, PathBuf)]) 
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_else(|| json!({"kernel": name, "release": format!("{} ({})", o.release, o.version), "btf": !no_btf}));
-    doc["suite"] = results
-        .iter()
-        .map(|(n, r)| {
-            (
-                n.clone(),
-                json!({"passed": r.passed, "failed": r.failed, "seconds": r.seconds}),
-            )
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into();
+    // Per binary: a run of some binaries keeps the others' last results.
+    if !doc["suite"].is_object() {
+        doc["suite"] = json!({});
+    }
+    for (n, r) in &results {
+        doc["suite"][n] = json!({"passed": r.passed, "failed": r.failed, "seconds": r.seconds});
+    }
     std::fs::create_dir_all(root.join("docs/kernels"))?;
     std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
@@ -206,7 +210,9 @@ mod tests {
         let s = script(
             Path::new("/w/tests"),
             &[("tcp".into(), PathBuf::from("/w/target/debug/deps/tcp-1"))],
+            &["--skip".into(), "slow one".into()],
         );
+        assert!(s.contains("--test-threads=1 '--skip' 'slow one'"), "{s}");
         assert!(s.contains("cd '/w/tests'"), "{s}");
         assert!(
             s.contains("'/w/target/debug/deps/tcp-1' --test-threads=1"),
