@@ -129,7 +129,13 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs shm /dev/shm
 ip link set lo up
 hostname xtask-vm
-{hide_btf}echo "xtask-vm: $(uname -r) up in $(cut -d' ' -f1 /proc/uptime) s"
+{hide_btf}# A checkout under /tmp (or /run) is hidden by the guest's fresh one:
+# bind the host's copy (through the overlay, without submounts) back.
+if [ ! -d {dir} ]; then
+  mkdir -p /run/xtask-vm/root && mount --bind / /run/xtask-vm/root
+  mkdir -p {dir} && mount --bind /run/xtask-vm/root{dir} {dir}
+fi
+echo "xtask-vm: $(uname -r) up in $(cut -d' ' -f1 /proc/uptime) s"
 cd {dir}
 {cmd}
 echo "{EXIT_MARK}$?"
