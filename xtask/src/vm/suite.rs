@@ -99,7 +99,9 @@ pub fn run(
         bail!("no integration test binary to run");
     }
     let tests = root.join("tests");
-    std::env::set_current_dir(&tests)?;
+    // The checkout is the guest's working directory (bound back into the
+    // guest when it is under /tmp); the script goes on to tests/.
+    std::env::set_current_dir(root)?;
     let mut lines = Vec::new();
     let o = super::run(
         &super::Options {
