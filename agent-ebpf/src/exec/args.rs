@@ -38,31 +38,25 @@ pub(super) fn read_argv(ev: &mut ExecEvent, argv: *const *const u8) {
             unsafe { add_flags(fx, EXEC_F_ARGV_TRUNCATED) };
             break;
         }
-        let dst = bounded(off);
-        // SAFETY: dst < DATA_LEN and the area has ARG_LEN bytes of slack after DATA_LEN.
-        let n = unsafe {
-            generated::bpf_probe_read_user_str(
-                data.add(dst) as *mut c_void,
-                ARG_LEN as u32,
-                p as *const c_void,
-            )
-        };
+        // SAFETY: `data` is the event's data area.
+        let (_, n) = unsafe { copy_user_str(data, off, p) };
         if n <= 0 {
             // SAFETY: see above.
             unsafe { add_flags(fx, EXEC_F_ARGV_FAULT) };
             break;
         }
-        let n = (n as usize) & (ARG_LEN * 2 - 1);
         // SAFETY: see above.
         unsafe {
-            if n >= ARG_LEN {
-                add_flags(fx, EXEC_F_ARGV_TRUNCATED);
-            }
-            let len = (off + n).min(ARGV_MAX + ARG_LEN);
-            core::ptr::write_volatile(&raw mut (*fx).argv_len, len as u32);
-            let c = core::ptr::read_volatile(&raw const (*fx).argc);
-            core::ptr::write_volatile(&raw mut (*fx).argc, c + 1);
-        }
+            keep_string(
+                fx,
+                &raw mut (*fx).argv_len,
+                &raw mut (*fx).argc,
+                off,
+                n,
+                ARGV_MAX + ARG_LEN,
+                EXEC_F_ARGV_TRUNCATED,
+            )
+        };
         i += 1;
     }
     if i == MAX_ARGS {

@@ -130,15 +130,8 @@ pub(super) fn read_env(ev: &mut ExecEvent, envp: *const *const u8) {
         // Copy first, then decide on the copy: the caller's memory is live
         // (other threads of a failed exec can rewrite it), so the value
         // checked must be the value sent, never a second read.
-        let dst = bounded(off);
-        // SAFETY: dst < DATA_LEN and the area has ARG_LEN bytes of slack.
-        let n = unsafe {
-            generated::bpf_probe_read_user_str(
-                data.add(dst) as *mut c_void,
-                ARG_LEN as u32,
-                p as *const c_void,
-            )
-        };
+        // SAFETY: `data` is the event's data area.
+        let (dst, n) = unsafe { copy_user_str(data, off, p) };
         if n <= 0 {
             continue;
         }
@@ -367,15 +360,16 @@ pub(super) fn read_new_env(ev: &mut ExecEvent, l: Layout) {
 /// `fx` must point to a live, exclusively owned `ExecFixed`.
 #[inline(always)]
 unsafe fn keep_entry(fx: *mut ExecFixed, used: usize, argv_len: usize, n: i64) {
-    let n = (n as usize) & (ARG_LEN * 2 - 1);
     // SAFETY: guaranteed by the caller.
     unsafe {
-        if n >= ARG_LEN {
-            add_flags(fx, EXEC_F_ENV_TRUNCATED);
-        }
-        let used = (used + n).min(DATA_LEN + ARG_LEN - argv_len);
-        core::ptr::write_volatile(&raw mut (*fx).env_len, used as u32);
-        let c = core::ptr::read_volatile(&raw const (*fx).envc);
-        core::ptr::write_volatile(&raw mut (*fx).envc, c + 1);
+        keep_string(
+            fx,
+            &raw mut (*fx).env_len,
+            &raw mut (*fx).envc,
+            used,
+            n,
+            DATA_LEN + ARG_LEN - argv_len,
+            EXEC_F_ENV_TRUNCATED,
+        )
     }
 }

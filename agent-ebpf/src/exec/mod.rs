@@ -42,11 +42,13 @@ use crate::{
 mod args;
 mod decide;
 mod env;
+mod strings;
 mod tail;
 
 use args::read_argv;
 use decide::{D_ENV, D_TRACK, D_WAKE, decide, park};
 use env::{read_env, read_new_env};
+use strings::{add_flags, bounded, copy_user_str, keep_string};
 use tail::{JOB_FAILED, JOB_FULL, env_then};
 
 /// Exec attempts between `sys_enter` and completion, in slot `tid %
@@ -72,16 +74,6 @@ pub(super) static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_e
 pub(super) const DATA_MASK: usize = DATA_LEN - 1;
 
 const _: () = assert!(DATA_LEN.is_power_of_two());
-
-/// `off & DATA_MASK`, with the mask kept for the verifier: LLVM would drop it
-/// as redundant after a range check the verifier cannot carry over to the
-/// pointer, so the value passes through a volatile stack slot first.
-#[inline(always)]
-pub(super) fn bounded(off: usize) -> usize {
-    // SAFETY: reading a local variable.
-    let v = unsafe { core::ptr::read_volatile(&off) };
-    v & DATA_MASK
-}
 
 // Offsets in the syscalls:sys_enter_execve(at) tracepoint formats (stable ABI).
 pub(super) const EXECVE_FILENAME: usize = 16;
@@ -537,18 +529,4 @@ pub(super) fn read_new_image(ev: &mut ExecEvent) -> Option<Layout> {
         env_start,
         env_end,
     })
-}
-
-/// `(*fx).flags |= bits`, through memory: the argv and env loops keep no
-/// state in registers (see `env::read_new_env`).
-///
-/// # Safety
-/// `fx` must point to a live, exclusively owned `ExecFixed`.
-#[inline(always)]
-pub(super) unsafe fn add_flags(fx: *mut ExecFixed, bits: u32) {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        let f = core::ptr::read_volatile(&raw const (*fx).flags);
-        core::ptr::write_volatile(&raw mut (*fx).flags, f | bits);
-    }
 }
