@@ -397,13 +397,13 @@ fn output_settings(
             return Err(ExitCode::from(2));
         }
     };
-    let to_file = cli.output.is_some() || file.output.is_some();
+    let output = cli.output.clone().or(file.output.clone());
     let color = match (cli.color, file.color.as_deref()) {
         (Some(ColorArg::Always), _) | (None, Some("always")) => true,
         (Some(ColorArg::Never), _) | (None, Some("never")) => false,
         _ => agent::sink::output::auto_color(
             std::io::stdout().is_terminal(),
-            to_file,
+            output.is_some(),
             std::env::var_os("NO_COLOR").as_deref(),
             std::env::var_os("CLICOLOR_FORCE").as_deref(),
         ),
@@ -429,7 +429,6 @@ fn output_settings(
         }
     };
     agent::scrub::set_argv_mode(argv_mode);
-    let output = cli.output.clone().or(file.output.clone());
     if let Some(p) = &output
         && let Err(e) = agent::app::outfile::open(p, Some(invoker))
     {

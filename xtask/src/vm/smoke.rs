@@ -99,11 +99,23 @@ fn on_host(root: &Path) -> Result<(Vec<String>, String)> {
     ))
 }
 
+/// The name a run on `kernel` is recorded under (docs/kernels/NAME.json).
+pub fn run_name(kernel: &str, no_btf: bool) -> String {
+    if no_btf {
+        format!("{kernel}-no-btf")
+    } else {
+        kernel.to_string()
+    }
+}
+
+/// The run recorded in `path`, if there is one.
+pub fn read_run(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
 /// Keep what a `--suite` run recorded in `path` for this kernel.
 fn keep_suite(path: &Path, doc: &mut Value) {
-    if let Some(suite) = std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    if let Some(suite) = read_run(path)
         .map(|v| v["suite"].clone())
         .filter(|v| !v.is_null())
     {
@@ -239,11 +251,7 @@ pub fn run(root: &Path, kernel: &str, no_btf: bool) -> Result<()> {
         .and_then(|v| v.parse::<f64>().ok());
     let hooks = watching(stderr);
     let results = checks(&recs, !no_btf);
-    let name = if no_btf {
-        format!("{kernel}-no-btf")
-    } else {
-        kernel.to_string()
-    };
+    let name = run_name(kernel, no_btf);
     let predicted: BTreeMap<String, String> = check["signals"]
         .as_array()
         .map(|a| {

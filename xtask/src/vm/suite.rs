@@ -117,16 +117,9 @@ pub fn run(
         },
     )?;
     let results = parse(&lines);
-    let name = if no_btf {
-        format!("{kernel}-no-btf")
-    } else {
-        kernel.to_string()
-    };
+    let name = super::smoke::run_name(kernel, no_btf);
     let path = root.join(format!("docs/kernels/{name}.json"));
-    let mut doc: Value = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_else(|| json!({"kernel": name, "release": format!("{} ({})", o.release, o.version), "btf": !no_btf}));
+    let mut doc: Value = super::smoke::read_run(&path).unwrap_or_else(|| json!({"kernel": name, "release": format!("{} ({})", o.release, o.version), "btf": !no_btf}));
     // Per binary: a run of some binaries keeps the others' last results.
     if !doc["suite"].is_object() {
         doc["suite"] = json!({});
