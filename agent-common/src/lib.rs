@@ -53,6 +53,10 @@ pub const KERNEL_COUNTERS: u32 = 1;
 /// Size of the events ring buffer (bytes, power of two).
 pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 
+/// `FILTER_UID` when no uid filter is set (no account has this uid: it is
+/// `(uid_t)-1`, which the kernel refuses as an id).
+pub const NO_UID_FILTER: u32 = u32::MAX;
+
 /// Load-time globals (`aya_ebpf::Global`) the loader overrides.
 pub mod globals {
     /// tgid of the agent itself: its own execs are never reported.
@@ -91,6 +95,8 @@ pub mod globals {
     pub const TRACK_AGENT_CHILDREN: &str = "TRACK_AGENT_CHILDREN";
     /// 1: every successful exec's environment is read (`--all-execs`).
     pub const ENV_ALL_EXECS: &str = "ENV_ALL_EXECS";
+    /// `--uid`: only execs of this real uid are recorded; [`super::NO_UID_FILTER`] records all.
+    pub const FILTER_UID: &str = "FILTER_UID";
 }
 
 /// Discriminant of every event; decoded in userspace with `TryFrom<u32>`.

@@ -53,6 +53,9 @@ pub(crate) static TRACK_AGENT_CHILDREN: Global<u32> = Global::new(0);
 /// `--all-execs`: every exec's environment is read, not only toolchain trees'.
 #[unsafe(no_mangle)]
 pub(crate) static ENV_ALL_EXECS: Global<u32> = Global::new(0);
+/// `--uid`: only this real uid's execs are recorded.
+#[unsafe(no_mangle)]
+pub(crate) static FILTER_UID: Global<u32> = Global::new(agent_common::NO_UID_FILTER);
 
 /// Count one event handled in the kernel.
 #[inline(always)]

@@ -3,204 +3,19 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use agent::{
+    app::cli::{ArgvArg, BpfLogArg, CiArg, Cli, Cmd, ColorArg, FormatArg},
     app::{self, RunOptions},
     signal::exec::AnalysisConfig,
     signal::exec::capture::DEFAULT_ENV_ALLOW,
     sink::output::Format,
 };
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser as _;
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum FormatArg {
-    Text,
-    Json,
-    /// `agent trace` only: the report as Markdown (CI job summaries).
-    Markdown,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum ArgvArg {
-    Full,
-    Scrubbed,
-    None,
-}
-
-/// `--bpf-log` levels.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum BpfLogArg {
-    Off,
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
-impl From<BpfLogArg> for agent::bpf::log::BpfLogLevel {
-    fn from(a: BpfLogArg) -> Self {
-        use agent::bpf::log::BpfLogLevel as L;
-        match a {
-            BpfLogArg::Off => L::Off,
-            BpfLogArg::Error => L::Error,
-            BpfLogArg::Warn => L::Warn,
-            BpfLogArg::Info => L::Info,
-            BpfLogArg::Debug => L::Debug,
-            BpfLogArg::Trace => L::Trace,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum CiArg {
-    Auto,
-    Off,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum ColorArg {
-    Auto,
-    Always,
-    Never,
-}
-
-#[derive(Parser)]
-#[command(
-    name = "agent",
-    version,
-    about = "Live diagnosis of toolchain and network faults, from the kernel",
-    long_about = "Without a subcommand: watch the whole machine and print one line per \
-                  toolchain exec (Go, Python, conda) and per finding.\n\
-                  Needs root (or CAP_BPF + CAP_PERFMON): typed without them, `agent`, \
-                  `agent trace` and `agent check --probe` re-run themselves through sudo (or doas), \
-                  saying so first; `--no-elevate` turns that off. `agent check` says what this kernel allows."
-)]
-struct Cli {
-    /// Output: readable lines, or one JSON object per line ("type" first) [default: text].
-    #[arg(long, value_enum, global = true)]
-    format: Option<FormatArg>,
-    /// Colour in text output [default: auto: on a terminal, never into
-    /// --output FILE; a non-empty NO_COLOR turns it off, CLICOLOR_FORCE on].
-    #[arg(long, value_enum, global = true)]
-    color: Option<ColorArg>,
-    /// Configuration file (TOML; default $AGENT_CONFIG, else /etc/agent/config.toml if present).
-    #[arg(long, global = true)]
-    config: Option<std::path::PathBuf>,
-    /// Serve /healthz and /readyz on this address (e.g. 0.0.0.0:9464).
-    #[arg(long, global = true)]
-    health_addr: Option<String>,
-    /// A TCP set-up slower than this is net.slow_connect [default: 1000].
-    #[arg(long, global = true)]
-    slow_connect_ms: Option<u64>,
-    /// ...or slower than this many times the destination's own average [default: 5].
-    #[arg(long, global = true)]
-    slow_connect_factor: Option<f64>,
-    /// Pod names and namespaces from the Kubernetes API through this plain-HTTP
-    /// endpoint: a `kubectl proxy` sidecar (deploy/kubernetes/overlays/k8s-api).
-    #[arg(long, global = true)]
-    k8s_api: Option<String>,
-    /// A TLS handshake slower than this is tls.slow_handshake [default: 1000].
-    #[arg(long, global = true)]
-    slow_tls_ms: Option<u64>,
-    /// A DNS lookup slower than this is net.dns_slow [default: 1000].
-    #[arg(long, global = true)]
-    slow_dns_ms: Option<u64>,
-    /// A DNS query unanswered this long after its last attempt is net.dns_timeout [default: 5000].
-    #[arg(long, global = true)]
-    dns_timeout_ms: Option<u64>,
-    /// Print every exec and exit, not only toolchain ones.
-    #[arg(long, global = true)]
-    all_execs: bool,
-    /// Analyse every process in depth, not only toolchains and their descendants.
-    #[arg(long, global = true)]
-    analyse_all: bool,
-    /// Command names analysed in depth (replaces the default list).
-    #[arg(long, value_delimiter = ',', global = true)]
-    tools: Option<Vec<String>>,
-    /// Signals not to collect, to spare what they cost where their findings
-    /// are not wanted: `wire` runs on every packet of every socket,
-    /// `tls_uprobes` traps into each OpenSSL handshake (`agent check` lists
-    /// the signals; exec, lineage and exit cannot be turned off).
-    #[arg(long, value_delimiter = ',', global = true, value_name = "SIGNAL")]
-    without: Vec<String>,
-    /// Kernel-side diagnostics on stderr: why a program returned early, which
-    /// map insert failed, which event was lost (aya-log) [default: off].
-    #[arg(long, value_enum, global = true, value_name = "LEVEL")]
-    bpf_log: Option<BpfLogArg>,
-    /// Extra environment variables to capture (the built-in allow-list is always used).
-    #[arg(long, value_delimiter = ',', global = true)]
-    env_allow: Vec<String>,
-    /// Write records to this file instead of stdout (with `trace`, keeps the
-    /// command's own output apart).
-    #[arg(long, short = 'o', global = true)]
-    output: Option<std::path::PathBuf>,
-    /// OTLP endpoint (overrides OTEL_EXPORTER_OTLP_ENDPOINT); export is off without one.
-    #[arg(long, global = true)]
-    otlp_endpoint: Option<String>,
-    /// grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL; default http/protobuf).
-    #[arg(long, global = true, value_parser = ["grpc", "http/protobuf"])]
-    otlp_protocol: Option<String>,
-    /// Command lines in records and exports: `scrubbed` removes passwords,
-    /// tokens, secret options, headers and query parameters (docs/events.md
-    /// lists the rules), `none` keeps the program name only, `full` keeps
-    /// everything [default: scrubbed].
-    #[arg(long, value_enum, global = true)]
-    argv: Option<ArgvArg>,
-    /// Never re-run through sudo/doas when not privileged: fail with one line instead.
-    #[arg(long, global = true)]
-    no_elevate: bool,
-    /// Set by the agent itself when it re-ran through sudo/doas.
-    #[arg(long = "elevated", hide = true, global = true)]
-    elevated: bool,
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Probe this kernel and show which hook each signal will use (without
-    /// root: what can be read without loading programs).
-    Check {
-        /// Load and attach a test program per hook kind (re-runs through sudo
-        /// when not privileged).
-        #[arg(long)]
-        probe: bool,
-    },
-    /// Run a command exactly as you would have (your account, groups,
-    /// environment, directory: taken from the sudo or doas you typed, or
-    /// handed over when `agent trace` elevates itself), observe only its
-    /// process tree, print a report when it exits, exit with its code.
-    /// Ctrl-C goes to the command; the report still comes.
-    Trace {
-        /// Run the command as this account instead (its passwd entry and
-        /// groups, a login-like environment).
-        #[arg(long)]
-        user: Option<String>,
-        /// With --user: also pass these variables of yours (comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        keep_env: Vec<String>,
-        /// With OTLP export on, do not give the command TRACEPARENT of its
-        /// span (OTel-instrumented programs then start traces of their own).
-        #[arg(long)]
-        no_traceparent: bool,
-        /// Exit with N instead of the command's code when the verdict is
-        /// failed_network (`network=N`) or failed_toolchain (`toolchain=N`);
-        /// 75 (EX_TEMPFAIL) tells a retry wrapper "try again".
-        #[arg(long, value_delimiter = ',', value_name = "KIND=N")]
-        exit_code: Vec<String>,
-        /// CI-native output, on when the CI's own variables say so
-        /// (GITHUB_ACTIONS: annotations, job summary, step output `verdict`;
-        /// GITLAB_CI: a collapsible report) [default: auto].
-        #[arg(long, value_enum, default_value_t = CiArg::Auto)]
-        ci: CiArg,
-        /// Also write the report as JUnit XML to this file (Jenkins, GitLab,
-        /// Buildkite and CircleCI read it).
-        #[arg(long, value_name = "FILE")]
-        junit: Option<std::path::PathBuf>,
-        /// The command and its arguments, after `--`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        command: Vec<String>,
-    },
-}
+/// Exit code: the kernel offers nothing the agent can collect (sysexits'
+/// EX_UNAVAILABLE).
+const EXIT_UNSUPPORTED: u8 = 69;
+/// Exit code: privileges missing and not elevated (sysexits' EX_NOPERM).
+const EXIT_NO_PRIVILEGES: u8 = 77;
 
 /// Log lines go out scrubbed and with control characters escaped, like
 /// every other sink.
@@ -248,6 +63,25 @@ fn main() -> ExitCode {
     }
     agent::app::traced::save_initial_limits();
     let cli = Cli::parse();
+    if let Some(code) = generated(&cli) {
+        return code;
+    }
+    // Before elevating: a mistyped user or cgroup is said first.
+    let filter = match agent::app::filter::FilterSpec::from_flags(
+        &cli.pid,
+        cli.uid.as_deref(),
+        &cli.comm,
+        cli.cgroup.as_deref(),
+        cli.namespace.as_deref(),
+        cli.pod.as_deref(),
+        &agent::app::filter::cgroup_root(),
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let invoker = match who_asked(&cli) {
         Ok(i) => i,
         Err(code) => return code,
@@ -269,7 +103,7 @@ fn main() -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
-    let opts = match run_options(&cli, &file, invoker, format, color) {
+    let opts = match run_options(&cli, &file, invoker, format, color, filter) {
         Ok(o) => o,
         Err(code) => return code,
     };
@@ -345,6 +179,7 @@ fn who_asked(cli: &Cli) -> Result<agent::process::invoker::Invoker, ExitCode> {
     let needs_bpf = match &cli.cmd {
         None | Some(Cmd::Trace { .. }) => true,
         Some(Cmd::Check { probe }) => *probe,
+        Some(Cmd::Completions { .. } | Cmd::Man) => false,
     };
     if needs_bpf && !cli.no_elevate && !cli.elevated && agent::app::elevate::needed() {
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -352,7 +187,7 @@ fn who_asked(cli: &Cli) -> Result<agent::process::invoker::Invoker, ExitCode> {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
                 eprintln!("agent: {e}");
-                ExitCode::from(1)
+                ExitCode::from(EXIT_NO_PRIVILEGES)
             }
         });
     }
@@ -445,6 +280,7 @@ fn run_options(
     invoker: agent::process::invoker::Invoker,
     format: Format,
     color: bool,
+    filter: agent::app::filter::FilterSpec,
 ) -> Result<RunOptions, ExitCode> {
     let mut env_allow: Vec<String> = DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect();
     env_allow.extend(cli.env_allow.iter().cloned());
@@ -530,6 +366,7 @@ fn run_options(
         exit_after: true,
         invoker: Some(invoker),
         without,
+        filter,
     })
 }
 
@@ -552,7 +389,7 @@ fn check(probe: bool, format: Format, color: bool) -> ExitCode {
     if report.usable {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_UNSUPPORTED)
     }
 }
 
@@ -585,15 +422,69 @@ fn run(cmd: Option<Cmd>, opts: RunOptions, trace: agent::app::trace::TraceOption
         Ok(code) => code.clamp(0, 255),
         Err(e) => {
             eprintln!("agent: {e}");
-            1
+            i32::from(failure_code(&e))
         }
     };
     agent::app::teardown::exit(code)
+}
+
+/// The exit code of a run that failed with `e`: privileges and kernel
+/// support have codes of their own, so a wrapper can tell them apart.
+fn failure_code(e: &anyhow::Error) -> u8 {
+    use agent::bpf::error::LoadError;
+    match e.downcast_ref::<LoadError>() {
+        Some(LoadError::NotPermitted(_)) => EXIT_NO_PRIVILEGES,
+        Some(LoadError::NothingAttached(_)) => EXIT_UNSUPPORTED,
+        _ => 1,
+    }
+}
+
+/// `agent completions SHELL` and `agent man`: printed, nothing else done.
+/// A live-mode filter with a subcommand is a usage error.
+fn generated(cli: &Cli) -> Option<ExitCode> {
+    use std::io::Write as _;
+    let out = match &cli.cmd {
+        Some(Cmd::Completions { shell }) => Ok(agent::app::cli::completions(*shell)),
+        Some(Cmd::Man) => agent::app::cli::man_page(),
+        Some(_) if cli.filtered() => {
+            eprintln!(
+                "agent: --pid, --uid, --comm, --cgroup, --namespace and --pod filter live mode \
+                 (`agent trace` watches its command's tree already)"
+            );
+            return Some(ExitCode::from(2));
+        }
+        _ => return None,
+    };
+    Some(
+        match out.and_then(|b| std::io::stdout().lock().write_all(&b)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agent: {e}");
+                ExitCode::from(1)
+            }
+        },
+    )
 }
 
 /// `v` milliseconds into `d` nanoseconds, when given.
 fn ms(v: Option<u64>, d: &mut u64) {
     if let Some(v) = v {
         *d = v.saturating_mul(1_000_000);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileges_and_kernel_support_have_exit_codes_of_their_own() {
+        use agent::bpf::error::LoadError;
+        let code = |e: LoadError| failure_code(&anyhow::Error::new(e));
+        assert_eq!(code(LoadError::NotPermitted("EPERM".into())), 77);
+        assert_eq!(code(LoadError::NothingAttached("no tracefs".into())), 69);
+        assert_eq!(code(LoadError::Object("bad".into())), 1);
+        assert_eq!(failure_code(&anyhow::anyhow!("other")), 1);
     }
 }

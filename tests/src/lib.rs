@@ -404,10 +404,16 @@ pub fn agent_cmd() -> Command {
 /// Start the agent in live mode, JSON records to `out_file`; returns once it
 /// is watching (its stderr is drained in the background).
 pub fn start_live_agent(out_file: &std::path::Path) -> std::process::Child {
+    start_live_agent_with(out_file, &[])
+}
+
+/// [`start_live_agent`] with more flags.
+pub fn start_live_agent_with(out_file: &std::path::Path, args: &[&str]) -> std::process::Child {
     use std::io::BufRead as _;
     let mut agent = agent_cmd()
         .args(["--format", "json", "--output"])
         .arg(out_file)
+        .args(args)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("agent");

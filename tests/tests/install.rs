@@ -157,6 +157,10 @@ fn root_owned_under(dir: &Path) -> Vec<String> {
 fn the_readme_first_command_works_from_a_normal_account() {
     let (uid, gid, home) = prepare();
     let _ = std::fs::remove_file("/usr/local/bin/agent");
+    sh(
+        "rm -f /usr/local/share/man/man1/agent.1 /usr/local/share/bash-completion/completions/agent \\
+        /usr/local/share/zsh/site-functions/_agent /usr/local/share/fish/vendor_completions.d/agent.fish",
+    );
     // 1. `rustup toolchain install && cargo xtask install`: the agent is
     //    built by the user, in the user's own target/ and caches (bpf-linker
     //    too, unless a shared AGENT_TOOLS_DIR has it).
@@ -195,6 +199,33 @@ fn the_readme_first_command_works_from_a_normal_account() {
     );
     let m = std::fs::metadata("/usr/local/bin/agent").expect("installed");
     assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755), "owner and mode");
+    // The man page and completions, where man and the shells look.
+    for f in [
+        "man/man1/agent.1",
+        "bash-completion/completions/agent",
+        "zsh/site-functions/_agent",
+        "fish/vendor_completions.d/agent.fish",
+    ] {
+        let m = std::fs::metadata(Path::new("/usr/local/share").join(f)).expect(f);
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o644), "{f}");
+    }
+    let out = as_user(
+        uid,
+        gid,
+        &home,
+        "man -w agent && MANWIDTH=80 man agent | grep -c -- --otlp-endpoint && \
+         bash -c '. /usr/local/share/bash-completion/completions/agent && complete -p agent'",
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("/usr/local/share/man/man1/agent.1")
+            && text.contains("complete -o bashdefault -o default -o nosort -F _agent agent"),
+        "man and bash completion as the user: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         root_owned_under(&home),
         Vec::<String>::new(),

@@ -295,7 +295,7 @@ fn trace_typed_without_sudo_elevates_itself_and_hands_the_environment_over() {
 #[test]
 fn without_sudo_rights_the_elevation_fails_with_one_line_and_no_elevate_stops_it() {
     require_root();
-    // nobody has no sudo rule and no terminal: one line, exit 1.
+    // nobody has no sudo rule and no terminal: one line, exit 77 (EX_NOPERM).
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(user_agent())
@@ -304,7 +304,7 @@ fn without_sudo_rights_the_elevation_fails_with_one_line_and_no_elevate_stops_it
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(77), "{err}");
     assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
     assert!(err.trim().lines().count() <= 2, "{err}");
     let out = Command::new("setpriv")
@@ -315,7 +315,7 @@ fn without_sudo_rights_the_elevation_fails_with_one_line_and_no_elevate_stops_it
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(77), "{err}");
     assert!(!err.contains("running `sudo"), "--no-elevate: {err}");
     assert!(err.contains("run as root"), "{err}");
 }

@@ -35,8 +35,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    AGENT_TGID, ENV_ALL_EXECS, MM_START_STACK_OFF, TASK_MM_OFF, TOOLS, TRACKED, count_lost,
-    current_task, emit, emit_now, inserted, is_tracked, parent_tgid, tp_field,
+    AGENT_TGID, ENV_ALL_EXECS, FILTER_UID, MM_START_STACK_OFF, TASK_MM_OFF, TOOLS, TRACKED,
+    count_lost, current_task, emit, emit_now, inserted, is_tracked, parent_tgid, tp_field,
 };
 
 mod args;
@@ -126,6 +126,19 @@ pub fn exec_sched_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// An exec the agent does not record: its own, or (`--uid`) another real
+/// uid's. The uid is only read when a filter is set; the same answer at
+/// `sys_enter`, `sys_exit` and `sched_process_exec`, since exec keeps the
+/// real uid (a set-uid program changes the effective one).
+#[inline(always)]
+pub(super) fn unrecorded(tgid: u32) -> bool {
+    if tgid == AGENT_TGID.load() {
+        return true;
+    }
+    let want = FILTER_UID.load();
+    want != agent_common::NO_UID_FILTER && bpf_get_current_uid_gid() as u32 != want
+}
+
 /// Whether the new program's argv/env can be read at `sched_process_exec`.
 #[inline(always)]
 pub(super) fn mm_layout_known() -> bool {
@@ -143,7 +156,7 @@ pub(super) fn try_exec_enter(
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     let tid = id as u32;
-    if tgid == AGENT_TGID.load() {
+    if unrecorded(tgid) {
         return Ok(());
     }
     // SAFETY: offsets from the tracepoint's stable format.
@@ -320,7 +333,7 @@ pub(super) fn try_exec_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let Some(ev) = EXEC_INFLIGHT_FULL.get_ptr_mut(&tid) else {
-        if (id >> 32) as u32 != AGENT_TGID.load() {
+        if !unrecorded((id >> 32) as u32) {
             count_lost(LostCause::ExecNoEnter);
         }
         return Ok(());
@@ -345,7 +358,7 @@ pub(super) fn finish_failed(ev: &mut ExecEvent) {
 pub(super) fn try_exec_sched(ctx: &TracePointContext) -> Result<(), i64> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if tgid == AGENT_TGID.load() {
+    if unrecorded(tgid) {
         return Ok(());
     }
     // SAFETY: offsets from the tracepoint's stable format.

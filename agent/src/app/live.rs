@@ -27,8 +27,11 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         color: opts.color,
         clock_offset_ns: k.collector.clock_offset_ns,
     };
+    let analysis = analysis_config(&opts);
+    let mut filter =
+        super::filter::LiveFilter::new(&opts.filter, &proc_root, analysis.pods.clone());
     let mut pipeline = Pipeline::new(
-        analysis_config(&opts),
+        analysis,
         opts.net.clone(),
         opts.tls.clone(),
         opts.dns.clone(),
@@ -55,6 +58,9 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 let Some(ev) = ev else { break };
                 k.before_analysis(&ev, &pipeline.table, &proc_root);
                 for o in pipeline.handle(ev) {
+                    if !admitted(filter.as_mut(), &o, &pipeline) {
+                        continue;
+                    }
                     k.on_output(&o, &proc_root);
                     if let Some(x) = otlp.as_mut() {
                         x.observe(&o, &pipeline.table);
@@ -78,7 +84,13 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 if ticks.is_multiple_of(6) {
                     k.tls.probe_libssl(&mut k.collector, &proc_root);
                 }
+                if let Some(f) = filter.as_mut() {
+                    f.refresh();
+                }
                 for o in pipeline.flush(crate::clock::boot_ns(), 2_000_000_000) {
+                    if !admitted(filter.as_mut(), &o, &pipeline) {
+                        continue;
+                    }
                     if let Some(x) = otlp.as_mut() {
                         x.observe(&o, &pipeline.table);
                     }
@@ -132,4 +144,23 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         print_line(&output::json_line(&stats));
     }
     Ok(0)
+}
+
+/// Whether `o` passes live mode's filters (all do without one). An exec
+/// decides its process again (it may have moved to another cgroup first,
+/// as a container's init does); an exit ends what the filter kept of it.
+fn admitted(
+    filter: Option<&mut super::filter::LiveFilter>,
+    o: &crate::pipeline::Output,
+    pipeline: &Pipeline,
+) -> bool {
+    let Some(f) = filter else { return true };
+    if let crate::pipeline::Output::Exec { exec, .. } = o {
+        f.forget(exec.tgid);
+    }
+    let ok = f.admits(o.pid(), &pipeline.table);
+    if let crate::pipeline::Output::Exit { exit, .. } = o {
+        f.forget(exit.tgid);
+    }
+    ok
 }

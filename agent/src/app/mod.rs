@@ -2,7 +2,9 @@
 //! trace` around one command, `agent check`, elevation and privileges.
 
 pub mod check;
+pub mod cli;
 pub mod elevate;
+pub mod filter;
 pub mod live;
 pub mod options;
 pub mod outfile;

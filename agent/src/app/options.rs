@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub invoker: Option<crate::process::invoker::Invoker>,
     /// Signals not collected (`--without`), already checked.
     pub without: Vec<String>,
+    /// Live mode's `--pid`, `--uid`, `--comm`, `--cgroup`, `--namespace`, `--pod`.
+    pub filter: super::filter::FilterSpec,
 }
 
 /// The analysis settings, with pod names from the Kubernetes API when
@@ -73,6 +75,7 @@ impl RunOptions {
             },
             track_own_children: false,
             bpf_log: self.bpf_log,
+            filter_uid: self.filter.uid,
             without: self.without.clone(),
         }
     }

@@ -100,6 +100,8 @@ pub struct Globals {
     pub tcp_quiet_ns: u64,
     pub track_agent_children: u32,
     pub env_all_execs: u32,
+    /// `--uid`'s uid, or [`agent_common::NO_UID_FILTER`].
+    pub filter_uid: u32,
     /// aya-log's level (`--bpf-log`; 0: off, and the log calls verify away).
     pub bpf_log_level: u8,
     pub warnings: Vec<String>,
@@ -109,6 +111,7 @@ impl Globals {
     pub fn compute(k: &KernelInfo) -> Self {
         let mut g = Globals {
             agent_tgid: std::process::id(),
+            filter_uid: agent_common::NO_UID_FILTER,
             ..Default::default()
         };
         match &k.btf {

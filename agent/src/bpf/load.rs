@@ -49,6 +49,7 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
         .override_global(globals::TCP_QUIET_NS, &g.tcp_quiet_ns, true)
         .override_global(globals::TRACK_AGENT_CHILDREN, &g.track_agent_children, true)
         .override_global(globals::ENV_ALL_EXECS, &g.env_all_execs, true)
+        .override_global(globals::FILTER_UID, &g.filter_uid, true)
         .override_global(aya_log::LEVEL, &g.bpf_log_level, true);
     if g.task_mm != 0 {
         // Whole-event in-flight table only serves the no-BTF fallback (20 MiB otherwise).

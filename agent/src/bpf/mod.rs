@@ -45,6 +45,8 @@ pub struct CollectorOptions {
     pub env_all_execs: bool,
     /// Kernel-side diagnostics (`--bpf-log`).
     pub bpf_log: log::BpfLogLevel,
+    /// `--uid`: only this real uid's execs are recorded.
+    pub filter_uid: Option<u32>,
     /// Signals the user turned off (`--without`), checked by
     /// [`hooks::check_without`].
     pub without: Vec<String>,
@@ -101,6 +103,7 @@ impl Collector {
         globals.tcp_quiet_ns = opts.tcp_quiet_ns;
         globals.track_agent_children = u32::from(opts.track_own_children);
         globals.env_all_execs = u32::from(opts.env_all_execs);
+        globals.filter_uid = opts.filter_uid.unwrap_or(agent_common::NO_UID_FILTER);
         globals.bpf_log_level = opts.bpf_log as u8;
         let mut warnings = globals.warnings.clone();
         if let Some(e) = &kernel.tracefs_error {

@@ -102,6 +102,7 @@ pub fn collector_options() -> CollectorOptions {
         track_own_children: false,
         env_all_execs: false,
         bpf_log: crate::bpf::log::BpfLogLevel::Off,
+        filter_uid: None,
         without: Vec::new(),
     }
 }

@@ -1,0 +1,187 @@
+//! Live mode's filters on real processes: `--pid` keeps a process tree,
+//! `--uid` a user's processes (in the kernel), `--comm` a program name,
+//! `--cgroup` a cgroup subtree; what is outside is neither printed nor
+//! exported. Each runs two programs, one inside and one outside, both
+//! started after the agent watches.
+
+use std::{
+    io::Write as _,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use agent_tests::{json_lines, require_root, scratch, signal, start_live_agent_with};
+
+const USER: &str = "agentfilter";
+
+/// A copy of /bin/true named `name` in `dir` (one marker per program).
+fn program(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::copy("/bin/true", &p).unwrap();
+    p
+}
+
+/// The agent's records, once `want` (a program name) appeared in one or
+/// 15 s passed; the agent is stopped.
+fn records_until(mut agent: std::process::Child, out: &Path, want: &str) -> Vec<serde_json::Value> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(15) {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        if text.contains(want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Late records of the other program would have come by now.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(agent.id(), "-TERM");
+    let _ = agent.wait();
+    json_lines(&std::fs::read_to_string(out).unwrap_or_default())
+}
+
+fn execs_of<'a>(lines: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+    lines
+        .iter()
+        .filter(|l| l["type"] == "exec" && l["argv"][0].as_str().is_some_and(|a| a.ends_with(name)))
+        .collect()
+}
+
+/// Run `first` outside the filter, then `second` inside it; assert that only
+/// the second was reported.
+fn check(lines: &[serde_json::Value], inside: &str, outside: &str) {
+    assert_eq!(
+        execs_of(lines, inside).len(),
+        1,
+        "{inside} missing: {lines:?}"
+    );
+    assert!(
+        execs_of(lines, outside).is_empty(),
+        "{outside} is outside the filter: {lines:?}"
+    );
+}
+
+#[test]
+fn pid_keeps_one_process_tree() {
+    require_root();
+    let dir = scratch("filter-pid");
+    let out = dir.join("records.jsonl");
+    let (inside, outside) = (program(&dir, "in-tree"), program(&dir, "off-tree"));
+    // A shell that waits for a line, then runs `inside` as its child.
+    let mut sh = Command::new("sh")
+        .arg("-c")
+        .arg(format!("read x; {}", inside.display()))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let agent = start_live_agent_with(&out, &["--all-execs", "--pid", &sh.id().to_string()]);
+    assert!(Command::new(&outside).status().unwrap().success());
+    writeln!(sh.stdin.take().unwrap(), "go").unwrap();
+    assert!(sh.wait().unwrap().success());
+    check(
+        &records_until(agent, &out, "in-tree"),
+        "in-tree",
+        "off-tree",
+    );
+}
+
+#[test]
+fn uid_keeps_one_users_processes() {
+    require_root();
+    agent_tests::ensure_user(USER, &[]);
+    let dir = scratch("filter-uid");
+    let out = dir.join("records.jsonl");
+    let (inside, outside) = (program(&dir, "as-user"), program(&dir, "as-root"));
+    let agent = start_live_agent_with(&out, &["--all-execs", "--uid", USER]);
+    assert!(Command::new(&outside).status().unwrap().success());
+    let id = Command::new("id").args(["-u", USER]).output().unwrap();
+    let uid: u32 = String::from_utf8_lossy(&id.stdout).trim().parse().unwrap();
+    assert!(
+        Command::new(&inside)
+            .uid(uid)
+            .gid(uid)
+            .status()
+            .unwrap()
+            .success()
+    );
+    check(&records_until(agent, &out, "as-user"), "as-user", "as-root");
+}
+
+#[test]
+fn comm_keeps_one_program_name() {
+    require_root();
+    let dir = scratch("filter-comm");
+    let out = dir.join("records.jsonl");
+    let (inside, outside) = (program(&dir, "wanted-name"), program(&dir, "other-name"));
+    let agent = start_live_agent_with(&out, &["--all-execs", "--comm", "wanted-name"]);
+    assert!(Command::new(&outside).status().unwrap().success());
+    assert!(Command::new(&inside).status().unwrap().success());
+    check(
+        &records_until(agent, &out, "wanted-name"),
+        "wanted-name",
+        "other-name",
+    );
+}
+
+#[test]
+fn cgroup_keeps_a_subtree_created_after_the_agent_started() {
+    require_root();
+    let dir = scratch("filter-cgroup");
+    let out = dir.join("records.jsonl");
+    let (inside, outside) = (program(&dir, "in-cgroup"), program(&dir, "off-cgroup"));
+    // cgroup v2's mount: /sys/fs/cgroup, or /sys/fs/cgroup/unified here.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let v2 = mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup v2 mount");
+    let top = &v2.join("agent-filter-test");
+    let _ = std::fs::remove_dir(top.join("child"));
+    let _ = std::fs::remove_dir(top);
+    std::fs::create_dir(top).expect("cgroup v2 directory");
+    let agent = start_live_agent_with(&out, &["--all-execs", "--cgroup", "agent-filter-test"]);
+    // A cgroup made after the agent walked the subtree: found by path.
+    std::fs::create_dir(top.join("child")).unwrap();
+    assert!(Command::new(&outside).status().unwrap().success());
+    // The shell moves itself into the cgroup, then becomes the program.
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec {}",
+            top.join("child/cgroup.procs").display(),
+            inside.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let lines = records_until(agent, &out, "in-cgroup");
+    let _ = std::fs::remove_dir(top.join("child"));
+    let _ = std::fs::remove_dir(top);
+    check(&lines, "in-cgroup", "off-cgroup");
+}
+
+#[test]
+fn a_filter_with_a_subcommand_or_a_bad_value_is_a_usage_error() {
+    for args in [
+        &["--pid", "1", "trace", "--", "true"][..],
+        &["--uid", "no-such-user-agentfilter"],
+        &["--cgroup", "no/such/cgroup"],
+        &["--pid", "0"],
+    ] {
+        let out = Command::new(agent_tests::agent_bin())
+            .arg("--no-elevate")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
