@@ -58,15 +58,9 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 let Some(ev) = ev else { break };
                 k.before_analysis(&ev, &pipeline.table, &proc_root);
                 for o in pipeline.handle(ev) {
-                    if !admitted(filter.as_mut(), &o, &pipeline) {
-                        continue;
-                    }
-                    k.on_output(&o, &proc_root);
-                    if let Some(x) = otlp.as_mut() {
-                        x.observe(&o, &pipeline.table);
-                    }
-                    if let Some(line) = render(&style, &o, opts.all_execs) {
-                        lines.push(&line);
+                    if admitted(filter.as_mut(), &o, &pipeline) {
+                        k.on_output(&o, &proc_root);
+                        show(&o, &pipeline, otlp.as_mut(), &style, opts.all_execs, &mut lines);
                     }
                 }
                 if rx.caught_up() {
@@ -88,14 +82,8 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                     f.refresh();
                 }
                 for o in pipeline.flush(crate::clock::boot_ns(), 2_000_000_000) {
-                    if !admitted(filter.as_mut(), &o, &pipeline) {
-                        continue;
-                    }
-                    if let Some(x) = otlp.as_mut() {
-                        x.observe(&o, &pipeline.table);
-                    }
-                    if let Some(line) = render(&style, &o, opts.all_execs) {
-                        lines.push(&line);
+                    if admitted(filter.as_mut(), &o, &pipeline) {
+                        show(&o, &pipeline, otlp.as_mut(), &style, opts.all_execs, &mut lines);
                     }
                 }
                 lines.flush();
@@ -163,4 +151,21 @@ fn admitted(
         f.forget(exit.tgid);
     }
     ok
+}
+
+/// `o` exported and printed.
+fn show(
+    o: &crate::pipeline::Output,
+    pipeline: &Pipeline,
+    otlp: Option<&mut crate::sink::otlp::Otlp>,
+    style: &Style,
+    all_execs: bool,
+    lines: &mut output::Lines,
+) {
+    if let Some(x) = otlp {
+        x.observe(o, &pipeline.table);
+    }
+    if let Some(line) = render(style, o, all_execs) {
+        lines.push(&line);
+    }
 }
