@@ -44,8 +44,9 @@ enum Cmd {
     /// over 120.
     Lint,
     /// Regenerate docs/findings.md and README's table of codes from the
-    /// finding catalogue (agent/src/signal/*/codes.rs and findings.md); the
-    /// unit tests fail while they differ.
+    /// finding catalogue (agent/src/signal/*/codes.rs and findings.md), and
+    /// README's section of flags and config keys from the clap definition;
+    /// the unit tests fail while they differ.
     Docs,
     /// Time the README's first command from nothing: a fresh clone of HEAD
     /// and an empty HOME (toolchains, crates and bpf-linker all downloaded
@@ -530,7 +531,9 @@ fn main() -> Result<()> {
         Cmd::Install { dir } => install::install(std::path::Path::new(&dir)),
         Cmd::Lint => lint::run(&toolchain::workspace_root()),
         Cmd::Docs => run(cargo()
-            .args(["test", "-p", "agent", "--lib", "signal::tests", "-q"])
+            .args(["test", "-p", "agent", "--lib", "-q", "--"])
+            // One at a time: two of them rewrite README.md.
+            .args(["signal::tests", "app::readme_tests", "--test-threads=1"])
             .env("AGENT_BLESS", "1")),
         Cmd::MeasureInstall { readme, keep } => measure::measure_install(keep, readme),
         Cmd::Test {

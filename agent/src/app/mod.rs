@@ -9,6 +9,8 @@ pub mod live;
 pub mod options;
 pub mod outfile;
 pub mod privs;
+#[cfg(test)]
+mod readme_tests;
 mod session;
 pub mod teardown;
 pub mod trace;
