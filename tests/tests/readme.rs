@@ -46,8 +46,7 @@ fn runnable(cmd: &str, file: &Path) -> Option<Vec<String>> {
         return None;
     }
     let mut out: Vec<String> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
+    for a in &args {
         match *a {
             // The traced command: `true` instead.
             "--" => {

@@ -532,8 +532,7 @@ fn main() -> Result<()> {
         Cmd::Lint => lint::run(&toolchain::workspace_root()),
         Cmd::Docs => run(cargo()
             .args(["test", "-p", "agent", "--lib", "-q", "--"])
-            // One at a time: two of them rewrite README.md.
-            .args(["signal::tests", "app::readme_tests", "--test-threads=1"])
+            .args(["signal::tests", "app::readme_tests", "--test-threads=1"]) // both rewrite README
             .env("AGENT_BLESS", "1")),
         Cmd::MeasureInstall { readme, keep } => measure::measure_install(keep, readme),
         Cmd::Test {
