@@ -103,7 +103,8 @@ fn main() -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
-    let opts = match run_options(&cli, &file, invoker, format, color, filter) {
+    let env = |k: &str| std::env::var(k).ok();
+    let opts = match run_options(&cli, &file, &env, invoker, (format, color), filter) {
         Ok(o) => o,
         Err(code) => return code,
     };
@@ -274,12 +275,13 @@ fn output_settings(
 }
 
 /// Everything a live or traced run needs, from flags, environment and file.
+/// Precedence: flags > environment (`env`: the `OTEL_*` variables) > file.
 fn run_options(
     cli: &Cli,
     file: &agent::config::FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
     invoker: agent::process::invoker::Invoker,
-    format: Format,
-    color: bool,
+    (format, color): (Format, bool),
     filter: agent::app::filter::FilterSpec,
 ) -> Result<RunOptions, ExitCode> {
     let mut env_allow: Vec<String> = DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect();
@@ -301,7 +303,7 @@ fn run_options(
         eprintln!("agent: `without` in the configuration file: {e}");
         return Err(ExitCode::from(2));
     }
-    let env_set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+    let env_set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
     let otlp_endpoint = cli.otlp_endpoint.clone().or_else(|| {
         (!env_set("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .then(|| file.otlp_endpoint.clone())
@@ -313,7 +315,7 @@ fn run_options(
             .flatten()
     });
     let otlp = match agent::sink::otlp::OtlpConfig::from_env_and_flags(
-        |k| std::env::var(k).ok(),
+        env,
         otlp_endpoint.as_deref(),
         otlp_protocol.as_deref(),
     ) {
@@ -378,7 +380,8 @@ fn check(probe: bool, format: Format, color: bool) -> ExitCode {
         agent::app::check::run()
     };
     match format {
-        Format::Json => match serde_json::to_string_pretty(&report) {
+        // One object on one line, as every other `--format json` record.
+        Format::Json => match serde_json::to_string(&report) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("agent: {e}"),
         },
@@ -486,5 +489,86 @@ mod tests {
         assert_eq!(code(LoadError::NothingAttached("no tracefs".into())), 69);
         assert_eq!(code(LoadError::Object("bad".into())), 1);
         assert_eq!(failure_code(&anyhow::anyhow!("other")), 1);
+    }
+
+    /// flags > environment > file > defaults, for a setting of each kind.
+    #[test]
+    fn flags_win_over_the_environment_which_wins_over_the_file() {
+        use agent::process::invoker::{Invoker, Source};
+        let file = agent::config::parse(
+            std::path::Path::new("test.toml"),
+            "otlp_endpoint = \"http://file:4318\"\nslow_connect_ms = 7\nall_execs = true\n\
+             tools = [\"make\"]\n",
+        )
+        .unwrap();
+        let opts = |args: &[&str], vars: &[(&str, &str)]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied())).unwrap();
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            let invoker = Invoker {
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+                user: "root".into(),
+                home: None,
+                env: vec![],
+                cwd: None,
+                umask: None,
+                source: Source::RootLogin,
+            };
+            let filter = Default::default();
+            run_options(&cli, &file, &env, invoker, (Format::Text, false), filter)
+                .ok()
+                .unwrap()
+        };
+        let endpoint = |o: &RunOptions| o.otlp.as_ref().map(|c| c.traces.endpoint.clone());
+        // The file alone.
+        let o = opts(&[], &[]);
+        assert_eq!(endpoint(&o).as_deref(), Some("http://file:4318/v1/traces"));
+        assert_eq!(o.net.slow_abs_ns, 7_000_000);
+        assert!(o.all_execs);
+        assert_eq!(o.analysis.tools, ["make"]);
+        // The environment over the file.
+        let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318")];
+        let o = opts(&[], &env);
+        assert_eq!(endpoint(&o).as_deref(), Some("http://env:4318/v1/traces"));
+        // A flag over both.
+        let o = opts(
+            &[
+                "--otlp-endpoint",
+                "http://flag:4318",
+                "--slow-connect-ms",
+                "9",
+                "--tools",
+                "go",
+            ],
+            &env,
+        );
+        assert_eq!(endpoint(&o).as_deref(), Some("http://flag:4318/v1/traces"));
+        assert_eq!(o.net.slow_abs_ns, 9_000_000);
+        assert_eq!(o.analysis.tools, ["go"]);
+        // Defaults without any.
+        let empty = agent::config::FileConfig::default();
+        let cli = Cli::try_parse_from(["agent"]).unwrap();
+        let invoker = opts(&[], &[]).invoker.unwrap();
+        let o = run_options(
+            &cli,
+            &empty,
+            &|_| None,
+            invoker,
+            (Format::Text, false),
+            Default::default(),
+        )
+        .ok()
+        .unwrap();
+        assert!(o.otlp.is_none() && !o.all_execs);
+        assert_eq!(
+            o.net.slow_abs_ns,
+            agent::signal::tcp::NetConfig::default().slow_abs_ns
+        );
     }
 }
