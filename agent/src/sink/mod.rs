@@ -3,6 +3,10 @@
 
 pub mod ci;
 pub mod health;
+#[cfg(feature = "otlp")]
+pub mod otlp;
+#[cfg(not(feature = "otlp"))]
+#[path = "otlp_off.rs"]
 pub mod otlp;
 pub mod output;
 pub mod records;

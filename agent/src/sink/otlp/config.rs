@@ -130,6 +130,25 @@ pub enum ConfigError {
     Number(String, String),
     #[error("{0}={1:?}: use otlp, console or none (one of them)")]
     Exporter(String, String),
+    #[error("{0}: this agent was built without it (cargo feature {1})")]
+    NotBuilt(String, &'static str),
+}
+
+/// Whether this build exports over `p` (its cargo feature).
+pub fn built(p: Protocol) -> bool {
+    match p {
+        Protocol::Grpc => cfg!(feature = "otlp-grpc"),
+        Protocol::HttpProtobuf => cfg!(feature = "otlp-http"),
+    }
+}
+
+/// The spec's default, http/protobuf, unless this build has gRPC only.
+fn default_protocol() -> Protocol {
+    if built(Protocol::HttpProtobuf) || !built(Protocol::Grpc) {
+        Protocol::HttpProtobuf
+    } else {
+        Protocol::Grpc
+    }
 }
 
 impl OtlpConfig {
@@ -181,6 +200,14 @@ impl OtlpConfig {
         // default to localhost) or a console exporter.
         if !wanted(traces_exporter) && !wanted(metrics_exporter) {
             return Ok(None);
+        }
+        if !cfg!(feature = "otlp") {
+            let what = if endpoint_set {
+                "an OTLP endpoint"
+            } else {
+                "a console exporter"
+            };
+            return Err(ConfigError::NotBuilt(what.into(), "otlp-grpc or otlp-http"));
         }
         let only_wanted = |e: Exporter| if wanted(e) { e } else { Exporter::None };
         let queue_cap = match env.nonempty("OTEL_BSP_MAX_QUEUE_SIZE") {
@@ -274,13 +301,26 @@ impl Env<'_> {
         name: &'static str,
         base: Option<&str>,
     ) -> Result<Signal, ConfigError> {
-        let protocol = match self.flag_protocol {
-            Some(p) => parse_protocol("--otlp-protocol", p)?,
+        let (source, protocol) = match self.flag_protocol {
+            Some(p) => (
+                "--otlp-protocol".to_string(),
+                parse_protocol("--otlp-protocol", p)?,
+            ),
             None => match self.var(upper, "PROTOCOL") {
-                Some((k, v)) => parse_protocol(&k, &v)?,
-                None => Protocol::HttpProtobuf,
+                Some((k, v)) => (k.clone(), parse_protocol(&k, &v)?),
+                None => (String::new(), default_protocol()),
             },
         };
+        if !built(protocol) && cfg!(feature = "otlp") {
+            let feature = match protocol {
+                Protocol::Grpc => "otlp-grpc",
+                Protocol::HttpProtobuf => "otlp-http",
+            };
+            return Err(ConfigError::NotBuilt(
+                format!("{source}={}", protocol.name()),
+                feature,
+            ));
+        }
         let insecure = self
             .var(upper, "INSECURE")
             .is_some_and(|(_, v)| v.eq_ignore_ascii_case("true"));
@@ -362,6 +402,28 @@ fn with_scheme(e: &str, protocol: Protocol, insecure: bool) -> Result<String, Co
 
 #[cfg(test)]
 mod tests {
+    /// Each transport works where its feature is built and is refused by
+    /// name where it is not; a build without OTLP refuses any endpoint.
+    #[test]
+    fn a_transport_not_built_is_refused_by_name() {
+        let env = |k: &str| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://c:4318".into());
+        for p in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let r = OtlpConfig::from_env_and_flags(env, None, Some(p.name()));
+            if cfg!(feature = "otlp") && built(p) {
+                assert_eq!(r.unwrap().unwrap().traces.protocol, p);
+            } else {
+                assert!(matches!(r, Err(ConfigError::NotBuilt(..))), "{p:?}: {r:?}");
+            }
+        }
+        // No protocol named: one this build has.
+        let r = OtlpConfig::from_env_and_flags(env, None, None);
+        if cfg!(feature = "otlp") {
+            assert!(built(r.unwrap().unwrap().traces.protocol));
+        } else {
+            assert!(matches!(r, Err(ConfigError::NotBuilt(..))), "{r:?}");
+        }
+    }
+
     use super::*;
     use std::collections::HashMap;
 
@@ -391,6 +453,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(all(feature = "otlp-grpc", feature = "otlp-http")),
+        ignore = "the full build's defaults"
+    )]
     fn off_without_an_endpoint() {
         assert_eq!(
             cfg(&[("OTEL_EXPORTER_OTLP_HEADERS", "a=b")], None, None),
@@ -399,6 +465,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(all(feature = "otlp-grpc", feature = "otlp-http")),
+        ignore = "the full build's defaults"
+    )]
     fn http_paths_grpc_base_and_flags_win() {
         let c = cfg(
             &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")],
@@ -433,6 +503,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(all(feature = "otlp-grpc", feature = "otlp-http")),
+        ignore = "the full build's defaults"
+    )]
     fn per_signal_variables_come_first() {
         let c = cfg(
             &[
@@ -468,6 +542,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(all(feature = "otlp-grpc", feature = "otlp-http")),
+        ignore = "the full build's defaults"
+    )]
     fn host_and_port_of_an_endpoint() {
         let hp = |e: &str| {
             Signal {
@@ -489,6 +567,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(all(feature = "otlp-grpc", feature = "otlp-http")),
+        ignore = "the full build's defaults"
+    )]
     fn grpc_without_a_scheme_is_tls_unless_insecure() {
         let c = cfg(
             &[
@@ -506,6 +588,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(all(feature = "otlp-grpc", feature = "otlp-http")),
+        ignore = "the full build's defaults"
+    )]
     fn bad_values_are_clear_errors() {
         let e = |pairs: &[(&str, &str)]| cfg(pairs, None, None).unwrap_err().to_string();
         assert_eq!(
@@ -550,6 +636,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(all(feature = "otlp-grpc", feature = "otlp-http")),
+        ignore = "the full build's defaults"
+    )]
     fn the_spec_switches_sdk_disabled_and_exporters() {
         let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
         let on = |pairs: &[(&str, &str)]| cfg(pairs, None, None).unwrap();

@@ -20,8 +20,12 @@ use std::{
 };
 
 use opentelemetry::Context;
+#[cfg(feature = "otlp-http")]
+use opentelemetry_otlp::WithHttpConfig as _;
+use opentelemetry_otlp::{RetryPolicy, WithExportConfig as _};
+#[cfg(feature = "otlp-grpc")]
 use opentelemetry_otlp::{
-    RetryPolicy, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+    WithTonicConfig as _,
     tonic_types::transport::{Certificate, ClientTlsConfig, Identity},
 };
 use opentelemetry_sdk::{
@@ -49,6 +53,8 @@ pub enum ExportError {
     },
     #[error("starting the HTTP client: {0}")]
     Thread(String),
+    #[error("OTLP over {0}: this agent was built without it")]
+    NotBuilt(&'static str),
 }
 
 /// Export counters (agent self-metrics and the JSON `stats` line).
@@ -304,6 +310,7 @@ fn retry_policy() -> RetryPolicy {
         .with_max_jitter(Duration::from_millis(200))
 }
 
+#[cfg(feature = "otlp-http")]
 fn tls_err(s: &Signal, what: &'static str, why: impl std::fmt::Display) -> ExportError {
     ExportError::Tls {
         signal: s.name,
@@ -313,6 +320,7 @@ fn tls_err(s: &Signal, what: &'static str, why: impl std::fmt::Display) -> Expor
 }
 
 /// tonic's TLS: the system roots, plus the configured CA and client pair.
+#[cfg(feature = "otlp-grpc")]
 fn tonic_tls(s: &Signal) -> ClientTlsConfig {
     let mut t = ClientTlsConfig::new().with_native_roots();
     if let Some((_, ca)) = &s.tls.ca {
@@ -328,6 +336,7 @@ fn tonic_tls(s: &Signal) -> ClientTlsConfig {
 /// configured CA and client pair). Built on a thread of its own: reqwest's
 /// blocking client starts a runtime, which must not happen on a runtime
 /// worker (the SDK does the same for its default client).
+#[cfg(feature = "otlp-http")]
 fn http_client(s: &Signal) -> Result<reqwest::blocking::Client, ExportError> {
     let mut b = reqwest::blocking::Client::builder().timeout(s.timeout);
     if let Some((path, ca)) = &s.tls.ca {
@@ -428,6 +437,7 @@ macro_rules! exporter {
     ($builder:expr, $s:expr) => {{
         let s: &Signal = $s;
         match s.protocol {
+            #[cfg(feature = "otlp-grpc")]
             Protocol::Grpc => {
                 let mut b = $builder
                     .with_tonic()
@@ -440,6 +450,7 @@ macro_rules! exporter {
                 }
                 b.build().map_err(build_err(s))
             }
+            #[cfg(feature = "otlp-http")]
             Protocol::HttpProtobuf => $builder
                 .with_http()
                 .with_endpoint(&s.endpoint)
@@ -449,6 +460,12 @@ macro_rules! exporter {
                 .with_http_client(http_client(s)?)
                 .build()
                 .map_err(build_err(s)),
+            // Refused when the settings were read (config::built).
+            #[allow(
+                unreachable_patterns,
+                reason = "with both transports built every protocol has its arm"
+            )]
+            p => Err(ExportError::NotBuilt(p.name())),
         }
     }};
 }
