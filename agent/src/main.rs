@@ -38,9 +38,9 @@ impl std::io::Write for ScrubbedStderr {
 /// roots needs, and answers requests on stdin until it closes.
 fn file_worker() -> ExitCode {
     use agent::app::privs::{CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, drop_to};
-    // SAFETY: prctl with plain integer arguments. (Had the agent gone
-    // before this, its end of the socket is closed: the first read ends.)
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // (Had the agent gone before this, its end of the socket is closed:
+    // the first read ends.)
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     if let Err(e) = drop_to((1 << CAP_DAC_READ_SEARCH) | (1 << CAP_SYS_PTRACE)) {
         eprintln!("agent file worker: {e}");
         return ExitCode::from(1);
@@ -174,8 +174,8 @@ fn who_asked(cli: &Cli) -> Result<agent::process::invoker::Invoker, ExitCode> {
     {
         // Through doas our unprivileged copy waits as our parent: if it goes
         // (its terminal closed, it was killed), we stop as on SIGTERM.
-        // SAFETY: prctl with an integer argument only.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+        let _ =
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
     }
     let needs_bpf = match &cli.cmd {
         None | Some(Cmd::Trace { .. }) => true,

@@ -118,8 +118,7 @@ fn environment_items(kernel: &KernelInfo) -> Vec<Item> {
 /// tracefs in this kernel: no tracing hook could attach).
 pub fn run_unprivileged(probe_asked: bool) -> Report {
     let kernel = KernelInfo::gather(false);
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let caps = cap_eff(&status);
     let environment = environment_items(&kernel);
@@ -169,8 +168,7 @@ fn capability_items(caps: u64) -> Vec<Item> {
 pub fn run() -> Report {
     let kernel = KernelInfo::gather(false);
     let globals = Globals::compute(&kernel);
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let caps = cap_eff(&status);
 

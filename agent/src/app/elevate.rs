@@ -45,8 +45,7 @@ use crate::app::privs::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN};
 /// True when this process cannot load and attach BPF programs: not root and
 /// without CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in its effective set.
 pub fn needed() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().as_raw() == 0 {
         return false;
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -54,8 +54,7 @@ fn open_with(
                 }
             })
     };
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().as_raw() == 0;
     let Some(u) = as_user.filter(|u| root && u.uid != 0) else {
         return open();
     };

@@ -81,56 +81,20 @@ fn kernel_before(major: u32, minor: u32) -> bool {
     (a, b) < (major, minor)
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
+/// The calling thread's permitted set.
 fn capget() -> Result<u64, PrivsError> {
-    let mut h = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut d = [CapData::default(); 2];
-    // SAFETY: header and a two-element data array, as the v3 ABI requires.
-    let r = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) };
-    if r != 0 {
-        return Err(PrivsError::Capset(std::io::Error::last_os_error()));
-    }
-    Ok(u64::from(d[0].permitted) | (u64::from(d[1].permitted) << 32))
+    rustix::thread::capabilities(None)
+        .map(|s| s.permitted.bits())
+        .map_err(|e| PrivsError::Capset(e.into()))
 }
 
 /// Apply `keep` to the calling thread.
 fn apply(keep: u64) -> Result<(), PrivsError> {
-    let prctl = |what: &'static str, op: libc::c_int, arg: libc::c_ulong| {
-        // SAFETY: prctl with integer arguments only.
-        if unsafe {
-            libc::prctl(
-                op,
-                arg,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            )
-        } != 0
-        {
-            Err(PrivsError::Prctl {
-                what,
-                source: std::io::Error::last_os_error(),
-            })
-        } else {
-            Ok(())
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    let prctl = |what: &'static str| {
+        move |e: rustix::io::Errno| PrivsError::Prctl {
+            what,
+            source: e.into(),
         }
     };
     let permitted = capget()?;
@@ -139,44 +103,29 @@ fn apply(keep: u64) -> Result<(), PrivsError> {
     for c in 0..=cap_last_cap().min(63) {
         if keep & (1 << c) == 0 {
             // EINVAL for a cap the kernel lacks: nothing to drop.
-            let _ = prctl("PR_CAPBSET_DROP", libc::PR_CAPBSET_DROP, c as libc::c_ulong);
+            let _ = rustix::thread::remove_capability_from_bounding_set(
+                CapabilitySet::from_bits_retain(1 << c),
+            );
         }
     }
-    let _ = prctl(
-        "PR_CAP_AMBIENT_CLEAR_ALL",
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-    );
-    prctl("PR_SET_NO_NEW_PRIVS", libc::PR_SET_NO_NEW_PRIVS, 1)?;
-    let mut h = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let d = [
-        CapData {
-            effective: keep as u32,
-            permitted: keep as u32,
-            inheritable: 0,
+    let _ = rustix::thread::clear_ambient_capability_set();
+    rustix::thread::set_no_new_privs(true).map_err(prctl("PR_SET_NO_NEW_PRIVS"))?;
+    let keep = CapabilitySet::from_bits_retain(keep);
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: keep,
+            permitted: keep,
+            inheritable: CapabilitySet::empty(),
         },
-        CapData {
-            effective: (keep >> 32) as u32,
-            permitted: (keep >> 32) as u32,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: header and a two-element data array, as the v3 ABI requires.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) };
-    if r != 0 {
-        return Err(PrivsError::Capset(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    )
+    .map_err(|e| PrivsError::Capset(e.into()))
 }
 
 /// Drop to `keep` now on this thread, and on every runtime worker when it
 /// next parks or unparks.
 pub fn drop_to(keep: u64) -> Result<(), PrivsError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 && capget().unwrap_or(0) == 0 {
+    if !rustix::process::geteuid().is_root() && capget().unwrap_or(0) == 0 {
         return Ok(());
     }
     KEEP.store(keep, Ordering::SeqCst);

@@ -32,42 +32,42 @@ struct Limits {
 
 static INITIAL_LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
 
-fn getrlimit(r: libc::__rlimit_resource_t) -> libc::rlimit {
-    let mut l = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: `l` is a valid out-pointer for the call.
-    unsafe { libc::getrlimit(r, &mut l) };
-    l
+/// As libc's struct, for the `setrlimit` between fork and exec.
+fn getrlimit(r: rustix::process::Resource) -> libc::rlimit {
+    let l = rustix::process::getrlimit(r);
+    libc::rlimit {
+        rlim_cur: l.current.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: l.maximum.unwrap_or(libc::RLIM_INFINITY),
+    }
 }
 
 /// Remember the limits the agent was started with (call first in main):
 /// the loader raises RLIMIT_MEMLOCK, and a traced command must not inherit it.
 pub fn save_initial_limits() {
     let _ = INITIAL_LIMITS.set(Limits {
-        memlock: getrlimit(libc::RLIMIT_MEMLOCK),
-        nofile: getrlimit(libc::RLIMIT_NOFILE),
+        memlock: getrlimit(rustix::process::Resource::Memlock),
+        nofile: getrlimit(rustix::process::Resource::Nofile),
     });
 }
 
 /// Supplementary groups of this process.
 pub fn current_groups() -> Vec<libc::gid_t> {
-    // SAFETY: a zero-size query returns the count only.
-    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-    let mut g = vec![0; n.max(0) as usize];
-    // SAFETY: `g` has room for `n` entries.
-    let got = unsafe { libc::getgroups(n, g.as_mut_ptr()) };
-    g.truncate(got.max(0) as usize);
-    g
+    rustix::process::getgroups()
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default()
 }
 
 /// A terminal we hold in the foreground (stdin, stdout or stderr).
 fn foreground_tty() -> Option<libc::c_int> {
-    (0..3).find(|&fd| {
-        // SAFETY: isatty/tcgetpgrp/getpgrp only read state of an fd we own.
-        unsafe { libc::isatty(fd) == 1 && libc::tcgetpgrp(fd) == libc::getpgrp() }
-    })
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    [i.as_fd(), o.as_fd(), e.as_fd()]
+        .into_iter()
+        .find(|&fd| {
+            rustix::termios::isatty(fd)
+                && rustix::termios::tcgetpgrp(fd).ok() == Some(rustix::process::getpgrp())
+        })
+        .map(|fd| fd.as_raw_fd())
 }
 
 /// Give the terminal's foreground to process group `pgid` (SIGTTOU ignored
@@ -92,15 +92,19 @@ pub struct Traced {
 impl Traced {
     /// Send `sig` to the command's whole process group.
     pub fn signal_group(&self, sig: libc::c_int) {
-        // SAFETY: kill has no memory preconditions; a negative pid names the group.
-        unsafe { libc::kill(-(self.pid as libc::pid_t), sig) };
+        let (Some(pid), Some(sig)) = (
+            rustix::process::Pid::from_raw(self.pid as i32),
+            rustix::process::Signal::from_named_raw(sig),
+        ) else {
+            return;
+        };
+        let _ = rustix::process::kill_process_group(pid, sig);
     }
 
     /// Take the terminal back for the report.
     pub fn reclaim_terminal(&mut self) {
         if let Some(fd) = self.tty.take() {
-            // SAFETY: getpgrp has no preconditions.
-            give_terminal(fd, unsafe { libc::getpgrp() });
+            give_terminal(fd, rustix::process::getpgrp().as_raw_nonzero().get());
         }
     }
 }
@@ -121,8 +125,8 @@ pub fn spawn(argv: &[String], inv: &Invoker) -> Result<Traced, SpawnError> {
     // Its own process group: Ctrl-C on the terminal (given to it below) and
     // the agent's forwarded SIGTERM/SIGHUP reach the whole command tree.
     cmd.process_group(0);
-    // SAFETY: geteuid/getpid have no preconditions.
-    let (euid, parent) = unsafe { (libc::geteuid(), libc::getpid()) };
+    let euid = rustix::process::geteuid().as_raw();
+    let parent = rustix::process::getpid().as_raw_nonzero().get();
     let change_ids = euid == 0 && !matches!(inv.source, Source::RootLogin | Source::Unprivileged);
     let groups: Vec<libc::gid_t> = inv.groups.clone();
     let (uid, gid) = (inv.uid, inv.gid);

@@ -226,8 +226,7 @@ pub fn require_privileges() -> Result<(), LoadError> {
     const CAP_SYS_ADMIN: u64 = 1 << 21;
     const CAP_BPF: u64 = 1 << 39;
     if effective_caps() & (CAP_SYS_ADMIN | CAP_BPF) == 0 {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
+        let euid = rustix::process::geteuid().as_raw();
         return Err(LoadError::NotPermitted(format!(
             "uid {euid} has neither CAP_BPF nor CAP_SYS_ADMIN"
         )));

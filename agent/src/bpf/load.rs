@@ -67,13 +67,12 @@ pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
 }
 
 fn bump_memlock() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let unlimited = Rlimit {
+        current: None,
+        maximum: None,
     };
-    // SAFETY: valid pointer to an initialised rlimit for the duration of the call.
-    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
-    if ret != 0 {
+    if setrlimit(Resource::Memlock, unlimited).is_err() {
         tracing::debug!("raising RLIMIT_MEMLOCK failed (fine on kernels with memcg accounting)");
     }
 }
@@ -83,20 +82,21 @@ fn bump_memlock() {
 /// limit of 1024. Soft is raised to the hard limit (a traced command gets
 /// the limits the agent started with back: `traced`).
 fn bump_nofile() {
-    let mut rlim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is unlimited: above any soft limit.
+    let below = match (lim.current, lim.maximum) {
+        (Some(c), Some(m)) => c < m,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: valid out-pointer for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } != 0 {
-        return;
-    }
-    if rlim.rlim_cur < rlim.rlim_max {
-        let before = rlim.rlim_cur;
-        rlim.rlim_cur = rlim.rlim_max;
-        // SAFETY: valid pointer to an initialised rlimit for the call.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) } == 0 {
-            tracing::debug!(from = before, to = rlim.rlim_cur, "RLIMIT_NOFILE raised");
+    if below {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            tracing::debug!(from = ?lim.current, to = ?lim.maximum, "RLIMIT_NOFILE raised");
         }
     }
 }

@@ -58,17 +58,14 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
         return Ok(p);
     }
     let target = Path::new("/sys/kernel/tracing");
-    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| std::io::Error::other("nul"));
-    let (src, dst, fs) = (
-        c("nodev").map_err(TracefsError::NotMounted)?,
-        c("/sys/kernel/tracing").map_err(TracefsError::NotMounted)?,
-        c("tracefs").map_err(TracefsError::NotMounted)?,
-    );
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-    let r = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
-    if r != 0 {
-        return Err(TracefsError::NotMounted(std::io::Error::last_os_error()));
-    }
+    rustix::mount::mount(
+        "nodev",
+        target,
+        "tracefs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .map_err(|e| TracefsError::NotMounted(e.into()))?;
     tracing::info!("mounted tracefs at {}", target.display());
     Ok(target.to_path_buf())
 }

@@ -398,7 +398,7 @@ impl FsView {
     /// kernel lacks `openat2` (before 5.6, or a seccomp filter refusing it):
     /// the walk is used there.
     fn open_in_root(&self, p: &str, flags: i32) -> Option<std::io::Result<std::fs::File>> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
+        use std::os::fd::AsFd as _;
         if self.is_host() || NO_OPENAT2.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
@@ -415,35 +415,19 @@ impl FsView {
                 own.as_fd()
             }
         };
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
         let rel = p.trim_start_matches('/');
-        let rel = std::ffi::CString::new(if rel.is_empty() { "." } else { rel }).ok()?;
-        let how = OpenHow {
-            flags: (flags | libc::O_CLOEXEC) as u64,
-            mode: 0,
-            resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
-        };
-        // SAFETY: `dir` is an open descriptor for the call's duration, `rel`
-        // a NUL-terminated string and `how` an `open_how` of the size passed.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                rel.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
+        let rel = if rel.is_empty() { "." } else { rel };
+        let oflags = OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC;
+        let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(dir, rel, oflags, Mode::empty(), resolve) {
+            Ok(fd) => Some(Ok(std::fs::File::from(fd))),
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
                 NO_OPENAT2.store(true, std::sync::atomic::Ordering::Relaxed);
-                return None;
+                None
             }
-            return Some(Err(e));
+            Err(e) => Some(Err(e.into())),
         }
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: a descriptor the kernel just returned, owned by nobody else.
-        Some(Ok(unsafe { std::fs::File::from_raw_fd(fd as i32) }))
     }
 
     pub fn read_to_string(&self, p: &str, max: usize) -> Option<String> {

@@ -378,8 +378,10 @@ pub fn find(
         return Ok(from_account(&a, p, keep_env, Source::UserFlag));
     }
     if p.euid != 0 {
-        // SAFETY: getuid/getgid have no preconditions.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
         let acct = account_by_uid(uid);
         return Ok(Invoker {
             uid,
@@ -498,8 +500,7 @@ pub fn probe_self(proc_root: &Path) -> Probe<'_> {
     Probe {
         proc_root,
         self_pid: std::process::id(),
-        // SAFETY: geteuid has no preconditions.
-        euid: unsafe { libc::geteuid() },
+        euid: rustix::process::geteuid().as_raw(),
         self_exe: std::fs::metadata("/proc/self/exe")
             .ok()
             .map(|m| (m.dev(), m.ino())),

@@ -24,14 +24,6 @@ pub const READ_FLAGS: i32 = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY |
 /// `openat2` is missing or refused here: the walk serves instead.
 pub static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// openat2(2)'s `struct open_how` (libc's is `#[non_exhaustive]`).
-#[repr(C)]
-pub struct OpenHow {
-    pub flags: u64,
-    pub mode: u64,
-    pub resolve: u64,
-}
-
 /// `f` and its size if it is a regular file.
 pub fn regular(f: std::fs::File) -> Option<(std::fs::File, u64)> {
     let m = f.metadata().ok()?;
@@ -109,12 +101,8 @@ pub fn exe_file_now(pid: u32, exe: &str, proc_root: &Path) -> String {
 
 /// Whether `f` is served by a FUSE server (any user may run one).
 pub fn on_fuse(f: &std::fs::File) -> bool {
-    use std::os::fd::AsRawFd as _;
     const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    // SAFETY: an all-zero statfs is a valid out-parameter.
-    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and out-pointer for the call.
-    unsafe { libc::fstatfs(f.as_raw_fd(), &mut s) == 0 && s.f_type as i64 == FUSE_SUPER_MAGIC }
+    rustix::fs::fstatfs(f).is_ok_and(|s| s.f_type == FUSE_SUPER_MAGIC)
 }
 
 /// At most `max` bytes of `f` (of `size` bytes).

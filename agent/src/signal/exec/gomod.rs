@@ -246,9 +246,14 @@ mod tests {
         // A FIFO named go.mod is not read (and does not block).
         let f = d.join("fifo");
         std::fs::create_dir_all(&f).unwrap();
-        let c = std::ffi::CString::new(f.join("go.mod").display().to_string()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            f.join("go.mod"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
         assert!(requirements(&fs, &f.display().to_string(), none).is_empty());
         std::fs::remove_dir_all(d).ok();
     }

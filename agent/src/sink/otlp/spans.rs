@@ -172,9 +172,7 @@ fn process_start_ns(proc_root: &std::path::Path, pid: u32) -> Option<u64> {
     // the last ')'.
     let rest = stat.get(stat.rfind(')')? + 1..)?;
     let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
+    let hz = rustix::param::clock_ticks_per_second().max(1);
     Some(ticks.saturating_mul(1_000_000_000 / hz))
 }
 
