@@ -11,7 +11,8 @@ use aya_ebpf::{
 
 use crate::{
     AGENT_TGID, EXIT_GROUP_DEAD_OFF, FORK_CHILD_PID_OFF, TASK_EXIT_CODE_OFF, TASK_PID_OFF,
-    TASK_TGID_OFF, TRACK_AGENT_CHILDREN, TRACKED, current_task, emit, inserted, is_tracked,
+    TASK_TGID_OFF, TRACK_AGENT_CHILDREN, TRACKED, current_task, emit, foreign_uid, inserted,
+    is_tracked,
 };
 
 /// A raw tracepoint: the kernel's own arguments, without a trace record
@@ -120,6 +121,9 @@ fn on_fork<C: EbpfContext>(ctx: &C, child: u32) {
             LostCause::TrackedInsertFailed,
         );
     }
+    if foreign_uid() {
+        return;
+    }
     let mut ev = ForkEvent::default();
     ev.hdr.kind = EventKind::Fork as u32;
     ev.hdr.pid = id as u32;
@@ -151,6 +155,9 @@ fn emit_exit(task: *const u8, group_dead: bool) {
     // is lock-free, and most exiting processes were never tracked.
     if is_tracked(tgid) {
         let _ = TRACKED.remove(&tgid);
+    }
+    if foreign_uid() {
+        return;
     }
     let mut ev = ExitEvent::default();
     ev.hdr.kind = EventKind::Exit as u32;

@@ -57,6 +57,16 @@ pub(crate) static ENV_ALL_EXECS: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub(crate) static FILTER_UID: Global<u32> = Global::new(agent_common::NO_UID_FILTER);
 
+/// `--uid` is set and the current task's real uid is another: its execs,
+/// forks and exits are not recorded. The uid is read only when a filter is
+/// set.
+#[inline(always)]
+pub(crate) fn foreign_uid() -> bool {
+    let want = FILTER_UID.load();
+    want != agent_common::NO_UID_FILTER
+        && aya_ebpf::helpers::bpf_get_current_uid_gid() as u32 != want
+}
+
 /// Count one event handled in the kernel.
 #[inline(always)]
 pub(crate) fn count(c: KernelCounter) {

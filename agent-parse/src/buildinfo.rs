@@ -5,6 +5,12 @@
 //!
 //! Owns: parsing untrusted ELF bytes (bounds-checked, never panics).
 
+use object::{
+    LittleEndian,
+    elf::{ELFCLASS64, ELFDATA2LSB, FileHeader64, PF_W, PT_LOAD, SHT_NOBITS, SectionHeader64},
+    read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _, SectionTable},
+};
+
 const MAGIC: &[u8] = b"\xff Go buildinf:";
 
 #[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -41,9 +47,6 @@ pub enum BuildInfoError {
 fn bytes_at<const N: usize>(b: &[u8], o: usize) -> Option<[u8; N]> {
     b.get(o..o.checked_add(N)?)?.try_into().ok()
 }
-fn u16le(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(bytes_at(b, o)?))
-}
 fn u32le(b: &[u8], o: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes_at(b, o)?))
 }
@@ -51,15 +54,12 @@ fn u64le(b: &[u8], o: usize) -> Option<u64> {
     Some(u64::from_le_bytes(bytes_at(b, o)?))
 }
 
+/// The ELF container, read with `object`'s lazy header API (nothing is
+/// parsed ahead: a sparse image of a huge binary stays cheap); only Go's
+/// own structures are parsed by hand here.
 struct Elf<'a> {
     b: &'a [u8],
-}
-
-struct Section {
-    name_off: u32,
-    addr: u64,
-    offset: u64,
-    size: u64,
+    h: &'a FileHeader64<LittleEndian>,
 }
 
 impl<'a> Elf<'a> {
@@ -67,80 +67,52 @@ impl<'a> Elf<'a> {
         if b.len() < 64 || &b[..4] != b"\x7fELF" {
             return Err(BuildInfoError::NotElf);
         }
-        // ELFCLASS64, little-endian only (the machines we run on).
-        if b[4] != 2 || b[5] != 1 {
+        // ELFCLASS64, little-endian only (the machines we run on). The
+        // header as the kernel takes it: `FileHeader::parse` would also
+        // want EI_VERSION, which exec does not check.
+        let (h, _) = object::pod::from_bytes::<FileHeader64<LittleEndian>>(b)
+            .map_err(|()| BuildInfoError::NotElf)?;
+        if h.e_ident.class != ELFCLASS64 || h.e_ident.data != ELFDATA2LSB {
             return Err(BuildInfoError::Malformed(
                 "only 64-bit little-endian ELF is read",
             ));
         }
-        Ok(Self { b })
+        Ok(Self { b, h })
     }
 
-    fn sections(&self) -> Vec<Section> {
-        let b = self.b;
-        let (Some(shoff), Some(shentsize), Some(shnum)) =
-            (u64le(b, 0x28), u16le(b, 0x3a), u16le(b, 0x3c))
-        else {
-            return Vec::new();
-        };
-        (0..shnum as usize)
-            .filter_map(|i| {
-                let o = (shoff as usize).checked_add(i.checked_mul(shentsize as usize)?)?;
-                Some(Section {
-                    name_off: u32le(b, o)?,
-                    addr: u64le(b, o.checked_add(0x10)?)?,
-                    offset: u64le(b, o.checked_add(0x18)?)?,
-                    size: u64le(b, o.checked_add(0x20)?)?,
-                })
-            })
-            .collect()
+    /// The section table (names included); `None` without one or when it
+    /// does not parse.
+    fn sections(&self) -> Option<SectionTable<'a, FileHeader64<LittleEndian>>> {
+        self.h
+            .sections(LittleEndian, self.b)
+            .ok()
+            .filter(|t| !t.is_empty())
+    }
+
+    fn section(&self, name: &str) -> Option<&'a SectionHeader64<LittleEndian>> {
+        self.sections()?
+            .section_by_name(LittleEndian, name.as_bytes())
+            .map(|(_, s)| s)
     }
 
     fn section_data(&self, name: &str) -> Option<&'a [u8]> {
-        self.section(name).and_then(|s| {
-            let start = s.offset as usize;
-            self.b.get(start..start.checked_add(s.size as usize)?)
-        })
+        self.section(name)?.data(LittleEndian, self.b).ok()
     }
 
-    fn section(&self, name: &str) -> Option<Section> {
-        let secs = self.sections();
-        let strndx = u16le(self.b, 0x3e)? as usize;
-        let strtab = secs.get(strndx)?;
-        let strs = self.b.get(
-            strtab.offset as usize..(strtab.offset as usize).checked_add(strtab.size as usize)?,
-        )?;
-        for s in &secs {
-            let n = strs.get(s.name_off as usize..)?;
-            let end = n.iter().position(|&c| c == 0)?;
-            if &n[..end] == name.as_bytes() {
-                return Some(Section { ..*s });
-            }
-        }
-        None
-    }
-
-    /// File bytes at virtual address `va` (via PT_LOAD segments).
     /// File offset of a virtual address inside a loaded segment, and how
     /// many file bytes of that segment follow it.
     fn vaddr_to_offset_len(&self, va: u64) -> Option<(u64, u64)> {
-        let b = self.b;
-        let phoff = u64le(b, 0x20)? as usize;
-        let phentsize = u16le(b, 0x36)? as usize;
-        let phnum = u16le(b, 0x38)? as usize;
-        for i in 0..phnum {
-            let o = phoff.checked_add(i.checked_mul(phentsize)?)?;
-            if u32le(b, o)? != 1 {
-                continue; // PT_LOAD
-            }
-            let off = u64le(b, o.checked_add(8)?)?;
-            let vaddr = u64le(b, o.checked_add(0x10)?)?;
-            let filesz = u64le(b, o.checked_add(0x20)?)?;
-            if va >= vaddr && va < vaddr.checked_add(filesz)? {
-                return Some((off.checked_add(va - vaddr)?, vaddr + filesz - va));
-            }
-        }
-        None
+        let e = LittleEndian;
+        self.h
+            .program_headers(e, self.b)
+            .ok()?
+            .iter()
+            .find_map(|p| {
+                let (off, vaddr, filesz) = (p.p_offset(e), p.p_vaddr(e), p.p_filesz(e));
+                (p.p_type(e) == PT_LOAD && va >= vaddr && va < vaddr.checked_add(filesz)?)
+                    .then(|| Some((off.checked_add(va - vaddr)?, vaddr + filesz - va)))
+                    .flatten()
+            })
     }
 
     fn vaddr_to_offset(&self, va: u64) -> Option<u64> {
@@ -182,7 +154,7 @@ pub fn parse(bytes: &[u8]) -> Result<BuildInfo, BuildInfoError> {
         Some(d) if d.starts_with(MAGIC) => d,
         // Section headers but no build info section: not Go (the scan
         // below is for binaries stripped of their section headers).
-        _ if !elf.sections().is_empty() => return Err(BuildInfoError::NotGo),
+        _ if elf.sections().is_some() => return Err(BuildInfoError::NotGo),
         _ => {
             // Stripped of section headers: the blob is 16-byte aligned in a data segment.
             let mut found = None;
@@ -306,46 +278,49 @@ pub fn read_image(f: &std::fs::File, size: u64, sections: &[&str]) -> Option<Vec
         Some(())
     };
     fill(&mut img, 0, 64)?;
-    Elf::parse(&img).ok()?;
-    let (phoff, phentsize, phnum) = (u64le(&img, 0x20)?, u16le(&img, 0x36)?, u16le(&img, 0x38)?);
-    let (shoff, shentsize, shnum) = (u64le(&img, 0x28)?, u16le(&img, 0x3a)?, u16le(&img, 0x3c)?);
+    let e = LittleEndian;
+    let h = *Elf::parse(&img).ok()?.h;
+    let (phoff, phentsize, phnum) = (h.e_phoff(e), h.e_phentsize(e), h.e_phnum(e));
+    let (shoff, shentsize, shnum) = (h.e_shoff(e), h.e_shentsize(e), h.e_shnum(e));
     let ph_len = u64::from(phentsize).checked_mul(u64::from(phnum))?;
     if ph_len > 0 {
         fill(&mut img, phoff, ph_len)?;
     }
     let sh_len = u64::from(shentsize).checked_mul(u64::from(shnum))?;
     if shoff != 0 && sh_len > 0 && fill(&mut img, shoff, sh_len).is_some() {
-        let elf = Elf::parse(&img).ok()?;
-        let secs = elf.sections();
-        let strndx = u16le(&img, 0x3e)? as usize;
-        let (str_off, str_size) = secs.get(strndx).map(|s| (s.offset, s.size))?;
-        fill(&mut img, str_off, str_size.min(1 << 20))?;
-        let elf = Elf::parse(&img).ok()?;
-        let wanted: Vec<(u64, u64)> = sections
-            .iter()
-            .filter_map(|n| elf.section(n))
-            // SHT_NOBITS sections (.bss) have no file bytes; an odd one is skipped.
-            .map(|s| (s.offset, s.size))
-            .collect();
+        // The section names, then the sections asked for.
+        let strtab = {
+            let headers = h.section_headers(e, img.as_slice()).ok()?;
+            let s = headers.get(usize::try_from(h.shstrndx(e, img.as_slice()).ok()?).ok()?)?;
+            (s.sh_offset(e), s.sh_size(e))
+        };
+        fill(&mut img, strtab.0, strtab.1.min(1 << 20))?;
+        let wanted: Vec<(u64, u64)> = {
+            let elf = Elf::parse(&img).ok()?;
+            sections
+                .iter()
+                .filter_map(|n| elf.section(n))
+                // SHT_NOBITS sections (.bss) have no file bytes.
+                .filter(|s| s.sh_type(e) != SHT_NOBITS)
+                .map(|s| (s.sh_offset(e), s.sh_size(e)))
+                .collect()
+        };
         for (off, len) in wanted {
             let _ = fill(&mut img, off, len);
         }
     } else {
         // No section headers: the build info sits in a writable segment.
-        for i in 0..u64::from(phnum) {
-            let o =
-                usize::try_from(phoff.checked_add(i.checked_mul(u64::from(phentsize))?)?).ok()?;
-            let (Some(kind), Some(flags), Some(off), Some(filesz)) = (
-                u32le(&img, o),
-                u32le(&img, o.checked_add(4)?),
-                u64le(&img, o.checked_add(8)?),
-                u64le(&img, o.checked_add(0x20)?),
-            ) else {
-                continue;
-            };
-            if kind == 1 && flags & 2 != 0 {
-                let _ = fill(&mut img, off, filesz);
-            }
+        let segments: Vec<(u64, u64)> = Elf::parse(&img)
+            .ok()?
+            .h
+            .program_headers(e, img.as_slice())
+            .ok()?
+            .iter()
+            .filter(|p| p.p_type(e) == PT_LOAD && p.p_flags(e).0 & PF_W.0 != 0)
+            .map(|p| (p.p_offset(e), p.p_filesz(e)))
+            .collect();
+        for (off, len) in segments {
+            let _ = fill(&mut img, off, len);
         }
     }
     Some(img)
@@ -373,7 +348,7 @@ pub fn go_func_offset(bytes: &[u8], name: &str) -> Option<u64> {
     // textStart is filled in at load time by some linkers (0 in the file):
     // entry offsets are then from the start of .text (runtime.text).
     let text_start = match word(2)? {
-        0 => elf.section(".text")?.addr,
+        0 => elf.section(".text")?.sh_addr(LittleEndian),
         t => t,
     };
     let funcname_off = word(3)? as usize;

@@ -35,8 +35,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    AGENT_TGID, ENV_ALL_EXECS, FILTER_UID, MM_START_STACK_OFF, TASK_MM_OFF, TOOLS, TRACKED,
-    count_lost, current_task, emit, emit_now, inserted, is_tracked, parent_tgid, tp_field,
+    AGENT_TGID, ENV_ALL_EXECS, MM_START_STACK_OFF, TASK_MM_OFF, TOOLS, TRACKED, count_lost,
+    current_task, emit, emit_now, foreign_uid, inserted, is_tracked, parent_tgid, tp_field,
 };
 
 mod args;
@@ -132,11 +132,7 @@ pub fn exec_sched_tp(ctx: TracePointContext) -> u32 {
 /// real uid (a set-uid program changes the effective one).
 #[inline(always)]
 pub(super) fn unrecorded(tgid: u32) -> bool {
-    if tgid == AGENT_TGID.load() {
-        return true;
-    }
-    let want = FILTER_UID.load();
-    want != agent_common::NO_UID_FILTER && bpf_get_current_uid_gid() as u32 != want
+    tgid == AGENT_TGID.load() || foreign_uid()
 }
 
 /// Whether the new program's argv/env can be read at `sched_process_exec`.

@@ -129,7 +129,8 @@ pub struct Cli {
     #[arg(long, value_delimiter = ',', help_heading = FILTERS, value_name = "PID")]
     pub pid: Vec<u32>,
     /// Only processes of this user (a name or a number; its real uid).
-    /// Applied in the kernel: other users' execs are not even recorded.
+    /// Applied in the kernel: other users' execs, forks and exits are not
+    /// even recorded.
     #[arg(long, help_heading = FILTERS, value_name = "USER")]
     pub uid: Option<String>,
     /// Only processes with this command name (comm, or the program's file
