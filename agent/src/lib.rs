@@ -19,6 +19,22 @@ pub mod events;
 pub mod finding;
 #[cfg(test)]
 mod fuzz_tests;
+/// What several modules' unit tests need.
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// A FIFO at `p` (a file that would block whoever opens it to read).
+    pub(crate) fn mkfifo(p: impl AsRef<std::path::Path>) {
+        use rustix::fs::{CWD, FileType, Mode, mknodat};
+        mknodat(
+            CWD,
+            p.as_ref(),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    }
+}
 pub mod pipeline;
 pub mod process;
 pub mod signal;

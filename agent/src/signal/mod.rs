@@ -85,4 +85,4 @@ pub fn with_readme_codes(readme: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

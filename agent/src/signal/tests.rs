@@ -12,8 +12,8 @@ fn root() -> PathBuf {
 }
 
 /// `AGENT_BLESS=1` (what `cargo xtask docs` sets) writes the generated file;
-/// otherwise it must already say what the catalogue says.
-fn generated(rel: &str, want: &str) {
+/// otherwise it must already say what the code generates.
+pub(crate) fn generated(rel: &str, want: &str) {
     let p = root().join(rel);
     if std::env::var_os("AGENT_BLESS").is_some() {
         std::fs::write(&p, want).unwrap();
@@ -22,7 +22,7 @@ fn generated(rel: &str, want: &str) {
     let have = std::fs::read_to_string(&p).unwrap_or_default();
     assert!(
         have == want,
-        "{rel} is not what the finding catalogue generates: run `cargo xtask docs`"
+        "{rel} is not what the code generates (the finding catalogue, the clap definition): run `cargo xtask docs`"
     );
 }
 

@@ -246,14 +246,7 @@ mod tests {
         // A FIFO named go.mod is not read (and does not block).
         let f = d.join("fifo");
         std::fs::create_dir_all(&f).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            f.join("go.mod"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        crate::test_util::mkfifo(f.join("go.mod"));
         assert!(requirements(&fs, &f.display().to_string(), none).is_empty());
         std::fs::remove_dir_all(d).ok();
     }

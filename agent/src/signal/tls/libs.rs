@@ -442,14 +442,7 @@ mod tests {
         }
         // An environ that is a FIFO is passed over, not waited on.
         std::fs::create_dir_all(proc.join("12")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            proc.join("12/environ"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        crate::test_util::mkfifo(proc.join("12/environ"));
         let vars = host_go_vars(&proc);
         let dirs = vars.bin_dirs();
         assert!(vars.home.iter().any(|h| h == Path::new("/h")), "{vars:?}");
@@ -502,14 +495,7 @@ mod tests {
         exe(&d.join("bin2/python3"), b"#!/bin/sh\n");
         // A FIFO named go on PATH is passed over, not opened.
         std::fs::create_dir_all(d.join("bin3")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            d.join("bin3/go"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o755),
-            0,
-        )
-        .unwrap();
+        crate::test_util::mkfifo(d.join("bin3/go"));
         let env = vec![
             (
                 "PATH".to_string(),
