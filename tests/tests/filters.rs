@@ -44,7 +44,12 @@ fn records_until(mut agent: std::process::Child, out: &Path, want: &str) -> Vec<
 fn execs_of<'a>(lines: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
     lines
         .iter()
-        .filter(|l| l["type"] == "exec" && l["argv"][0].as_str().is_some_and(|a| a.ends_with(name)))
+        .filter(|l| {
+            l["type"] == "exec"
+                && l["argv"][0]
+                    .as_str()
+                    .is_some_and(|a| a.rsplit('/').next() == Some(name))
+        })
         .collect()
 }
 
@@ -130,16 +135,7 @@ fn cgroup_keeps_a_subtree_created_after_the_agent_started() {
     let dir = scratch("filter-cgroup");
     let out = dir.join("records.jsonl");
     let (inside, outside) = (program(&dir, "in-cgroup"), program(&dir, "off-cgroup"));
-    // cgroup v2's mount: /sys/fs/cgroup, or /sys/fs/cgroup/unified here.
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let v2 = mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup v2 mount");
-    let top = &v2.join("agent-filter-test");
+    let top = &cgroup_v2().join("agent-filter-test");
     let _ = std::fs::remove_dir(top.join("child"));
     let _ = std::fs::remove_dir(top);
     std::fs::create_dir(top).expect("cgroup v2 directory");
@@ -162,6 +158,82 @@ fn cgroup_keeps_a_subtree_created_after_the_agent_started() {
     let _ = std::fs::remove_dir(top.join("child"));
     let _ = std::fs::remove_dir(top);
     check(&lines, "in-cgroup", "off-cgroup");
+}
+
+/// cgroup v2's mount: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+/// hybrid hierarchy.
+fn cgroup_v2() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup v2 mount")
+}
+
+/// A pod as the kubelet and containerd lay it out: a cgroup
+/// `kubepods/besteffort/pod<uid>/<container id>`, and in the container's
+/// own mount namespace its hostname (the pod's name) and the service
+/// account's namespace file.
+#[test]
+fn namespace_and_pod_keep_one_pods_processes() {
+    require_root();
+    let dir = scratch("filter-pod");
+    let out = dir.join("records.jsonl");
+    // A program that lives a moment, as a pod's processes do.
+    let (inside, outside) = (dir.join("in-pod"), dir.join("off-pod"));
+    std::fs::copy("/bin/sleep", &inside).unwrap();
+    std::fs::copy("/bin/sleep", &outside).unwrap();
+    // One that is gone before its record is read (a compiler a build ran):
+    // known by its container's cgroup.
+    let short = program(&dir, "short-in-pod");
+    let top = cgroup_v2().join("kubepods");
+    let ctr = top.join(format!(
+        "besteffort/pod5f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/{}",
+        "c0ffee".repeat(10) + "c0ff"
+    ));
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("find {} -depth -type d -delete", top.display()))
+        .status();
+    std::fs::create_dir_all(&ctr).expect("cgroup v2 directories");
+    std::fs::write(dir.join("hostname"), "runner-x\n").unwrap();
+    let agent = start_live_agent_with(
+        &out,
+        &["--all-execs", "--namespace", "ci", "--pod", "runner-x"],
+    );
+    assert!(
+        Command::new(&outside)
+            .arg("0.5")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let script = format!(
+        // /var/run is /run on Debian: the tmpfs holds the service account.
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount && \
+         echo ci > /run/secrets/kubernetes.io/serviceaccount/namespace && \
+         mount --bind {host} /etc/hostname && echo $$ > {procs} && \
+         {{ {inside} 1 & sleep 0.3; {short}; wait; }}",
+        host = dir.join("hostname").display(),
+        procs = ctr.join("cgroup.procs").display(),
+        inside = inside.display(),
+        short = short.display(),
+    );
+    let st = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .status()
+        .unwrap();
+    assert!(st.success(), "the pod's process");
+    let lines = records_until(agent, &out, "short-in-pod");
+    assert_eq!(execs_of(&lines, "short-in-pod").len(), 1, "{lines:?}");
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("find {} -depth -type d -delete", top.display()))
+        .status();
+    check(&lines, "in-pod", "off-pod");
 }
 
 #[test]

@@ -83,11 +83,9 @@ fn place(
         .ancestors()
         .find(|p| p.is_dir())
         .unwrap_or(std::path::Path::new("/"));
-    let mode = if dst.file_name().is_some_and(|n| n == "agent") {
-        "0755"
-    } else {
-        "0644"
-    };
+    // The binary is the one file placed in `top` itself; the man page and
+    // completions (one of them also named `agent`) go below it.
+    let mode = if parent == top { "0755" } else { "0644" };
     if writable(first_existing) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;

@@ -188,6 +188,8 @@ pub struct LiveFilter {
     cgroup_ids: HashSet<u64>,
     /// Cgroup ids met that were not below `--cgroup` when walked.
     outside_ids: HashSet<u64>,
+    /// `--pod`/`--namespace`'s answer per cgroup id, from live processes.
+    pod_by_cgroup: HashMap<u64, bool>,
     pods: Option<PodDirectory>,
     decided: HashMap<u32, Lasting>,
 }
@@ -213,6 +215,7 @@ impl LiveFilter {
             cgroup_root: cgroup_root.to_path_buf(),
             cgroup_ids: HashSet::new(),
             outside_ids: HashSet::new(),
+            pod_by_cgroup: HashMap::new(),
             pods,
             decided: HashMap::new(),
         };
@@ -277,7 +280,8 @@ impl LiveFilter {
         let l = Lasting {
             in_tree: self.spec.pids.is_empty() || self.in_tree(pid, table),
             in_cgroup: self.spec.cgroup.is_none() || self.in_cgroup(pid, table),
-            in_pod: (self.spec.pod.is_none() && self.spec.namespace.is_none()) || self.in_pod(pid),
+            in_pod: (self.spec.pod.is_none() && self.spec.namespace.is_none())
+                || self.in_pod(pid, table),
         };
         if self.decided.len() >= MAX_DECIDED {
             self.decided.clear();
@@ -349,7 +353,34 @@ impl LiveFilter {
         inside
     }
 
-    fn in_pod(&self, pid: u32) -> bool {
+    /// In the pod asked for: decided from `/proc` (its cgroup, its own
+    /// hostname and service account) and remembered per cgroup id, so a
+    /// process of the same container that exits before its record is
+    /// handled (a compiler a build ran) is still recognised by its exec's
+    /// cgroup id.
+    fn in_pod(&mut self, pid: u32, table: &ProcTable) -> bool {
+        let cgroup = table
+            .get(pid)
+            .and_then(|p| p.current())
+            .map(|e| e.cgroup_id)
+            .filter(|&i| i != 0);
+        if let Some(known) = cgroup.and_then(|i| self.pod_by_cgroup.get(&i)) {
+            return *known;
+        }
+        let ok = self.pod_of_process(pid);
+        // Only what a live process said is remembered.
+        if let Some(i) = cgroup
+            && self.proc_root.join(pid.to_string()).is_dir()
+        {
+            if self.pod_by_cgroup.len() >= MAX_CGROUPS {
+                self.pod_by_cgroup.clear();
+            }
+            self.pod_by_cgroup.insert(i, ok);
+        }
+        ok
+    }
+
+    fn pod_of_process(&self, pid: u32) -> bool {
         let mut info = crate::process::k8s::of_process(&self.proc_root, pid);
         if let (Some(dir), Some(uid)) = (&self.pods, &info.pod_uid)
             && let Some((name, ns)) = dir.get(uid)
