@@ -161,16 +161,11 @@ fn cgroup_keeps_a_subtree_created_after_the_agent_started() {
 }
 
 /// cgroup v2's mount: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
-/// hybrid hierarchy.
+/// hybrid hierarchy (the agent's own lookup).
 fn cgroup_v2() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup v2 mount")
+    let root = agent::app::filter::cgroup_root();
+    assert!(root.join("cgroup.procs").is_file(), "a cgroup v2 mount");
+    root
 }
 
 /// A pod as the kubelet and containerd lay it out: a cgroup

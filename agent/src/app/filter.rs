@@ -246,13 +246,11 @@ impl LiveFilter {
     /// Whether records of `pid` are shown and exported.
     pub fn admits(&mut self, pid: u32, table: &ProcTable) -> bool {
         let exec = table.get(pid).and_then(|p| p.current());
-        let status = if exec.is_none() {
-            std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("status"))
-                .ok()
-                .map(|t| crate::process::invoker::parse_status(&t))
-        } else {
-            None
-        };
+        // `/proc` only for what the exec record cannot say, and only when
+        // a uid or name filter asks.
+        let needs_status =
+            exec.is_none() && (self.spec.uid.is_some() || !self.spec.comms.is_empty());
+        let status = needs_status.then(|| self.status(pid)).flatten();
         if let Some(want) = self.spec.uid {
             let uid = exec.map(|e| e.uid).or(status.as_ref().map(|s| s.uid[0]));
             if uid != Some(want) {
@@ -271,6 +269,13 @@ impl LiveFilter {
         }
         let l = self.lasting(pid, table);
         l.in_tree && l.in_cgroup && l.in_pod
+    }
+
+    /// `/proc/<pid>/status`, parsed; `None` once the process is gone.
+    fn status(&self, pid: u32) -> Option<crate::process::invoker::Status> {
+        let t =
+            std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("status")).ok()?;
+        Some(crate::process::invoker::parse_status(&t))
     }
 
     fn lasting(&mut self, pid: u32, table: &ProcTable) -> Lasting {
@@ -304,12 +309,10 @@ impl LiveFilter {
             {
                 return l.in_tree;
             }
-            let ppid = table.get(cur).map(|p| p.ppid).or_else(|| {
-                let t =
-                    std::fs::read_to_string(self.proc_root.join(cur.to_string()).join("status"))
-                        .ok()?;
-                Some(crate::process::invoker::parse_status(&t).ppid)
-            });
+            let ppid = table
+                .get(cur)
+                .map(|p| p.ppid)
+                .or_else(|| Some(self.status(cur)?.ppid));
             match ppid {
                 Some(p) if p > 1 && p != cur => cur = p,
                 _ => return false,
