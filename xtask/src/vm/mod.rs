@@ -253,7 +253,10 @@ pub fn run(opts: &Options, sink: &mut dyn FnMut(&str)) -> Result<Outcome> {
         .arg(&initrd)
         .args([
             "-append",
-            "console=ttyS0 panic=-1 quiet loglevel=1 rdinit=/init",
+            // A locked-up guest panics (and, with -no-reboot, ends qemu) in
+            // seconds instead of waiting out the timeout; loglevel 5 lets
+            // the lockup's stack trace reach the console.
+            "console=ttyS0 panic=-1 softlockup_panic=1 quiet loglevel=5 rdinit=/init",
             "-fsdev",
             "local,id=host,path=/,security_model=none,readonly=on,multidevs=remap",
             "-device",
@@ -279,6 +282,8 @@ pub fn run(opts: &Options, sink: &mut dyn FnMut(&str)) -> Result<Outcome> {
         false
     });
     let mut code = None;
+    // The guest kernel's first complaint, named in the error if it stops.
+    let mut oops: Option<String> = None;
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).split(b'\n') {
             let line = String::from_utf8_lossy(&line?)
@@ -286,6 +291,9 @@ pub fn run(opts: &Options, sink: &mut dyn FnMut(&str)) -> Result<Outcome> {
                 .to_string();
             if let Some(c) = line.strip_prefix(EXIT_MARK) {
                 code = c.trim().parse().ok();
+            }
+            if oops.is_none() && is_kernel_complaint(&line) {
+                oops = Some(line.clone());
             }
             sink(&line);
         }
@@ -303,8 +311,24 @@ pub fn run(opts: &Options, sink: &mut dyn FnMut(&str)) -> Result<Outcome> {
             boot_to_exit,
         }),
         None if timed_out => bail!("the guest did not finish in {} s", timeout.as_secs()),
-        None => bail!("the guest stopped before its command finished (see its console above)"),
+        None => match oops {
+            Some(o) => bail!("the guest kernel stopped: {o} (its trace is above)"),
+            None => bail!("the guest stopped before its command finished (see its console above)"),
+        },
     }
+}
+
+/// A console line where the guest kernel reports a lockup, a BUG or a panic.
+fn is_kernel_complaint(line: &str) -> bool {
+    [
+        "soft lockup",
+        "hard LOCKUP",
+        "BUG:",
+        "Kernel panic",
+        "rcu_sched self-detected stall",
+    ]
+    .iter()
+    .any(|m| line.contains(m))
 }
 
 /// `cargo xtask vm`: print the guest's console, exit with the command's code.

@@ -225,7 +225,7 @@ pub fn run(root: &Path, kernel: &str, no_btf: bool) -> Result<()> {
             &super::Options {
                 kernel: kernel.to_string(),
                 no_btf,
-                timeout: Duration::from_secs(3000),
+                timeout: Duration::from_secs(600),
                 cmd: vec!["sh".into(), "tests/vm/smoke.sh".into()],
                 memory_mib: 4096,
             },

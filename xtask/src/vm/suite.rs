@@ -107,7 +107,7 @@ pub fn run(
         &super::Options {
             kernel: kernel.to_string(),
             no_btf,
-            timeout: Duration::from_secs(5400),
+            timeout: Duration::from_secs(1800),
             cmd: vec!["sh".into(), "-c".into(), script(&tests, bins, args)],
             memory_mib: 4096,
         },
