@@ -156,7 +156,7 @@ fn text_formats() {
 
 #[test]
 fn tls_handshakes() {
-    use crate::tls::tests as t;
+    use agent_parse::tls::tests as t;
     // One control byte per segment (see `tls::fuzz_feed`), then the bytes.
     let mut seed = Vec::new();
     let ch = t::client_hello(&[0x0304, 0x0303], "proxy.golang.org", &["h2"], 0x0303);
@@ -165,22 +165,27 @@ fn tls_handshakes() {
         seed.extend(chunk);
     }
     let mut flight = t::server_hello(0x0304, false);
-    flight.extend(t::record(crate::tls::CT_ALERT, &[2, 70]));
+    flight.extend(t::record(agent_parse::tls::CT_ALERT, &[2, 70]));
     seed.push(0x80 | ((flight.len().min(505) - 1) / 8) as u8);
     seed.extend(&flight);
-    run(&seed, 7, crate::tls::fuzz_feed);
+    run(&seed, 7, agent_parse::tls::fuzz_feed);
 }
 
 #[test]
 fn dns_messages() {
-    let seed =
-        crate::dns::tests::message(7, "proxy.golang.org", 1, 0, &[[10, 0, 0, 5], [10, 0, 0, 6]]);
+    let seed = agent_parse::dns::tests::message(
+        7,
+        "proxy.golang.org",
+        1,
+        0,
+        &[[10, 0, 0, 5], [10, 0, 0, 6]],
+    );
     run(&seed, 8, |b| {
-        let _ = crate::dns::parse(b);
+        let _ = agent_parse::dns::parse(b);
     });
-    let nx = crate::dns::tests::message(8, "a.b.c.d", 28, 3, &[]);
+    let nx = agent_parse::dns::tests::message(8, "a.b.c.d", 28, 3, &[]);
     run(&nx, 9, |b| {
-        let _ = crate::dns::parse(b);
+        let _ = agent_parse::dns::parse(b);
     });
 }
 
@@ -188,7 +193,7 @@ fn dns_messages() {
 fn wire_records() {
     let mut rec = vec![0u8; std::mem::size_of::<agent_common::WireFixed>()];
     rec[0] = agent_common::EventKind::Wire as u8;
-    rec.extend(crate::dns::tests::message(1, "x.test", 1, 0, &[]));
+    rec.extend(agent_parse::dns::tests::message(1, "x.test", 1, 0, &[]));
     run(&rec, 10, |b| {
         if let Ok(crate::events::Event::Wire(w)) = crate::events::decode(b) {
             let mut tls = crate::signal::tls::TlsTracker::default();

@@ -9,7 +9,7 @@
 //! → `bpf` (load, probe, attach, maps) → `agent_common` (the kernel ABI).
 //! Pure parsers of untrusted bytes live in the `agent-parse` crate.
 
-pub use agent_parse::{btf, buildinfo, dns, scrub, tls};
+pub use agent_parse::{btf, buildinfo, scrub};
 
 pub mod app;
 pub mod bpf;

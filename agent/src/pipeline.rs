@@ -352,12 +352,11 @@ fn catalogued(out: Vec<Output>) -> Vec<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        dns::tests::message,
-        events::{
-            TcpPhase, WireKind, decode,
-            tests::{exec_record, wire},
-        },
+    use agent_parse::dns::tests::message;
+
+    use crate::events::{
+        TcpPhase, WireKind, decode,
+        tests::{exec_record, wire},
     };
 
     fn pipeline() -> Pipeline {

@@ -361,7 +361,7 @@ fn operation(
                     .unwrap_or_else(|| report.server.to_string()),
             ),
             report.start_ns,
-            matches!(report.verdict, crate::tls::Verdict::Completed),
+            matches!(report.verdict, agent_parse::tls::Verdict::Completed),
             report.end_ns,
         )),
         _ => None,

@@ -9,7 +9,7 @@ use agent_tests::{Live, rt};
 #[test]
 fn exec_events_built_at_sys_enter_match_the_fast_path() {
     // SAFETY: the only test of this binary, set before any thread reads the environment.
-    unsafe { std::env::set_var(agent::bpf::load::EXEC_AT_ENTER_ENV, "1") };
+    unsafe { std::env::set_var(agent::bpf::kernel::EXEC_AT_ENTER_ENV, "1") };
     rt().block_on(async {
         let mut live = Live::start();
         // The fallback's whole-event table is sized for use (1 entry otherwise).

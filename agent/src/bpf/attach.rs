@@ -19,6 +19,37 @@ use super::{
     kernel::KernelInfo,
 };
 
+/// A function in this binary the uprobe probe attaches to.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn agent_uprobe_probe_target(x: u64) -> u64 {
+    std::hint::black_box(x.wrapping_add(1))
+}
+
+/// The tracepoint programs of `options`, each named once.
+pub(super) fn tracepoint_programs<'a>(
+    options: impl Iterator<Item = &'a hooks::HookOption>,
+) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    for opt in options {
+        for p in opt.programs {
+            let tp = matches!(p.attach, Attach::Tracepoint(..) | Attach::TailCall(..));
+            if tp && !names.contains(&p.name) {
+                names.push(p.name);
+            }
+        }
+    }
+    names
+}
+
+/// Load one tracepoint program ahead of its attach; a failure is only
+/// logged here, the attach that follows loads it again and reports it.
+pub(super) fn load_tracepoint(name: &str, p: &mut TracePoint) {
+    if let Err(e) = p.load() {
+        tracing::debug!(program = name, error = %super::error::one_line(&e), "preload failed");
+    }
+}
+
 /// An attachment owned outside its program, so shutdown can detach them all
 /// in parallel (each tracepoint detach waits for an RCU grace period: one
 /// after another they took 1.5 s for 26 links here). cgroup attachments
@@ -116,7 +147,7 @@ pub fn load_and_attach(
                 path: "/proc/self/exe".into(),
                 msg: e.to_string(),
             })?;
-            std::hint::black_box(super::probe::agent_uprobe_probe_target(1));
+            std::hint::black_box(agent_uprobe_probe_target(1));
             let p: &mut UProbe = typed(prog, name, "uprobe")?;
             if !loaded {
                 p.load().map_err(kerr)?;
@@ -250,7 +281,7 @@ pub fn detach_all(links: Vec<OwnedLink>) {
 /// one after another otherwise. A program that fails here is loaded again,
 /// and its error reported, by the attach that follows.
 fn preload_tracepoints(ebpf: &mut Ebpf, av: &Available, off: &dyn Fn(&str) -> bool) {
-    let names = super::probe::tracepoint_programs(
+    let names = tracepoint_programs(
         SIGNALS
             .iter()
             .filter(|s| s.implemented && !off(s.name))
@@ -268,7 +299,7 @@ fn preload_tracepoints(ebpf: &mut Ebpf, av: &Available, off: &dyn Fn(&str) -> bo
         .collect();
     std::thread::scope(|s| {
         for (name, p) in progs {
-            s.spawn(move || super::probe::load_tracepoint(name, p));
+            s.spawn(move || load_tracepoint(name, p));
         }
     });
 }

@@ -4,8 +4,12 @@
 
 use std::path::PathBuf;
 
-use super::{error::LoadError, load::EXEC_AT_ENTER_ENV, tracefs};
+use super::{error::LoadError, tracefs};
 use crate::btf::Btf;
+
+/// Set (to anything) to read argv/env at `sys_enter` as on kernels without
+/// BTF: the fallback path, for tests and for comparing the two.
+pub const EXEC_AT_ENTER_ENV: &str = "AGENT_EXEC_AT_ENTER";
 
 /// Facts about the running kernel gathered before loading.
 #[derive(Debug, Default)]

@@ -21,10 +21,6 @@ use super::{
 /// The BPF object built by `build.rs`, embedded in the binary.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
-/// Set (to anything) to read argv/env at `sys_enter` as on kernels without
-/// BTF: the fallback path, for tests and for comparing the two.
-pub const EXEC_AT_ENTER_ENV: &str = "AGENT_EXEC_AT_ENTER";
-
 /// Load the object (maps created, no program loaded yet).
 pub fn open(g: &Globals) -> Result<Ebpf, LoadError> {
     require_privileges()?;

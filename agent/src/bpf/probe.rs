@@ -9,18 +9,11 @@ use aya::{
 };
 
 use super::{
-    attach::{load_and_attach, unload},
+    attach::{load_and_attach, load_tracepoint, tracepoint_programs, unload},
     error::HookError,
-    hooks::{self, Attach, Available, HookKind, SIGNALS},
+    hooks::{self, Available, HookKind, SIGNALS},
     kernel::KernelInfo,
 };
-
-/// A function in this binary the uprobe probe attaches to.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn agent_uprobe_probe_target(x: u64) -> u64 {
-    std::hint::black_box(x.wrapping_add(1))
-}
 
 /// Load and attach the do-nothing program for `kind` (`prog`, taken from
 /// the object by its name), then detach and unload it.
@@ -108,30 +101,6 @@ pub fn likely_tracepoints(k: &KernelInfo) -> Vec<&'static str> {
     )
 }
 
-/// The tracepoint programs of `options`, each named once.
-pub(super) fn tracepoint_programs<'a>(
-    options: impl Iterator<Item = &'a hooks::HookOption>,
-) -> Vec<&'static str> {
-    let mut names = Vec::new();
-    for opt in options {
-        for p in opt.programs {
-            let tp = matches!(p.attach, Attach::Tracepoint(..) | Attach::TailCall(..));
-            if tp && !names.contains(&p.name) {
-                names.push(p.name);
-            }
-        }
-    }
-    names
-}
-
-/// Load one tracepoint program ahead of its attach; a failure is only
-/// logged here, the attach that follows loads it again and reports it.
-pub(super) fn load_tracepoint(name: &str, p: &mut TracePoint) {
-    if let Err(e) = p.load() {
-        tracing::debug!(program = name, error = %super::error::one_line(&e), "preload failed");
-    }
-}
-
 pub fn available(k: &KernelInfo, probes: &[(HookKind, Result<(), HookError>)]) -> Available {
     Available {
         btf: k.has_btf,
@@ -172,6 +141,7 @@ fn args_missing(k: &KernelInfo) -> Vec<hooks::TpArg> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bpf::hooks::Attach;
 
     #[test]
     fn the_agent_probes_only_what_a_signal_can_use() {

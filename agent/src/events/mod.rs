@@ -71,6 +71,15 @@ impl Losses {
     }
 }
 
+/// Working directory of process `pid` under `proc_root`, if it is still
+/// there. readlink of a /proc link formats a path the kernel holds; it never
+/// touches the directory's file system, so it cannot block.
+pub fn cwd_of(proc_root: &std::path::Path, pid: u32) -> Option<String> {
+    std::fs::read_link(proc_root.join(pid.to_string()).join("cwd"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -74,7 +74,7 @@ fn note_cwd(ev: &mut Event, proc_root: &Path) {
         && e.ok()
         && e.env_read
     {
-        e.cwd = crate::process::cwd_of(proc_root, e.tgid);
+        e.cwd = super::cwd_of(proc_root, e.tgid);
     }
 }
 

@@ -342,7 +342,7 @@ pub struct TlsJson<'a> {
     pid: u32,
     comm: &'a str,
     exe: Option<&'a str>,
-    local_side: &'a crate::tls::Side,
+    local_side: &'a agent_parse::tls::Side,
     client: std::net::SocketAddr,
     server: std::net::SocketAddr,
     sni: Option<&'a str>,
@@ -352,7 +352,7 @@ pub struct TlsJson<'a> {
     /// Its IANA name.
     cipher: Option<String>,
     alpn: &'a [String],
-    verdict: &'a crate::tls::Verdict,
+    verdict: &'a agent_parse::tls::Verdict,
     library: LibraryJson<'a>,
     duration_ms: f64,
 }
@@ -389,7 +389,7 @@ pub fn tls_json<'a>(style: &Style, r: &'a crate::signal::tls::TlsReport) -> TlsJ
 }
 
 pub fn tls_text(style: &Style, r: &crate::signal::tls::TlsReport) -> String {
-    use crate::tls::Verdict;
+    use agent_parse::tls::Verdict;
     let how = match &r.verdict {
         Verdict::Completed => paint(style, "32", "ok"),
         Verdict::Alert { alert } => paint(
@@ -398,7 +398,7 @@ pub fn tls_text(style: &Style, r: &crate::signal::tls::TlsReport) -> String {
             &format!(
                 "{} alert {}",
                 alert.from.name(),
-                crate::tls::alert_name(alert.description)
+                agent_parse::tls::alert_name(alert.description)
             ),
         ),
         Verdict::EncryptedAlert { from } => {

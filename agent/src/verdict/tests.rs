@@ -134,7 +134,7 @@ impl Run {
     }
 }
 
-use crate::dns;
+use agent_parse::dns;
 
 fn codes(j: &Judgement) -> Vec<&'static str> {
     j.causes.iter().map(|c| c.finding.code).collect()

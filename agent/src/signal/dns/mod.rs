@@ -16,8 +16,9 @@ use std::{
 use serde::Serialize;
 use serde_json::{Map, json};
 
+use agent_parse::dns;
+
 use crate::{
-    dns,
     events::Wire,
     finding::{Dedup, Finding, Severity},
     process::{
@@ -458,10 +459,9 @@ fn dns_cause_and_fix(code: &str, r: &DnsReport) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        dns::tests::message,
-        events::{WireKind, tests::wire},
-    };
+    use agent_parse::dns::tests::message;
+
+    use crate::events::{WireKind, tests::wire};
 
     #[test]
     fn dns_over_tcp_has_a_length_prefix() {

@@ -337,7 +337,7 @@ impl Analyzer {
         // kernel did not flag, or gone even then) now, or its parent's: the
         // one it inherited at fork (a shell running `cd m && go build` waits
         // for it), right unless the child changed directory before exec.
-        let cwd_of = |pid: u32| crate::process::cwd_of(&self.cfg.proc_root, pid);
+        let cwd_of = |pid: u32| crate::events::cwd_of(&self.cfg.proc_root, pid);
         out.cwd = e
             .cwd
             .clone()

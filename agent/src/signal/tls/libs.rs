@@ -111,7 +111,7 @@ impl LibNote {
     pub fn text(&self) -> String {
         match self {
             LibNote::OpensslHandshake(t) | LibNote::OpensslVerifyResult(t) => t.clone(),
-            LibNote::GoAlertSent(a) => crate::tls::alert_name(*a).to_string(),
+            LibNote::GoAlertSent(a) => agent_parse::tls::alert_name(*a).to_string(),
         }
     }
 
@@ -120,9 +120,9 @@ impl LibNote {
     pub fn about_certificate(&self) -> Option<String> {
         match self {
             LibNote::OpensslVerifyResult(v) => Some(format!("OpenSSL: {v}")),
-            LibNote::GoAlertSent(a) if crate::tls::is_certificate_alert(*a) => Some(format!(
+            LibNote::GoAlertSent(a) if agent_parse::tls::is_certificate_alert(*a) => Some(format!(
                 "Go crypto/tls sent alert {}",
-                crate::tls::alert_name(*a)
+                agent_parse::tls::alert_name(*a)
             )),
             _ => None,
         }

@@ -21,6 +21,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use agent_parse::tls::{Handshake, Side, Verdict, version_name};
 use serde::Serialize;
 
 use crate::{
@@ -28,7 +29,6 @@ use crate::{
     finding::{Dedup, Finding},
     process::{endpoints::EndpointSource, names::HostNames, owner::Owner, table::ProcTable},
     scrub::url::redact_urls,
-    tls::{Handshake, Side, Verdict, version_name},
 };
 
 /// The IANA name of a cipher suite (`TLS_AES_128_GCM_SHA256`), as the
@@ -359,11 +359,12 @@ impl TlsTracker {
 
 #[cfg(test)]
 mod tests {
+    use agent_parse::tls::{self, tests as t};
+
     use super::*;
     use crate::{
         events::{WireKind, tests::wire},
         process::names::NoNames,
-        tls::{self, tests as t},
     };
 
     #[test]

@@ -5,10 +5,9 @@ use super::codes;
 use serde_json::{Map, Value, json};
 
 use super::{TlsReport, TlsTracker};
-use crate::{
-    finding::{Finding, Severity},
-    tls::{self, Side, Verdict, alert_name},
-};
+use agent_parse::tls::{self, Side, Verdict, alert_name};
+
+use crate::finding::{Finding, Severity};
 
 impl TlsTracker {
     pub(super) fn findings(&mut self, r: &TlsReport) -> Vec<Finding> {

@@ -268,7 +268,7 @@ impl Instruments {
                 }
             }
             Output::Tls { report, .. } => {
-                let result = crate::tls::verdict_reason(&report.verdict);
+                let result = agent_parse::tls::verdict_reason(&report.verdict);
                 let ok = result == "completed";
                 self.tls_duration.record(
                     report.end_ns.saturating_sub(report.start_ns) as f64 / 1e9,

@@ -131,7 +131,7 @@ impl SpanBuilder {
 
     /// A handshake: its client span.
     pub(super) fn tls_span(&mut self, report: &TlsReport, analysed: bool, table: &ProcTable) {
-        let failed = !matches!(report.verdict, crate::tls::Verdict::Completed);
+        let failed = !matches!(report.verdict, agent_parse::tls::Verdict::Completed);
         if !(analysed || failed || !report.findings.is_empty()) {
             return;
         }
@@ -170,7 +170,7 @@ impl SpanBuilder {
             ));
         }
         let status = failed.then(|| {
-            let why = crate::tls::verdict_reason(&report.verdict);
+            let why = agent_parse::tls::verdict_reason(&report.verdict);
             attributes.push(kv_str(semconv::ERROR_TYPE, why.clone()));
             format!("TLS handshake: {why}")
         });
