@@ -11,10 +11,8 @@ use std::time::Instant;
 
 use agent::{
     events::Exec,
-    sink::{
-        output::{Format, Style, json_line},
-        records::exec_json,
-    },
+    render::{Format, Style, json_line},
+    signal::exec::render::exec_json,
 };
 
 fn exec() -> Exec {

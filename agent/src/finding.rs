@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::render::{Record, Style, clock, json_line, paint, rfc3339, unix_ns};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -146,4 +148,77 @@ pub fn errno_name(e: i32) -> String {
         libc::ECONNABORTED => "ECONNABORTED".into(),
         other => format!("errno {other}"),
     }
+}
+
+/// A finding as the sinks print it: always shown.
+pub struct FindingRecord<'a> {
+    pub finding: &'a Finding,
+    pub ktime_ns: u64,
+}
+
+impl Record for FindingRecord<'_> {
+    fn shown(&self, _all: bool, _json: bool) -> bool {
+        true
+    }
+    fn text(&self, style: &Style) -> String {
+        finding_text(style, self.finding, self.ktime_ns)
+    }
+    fn json(&self, style: &Style) -> String {
+        json_line(&finding_json(style, self.finding, self.ktime_ns))
+    }
+}
+
+#[derive(Serialize)]
+pub struct FindingJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    code: &'static str,
+    severity: Severity,
+    pid: u32,
+    summary: &'a str,
+    cause: &'a str,
+    fix: &'a str,
+    evidence: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+pub fn finding_json<'a>(style: &Style, f: &'a Finding, ktime_ns: u64) -> FindingJson<'a> {
+    FindingJson {
+        kind: "finding",
+        time: rfc3339(unix_ns(style, ktime_ns)),
+        code: f.code,
+        severity: f.severity,
+        pid: f.pid,
+        summary: &f.summary,
+        cause: &f.cause,
+        fix: &f.fix,
+        evidence: &f.evidence,
+    }
+}
+
+/// A finding for a person: its line, then what caused it and the fix.
+pub fn finding_text(style: &Style, f: &Finding, ktime_ns: u64) -> String {
+    let mut s = finding_head(style, f, ktime_ns);
+    for (label, v) in [("cause", &f.cause), ("fix", &f.fix)] {
+        if !v.is_empty() {
+            s.push_str(&format!("\n{:19}{label}: {v}", ""));
+        }
+    }
+    s
+}
+
+/// The finding's one line: time, severity, pid, code, summary.
+pub fn finding_head(style: &Style, f: &Finding, ktime_ns: u64) -> String {
+    let sev = match f.severity {
+        Severity::Error => paint(style, "1;31", "error"),
+        Severity::Warning => paint(style, "1;33", "warn "),
+        Severity::Info => paint(style, "1;34", "info "),
+    };
+    format!(
+        "{} {sev} {:>7} {} {}",
+        clock(style, ktime_ns),
+        f.pid,
+        paint(style, "1", f.code),
+        f.summary
+    )
 }

@@ -37,6 +37,7 @@ pub(crate) mod test_util {
 }
 pub mod pipeline;
 pub mod process;
+pub mod render;
 pub mod signal;
 pub mod sink;
 pub mod verdict;

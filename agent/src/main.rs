@@ -5,9 +5,9 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use agent::{
     app::cli::{ArgvArg, BpfLogArg, CiArg, Cli, Cmd, ColorArg, FormatArg},
     app::{self, RunOptions},
+    render::Format,
     signal::exec::AnalysisConfig,
     signal::exec::capture::DEFAULT_ENV_ALLOW,
-    sink::output::Format,
 };
 use clap::Parser as _;
 

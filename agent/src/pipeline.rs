@@ -14,6 +14,7 @@ use crate::{
     process::fsview::basename,
     process::table::ProcTable,
     process::{endpoints::EndpointSource, names::HostNames},
+    render::Record,
     signal::dns::{DnsConfig, DnsReport, DnsTracker},
     signal::exec::{AnalysisConfig, Analyzer, ExecAnalysis},
     signal::http::{HttpReport, HttpTracker},
@@ -65,6 +66,58 @@ impl Output {
             Output::Tcp { tcp, .. } => tcp.tgid,
             Output::Tls { report, .. } => report.owner.pid,
             Output::Dns { report, .. } => report.owner.pid,
+        }
+    }
+
+    /// `f` applied to the output as a [`Record`]: the one place that knows
+    /// which signal renders which output, so no sink has to.
+    pub fn with_record<R>(&self, f: impl FnOnce(&dyn Record) -> R) -> R {
+        use crate::{
+            finding::FindingRecord,
+            signal::{
+                dns::render::DnsRecord,
+                exec::render::{ExecRecord, ExitRecord},
+                tcp::render::TcpRecord,
+                tls::render::TlsRecord,
+            },
+        };
+        match self {
+            Output::Exec { exec, analysis } => f(&ExecRecord {
+                exec,
+                analysis: Some(analysis),
+            }),
+            Output::Exit {
+                exit,
+                name,
+                duration_ns,
+                analysed,
+            } => f(&ExitRecord {
+                exit,
+                name,
+                duration_ns: *duration_ns,
+                analysed: *analysed,
+            }),
+            Output::Finding { finding, ktime_ns } => f(&FindingRecord {
+                finding,
+                ktime_ns: *ktime_ns,
+            }),
+            Output::Tcp {
+                tcp,
+                report,
+                analysed,
+            } => f(&TcpRecord {
+                tcp,
+                report,
+                analysed: *analysed,
+            }),
+            Output::Tls { report, analysed } => f(&TlsRecord {
+                report,
+                analysed: *analysed,
+            }),
+            Output::Dns { report, analysed } => f(&DnsRecord {
+                report,
+                analysed: *analysed,
+            }),
         }
     }
 }

@@ -40,12 +40,12 @@ fn exec_reports_exact_path_argv_and_only_allow_listed_env() {
         assert_eq!(e.env_var("GOROOT"), Some("/opt/go"));
         assert!(!e.argv_truncated && !e.env_truncated && !e.no_enter);
         // Redaction happens at output.
-        let style = agent::sink::output::Style {
-            format: agent::sink::output::Format::Json,
+        let style = agent::render::Style {
+            format: agent::render::Format::Json,
             color: false,
             clock_offset_ns: 0,
         };
-        let j = agent::sink::output::json_line(&agent::sink::records::exec_json(&style, &e, None));
+        let j = agent::render::json_line(&agent::signal::exec::render::exec_json(&style, &e, None));
         assert!(!j.contains("pw@") && j.contains("***@proxy:3128"), "{j}");
     });
 }
@@ -498,15 +498,15 @@ fn the_environment_is_read_only_for_toolchains_their_trees_and_network_clients()
             "child of a tool: {e:?}"
         );
 
-        let style = agent::sink::output::Style {
-            format: agent::sink::output::Format::Json,
+        let style = agent::render::Style {
+            format: agent::render::Format::Json,
             color: false,
             clock_offset_ns: 0,
         };
         let mut c = Command::new("/bin/true");
         with_env(&mut c);
         let e = live.exec_of(&mut c).await;
-        let j = serde_json::to_value(agent::sink::records::exec_json(&style, &e, None))
+        let j = serde_json::to_value(agent::signal::exec::render::exec_json(&style, &e, None))
             .expect("record");
         assert_eq!(j["env_read"], serde_json::json!(false), "{j}");
         let _ = std::fs::remove_dir_all(&dir);

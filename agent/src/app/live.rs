@@ -9,8 +9,9 @@ use super::{
 };
 use crate::{
     pipeline::Pipeline,
-    sink::output::{self, Format, Style},
-    sink::records::render,
+    render::{Format, Style},
+    sink::output,
+    sink::output::render,
 };
 
 /// `agent` (live). Returns the process exit code.
@@ -98,7 +99,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                 if lost != last_lost {
                     last_lost = lost;
                     if json {
-                        print_line(&output::json_line(&loss_json(&losses)));
+                        print_line(&crate::render::json_line(&loss_json(&losses)));
                     } else {
                         tracing::warn!("events lost so far: {}", loss_json(&losses)["lost"]);
                     }
@@ -129,7 +130,7 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         let _ = d.await;
     }
     if json {
-        print_line(&output::json_line(&stats));
+        print_line(&crate::render::json_line(&stats));
     }
     Ok(0)
 }

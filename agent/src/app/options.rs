@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use crate::{
-    signal::dns::DnsConfig, signal::exec::AnalysisConfig, signal::tcp::NetConfig,
-    signal::tls::TlsConfig, sink::output::Format,
+    render::Format, signal::dns::DnsConfig, signal::exec::AnalysisConfig, signal::tcp::NetConfig,
+    signal::tls::TlsConfig,
 };
 
 /// Options shared by both modes.

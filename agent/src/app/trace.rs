@@ -9,9 +9,10 @@ use super::{
 };
 use crate::{
     pipeline::{Output, Pipeline},
+    render::{Format, Style},
     signal::exec::AnalysisConfig,
-    sink::output::{self, Format, Style},
-    sink::records::render,
+    sink::output,
+    sink::output::render,
     sink::report::TraceResult,
 };
 
@@ -375,8 +376,8 @@ pub async fn trace(
                     print_line(&line);
                 }
             }
-            print_line(&output::json_line(&r.judgement.json(r.exit_code)));
-            print_line(&output::json_line(&crate::sink::report::json(
+            print_line(&crate::render::json_line(&r.judgement.json(r.exit_code)));
+            print_line(&crate::render::json_line(&crate::sink::report::json(
                 &style, &r, &argv,
             )));
         }

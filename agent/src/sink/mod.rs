@@ -9,5 +9,4 @@ pub mod otlp;
 #[path = "otlp_off.rs"]
 pub mod otlp;
 pub mod output;
-pub mod records;
 pub mod report;

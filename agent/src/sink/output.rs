@@ -4,25 +4,9 @@
 //! values leave the agent.
 //!
 //! Owns: where lines go and what makes them safe to show. The records
-//! themselves are shaped in `records`.
+//! themselves are shaped by their signals (`crate::render::Record`).
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    Json,
-    /// The `agent trace` report as Markdown (records stay text).
-    Markdown,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Style {
-    pub format: Format,
-    pub color: bool,
-    /// boot-time ns → Unix ns.
-    pub clock_offset_ns: i128,
-}
-
-pub(crate) const WIDTH: usize = 120;
+use crate::render::{ESC_MARK, Format, Style};
 
 static SINK: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
 
@@ -50,10 +34,6 @@ pub fn emit(line: &str) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{line}");
 }
-
-/// Stands for ESC in what [`paint`] makes; only the sinks turn it into ESC,
-/// after every real control character of the data has been escaped.
-pub const ESC_MARK: char = '\u{E01B}';
 
 static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
 
@@ -83,7 +63,7 @@ pub fn set_format(f: Format) {
 
 /// The last step of every line the agent writes: secrets scrubbed (text:
 /// the line as a value; JSON: every string of the record, before it was
-/// serialised by [`json_line`]), control characters made harmless.
+/// serialised by [`crate::render::json_line`]), control characters made harmless.
 fn safe(s: &str) -> std::borrow::Cow<'_, str> {
     match FORMAT.get().copied().unwrap_or(Format::Text) {
         Format::Text | Format::Markdown => text_safe(s),
@@ -98,12 +78,6 @@ pub fn text_safe(s: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Borrowed(b) => terminal_safe(b),
         std::borrow::Cow::Owned(o) => std::borrow::Cow::Owned(terminal_safe(&o).into_owned()),
     }
-}
-
-/// Serialise a JSON record for a sink, every string in it scrubbed, straight
-/// from its value (no `serde_json::Value` tree on the way).
-pub fn json_line<T: serde::Serialize + ?Sized>(v: &T) -> String {
-    crate::scrub::ser::to_line(v)
 }
 
 /// The trace report (text) on stderr, or in `--output` when given.
@@ -206,64 +180,21 @@ impl Lines {
     }
 }
 
-pub(crate) fn unix_ns(style: &Style, ktime_ns: u64) -> i128 {
-    ktime_ns as i128 + style.clock_offset_ns
+/// The line `o` makes, or `None` when it is not shown (outside toolchains
+/// without `--all-execs`, and no finding).
+pub fn render(style: &Style, o: &crate::pipeline::Output, all_execs: bool) -> Option<String> {
+    let json = style.format == Format::Json;
+    o.with_record(|r| {
+        r.shown(all_execs, json)
+            .then(|| if json { r.json(style) } else { r.text(style) })
+    })
 }
 
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(unix_ns: i128) -> String {
-    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
-    let ms = (unix_ns.rem_euclid(1_000_000_000) / 1_000_000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-pub(crate) fn clock(style: &Style, ktime_ns: u64) -> String {
-    // HH:MM:SS.mmm of the RFC 3339 string.
-    rfc3339(unix_ns(style, ktime_ns))[11..23].to_string()
-}
-
-pub(crate) fn paint(style: &Style, code: &str, s: &str) -> String {
-    if style.color {
-        format!("{ESC_MARK}[{code}m{s}{ESC_MARK}[0m")
-    } else {
-        s.to_string()
-    }
-}
-
-pub(crate) fn fit(mut s: String, width: usize) -> String {
-    if s.chars().count() > width {
-        s = s.chars().take(width.saturating_sub(1)).collect();
-        s.push('…');
-    }
-    s
-}
-
-/// Allow-listed environment of an exec, redacted, as a JSON object.
 #[cfg(test)]
 mod tests {
     use std::ffi::OsStr;
+
+    use crate::render::{Format, Style, paint};
 
     #[test]
     fn colour_follows_the_conventions() {
@@ -309,15 +240,4 @@ mod tests {
         assert!(serde_json::from_str::<serde_json::Value>(&j).is_ok());
     }
     use super::*;
-
-    #[test]
-    fn rfc3339_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        // 2026-11-22T11:00:00.250Z
-        assert_eq!(
-            rfc3339(1_795_345_200_250_000_000),
-            "2026-11-22T11:00:00.250Z"
-        );
-        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
-    }
 }

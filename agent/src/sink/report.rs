@@ -18,9 +18,10 @@ use crate::{
     events::{Exec, Exit, Tcp},
     finding::{Finding, Severity},
     pipeline::Output,
+    render::Style,
     signal::exec::ExecAnalysis,
     signal::tcp::ConnReport,
-    sink::output::{self, Style},
+    sink::output,
 };
 
 /// What `agent trace` keeps for its report, bounded as the process table
@@ -342,7 +343,7 @@ pub fn text(style: &Style, r: &TraceResult, argv: &[String]) -> String {
             ..*style
         };
         for (t, rep) in &g.conns {
-            let line = crate::sink::records::tcp_text(&plain, t, rep);
+            let line = crate::signal::tcp::render::tcp_text(&plain, t, rep);
             let _ = writeln!(s, "  {}", line.split_once(' ').map(|x| x.1).unwrap_or(""));
         }
     }
@@ -351,7 +352,7 @@ pub fn text(style: &Style, r: &TraceResult, argv: &[String]) -> String {
     } else {
         let _ = writeln!(s, "findings:");
         for f in &g.findings {
-            let head = crate::sink::records::finding_head(style, f, 0);
+            let head = crate::finding::finding_head(style, f, 0);
             let _ = writeln!(s, "  {}", head.split_once(' ').map(|x| x.1).unwrap_or(""));
             for (k, v) in [("cause", &f.cause), ("fix", &f.fix)] {
                 if !v.is_empty() {
@@ -389,10 +390,9 @@ pub fn json(style: &Style, r: &TraceResult, argv: &[String]) -> Value {
         .outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Finding { finding, ktime_ns } => serde_json::to_value(
-                crate::sink::records::finding_json(style, finding, *ktime_ns),
-            )
-            .ok(),
+            Output::Finding { finding, ktime_ns } => {
+                serde_json::to_value(crate::finding::finding_json(style, finding, *ktime_ns)).ok()
+            }
             _ => None,
         })
         .collect();
@@ -649,7 +649,7 @@ mod tests {
         assert!(md.contains("#### Findings"), "{md}");
         let text = text(
             &Style {
-                format: output::Format::Text,
+                format: crate::render::Format::Text,
                 color: false,
                 clock_offset_ns: 0,
             },

@@ -7,6 +7,7 @@
 //! not: print or touch the kernel.
 
 pub mod codes;
+pub mod render;
 
 use std::{
     collections::HashMap,

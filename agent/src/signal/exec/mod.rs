@@ -14,6 +14,7 @@ use serde::Serialize;
 pub mod capture;
 pub mod gomod;
 pub mod pathres;
+pub mod render;
 #[cfg(test)]
 mod rule_tests;
 pub mod rules;

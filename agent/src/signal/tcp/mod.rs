@@ -5,6 +5,7 @@
 //! Owns: connection outcome rules. Must not: print or touch the kernel.
 
 pub mod codes;
+pub mod render;
 
 use std::{
     collections::HashMap,

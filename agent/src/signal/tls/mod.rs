@@ -7,6 +7,7 @@
 //! touch the kernel beyond attaching its uprobes (`probes`).
 
 pub mod codes;
+pub mod render;
 
 pub mod goplaces;
 pub mod libs;
