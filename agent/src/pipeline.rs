@@ -16,9 +16,9 @@ use crate::{
     process::{endpoints::EndpointSource, names::HostNames},
     render::Record,
     signal::dns::{DnsConfig, DnsReport, DnsTracker},
-    signal::exec::{AnalysisConfig, Analyzer, ExecAnalysis},
+    signal::exec::{AnalysisConfig, ExecAnalysis, ExecTracker},
     signal::http::{HttpReport, HttpTracker},
-    signal::tcp::{ConnReport, NetAnalyzer, NetConfig},
+    signal::tcp::{ConnReport, NetConfig, TcpTracker},
     signal::tls::{TlsConfig, TlsReport, TlsTracker},
 };
 
@@ -125,9 +125,9 @@ impl Output {
 /// Process table + analyzer: the stages after the collector.
 pub struct Pipeline {
     pub table: ProcTable,
-    pub analyzer: Analyzer,
-    pub net: NetAnalyzer,
-    pub fs: crate::signal::fs::FsAnalyzer,
+    pub analyzer: ExecTracker,
+    pub net: TcpTracker,
+    pub fs: crate::signal::fs::FsTracker,
     pub tls: TlsTracker,
     pub dns: DnsTracker,
     pub http: HttpTracker,
@@ -141,9 +141,9 @@ impl Pipeline {
             dns: DnsTracker::new(dns),
             http: HttpTracker::default(),
             table: ProcTable::default(),
-            fs: crate::signal::fs::FsAnalyzer::new(cfg.proc_root.clone()),
-            analyzer: Analyzer::new(cfg),
-            net: NetAnalyzer::new(net),
+            fs: crate::signal::fs::FsTracker::new(cfg.proc_root.clone()),
+            analyzer: ExecTracker::new(cfg),
+            net: TcpTracker::new(net),
             analysed: Default::default(),
         }
     }

@@ -16,7 +16,8 @@ use crate::{
 
 /// `agent` (live). Returns the process exit code.
 pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
-    let (mut k, mut rx) = Kernel::start(&opts.collector_options(), &opts.analysis.proc_root)?;
+    let (mut k, mut rx) =
+        Instrumentation::start(&opts.collector_options(), &opts.analysis.proc_root)?;
     let proc_root = opts.analysis.proc_root.clone();
     k.tls.probe_libssl(&mut k.collector, &proc_root);
     k.tls.probe_host_go(&mut k.collector, &proc_root);

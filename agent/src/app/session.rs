@@ -49,24 +49,24 @@ pub(super) fn print_line(s: &str) {
     output::emit(s);
 }
 
-/// The loaded programs and what userspace keeps beside them: where the
-/// TLS-library probes are, and the reader's counters.
-pub(super) struct Kernel {
+/// The agent's instrumentation of the kernel: the loaded programs, the
+/// TLS-library uprobes put on while it runs, and the reader's counters.
+pub(super) struct Instrumentation {
     pub collector: Collector,
     pub tls: TlsProbes,
     pub stats: Arc<Stats>,
 }
 
-impl Kernel {
+impl Instrumentation {
     /// Load and attach (the reader already running); see [`events::start`].
     pub fn start(
         opts: &CollectorOptions,
         proc_root: &std::path::Path,
-    ) -> anyhow::Result<(Kernel, EventRx)> {
+    ) -> anyhow::Result<(Instrumentation, EventRx)> {
         let (collector, rx) = events::start(opts, 65_536, proc_root)?;
         let stats = rx.stats();
         Ok((
-            Kernel {
+            Instrumentation {
                 collector,
                 tls: TlsProbes::default(),
                 stats,
@@ -203,7 +203,7 @@ pub(super) fn report_attach(c: &Collector) {
 /// Loss counters as one JSON object (kernel causes + decode errors).
 /// The `stats` record: every loss, the wire signals' counters, the
 /// TLS-library probes and the process table's bounds.
-pub fn full_stats(l: &Losses, k: &Kernel, pipeline: &crate::pipeline::Pipeline) -> Value {
+pub fn full_stats(l: &Losses, k: &Instrumentation, pipeline: &crate::pipeline::Pipeline) -> Value {
     let mut stats = loss_json(l);
     stats["wire"] = json!(pipeline.wire_stats());
     stats["uprobes"] = k.uprobe_stats();

@@ -69,7 +69,7 @@ impl TermSignals {
 
 /// Run `argv` (as the invoking user), observe its process tree, return what was seen.
 pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result<TraceResult> {
-    let (mut k, mut rx) = Kernel::start(
+    let (mut k, mut rx) = Instrumentation::start(
         &crate::bpf::CollectorOptions {
             // One command's tree: every connection is an event, and the
             // command is tracked from its fork on.
@@ -186,7 +186,7 @@ pub async fn trace_collect(opts: &RunOptions, argv: &[String]) -> anyhow::Result
 
 /// Attached and the command started as its user: keep only what the
 /// running agent uses, and KILL to signal the command's group.
-fn settle(k: &mut Kernel, root: u32) {
+fn settle(k: &mut Instrumentation, root: u32) {
     let mut extra = k.uprobe_caps();
     extra.push(crate::app::privs::CAP_KILL);
     drop_privileges(&extra);
@@ -207,7 +207,7 @@ fn note_parent(parents: &mut std::collections::HashMap<u32, u32>, p: &Pipeline, 
 /// The TLS libraries and Go toolchains the command can reach, attached
 /// before it starts; the account it runs as.
 fn attach_ahead(
-    k: &mut Kernel,
+    k: &mut Instrumentation,
     opts: &RunOptions,
     argv: &[String],
 ) -> anyhow::Result<crate::process::invoker::Invoker> {
@@ -277,7 +277,7 @@ fn trace_pipeline(opts: &RunOptions) -> Pipeline {
 
 /// What a traced run has when its command is done.
 struct Finished<'a> {
-    k: Kernel,
+    k: Instrumentation,
     opts: &'a RunOptions,
     pipeline: Pipeline,
     otlp: Option<crate::sink::otlp::Otlp>,

@@ -188,7 +188,7 @@ pub struct Shadowed {
 }
 
 #[derive(Default)]
-pub struct Analyzer {
+pub struct ExecTracker {
     cfg: AnalysisConfig,
     buildinfo: HashMap<FileKey, Option<Arc<BuildInfo>>>,
     /// Identities of host files by path and file, for `IDENTITY_TTL`.
@@ -215,7 +215,7 @@ fn is_python_name(n: &str) -> bool {
     n == "python" || n.starts_with("python3") || n.starts_with("python2") || n.starts_with("pip")
 }
 
-impl Analyzer {
+impl ExecTracker {
     pub fn new(cfg: AnalysisConfig) -> Self {
         Self {
             cfg,
@@ -406,7 +406,7 @@ mod tests {
         let tool = d.join("tool");
         let p = tool.display().to_string();
         std::fs::write(&tool, "#!/bin/sh\necho\n").unwrap();
-        let mut a = Analyzer::default();
+        let mut a = ExecTracker::default();
         let fs = FsView::host();
         assert_eq!(a.identify(&fs, &p).interpreter.as_deref(), Some("/bin/sh"));
         assert_eq!(a.identities.len(), 1);

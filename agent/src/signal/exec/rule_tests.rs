@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{AnalysisConfig, Analyzer, ExecAnalysis};
+use super::{AnalysisConfig, ExecAnalysis, ExecTracker};
 use crate::{
     process::fsview::tests::tempdir, process::table::ProcTable, process::table::tests_support::exec,
 };
@@ -18,7 +18,7 @@ const PID: u32 = 4242;
 
 struct Case {
     dir: PathBuf,
-    analyzer: Analyzer,
+    analyzer: ExecTracker,
     table: ProcTable,
     t: u64,
 }
@@ -30,7 +30,7 @@ impl Case {
         std::fs::create_dir_all(dir.join("cwd")).unwrap();
         symlink(dir.join("cwd"), dir.join(format!("proc/{PID}/cwd"))).unwrap();
         Case {
-            analyzer: Analyzer::new(AnalysisConfig {
+            analyzer: ExecTracker::new(AnalysisConfig {
                 proc_root: dir.join("proc"),
                 ..Default::default()
             }),
@@ -139,7 +139,7 @@ fn a_script_whose_interpreter_is_another_envs_is_caught() {
     let mut a = c.analyzer.cfg.clone();
     a.all = true;
     a.tools.push("lint".into());
-    c.analyzer = Analyzer::new(a);
+    c.analyzer = ExecTracker::new(a);
     let r = c.run(
         &tool,
         "lint",

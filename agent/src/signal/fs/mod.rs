@@ -149,12 +149,12 @@ struct Pending {
 
 /// Aggregates faults into findings.
 #[derive(Default)]
-pub struct FsAnalyzer {
+pub struct FsTracker {
     pending: BTreeMap<String, Pending>,
     proc_root: PathBuf,
 }
 
-impl FsAnalyzer {
+impl FsTracker {
     pub fn new(proc_root: PathBuf) -> Self {
         Self {
             pending: BTreeMap::new(),

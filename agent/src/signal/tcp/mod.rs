@@ -136,7 +136,7 @@ pub fn proxy_in_force(env: &[(String, String)], dst: IpAddr, dport: u16) -> Opti
 }
 
 #[derive(Default)]
-pub struct NetAnalyzer {
+pub struct TcpTracker {
     cfg: NetConfig,
     /// EWMA of set-up latency (ns) and sample count per destination.
     baseline: HashMap<SocketAddr, (f64, u32)>,
@@ -155,7 +155,7 @@ pub struct ConnReport {
     pub findings: Vec<Finding>,
 }
 
-impl NetAnalyzer {
+impl TcpTracker {
     pub fn new(cfg: NetConfig) -> Self {
         Self {
             cfg,
@@ -560,7 +560,7 @@ mod tests {
         exec.env
             .push(("HTTPS_PROXY".into(), "http://u:tok@10.0.0.5:3128".into()));
         table.on_exec(std::sync::Arc::new(exec));
-        let mut n = NetAnalyzer::default();
+        let mut n = TcpTracker::default();
         let r = n
             .on_tcp(
                 &table,
@@ -612,7 +612,7 @@ mod tests {
     #[test]
     fn thresholds_are_configurable() {
         let table = ProcTable::default();
-        let mut n = NetAnalyzer::new(NetConfig {
+        let mut n = TcpTracker::new(NetConfig {
             slow_abs_ns: 200_000_000,
             ..NetConfig::default()
         });
@@ -620,7 +620,7 @@ mod tests {
             .on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 250), None)
             .unwrap();
         assert_eq!(r.findings[0].code, "net.slow_connect");
-        let mut n = NetAnalyzer::default();
+        let mut n = TcpTracker::default();
         assert!(
             n.on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 250), None)
                 .unwrap()
@@ -632,7 +632,7 @@ mod tests {
     #[test]
     fn slow_against_the_destinations_baseline() {
         let table = ProcTable::default();
-        let mut n = NetAnalyzer::default();
+        let mut n = TcpTracker::default();
         for _ in 0..5 {
             assert!(
                 n.on_tcp(&table, &tcp(TcpPhase::Established, 0, 0, 2), None)

@@ -54,7 +54,7 @@ pub fn origin_of_cgroup(text: &str) -> Option<Origin> {
     })
 }
 
-impl Analyzer {
+impl ExecTracker {
     /// `conda.env_mismatch` (conda envs and venvs alike): an entry point
     /// whose `#!` interpreter is another env's, or a binary of one env run
     /// while another is active.

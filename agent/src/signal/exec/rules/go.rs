@@ -16,7 +16,7 @@ pub struct Switch {
     pub from: String,
 }
 
-impl Analyzer {
+impl ExecTracker {
     /// Remember a `go` that will download another toolchain (Go >= 1.21
     /// switching for its go.mod / go.work or GOTOOLCHAIN), so a failed
     /// fetch from GOPROXY is explained as that download.

@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use serde_json::{Value, json};
 
 use super::{
-    Analyzer, EnvSeen, ExecAnalysis, Identity, Shadowed, bare_name, compared, gomod,
+    EnvSeen, ExecAnalysis, ExecTracker, Identity, Shadowed, bare_name, compared, gomod,
     gomod::GoVersion,
     is_python_name,
     pathres::{self, CandState, Candidate},

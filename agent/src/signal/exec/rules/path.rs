@@ -39,7 +39,7 @@ impl PathContext {
     }
 }
 
-impl Analyzer {
+impl ExecTracker {
     /// PATH resolution for a bare command name: the shim it was, if one,
     /// and the later candidates it hid (kept as context in the exec record).
     pub(in crate::signal::exec) fn path_context(
