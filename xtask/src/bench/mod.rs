@@ -22,11 +22,13 @@ use anyhow::{Context as _, Result, bail};
 use crate::toolchain::workspace_root;
 
 mod report;
+mod runs;
 mod stats;
 mod tracers;
 mod workloads;
 
 use report::*;
+use runs::*;
 use stats::*;
 use tracers::*;
 use workloads::*;
@@ -164,145 +166,6 @@ struct AgentLife {
     /// VmHWM once attached (its "watching" line), per start: what start-up
     /// itself took (the kernel's BTF parsed, the object loaded).
     pub(super) start_hwm_kib: Vec<f64>,
-}
-
-/// Run every workload in every mode it has, interleaved.
-fn measure(
-    workloads: &[Workload],
-    reps: usize,
-    run: Duration,
-    agent_only: bool,
-    out_dir: &Path,
-    life: &mut AgentLife,
-) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for &w in workloads {
-        eprintln!("bench: {}", w.name());
-        let mut modes = vec![Mode::Agent];
-        if !agent_only {
-            modes.insert(0, Mode::Bare);
-            modes.extend(w.peers());
-            if w.lean_args().is_some() {
-                modes.push(Mode::AgentLean);
-            }
-        }
-        let mut row = Row {
-            workload: w,
-            ops: BTreeMap::new(),
-            cpu_ns_per_op: BTreeMap::new(),
-            bpf_ns_per_event: BTreeMap::new(),
-            bpf_us_per_op: 0.0,
-            bpf_us_per_exec: None,
-            peer_bpf_us_per_op: BTreeMap::new(),
-            agent_cpu_us_per_op: None,
-            agent_cpu_us_per_event: None,
-            events_per_op: None,
-        };
-        let mut received = 0u64;
-        let mut cpu = Vec::new();
-        let mut mode_ops: BTreeMap<Mode, f64> = BTreeMap::new();
-        let mut bpf_t: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut peer_t: BTreeMap<Mode, BTreeMap<String, (u64, u64)>> = BTreeMap::new();
-        run_workload(w, 1, run / 3)?; // warm caches
-        for rep in 0..reps {
-            // Rotate the order each repetition so drift hits every mode alike.
-            for i in 0..modes.len() {
-                let mode = modes[(i + rep) % modes.len()];
-                let lean = if mode == Mode::AgentLean {
-                    w.lean_args().unwrap_or_default()
-                } else {
-                    &[]
-                };
-                let tracer = start(mode, out_dir, lean)?;
-                let pid = tracer.as_ref().map(|t| t.child.id());
-                if let Some(d) = tracer.as_ref().and_then(|t| t.startup) {
-                    life.startup_ms.push(d.as_secs_f64() * 1e3);
-                    if let Some(h) = pid.and_then(proc_hwm_kib) {
-                        life.start_hwm_kib.push(h as f64);
-                    }
-                }
-                let before = (mode != Mode::Bare).then(bpf_prog_stats);
-                let cpu0 = pid.and_then(proc_cpu_ns);
-                let busy0 = machine_busy_ns();
-                let done = run_workload(w, 1, run)?;
-                let busy = machine_busy_ns()
-                    .zip(busy0)
-                    .map(|(b, a)| b.saturating_sub(a) as f64);
-                if let Some(b) = &before {
-                    // Let the tracer drain what the workload produced before measuring its CPU.
-                    std::thread::sleep(Duration::from_millis(300));
-                    let after = bpf_prog_stats();
-                    if mode == Mode::Agent {
-                        stats_delta(b, &after, is_ours, &mut bpf_t);
-                    } else if mode == Mode::AgentLean {
-                        stats_delta(b, &after, is_ours, peer_t.entry(mode).or_default());
-                    } else {
-                        stats_delta(b, &after, |n| !is_ours(n), peer_t.entry(mode).or_default());
-                    }
-                }
-                if let (Mode::Agent, Some(p)) = (mode, pid) {
-                    if let (Some(c0), Some(c1)) = (cpu0, proc_cpu_ns(p)) {
-                        cpu.push((c1.saturating_sub(c0)) as f64);
-                    }
-                    life.peak_rss_kib = life.peak_rss_kib.max(proc_hwm_kib(p).unwrap_or(0));
-                    if let Some(r) = proc_rss_kib(p) {
-                        life.rss_kib.push(r as f64);
-                    }
-                }
-                if let Some(t) = tracer {
-                    let stats = stop(t)?;
-                    if mode == Mode::Agent {
-                        received += stats.map_or(0, |s| s.received);
-                    }
-                }
-                *mode_ops.entry(mode).or_default() += done.count(w);
-                let ops = done.rate(w);
-                row.ops.entry(mode).or_default().push(ops);
-                if let Some(b) = busy {
-                    row.cpu_ns_per_op
-                        .entry(mode)
-                        .or_default()
-                        .push(b / done.count(w).max(1e-9));
-                }
-                eprintln!("  rep {rep} {:<9} {:>10.1} ops/s", mode.name(), ops);
-            }
-        }
-        let iters = mode_ops.get(&Mode::Agent).copied().unwrap_or(0.0).max(1e-9);
-        let mut bpf_total_ns = 0u64;
-        for (name, (t, c)) in &bpf_t {
-            if *c > 0 {
-                row.bpf_ns_per_event
-                    .insert(name.clone(), *t as f64 / *c as f64);
-                bpf_total_ns += t;
-            }
-        }
-        row.bpf_us_per_op = bpf_total_ns as f64 / iters / 1e3;
-        let execs = bpf_t.get("exec_sched_tp").map_or(0, |v| v.1);
-        if matches!(
-            w,
-            Workload::ExecTrue | Workload::GoVersion | Workload::GoBuild
-        ) && execs > 0
-        {
-            row.bpf_us_per_exec = Some(bpf_total_ns as f64 / execs as f64 / 1e3);
-        }
-        for (m, t) in &peer_t {
-            let ns: u64 = t.values().map(|v| v.0).sum();
-            let n = mode_ops.get(m).copied().unwrap_or(0.0).max(1e-9);
-            row.peer_bpf_us_per_op.insert(*m, ns as f64 / n / 1e3);
-        }
-        if !cpu.is_empty() {
-            let cpu_ns: f64 = cpu.iter().sum();
-            row.agent_cpu_us_per_op = Some(cpu_ns / iters / 1e3);
-            row.events_per_op = Some(received as f64 / iters);
-            // Per event only where events are what the agent does: routine
-            // connections are counted in the kernel, not sent.
-            if received as f64 >= iters / 10.0 {
-                row.agent_cpu_us_per_event = Some(cpu_ns / received as f64 / 1e3);
-            }
-        }
-        rows.push(row);
-    }
-    Ok(rows)
 }
 
 /// The workloads and fixtures every run needs.

@@ -26,7 +26,7 @@ pub(super) fn write_report(
     life: &AgentLife,
     reps: usize,
 ) -> Result<()> {
-    use serde_json::{Map, json};
+    use serde_json::json;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = kernel.trim();
     let date = Command::new("date").arg("-u").arg("+%Y-%m-%d").output()?;
@@ -34,7 +34,33 @@ pub(super) fn write_report(
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let mut md = format!(
+    let (ratios, cpu_md, bpf_md, js_rows) = workload_tables(rows);
+    let mut md = intro(&date, kernel, cpus, reps);
+    md.push_str(&ratios);
+    md.push_str(&cost_sections(rows, &cpu_md, &bpf_md));
+    md.push_str(&goals(rows, over, life));
+    md.push_str(&capacity(cap, over, life));
+    let cap_ns_per_event = ns_per_event(cap);
+    let js = json!({
+        "date": date, "kernel": kernel, "cpus": cpus, "reps": reps, "run_secs": RUN.as_secs(),
+        "workloads": js_rows,
+        "agent": {"startup_ms": life.startup_ms, "steady_rss_kib": life.rss_kib, "start_hwm_kib": life.start_hwm_kib, "peak_rss_kib": life.peak_rss_kib.max(over.rss_kib)},
+        "capacity": {"exec_per_s": cap.exec_per_s, "tcp_per_s": cap.tcp_per_s, "events_received": cap.stats.received, "events_lost": cap.stats.lost, "agent_cpu_ns_per_event": cap_ns_per_event},
+        "overload": {"secs": over.secs, "execs": over.execs, "events_received": over.stats.received, "events_lost": over.stats.lost, "ring_full": over.stats.ring_full, "rss_kib": over.rss_kib},
+    });
+    let docs = workspace_root().join("docs");
+    std::fs::write(docs.join("benchmarks.md"), &md)?;
+    std::fs::write(
+        docs.join("benchmarks.json"),
+        serde_json::to_string_pretty(&js)? + "\n",
+    )?;
+    std::io::stdout().write_all(md.as_bytes())?;
+    Ok(())
+}
+
+/// The page's opening: when, where and how it was measured.
+fn intro(date: &str, kernel: &str, cpus: usize, reps: usize) -> String {
+    format!(
         "# Benchmarks\n\nMeasured by `cargo xtask bench` on {date}: kernel {kernel}, {cpus} CPUs. Each workload ran \
          {reps} times per mode for {} s, modes interleaved (order rotated each repetition) in one invocation. \
          *agent* is the release build in its default live mode (JSON to a file). The peers trace the same \
@@ -49,7 +75,20 @@ pub(super) fn write_report(
          with `--tools` naming nothing that runs (no toolchain analysis), TLS handshakes `--without \
          wire,tls_uprobes`, the bulk transfer `--without wire`.\n\n",
         RUN.as_secs()
-    );
+    )
+}
+
+/// The ratio table (returned first), machine CPU and BPF tables, and the
+/// JSON rows, one row per workload.
+fn workload_tables(
+    rows: &[Row],
+) -> (
+    String,
+    String,
+    String,
+    serde_json::Map<String, serde_json::Value>,
+) {
+    use serde_json::{Map, json};
     let cols = || {
         std::iter::once("agent")
             .chain(COLUMNS.iter().map(|m| m.name()))
@@ -57,10 +96,10 @@ pub(super) fn write_report(
             .join(" | ")
     };
     let seps = "|---".repeat(COLUMNS.len() + 3);
-    md.push_str(&format!(
+    let mut md = format!(
         "| workload | bare ops/s (min–max) | {} |\n{seps}|\n",
         cols()
-    ));
+    );
     let mut cpu_md = format!("| workload | bare | {} |\n{seps}|\n", cols());
     let mut bpf_md = format!(
         "| workload | {} |\n{}|\n",
@@ -143,13 +182,19 @@ pub(super) fn write_report(
             }),
         );
     }
+    (md, cpu_md, bpf_md, js_rows)
+}
+
+/// The machine-CPU, kernel-side and agent-CPU sections.
+fn cost_sections(rows: &[Row], cpu_md: &str, bpf_md: &str) -> String {
+    let mut md = String::new();
     md.push_str(
         "\n## Machine CPU per operation\n\nAll CPU time the machine spent during the run (every process and the \
          kernel: the workload, the tracer, BPF programs, anything else running; not idle, not steal; /proc/stat) \
          over the operations done, and its ratio to bare: what a tracer costs in CPU rather than in wall-clock \
          time, which a 2-CPU VM that is not fully busy partly hides. Ratios are paired as above.\n\n",
     );
-    md.push_str(&cpu_md);
+    md.push_str(cpu_md);
     md.push_str(
         "\n## Kernel-side cost (from `kernel.bpf_stats_enabled`)\n\nRun time of each tracer's programs during its runs of each \
          workload, from the kernel's own counters, per operation of the workload (for the peers: all programs \
@@ -157,7 +202,7 @@ pub(super) fn write_report(
          what a do-nothing program costs on the same hooks is in [architecture.md](architecture.md#cost-floor). \
          For the bulk transfer an operation is one 256 MiB transfer. BPF µs per op:\n\n",
     );
-    md.push_str(&bpf_md);
+    md.push_str(bpf_md);
     md.push_str("\nThe agent's programs, each one's average per run:\n\n| workload | program | ns per run |\n|---|---|---|\n");
     for r in rows {
         for (k, v) in &r.bpf_ns_per_event {
@@ -179,19 +224,33 @@ pub(super) fn write_report(
             us(r.agent_cpu_us_per_event)
         ));
     }
-    let cap_ns_per_event = if cap.stats.received > 0 {
+    md
+}
+
+/// The agent's CPU per event at capacity.
+fn ns_per_event(cap: &Capacity) -> f64 {
+    if cap.stats.received > 0 {
         cap.cpu_ns as f64 / cap.stats.received as f64
     } else {
         0.0
-    };
+    }
+}
+
+/// Median steady RSS and the start peak, MiB.
+fn rss_mib(life: &AgentLife) -> (f64, f64) {
+    (
+        median(&mut life.rss_kib.clone()) / 1024.0,
+        life.start_hwm_kib.iter().copied().fold(0.0, f64::max) / 1024.0,
+    )
+}
+
+/// The goals table: each goal of the overhead issue, met or not.
+fn goals(rows: &[Row], over: &Overload, life: &AgentLife) -> String {
+    let mut md = String::new();
     let startup_ms = median(&mut life.startup_ms.clone());
-    let steady_mib = median(&mut life.rss_kib.clone()) / 1024.0;
-    let peak_mib = life.peak_rss_kib.max(over.rss_kib) as f64 / 1024.0;
-    let start_peak_mib = life.start_hwm_kib.iter().copied().fold(0.0, f64::max) / 1024.0;
+    let (steady_mib, start_peak_mib) = rss_mib(life);
     let run_peak_mib = life.peak_rss_kib as f64 / 1024.0;
     let over_mib = over.rss_kib as f64 / 1024.0;
-
-    // Goals.
     let row = |k: &str| rows.iter().find(|r| r.workload.key() == k);
     let exec_us = row("exec_true").map(|r| r.bpf_us_per_op);
     let tool_exec_us = row("go_build").and_then(|r| r.bpf_us_per_exec);
@@ -269,7 +328,15 @@ pub(super) fn write_report(
         fmt(build_ratio, ""),
         verdict(build_ratio.is_some_and(|v| v >= 0.98))
     ));
-    md.push_str(&format!(
+    md
+}
+
+/// The capacity paragraph: the rate both cores reach, and what overload loses.
+fn capacity(cap: &Capacity, over: &Overload, life: &AgentLife) -> String {
+    let cap_ns_per_event = ns_per_event(cap);
+    let (steady_mib, _) = rss_mib(life);
+    let peak_mib = life.peak_rss_kib.max(over.rss_kib) as f64 / 1024.0;
+    format!(
         "\n(CPU time comes from /proc in 10 ms ticks: small per-run values are coarse.)\n\n## Capacity\n\n\
          Both cores driving the workload, agent attached: {:.0} execs/s and {:.0} \
          TCP connects/s; the agent received {} events and lost {} (ring buffer, tables, decode), \
@@ -292,20 +359,5 @@ pub(super) fn write_report(
         over.stats.ring_full,
         over.stats.received,
         over.rss_kib as f64 / 1024.0
-    ));
-    let js = json!({
-        "date": date, "kernel": kernel, "cpus": cpus, "reps": reps, "run_secs": RUN.as_secs(),
-        "workloads": js_rows,
-        "agent": {"startup_ms": life.startup_ms, "steady_rss_kib": life.rss_kib, "start_hwm_kib": life.start_hwm_kib, "peak_rss_kib": life.peak_rss_kib.max(over.rss_kib)},
-        "capacity": {"exec_per_s": cap.exec_per_s, "tcp_per_s": cap.tcp_per_s, "events_received": cap.stats.received, "events_lost": cap.stats.lost, "agent_cpu_ns_per_event": cap_ns_per_event},
-        "overload": {"secs": over.secs, "execs": over.execs, "events_received": over.stats.received, "events_lost": over.stats.lost, "ring_full": over.stats.ring_full, "rss_kib": over.rss_kib},
-    });
-    let docs = workspace_root().join("docs");
-    std::fs::write(docs.join("benchmarks.md"), &md)?;
-    std::fs::write(
-        docs.join("benchmarks.json"),
-        serde_json::to_string_pretty(&js)? + "\n",
-    )?;
-    std::io::stdout().write_all(md.as_bytes())?;
-    Ok(())
+    )
 }
