@@ -10,7 +10,11 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::render::{Record, Style, clock, json_line, paint, rfc3339, unix_ns};
+use crate::render::{
+    Meter, Metric, MetricKind, Record, Style, clock, json_line, metric, paint, rfc3339, unix_ns,
+};
+
+pub const FINDINGS: Metric = metric("agent.findings", "{finding}", MetricKind::Counter);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,6 +169,14 @@ impl Record for FindingRecord<'_> {
     }
     fn json(&self, style: &Style) -> String {
         json_line(&finding_json(style, self.finding, self.ktime_ns))
+    }
+    fn measure(&self, m: &dyn Meter) {
+        let f = self.finding;
+        m.add(
+            &FINDINGS,
+            1,
+            &[("code", f.code), ("severity", f.severity.name())],
+        );
     }
 }
 

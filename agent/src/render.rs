@@ -39,6 +39,71 @@ pub trait Record {
     fn text(&self, style: &Style) -> String;
     /// One JSON object on one line, `"type"` first, every string scrubbed.
     fn json(&self, style: &Style) -> String;
+    /// The client span it makes (a connection set-up, a lookup, a
+    /// handshake), if it is one worth exporting.
+    fn span(&self) -> Option<SpanDesc<'_>> {
+        None
+    }
+    /// Its measurements, each on one of its signal's [`Metric`]s.
+    fn measure(&self, _m: &dyn Meter) {}
+}
+
+/// A span attribute's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    StrArray(Vec<String>),
+}
+
+/// A finished client span as a signal describes it; the OTLP sink turns it
+/// into an SDK span under its process's span (and scrubs every string).
+#[derive(Debug)]
+pub struct SpanDesc<'a> {
+    /// Low-cardinality, as the semantic conventions want (`connect`, `dns
+    /// query`): addresses are attributes.
+    pub name: &'static str,
+    /// The process whose span it goes under.
+    pub pid: u32,
+    /// Boot-time ns.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+    /// Set when the operation failed: the span's error status.
+    pub error: Option<String>,
+    /// Added as span events.
+    pub findings: &'a [crate::finding::Finding],
+}
+
+/// What kind of instrument a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Histogram,
+    Gauge,
+}
+
+/// One exported metric: the instrument, the docs' row and the dashboard's
+/// checks all come from these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub kind: MetricKind,
+}
+
+pub const fn metric(name: &'static str, unit: &'static str, kind: MetricKind) -> Metric {
+    Metric { name, unit, kind }
+}
+
+/// Where a record's measurements go (the OTLP metrics sink). Labels come
+/// from small fixed sets: never pids, paths or argv.
+pub trait Meter {
+    /// Add `n` to a counter.
+    fn add(&self, m: &Metric, n: u64, labels: &[(&'static str, &str)]);
+    /// Record one value of a histogram (seconds for durations).
+    fn record(&self, m: &Metric, v: f64, labels: &[(&'static str, &str)]);
 }
 
 /// Serialise a JSON record for a sink, every string in it scrubbed, straight

@@ -29,6 +29,20 @@ pub fn code_doc(code: &str) -> Option<&'static CodeDoc> {
         .find(|c| c.code == code)
 }
 
+/// Every metric the signals' records are measured on (the OTLP sink makes
+/// one instrument each).
+pub fn metrics() -> impl Iterator<Item = &'static crate::render::Metric> {
+    [
+        exec::render::METRICS,
+        tcp::render::METRICS,
+        dns::render::METRICS,
+        tls::render::METRICS,
+        std::slice::from_ref(&crate::finding::FINDINGS),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// Whether a finding is one the catalogue allows: a listed code, one of its
 /// severities, and a cause and a fix to show.
 pub fn well_formed(f: &Finding) -> bool {

@@ -1,10 +1,20 @@
 //! How a lookup reads: a line with its answer or rcode, or a JSON object
 //! (`dns_lookup`).
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use serde::Serialize;
 
 use super::DnsReport;
-use crate::render::{Record, Style, clock, json_line, paint, rfc3339, unix_ns};
+use crate::render::{
+    AttrValue::{Int, Str, StrArray},
+    Meter, Metric, MetricKind, Record, SpanDesc, Style, clock, json_line, metric, paint, rfc3339,
+    unix_ns,
+};
+
+pub const DNS_DURATION: Metric = metric("agent.dns.lookup.duration", "s", MetricKind::Histogram);
+pub const DNS_FAILURES: Metric = metric("agent.dns.failures", "{lookup}", MetricKind::Counter);
+/// The dns signal's metrics.
+pub const METRICS: &[Metric] = &[DNS_DURATION, DNS_FAILURES];
 
 /// A lookup as the sinks print it.
 pub struct DnsRecord<'a> {
@@ -22,6 +32,63 @@ impl Record for DnsRecord<'_> {
     }
     fn json(&self, style: &Style) -> String {
         json_line(&dns_json(style, self.report))
+    }
+    fn span(&self) -> Option<SpanDesc<'_>> {
+        let report = self.report;
+        if !(self.analysed || !report.findings.is_empty()) {
+            return None;
+        }
+        let mut attributes = vec![
+            (semconv::DNS_QUESTION_NAME, Str(report.name.clone())),
+            // Not in the semantic conventions (0.33): ours, in their style.
+            ("agent.dns.question.type", Str(report.qtype.clone())),
+            (semconv::SERVER_ADDRESS, Str(report.server.ip().to_string())),
+            (semconv::SERVER_PORT, Int(report.server.port() as i64)),
+            (
+                semconv::NETWORK_TRANSPORT,
+                Str(if report.tcp { "tcp" } else { "udp" }.into()),
+            ),
+            (semconv::PROCESS_PID, Int(report.owner.pid as i64)),
+            ("agent.dns.attempts", Int(report.attempts as i64)),
+            (
+                semconv::DNS_ANSWERS,
+                StrArray(report.addresses.iter().map(|a| a.to_string()).collect()),
+            ),
+        ];
+        if let Some(rc) = &report.rcode {
+            attributes.push(("agent.dns.response_code", Str(rc.clone())));
+        }
+        let error = match (&report.rcode, report.timed_out) {
+            (_, true) => Some("timeout".to_string()),
+            (Some(rc), _) if rc != "NOERROR" => Some(rc.clone()),
+            _ => None,
+        };
+        let error = error.map(|e| {
+            attributes.push((semconv::ERROR_TYPE, Str(e.clone())));
+            format!("lookup {}: {e}", report.name)
+        });
+        Some(SpanDesc {
+            name: "dns query",
+            pid: report.owner.pid,
+            start_ns: report.start_ns,
+            end_ns: report.end_ns,
+            attributes,
+            error,
+            findings: &report.findings,
+        })
+    }
+    fn measure(&self, m: &dyn Meter) {
+        let report = self.report;
+        let rcode = if report.timed_out {
+            "timeout"
+        } else {
+            report.rcode.as_deref().unwrap_or_default()
+        };
+        let secs = report.end_ns.saturating_sub(report.start_ns) as f64 / 1e9;
+        m.record(&DNS_DURATION, secs, &[("rcode", rcode)]);
+        if rcode != "NOERROR" {
+            m.add(&DNS_FAILURES, 1, &[("rcode", rcode)]);
+        }
     }
 }
 

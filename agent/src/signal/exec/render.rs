@@ -7,8 +7,32 @@ use super::ExecAnalysis;
 use crate::{
     events::{Exec, Exit},
     finding::errno_name,
-    render::{Record, Style, WIDTH, clock, fit, json_line, paint, rfc3339, unix_ns, visible_len},
+    process::fsview::basename,
+    render::{
+        Meter, Metric, MetricKind, Record, Style, WIDTH, clock, fit, json_line, metric, paint,
+        rfc3339, unix_ns, visible_len,
+    },
 };
+
+pub const EXEC_COUNT: Metric = metric("agent.exec.count", "{exec}", MetricKind::Counter);
+pub const EXEC_FAILURES: Metric = metric("agent.exec.failures", "{exec}", MetricKind::Counter);
+pub const PROCESS_DURATION: Metric = metric("agent.process.duration", "s", MetricKind::Histogram);
+/// The exec signal's metrics.
+pub const METRICS: &[Metric] = &[EXEC_COUNT, EXEC_FAILURES, PROCESS_DURATION];
+
+/// A bounded toolchain label for metrics.
+pub fn toolchain_kind(exe: &str) -> &'static str {
+    let b = basename(exe);
+    if b == "go" || b.starts_with("go1.") || b == "gofmt" || b == "gopls" {
+        "go"
+    } else if b.starts_with("python") || b.starts_with("pip") {
+        "python"
+    } else if matches!(b, "conda" | "mamba" | "micromamba") {
+        "conda"
+    } else {
+        "other"
+    }
+}
 
 /// An exec as the sinks print it, with what its analysis found.
 pub struct ExecRecord<'a> {
@@ -31,6 +55,27 @@ impl Record for ExecRecord<'_> {
     fn json(&self, style: &Style) -> String {
         json_line(&exec_json(style, self.exec, self.analysis))
     }
+    fn measure(&self, m: &dyn Meter) {
+        let e = self.exec;
+        let kind = if e.ok() {
+            toolchain_kind(&e.exe)
+        } else {
+            "other"
+        };
+        let analysed = self.analysis.is_some_and(|a| a.analysed);
+        m.add(
+            &EXEC_COUNT,
+            1,
+            &[
+                ("toolchain", kind),
+                ("outcome", if e.ok() { "ok" } else { "failed" }),
+                ("analysed", if analysed { "true" } else { "false" }),
+            ],
+        );
+        if !e.ok() {
+            m.add(&EXEC_FAILURES, 1, &[("errno", &errno_name(e.errno))]);
+        }
+    }
 }
 
 /// An exit as the sinks print it.
@@ -52,6 +97,12 @@ impl Record for ExitRecord<'_> {
     }
     fn json(&self, style: &Style) -> String {
         json_line(&exit_json(style, self.exit, self.duration_ns))
+    }
+    fn measure(&self, m: &dyn Meter) {
+        if let (Some(d), true) = (self.duration_ns, self.analysed) {
+            let kind = toolchain_kind(self.name);
+            m.record(&PROCESS_DURATION, d as f64 / 1e9, &[("toolchain", kind)]);
+        }
     }
 }
 
@@ -228,6 +279,14 @@ pub fn exit_text(style: &Style, x: &Exit, name: &str, duration_ns: Option<u64>) 
 mod tests {
     use super::*;
     use crate::render::Format;
+
+    #[test]
+    fn toolchain_labels_are_bounded() {
+        assert_eq!(toolchain_kind("/usr/lib/go-1.19/bin/go"), "go");
+        assert_eq!(toolchain_kind("/x/bin/go1.22.0"), "go");
+        assert_eq!(toolchain_kind("/opt/conda/bin/python3.11"), "python");
+        assert_eq!(toolchain_kind("/usr/bin/make"), "other");
+    }
 
     #[test]
     fn lines_fit_and_secrets_do_not_leak() {

@@ -1,14 +1,33 @@
 //! How a connection attempt reads: a line with its outcome, duration and
 //! SYN retransmits, or a JSON object (`tcp_connect`).
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use serde::Serialize;
 
 use super::{ConnReport, Outcome};
 use crate::{
     events::Tcp,
     finding::errno_name,
-    render::{Record, Style, clock, json_line, paint, rfc3339, unix_ns},
+    render::{
+        AttrValue::{Bool, Int, Str},
+        Meter, Metric, MetricKind, Record, SpanDesc, Style, clock, json_line, metric, paint,
+        rfc3339, unix_ns,
+    },
 };
+
+pub const TCP_DURATION: Metric = metric("agent.tcp.connect.duration", "s", MetricKind::Histogram);
+pub const TCP_FAILURES: Metric = metric(
+    "agent.tcp.connect.failures",
+    "{connection}",
+    MetricKind::Counter,
+);
+pub const SYN_RETRANSMITS: Metric = metric(
+    "agent.tcp.syn_retransmits",
+    "{segment}",
+    MetricKind::Counter,
+);
+/// The tcp signal's metrics.
+pub const METRICS: &[Metric] = &[TCP_DURATION, TCP_FAILURES, SYN_RETRANSMITS];
 
 /// A connection attempt as the sinks print it.
 pub struct TcpRecord<'a> {
@@ -27,6 +46,70 @@ impl Record for TcpRecord<'_> {
     }
     fn json(&self, style: &Style) -> String {
         json_line(&tcp_json(style, self.tcp, self.report))
+    }
+    fn span(&self) -> Option<SpanDesc<'_>> {
+        let (tcp, report) = (self.tcp, self.report);
+        let failed = !matches!(report.outcome, Outcome::Established | Outcome::Cancelled);
+        if !(self.analysed || failed || !report.findings.is_empty()) {
+            return None;
+        }
+        let mut attributes = vec![
+            (semconv::SERVER_ADDRESS, Str(tcp.dst.to_string())),
+            (semconv::SERVER_PORT, Int(tcp.dport as i64)),
+            (semconv::NETWORK_PEER_ADDRESS, Str(tcp.dst.to_string())),
+            (semconv::NETWORK_PEER_PORT, Int(tcp.dport as i64)),
+            (semconv::NETWORK_LOCAL_ADDRESS, Str(tcp.src.to_string())),
+            (semconv::NETWORK_LOCAL_PORT, Int(tcp.sport as i64)),
+            (semconv::NETWORK_TRANSPORT, Str("tcp".into())),
+            (
+                semconv::NETWORK_TYPE,
+                Str(if tcp.dst.is_ipv4() { "ipv4" } else { "ipv6" }.into()),
+            ),
+            (semconv::PROCESS_PID, Int(tcp.tgid as i64)),
+            ("agent.tcp.outcome", Str(report.outcome.name().into())),
+            ("agent.tcp.syn_retransmits", Int(tcp.syn_retrans as i64)),
+        ];
+        let mut error = None;
+        if failed {
+            // Without BTF the reason is unknown: semconv's fallback value.
+            let err = if tcp.err > 0 {
+                errno_name(tcp.err)
+            } else {
+                "_OTHER".to_string()
+            };
+            error = Some(format!("connect {}: {err}", report.outcome.name()));
+            attributes.push((semconv::ERROR_TYPE, Str(err)));
+        }
+        if let Some(p) = &report.proxy {
+            attributes.push(("agent.proxy.variable", Str(p.variable.clone())));
+            attributes.push(("agent.proxy.is_destination", Bool(p.is_destination)));
+        }
+        Some(SpanDesc {
+            name: "connect",
+            pid: tcp.tgid,
+            start_ns: if tcp.no_start {
+                tcp.ktime_ns
+            } else {
+                tcp.start_ns
+            },
+            end_ns: tcp.ktime_ns,
+            attributes,
+            error,
+            findings: &report.findings,
+        })
+    }
+    fn measure(&self, m: &dyn Meter) {
+        let (tcp, report) = (self.tcp, self.report);
+        let outcome = report.outcome.name();
+        if let Some(d) = tcp.duration_ns() {
+            m.record(&TCP_DURATION, d as f64 / 1e9, &[("outcome", outcome)]);
+        }
+        if !matches!(report.outcome, Outcome::Established | Outcome::Cancelled) {
+            m.add(&TCP_FAILURES, 1, &[("reason", outcome)]);
+        }
+        if tcp.syn_retrans > 0 {
+            m.add(&SYN_RETRANSMITS, tcp.syn_retrans as u64, &[]);
+        }
     }
 }
 

@@ -1,11 +1,21 @@
 //! How a handshake reads: a line with its version and verdict, or a JSON
 //! object (`tls_handshake`) with the cipher's IANA name.
 
-use agent_parse::tls::{Side, Verdict, alert_name};
+use agent_parse::tls::{Side, Verdict, alert_name, verdict_reason};
+use opentelemetry_semantic_conventions::attribute as semconv;
 use serde::Serialize;
 
 use super::{LibNote, TlsReport, cipher_name};
-use crate::render::{Record, Style, clock, json_line, paint, rfc3339, unix_ns};
+use crate::render::{
+    AttrValue::{Int, Str},
+    Meter, Metric, MetricKind, Record, SpanDesc, Style, clock, json_line, metric, paint, rfc3339,
+    unix_ns,
+};
+
+pub const TLS_DURATION: Metric = metric("agent.tls.handshake.duration", "s", MetricKind::Histogram);
+pub const TLS_FAILURES: Metric = metric("agent.tls.failures", "{handshake}", MetricKind::Counter);
+/// The tls signal's metrics.
+pub const METRICS: &[Metric] = &[TLS_DURATION, TLS_FAILURES];
 
 /// A handshake as the sinks print it.
 pub struct TlsRecord<'a> {
@@ -23,6 +33,68 @@ impl Record for TlsRecord<'_> {
     }
     fn json(&self, style: &Style) -> String {
         json_line(&tls_json(style, self.report))
+    }
+    fn span(&self) -> Option<SpanDesc<'_>> {
+        let report = self.report;
+        let failed = !matches!(report.verdict, Verdict::Completed);
+        if !(self.analysed || failed || !report.findings.is_empty()) {
+            return None;
+        }
+        // `server.address` is the name the client asked for (the SNI) when
+        // it sent one, as the conventions want it (they retired
+        // `tls.client.server_name` for it); the IP is the peer's address.
+        let server = match &report.sni {
+            Some(sni) => sni.clone(),
+            None => report.server.ip().to_string(),
+        };
+        let mut attributes = vec![
+            (semconv::SERVER_ADDRESS, Str(server)),
+            (semconv::SERVER_PORT, Int(report.server.port() as i64)),
+            (
+                semconv::NETWORK_PEER_ADDRESS,
+                Str(report.server.ip().to_string()),
+            ),
+            (semconv::NETWORK_PEER_PORT, Int(report.server.port() as i64)),
+            (semconv::NETWORK_TRANSPORT, Str("tcp".into())),
+            (semconv::PROCESS_PID, Int(report.owner.pid as i64)),
+            ("agent.tls.local_side", Str(report.local.name().into())),
+            ("agent.tls.offered_versions", Str(report.offered.join(","))),
+        ];
+        if let Some(v) = &report.version {
+            attributes.push((semconv::TLS_PROTOCOL_NAME, Str("tls".into())));
+            attributes.push((
+                semconv::TLS_PROTOCOL_VERSION,
+                Str(v.trim_start_matches("TLS ").to_string()),
+            ));
+        }
+        if let Some(c) = report.cipher_suite {
+            attributes.push((semconv::TLS_CIPHER, Str(cipher_name(c))));
+        }
+        let error = failed.then(|| {
+            let why = verdict_reason(&report.verdict);
+            attributes.push((semconv::ERROR_TYPE, Str(why.clone())));
+            format!("TLS handshake: {why}")
+        });
+        Some(SpanDesc {
+            name: "tls handshake",
+            pid: report.owner.pid,
+            start_ns: report.start_ns,
+            end_ns: report.end_ns,
+            attributes,
+            error,
+            findings: &report.findings,
+        })
+    }
+    fn measure(&self, m: &dyn Meter) {
+        let report = self.report;
+        let result = verdict_reason(&report.verdict);
+        let ok = result == "completed";
+        let secs = report.end_ns.saturating_sub(report.start_ns) as f64 / 1e9;
+        let label = if ok { "completed" } else { "failed" };
+        m.record(&TLS_DURATION, secs, &[("result", label)]);
+        if !ok {
+            m.add(&TLS_FAILURES, 1, &[("reason", &result)]);
+        }
     }
 }
 

@@ -5,13 +5,18 @@
 //! code): never pids, paths or argv, so cardinality stays far below the
 //! SDK's per-metric limit (2000 series; beyond it, an overflow series).
 
+use std::collections::HashMap;
+
 use opentelemetry::{
     KeyValue,
     metrics::{Counter, Gauge, Histogram, Meter},
 };
 
 use super::model::kv_str;
-use crate::{pipeline::Output, process::fsview::basename, signal::tcp::Outcome};
+use crate::{
+    pipeline::Output,
+    render::{Metric, MetricKind as Kind, metric},
+};
 
 /// Seconds: from 100 µs to 2 min.
 const DURATION_BOUNDS: &[f64] = &[
@@ -19,18 +24,16 @@ const DURATION_BOUNDS: &[f64] = &[
     120.0,
 ];
 
+/// The instrument of one of the signals' metrics.
+enum Instrument {
+    Counter(Counter<u64>),
+    Histogram(Histogram<f64>),
+}
+
 pub struct Instruments {
-    exec_count: Counter<u64>,
-    exec_failures: Counter<u64>,
-    process_duration: Histogram<f64>,
-    tcp_duration: Histogram<f64>,
-    tcp_failures: Counter<u64>,
-    syn_retransmits: Counter<u64>,
-    dns_duration: Histogram<f64>,
-    dns_failures: Counter<u64>,
-    tls_duration: Histogram<f64>,
-    tls_failures: Counter<u64>,
-    findings: Counter<u64>,
+    /// The signals' metrics, by name: each signal's records say what they
+    /// measure (`render::Record::measure`).
+    signals: HashMap<&'static str, Instrument>,
     /// Self-metrics: totals the agent keeps, exported as monotonic sums
     /// (a dashboard's `rate()` works on them), and two levels as gauges.
     pub events_received: Total,
@@ -86,37 +89,6 @@ fn l(k: &'static str, v: impl Into<String>) -> KeyValue {
     kv_str(k, v)
 }
 
-/// What a metric is, for the instrument and for the checks that docs and
-/// the Grafana dashboard name only what is exported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Histogram,
-    Gauge,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Metric {
-    pub name: &'static str,
-    pub unit: &'static str,
-    pub kind: Kind,
-}
-
-const fn metric(name: &'static str, unit: &'static str, kind: Kind) -> Metric {
-    Metric { name, unit, kind }
-}
-
-const EXEC_COUNT: Metric = metric("agent.exec.count", "{exec}", Kind::Counter);
-const EXEC_FAILURES: Metric = metric("agent.exec.failures", "{exec}", Kind::Counter);
-const PROCESS_DURATION: Metric = metric("agent.process.duration", "s", Kind::Histogram);
-const TCP_DURATION: Metric = metric("agent.tcp.connect.duration", "s", Kind::Histogram);
-const TCP_FAILURES: Metric = metric("agent.tcp.connect.failures", "{connection}", Kind::Counter);
-const SYN_RETRANSMITS: Metric = metric("agent.tcp.syn_retransmits", "{segment}", Kind::Counter);
-const DNS_DURATION: Metric = metric("agent.dns.lookup.duration", "s", Kind::Histogram);
-const DNS_FAILURES: Metric = metric("agent.dns.failures", "{lookup}", Kind::Counter);
-const TLS_DURATION: Metric = metric("agent.tls.handshake.duration", "s", Kind::Histogram);
-const TLS_FAILURES: Metric = metric("agent.tls.failures", "{handshake}", Kind::Counter);
-const FINDINGS: Metric = metric("agent.findings", "{finding}", Kind::Counter);
 const EVENTS_RECEIVED: Metric = metric("agent.events.received", "{event}", Kind::Counter);
 const EVENTS_LOST: Metric = metric("agent.events.lost", "{event}", Kind::Counter);
 const DECODE_ERRORS: Metric = metric("agent.events.decode_errors", "{event}", Kind::Counter);
@@ -131,19 +103,8 @@ const QUEUE_DEPTH: Metric = metric("agent.export.queue_depth", "{span}", Kind::G
 const OPEN_SPANS: Metric = metric("agent.processes.open_spans", "{span}", Kind::Gauge);
 const FILES_SKIPPED: Metric = metric("agent.file_analysis.skipped", "{job}", Kind::Counter);
 
-/// Every metric the agent exports.
-pub const ALL: [Metric; 20] = [
-    EXEC_COUNT,
-    EXEC_FAILURES,
-    PROCESS_DURATION,
-    TCP_DURATION,
-    TCP_FAILURES,
-    SYN_RETRANSMITS,
-    DNS_DURATION,
-    DNS_FAILURES,
-    TLS_DURATION,
-    TLS_FAILURES,
-    FINDINGS,
+/// The agent's own metrics (its totals and levels).
+const SELF: [Metric; 9] = [
     EVENTS_RECEIVED,
     EVENTS_LOST,
     DECODE_ERRORS,
@@ -154,6 +115,11 @@ pub const ALL: [Metric; 20] = [
     OPEN_SPANS,
     FILES_SKIPPED,
 ];
+
+/// Every metric the agent exports: the signals' and its own.
+pub fn all() -> impl Iterator<Item = &'static Metric> {
+    crate::signal::metrics().chain(SELF.iter())
+}
 
 impl Instruments {
     pub fn new(m: &Meter) -> Self {
@@ -170,18 +136,15 @@ impl Instruments {
             label,
             seen: Default::default(),
         };
+        let signals = crate::signal::metrics()
+            .filter_map(|x| match x.kind {
+                Kind::Counter => Some((x.name, Instrument::Counter(counter(*x)))),
+                Kind::Histogram => Some((x.name, Instrument::Histogram(hist(*x)))),
+                Kind::Gauge => None,
+            })
+            .collect();
         Self {
-            exec_count: counter(EXEC_COUNT),
-            exec_failures: counter(EXEC_FAILURES),
-            process_duration: hist(PROCESS_DURATION),
-            tcp_duration: hist(TCP_DURATION),
-            tcp_failures: counter(TCP_FAILURES),
-            syn_retransmits: counter(SYN_RETRANSMITS),
-            dns_duration: hist(DNS_DURATION),
-            dns_failures: counter(DNS_FAILURES),
-            tls_duration: hist(TLS_DURATION),
-            tls_failures: counter(TLS_FAILURES),
-            findings: counter(FINDINGS),
+            signals,
             events_received: total(EVENTS_RECEIVED, ""),
             events_lost: total(EVENTS_LOST, "cause"),
             decode_errors: total(DECODE_ERRORS, ""),
@@ -195,112 +158,33 @@ impl Instruments {
     }
 }
 
-/// Bounded toolchain label.
-pub fn toolchain_kind(exe: &str) -> &'static str {
-    let b = basename(exe);
-    if b == "go" || b.starts_with("go1.") || b == "gofmt" || b == "gopls" {
-        "go"
-    } else if b.starts_with("python") || b.starts_with("pip") {
-        "python"
-    } else if matches!(b, "conda" | "mamba" | "micromamba") {
-        "conda"
-    } else {
-        "other"
+fn labels(labels: &[(&'static str, &str)]) -> Vec<KeyValue> {
+    labels.iter().map(|(k, v)| l(k, *v)).collect()
+}
+
+impl crate::render::Meter for Instruments {
+    fn add(&self, m: &Metric, n: u64, l: &[(&'static str, &str)]) {
+        if let Some(Instrument::Counter(c)) = self.signals.get(m.name) {
+            c.add(n, &labels(l));
+        }
+    }
+    fn record(&self, m: &Metric, v: f64, l: &[(&'static str, &str)]) {
+        if let Some(Instrument::Histogram(h)) = self.signals.get(m.name) {
+            h.record(v, &labels(l));
+        }
     }
 }
 
 impl Instruments {
+    /// Measure one output: its signal's record says on what.
     pub fn observe(&self, o: &Output) {
-        match o {
-            Output::Exec { exec, analysis } => {
-                let kind = if exec.ok() {
-                    toolchain_kind(&exec.exe)
-                } else {
-                    "other"
-                };
-                self.exec_count.add(
-                    1,
-                    &[
-                        l("toolchain", kind),
-                        l("outcome", if exec.ok() { "ok" } else { "failed" }),
-                        l("analysed", analysis.analysed.to_string()),
-                    ],
-                );
-                if !exec.ok() {
-                    self.exec_failures
-                        .add(1, &[l("errno", crate::finding::errno_name(exec.errno))]);
-                }
-            }
-            Output::Exit {
-                name,
-                duration_ns: Some(d),
-                analysed: true,
-                ..
-            } => {
-                self.process_duration
-                    .record(*d as f64 / 1e9, &[l("toolchain", toolchain_kind(name))]);
-            }
-            Output::Tcp { tcp, report, .. } => {
-                let outcome = l("outcome", report.outcome.name());
-                if let Some(d) = tcp.duration_ns() {
-                    self.tcp_duration.record(d as f64 / 1e9, &[outcome]);
-                }
-                if !matches!(report.outcome, Outcome::Established | Outcome::Cancelled) {
-                    self.tcp_failures
-                        .add(1, &[l("reason", report.outcome.name())]);
-                }
-                if tcp.syn_retrans > 0 {
-                    self.syn_retransmits.add(tcp.syn_retrans as u64, &[]);
-                }
-            }
-            Output::Dns { report, .. } => {
-                let rcode = if report.timed_out {
-                    "timeout".to_string()
-                } else {
-                    report.rcode.clone().unwrap_or_default()
-                };
-                self.dns_duration.record(
-                    report.end_ns.saturating_sub(report.start_ns) as f64 / 1e9,
-                    &[l("rcode", rcode.clone())],
-                );
-                if rcode != "NOERROR" {
-                    self.dns_failures.add(1, &[l("rcode", rcode)]);
-                }
-            }
-            Output::Tls { report, .. } => {
-                let result = agent_parse::tls::verdict_reason(&report.verdict);
-                let ok = result == "completed";
-                self.tls_duration.record(
-                    report.end_ns.saturating_sub(report.start_ns) as f64 / 1e9,
-                    &[l("result", if ok { "completed" } else { "failed" })],
-                );
-                if !ok {
-                    self.tls_failures.add(1, &[l("reason", result)]);
-                }
-            }
-            Output::Finding { finding, .. } => self.findings.add(
-                1,
-                &[
-                    l("code", finding.code),
-                    l("severity", finding.severity.name()),
-                ],
-            ),
-            _ => {}
-        }
+        o.with_record(|r| r.measure(self));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn toolchain_labels_are_bounded() {
-        assert_eq!(toolchain_kind("/usr/lib/go-1.19/bin/go"), "go");
-        assert_eq!(toolchain_kind("/x/bin/go1.22.0"), "go");
-        assert_eq!(toolchain_kind("/opt/conda/bin/python3.11"), "python");
-        assert_eq!(toolchain_kind("/usr/bin/make"), "other");
-    }
 
     /// The name a Prometheus-style backend gives an OTLP metric (the
     /// Collector's and Prometheus's OTLP translation): dots to
@@ -324,7 +208,7 @@ mod tests {
     #[test]
     fn the_grafana_dashboard_queries_only_exported_metrics() {
         let dashboard = include_str!("../../../../deploy/grafana-dashboard.json");
-        let exported: Vec<String> = ALL.iter().flat_map(prometheus_names).collect();
+        let exported: Vec<String> = all().flat_map(prometheus_names).collect();
         let mut queried = 0;
         for (i, _) in dashboard.match_indices("agent_") {
             let name: String = dashboard[i..]
@@ -350,7 +234,7 @@ mod tests {
     #[test]
     fn docs_list_every_metric_with_its_kind() {
         let docs = include_str!("../../../../docs/otlp.md");
-        for m in ALL {
+        for m in all() {
             let kind = format!("{:?}", m.kind).to_lowercase();
             let row = format!("| `{}` | {kind} | {} |", m.name, m.unit);
             assert!(docs.contains(&row), "docs/otlp.md lacks the row {row}");

@@ -31,10 +31,9 @@ use crate::{
     pipeline::Output,
     process::fsview::basename,
     process::table::ProcTable,
+    render::{AttrValue, SpanDesc},
     signal::exec::ExecAnalysis,
 };
-
-mod net;
 
 /// The SDK's random ids, except that the next span (and trace) id can be
 /// fixed in advance: `agent trace` hands the command TRACEPARENT of the
@@ -361,15 +360,39 @@ impl SpanBuilder {
             {
                 self.finding_event(finding, *ktime_ns, table)
             }
-            Output::Tcp {
-                tcp,
-                report,
-                analysed,
-            } => self.tcp_span(tcp, report, *analysed, table),
-            Output::Dns { report, analysed } => self.dns_span(report, *analysed, table),
-            Output::Tls { report, analysed } => self.tls_span(report, *analysed, table),
+            // Every other record says itself which client span it makes.
+            Output::Tcp { .. } | Output::Dns { .. } | Output::Tls { .. } => o.with_record(|r| {
+                if let Some(d) = r.span() {
+                    self.client_span(d, table)
+                }
+            }),
             _ => {}
         }
+    }
+
+    /// A client span a signal described (a connection set-up, a lookup, a
+    /// handshake), under its process's span, its findings as events.
+    fn client_span(&mut self, d: SpanDesc<'_>, table: &ProcTable) {
+        let cx = self.context(table, d.pid, d.pid, &[]);
+        let attributes = d
+            .attributes
+            .into_iter()
+            .map(|(k, v)| match v {
+                AttrValue::Str(s) => kv_str(k, s),
+                AttrValue::Int(i) => kv_int(k, i),
+                AttrValue::Bool(b) => kv_bool(k, b),
+                AttrValue::StrArray(a) => kv_str_array(k, &a),
+            })
+            .collect();
+        self.finished(
+            d.name.to_string(),
+            &cx,
+            at(self.offset, d.start_ns),
+            at(self.offset, d.end_ns),
+            attributes,
+            d.findings,
+            d.error,
+        );
     }
 
     /// A toolchain's exec: its process span (or an event on the open one).
