@@ -11,7 +11,7 @@ use crate::{
     bpf::{Collector, CollectorOptions, hooks::Choice},
     events::{self, EventRx, Losses, Stats},
     pipeline::Output,
-    signal::tls::probes::TlsProbes,
+    signal::tls::probes::{TlsProbes, UprobeAt, UprobeAttacher},
     sink::output,
 };
 
@@ -47,6 +47,30 @@ pub(super) fn start_otlp(
 
 pub(super) fn print_line(s: &str) {
     output::emit(s);
+}
+
+/// The TLS signal's uprobe requests, done on the loaded programs.
+impl UprobeAttacher for Collector {
+    fn tls_uprobes(&self) -> bool {
+        Collector::tls_uprobes(self)
+    }
+    fn attach_uprobe(
+        &mut self,
+        group: u64,
+        program: &str,
+        at: UprobeAt<'_>,
+        target: &std::path::Path,
+    ) -> Result<(), String> {
+        use aya::programs::uprobe::UProbeAttachLocation as L;
+        let at = match at {
+            UprobeAt::Symbol(s) => L::Symbol(s),
+            UprobeAt::Offset(o) => L::AbsoluteOffset(o),
+        };
+        Collector::attach_uprobe(self, group, program, at, target).map_err(|e| e.to_string())
+    }
+    fn release_uprobes(&mut self, group: u64) {
+        Collector::release_uprobes(self, group)
+    }
 }
 
 /// The agent's instrumentation of the kernel: the loaded programs, the

@@ -17,7 +17,32 @@ use super::{
     libs::{GO_PROGRAM, GO_SYMBOL, OSSL_PROBES, library_dirs, libssl_candidates, libssl_in_dir},
     targets::{Claim, TargetStats, Targets},
 };
-use crate::bpf::Collector;
+
+/// Where on a file a uprobe goes.
+#[derive(Clone, Copy, Debug)]
+pub enum UprobeAt<'a> {
+    Symbol(&'a str),
+    /// A file offset (a stripped Go binary's, from its function table).
+    Offset(u64),
+}
+
+/// What this signal asks of the kernel side: uprobes on files, released a
+/// group at a time. The session's instrumentation does it (the loaded
+/// programs are `bpf::Collector`'s); the signal never touches them.
+pub trait UprobeAttacher {
+    /// Whether the TLS-library programs are loaded at all.
+    fn tls_uprobes(&self) -> bool;
+    /// Attach `program` at `at` in `target`, in `group`.
+    fn attach_uprobe(
+        &mut self,
+        group: u64,
+        program: &str,
+        at: UprobeAt<'_>,
+        target: &Path,
+    ) -> Result<(), String>;
+    /// Let go of every uprobe of `group`.
+    fn release_uprobes(&mut self, group: u64);
+}
 
 /// The files probed so far, and when each library directory was last looked at.
 #[derive(Default)]
@@ -102,7 +127,7 @@ impl TlsProbes {
     /// to stay under the cap has its links released.
     fn claim(
         &mut self,
-        c: &mut Collector,
+        c: &mut dyn UprobeAttacher,
         target: &Path,
         f: &Opened,
         pinned: bool,
@@ -120,7 +145,7 @@ impl TlsProbes {
     }
 
     /// The attach of a claimed file failed: offered again next time.
-    fn unclaim(&mut self, c: &mut Collector, claim: &Claim) {
+    fn unclaim(&mut self, c: &mut dyn UprobeAttacher, claim: &Claim) {
         if let Some(g) = self.targets.forget(claim.key) {
             c.release_uprobes(g);
         }
@@ -129,7 +154,7 @@ impl TlsProbes {
     /// Release the probes of files that are gone (deleted, replaced): their
     /// links go to the collector's released list, to be detached off the
     /// event loop. Returns how many files.
-    pub fn sweep(&mut self, c: &mut Collector) -> usize {
+    pub fn sweep(&mut self, c: &mut dyn UprobeAttacher) -> usize {
         let gone = self.targets.sweep();
         for g in &gone {
             c.release_uprobes(*g);
@@ -144,7 +169,7 @@ impl TlsProbes {
 
     /// Attach the OpenSSL probes to every libssl known to the loader or mapped
     /// by a process now; returns how many files were new.
-    pub fn probe_libssl(&mut self, c: &mut Collector, proc_root: &Path) -> usize {
+    pub fn probe_libssl(&mut self, c: &mut dyn UprobeAttacher, proc_root: &Path) -> usize {
         if !c.tls_uprobes() {
             return 0;
         }
@@ -157,7 +182,7 @@ impl TlsProbes {
     /// Through the process's own root while it lives (a container's files).
     pub fn probe_libssl_near(
         &mut self,
-        c: &mut Collector,
+        c: &mut dyn UprobeAttacher,
         exec: &crate::events::Exec,
         proc_root: &Path,
     ) -> usize {
@@ -173,7 +198,7 @@ impl TlsProbes {
     /// host's files when `root` is gone).
     pub fn probe_libssl_for(
         &mut self,
-        c: &mut Collector,
+        c: &mut dyn UprobeAttacher,
         exe: &str,
         env: &[(String, String)],
         root: &Path,
@@ -201,7 +226,7 @@ impl TlsProbes {
 
     fn probe_libssl_files(
         &mut self,
-        c: &mut Collector,
+        c: &mut dyn UprobeAttacher,
         files: Vec<PathBuf>,
         pinned: bool,
     ) -> usize {
@@ -217,7 +242,7 @@ impl TlsProbes {
             let mut any = false;
             let at = f.fd_path();
             for (program, symbol) in OSSL_PROBES {
-                match c.attach_uprobe(claim.group, program, (*symbol).into(), &at) {
+                match c.attach_uprobe(claim.group, program, UprobeAt::Symbol(symbol), &at) {
                     Ok(()) => {
                         any = true;
                         tracing::debug!(path = %p.display(), symbol, "OpenSSL probe attached")
@@ -236,7 +261,13 @@ impl TlsProbes {
 
     /// Attach the Go crypto/tls probe to the program `pid` runs (`exe` when
     /// the process is gone).
-    pub fn probe_go(&mut self, c: &mut Collector, pid: u32, exe: &str, proc_root: &Path) -> bool {
+    pub fn probe_go(
+        &mut self,
+        c: &mut dyn UprobeAttacher,
+        pid: u32,
+        exe: &str,
+        proc_root: &Path,
+    ) -> bool {
         // A host path run again lately: not even resolved again.
         if exe.starts_with('/') && self.fresh_now(Path::new(exe)) {
             return false;
@@ -264,7 +295,12 @@ impl TlsProbes {
     /// `.gopclntab` read, never the whole binary; kept in stripped builds
     /// too), else by symbol. `pinned`: probed ahead of time, kept while the
     /// file exists.
-    pub fn probe_go_file(&mut self, c: &mut Collector, target: &Path, pinned: bool) -> bool {
+    pub fn probe_go_file(
+        &mut self,
+        c: &mut dyn UprobeAttacher,
+        target: &Path,
+        pinned: bool,
+    ) -> bool {
         if !c.tls_uprobes() {
             return false;
         }
@@ -306,7 +342,7 @@ impl TlsProbes {
     /// [`TlsProbes::probe_go_file`] for a file already opened (`f`, at `target`).
     fn probe_go_opened(
         &mut self,
-        c: &mut Collector,
+        c: &mut dyn UprobeAttacher,
         target: &Path,
         f: &Opened,
         pinned: bool,
@@ -319,18 +355,11 @@ impl TlsProbes {
         let at = f.fd_path();
         let r = match offset {
             Some(off) => c
-                .attach_uprobe(
-                    claim.group,
-                    GO_PROGRAM,
-                    aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off),
-                    &at,
-                )
-                .map(|()| Some(off))
-                .map_err(|e| e.to_string()),
+                .attach_uprobe(claim.group, GO_PROGRAM, UprobeAt::Offset(off), &at)
+                .map(|()| Some(off)),
             None => c
-                .attach_uprobe(claim.group, GO_PROGRAM, GO_SYMBOL.into(), &at)
-                .map(|()| None)
-                .map_err(|e| e.to_string()),
+                .attach_uprobe(claim.group, GO_PROGRAM, UprobeAt::Symbol(GO_SYMBOL), &at)
+                .map(|()| None),
         };
         match r {
             Ok(Some(offset)) => tracing::debug!(exe, offset, "Go crypto/tls probe attached"),
@@ -354,7 +383,7 @@ impl TlsProbes {
     /// look per process, one probe per file. `exe`: the path it was run by.
     pub fn on_tls_client(
         &mut self,
-        c: &mut Collector,
+        c: &mut dyn UprobeAttacher,
         tgid: u32,
         exe: Option<&str>,
         proc_root: &Path,
@@ -388,7 +417,7 @@ impl TlsProbes {
     /// file). The race with its first handshake is then the attach alone.
     pub fn on_exec_early(
         &mut self,
-        c: &mut Collector,
+        c: &mut dyn UprobeAttacher,
         exec: &crate::events::Exec,
         proc_root: &Path,
     ) {
@@ -431,7 +460,7 @@ impl TlsProbes {
     /// its file, the OpenSSL probes on the libssl files it may `dlopen`.
     pub fn on_exec(
         &mut self,
-        c: &mut Collector,
+        c: &mut dyn UprobeAttacher,
         exec: &crate::events::Exec,
         go: bool,
         proc_root: &std::path::Path,
@@ -465,7 +494,7 @@ impl TlsProbes {
     /// then probed, not only later runs'.
     pub fn probe_reachable(
         &mut self,
-        c: &mut Collector,
+        c: &mut dyn UprobeAttacher,
         argv: &[String],
         env: &[(String, String)],
         cwd: Option<&std::path::Path>,
@@ -495,7 +524,7 @@ impl TlsProbes {
     /// known on the host (see [`super::libs::host_go_vars`]), so a `go` the
     /// agent has not seen run yet is probed on its first run; the roots
     /// where new toolchains appear are watched from now on.
-    pub fn probe_host_go(&mut self, c: &mut Collector, proc_root: &std::path::Path) {
+    pub fn probe_host_go(&mut self, c: &mut dyn UprobeAttacher, proc_root: &std::path::Path) {
         if !c.tls_uprobes() {
             return;
         }
@@ -515,7 +544,7 @@ impl TlsProbes {
 
     /// A program's environment (an exec with its variables): the Go
     /// toolchains in places it names that were not looked at yet.
-    pub fn learn_go_places(&mut self, c: &mut Collector, env: &[(String, String)]) {
+    pub fn learn_go_places(&mut self, c: &mut dyn UprobeAttacher, env: &[(String, String)]) {
         if !c.tls_uprobes() {
             return;
         }
@@ -530,7 +559,7 @@ impl TlsProbes {
 
     /// The tick: toolchains that appeared under a watched root (a module
     /// cache's `golang.org/`, a home's `sdk/`) since the last look.
-    pub fn rescan_go_toolchains(&mut self, c: &mut Collector) {
+    pub fn rescan_go_toolchains(&mut self, c: &mut dyn UprobeAttacher) {
         if !c.tls_uprobes() {
             return;
         }
@@ -543,7 +572,7 @@ impl TlsProbes {
 
     /// The crypto/tls probe on the `go` of each directory, pinned; how many
     /// were new. Past [`MAX_PRE_ATTACHED`] the rest are counted, not probed.
-    fn pre_attach(&mut self, c: &mut Collector, dirs: Vec<PathBuf>) -> usize {
+    fn pre_attach(&mut self, c: &mut dyn UprobeAttacher, dirs: Vec<PathBuf>) -> usize {
         let mut n = 0;
         for d in dirs {
             if self.places.stats.pre_attached >= MAX_PRE_ATTACHED {
