@@ -160,3 +160,96 @@ fn the_step_summary_gets_the_markdown_and_the_outputs_the_verdict() {
     assert!(String::from_utf8_lossy(&stdout).starts_with("::error title="));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The rules of the JUnit schema Jenkins validates against (xunit-plugin's
+/// `junit-10.xsd`, which GitLab's and Buildkite's parsers accept too),
+/// checked on a real XML parse of what we write for a hostile command line.
+#[test]
+fn junit_follows_the_schema_jenkins_validates_against() {
+    let argv: Vec<String> = [
+        "sh",
+        "-c",
+        "echo ']]> <x a=\"1\"> & \u{1}\u{7}\u{1b}[31m \u{feff}é 日本 \u{10ffff}'",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let ok = TraceResult {
+        exit_code: 0,
+        judgement: Judgement::default(),
+        ..result()
+    };
+    let unexplained = TraceResult {
+        exit_code: 2,
+        judgement: Judgement::default(),
+        ..result()
+    };
+    for r in [result(), ok, unexplained] {
+        let x = junit(&r, &argv, 12_345.678);
+        let doc = roxmltree::Document::parse(&x).unwrap_or_else(|e| panic!("{e}: {x}"));
+        let root = doc.root_element();
+        assert_eq!(root.tag_name().name(), "testsuites");
+        // SUREFIRE_TIME: digits, optionally a fraction.
+        let time_ok = |t: &str| {
+            let (i, f) = t.split_once('.').unwrap_or((t, ""));
+            !i.is_empty()
+                && i.bytes().all(|b| b.is_ascii_digit())
+                && f.bytes().all(|b| b.is_ascii_digit())
+        };
+        for n in root.descendants().filter(|n| n.is_element()) {
+            let tag = n.tag_name().name();
+            let (required, children): (&[&str], &[&str]) = match tag {
+                "testsuites" => (&[], &["testsuite"]),
+                "testsuite" => (
+                    &["name", "tests", "failures", "errors"],
+                    &[
+                        "testsuite",
+                        "properties",
+                        "testcase",
+                        "system-out",
+                        "system-err",
+                    ],
+                ),
+                "testcase" => (
+                    &["name"],
+                    &["skipped", "error", "failure", "system-out", "system-err"],
+                ),
+                "failure" | "error" | "skipped" | "system-out" | "system-err" => (&[], &[]),
+                other => panic!("{other} is not in the schema: {x}"),
+            };
+            for a in required {
+                assert!(n.attribute(*a).is_some(), "{tag} lacks {a}: {x}");
+            }
+            for c in n.children().filter(|c| c.is_element()) {
+                assert!(
+                    children.contains(&c.tag_name().name()),
+                    "{tag} > {:?}: {x}",
+                    c.tag_name()
+                );
+            }
+            if matches!(tag, "testsuites" | "testsuite")
+                && let Some(t) = n.attribute("time")
+            {
+                assert!(time_ok(t), "{tag} time={t}");
+            }
+        }
+        let case = root
+            .descendants()
+            .find(|n| n.has_tag_name("testcase"))
+            .unwrap_or_else(|| panic!("no testcase: {x}"));
+        // The command survives the escaping, minus what XML cannot carry.
+        let name = case.attribute("name").unwrap_or_default();
+        assert!(name.contains("]]> <x a=\"1\"> & "), "{name}");
+        assert!(name.contains("é 日本 \u{10ffff}"), "{name}");
+        let failures = case
+            .children()
+            .filter(|c| c.has_tag_name("failure"))
+            .count();
+        let counted: usize = root
+            .attribute("failures")
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(99);
+        assert_eq!(counted, usize::from(failures > 0), "{x}");
+        assert_eq!(failures > 0, r.exit_code != 0, "{x}");
+    }
+}
