@@ -162,15 +162,29 @@ fn labels(labels: &[(&'static str, &str)]) -> Vec<KeyValue> {
     labels.iter().map(|(k, v)| l(k, *v)).collect()
 }
 
+/// A signal measured on a metric `signal::metrics()` does not list, or
+/// with the wrong kind of instrument: caught in every debug build (the
+/// integration tests run one), where a struct field used to be checked by
+/// the compiler.
+fn unlisted(m: &Metric) {
+    debug_assert!(
+        false,
+        "{} ({:?}) is not among signal::metrics()",
+        m.name, m.kind
+    );
+}
+
 impl crate::render::Meter for Instruments {
     fn add(&self, m: &Metric, n: u64, l: &[(&'static str, &str)]) {
-        if let Some(Instrument::Counter(c)) = self.signals.get(m.name) {
-            c.add(n, &labels(l));
+        match self.signals.get(m.name) {
+            Some(Instrument::Counter(c)) => c.add(n, &labels(l)),
+            _ => unlisted(m),
         }
     }
     fn record(&self, m: &Metric, v: f64, l: &[(&'static str, &str)]) {
-        if let Some(Instrument::Histogram(h)) = self.signals.get(m.name) {
-            h.record(v, &labels(l));
+        match self.signals.get(m.name) {
+            Some(Instrument::Histogram(h)) => h.record(v, &labels(l)),
+            _ => unlisted(m),
         }
     }
 }
