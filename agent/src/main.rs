@@ -61,6 +61,12 @@ fn main() -> ExitCode {
     {
         return file_worker();
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == agent::app::traced::GATE_ARG)
+    {
+        return agent::app::traced::gate_main();
+    }
     agent::app::traced::save_initial_limits();
     let cli = Cli::parse();
     if let Some(code) = generated(&cli) {
@@ -108,9 +114,10 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(code) => return code,
     };
+    let via = served(&cli);
     match cli.cmd {
         Some(Cmd::Check { probe }) => check(probe, format, color),
-        cmd => run(cmd, opts, trace),
+        cmd => run(cmd, opts, trace, via),
     }
 }
 
@@ -182,6 +189,10 @@ fn who_asked(cli: &Cli) -> Result<agent::process::invoker::Invoker, ExitCode> {
         Some(Cmd::Check { probe }) => *probe,
         Some(Cmd::Completions { .. } | Cmd::Man) => false,
     };
+    if served(cli).is_some() {
+        // A running agent traces it: no sudo, no password.
+        return Ok(invoker);
+    }
     if needs_bpf && !cli.no_elevate && !cli.elevated && agent::app::elevate::needed() {
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         return Err(match agent::app::elevate::reexec(&args) {
@@ -193,6 +204,19 @@ fn who_asked(cli: &Cli) -> Result<agent::process::invoker::Invoker, ExitCode> {
         });
     }
     Ok(invoker)
+}
+
+/// The trace service `agent trace` goes through: when it cannot load
+/// programs itself and a running agent serves one (`--trace-socket`,
+/// `$AGENT_TRACE_SOCKET`, /run/agent/trace.sock).
+fn served(cli: &Cli) -> Option<std::path::PathBuf> {
+    if !matches!(cli.cmd, Some(Cmd::Trace { .. })) || cli.elevated {
+        return None;
+    }
+    if !agent::app::elevate::needed() {
+        return None;
+    }
+    agent::app::service::client_socket(cli.trace_socket.as_deref())
 }
 
 /// `tracing` on stderr through the scrubber (`AGENT_LOG`, `--bpf-log`).
@@ -369,6 +393,10 @@ fn run_options(
         invoker: Some(invoker),
         without,
         filter,
+        trace_socket: match cli.cmd {
+            None => cli.trace_socket.clone(),
+            Some(_) => None,
+        },
     })
 }
 
@@ -397,7 +425,12 @@ fn check(probe: bool, format: Format, color: bool) -> ExitCode {
 }
 
 /// Live mode or `agent trace`, on the runtime; ends the process.
-fn run(cmd: Option<Cmd>, opts: RunOptions, trace: agent::app::trace::TraceOptions) -> ExitCode {
+fn run(
+    cmd: Option<Cmd>,
+    opts: RunOptions,
+    trace: agent::app::trace::TraceOptions,
+    via: Option<std::path::PathBuf>,
+) -> ExitCode {
     // Files users control are read by worker processes from here on.
     agent::process::guard::enable_workers();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -417,7 +450,12 @@ fn run(cmd: Option<Cmd>, opts: RunOptions, trace: agent::app::trace::TraceOption
     };
     let r = rt.block_on(async {
         match cmd {
-            Some(Cmd::Trace { command, .. }) => app::trace(opts, command, trace).await,
+            Some(Cmd::Trace { command, .. }) => match via {
+                Some(sock) => agent::app::trace_client::trace_via(&sock, &opts, command, trace)
+                    .await
+                    .map_err(anyhow::Error::from),
+                None => app::trace(opts, command, trace).await,
+            },
             _ => app::live(opts).await,
         }
     });

@@ -144,7 +144,7 @@ impl Judgement {
 
 /// `--exit-code network=N,toolchain=M`: the code `agent trace` exits with
 /// on that verdict instead of the command's own.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExitCodes {
     pub network: Option<u8>,
     pub toolchain: Option<u8>,

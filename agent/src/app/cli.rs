@@ -153,6 +153,13 @@ pub struct Cli {
     /// Never re-run through sudo/doas when not privileged: fail with one line instead.
     #[arg(long, global = true, help_heading = PRIVILEGES)]
     pub no_elevate: bool,
+    /// Live mode: let users without sudo `agent trace` their own commands
+    /// through this agent, on this unix socket (each sees only their
+    /// command's tree). `agent trace` without privileges uses it when it
+    /// exists, before trying sudo [default for `agent trace`:
+    /// /run/agent/trace.sock] [env: AGENT_TRACE_SOCKET].
+    #[arg(long, global = true, help_heading = PRIVILEGES, value_name = "PATH")]
+    pub trace_socket: Option<std::path::PathBuf>,
     /// Set by the agent itself when it re-ran through sudo/doas.
     #[arg(long = "elevated", hide = true, global = true)]
     pub elevated: bool,

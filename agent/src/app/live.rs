@@ -38,15 +38,16 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
         opts.tls.clone(),
         opts.dns.clone(),
     );
-    let health = crate::sink::health::Health::new(
-        k.collector.attached.iter().any(|a| a.choice.is_active()),
-        k.stats.clone(),
-    );
-    if let Some(addr) = &opts.health_addr {
-        crate::sink::health::serve(addr, health.clone()).await?;
-    }
+    let health = health(&k, &opts).await?;
+    // Bound while privileged (/run/agent is root's); served once dropped.
+    let bound = opts
+        .trace_socket
+        .as_deref()
+        .map(super::service::bind)
+        .transpose()?;
     // Attached, health port bound: keep only what the running agent uses.
     drop_privileges(&k.uprobe_caps());
+    let mut service = bound.map(super::service::Bound::serve);
     release_free_memory();
     let mut otlp = start_otlp(&opts, k.collector.clock_offset_ns, None)?;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -55,11 +56,15 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
+        let session_due = service.as_ref().and_then(|s| s.deadline());
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 k.before_analysis(&ev, &pipeline.table, &proc_root);
                 for o in pipeline.handle(ev) {
+                    if let Some(s) = service.as_mut() {
+                        s.observe(&o, &pipeline);
+                    }
                     if admitted(filter.as_mut(), &o, &pipeline) {
                         k.on_output(&o, &proc_root);
                         show(&o, &pipeline, otlp.as_mut(), &style, opts.all_execs, &mut lines);
@@ -84,6 +89,9 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                     f.refresh();
                 }
                 for o in pipeline.flush(crate::clock::boot_ns(), 2_000_000_000) {
+                    if let Some(s) = service.as_mut() {
+                        s.observe(&o, &pipeline);
+                    }
                     if admitted(filter.as_mut(), &o, &pipeline) {
                         show(&o, &pipeline, otlp.as_mut(), &style, opts.all_execs, &mut lines);
                     }
@@ -106,19 +114,44 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
                     }
                 }
             }
+            req = next_request(service.as_mut()) => {
+                if let Some(s) = service.as_mut() {
+                    s.on_request(req, &mut k, &mut pipeline);
+                }
+            }
+            _ = super::trace::sleep_until_some(session_due) => {
+                if let Some(s) = service.as_mut() {
+                    s.finish_due(&k, &mut pipeline);
+                }
+            }
             _ = &mut stop => break,
         }
     }
     lines.flush();
+    // Sessions still open get no report; the socket goes.
+    drop(service);
+    wind_down(k, &pipeline, otlp, opts.exit_after, json).await;
+    Ok(0)
+}
+
+/// Live mode stopped: the last stats, the probes detached, the exporter
+/// flushed, the stats record printed.
+async fn wind_down(
+    k: Instrumentation,
+    pipeline: &Pipeline,
+    otlp: Option<crate::sink::otlp::Otlp>,
+    exit_after: bool,
+    json: bool,
+) {
     let losses = k.losses();
-    let mut stats = full_stats(&losses, &k, &pipeline);
+    let mut stats = full_stats(&losses, &k, pipeline);
     if let Some(x) = &otlp {
         x.update_self(&losses);
     }
     // Detaching the probes waits for the kernel (each perf-event link takes
     // a grace period, one after another): left to a child at exit, or done
     // while the exporter flushes.
-    let detach = if opts.exit_after {
+    let detach = if exit_after {
         crate::app::teardown::leave(k.collector);
         None
     } else {
@@ -133,7 +166,29 @@ pub async fn live(opts: RunOptions) -> anyhow::Result<i32> {
     if json {
         print_line(&crate::render::json_line(&stats));
     }
-    Ok(0)
+}
+
+/// The health endpoint's state, served when `--health-addr` asks.
+async fn health(
+    k: &Instrumentation,
+    opts: &RunOptions,
+) -> anyhow::Result<crate::sink::health::Health> {
+    let health = crate::sink::health::Health::new(
+        k.collector.attached.iter().any(|a| a.choice.is_active()),
+        k.stats.clone(),
+    );
+    if let Some(addr) = &opts.health_addr {
+        crate::sink::health::serve(addr, health.clone()).await?;
+    }
+    Ok(health)
+}
+
+/// The trace service's next request; pending without a service.
+async fn next_request(service: Option<&mut super::service::Service>) -> super::service::Request {
+    match service {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether `o` passes live mode's filters (all do without one). An exec

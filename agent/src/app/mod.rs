@@ -1,5 +1,6 @@
 //! The agent's modes and what only they do: options, the live loop, `agent
-//! trace` around one command, `agent check`, elevation and privileges.
+//! trace` around one command (and the service that runs it for users
+//! without sudo), `agent check`, elevation and privileges.
 
 pub mod check;
 pub mod cli;
@@ -11,9 +12,11 @@ pub mod outfile;
 pub mod privs;
 #[cfg(test)]
 mod readme_tests;
+pub mod service;
 mod session;
 pub mod teardown;
 pub mod trace;
+pub mod trace_client;
 pub mod trace_opts;
 pub mod traced;
 

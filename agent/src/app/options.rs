@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub invoker: Option<crate::process::invoker::Invoker>,
     /// Signals not collected (`--without`), already checked.
     pub without: Vec<String>,
+    /// Live mode: serve `agent trace` to users without sudo on this socket.
+    pub trace_socket: Option<std::path::PathBuf>,
     /// Live mode's `--pid`, `--uid`, `--comm`, `--cgroup`, `--namespace`, `--pod`.
     pub filter: super::filter::FilterSpec,
 }

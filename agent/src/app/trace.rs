@@ -24,7 +24,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const TRACE_KILL_GRACE: Duration = Duration::from_secs(3);
 
 /// Until `t`, or for ever when there is none.
-async fn sleep_until_some(t: Option<tokio::time::Instant>) {
+pub(super) async fn sleep_until_some(t: Option<tokio::time::Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
@@ -32,7 +32,7 @@ async fn sleep_until_some(t: Option<tokio::time::Instant>) {
 }
 
 /// SIGINT, SIGTERM and SIGHUP as one stream (`agent trace` forwards them).
-struct TermSignals {
+pub(super) struct TermSignals {
     int: Option<tokio::signal::unix::Signal>,
     term: Option<tokio::signal::unix::Signal>,
     hup: Option<tokio::signal::unix::Signal>,
@@ -49,7 +49,7 @@ async fn next_of(s: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 impl TermSignals {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         use tokio::signal::unix::{SignalKind, signal};
         TermSignals {
             int: signal(SignalKind::interrupt()).ok(),
@@ -58,7 +58,7 @@ impl TermSignals {
         }
     }
 
-    async fn recv(&mut self) -> i32 {
+    pub(super) async fn recv(&mut self) -> i32 {
         tokio::select! {
             _ = next_of(&mut self.int) => libc::SIGINT,
             _ = next_of(&mut self.term) => libc::SIGTERM,
@@ -198,7 +198,11 @@ fn settle(k: &mut Instrumentation, root: u32) {
 
 /// Who started `pid`, kept past the process table's expiry (the verdict
 /// walks it).
-fn note_parent(parents: &mut std::collections::HashMap<u32, u32>, p: &Pipeline, pid: u32) {
+pub(super) fn note_parent(
+    parents: &mut std::collections::HashMap<u32, u32>,
+    p: &Pipeline,
+    pid: u32,
+) {
     if let Some(e) = p.table.get(pid) {
         parents.entry(pid).or_insert(e.ppid);
     }
@@ -355,6 +359,91 @@ fn trace_context(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> Vec<(Strin
 
 pub use super::trace_opts::TraceOptions;
 
+/// What `agent trace` prints at the end of a run, rendered by the agent
+/// that traced it (this process, or the trace service for a client).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Rendered {
+    /// JSON format: the records, the verdict and the report, a line each.
+    pub json_lines: Vec<String>,
+    /// Text or Markdown format: the report.
+    pub report: String,
+    pub ci: crate::sink::ci::CiParts,
+    /// The code to exit with (the command's, or `--exit-code`'s).
+    pub exit_code: i32,
+}
+
+/// How to render: what the user asked for.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RenderAsk {
+    pub format: Format,
+    pub color: bool,
+    pub ci: crate::sink::ci::Kind,
+    pub junit: bool,
+    pub exit_codes: crate::verdict::ExitCodes,
+}
+
+/// `r` rendered as `ask` says.
+pub fn render_result(r: &TraceResult, argv: &[String], ask: &RenderAsk, seconds: f64) -> Rendered {
+    let style = Style {
+        format: ask.format,
+        color: ask.color,
+        clock_offset_ns: crate::clock::boot_to_unix_offset(),
+    };
+    let mut out = Rendered {
+        ci: crate::sink::ci::CiParts::of(ask.ci, ask.junit, r, argv, seconds),
+        exit_code: ask.exit_codes.apply(&r.judgement, r.exit_code),
+        ..Default::default()
+    };
+    match ask.format {
+        Format::Json => {
+            out.json_lines = r
+                .outputs
+                .iter()
+                .filter_map(|o| render(&style, o, true))
+                .collect();
+            out.json_lines
+                .push(crate::render::json_line(&r.judgement.json(r.exit_code)));
+            out.json_lines
+                .push(crate::render::json_line(&crate::sink::report::json(
+                    &style, r, argv,
+                )));
+        }
+        Format::Text => out.report = crate::sink::report::text(&style, r, argv),
+        Format::Markdown => out.report = crate::sink::report::markdown(r, argv),
+    }
+    out
+}
+
+/// Print `r` and write its CI files; returns the code to exit with.
+pub fn emit(r: &Rendered, format: Format, ci: &mut crate::sink::ci::Ci) -> i32 {
+    match format {
+        Format::Json => r.json_lines.iter().for_each(|l| print_line(l)),
+        Format::Text => {
+            // GitLab folds the report in its job log (markers on the
+            // terminal stream only: escape codes are not for a file).
+            let fold = ci.kind == crate::sink::ci::Kind::GitLab && !output::has_output_file();
+            if fold {
+                eprint!(
+                    "{}",
+                    crate::sink::ci::section_start("agent_trace", "agent trace report")
+                );
+            }
+            output::emit_report(&r.report);
+            if fold {
+                eprint!("{}", crate::sink::ci::section_end("agent_trace"));
+            }
+        }
+        Format::Markdown => output::emit_report(&r.report),
+    }
+    // Workflow commands on stdout, unless JSON records are there.
+    if format == Format::Json && !output::has_output_file() {
+        ci.write(&r.ci, &mut std::io::stderr());
+    } else {
+        ci.write(&r.ci, &mut std::io::stdout());
+    }
+    r.exit_code
+}
+
 /// `agent trace -- cmd`: print the report and the verdict, return the
 /// command's exit code (or the one `--exit-code` gives its verdict).
 pub async fn trace(
@@ -364,47 +453,7 @@ pub async fn trace(
 ) -> anyhow::Result<i32> {
     let started = std::time::Instant::now();
     let r = trace_collect(&opts, &argv).await?;
-    let style = Style {
-        format: opts.format,
-        color: opts.color,
-        clock_offset_ns: crate::clock::boot_to_unix_offset(),
-    };
-    match opts.format {
-        Format::Json => {
-            for o in &r.outputs {
-                if let Some(line) = render(&style, o, true) {
-                    print_line(&line);
-                }
-            }
-            print_line(&crate::render::json_line(&r.judgement.json(r.exit_code)));
-            print_line(&crate::render::json_line(&crate::sink::report::json(
-                &style, &r, &argv,
-            )));
-        }
-        Format::Text => {
-            let text = crate::sink::report::text(&style, &r, &argv);
-            // GitLab folds the report in its job log (markers on the
-            // terminal stream only: escape codes are not for a file).
-            let fold = t.ci.kind == crate::sink::ci::Kind::GitLab && !output::has_output_file();
-            if fold {
-                eprint!(
-                    "{}",
-                    crate::sink::ci::section_start("agent_trace", "agent trace report")
-                );
-            }
-            output::emit_report(&text);
-            if fold {
-                eprint!("{}", crate::sink::ci::section_end("agent_trace"));
-            }
-        }
-        Format::Markdown => output::emit_report(&crate::sink::report::markdown(&r, &argv)),
-    }
-    // Workflow commands on stdout, unless JSON records are there.
-    let seconds = started.elapsed().as_secs_f64();
-    if opts.format == Format::Json && !output::has_output_file() {
-        t.ci.finish(&r, &argv, seconds, &mut std::io::stderr());
-    } else {
-        t.ci.finish(&r, &argv, seconds, &mut std::io::stdout());
-    }
-    Ok(t.exit_codes.apply(&r.judgement, r.exit_code))
+    let ask = t.render_ask(opts.format, opts.color);
+    let rendered = render_result(&r, &argv, &ask, started.elapsed().as_secs_f64());
+    Ok(emit(&rendered, opts.format, &mut t.ci))
 }

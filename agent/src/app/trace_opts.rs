@@ -10,6 +10,23 @@ pub struct TraceOptions {
     pub ci: Ci,
 }
 
+impl TraceOptions {
+    /// How the report is to be rendered, in this format and colour.
+    pub fn render_ask(
+        &self,
+        format: crate::render::Format,
+        color: bool,
+    ) -> super::trace::RenderAsk {
+        super::trace::RenderAsk {
+            format,
+            color,
+            ci: self.ci.kind,
+            junit: self.ci.wants_junit(),
+            exit_codes: self.exit_codes,
+        }
+    }
+}
+
 /// From the flags and the environment of the user who ran `agent trace`
 /// (sudo's env_reset dropped the CI's variables from ours); the files are
 /// opened now, as that user (before other threads: see `super::outfile`).

@@ -117,8 +117,67 @@ impl Drop for Traced {
 
 /// Start `argv` as `inv`.
 pub fn spawn(argv: &[String], inv: &Invoker) -> Result<Traced, SpawnError> {
+    spawn_gated(argv, inv, None)
+}
+
+/// The hidden first argument of the gate: `agent __trace-gate FD PROG ARGS…`.
+pub const GATE_ARG: &str = "__trace-gate";
+
+/// The gate, in the child of a served `agent trace` (call first in main):
+/// wait until a byte can be read from FD (the trace service follows this
+/// process from then on), then become the command; 126 if the gate closes
+/// instead, 127 if the command cannot be run. It is a program of its own
+/// because the parent's spawn returns only once its child has exec'd.
+pub fn gate_main() -> std::process::ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+    let fd = args
+        .first()
+        .and_then(|a| a.to_str())
+        .and_then(|a| a.parse::<std::os::fd::RawFd>().ok());
+    let (Some(fd), Some(prog)) = (fd, args.get(1)) else {
+        eprintln!("agent: {GATE_ARG} FD PROG [ARGS]");
+        return std::process::ExitCode::from(2);
+    };
+    // SAFETY: the descriptor number was handed over by our parent, which
+    // left it open for us alone; nothing else in this process owns it.
+    let gate = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut b = [0u8; 1];
+    let opened = loop {
+        match rustix::io::read(&gate, &mut b) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => break r.is_ok_and(|n| n == 1),
+        }
+    };
+    drop(gate);
+    if !opened {
+        return std::process::ExitCode::from(126);
+    }
+    let err = std::process::Command::new(prog).args(&args[2..]).exec();
+    eprintln!("agent trace: cannot run {}: {err}", prog.to_string_lossy());
+    std::process::ExitCode::from(127)
+}
+
+/// Start `argv` as `inv`; with a `gate`, the child is [`gate_main`], which
+/// waits before the command's exec until a byte can be read from the gate.
+/// `gate` is the pipe's read end and the raw write end the parent keeps
+/// (the child closes its copy, so that the parent closing its own reads as
+/// end of file).
+pub fn spawn_gated(
+    argv: &[String],
+    inv: &Invoker,
+    gate: Option<(std::os::fd::OwnedFd, std::os::fd::RawFd)>,
+) -> Result<Traced, SpawnError> {
+    use std::os::fd::AsRawFd as _;
+    let gate_fds = gate.as_ref().map(|(r, w)| (r.as_raw_fd(), *w));
     let (prog, args) = argv.split_first().ok_or(SpawnError::Empty)?;
-    let mut cmd = std::process::Command::new(prog);
+    let mut cmd = match gate_fds {
+        None => std::process::Command::new(prog),
+        Some((r, _)) => {
+            let mut c = std::process::Command::new("/proc/self/exe");
+            c.arg(GATE_ARG).arg(r.to_string()).arg(prog);
+            c
+        }
+    };
     cmd.args(args);
     cmd.env_clear();
     cmd.envs(inv.env.iter().map(|(k, v)| (k, v)));
@@ -173,6 +232,14 @@ pub fn spawn(argv: &[String], inv: &Invoker) -> Result<Traced, SpawnError> {
             {
                 return Err(std::io::Error::last_os_error());
             }
+            if let Some((r, w)) = gate_fds {
+                // The gate's read end crosses the exec; the write end is
+                // the parent's alone.
+                libc::close(w);
+                if libc::fcntl(r, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -184,6 +251,8 @@ pub fn spawn(argv: &[String], inv: &Invoker) -> Result<Traced, SpawnError> {
             user: inv.user.clone(),
             source,
         })?;
+    // The child has its own copy (closed at its exec).
+    drop(gate);
     let pid = child.id().unwrap_or(0);
     if let Some(fd) = tty {
         give_terminal(fd, pid as libc::pid_t);

@@ -405,7 +405,11 @@ fn send(s: &UnixStream, parts: &[&[u8]], fd: Option<BorrowedFd<'_>>) -> std::io:
 }
 
 /// One `sendmsg` of (a prefix of) `buf`, with `fd` as SCM_RIGHTS.
-fn sendmsg_fd(s: &UnixStream, buf: &[u8], fd: Option<BorrowedFd<'_>>) -> std::io::Result<usize> {
+pub(crate) fn sendmsg_fd(
+    s: &UnixStream,
+    buf: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> std::io::Result<usize> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -425,7 +429,10 @@ fn sendmsg_fd(s: &UnixStream, buf: &[u8], fd: Option<BorrowedFd<'_>>) -> std::io
 
 /// One `recvmsg` into `buf`: bytes read and a descriptor passed with them
 /// (any more are closed).
-fn recvmsg_fd(s: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>)> {
+pub(crate) fn recvmsg_fd(
+    s: &UnixStream,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<OwnedFd>)> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Which CI the command runs in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     #[default]
     None,
@@ -197,7 +197,48 @@ pub fn junit(r: &TraceResult, argv: &[String], seconds: f64) -> String {
     )
 }
 
+/// What the CI integration writes at the end of a run, rendered from its
+/// result (by the agent that traced it: this process, or the trace service
+/// for an unprivileged `agent trace`, which writes the files itself).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CiParts {
+    /// GitHub workflow commands, empty elsewhere.
+    pub annotations: String,
+    /// The Markdown report for `$GITHUB_STEP_SUMMARY`, empty elsewhere.
+    pub summary: String,
+    /// The verdict's name, for `$GITHUB_OUTPUT`.
+    pub verdict: String,
+    /// The JUnit report, when `--junit` asked for one.
+    pub junit: Option<String>,
+}
+
+impl CiParts {
+    /// The parts `kind` (and `--junit`, when `junit`) needs of `r`.
+    pub fn of(kind: Kind, junit: bool, r: &TraceResult, argv: &[String], seconds: f64) -> Self {
+        let github = kind == Kind::GitHub;
+        CiParts {
+            annotations: if github {
+                github_annotations(r)
+            } else {
+                String::new()
+            },
+            summary: if github {
+                crate::sink::report::markdown(r, argv)
+            } else {
+                String::new()
+            },
+            verdict: r.judgement.verdict.name().to_string(),
+            junit: junit.then(|| self::junit(r, argv, seconds)),
+        }
+    }
+}
+
 impl Ci {
+    /// Whether `--junit` opened a file.
+    pub fn wants_junit(&self) -> bool {
+        self.junit.is_some()
+    }
+
     /// Everything but the report itself, once the command is done: the
     /// annotations go to `annotations` (stdout unless JSON records are
     /// there), the files get their part. A write that fails is one warning.
@@ -208,23 +249,29 @@ impl Ci {
         seconds: f64,
         annotations: &mut dyn std::io::Write,
     ) {
+        let parts = CiParts::of(self.kind, self.wants_junit(), r, argv, seconds);
+        self.write(&parts, annotations);
+    }
+
+    /// [`Ci::finish`] with its parts already rendered.
+    pub fn write(&mut self, parts: &CiParts, annotations: &mut dyn std::io::Write) {
         if self.kind == Kind::GitHub {
-            let _ = annotations.write_all(github_annotations(r).as_bytes());
+            let _ = annotations.write_all(parts.annotations.as_bytes());
             let _ = annotations.flush();
         }
-        let md = || crate::sink::report::markdown(r, argv);
-        let verdict = format!("verdict={}\n", r.judgement.verdict.name());
+        let verdict = format!("verdict={}\n", parts.verdict);
         for (what, file, text) in [
-            ("GITHUB_STEP_SUMMARY", self.summary.as_mut(), None),
-            ("GITHUB_OUTPUT", self.outputs.as_mut(), Some(verdict)),
             (
-                "--junit",
-                self.junit.as_mut(),
-                Some(junit(r, argv, seconds)),
+                "GITHUB_STEP_SUMMARY",
+                self.summary.as_mut(),
+                Some(&parts.summary),
             ),
+            ("GITHUB_OUTPUT", self.outputs.as_mut(), Some(&verdict)),
+            ("--junit", self.junit.as_mut(), parts.junit.as_ref()),
         ] {
-            let Some(f) = file else { continue };
-            let text = text.unwrap_or_else(md);
+            let (Some(f), Some(text)) = (file, text) else {
+                continue;
+            };
             if let Err(e) = f.write_all(text.as_bytes()) {
                 tracing::warn!("agent trace: cannot write {what}: {e}");
             }

@@ -197,6 +197,9 @@ pub struct ExecTracker {
     /// `go` processes about to download another toolchain, by pid.
     switching: HashMap<u32, rules::Switch>,
     reported: crate::finding::Dedup,
+    /// Roots of the trees `agent trace` sessions of the trace service
+    /// follow: every process in them is analysed, as in `agent trace`.
+    traced_roots: std::collections::HashSet<u32>,
 }
 
 /// The bare command name asked for, when the caller relied on PATH.
@@ -221,6 +224,25 @@ impl ExecTracker {
             cfg,
             ..Default::default()
         }
+    }
+
+    /// Analyse every process of `root`'s tree from now on (a served trace).
+    pub fn trace_tree(&mut self, root: u32) {
+        self.traced_roots.insert(root);
+    }
+
+    /// The served trace of `root` is over.
+    pub fn untrace_tree(&mut self, root: u32) {
+        self.traced_roots.remove(&root);
+    }
+
+    fn in_traced_tree(&self, table: &ProcTable, tgid: u32) -> bool {
+        !self.traced_roots.is_empty()
+            && (self.traced_roots.contains(&tgid)
+                || table
+                    .ancestors(tgid)
+                    .iter()
+                    .any(|a| self.traced_roots.contains(a)))
     }
 
     fn is_tool(&self, e: &Exec) -> bool {
@@ -329,7 +351,8 @@ impl ExecTracker {
                     .is_some_and(|x| self.is_tool(x))
             });
         out.toolchain = toolchain;
-        out.analysed = self.cfg.all || toolchain || descendant;
+        out.analysed =
+            self.cfg.all || toolchain || descendant || self.in_traced_tree(table, e.tgid);
         if !out.analysed {
             return out;
         }
