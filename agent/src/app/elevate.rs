@@ -168,10 +168,7 @@ pub fn reexec(args: &[OsString]) -> Result<i32, ElevateError> {
         tool: tool.1.display().to_string(),
         source,
     })?;
-    use std::os::unix::process::ExitStatusExt as _;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(crate::app::traced::exit_code_of(status))
 }
 
 /// Settings of the agent itself that the elevated copy takes from the

@@ -62,6 +62,21 @@ pub(super) fn analysis_config(opts: &RunOptions) -> AnalysisConfig {
 }
 
 impl RunOptions {
+    /// Who `agent trace` runs its command as: the one main found, else
+    /// this process's own account.
+    pub(super) fn invoker_or_self(
+        &self,
+    ) -> Result<crate::process::invoker::Invoker, crate::process::invoker::InvokerError> {
+        match &self.invoker {
+            Some(i) => Ok(i.clone()),
+            None => crate::process::invoker::find(
+                &crate::process::invoker::probe_self(std::path::Path::new("/proc")),
+                None,
+                &[],
+            ),
+        }
+    }
+
     pub(super) fn collector_options(&self) -> crate::bpf::CollectorOptions {
         crate::bpf::CollectorOptions {
             env_allow: self.env_allow.clone(),

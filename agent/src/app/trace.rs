@@ -217,14 +217,7 @@ fn attach_ahead(
 ) -> anyhow::Result<crate::process::invoker::Invoker> {
     let proc_root = &opts.analysis.proc_root;
     k.tls.probe_libssl(&mut k.collector, proc_root);
-    let inv = match &opts.invoker {
-        Some(i) => i.clone(),
-        None => crate::process::invoker::find(
-            &crate::process::invoker::probe_self(std::path::Path::new("/proc")),
-            None,
-            &[],
-        )?,
-    };
+    let inv = opts.invoker_or_self()?;
     let env: Vec<(String, String)> = inv
         .env
         .iter()
@@ -319,12 +312,7 @@ async fn finish(f: Finished<'_>) -> anyhow::Result<TraceResult> {
             outputs.push(o);
         }
     }
-    let code = status
-        .map(|s| {
-            use std::os::unix::process::ExitStatusExt as _;
-            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
-        })
-        .unwrap_or(1);
+    let code = status.map(crate::app::traced::exit_code_of).unwrap_or(1);
     let losses = k.losses();
     let mut lost = full_stats(&losses, &k, &pipeline);
     // Middle execs of processes that exec'd more than 16 times.

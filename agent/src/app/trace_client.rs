@@ -75,15 +75,9 @@ pub async fn trace_via(
         source,
     })?;
     s.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-    let inv = match &opts.invoker {
-        Some(i) => i.clone(),
-        None => crate::process::invoker::find(
-            &crate::process::invoker::probe_self(Path::new("/proc")),
-            None,
-            &[],
-        )
-        .map_err(|e| ClientError::Protocol(e.to_string()))?,
-    };
+    let inv = opts
+        .invoker_or_self()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let (gate_r, gate_w) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
     use std::os::fd::AsRawFd as _;
@@ -138,12 +132,7 @@ pub async fn trace_via(
         }
     };
     traced.reclaim_terminal();
-    let code = {
-        use std::os::unix::process::ExitStatusExt as _;
-        status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-    };
+    let code = super::traced::exit_code_of(status);
     send_line(
         &s,
         &Exited {

@@ -120,6 +120,15 @@ pub fn spawn(argv: &[String], inv: &Invoker) -> Result<Traced, SpawnError> {
     spawn_gated(argv, inv, None)
 }
 
+/// A process's exit code as a shell reports it: its own, or 128 + the
+/// signal that ended it.
+pub fn exit_code_of(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
 /// The hidden first argument of the gate: `agent __trace-gate FD PROG ARGS…`.
 pub const GATE_ARG: &str = "__trace-gate";
 
