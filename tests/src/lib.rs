@@ -204,7 +204,9 @@ pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A unique scratch directory under /tmp, world-readable.
+/// A unique scratch directory under /tmp, world-readable. It is removed when
+/// the test binary exits (set `AGENT_IT_KEEP=1` to keep it for a post-mortem):
+/// a CI runner's disk is finite, and a run used to leave gigabytes behind.
 pub fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "agent-it-{tag}-{}-{}",
@@ -212,7 +214,49 @@ pub fn scratch(tag: &str) -> PathBuf {
         Instant::now().elapsed().as_nanos() + rand_u32() as u128
     ));
     std::fs::create_dir_all(&d).expect("mkdir scratch");
+    remove_at_exit(&d);
     d
+}
+
+static SCRATCH: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn remove_at_exit(d: &std::path::Path) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn cleanup() {
+        if std::env::var_os("AGENT_IT_KEEP").is_some() {
+            return;
+        }
+        let dirs = std::mem::take(&mut *SCRATCH.lock().unwrap_or_else(|p| p.into_inner()));
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: `cleanup` is an `extern "C" fn()` that does not unwind
+        // (its fallible calls are ignored); libtest leaves through
+        // `process::exit`, which runs atexit handlers.
+        unsafe { libc::atexit(cleanup) };
+    });
+    SCRATCH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(d.to_path_buf());
+}
+
+/// The agent at a path every user can run: the build tree may sit under
+/// /root. A hard link where the file system allows it (no 200 MB copy per
+/// test), else one copy; made once per test binary.
+pub fn user_agent() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = scratch("userbin").join("agent");
+        let src = agent_bin();
+        if std::fs::hard_link(&src, &bin).is_err() {
+            std::fs::copy(&src, &bin).expect("copy agent");
+        }
+        bin
+    })
+    .clone()
 }
 
 fn rand_u32() -> u32 {

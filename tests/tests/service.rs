@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, process::Command, time::Duration, time::Instant};
 
-use agent_tests::{json_lines, require_root, scratch};
+use agent_tests::{json_lines, require_root, scratch, user_agent};
 
 /// The account: created once, no sudo rule.
 const USER: &str = "agentsvc";
@@ -15,13 +15,6 @@ fn uid_of(name: &str) -> u32 {
         .trim()
         .parse()
         .expect("uid")
-}
-
-/// A copy of the agent the user can run (the build tree may sit under /root).
-fn user_agent() -> PathBuf {
-    let bin = scratch("svcbin").join("agent");
-    std::fs::copy(agent_tests::agent_bin(), &bin).expect("copy agent");
-    bin
 }
 
 /// A live agent serving `sock` (returns once the socket is there).

@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, process::Command, time::Duration, time::Instant};
 
-use agent_tests::{json_lines, require_root, scratch};
+use agent_tests::{json_lines, require_root, scratch, user_agent};
 
 struct User {
     name: &'static str,
@@ -55,14 +55,6 @@ fn user() -> User {
         home: PathBuf::from(format!("/home/{name}")),
         extra_gid,
     }
-}
-
-/// A copy of the agent the user can run (the build tree may sit under /root).
-fn user_agent() -> PathBuf {
-    let dir = scratch("userbin");
-    let bin = dir.join("agent");
-    std::fs::copy(agent_tests::agent_bin(), &bin).expect("copy agent");
-    bin
 }
 
 /// A conda-style env in the user's home whose `go` (a real Go binary) comes
